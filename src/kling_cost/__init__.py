@@ -1,0 +1,67 @@
+"""klingai-cost-controls: never spend more on Kling AI than you meant to."""
+
+from .errors import (
+    AccountError,
+    AuthError,
+    BudgetExceeded,
+    ConcurrencyLimited,
+    ConfigurationError,
+    ContentRejected,
+    InsufficientBalance,
+    InvalidRequest,
+    KlingAPIError,
+    KlingCostError,
+    PermissionDenied,
+    PricingError,
+    RateLimited,
+    ReservationError,
+    ServerError,
+    StorageError,
+    TaskTimeout,
+    ValidationError,
+)
+from .money import format_amount, from_storage, parse_amount, to_storage
+from .pricing import (
+    Catalog,
+    Estimate,
+    PriceEntry,
+    PriceRequest,
+    estimate,
+    load_catalog,
+    parse_catalog,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccountError",
+    "AuthError",
+    "BudgetExceeded",
+    "Catalog",
+    "ConcurrencyLimited",
+    "ConfigurationError",
+    "ContentRejected",
+    "Estimate",
+    "InsufficientBalance",
+    "InvalidRequest",
+    "KlingAPIError",
+    "KlingCostError",
+    "PermissionDenied",
+    "PriceEntry",
+    "PriceRequest",
+    "PricingError",
+    "RateLimited",
+    "ReservationError",
+    "ServerError",
+    "StorageError",
+    "TaskTimeout",
+    "ValidationError",
+    "__version__",
+    "estimate",
+    "format_amount",
+    "from_storage",
+    "load_catalog",
+    "parse_amount",
+    "parse_catalog",
+    "to_storage",
+]

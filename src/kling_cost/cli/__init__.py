@@ -1,0 +1,25 @@
+"""The ``kling-cost`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from ._common import run_main
+from .pricing import estimate_command, pricing_app
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="kling-cost",
+    help="Cost estimates, hard budgets, alerts and usage tracking for the Kling AI API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("estimate")(estimate_command)
+app.add_typer(pricing_app, name="pricing")
+
+
+def main() -> None:
+    """Entry point of the ``kling-cost`` script."""
+    run_main(app)

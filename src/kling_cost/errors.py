@@ -1,0 +1,172 @@
+"""The errors raised by ``kling_cost``: one root, one tree.
+
+::
+
+    KlingCostError
+     ├── ConfigurationError        bad settings: catalog file, ledger URL, sink URL, missing extra
+     ├── PricingError (ValueError)  a request the catalog cannot price (field, value, allowed)
+     ├── ValidationError (ValueError)  an invalid amount, scope, window, time zone or argument
+     ├── BudgetExceeded (RuntimeError)  a budget refused a reservation (scope, window, requested, available)
+     ├── ReservationError          commit/release of a reservation in the wrong state, or unknown
+     ├── StorageError              the ledger's database failed or is unreachable
+     ├── TaskTimeout               a Kling task did not end in time (keeps the task id)
+     └── KlingAPIError             an error answer from Kling (code, message, request_id)
+          ├── AuthError            1000-1004
+          ├── AccountError         1100, 1101, 1304
+          ├── InsufficientBalance  1102
+          ├── PermissionDenied     1103
+          ├── InvalidRequest       1200-1203
+          ├── ContentRejected      1300-1301
+          ├── RateLimited          1302
+          ├── ConcurrencyLimited   1303
+          └── ServerError          5000-5002, and transport failures
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+__all__ = [
+    "AccountError",
+    "AuthError",
+    "BudgetExceeded",
+    "ConcurrencyLimited",
+    "ConfigurationError",
+    "ContentRejected",
+    "InsufficientBalance",
+    "InvalidRequest",
+    "KlingAPIError",
+    "KlingCostError",
+    "PermissionDenied",
+    "PricingError",
+    "RateLimited",
+    "ReservationError",
+    "ServerError",
+    "StorageError",
+    "TaskTimeout",
+    "ValidationError",
+]
+
+
+class KlingCostError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigurationError(KlingCostError):
+    """A setting is wrong: a catalog file, a ledger URL, a sink URL, a missing optional extra."""
+
+
+class ValidationError(KlingCostError, ValueError):
+    """An argument is invalid (amount, scope, window, time zone, ...). Nothing was changed."""
+
+
+class PricingError(KlingCostError, ValueError):
+    """The catalog cannot price a request: ``field`` has ``value``, and ``allowed`` lists what it offers."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        value: object = None,
+        allowed: Sequence[object] = (),
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.allowed = tuple(allowed)
+
+
+class BudgetExceeded(KlingCostError, RuntimeError):
+    """A budget refused a reservation. Nothing was reserved on any scope."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str,
+        window: str,
+        requested: Decimal,
+        available: Decimal,
+        limit: Decimal | None = None,
+        reason: str = "limit",
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.window = window
+        self.requested = requested
+        self.available = available
+        self.limit = limit
+        self.reason = reason  # "limit" or "max_per_request"
+
+
+class ReservationError(KlingCostError):
+    """A reservation is unknown, or in a state that does not allow the operation."""
+
+
+class StorageError(KlingCostError):
+    """The ledger's database failed or could not be reached; the operation did not happen."""
+
+
+class TaskTimeout(KlingCostError, TimeoutError):
+    """A Kling task did not end in time. It may still finish and be billed: keep ``task_id``."""
+
+    def __init__(self, message: str, *, task_id: str, last_status: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.last_status = last_status
+
+
+class KlingAPIError(KlingCostError):
+    """An error answer from the Kling API."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        request_id: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.http_status = http_status
+
+
+class AuthError(KlingAPIError):
+    """1000-1004: authentication failed, empty, invalid, not yet valid or expired."""
+
+
+class AccountError(KlingAPIError):
+    """1100, 1101, 1304: account exception, arrears, IP whitelist."""
+
+
+class InsufficientBalance(KlingAPIError):
+    """1102: the resource pack is used up or expired."""
+
+
+class PermissionDenied(KlingAPIError):
+    """1103: no permission for this API or model."""
+
+
+class InvalidRequest(KlingAPIError):
+    """1200-1203: invalid request, parameters, method, or resource not found."""
+
+
+class ContentRejected(KlingAPIError):
+    """1300-1301: platform policy or content safety."""
+
+
+class RateLimited(KlingAPIError):
+    """1302: requests too fast."""
+
+
+class ConcurrencyLimited(KlingAPIError):
+    """1303: parallel tasks over the resource pack's limit."""
+
+
+class ServerError(KlingAPIError):
+    """5000-5002 (internal error, maintenance, timeout) and transport failures."""

@@ -1,0 +1,196 @@
+"""The price catalog: dated entries that each price one family of requests."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+__all__ = ["KINDS", "PACKS", "Catalog", "PriceEntry"]
+
+KINDS = ("video", "extend", "lipsync", "effects", "image", "tryon")
+"""Price kinds. text2video, image2video and multi-image2video are all priced as ``video``."""
+
+PACKS = ("video", "image", "tryon")
+"""Kling resource-pack types; each price kind is paid from one of them."""
+
+DEFAULT_PACK = {
+    "video": "video",
+    "extend": "video",
+    "lipsync": "video",
+    "effects": "video",
+    "image": "image",
+    "tryon": "tryon",
+}
+
+BASES = ("amount", "per_second", "per_image", "per_block")
+
+
+@dataclass(frozen=True)
+class PriceEntry:
+    """One price, in force from ``effective_from``, for the requests its match fields select.
+
+    A match field left as ``None`` matches any value, except ``audio`` which defaults to
+    ``False`` (an entry without ``audio = true`` never prices a request with sound).
+    Exactly one basis is set: ``amount`` (per task), ``per_second`` (x duration),
+    ``per_image`` (x n) or ``per_block`` (x started blocks of ``block_seconds``).
+    """
+
+    kind: str
+    basis: str
+    rate: Decimal
+    effective_from: date
+    source: str
+    models: tuple[str, ...] | None = None
+    modes: tuple[str, ...] | None = None
+    durations: tuple[int, ...] | None = None
+    audio: bool = False
+    image_input: bool | None = None
+    effects: tuple[str, ...] | None = None
+    block_seconds: int | None = None
+    pack: str = "video"
+    origin: str = ""
+    """Where the entry was defined (``file:line``), for messages."""
+
+    @property
+    def specificity(self) -> int:
+        fields = (self.models, self.modes, self.durations, self.image_input, self.effects)
+        return sum(f is not None for f in fields)
+
+    def quantity(self, *, duration: int | None, n: int) -> int:
+        """How many times ``rate`` is charged for a request with this duration and n."""
+        if self.basis == "amount":
+            return 1
+        if self.basis == "per_image":
+            return n
+        if duration is None:
+            raise ValueError("duration is required for a duration-based price")
+        if self.basis == "per_second":
+            return duration
+        block = self.block_seconds or 1  # the loader requires block_seconds for per_block
+        return math.ceil(duration / block)
+
+    def describe(self) -> str:
+        """Short human description of the match fields: ``kling-v2-6 pro audio 5/10s``."""
+        parts = [self.kind]
+        if self.models:
+            parts.append("/".join(self.models))
+        if self.modes:
+            parts.append("/".join(self.modes))
+        if self.audio:
+            parts.append("audio")
+        if self.image_input is not None:
+            parts.append("image-to-image" if self.image_input else "text-to-image")
+        if self.effects:
+            parts.append("/".join(self.effects))
+        if self.durations:
+            parts.append("/".join(str(d) for d in self.durations) + "s")
+        return " ".join(parts)
+
+    def rate_text(self) -> str:
+        per = {
+            "amount": "per task",
+            "per_second": "per second",
+            "per_image": "per image",
+            "per_block": f"per started {self.block_seconds}s",
+        }[self.basis]
+        return f"{self.rate} {per}"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A named price list in one unit (``credits`` or ``units``), with dated entries."""
+
+    name: str
+    unit: str
+    entries: tuple[PriceEntry, ...]
+    models: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    usd_per_unit: dict[str, Decimal] = field(default_factory=dict)
+    description: str = ""
+    path: str | None = None
+    defaults: dict[str, str] = field(default_factory=dict)
+    """Model used for a request that names none, per price kind (Kling's defaults)."""
+
+    def known_models(self, kind: str) -> tuple[str, ...]:
+        """Model ids Kling offers for a price kind (extend/effects use video models)."""
+        group = {"extend": "video", "effects": "video", "lipsync": "video"}.get(kind, kind)
+        return self.models.get(group, ())
+
+    def in_force(self, as_of: date) -> list[PriceEntry]:
+        """Entries whose ``effective_from`` is on or before ``as_of``."""
+        return [e for e in self.entries if e.effective_from <= as_of]
+
+    def versions(self) -> list[list[PriceEntry]]:
+        """Entries grouped by identical match fields, oldest first: a price and its revisions."""
+        groups: dict[tuple[object, ...], list[PriceEntry]] = {}
+        for entry in self.entries:
+            groups.setdefault(match_key(entry), []).append(entry)
+        return [sorted(g, key=lambda e: e.effective_from) for g in groups.values()]
+
+    def current(self, as_of: date) -> list[PriceEntry]:
+        """The entries that price requests on ``as_of``: in force and not superseded by a
+        newer entry that covers every request they match."""
+        live = self.in_force(as_of)
+        return [
+            e for e in live if not any(f.effective_from > e.effective_from and covers(f, e) for f in live)
+        ]
+
+    def with_entries(self, extra: Iterable[PriceEntry], *, name: str | None = None) -> Catalog:
+        """A copy with ``extra`` entries added; on a tie they win over the existing ones."""
+        return Catalog(
+            name=name or self.name,
+            unit=self.unit,
+            entries=self.entries + tuple(extra),
+            models=dict(self.models),
+            usd_per_unit=dict(self.usd_per_unit),
+            description=self.description,
+            path=self.path,
+            defaults=dict(self.defaults),
+        )
+
+    def usd(self, amount: Decimal, pack: str) -> Decimal | None:
+        rate = self.usd_per_unit.get(pack)
+        return None if rate is None else amount * rate
+
+
+def match_key(entry: PriceEntry) -> tuple[object, ...]:
+    return (
+        entry.kind,
+        entry.models,
+        entry.modes,
+        entry.durations,
+        entry.audio,
+        entry.image_input,
+        entry.effects,
+    )
+
+
+def covers(newer: PriceEntry, older: PriceEntry) -> bool:
+    """Whether every request ``older`` matches is also matched by ``newer``."""
+    if newer.kind != older.kind or newer.audio != older.audio:
+        return False
+    pairs: tuple[tuple[tuple[object, ...] | None, tuple[object, ...] | None], ...] = (
+        (newer.models, older.models),
+        (newer.modes, older.modes),
+        (newer.durations, older.durations),
+        (newer.effects, older.effects),
+    )
+    for wide, narrow in pairs:
+        if wide is not None and (narrow is None or not set(narrow) <= set(wide)):
+            return False
+    return newer.image_input is None or newer.image_input == older.image_input
+
+
+def choose(candidates: Sequence[PriceEntry]) -> PriceEntry:
+    """The entry that prices a request among those that match it and are in force.
+
+    The newest ``effective_from`` wins (a newer price supersedes an older one); among entries
+    from the same day the most specific wins, then the one defined last (an override).
+    """
+    best_index = max(
+        range(len(candidates)),
+        key=lambda i: (candidates[i].effective_from, candidates[i].specificity, i),
+    )
+    return candidates[best_index]

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """No test sees the developer's own settings; the default ledger lives in a temp dir."""
+    for name in list(os.environ):
+        if name.startswith(("KLING_COST_", "KLING_ACCESS", "KLING_SECRET", "KLING_API")) and name not in (
+            "KLING_COST_TEST_POSTGRES_URL",
+            "KLING_COST_REQUIRE_SERVICES",
+        ):
+            monkeypatch.delenv(name, raising=False)
+    data = tmp_path_factory.mktemp("xdg-data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    yield
