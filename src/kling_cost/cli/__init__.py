@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._common import run_main
+from .budget import budget_app, ledger_app, usage_command
 from .pricing import estimate_command, pricing_app
 
 __all__ = ["app", "main"]
@@ -18,6 +19,9 @@ app = typer.Typer(
 )
 app.command("estimate")(estimate_command)
 app.add_typer(pricing_app, name="pricing")
+app.add_typer(budget_app, name="budget")
+app.command("usage")(usage_command)
+app.add_typer(ledger_app, name="ledger")
 
 
 def main() -> None:

@@ -1,0 +1,694 @@
+"""Ledger throughput and latency against a minimal raw-driver baseline, in the same run.
+
+Run from the repository root, in the project's virtualenv::
+
+    python benchmarks/ledger_bench.py [--quick] [--seconds N] [--backend sqlite|postgres|all] [--json]
+
+What is measured (a *pair* is one ``reserve`` followed by one ``commit`` of the same amount):
+
+* SQLite (issue 3): pairs/s, p50 and p99 latency of one pair, with 1 and 2 processes on one
+  ledger file and one shared budget. The baseline is raw ``sqlite3`` on a file in the same
+  directory with the ledger's connection settings (WAL, ``synchronous=NORMAL``,
+  ``busy_timeout``, ``foreign_keys``) doing, per pair, one ``BEGIN IMMEDIATE`` transaction
+  with one conditional ``UPDATE`` and one ``INSERT``. Goals: ledger/baseline >= 0.5 and
+  p99 < 2 ms.
+* PostgreSQL (issue 4), when ``$KLING_COST_TEST_POSTGRES_URL`` (default
+  ``postgresql://postgres@127.0.0.1:5432/test``) answers: the same figures with 1, 4 and 8
+  processes, all on one shared budget and on one budget per process; the baseline is raw
+  psycopg (autocommit connection, one ``conn.transaction()`` per pair with the conditional
+  ``UPDATE`` and the ``INSERT``). After the run every budget window is checked for
+  ``used + reserved <= limit``, and a contention phase with a small shared limit makes every
+  process reserve until refused: the overspend must be 0. Goals: ledger/baseline >= 0.5 and
+  >= 2,000 pairs/s with 8 processes on independent budgets. The ledger and the baseline each
+  get a fresh schema (``bench_<random>``), dropped at the end.
+
+No budget is set on the ``account`` scope: the ledger only touches the windows of scopes that
+have a budget, so "independent budgets" really share no row (and the ledger does the same
+single conditional update per reservation as the baseline).
+
+Every worker is a separate process (``spawn``) with its own ledger object or connection; it
+warms up with a few pairs, waits on a barrier, then runs pairs for ``--seconds`` and times
+each with ``time.perf_counter_ns``. Throughput is all pairs over the longest worker's time.
+``--profile`` also prints a cProfile of the single-process SQLite ledger loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import math
+import os
+import pstats
+import queue
+import secrets
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from multiprocessing import get_context
+from multiprocessing.context import SpawnContext
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from kling_cost.errors import BudgetExceeded
+from kling_cost.ledger import open_ledger
+from kling_cost.money import to_storage
+
+AMOUNT = Decimal("1.5")
+GENEROUS_LIMIT = Decimal("1000000000")
+CONTENTION_LIMIT = Decimal("100")
+WINDOW = "day"
+WARMUP_PAIRS = 20
+BUSY_TIMEOUT_MS = 30_000
+SQLITE_PROCS = (1, 2)
+PG_PROCS = (1, 4, 8)
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+SQLITE_SCOPE = "project:a"
+SHARED_SCOPE = "project:shared"
+CONTENDED_SCOPE = "project:contended"
+RATIO_GOAL = 0.5
+SQLITE_P99_GOAL_MS = 2.0
+PG_THROUGHPUT_GOAL = 2_000.0
+STARTUP_TIMEOUT_S = 120.0
+NS_PER_S = 1_000_000_000
+NS_PER_MS = 1_000_000
+
+Impl = Literal["ledger", "baseline"]
+Backend = Literal["sqlite", "postgres"]
+
+BASE_UPDATE = "UPDATE w SET reserved = reserved + ? WHERE id = ? AND used + reserved + ? <= ?"
+BASE_INSERT = "INSERT INTO c (w_id, amount, created_at) VALUES (?, ?, ?)"
+PG_BASE_UPDATE = BASE_UPDATE.replace("?", "%s")
+PG_BASE_INSERT = BASE_INSERT.replace("?", "%s")
+
+
+# -- jobs and results (pickled to and from the spawned workers) ----------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One worker's assignment."""
+
+    impl: Impl
+    backend: Backend
+    target: str  # ledger URL, baseline SQLite file, or baseline PostgreSQL conninfo
+    scope: str = ""  # ledger scope
+    row: int = 0  # baseline row id
+    schema: str = ""  # baseline PostgreSQL schema
+    seconds: float = 3.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    pairs: int = 0
+    elapsed_ns: int = 0
+    latencies_ns: tuple[int, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Figures:
+    processes: int
+    pairs: int
+    pairs_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+@dataclass
+class Row:
+    config: str
+    ledger: Figures
+    baseline: Figures
+
+    @property
+    def ratio(self) -> float:
+        return self.ledger.pairs_per_s / self.baseline.pairs_per_s if self.baseline.pairs_per_s else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "ledger": asdict(self.ledger),
+            "baseline": asdict(self.baseline),
+            "ratio": round(self.ratio, 3),
+        }
+
+
+@dataclass
+class Report:
+    backend: Backend
+    rows: list[Row] = field(default_factory=list)
+    goals: list[tuple[str, bool, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    skipped: str = ""
+    overspent: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "skipped": self.skipped or None,
+            "overspent": self.overspent,
+            "rows": [row.to_dict() for row in self.rows],
+            "goals": [{"goal": name, "met": met, "detail": detail} for name, met, detail in self.goals],
+            "notes": self.notes,
+        }
+
+
+# -- what one pair does ---------------------------------------------------------------------------
+
+Pair = Callable[[], None]
+Closer = Callable[[], None]
+
+
+def _ledger_pair(job: Job) -> tuple[Pair, Closer]:
+    ledger = open_ledger(job.target)
+    scopes = [job.scope]
+
+    def pair() -> None:
+        reservation = ledger.reserve(AMOUNT, scopes)
+        ledger.commit(reservation, actual=AMOUNT)
+
+    return pair, ledger.close
+
+
+def _sqlite_connect(path: str) -> sqlite3.Connection:
+    """A connection set up exactly as SQLiteLedger sets up its own."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise RuntimeError(f"{path}: WAL unavailable (journal_mode={mode})")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _sqlite_baseline_pair(job: Job) -> tuple[Pair, Closer]:
+    conn = _sqlite_connect(job.target)
+    milli, limit, row = to_storage(AMOUNT), to_storage(GENEROUS_LIMIT), job.row
+
+    def pair() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(BASE_UPDATE, (milli, row, milli, limit))
+            if cur.rowcount != 1:
+                raise RuntimeError("baseline budget refused a reservation")
+            conn.execute(BASE_INSERT, (row, milli, time.time_ns() // NS_PER_MS))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    return pair, conn.close
+
+
+def _pg_baseline_pair(job: Job) -> tuple[Pair, Closer]:
+    import psycopg
+    from psycopg import sql
+
+    conn = psycopg.connect(job.target, autocommit=True)
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(job.schema)))
+    milli, limit, row = to_storage(AMOUNT), to_storage(GENEROUS_LIMIT), job.row
+
+    def pair() -> None:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(PG_BASE_UPDATE, (milli, row, milli, limit), prepare=True)
+            if cur.rowcount != 1:
+                raise RuntimeError("baseline budget refused a reservation")
+            cur.execute(PG_BASE_INSERT, (row, milli, time.time_ns() // NS_PER_MS), prepare=True)
+
+    return pair, conn.close
+
+
+def _make_pair(job: Job) -> tuple[Pair, Closer]:
+    if job.impl == "ledger":
+        return _ledger_pair(job)
+    if job.backend == "sqlite":
+        return _sqlite_baseline_pair(job)
+    return _pg_baseline_pair(job)
+
+
+def _timed_loop(pair: Pair, seconds: float) -> Outcome:
+    latencies: list[int] = []
+    clock = time.perf_counter_ns
+    start = now = clock()
+    deadline = start + int(seconds * NS_PER_S)
+    while now < deadline:
+        before = clock()
+        pair()
+        now = clock()
+        latencies.append(now - before)
+    return Outcome(len(latencies), now - start, tuple(latencies))
+
+
+# -- workers (top level: spawn pickles them by name) ----------------------------------------------
+
+
+def measure_worker(job: Job, barrier: Barrier, results: Any) -> None:
+    """Warm up, wait for the others, run pairs for ``job.seconds``, report the timings."""
+    try:
+        pair, close = _make_pair(job)
+        try:
+            for _ in range(WARMUP_PAIRS):
+                pair()
+            barrier.wait(STARTUP_TIMEOUT_S)
+            outcome = _timed_loop(pair, job.seconds)
+        finally:
+            close()
+        results.put(outcome)
+    except BaseException as exc:
+        barrier.abort()
+        results.put(Outcome(error=f"{job.impl} {job.backend} worker: {type(exc).__name__}: {exc}"))
+
+
+def contention_worker(url: str, barrier: Barrier, results: Any) -> None:
+    """Reserve and commit on the small shared budget until the ledger refuses."""
+    try:
+        ledger = open_ledger(url)
+        granted = 0
+        cap = int(CONTENTION_LIMIT / AMOUNT) * 4 + 1  # stops a broken ledger from looping forever
+        try:
+            barrier.wait(STARTUP_TIMEOUT_S)
+            while granted < cap:
+                try:
+                    reservation = ledger.reserve(AMOUNT, [CONTENDED_SCOPE])
+                except BudgetExceeded:
+                    break
+                ledger.commit(reservation, actual=AMOUNT)
+                granted += 1
+        finally:
+            ledger.close()
+        results.put(granted)
+    except BaseException as exc:
+        barrier.abort()
+        results.put(f"contention worker: {type(exc).__name__}: {exc}")
+
+
+def _spawn_all(
+    ctx: SpawnContext, target: Callable[..., None], args: Sequence[tuple[Any, ...]], wait_s: float
+) -> list[Any]:
+    barrier = ctx.Barrier(len(args))
+    results = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, barrier, results)) for a in args]
+    for proc in procs:
+        proc.start()
+    out: list[Any] = []
+    try:
+        for _ in procs:
+            out.append(results.get(timeout=wait_s))
+    except queue.Empty:
+        raise RuntimeError(
+            f"a worker died without reporting (exit codes {[p.exitcode for p in procs]})"
+        ) from None
+    finally:
+        for proc in procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        results.close()
+    return out
+
+
+def _percentile(ordered: Sequence[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanoseconds, in milliseconds."""
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[index] / NS_PER_MS
+
+
+def run_jobs(ctx: SpawnContext, jobs: Sequence[Job]) -> Figures:
+    outcomes: list[Outcome] = _spawn_all(
+        ctx, measure_worker, [(job,) for job in jobs], STARTUP_TIMEOUT_S + max(j.seconds for j in jobs)
+    )
+    errors = [o.error for o in outcomes if o.error]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    latencies = sorted(lat for o in outcomes for lat in o.latencies_ns)
+    pairs = sum(o.pairs for o in outcomes)
+    elapsed = max(o.elapsed_ns for o in outcomes)
+    return Figures(
+        processes=len(jobs),
+        pairs=pairs,
+        pairs_per_s=round(pairs * NS_PER_S / elapsed, 1) if elapsed else 0.0,
+        p50_ms=round(_percentile(latencies, 0.50), 3),
+        p99_ms=round(_percentile(latencies, 0.99), 3),
+    )
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- SQLite ---------------------------------------------------------------------------------------
+
+
+def _sqlite_baseline_create(path: Path, rows: int) -> None:
+    conn = _sqlite_connect(str(path))
+    try:
+        conn.execute(
+            "CREATE TABLE w (id INTEGER PRIMARY KEY, used INTEGER NOT NULL DEFAULT 0, "
+            "reserved INTEGER NOT NULL DEFAULT 0, lim INTEGER NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE c (id INTEGER PRIMARY KEY, w_id INTEGER NOT NULL, amount INTEGER NOT NULL, "
+            "created_at INTEGER NOT NULL)"
+        )
+        conn.executemany(
+            "INSERT INTO w (id, lim) VALUES (?, ?)", [(i, to_storage(GENEROUS_LIMIT)) for i in range(rows)]
+        )
+    finally:
+        conn.close()
+
+
+def _sqlite_overspent(ledger_path: Path, baseline_path: Path) -> list[str]:
+    bad: list[str] = []
+    conn = sqlite3.connect(str(ledger_path))
+    try:
+        bad += [
+            f"ledger {scope} {key}: {used}+{reserved} > {limit} (thousandths)"
+            for scope, key, used, reserved, limit in conn.execute(_LEDGER_WINDOWS_SQL)
+            if used + reserved > limit
+        ]
+    finally:
+        conn.close()
+    conn = sqlite3.connect(str(baseline_path))
+    try:
+        bad += [
+            f"baseline row {row}: {used}+{reserved} > {limit}"
+            for row, used, reserved, limit in conn.execute("SELECT id, used, reserved, lim FROM w")
+            if used + reserved > limit
+        ]
+    finally:
+        conn.close()
+    return bad
+
+
+_LEDGER_WINDOWS_SQL = (
+    "SELECT b.scope, w.window_key, w.used_milli, w.reserved_milli, b.limit_milli "
+    "FROM budget_windows w JOIN budgets b ON b.id = w.budget_id"
+)
+
+
+def bench_sqlite(ctx: SpawnContext, seconds: float) -> Report:
+    report = Report("sqlite")
+    with tempfile.TemporaryDirectory(prefix="kling-ledger-bench-") as tmp:
+        for procs in SQLITE_PROCS:
+            ledger_path = Path(tmp) / f"ledger_{procs}.db"
+            baseline_path = Path(tmp) / f"baseline_{procs}.db"
+            url = f"sqlite:///{ledger_path}"
+            with open_ledger(url) as admin:
+                admin.set_budget(SQLITE_SCOPE, limit=GENEROUS_LIMIT, window=WINDOW)
+            _sqlite_baseline_create(baseline_path, 1)
+            progress(f"sqlite: ledger, {procs} process(es), {seconds:g} s")
+            led = run_jobs(ctx, [Job("ledger", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)] * procs)
+            progress(f"sqlite: baseline, {procs} process(es), {seconds:g} s")
+            base = run_jobs(ctx, [Job("baseline", "sqlite", str(baseline_path), seconds=seconds)] * procs)
+            row = Row(f"{procs} proc, shared budget", led, base)
+            report.rows.append(row)
+            report.goals.append(
+                (f"{procs} proc: ratio >= {RATIO_GOAL}", row.ratio >= RATIO_GOAL, f"{row.ratio:.2f}")
+            )
+            report.goals.append(
+                (
+                    f"{procs} proc: p99 < {SQLITE_P99_GOAL_MS:g} ms",
+                    led.p99_ms < SQLITE_P99_GOAL_MS,
+                    f"{led.p99_ms:.3f} ms",
+                )
+            )
+            bad = _sqlite_overspent(ledger_path, baseline_path)
+            report.overspent = report.overspent or bool(bad)
+            report.goals.append((f"{procs} proc: no window over its limit", not bad, "; ".join(bad) or "0"))
+    return report
+
+
+def profile_sqlite(seconds: float) -> str:
+    """cProfile of the single-process SQLite ledger loop, top functions by internal time."""
+    with tempfile.TemporaryDirectory(prefix="kling-ledger-prof-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'ledger.db'}"
+        with open_ledger(url) as admin:
+            admin.set_budget(SQLITE_SCOPE, limit=GENEROUS_LIMIT, window=WINDOW)
+        pair, close = _ledger_pair(Job("ledger", "sqlite", url, scope=SQLITE_SCOPE))
+        try:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            outcome = _timed_loop(pair, seconds)
+            profiler.disable()
+        finally:
+            close()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(20)
+    return (
+        f"cProfile, SQLite ledger, 1 process, {outcome.pairs} pairs (slowed by profiling):\n{text.getvalue()}"
+    )
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+def _pg_urls(url: str, schema: str) -> tuple[str, str]:
+    """(ledger URL with ``?schema=``, plain conninfo) from the configured server URL."""
+    parts = urlsplit(url)
+    rest = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "schema"]
+    ledger_url = urlunsplit(
+        ("postgresql", parts.netloc, parts.path, urlencode([*rest, ("schema", schema)]), "")
+    )
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
+    return ledger_url, conninfo
+
+
+def _pg_unreachable(conninfo: str) -> str:
+    """Why the server can not be used, or '' when it answers."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'klingai-cost-controls[postgres]')"
+    try:
+        with psycopg.connect(conninfo, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except (psycopg.Error, OSError) as exc:
+        return f"cannot connect: {str(exc).strip() or type(exc).__name__}"
+    return ""
+
+
+def _pg_baseline_schema(conninfo: str, schema: str, rows: int, *, drop: bool = False) -> list[str]:
+    """Create (or with ``drop``, check and drop) the baseline schema; returns overspent rows."""
+    import psycopg
+    from psycopg import sql
+
+    name = sql.Identifier(schema)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if drop:
+            conn.execute(sql.SQL("SET search_path TO {}").format(name))
+            bad = [
+                f"baseline row {row}: {used}+{reserved} > {limit}"
+                for row, used, reserved, limit in conn.execute("SELECT id, used, reserved, lim FROM w")
+                if used + reserved > limit
+            ]
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(name))
+            return bad
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(name))
+        conn.execute(sql.SQL("SET search_path TO {}").format(name))
+        conn.execute(
+            "CREATE TABLE w (id BIGINT PRIMARY KEY, used BIGINT NOT NULL DEFAULT 0, "
+            "reserved BIGINT NOT NULL DEFAULT 0, lim BIGINT NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE c (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, w_id BIGINT NOT NULL, "
+            "amount BIGINT NOT NULL, created_at BIGINT NOT NULL)"
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO w (id, lim) VALUES (%s, %s)",
+                [(i, to_storage(GENEROUS_LIMIT)) for i in range(rows)],
+            )
+    return []
+
+
+def _pg_ledger_overspent(ledger_url: str) -> list[str]:
+    import psycopg
+    from psycopg import sql
+
+    ledger_schema = dict(parse_qsl(urlsplit(ledger_url).query))["schema"]
+    _, conninfo = _pg_urls(ledger_url, ledger_schema)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(ledger_schema)))
+        return [
+            f"ledger {scope} {key}: {used}+{reserved} > {limit} (thousandths)"
+            for scope, key, used, reserved, limit in conn.execute(_LEDGER_WINDOWS_SQL)
+            if used + reserved > limit
+        ]
+
+
+def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
+    report = Report("postgres")
+    server = os.environ.get("KLING_COST_TEST_POSTGRES_URL") or DEFAULT_PG_URL
+    suffix = secrets.token_hex(4)
+    ledger_url, conninfo = _pg_urls(server, f"bench_{suffix}")
+    base_schema = f"bench_base_{suffix}"
+    why = _pg_unreachable(conninfo)
+    if why:
+        report.skipped = f"{_redact(server)}: {why}"
+        return report
+    from kling_cost.ledger.postgres import PostgresLedger
+
+    most = max(PG_PROCS)
+    admin = open_ledger(ledger_url)
+    assert isinstance(admin, PostgresLedger)
+    base_created = False
+    try:
+        admin.set_budget(SHARED_SCOPE, limit=GENEROUS_LIMIT, window=WINDOW)
+        for i in range(most):
+            admin.set_budget(f"project:p{i}", limit=GENEROUS_LIMIT, window=WINDOW)
+        admin.set_budget(CONTENDED_SCOPE, limit=CONTENTION_LIMIT, window=WINDOW)
+        _pg_baseline_schema(conninfo, base_schema, most + 1)
+        base_created = True
+        for shared in (True, False):
+            for procs in PG_PROCS:
+                what = "shared budget" if shared else "independent budgets"
+                scopes = [SHARED_SCOPE if shared else f"project:p{i}" for i in range(procs)]
+                rows = [0 if shared else i + 1 for i in range(procs)]
+                progress(f"postgres: ledger, {procs} process(es), {what}, {seconds:g} s")
+                led = run_jobs(
+                    ctx, [Job("ledger", "postgres", ledger_url, scope=s, seconds=seconds) for s in scopes]
+                )
+                progress(f"postgres: baseline, {procs} process(es), {what}, {seconds:g} s")
+                base = run_jobs(
+                    ctx,
+                    [
+                        Job("baseline", "postgres", conninfo, row=r, schema=base_schema, seconds=seconds)
+                        for r in rows
+                    ],
+                )
+                report.rows.append(Row(f"{procs} proc, {what}", led, base))
+        progress(f"postgres: contention, {most} processes on a limit of {CONTENTION_LIMIT}")
+        granted_each = _spawn_all(ctx, contention_worker, [(ledger_url,)] * most, STARTUP_TIMEOUT_S + 60)
+        errors = [g for g in granted_each if isinstance(g, str)]
+        if errors:
+            raise RuntimeError("; ".join(errors))
+        granted = sum(granted_each)
+        usage = admin.usage(CONTENDED_SCOPE, WINDOW)
+        overspend = max(Decimal(0), usage.used + usage.reserved - usage.limit)
+        bad = _pg_ledger_overspent(ledger_url)
+        base_bad = _pg_baseline_schema(conninfo, base_schema, 0, drop=True)
+        base_created = False
+    finally:
+        try:
+            if base_created:
+                _pg_baseline_schema(conninfo, base_schema, 0, drop=True)
+        finally:
+            admin.drop_schema()
+            admin.close()
+
+    target = next(r for r in report.rows if r.config == f"{most} proc, independent budgets")
+    report.goals += [
+        (
+            f"{most} proc independent: ratio >= {RATIO_GOAL}",
+            target.ratio >= RATIO_GOAL,
+            f"{target.ratio:.2f}",
+        ),
+        (
+            f"{most} proc independent: >= {PG_THROUGHPUT_GOAL:,.0f} pairs/s",
+            target.ledger.pairs_per_s >= PG_THROUGHPUT_GOAL,
+            f"{target.ledger.pairs_per_s:,.0f} pairs/s",
+        ),
+        ("every window: used + reserved <= limit", not (bad or base_bad), "; ".join(bad + base_bad) or "0"),
+        (
+            f"contention ({most} proc, limit {CONTENTION_LIMIT}): overspend == 0",
+            overspend == 0,
+            f"overspend {overspend}; {granted} granted x {AMOUNT} = {granted * AMOUNT} "
+            f"(used {usage.used}, reserved {usage.reserved}, per process {granted_each})",
+        ),
+    ]
+    report.overspent = bool(bad or base_bad) or overspend > 0
+    expected = int(CONTENTION_LIMIT / AMOUNT)
+    if granted != expected:
+        report.notes.append(f"contention granted {granted} reservations, {expected} fit in the limit")
+    return report
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def render(report: Report, seconds: float) -> str:
+    title = {"sqlite": "SQLite (issue 3)", "postgres": "PostgreSQL (issue 4)"}[report.backend]
+    lines = [f"== {title}: reserve+commit pairs, {seconds:g} s per measurement =="]
+    if report.skipped:
+        return "\n".join([*lines, f"skipped: {report.skipped}"])
+    head = (
+        f"{'configuration':<28} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'base pairs/s':>12} {'base p50':>9} {'base p99':>9} {'ratio':>6}"
+    )
+    lines += [head, "-" * len(head)]
+    for row in report.rows:
+        led, base = row.ledger, row.baseline
+        lines.append(
+            f"{row.config:<28} {led.pairs_per_s:>9,.0f} {led.p50_ms:>8.3f} {led.p99_ms:>8.3f} "
+            f"{base.pairs_per_s:>12,.0f} {base.p50_ms:>9.3f} {base.p99_ms:>9.3f} {row.ratio:>6.2f}"
+        )
+    lines.append("goals:")
+    lines += [f"  [{'MET' if met else 'NOT MET'}] {name}: {detail}" for name, met, detail in report.goals]
+    lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default 3)")
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="1 s per measurement")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--profile", action="store_true", help="also cProfile the 1-process SQLite ledger")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds = 1.0
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    ctx = get_context("spawn")
+    reports: list[Report] = []
+    if args.backend in ("sqlite", "all"):
+        reports.append(bench_sqlite(ctx, args.seconds))
+    if args.backend in ("postgres", "all"):
+        reports.append(bench_postgres(ctx, args.seconds))
+    profile = profile_sqlite(args.seconds) if args.profile else ""
+    if args.json:
+        payload: dict[str, Any] = {"seconds": args.seconds, "amount": str(AMOUNT)}
+        payload["reports"] = [r.to_dict() for r in reports]
+        if profile:
+            payload["profile"] = profile
+        print(json.dumps(payload, indent=2))
+    else:
+        print(f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs")
+        for report in reports:
+            print()
+            print(render(report, args.seconds))
+        if profile:
+            print()
+            print(profile)
+    # Performance goals only inform; an overspent budget is a correctness failure.
+    return 1 if any(r.overspent for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""``kling-cost budget set|list|show|delete``, ``kling-cost usage`` and ``kling-cost ledger ...``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..budgets import Usage
+from ..ledger import Ledger, open_ledger
+from ..money import format_amount
+from ._common import JsonOption, LedgerOption, boundary, console, fail, print_json
+
+budget_app = typer.Typer(help="Set, list, show and delete budgets.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Maintain the ledger database.", no_args_is_help=True)
+
+WindowOption = Annotated[str, typer.Option("--window", "-w", help="day, week, month or lifetime.")]
+
+
+@contextmanager
+def opened(url: str | None) -> Iterator[Ledger]:
+    with boundary():
+        ledger = open_ledger(url)
+        try:
+            yield ledger
+        finally:
+            ledger.close()
+
+
+def _parse_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--at {value!r} is not a date-time; use e.g. 2026-11-27T12:00:00+00:00")
+    if moment.tzinfo is None:
+        fail(f"--at {value!r} needs a UTC offset, e.g. 2026-11-27T12:00:00+00:00")
+    return moment
+
+
+def _usage_table(usages: list[Usage], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("scope", "window", "period", "limit", "used", "reserved", "remaining", "used %"):
+        left = col in ("scope", "window", "period")
+        table.add_column(col, justify="left" if left else "right", overflow="fold")
+    for u in usages:
+        pct = "" if not u.limit else f"{(u.used + u.reserved) * 100 / u.limit:.1f}%"
+        table.add_row(
+            u.scope,
+            u.budget.window,
+            u.window.key,
+            format_amount(u.limit),
+            format_amount(u.used),
+            format_amount(u.reserved),
+            format_amount(u.remaining),
+            pct,
+        )
+    return table
+
+
+@budget_app.command("set")
+def set_command(
+    scope: Annotated[str, typer.Argument(help="account, or kind:id such as project:film, key:alice.")],
+    limit: Annotated[str, typer.Argument(help="Ceiling per window, in the catalog's unit.")],
+    window: WindowOption = "day",
+    tz: Annotated[str, typer.Option("--tz", help="IANA time zone of the window.")] = "UTC",
+    thresholds: Annotated[
+        str | None, typer.Option("--thresholds", help="Alert fractions, e.g. 0.5,0.8,1.")
+    ] = None,
+    max_per_request: Annotated[
+        str | None, typer.Option("--max-per-request", help="Refuse any single request above this.")
+    ] = None,
+    ledger_url: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Create or update a budget (a raised limit applies at once)."""
+    marks = None if thresholds is None else [t.strip() for t in thresholds.split(",") if t.strip()]
+    with opened(ledger_url) as ledger:
+        budget = ledger.set_budget(
+            scope, limit, window, tz=tz, thresholds=marks, max_per_request=max_per_request
+        )
+    if json_out:
+        print_json(budget.to_dict())
+        return
+    extra = (
+        "" if budget.max_per_request is None else f", max {format_amount(budget.max_per_request)} per request"
+    )
+    console.print(
+        f"budget {budget.scope} {budget.window}: {format_amount(budget.limit)} per {budget.window} "
+        f"({budget.tz}){extra}"
+    )
+
+
+@budget_app.command("list")
+def list_command(
+    scope: Annotated[str | None, typer.Option("--scope", help="Only this scope.")] = None,
+    ledger_url: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List budgets with where they stand in their current window."""
+    with opened(ledger_url) as ledger:
+        usages = ledger.usages(scope)
+    if json_out:
+        print_json([{**u.budget.to_dict(), **u.to_dict()} for u in usages])
+        return
+    if not usages:
+        console.print("no budgets yet; add one with: kling-cost budget set account 1000 --window day")
+        return
+    console.print(_usage_table(usages, "Budgets"))
+
+
+@budget_app.command("show")
+def show_command(
+    scope: Annotated[str, typer.Argument(help="The scope to show.")],
+    window: Annotated[str | None, typer.Option("--window", "-w", help="Which of its budgets.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="A past moment (ISO 8601 with offset).")] = None,
+    ledger_url: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show one scope's budgets: limit, used, reserved and remaining."""
+    moment = _parse_at(at)
+    with opened(ledger_url) as ledger:
+        usages = [ledger.usage(scope, window, at=moment)] if window else ledger.usages(scope, at=moment)
+    if not usages:
+        fail(f"scope {scope} has no budget; set one with: kling-cost budget set {scope} LIMIT")
+    if json_out:
+        print_json([{**u.budget.to_dict(), **u.to_dict()} for u in usages])
+        return
+    console.print(_usage_table(usages, f"Budgets of {scope}"))
+
+
+@budget_app.command("delete")
+def delete_command(
+    scope: Annotated[str, typer.Argument(help="The scope.")],
+    window: WindowOption = "day",
+    ledger_url: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Delete a budget (its charges stay in the ledger)."""
+    with opened(ledger_url) as ledger:
+        deleted = ledger.delete_budget(scope, window)
+    if json_out:
+        print_json({"deleted": deleted, "scope": scope, "window": window})
+        return
+    if not deleted:
+        fail(f"scope {scope} has no {window} budget")
+    console.print(f"deleted the {window} budget of {scope}")
+
+
+def usage_command(
+    scope: Annotated[str | None, typer.Option("--scope", help="Only this scope.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="A past moment (ISO 8601 with offset).")] = None,
+    charges: Annotated[int, typer.Option("--charges", help="Also list the N latest charges.")] = 0,
+    ledger_url: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Where every budget stands now (or --at a past moment), and the latest charges."""
+    moment = _parse_at(at)
+    with opened(ledger_url) as ledger:
+        usages = ledger.usages(scope, at=moment)
+        latest = ledger.charges(scope)[-charges:] if charges > 0 else []
+        totals = ledger.totals()
+    if json_out:
+        print_json(
+            {
+                "budgets": [u.to_dict() for u in usages],
+                "charges": [c.to_dict() for c in latest],
+                "totals": {k: str(v) for k, v in totals.items()},
+            }
+        )
+        return
+    if usages:
+        console.print(_usage_table(usages, "Usage"))
+    else:
+        console.print("no budgets yet; add one with: kling-cost budget set account 1000 --window day")
+    if latest:
+        table = Table(title="Latest charges")
+        for col in ("when", "task", "model", "mode", "s", "estimate", "actual", "prompt"):
+            table.add_column(col, overflow="fold")
+        for c in latest:
+            table.add_row(
+                c.created_at.strftime("%Y-%m-%d %H:%M"),
+                c.task_id or "",
+                c.model or "",
+                c.mode or "",
+                "" if c.duration is None else str(c.duration),
+                format_amount(c.estimate),
+                format_amount(c.actual),
+                (c.prompt_preview or "")[:40],
+            )
+        console.print(table)
+    console.print(
+        f"charged in all: {format_amount(totals['charged'])}; held by open reservations: "
+        f"{format_amount(totals['reserved'])}"
+    )
+
+
+@ledger_app.command("migrate")
+def migrate_command(ledger_url: LedgerOption = None, json_out: JsonOption = False) -> None:
+    """Create or upgrade the ledger's schema (safe to run while others use it)."""
+    with opened(ledger_url) as ledger:
+        version = ledger.migrate()
+        url = ledger.url
+    if json_out:
+        print_json({"ledger": url, "schema_version": version})
+        return
+    console.print(f"{url}: schema version {version}")
+
+
+@ledger_app.command("sweep")
+def sweep_command(ledger_url: LedgerOption = None, json_out: JsonOption = False) -> None:
+    """Reclaim reservations whose lease expired (also done on every reservation)."""
+    with opened(ledger_url) as ledger:
+        count = ledger.sweep()
+    if json_out:
+        print_json({"reclaimed": count})
+        return
+    console.print(f"reclaimed {count} expired reservation(s)")

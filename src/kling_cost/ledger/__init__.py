@@ -1,0 +1,56 @@
+"""The durable credit ledger, chosen by URL: ``sqlite:///...`` (default) or ``postgresql://...``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError
+from .base import Clock, Ledger
+from .models import Charge, Reservation
+from .sqlite import SQLiteLedger
+
+__all__ = ["Charge", "Clock", "Ledger", "Reservation", "SQLiteLedger", "default_ledger_url", "open_ledger"]
+
+ENV_LEDGER = "KLING_COST_LEDGER"
+
+
+def default_ledger_url() -> str:
+    """``$KLING_COST_LEDGER``, else ``ledger.db`` in the user data directory (created)."""
+    env = os.environ.get(ENV_LEDGER)
+    if env:
+        return env
+    import platformdirs
+
+    folder = Path(platformdirs.user_data_dir("kling-cost", appauthor=False))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the default ledger directory {folder}: {exc}; set KLING_COST_LEDGER"
+        ) from None
+    return f"sqlite:///{folder / 'ledger.db'}"
+
+
+def open_ledger(url: str | None = None, **options: Any) -> Ledger:
+    """Open (and migrate) the ledger at ``url``; the URL scheme picks the backend.
+
+    ``options`` go to the backend: ``clock`` (a function returning an aware UTC datetime),
+    ``default_ttl``, ``sweep_interval``, and backend-specific ones.
+    """
+    target = url or default_ledger_url()
+    if not isinstance(target, str):
+        raise ConfigurationError(f"ledger URL must be a string, not {type(target).__name__}")
+    scheme = urlsplit(target).scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        from . import postgres  # noqa: F401 - registers the backend; fails clearly without the extra
+    backend = Ledger.registry.get(scheme)
+    if backend is None:
+        known = ", ".join(sorted({*Ledger.registry, "postgresql", "postgres"}))
+        raise ConfigurationError(
+            f"ledger URL {target!r} has an unknown scheme {scheme!r}; use one of: {known} "
+            "(e.g. sqlite:///credits.db)"
+        )
+    return backend(target, **options)

@@ -1,0 +1,98 @@
+"""What the ledger hands back: reservations and charges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["Charge", "Reservation"]
+
+RESERVED = "reserved"
+COMMITTED = "committed"
+RELEASED = "released"
+EXPIRED = "expired"
+STATUSES = (RESERVED, COMMITTED, RELEASED, EXPIRED)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Credits held for one request until it is committed, released, or its lease expires."""
+
+    id: str
+    idempotency_key: str
+    amount: Decimal
+    status: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+    actual: Decimal | None = None
+    settled_at: datetime | None = None
+    task_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    windows: tuple[tuple[int, str], ...] = ()
+    """(budget id, window key) of every budget window this reservation counts in."""
+
+    @property
+    def settled(self) -> bool:
+        return self.status != RESERVED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "idempotency_key": self.idempotency_key,
+            "amount": str(self.amount),
+            "status": self.status,
+            "scopes": list(self.scopes),
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "actual": None if self.actual is None else str(self.actual),
+            "settled_at": None if self.settled_at is None else self.settled_at.isoformat(),
+            "task_id": self.task_id,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One settled (committed) generation: what was estimated and what was actually charged."""
+
+    id: int
+    reservation_id: str
+    idempotency_key: str
+    created_at: datetime
+    settled_at: datetime
+    estimate: Decimal
+    actual: Decimal
+    scopes: tuple[str, ...]
+    task_id: str | None = None
+    kind: str | None = None
+    model: str | None = None
+    mode: str | None = None
+    duration: int | None = None
+    audio: bool = False
+    prompt_hash: str | None = None
+    prompt_preview: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "reservation_id": self.reservation_id,
+            "idempotency_key": self.idempotency_key,
+            "created_at": self.created_at.isoformat(),
+            "settled_at": self.settled_at.isoformat(),
+            "estimate": str(self.estimate),
+            "actual": str(self.actual),
+            "scopes": list(self.scopes),
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "model": self.model,
+            "mode": self.mode,
+            "duration": self.duration,
+            "audio": self.audio,
+            "prompt_hash": self.prompt_hash,
+            "prompt_preview": self.prompt_preview,
+            "metadata": self.metadata,
+        }

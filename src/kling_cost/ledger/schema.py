@@ -1,0 +1,81 @@
+"""Numbered schema migrations, shared by every backend (``{id}`` is the dialect's id column)."""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE budgets (
+                id {id},
+                scope TEXT NOT NULL,
+                period TEXT NOT NULL,
+                tz TEXT NOT NULL,
+                limit_milli BIGINT NOT NULL,
+                max_per_request_milli BIGINT,
+                thresholds TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                UNIQUE (scope, period)
+            )""",
+            """CREATE TABLE budget_windows (
+                budget_id BIGINT NOT NULL REFERENCES budgets(id) ON DELETE CASCADE,
+                window_key TEXT NOT NULL,
+                used_milli BIGINT NOT NULL DEFAULT 0,
+                reserved_milli BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (budget_id, window_key)
+            )""",
+            """CREATE TABLE reservations (
+                id TEXT PRIMARY KEY,
+                idempotency_key TEXT NOT NULL UNIQUE,
+                amount_milli BIGINT NOT NULL,
+                actual_milli BIGINT,
+                status TEXT NOT NULL,
+                scopes TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                settled_at BIGINT,
+                task_id TEXT,
+                metadata TEXT NOT NULL
+            )""",
+            "CREATE INDEX reservations_open ON reservations (status, expires_at)",
+            "CREATE INDEX reservations_task ON reservations (task_id)",
+            """CREATE TABLE reservation_windows (
+                reservation_id TEXT NOT NULL REFERENCES reservations(id) ON DELETE CASCADE,
+                budget_id BIGINT NOT NULL,
+                window_key TEXT NOT NULL,
+                PRIMARY KEY (reservation_id, budget_id)
+            )""",
+            """CREATE TABLE charges (
+                id {id},
+                reservation_id TEXT NOT NULL UNIQUE,
+                idempotency_key TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                settled_at BIGINT NOT NULL,
+                estimate_milli BIGINT NOT NULL,
+                actual_milli BIGINT NOT NULL,
+                scopes TEXT NOT NULL,
+                task_id TEXT,
+                kind TEXT,
+                model TEXT,
+                mode TEXT,
+                duration INTEGER,
+                audio INTEGER NOT NULL DEFAULT 0,
+                prompt_hash TEXT,
+                prompt_preview TEXT,
+                metadata TEXT NOT NULL
+            )""",
+            "CREATE INDEX charges_created ON charges (created_at)",
+            """CREATE TABLE charge_scopes (
+                charge_id BIGINT NOT NULL REFERENCES charges(id) ON DELETE CASCADE,
+                scope TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (scope, created_at, charge_id)
+            )""",
+        ],
+    ),
+]
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,166 @@
+"""The embedded default: a SQLite file in WAL mode, safe for many threads and processes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..errors import ConfigurationError, StorageError
+from .base import Conflict, Cursor, Ledger
+
+__all__ = ["SQLiteLedger"]
+
+_SYNC = {"normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
+
+
+class _SQLiteCursor:
+    """Translates sqlite3 errors at the boundary (unique violations -> Conflict)."""
+
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: sqlite3.Cursor) -> None:
+        self._cur = cur
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        try:
+            return self._cur.execute(sql, params)
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc):
+                raise Conflict(str(exc)) from exc
+            raise StorageError(f"SQLite ledger: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite ledger: {exc}") from exc
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cur.fetchall()
+
+
+class SQLiteLedger(Ledger):
+    """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
+
+    URL options: ``?synchronous=full`` (power-loss durability; default ``normal``, which
+    loses nothing when a process crashes), ``?timeout=30`` (seconds to wait for a lock).
+    """
+
+    schemes = ("sqlite",)
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.path, self.synchronous, self.timeout = _parse_url(url)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._closed = False
+        self.migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StorageError(f"ledger {self.url} is closed")
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise ConfigurationError(f"{self.path}: WAL mode unavailable (journal_mode={mode})")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            raise ConfigurationError(
+                f"cannot open SQLite ledger {self.path}: {exc}; check the path and that it is a "
+                "SQLite database"
+            ) from exc
+        with self._lock:
+            self._connections.append(conn)
+        return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is None or getattr(local, "pid", None) != os.getpid():
+            conn = self._connect()
+            local.conn = conn
+            local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Cursor]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite ledger {self.path}: cannot start a transaction: {exc}") from exc
+        try:
+            yield _SQLiteCursor(conn.cursor())
+        except BaseException:
+            with suppress(sqlite3.Error):  # a failed transaction may already be gone
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise StorageError(f"SQLite ledger {self.path}: commit failed: {exc}") from exc
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``: ``'ok'`` when the file is sound."""
+        return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+            self._closed = True
+
+
+def _parse_url(url: str) -> tuple[str, str, float]:
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+        raise ConfigurationError(
+            f"SQLite ledger URL {url!r} is malformed; use sqlite:///relative.db or "
+            "sqlite:////absolute/path.db"
+        )
+    raw = unquote(parts.path[1:])
+    if not raw or raw == ":memory:":
+        raise ConfigurationError(
+            f"SQLite ledger URL {url!r} names no file; the ledger must be a file shared by "
+            "every process (sqlite:///path/to/ledger.db)"
+        )
+    path = Path(raw).expanduser()
+    if path.is_dir():
+        raise ConfigurationError(f"SQLite ledger path {path} is a directory; name a file")
+    if not path.parent.is_dir():
+        raise ConfigurationError(
+            f"SQLite ledger directory {path.parent} does not exist; create it or choose another path"
+        )
+    query = parse_qs(parts.query)
+    sync = query.pop("synchronous", ["normal"])[-1].lower()
+    if sync not in _SYNC:
+        raise ConfigurationError(f"synchronous={sync!r} in {url!r}; allowed: normal, full, extra")
+    try:
+        timeout = float(query.pop("timeout", ["30"])[-1])
+    except ValueError:
+        raise ConfigurationError(f"timeout in {url!r} must be a number of seconds") from None
+    if timeout <= 0:
+        raise ConfigurationError(f"timeout in {url!r} must be positive")
+    if query:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(sorted(query))} in {url!r}; allowed: synchronous, timeout"
+        )
+    return str(path), _SYNC[sync], timeout

@@ -1,0 +1,60 @@
+"""Functions run in child processes by the concurrency tests (importable under spawn)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+from kling_cost import BudgetExceeded
+from kling_cost.ledger import open_ledger
+
+SCOPE_SETS = [["project:a"], ["project:a", "key:k1"], ["project:b", "key:k1"], ["key:k2"], []]
+
+
+def hammer(url: str, seed: int, threads: int, results: list[dict[str, str]] | None = None) -> dict[str, str]:
+    """Reserve random amounts on overlapping scopes until refused 15 times in a row; commit
+    most (for at most the reserved amount), release some. Returns committed sums per scope."""
+    ledger = open_ledger(url)
+    committed: dict[str, Decimal] = {}
+    lock = threading.Lock()
+
+    def run(thread_seed: int) -> None:
+        rng = random.Random(thread_seed)
+        refusals = 0
+        while refusals < 15:
+            scopes = rng.choice(SCOPE_SETS)
+            amount = Decimal(rng.randint(1, 9000)) / 1000
+            try:
+                r = ledger.reserve(amount, scopes, ttl=timedelta(minutes=10))
+            except BudgetExceeded:
+                refusals += 1
+                continue
+            refusals = 0
+            if rng.random() < 0.15:
+                ledger.release(r)
+                continue
+            actual = amount - Decimal(rng.randint(0, int(amount * 1000))) / 1000 * (rng.random() < 0.3)
+            done = ledger.commit(r, actual)
+            with lock:
+                for scope in done.scopes:
+                    committed[scope] = committed.get(scope, Decimal(0)) + (done.actual or 0)
+
+    workers = [threading.Thread(target=run, args=(seed * 100 + i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    ledger.close()
+    return {k: str(v) for k, v in committed.items()}
+
+
+def reserve_and_hang(url: str, ready: str) -> None:
+    """Reserve, announce the reservation id in file ``ready``, then hang until killed."""
+    ledger = open_ledger(url)
+    r = ledger.reserve(40, ["project:crash"], ttl=timedelta(seconds=60))
+    with open(ready, "w") as fh:
+        fh.write(r.id)
+    time.sleep(600)
