@@ -54,7 +54,7 @@ def test_budget_lifecycle(url: str) -> None:
     code, out, _ = run("usage", "--ledger", url, "--charges", "5")
     assert code == 0 and "dawn" in out
     code, out, _ = run("budget", "list", "--ledger", url)
-    assert code == 0 and "film" in out and "182" in out
+    assert code == 0 and "project:" in out and "182" in out
     code, _, _ = run("budget", "delete", "project:film", "--window", "week", "--ledger", url)
     assert code == 0
     with open_ledger(url) as led:
