@@ -1,5 +1,6 @@
 """klingai-cost-controls: never spend more on Kling AI than you meant to."""
 
+from .budgets import Budget, Usage, Window
 from .errors import (
     AccountError,
     AuthError,
@@ -20,6 +21,7 @@ from .errors import (
     TaskTimeout,
     ValidationError,
 )
+from .ledger import Charge, Ledger, Reservation, default_ledger_url, open_ledger
 from .money import format_amount, from_storage, parse_amount, to_storage
 from .pricing import (
     Catalog,
@@ -36,8 +38,10 @@ __version__ = "0.1.0"
 __all__ = [
     "AccountError",
     "AuthError",
+    "Budget",
     "BudgetExceeded",
     "Catalog",
+    "Charge",
     "ConcurrencyLimited",
     "ConfigurationError",
     "ContentRejected",
@@ -46,21 +50,27 @@ __all__ = [
     "InvalidRequest",
     "KlingAPIError",
     "KlingCostError",
+    "Ledger",
     "PermissionDenied",
     "PriceEntry",
     "PriceRequest",
     "PricingError",
     "RateLimited",
+    "Reservation",
     "ReservationError",
     "ServerError",
     "StorageError",
     "TaskTimeout",
+    "Usage",
     "ValidationError",
+    "Window",
     "__version__",
+    "default_ledger_url",
     "estimate",
     "format_amount",
     "from_storage",
     "load_catalog",
+    "open_ledger",
     "parse_amount",
     "parse_catalog",
     "to_storage",

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..budgets import Usage
-from ..ledger import Ledger, open_ledger
+from ..ledger import Ledger, copy_ledger, open_ledger
 from ..money import format_amount
 from ._common import JsonOption, LedgerOption, boundary, console, fail, print_json
 
@@ -210,6 +210,22 @@ def migrate_command(ledger_url: LedgerOption = None, json_out: JsonOption = Fals
         print_json({"ledger": url, "schema_version": version})
         return
     console.print(f"{url}: schema version {version}")
+
+
+@ledger_app.command("copy")
+def copy_command(
+    source: Annotated[str, typer.Option("--from", help="Ledger URL to copy from.")],
+    target: Annotated[str, typer.Option("--to", help="Empty ledger URL to copy into.")],
+    json_out: JsonOption = False,
+) -> None:
+    """Copy a whole ledger (budgets, usage, reservations, charges) into an empty one."""
+    with opened(source) as src, opened(target) as dst, boundary():
+        result = copy_ledger(src, dst)
+    if json_out:
+        print_json({"from": source, "to": target, "rows": result.rows, "total": result.total})
+        return
+    parts = ", ".join(f"{n} {t}" for t, n in result.rows.items())
+    console.print(f"copied {result.total} rows: {parts}")
 
 
 @ledger_app.command("sweep")

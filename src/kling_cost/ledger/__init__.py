@@ -9,10 +9,21 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 from .base import Clock, Ledger
+from .copy import CopyResult, copy_ledger
 from .models import Charge, Reservation
 from .sqlite import SQLiteLedger
 
-__all__ = ["Charge", "Clock", "Ledger", "Reservation", "SQLiteLedger", "default_ledger_url", "open_ledger"]
+__all__ = [
+    "Charge",
+    "Clock",
+    "CopyResult",
+    "Ledger",
+    "Reservation",
+    "SQLiteLedger",
+    "copy_ledger",
+    "default_ledger_url",
+    "open_ledger",
+]
 
 ENV_LEDGER = "KLING_COST_LEDGER"
 

@@ -164,6 +164,9 @@ class Ledger(ABC):
                 current = version
             return int(current)
 
+    def _after_bulk_insert(self, cur: Cursor, table: str, column: str) -> None:  # noqa: B027
+        """Let identity sequences continue after rows were inserted with explicit ids."""
+
     def _lock_schema(self, cur: Cursor) -> None:  # noqa: B027 - optional hook
         """Serialise concurrent migrations (SQLite's BEGIN IMMEDIATE already does)."""
 

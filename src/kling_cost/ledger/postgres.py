@@ -126,6 +126,12 @@ class PostgresLedger(Ledger):
     def _lock_schema(self, cur: Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"kling_cost:{self.schema}",))
 
+    def _after_bulk_insert(self, cur: Cursor, table: str, column: str) -> None:
+        cur.execute(
+            f"SELECT setval(pg_get_serial_sequence(?, ?), COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)",  # noqa: E501
+            (table, column),
+        )
+
     def _lock_reservation_sql(self) -> str:
         return " FOR UPDATE"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
@@ -79,3 +79,65 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
+    (
+        "budgets",
+        (
+            "id",
+            "scope",
+            "period",
+            "tz",
+            "limit_milli",
+            "max_per_request_milli",
+            "thresholds",
+            "created_at",
+            "updated_at",
+        ),
+        "id",
+    ),
+    ("budget_windows", ("budget_id", "window_key", "used_milli", "reserved_milli"), None),
+    (
+        "reservations",
+        (
+            "id",
+            "idempotency_key",
+            "amount_milli",
+            "actual_milli",
+            "status",
+            "scopes",
+            "created_at",
+            "expires_at",
+            "settled_at",
+            "task_id",
+            "metadata",
+        ),
+        None,
+    ),
+    ("reservation_windows", ("reservation_id", "budget_id", "window_key"), None),
+    (
+        "charges",
+        (
+            "id",
+            "reservation_id",
+            "idempotency_key",
+            "created_at",
+            "settled_at",
+            "estimate_milli",
+            "actual_milli",
+            "scopes",
+            "task_id",
+            "kind",
+            "model",
+            "mode",
+            "duration",
+            "audio",
+            "prompt_hash",
+            "prompt_preview",
+            "metadata",
+        ),
+        "id",
+    ),
+    ("charge_scopes", ("charge_id", "scope", "created_at"), None),
+]
+"""Every data table, in an order that respects foreign keys: (name, columns, identity column)."""
