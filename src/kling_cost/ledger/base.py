@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -265,16 +265,13 @@ class Ledger(ABC):
         lease = ttl if ttl is not None else self.default_ttl
         if not isinstance(lease, timedelta) or lease <= timedelta(0):
             raise ValidationError(f"ttl must be a positive timedelta, not {lease!r}")
-        key = _check_key(idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
+        key = _check_key(idempotency_key) if idempotency_key is not None else None
         meta = _clean_metadata(metadata)
         for attempt in range(RETRIES):
             now = self.clock()
             try:
                 with self._transaction() as cur:
                     self._sweep_due(cur, now, force=attempt > 0)
-                    existing = self._reservation_by(cur, "idempotency_key", key)
-                    if existing is not None:
-                        return existing
                     return self._reserve(cur, now, milli, scope_list, key, lease, meta)
             except Conflict:
                 continue
@@ -282,7 +279,7 @@ class Ledger(ABC):
                 if attempt == 0 and self._has_expired(now):
                     continue
                 raise refused.error from None
-        raise StorageError(f"reservation {key!r} kept conflicting with concurrent writers")
+        raise StorageError("the reservation kept conflicting with concurrent writers; try again")
 
     def _reserve(
         self,
@@ -290,13 +287,40 @@ class Ledger(ABC):
         now: datetime,
         milli: int,
         scopes: tuple[str, ...],
-        key: str,
+        key: str | None,
         ttl: timedelta,
         meta: dict[str, Any],
     ) -> Reservation:
         marks = ",".join("?" * len(scopes))
         cur.execute(_BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id", scopes)
         budgets = [_budget(row) for row in cur.fetchall()]
+        windows = [(b, window_at(b.window, b.tz, now)) for b in budgets]
+        refs = tuple((b.id, w.key) for b, w in windows)
+        res_id = _new_id(now)
+        key = key or res_id
+        created = _ms(now)
+        expires = _ms(now + ttl)
+        cur.execute(
+            "INSERT INTO reservations (id, idempotency_key, amount_milli, status, scopes, "
+            "created_at, expires_at, windows, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (idempotency_key) DO NOTHING",
+            (
+                res_id,
+                key,
+                milli,
+                RESERVED,
+                json.dumps(scopes),
+                created,
+                expires,
+                json.dumps(refs),
+                json.dumps(meta),
+            ),
+        )
+        if cur.rowcount != 1:  # the key was reserved before: return that reservation, hold nothing
+            existing = self._reservation_by(cur, "idempotency_key", key)
+            if existing is None:
+                raise Conflict(f"idempotency key {key!r} vanished while reserving")
+            return existing
         amount = from_storage(milli)
         for b in budgets:
             if b.max_per_request is not None and amount > b.max_per_request:
@@ -312,28 +336,24 @@ class Ledger(ABC):
                         reason="max_per_request",
                     )
                 )
-        windows: list[tuple[int, str]] = []
-        for b in budgets:
-            w = window_at(b.window, b.tz, now)
-            cur.execute(
-                "INSERT INTO budget_windows (budget_id, window_key, used_milli, reserved_milli) "
-                "VALUES (?, ?, 0, 0) ON CONFLICT (budget_id, window_key) DO NOTHING",
-                (b.id, w.key),
-            )
+        for b, w in windows:
             limit = to_storage(b.limit)
-            cur.execute(
-                "UPDATE budget_windows SET reserved_milli = reserved_milli + ? "
-                "WHERE budget_id = ? AND window_key = ? "
-                "AND used_milli + reserved_milli + ? <= ?",
-                (milli, b.id, w.key, milli, limit),
-            )
-            if cur.rowcount != 1:
+            if milli <= limit:
+                cur.execute(
+                    "INSERT INTO budget_windows (budget_id, window_key, used_milli, reserved_milli) "
+                    "VALUES (?, ?, 0, ?) ON CONFLICT (budget_id, window_key) DO UPDATE "
+                    "SET reserved_milli = budget_windows.reserved_milli + excluded.reserved_milli "
+                    "WHERE budget_windows.used_milli + budget_windows.reserved_milli "
+                    "+ excluded.reserved_milli <= ?",
+                    (b.id, w.key, milli, limit),
+                )
+            if milli > limit or cur.rowcount != 1:
                 cur.execute(
                     "SELECT used_milli, reserved_milli FROM budget_windows "
                     "WHERE budget_id = ? AND window_key = ?",
                     (b.id, w.key),
                 )
-                used, reserved = cur.fetchone()
+                used, reserved = cur.fetchone() or (0, 0)
                 available = from_storage(max(0, limit - used - reserved))
                 raise _Refused(
                     BudgetExceeded(
@@ -348,30 +368,16 @@ class Ledger(ABC):
                         limit=b.limit,
                     )
                 )
-            windows.append((b.id, w.key))
-        res_id = uuid.uuid4().hex
-        created = _ms(now)
-        expires = _ms(now + ttl)
-        cur.execute(
-            "INSERT INTO reservations (id, idempotency_key, amount_milli, status, scopes, "
-            "created_at, expires_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (res_id, key, milli, RESERVED, json.dumps(scopes), created, expires, json.dumps(meta)),
-        )
-        for budget_id, window_key in windows:
-            cur.execute(
-                "INSERT INTO reservation_windows (reservation_id, budget_id, window_key) VALUES (?, ?, ?)",
-                (res_id, budget_id, window_key),
-            )
         return Reservation(
             id=res_id,
             idempotency_key=key,
-            amount=from_storage(milli),
+            amount=amount,
             status=RESERVED,
             scopes=scopes,
             created_at=_dt(created),
             expires_at=_dt(expires),
             metadata=meta,
-            windows=tuple(windows),
+            windows=refs,
         )
 
     def commit(
@@ -517,19 +523,16 @@ class Ledger(ABC):
     def _has_expired(self, now: datetime) -> bool:
         with self._transaction() as cur:
             cur.execute(
-                "SELECT 1 FROM reservations WHERE status = ? AND expires_at <= ? LIMIT 1",
-                (RESERVED, _ms(now)),
+                "SELECT 1 FROM reservations WHERE status = 'reserved' AND expires_at <= ? LIMIT 1",
+                (_ms(now),),
             )
             return cur.fetchone() is not None
 
     def _sweep(self, cur: Cursor, now: datetime) -> int:
-        cur.execute(
-            _RES_SELECT + " WHERE status = ? AND expires_at <= ? ORDER BY id",
-            (RESERVED, _ms(now)),
-        )
+        cur.execute(_RES_SELECT + " WHERE status = 'reserved' AND expires_at <= ? ORDER BY id", (_ms(now),))
         expired = [_reservation(row) for row in cur.fetchall()]
         for res in expired:
-            self._free(cur, _with_windows(cur, res), EXPIRED, now)
+            self._free(cur, res, EXPIRED, now)
         return len(expired)
 
     def _free(self, cur: Cursor, res: Reservation, status: str, now: datetime) -> None:
@@ -550,12 +553,12 @@ class Ledger(ABC):
         row = cur.fetchone()
         if row is None:
             raise ReservationError(f"reservation {res_id!r} does not exist in this ledger")
-        return _with_windows(cur, _reservation(row))
+        return _reservation(row)
 
     def _reservation_by(self, cur: Cursor, column: str, value: str) -> Reservation | None:
         cur.execute(_RES_SELECT + f" WHERE {column} = ?", (value,))
         row = cur.fetchone()
-        return None if row is None else _with_windows(cur, _reservation(row))
+        return None if row is None else _reservation(row)
 
     def _insert_charge(
         self, cur: Cursor, res: Reservation, spent: int, settled: int, task_id: str | None
@@ -567,7 +570,7 @@ class Ledger(ABC):
             "INSERT INTO charges (reservation_id, idempotency_key, created_at, settled_at, "
             "estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio, "
             "prompt_hash, prompt_preview, metadata) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 res.id,
                 res.idempotency_key,
@@ -587,12 +590,6 @@ class Ledger(ABC):
                 json.dumps(meta),
             ),
         )
-        charge_id = cur.fetchone()[0]
-        for scope in res.scopes:
-            cur.execute(
-                "INSERT INTO charge_scopes (charge_id, scope, created_at) VALUES (?, ?, ?)",
-                (charge_id, scope, created),
-            )
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -611,7 +608,7 @@ class Ledger(ABC):
                     _RES_SELECT + " WHERE status = ? ORDER BY created_at DESC, id LIMIT ?",
                     (status, limit),
                 )
-            return [_with_windows(cur, _reservation(row)) for row in cur.fetchall()]
+            return [_reservation(row) for row in cur.fetchall()]
 
     def usage(self, scope: str, window: str | None = None, *, at: datetime | None = None) -> Usage:
         """Limit, used, reserved and remaining of one budget in the window containing ``at``."""
@@ -662,9 +659,8 @@ class Ledger(ABC):
         params: list[Any] = []
         sql = _CHARGE_SELECT
         if scope is not None:
-            sql += " JOIN charge_scopes s ON s.charge_id = c.id"
-            where.append("s.scope = ?")
-            params.append(validate_scope(scope))
+            where.append("c.scopes LIKE ? ESCAPE '\\'")
+            params.append('%"' + _like_escape(validate_scope(scope)) + '"%')
         if since is not None:
             where.append("c.created_at >= ?")
             params.append(_ms(since))
@@ -697,7 +693,7 @@ class Ledger(ABC):
 _BUDGET_SELECT = "SELECT id, scope, period, tz, limit_milli, max_per_request_milli, thresholds FROM budgets"
 _RES_SELECT = (
     "SELECT id, idempotency_key, amount_milli, status, scopes, created_at, expires_at, "
-    "actual_milli, settled_at, task_id, metadata FROM reservations"
+    "actual_milli, settled_at, task_id, metadata, windows FROM reservations"
 )
 _CHARGE_SELECT = (
     "SELECT c.id, c.reservation_id, c.idempotency_key, c.created_at, c.settled_at, "
@@ -731,15 +727,8 @@ def _reservation(row: Sequence[Any]) -> Reservation:
         settled_at=None if row[8] is None else _dt(int(row[8])),
         task_id=row[9],
         metadata=json.loads(row[10]),
+        windows=tuple((int(b), str(k)) for b, k in json.loads(row[11])),
     )
-
-
-def _with_windows(cur: Cursor, res: Reservation) -> Reservation:
-    cur.execute(
-        "SELECT budget_id, window_key FROM reservation_windows WHERE reservation_id = ? ORDER BY budget_id",
-        (res.id,),
-    )
-    return _replace(res, windows=tuple((int(r[0]), r[1]) for r in cur.fetchall()))
 
 
 def _charge(row: Sequence[Any]) -> Charge:
@@ -766,6 +755,15 @@ def _charge(row: Sequence[Any]) -> Charge:
 
 def _replace(res: Reservation, **changes: Any) -> Reservation:
     return replace(res, **changes)
+
+
+def _new_id(now: datetime) -> str:
+    """Time-ordered id (48-bit milliseconds + 80 random bits): inserts append, pages stay hot."""
+    return f"{_ms(now):012x}{secrets.token_hex(10)}"
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _reservation_id(ref: Reservation | str) -> str:

@@ -38,16 +38,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 expires_at BIGINT NOT NULL,
                 settled_at BIGINT,
                 task_id TEXT,
+                windows TEXT NOT NULL,
                 metadata TEXT NOT NULL
             )""",
-            "CREATE INDEX reservations_open ON reservations (status, expires_at)",
-            "CREATE INDEX reservations_task ON reservations (task_id)",
-            """CREATE TABLE reservation_windows (
-                reservation_id TEXT NOT NULL REFERENCES reservations(id) ON DELETE CASCADE,
-                budget_id BIGINT NOT NULL,
-                window_key TEXT NOT NULL,
-                PRIMARY KEY (reservation_id, budget_id)
-            )""",
+            "CREATE INDEX reservations_open ON reservations (expires_at) WHERE status = 'reserved'",
             """CREATE TABLE charges (
                 id {id},
                 reservation_id TEXT NOT NULL UNIQUE,
@@ -68,12 +62,6 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 metadata TEXT NOT NULL
             )""",
             "CREATE INDEX charges_created ON charges (created_at)",
-            """CREATE TABLE charge_scopes (
-                charge_id BIGINT NOT NULL REFERENCES charges(id) ON DELETE CASCADE,
-                scope TEXT NOT NULL,
-                created_at BIGINT NOT NULL,
-                PRIMARY KEY (scope, created_at, charge_id)
-            )""",
         ],
     ),
 ]
@@ -110,11 +98,11 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "expires_at",
             "settled_at",
             "task_id",
+            "windows",
             "metadata",
         ),
         None,
     ),
-    ("reservation_windows", ("reservation_id", "budget_id", "window_key"), None),
     (
         "charges",
         (
@@ -138,6 +126,5 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
         ),
         "id",
     ),
-    ("charge_scopes", ("charge_id", "scope", "created_at"), None),
 ]
 """Every data table, in an order that respects foreign keys: (name, columns, identity column)."""
