@@ -20,6 +20,7 @@ from .errors import (
     TaskTimeout,
     ValidationError,
 )
+from .kling import AccountCosts, AsyncKlingClient, KlingClient, KlingTask, RetryPolicy
 from .money import format_amount, from_storage, parse_amount, to_storage
 from .pricing import (
     Catalog,
@@ -34,7 +35,9 @@ from .pricing import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccountCosts",
     "AccountError",
+    "AsyncKlingClient",
     "AuthError",
     "BudgetExceeded",
     "Catalog",
@@ -45,13 +48,16 @@ __all__ = [
     "InsufficientBalance",
     "InvalidRequest",
     "KlingAPIError",
+    "KlingClient",
     "KlingCostError",
+    "KlingTask",
     "PermissionDenied",
     "PriceEntry",
     "PriceRequest",
     "PricingError",
     "RateLimited",
     "ReservationError",
+    "RetryPolicy",
     "ServerError",
     "StorageError",
     "TaskTimeout",

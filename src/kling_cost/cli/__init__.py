@@ -6,6 +6,7 @@ import typer
 
 from ._common import run_main
 from .pricing import estimate_command, pricing_app
+from .simulate import simulate_command
 
 __all__ = ["app", "main"]
 
@@ -18,6 +19,7 @@ app = typer.Typer(
 )
 app.command("estimate")(estimate_command)
 app.add_typer(pricing_app, name="pricing")
+app.command("simulate")(simulate_command)
 
 
 def main() -> None:
