@@ -1,4 +1,8 @@
-"""The README's Python examples run, and every CLI command has help text."""
+"""The README's Python examples run, and every CLI command has help text.
+
+Blocks fenced as ``python`` run here; blocks fenced as ``py`` need real Kling credentials
+and are only shown.
+"""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from .errors import (
     TaskTimeout,
     ValidationError,
 )
+from .kling import AccountCosts, AsyncKlingClient, KlingClient, KlingTask, RetryPolicy
 from .ledger import Charge, Ledger, Reservation, default_ledger_url, open_ledger
 from .money import format_amount, from_storage, parse_amount, to_storage
 from .pricing import (
@@ -36,7 +37,9 @@ from .pricing import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccountCosts",
     "AccountError",
+    "AsyncKlingClient",
     "AuthError",
     "Budget",
     "BudgetExceeded",
@@ -49,7 +52,9 @@ __all__ = [
     "InsufficientBalance",
     "InvalidRequest",
     "KlingAPIError",
+    "KlingClient",
     "KlingCostError",
+    "KlingTask",
     "Ledger",
     "PermissionDenied",
     "PriceEntry",
@@ -58,6 +63,7 @@ __all__ = [
     "RateLimited",
     "Reservation",
     "ReservationError",
+    "RetryPolicy",
     "ServerError",
     "StorageError",
     "TaskTimeout",

@@ -7,6 +7,7 @@ import typer
 from ._common import run_main
 from .budget import budget_app, ledger_app, usage_command
 from .pricing import estimate_command, pricing_app
+from .simulate import simulate_command
 
 __all__ = ["app", "main"]
 
@@ -22,6 +23,7 @@ app.add_typer(pricing_app, name="pricing")
 app.add_typer(budget_app, name="budget")
 app.command("usage")(usage_command)
 app.add_typer(ledger_app, name="ledger")
+app.command("simulate")(simulate_command)
 
 
 def main() -> None:

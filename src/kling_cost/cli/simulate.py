@@ -1,0 +1,95 @@
+"""``kling-cost simulate``: run the Kling-compatible simulator on loopback."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Annotated
+
+import typer
+
+from ._common import console, fail
+
+
+def simulate_command(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8790,
+    access_key: Annotated[
+        str | None,
+        typer.Option("--access-key", help="Access key (default: $KLING_ACCESS_KEY, else generated)."),
+    ] = None,
+    secret_key: Annotated[
+        str | None,
+        typer.Option("--secret-key", help="Secret key (default: $KLING_SECRET_KEY, else generated)."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="Also accept this bearer API key (default: $KLING_API_KEY)."),
+    ] = None,
+    task_seconds: Annotated[
+        float, typer.Option("--task-seconds", help="Seconds from submit to the task's end.", min=0)
+    ] = 2.0,
+    failure_rate: Annotated[
+        float, typer.Option("--failure-rate", help="Share of tasks that fail (cost 0).", min=0, max=1)
+    ] = 0.05,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the failure draws.")] = 1,
+    video_units: Annotated[str, typer.Option("--video-units", help="Units in the video pack.")] = "1000",
+    image_units: Annotated[str, typer.Option("--image-units", help="Units in the image pack.")] = "1000",
+    tryon_units: Annotated[str, typer.Option("--tryon-units", help="Units in the try-on pack.")] = "100",
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="Parallel tasks per pack type.", min=1)
+    ] = 5,
+    callback_secret: Annotated[
+        str | None, typer.Option("--callback-secret", help="Sign callbacks (Standard Webhooks) with this.")
+    ] = None,
+    rate_limit: Annotated[
+        int | None, typer.Option("--rate-limit", help="At most this many creates per second (1302).", min=1)
+    ] = None,
+    admin: Annotated[
+        bool, typer.Option("--admin/--no-admin", help="Serve /_simulator/ fault injection routes.")
+    ] = True,
+) -> None:
+    """Run a Kling-compatible API simulator (endpoints, auth, packs, billing, callbacks)."""
+    try:
+        import uvicorn
+
+        from ..simulator import create_app
+    except ImportError:
+        fail("the simulator needs the server extra: pip install 'klingai-cost-controls[server]'")
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        units = {
+            k: Decimal(v) for k, v in (("video", video_units), ("image", image_units), ("tryon", tryon_units))
+        }
+    except InvalidOperation:
+        fail("--video-units, --image-units and --tryon-units must be numbers")
+    ak = access_key or os.environ.get("KLING_ACCESS_KEY")
+    sk = secret_key or os.environ.get("KLING_SECRET_KEY")
+    generated = not (ak and sk)
+    if generated:
+        ak = ak or f"ak-{secrets.token_hex(8)}"
+        sk = sk or secrets.token_urlsafe(24)
+    key = api_key or os.environ.get("KLING_API_KEY")
+    app = create_app(
+        ak,
+        sk,
+        api_key=key,
+        task_seconds=task_seconds,
+        failure_rate=failure_rate,
+        seed=seed,
+        video_units=units["video"],
+        image_units=units["image"],
+        tryon_units=units["tryon"],
+        concurrency=concurrency,
+        callback_secret=callback_secret,
+        rate_limit=rate_limit,
+        admin=admin,
+    )
+    console.print(f"Kling simulator on http://{host}:{port}", markup=False)
+    if generated:
+        console.print(f"access key: {ak}\nsecret key: {sk}", markup=False)
+    else:
+        console.print(f"access key: {ak} (secret key from the command line or environment)", markup=False)
+    console.file.flush()
+    uvicorn.run(app, host=host, port=port, log_level="warning")

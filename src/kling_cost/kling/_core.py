@@ -1,0 +1,327 @@
+"""What the sync and async clients share: paths, body checks, prepared calls, answer parsing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import httpx
+from pydantic import ValidationError as PydanticValidationError
+
+from ..errors import ConfigurationError, InvalidRequest, KlingAPIError, PricingError, ServerError
+from ..pricing import Catalog, PriceRequest, estimate, load_catalog
+from ..pricing.request import check_prompts
+from .auth import Auth, resolve_auth
+from .errors import error_for
+from .models import AccountCosts, KlingRequest, KlingResponse, KlingTask
+from .retry import RetryPolicy
+
+__all__ = ["BASE_URLS", "CREATE_PATHS", "ClientCore", "PreparedCall", "create_path", "validate_create"]
+
+BASE_URLS = {
+    "global": "https://api-singapore.klingai.com",
+    "china": "https://api-beijing.klingai.com",
+}
+
+CREATE_PATHS: dict[str, str] = {
+    "text2video": "/v1/videos/text2video",
+    "image2video": "/v1/videos/image2video",
+    "multi-image2video": "/v1/videos/multi-image2video",
+    "video-extend": "/v1/videos/video-extend",
+    "lip-sync": "/v1/videos/lip-sync",
+    "effects": "/v1/videos/effects",
+    "image": "/v1/images/generations",
+    "tryon": "/v1/images/kolors-virtual-try-on",
+}
+"""Create path of each endpoint kind; query is ``<path>/{id}``, list is ``<path>?pageNum&pageSize``."""
+
+ACCOUNT_COSTS_PATH = "/account/costs"
+MAX_IMAGE_LIST = 4
+
+
+def endpoint_kind(endpoint: str) -> str:
+    """Normalise an endpoint name or alias (``t2v``, ``images/generations``...) to its kind."""
+    return PriceRequest.build(endpoint).endpoint if endpoint not in CREATE_PATHS else endpoint
+
+
+def create_path(endpoint: str) -> str:
+    return CREATE_PATHS[endpoint_kind(endpoint)]
+
+
+def _missing(endpoint: str, field: str) -> PricingError:
+    return PricingError(f"{field} is required for {endpoint}", field=field, value=None)
+
+
+def _text(body: Mapping[str, Any], field: str) -> bool:
+    value = body.get(field)
+    return isinstance(value, str) and bool(value.strip())
+
+
+def check_shape(endpoint: str, body: Mapping[str, Any]) -> None:
+    """Kling's required fields per endpoint; raises :class:`PricingError` naming the field."""
+    if endpoint == "image2video" and not (_text(body, "image") or _text(body, "image_tail")):
+        raise _missing(endpoint, "image")
+    if endpoint == "multi-image2video":
+        images = body.get("image_list")
+        if not isinstance(images, list) or not 1 <= len(images) <= MAX_IMAGE_LIST:
+            raise PricingError(
+                f"image_list must hold 1 to {MAX_IMAGE_LIST} images for {endpoint}",
+                field="image_list",
+                value=images,
+                allowed=tuple(range(1, MAX_IMAGE_LIST + 1)),
+            )
+        if not all(isinstance(i, Mapping) and _text(i, "image") for i in images):
+            raise PricingError('each image_list item must be {"image": <url or base64>}', field="image_list")
+        if not _text(body, "prompt"):
+            raise _missing(endpoint, "prompt")
+    if endpoint == "video-extend" and not _text(body, "video_id"):
+        raise _missing(endpoint, "video_id")
+    if endpoint == "image" and not _text(body, "prompt"):
+        raise _missing(endpoint, "prompt")
+    if endpoint == "tryon":
+        for field in ("human_image", "cloth_image"):
+            if not _text(body, field):
+                raise _missing(endpoint, field)
+    if endpoint == "effects":
+        if not _text(body, "effect_scene"):
+            raise _missing(endpoint, "effect_scene")
+        if not isinstance(body.get("input"), Mapping):
+            raise _missing(endpoint, "input")
+    if endpoint == "lip-sync":
+        check_lip_sync(body.get("input"))
+
+
+def check_lip_sync(raw: object) -> None:
+    endpoint = "lip-sync"
+    if not isinstance(raw, Mapping):
+        raise _missing(endpoint, "input")
+    if not (_text(raw, "video_id") or _text(raw, "video_url")):
+        raise _missing(endpoint, "input.video_id or input.video_url")
+    mode = raw.get("mode")
+    if mode not in ("text2video", "audio2video"):
+        raise PricingError(
+            f"input.mode {mode!r} is not offered; allowed: text2video, audio2video",
+            field="input.mode",
+            value=mode,
+            allowed=("text2video", "audio2video"),
+        )
+    if mode == "text2video" and not _text(raw, "text"):
+        raise _missing(endpoint, "input.text")
+    if mode == "audio2video" and not (_text(raw, "audio_file") or _text(raw, "audio_url")):
+        raise _missing(endpoint, "input.audio_file or input.audio_url")
+
+
+def validate_create(
+    endpoint: str, body: Mapping[str, Any], catalog: Catalog | None = None
+) -> PriceRequest | None:
+    """Check a create body as Kling would, before anything is sent.
+
+    Prompts, required fields and (with a ``catalog``) model, mode, duration and ``n`` are
+    checked with the estimator's rules and wording. Returns the priced request, or ``None``
+    for video-extend and lip-sync, whose price depends on the source video.
+    """
+    kind = endpoint_kind(endpoint)
+    check_prompts(kind, body)
+    check_shape(kind, body)
+    if kind in ("video-extend", "lip-sync"):
+        return None
+    request = PriceRequest.from_kling(kind, body)
+    if catalog is not None:
+        estimate(request, catalog=catalog)
+    return request
+
+
+def to_millis(value: int | datetime) -> int:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConfigurationError(f"datetime {value.isoformat()} needs a time zone")
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """One HTTP call to make, and what its answer is."""
+
+    method: Literal["GET", "POST"]
+    path: str
+    returns: Literal["task", "tasks", "costs"]
+    params: dict[str, Any] | None = None
+    body: dict[str, Any] | None = None
+    endpoint: str | None = None
+    retry_safe: bool = True
+    external_task_id: str | None = None
+
+    @property
+    def is_create(self) -> bool:
+        return self.method == "POST"
+
+
+def is_duplicate_external_id(exc: KlingAPIError) -> bool:
+    text = exc.message.lower()
+    return isinstance(exc, InvalidRequest) and "external_task_id" in text and "exist" in text
+
+
+def parse_response(response: httpx.Response) -> KlingResponse:
+    """The envelope of a Kling answer, or the typed error it carries (HTTP 200 included)."""
+    status = response.status_code
+    request_id = response.headers.get("x-request-id")
+    try:
+        payload = json.loads(response.content, parse_float=Decimal)
+    except ValueError as exc:
+        raise ServerError(
+            f"Kling answered HTTP {status} with a body that is not JSON ({len(response.content)} bytes)",
+            request_id=request_id,
+            http_status=status,
+        ) from exc
+    if not isinstance(payload, dict) or "code" not in payload:
+        raise ServerError(
+            f"Kling answered HTTP {status} without a code in the body",
+            request_id=request_id,
+            http_status=status,
+        )
+    try:
+        envelope = KlingResponse.model_validate(payload)
+    except PydanticValidationError as exc:
+        raise ServerError(f"Kling answered HTTP {status} with a malformed envelope: {exc}") from exc
+    if envelope.code != 0 or status >= 400:
+        raise error_for(
+            envelope.code if envelope.code != 0 else None,
+            envelope.message or f"HTTP {status}",
+            request_id=envelope.request_id or request_id,
+            http_status=status,
+        )
+    return envelope
+
+
+def parse_result(call: PreparedCall, envelope: KlingResponse) -> Any:
+    """The ``data`` of a successful answer as the model the call returns."""
+    try:
+        if call.returns == "task":
+            task = KlingTask.model_validate(envelope.data)
+            task.endpoint = call.endpoint
+            return task
+        if call.returns == "tasks":
+            items = envelope.data if isinstance(envelope.data, list) else []
+            tasks = [KlingTask.model_validate(item) for item in items]
+            for task in tasks:
+                task.endpoint = call.endpoint
+            return tasks
+        return AccountCosts.model_validate(envelope.data)
+    except PydanticValidationError as exc:
+        raise ServerError(
+            f"Kling's answer to {call.method} {call.path} does not have the documented shape: {exc}",
+            request_id=envelope.request_id,
+        ) from exc
+
+
+class ClientCore:
+    """Settings and call preparation shared by :class:`KlingClient` and :class:`AsyncKlingClient`."""
+
+    def __init__(
+        self,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        region: Literal["global", "china"] = "global",
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        validate: bool = True,
+        catalog: Catalog | str | None = "kling-api",
+        token_ttl: int = 1800,
+        token_refresh_margin: int = 60,
+        auth: Auth | None = None,
+    ) -> None:
+        if region not in BASE_URLS:
+            raise ConfigurationError(f"region {region!r} is not a Kling region; allowed: global, china")
+        self.base_url = (base_url or BASE_URLS[region]).rstrip("/")
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.validate = validate
+        self.catalog: Catalog | None = (
+            catalog if isinstance(catalog, Catalog) or catalog is None else load_catalog(catalog)
+        )
+        self.auth: Auth = auth or resolve_auth(
+            access_key,
+            secret_key,
+            api_key,
+            token_ttl=token_ttl,
+            token_refresh_margin=token_refresh_margin,
+        )
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": self.auth.authorization(), "Content-Type": "application/json"}
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    # ------------------------------------------------------------------ preparation
+
+    def prepare_create(self, endpoint: str, body: Mapping[str, Any] | KlingRequest) -> PreparedCall:
+        kind = endpoint_kind(endpoint)
+        data = body.to_body() if isinstance(body, KlingRequest) else dict(body)
+        if self.validate:
+            validate_create(kind, data, self.catalog)
+        external = data.get("external_task_id") or None
+        return PreparedCall(
+            method="POST",
+            path=CREATE_PATHS[kind],
+            returns="task",
+            body=data,
+            endpoint=kind,
+            retry_safe=external is not None,
+            external_task_id=None if external is None else str(external),
+        )
+
+    def prepare_get(self, endpoint: str, task_id: str | None, external_task_id: str | None) -> PreparedCall:
+        kind = endpoint_kind(endpoint)
+        if (task_id is None) == (external_task_id is None):
+            raise ConfigurationError("give exactly one of task_id and external_task_id")
+        ident = task_id if task_id is not None else external_task_id
+        if not ident or "/" in ident:
+            raise ConfigurationError(f"task id {ident!r} is empty or contains '/'")
+        return PreparedCall(method="GET", path=f"{CREATE_PATHS[kind]}/{ident}", returns="task", endpoint=kind)
+
+    def prepare_list(self, endpoint: str, page: int, page_size: int) -> PreparedCall:
+        kind = endpoint_kind(endpoint)
+        if not 1 <= page <= 1000 or not 1 <= page_size <= 500:
+            raise ConfigurationError(f"page {page} must be 1..1000 and page_size {page_size} 1..500")
+        return PreparedCall(
+            method="GET",
+            path=CREATE_PATHS[kind],
+            returns="tasks",
+            params={"pageNum": page, "pageSize": page_size},
+            endpoint=kind,
+        )
+
+    def prepare_costs(
+        self, start_time: int | datetime, end_time: int | datetime, resource_pack_name: str | None
+    ) -> PreparedCall:
+        params: dict[str, Any] = {"start_time": to_millis(start_time), "end_time": to_millis(end_time)}
+        if resource_pack_name:
+            params["resource_pack_name"] = resource_pack_name
+        return PreparedCall(method="GET", path=ACCOUNT_COSTS_PATH, returns="costs", params=params)
+
+    def should_retry(self, call: PreparedCall, exc: KlingAPIError, attempt: int) -> bool:
+        return call.retry_safe and attempt < self.retry.attempts and RetryPolicy.retryable(exc)
+
+    @staticmethod
+    def wait_target(task: KlingTask | str, endpoint: str | None) -> tuple[str, str]:
+        if isinstance(task, KlingTask):
+            kind = endpoint or task.endpoint
+            task_id = task.task_id
+        else:
+            kind, task_id = endpoint, task
+        if kind is None:
+            raise ConfigurationError("wait() needs the endpoint of a task given by id")
+        return endpoint_kind(kind), task_id
+
+
+def transport_error(exc: httpx.HTTPError, call: PreparedCall) -> ServerError:
+    return ServerError(f"could not reach Kling for {call.method} {call.path}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,304 @@
+"""The simulator's ASGI app: Kling's routes, envelope and error answers, plus a small admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..money import format_amount
+from ..pricing import Catalog
+from .auth import Authenticator
+from .callbacks import CallbackSender
+from .clock import Clock, SystemClock
+from .errors import SimError
+from .state import PACK_TYPES, SimulatorState
+
+__all__ = ["ENDPOINT_ROUTES", "Simulator", "create_app"]
+
+ENDPOINT_ROUTES: dict[str, str] = {
+    "/v1/videos/text2video": "text2video",
+    "/v1/videos/image2video": "image2video",
+    "/v1/videos/multi-image2video": "multi-image2video",
+    "/v1/videos/video-extend": "video-extend",
+    "/v1/videos/lip-sync": "lip-sync",
+    "/v1/videos/effects": "effects",
+    "/v1/images/generations": "image",
+    "/v1/images/kolors-virtual-try-on": "tryon",
+}
+
+
+def render(payload: object) -> bytes:
+    """JSON with Decimals written as exact JSON numbers (never through a float)."""
+    marks: dict[str, str] = {}
+
+    def encode(obj: object) -> object:
+        if isinstance(obj, Decimal):
+            mark = f"\x00dec{len(marks)}\x00"
+            marks[mark] = format_amount(obj)
+            return mark
+        raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+    text = json.dumps(payload, default=encode, ensure_ascii=False)
+    for mark, number in marks.items():
+        text = text.replace(json.dumps(mark), number)
+    return text.encode()
+
+
+class Simulator:
+    """A simulated Kling account and how to reach it: state, auth, callbacks.
+
+    Tests hold this object (``app.state.simulator``) to move a manual clock, inject faults
+    (:meth:`SimulatorState.inject`), force failures and read the callback deliveries.
+    """
+
+    def __init__(
+        self,
+        *,
+        access_key: str,
+        secret_key: str,
+        api_key: str | None = None,
+        task_seconds: float = 2.0,
+        failure_rate: float = 0.0,
+        seed: int | None = 1,
+        video_units: Decimal | int | str = 1000,
+        image_units: Decimal | int | str = 1000,
+        tryon_units: Decimal | int | str = 100,
+        concurrency: int | Mapping[str, int] = 5,
+        clock: Clock | None = None,
+        auth_clock: Callable[[], float] | None = None,
+        callback_secret: str | None = None,
+        rate_limit: int | None = None,
+        blocked_terms: tuple[str, ...] = (),
+        pack_days: int = 365,
+        result_base_url: str = "https://cdn.kling-simulator.invalid",
+        catalog: Catalog | str = "kling-api",
+        tick: float = 0.05,
+        admin: bool = True,
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.state = SimulatorState(
+            clock=self.clock,
+            task_seconds=task_seconds,
+            failure_rate=failure_rate,
+            seed=seed,
+            units={
+                "video": Decimal(video_units),
+                "image": Decimal(image_units),
+                "tryon": Decimal(tryon_units),
+            },
+            concurrency=concurrency,
+            pack_days=pack_days,
+            rate_limit=rate_limit,
+            blocked_terms=blocked_terms,
+            result_base_url=result_base_url,
+            catalog=catalog,
+        )
+        self.auth = Authenticator(
+            access_key, secret_key, (api_key,) if api_key else (), auth_clock or time.time
+        )
+        self.callbacks = CallbackSender(callback_secret)
+        self.tick = tick
+        self.admin = admin
+
+    async def pump(self, client: httpx.AsyncClient) -> None:
+        """Move tasks whose time has come and deliver the callbacks that queues."""
+        self.state.refresh()
+        for event in self.state.drain_outbox():
+            await self.callbacks.deliver(client, event)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient() as client:
+
+            async def loop() -> None:
+                while True:
+                    await self.pump(client)
+                    await asyncio.sleep(self.tick)
+
+            runner = asyncio.create_task(loop())
+            try:
+                yield
+            finally:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+
+
+def _answer(data: object, status: int = 200) -> Response:
+    body = {"code": 0, "message": "SUCCEED", "request_id": uuid.uuid4().hex, "data": data}
+    return Response(render(body), status_code=status, media_type="application/json")
+
+
+def _error(exc: SimError) -> Response:
+    request_id = uuid.uuid4().hex
+    body = {"code": exc.code, "message": exc.message, "request_id": request_id, "data": None}
+    return Response(
+        render(body),
+        status_code=exc.http_status,
+        media_type="application/json",
+        headers={"x-request-id": request_id},
+    )
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _kling(sim: Simulator, scope: str, handler: Callable[[Request], Awaitable[object]]) -> Handler:
+    """Wrap a handler: auth, injected faults, envelope, error answers."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            sim.auth.check(request.headers.get("authorization"))
+            if scope != "admin":
+                sim.state.take_fault(scope)
+            return _answer(await handler(request))
+        except SimError as exc:
+            return _error(exc)
+
+    return endpoint
+
+
+async def _json_body(request: Request) -> object:
+    try:
+        return json.loads(await request.body())
+    except ValueError:
+        raise SimError(1200, "request body is not valid JSON") from None
+
+
+def _int_param(request: Request, name: str, default: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        if default is None:
+            raise SimError(1201, f"{name} is required")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SimError(1201, f"{name} {raw!r} is not a whole number") from None
+
+
+def _routes(sim: Simulator) -> list[Route]:
+    state = sim.state
+    routes: list[Route] = []
+    for path, kind in ENDPOINT_ROUTES.items():
+
+        async def create(request: Request, kind: str = kind) -> object:
+            return state.submit(kind, await _json_body(request))
+
+        async def listing(request: Request, kind: str = kind) -> object:
+            return state.list_tasks(
+                kind, _int_param(request, "pageNum", 1), _int_param(request, "pageSize", 30)
+            )
+
+        async def query(request: Request, kind: str = kind) -> object:
+            return state.get(kind, request.path_params["ident"])
+
+        routes.append(Route(path, _kling(sim, "create", create), methods=["POST"]))
+        routes.append(Route(path, _kling(sim, "query", listing), methods=["GET"]))
+        routes.append(Route(path + "/{ident}", _kling(sim, "query", query), methods=["GET"]))
+
+    async def costs(request: Request) -> object:
+        name = request.query_params.get("resource_pack_name") or None
+        return state.costs(_int_param(request, "start_time"), _int_param(request, "end_time"), name)
+
+    routes.append(Route("/account/costs", _kling(sim, "query", costs), methods=["GET"]))
+    if sim.admin:
+        routes.extend(_admin_routes(sim))
+    return routes
+
+
+def _admin_routes(sim: Simulator) -> list[Route]:
+    """``/_simulator/...``: fault injection and state over HTTP, for a simulator in another process."""
+    state = sim.state
+
+    async def faults(request: Request) -> object:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("code"), int):
+            raise SimError(1201, 'body must be {"code": int, "times": int, "scope": "create|query|any"}')
+        try:
+            state.inject(
+                body["code"],
+                times=int(body.get("times", 1)),
+                scope=str(body.get("scope", "create")),
+                message=body.get("message"),
+            )
+        except ValueError as exc:
+            raise SimError(1201, str(exc)) from None
+        return {"injected": body["code"]}
+
+    async def fail_next(request: Request) -> object:
+        body = await _json_body(request)
+        times = body.get("times", 1) if isinstance(body, dict) else 1
+        state.fail_next(int(times))
+        return {"fail_next": int(times)}
+
+    async def pack(request: Request) -> object:
+        pack_type = request.path_params["pack_type"]
+        body = await _json_body(request)
+        if pack_type not in PACK_TYPES or not isinstance(body, dict) or "remaining" not in body:
+            raise SimError(
+                1201, f'POST /_simulator/packs/<{"|".join(PACK_TYPES)}> {{"remaining": "<units>"}}'
+            )
+        state.set_remaining(pack_type, Decimal(str(body["remaining"])))
+        return {"pack": pack_type, "remaining": state.packs[pack_type].remaining}
+
+    async def snapshot(request: Request) -> object:
+        state.refresh()
+        return {
+            "tasks": [dict(t.to_json(), endpoint=t.endpoint) for t in state.tasks.values()],
+            "packs": {k: p.to_json(state.now_ms()) for k, p in state.packs.items()},
+            "deliveries": len(sim.callbacks.deliveries),
+        }
+
+    return [
+        Route("/_simulator/faults", _kling(sim, "admin", faults), methods=["POST"]),
+        Route("/_simulator/fail-next", _kling(sim, "admin", fail_next), methods=["POST"]),
+        Route("/_simulator/packs/{pack_type}", _kling(sim, "admin", pack), methods=["POST"]),
+        Route("/_simulator/state", _kling(sim, "admin", snapshot), methods=["GET"]),
+    ]
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    return _error(
+        SimError(1202, f"{request.method} {request.url.path} is not a Kling API method", http_status=status)
+    )
+
+
+def create_app(
+    access_key: str | None = None,
+    secret_key: str | None = None,
+    *,
+    simulator: Simulator | None = None,
+    **settings: Any,
+) -> Starlette:
+    """A Kling-compatible ASGI app. ``settings`` are :class:`Simulator`'s arguments.
+
+    Keys default to fresh random ones (read them back from ``app.state.simulator.auth``).
+    """
+    sim = simulator or Simulator(
+        access_key=access_key or f"ak-{secrets.token_hex(8)}",
+        secret_key=secret_key or secrets.token_urlsafe(24),
+        **settings,
+    )
+    app = Starlette(
+        routes=_routes(sim),
+        lifespan=sim.lifespan,
+        exception_handlers={404: _not_found, 405: _not_found},
+    )
+    app.state.simulator = sim
+    return app

@@ -1,0 +1,61 @@
+"""Kling's authentication, server side: HS256 JWTs signed with the secret key, or API keys."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jwt
+
+from .errors import SimError
+
+__all__ = ["Authenticator"]
+
+
+class Authenticator:
+    """Checks ``Authorization: Bearer ...`` like Kling: 1001 empty, 1002 invalid, 1003 not yet
+    valid, 1004 expired. ``clock`` gives Unix seconds (the real time unless a test injects one)."""
+
+    def __init__(
+        self,
+        access_key: str,
+        secret_key: str,
+        api_keys: tuple[str, ...],
+        clock: Callable[[], float],
+    ) -> None:
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.api_keys = api_keys
+        self.clock = clock
+
+    def check(self, header: str | None) -> None:
+        if not header or not header.strip():
+            raise SimError(1001, "Authorization header is empty")
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise SimError(1002, "Authorization must be 'Bearer <token>'")
+        if token in self.api_keys:
+            return
+        try:
+            header_fields = jwt.get_unverified_header(token)
+            claims = jwt.decode(
+                token,
+                self.secret_key,
+                algorithms=["HS256"],
+                options={"verify_exp": False, "verify_nbf": False, "require": ["iss", "exp"]},
+            )
+        except jwt.InvalidSignatureError:
+            raise SimError(1002, "token signature is invalid") from None
+        except jwt.PyJWTError as exc:
+            raise SimError(1002, f"token is invalid: {exc}") from None
+        if header_fields.get("alg") != "HS256":
+            raise SimError(1002, "token must be signed with HS256")
+        if claims.get("iss") != self.access_key:
+            raise SimError(1002, "token issuer is not a known access key")
+        now = self.clock()
+        nbf = claims.get("nbf")
+        if isinstance(nbf, (int, float)) and now < nbf:
+            raise SimError(1003, "token is not yet valid")
+        exp = claims["exp"]
+        if not isinstance(exp, (int, float)) or now >= exp:
+            raise SimError(1004, "token has expired")
