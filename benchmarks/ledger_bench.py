@@ -9,14 +9,15 @@ What is measured (a *pair* is one ``reserve`` followed by one ``commit`` of the 
 * SQLite (issue 3): pairs/s, p50 and p99 latency of one pair, with 1 and 2 processes on one
   ledger file and one shared budget. The baseline is raw ``sqlite3`` on a file in the same
   directory with the ledger's connection settings (WAL, ``synchronous=NORMAL``,
-  ``busy_timeout``, ``foreign_keys``) doing, per pair, one ``BEGIN IMMEDIATE`` transaction
-  with one conditional ``UPDATE`` and one ``INSERT``. Goals: ledger/baseline >= 0.5 and
+  ``busy_timeout``, ``foreign_keys``) doing the minimal equivalent of a pair: two
+  ``BEGIN IMMEDIATE`` transactions (a reservation must be durable before Kling is called),
+  each one ``UPDATE`` (the first conditional) and one ``INSERT``. Goals: ledger/baseline >= 0.5 and
   p99 < 2 ms.
 * PostgreSQL (issue 4), when ``$KLING_COST_TEST_POSTGRES_URL`` (default
   ``postgresql://postgres@127.0.0.1:5432/test``) answers: the same figures with 1, 4 and 8
   processes, all on one shared budget and on one budget per process; the baseline is raw
-  psycopg (autocommit connection, one ``conn.transaction()`` per pair with the conditional
-  ``UPDATE`` and the ``INSERT``). After the run every budget window is checked for
+  psycopg (autocommit connection, the same two transactions per pair, each one ``UPDATE`` and
+  one ``INSERT``, prepared). After the run every budget window is checked for
   ``used + reserved <= limit``, and a contention phase with a small shared limit makes every
   process reserve until refused: the overspend must be 0. Goals: ledger/baseline >= 0.5 and
   >= 2,000 pairs/s with 8 processes on independent budgets. The ledger and the baseline each
@@ -83,10 +84,17 @@ NS_PER_MS = 1_000_000
 Impl = Literal["ledger", "baseline"]
 Backend = Literal["sqlite", "postgres"]
 
+# A pair is two transactions in the ledger (the reservation must be durable before Kling is
+# called), so the minimal equivalent is two transactions, each one UPDATE and one INSERT:
+# reserve = conditional UPDATE + INSERT of the hold; commit = UPDATE (hold -> used) + INSERT charge.
 BASE_UPDATE = "UPDATE w SET reserved = reserved + ? WHERE id = ? AND used + reserved + ? <= ?"
-BASE_INSERT = "INSERT INTO c (w_id, amount, created_at) VALUES (?, ?, ?)"
+BASE_INSERT = "INSERT INTO r (w_id, amount, created_at) VALUES (?, ?, ?)"
+BASE_SETTLE = "UPDATE w SET reserved = reserved - ?, used = used + ? WHERE id = ?"
+BASE_CHARGE = "INSERT INTO c (r_id, amount, created_at) VALUES (?, ?, ?)"
 PG_BASE_UPDATE = BASE_UPDATE.replace("?", "%s")
-PG_BASE_INSERT = BASE_INSERT.replace("?", "%s")
+PG_BASE_INSERT = BASE_INSERT.replace("?", "%s") + " RETURNING id"
+PG_BASE_SETTLE = BASE_SETTLE.replace("?", "%s")
+PG_BASE_CHARGE = BASE_CHARGE.replace("?", "%s")
 
 
 # -- jobs and results (pickled to and from the spawned workers) ----------------------------------
@@ -200,7 +208,15 @@ def _sqlite_baseline_pair(job: Job) -> tuple[Pair, Closer]:
             cur = conn.execute(BASE_UPDATE, (milli, row, milli, limit))
             if cur.rowcount != 1:
                 raise RuntimeError("baseline budget refused a reservation")
-            conn.execute(BASE_INSERT, (row, milli, time.time_ns() // NS_PER_MS))
+            hold = conn.execute(BASE_INSERT, (row, milli, time.time_ns() // NS_PER_MS)).lastrowid
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(BASE_SETTLE, (milli, milli, row))
+            conn.execute(BASE_CHARGE, (hold, milli, time.time_ns() // NS_PER_MS))
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -223,6 +239,11 @@ def _pg_baseline_pair(job: Job) -> tuple[Pair, Closer]:
             if cur.rowcount != 1:
                 raise RuntimeError("baseline budget refused a reservation")
             cur.execute(PG_BASE_INSERT, (row, milli, time.time_ns() // NS_PER_MS), prepare=True)
+            fetched = cur.fetchone()
+            hold = fetched[0] if fetched else 0
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(PG_BASE_SETTLE, (milli, milli, row), prepare=True)
+            cur.execute(PG_BASE_CHARGE, (hold, milli, time.time_ns() // NS_PER_MS), prepare=True)
 
     return pair, conn.close
 
@@ -359,7 +380,11 @@ def _sqlite_baseline_create(path: Path, rows: int) -> None:
             "reserved INTEGER NOT NULL DEFAULT 0, lim INTEGER NOT NULL)"
         )
         conn.execute(
-            "CREATE TABLE c (id INTEGER PRIMARY KEY, w_id INTEGER NOT NULL, amount INTEGER NOT NULL, "
+            "CREATE TABLE r (id INTEGER PRIMARY KEY, w_id INTEGER NOT NULL, amount INTEGER NOT NULL, "
+            "created_at INTEGER NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE c (id INTEGER PRIMARY KEY, r_id INTEGER NOT NULL, amount INTEGER NOT NULL, "
             "created_at INTEGER NOT NULL)"
         )
         conn.executemany(
@@ -503,7 +528,11 @@ def _pg_baseline_schema(conninfo: str, schema: str, rows: int, *, drop: bool = F
             "reserved BIGINT NOT NULL DEFAULT 0, lim BIGINT NOT NULL)"
         )
         conn.execute(
-            "CREATE TABLE c (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, w_id BIGINT NOT NULL, "
+            "CREATE TABLE r (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, w_id BIGINT NOT NULL, "
+            "amount BIGINT NOT NULL, created_at BIGINT NOT NULL)"
+        )
+        conn.execute(
+            "CREATE TABLE c (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, r_id BIGINT NOT NULL, "
             "amount BIGINT NOT NULL, created_at BIGINT NOT NULL)"
         )
         with conn.cursor() as cur:

@@ -115,6 +115,7 @@ class Ledger(ABC):
 
     url: str
     id_column: ClassVar[str] = "INTEGER PRIMARY KEY"
+    without_rowid: ClassVar[str] = ""
 
     @abstractmethod
     def _transaction(self) -> AbstractContextManager[Cursor]:
@@ -156,7 +157,11 @@ class Ledger(ABC):
                 if version <= current:
                     continue
                 for statement in statements:
-                    cur.execute(statement.replace("{id}", self.id_column))
+                    cur.execute(
+                        statement.replace("{id}", self.id_column).replace(
+                            "{without_rowid}", self.without_rowid
+                        )
+                    )
                 cur.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
                     (version, _ms(self.clock())),
@@ -297,13 +302,12 @@ class Ledger(ABC):
         windows = [(b, window_at(b.window, b.tz, now)) for b in budgets]
         refs = tuple((b.id, w.key) for b, w in windows)
         res_id = _new_id(now)
-        key = key or res_id
         created = _ms(now)
         expires = _ms(now + ttl)
         cur.execute(
             "INSERT INTO reservations (id, idempotency_key, amount_milli, status, scopes, "
             "created_at, expires_at, windows, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (idempotency_key) DO NOTHING",
+            "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
             (
                 res_id,
                 key,
@@ -316,11 +320,13 @@ class Ledger(ABC):
                 json.dumps(meta),
             ),
         )
-        if cur.rowcount != 1:  # the key was reserved before: return that reservation, hold nothing
-            existing = self._reservation_by(cur, "idempotency_key", key)
+        if cur.rowcount != 1:
+            if key is None:
+                raise Conflict(f"reservation id {res_id} collided")
+            existing = self._reservation_by(cur, "idempotency_key", key)  # reserved before
             if existing is None:
                 raise Conflict(f"idempotency key {key!r} vanished while reserving")
-            return existing
+            return existing  # holds nothing new
         amount = from_storage(milli)
         for b in budgets:
             if b.max_per_request is not None and amount > b.max_per_request:
@@ -370,7 +376,7 @@ class Ledger(ABC):
                 )
         return Reservation(
             id=res_id,
-            idempotency_key=key,
+            idempotency_key=key or res_id,
             amount=amount,
             status=RESERVED,
             scopes=scopes,
@@ -428,9 +434,11 @@ class Ledger(ABC):
             final_task = task_id or current.task_id
             cur.execute(
                 "UPDATE reservations SET status = ?, actual_milli = ?, settled_at = ?, task_id = ? "
-                "WHERE id = ?",
-                (COMMITTED, spent, settled, final_task, res_id),
+                "WHERE id = ? AND status = ?",
+                (COMMITTED, spent, settled, final_task, res_id, current.status),
             )
+            if cur.rowcount != 1:  # settled concurrently: retry and report the settled state
+                raise Conflict(f"reservation {res_id} changed while committing")
             self._insert_charge(cur, current, spent, settled, final_task)
             return _replace(
                 current,
@@ -717,7 +725,7 @@ def _budget(row: Sequence[Any]) -> Budget:
 def _reservation(row: Sequence[Any]) -> Reservation:
     return Reservation(
         id=row[0],
-        idempotency_key=row[1],
+        idempotency_key=row[1] or row[0],
         amount=from_storage(int(row[2])),
         status=row[3],
         scopes=tuple(json.loads(row[4])),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -96,7 +96,6 @@ class PostgresLedger(Ledger):
                 open=False,
                 kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
                 configure=self._configure,
-                check=ConnectionPool.check_connection,
                 name=f"kling-cost-{self.schema}",
             )
             try:
@@ -135,24 +134,48 @@ class PostgresLedger(Ledger):
     def _lock_reservation_sql(self) -> str:
         return " FOR UPDATE"
 
+    def _begin(self) -> psycopg.Connection[Any]:
+        """A pooled connection inside ``BEGIN``. A connection found dead (the server restarted,
+        a backend was terminated) is dropped and another one tried: nothing was sent yet."""
+        for _ in range(3):
+            try:
+                conn = self._pool.getconn(timeout=self.connect_timeout)
+            except PoolTimeout as exc:
+                raise StorageError(
+                    f"PostgreSQL ledger at {_redact(self.url)} is unreachable (no connection "
+                    f"within {self.connect_timeout:g} s); nothing was changed"
+                ) from exc
+            try:
+                conn.execute("BEGIN", prepare=False)
+                return conn
+            except psycopg.OperationalError:
+                self._pool.putconn(conn)  # broken: the pool discards it
+        raise StorageError(f"PostgreSQL ledger at {_redact(self.url)}: no working connection")
+
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
+        conn = self._begin()
         try:
-            with (
-                self._pool.connection(timeout=self.connect_timeout) as conn,
-                conn.transaction(),
-                conn.cursor() as cur,
-            ):
-                yield _PgCursor(cur)
-        except PoolTimeout as exc:
-            raise StorageError(
-                f"PostgreSQL ledger at {_redact(self.url)} is unreachable (no connection within "
-                f"{self.connect_timeout:g} s); nothing was changed"
-            ) from exc
-        except _CONFLICTS as exc:
-            raise Conflict(str(exc)) from exc
-        except psycopg.Error as exc:
+            try:
+                with conn.cursor() as cur:
+                    yield _PgCursor(cur)
+            except BaseException:
+                with suppress(psycopg.Error):
+                    conn.execute("ROLLBACK", prepare=False)
+                raise
+            try:
+                conn.execute("COMMIT", prepare=False)
+            except _CONFLICTS as exc:
+                raise Conflict(str(exc)) from exc
+            except psycopg.Error as exc:
+                raise StorageError(
+                    f"PostgreSQL ledger: commit failed ({exc}); the transaction is atomic: it "
+                    "either happened whole or not at all".strip()
+                ) from exc
+        except psycopg.Error as exc:  # raised inside the body, outside a translated execute
             raise StorageError(f"PostgreSQL ledger: {exc}; nothing was changed".strip()) from exc
+        finally:
+            self._pool.putconn(conn)
 
     def drop_schema(self) -> None:
         """Drop this ledger's schema and everything in it (tests, uninstall)."""

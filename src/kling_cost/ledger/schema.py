@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
 
+# {id}: the dialect's identity column; {without_rowid}: SQLite's clustered-key table option.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -29,7 +30,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
             """CREATE TABLE reservations (
                 id TEXT PRIMARY KEY,
-                idempotency_key TEXT NOT NULL UNIQUE,
+                idempotency_key TEXT,
                 amount_milli BIGINT NOT NULL,
                 actual_milli BIGINT,
                 status TEXT NOT NULL,
@@ -40,11 +41,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 task_id TEXT,
                 windows TEXT NOT NULL,
                 metadata TEXT NOT NULL
-            )""",
+            ){without_rowid}""",
+            "CREATE UNIQUE INDEX reservations_key ON reservations (idempotency_key) "
+            "WHERE idempotency_key IS NOT NULL",
             "CREATE INDEX reservations_open ON reservations (expires_at) WHERE status = 'reserved'",
             """CREATE TABLE charges (
                 id {id},
-                reservation_id TEXT NOT NULL UNIQUE,
+                reservation_id TEXT NOT NULL,
                 idempotency_key TEXT NOT NULL,
                 created_at BIGINT NOT NULL,
                 settled_at BIGINT NOT NULL,

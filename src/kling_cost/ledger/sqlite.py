@@ -52,18 +52,28 @@ class SQLiteLedger(Ledger):
     """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
 
     URL options: ``?synchronous=full`` (power-loss durability; default ``normal``, which
-    loses nothing when a process crashes), ``?timeout=30`` (seconds to wait for a lock).
+    loses nothing when a process crashes), ``?timeout=30`` (seconds to wait for a lock),
+    ``?checkpoint=background`` (default: a background thread copies the WAL back into the
+    database, so no reservation waits for a checkpoint) or ``auto`` (SQLite's own, inline).
     """
 
+    checkpoint_pages = 1000
+    """Checkpoint when the WAL has grown past this many pages (SQLite's default threshold)."""
+    checkpoint_poll = 0.05
+
     schemes = ("sqlite",)
+    without_rowid = " WITHOUT ROWID"
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        self.path, self.synchronous, self.timeout = _parse_url(url)
+        self.path, self.synchronous, self.timeout, self.checkpoint = _parse_url(url)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        self._checkpointer_pid = 0
         self.migrate()
 
     def _connect(self) -> sqlite3.Connection:
@@ -79,6 +89,8 @@ class SQLiteLedger(Ledger):
                 raise ConfigurationError(f"{self.path}: WAL mode unavailable (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
+            if self.checkpoint == "background":
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.DatabaseError as exc:
             raise ConfigurationError(
                 f"cannot open SQLite ledger {self.path}: {exc}; check the path and that it is a "
@@ -95,7 +107,43 @@ class SQLiteLedger(Ledger):
             conn = self._connect()
             local.conn = conn
             local.pid = os.getpid()
+            if self.checkpoint == "background" and self._checkpointer_pid != os.getpid():
+                self._start_checkpointer()
         return conn
+
+    def _start_checkpointer(self) -> None:
+        with self._lock:
+            if self._checkpointer_pid == os.getpid():
+                return
+            self._checkpointer_pid = os.getpid()
+            self._stop = threading.Event()
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name=f"kling-cost-checkpoint {self.path}", daemon=True
+            )
+            self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        """Copy the WAL back into the database off the request path (PASSIVE: never blocks)."""
+        wal = self.path + "-wal"
+        limit = self.checkpoint_pages * 4096
+        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            while not self._stop.wait(self.checkpoint_poll):
+                try:
+                    if os.path.getsize(wal) < limit:
+                        continue
+                    # PASSIVE copies frames without blocking anyone; when writers keep the WAL
+                    # from ever being fully copied (so it cannot restart and keeps growing), a
+                    # RESTART finishes the few frames left and lets the next writer rewind it.
+                    _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if log >= self.checkpoint_pages and log - done < self.checkpoint_pages // 4:
+                        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                except (OSError, sqlite3.Error):
+                    continue  # no WAL yet, or busy: try again at the next tick
+            with suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
@@ -122,6 +170,10 @@ class SQLiteLedger(Ledger):
         return str(self._conn().execute("PRAGMA integrity_check").fetchone()[0])
 
     def close(self) -> None:
+        self._stop.set()
+        thread = self._checkpointer
+        if thread is not None and thread.is_alive() and self._checkpointer_pid == os.getpid():
+            thread.join(timeout=10)
         with self._lock:
             for conn in self._connections:
                 conn.close()
@@ -129,7 +181,7 @@ class SQLiteLedger(Ledger):
             self._closed = True
 
 
-def _parse_url(url: str) -> tuple[str, str, float]:
+def _parse_url(url: str) -> tuple[str, str, float, str]:
     parts = urlsplit(url)
     if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
         raise ConfigurationError(
@@ -159,8 +211,12 @@ def _parse_url(url: str) -> tuple[str, str, float]:
         raise ConfigurationError(f"timeout in {url!r} must be a number of seconds") from None
     if timeout <= 0:
         raise ConfigurationError(f"timeout in {url!r} must be positive")
+    checkpoint = query.pop("checkpoint", ["background"])[-1].lower()
+    if checkpoint not in ("background", "auto"):
+        raise ConfigurationError(f"checkpoint={checkpoint!r} in {url!r}; allowed: background, auto")
     if query:
         raise ConfigurationError(
-            f"unknown option(s) {', '.join(sorted(query))} in {url!r}; allowed: synchronous, timeout"
+            f"unknown option(s) {', '.join(sorted(query))} in {url!r}; "
+            "allowed: synchronous, timeout, checkpoint"
         )
-    return str(path), _SYNC[sync], timeout
+    return str(path), _SYNC[sync], timeout, checkpoint
