@@ -64,4 +64,7 @@ def open_ledger(url: str | None = None, **options: Any) -> Ledger:
             f"ledger URL {target!r} has an unknown scheme {scheme!r}; use one of: {known} "
             "(e.g. sqlite:///credits.db)"
         )
-    return backend(target, **options)
+    ledger = backend(target, **options)
+    if not isinstance(ledger, Ledger):
+        raise ConfigurationError(f"backend {backend.__name__} is not a Ledger")
+    return ledger

@@ -56,7 +56,7 @@ class Reservation:
 
 @dataclass(frozen=True)
 class Charge:
-    """One settled (committed) generation: what was estimated and what was actually charged."""
+    """One settled generation: what was estimated and what was actually charged."""
 
     id: int
     reservation_id: str
@@ -75,10 +75,19 @@ class Charge:
     prompt_hash: str | None = None
     prompt_preview: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    status: str = "succeeded"
+    """``succeeded`` (Kling charged ``actual``), ``failed`` (refunded: 0) or ``cache_hit``
+    (served from the dedup cache: 0 charged, ``estimate`` saved)."""
+
+    @property
+    def saved(self) -> Decimal:
+        """Credits the dedup cache saved (the estimate of a cache hit), else 0."""
+        return self.estimate if self.status == "cache_hit" else Decimal("0.000")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "status": self.status,
             "reservation_id": self.reservation_id,
             "idempotency_key": self.idempotency_key,
             "created_at": self.created_at.isoformat(),

@@ -13,7 +13,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, StorageError
-from .base import Conflict, Cursor, Ledger
+from ._rows import Conflict, Cursor
+from .base import Ledger
 
 try:
     import psycopg

@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigurationError, StorageError
-from .base import Conflict, Cursor, Ledger
+from ._rows import Conflict, Cursor
+from .base import Ledger
 
 __all__ = ["SQLiteLedger"]
 

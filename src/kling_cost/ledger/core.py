@@ -1,0 +1,216 @@
+"""The ledger's frame: backend registry, transactions, schema, budgets, hooks."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, ClassVar, TypeVar
+
+from ..budgets import (
+    Budget,
+    parse_limit,
+    parse_thresholds,
+    validate_scope,
+    validate_tz,
+    validate_window,
+)
+from ..errors import StorageError
+from ..money import to_storage
+from ._rows import BUDGET_SELECT, RETRIES, Conflict, Cursor, budget_from_row, to_ms, utc_now
+from .hooks import LedgerHook
+from .schema import MIGRATIONS
+
+__all__ = ["Clock", "LedgerCore"]
+
+Clock = Callable[[], datetime]
+T = TypeVar("T")
+
+DEFAULT_TTL = timedelta(minutes=30)
+
+
+class LedgerCore(ABC):
+    """Backend registry, transactions, schema and budgets; see :class:`Ledger`."""
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    registry: ClassVar[dict[str, type[LedgerCore]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for scheme in cls.schemes:
+            LedgerCore.registry[scheme] = cls
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Clock | None = None,
+        default_ttl: timedelta = DEFAULT_TTL,
+        sweep_interval: timedelta = timedelta(seconds=1),
+    ) -> None:
+        self.url = url
+        self.clock: Clock = clock or utc_now
+        self.default_ttl = default_ttl
+        self.sweep_interval = sweep_interval
+        self._next_sweep_ms = 0
+        self.hooks: list[LedgerHook] = []
+        """Called inside the ledger's own transactions (alert outbox, report rollups)."""
+
+    # -- backend hooks -------------------------------------------------------------------
+
+    url: str
+    id_column: ClassVar[str] = "INTEGER PRIMARY KEY"
+    without_rowid: ClassVar[str] = ""
+
+    @abstractmethod
+    def _transaction(self) -> AbstractContextManager[Cursor]:
+        """A cursor inside one write transaction: committed on success, rolled back on error.
+
+        Driver errors become :class:`StorageError`; a unique-constraint violation becomes
+        :class:`Conflict` so the caller can retry.
+        """
+
+    def _lock_reservation_sql(self) -> str:
+        return ""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. The ledger can not be used afterwards."""
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the schema version. Safe to run concurrently."""
+        with self._transaction() as cur:
+            self._lock_schema(cur)
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version "
+                "(version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            )
+            cur.execute("SELECT MAX(version) FROM schema_version")
+            current = cur.fetchone()[0] or 0
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    cur.execute(
+                        statement.replace("{id}", self.id_column).replace(
+                            "{without_rowid}", self.without_rowid
+                        )
+                    )
+                cur.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version, to_ms(self.clock())),
+                )
+                current = version
+            return int(current)
+
+    def _after_bulk_insert(self, cur: Cursor, table: str, column: str) -> None:  # noqa: B027
+        """Let identity sequences continue after rows were inserted with explicit ids."""
+
+    def _lock_schema(self, cur: Cursor) -> None:  # noqa: B027 - optional hook
+        """Serialise concurrent migrations (SQLite's BEGIN IMMEDIATE already does)."""
+
+    # -- budgets ---------------------------------------------------------------------------
+
+    def set_budget(
+        self,
+        scope: str,
+        limit: Decimal | int | str,
+        window: str = "day",
+        *,
+        tz: str = "UTC",
+        thresholds: Iterable[Decimal | str | int] | None = None,
+        max_per_request: Decimal | int | str | None = None,
+    ) -> Budget:
+        """Create or update the ``window`` budget of ``scope``; a new limit applies at once."""
+        scope = validate_scope(scope)
+        window = validate_window(window)
+        lim = parse_limit(limit)
+        tz = validate_tz(tz)
+        marks = parse_thresholds(thresholds)
+        mpr = None if max_per_request is None else parse_limit(max_per_request, "max_per_request")
+        moment = self.clock()
+        now = to_ms(moment)
+        with self._transaction() as cur:
+            cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (scope, window))
+            before = cur.fetchone()
+            previous = None if before is None else budget_from_row(before)
+            cur.execute(
+                "INSERT INTO budgets (scope, period, tz, limit_milli, max_per_request_milli, "
+                "thresholds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (scope, period) DO UPDATE SET tz = excluded.tz, "
+                "limit_milli = excluded.limit_milli, "
+                "max_per_request_milli = excluded.max_per_request_milli, "
+                "thresholds = excluded.thresholds, updated_at = excluded.updated_at",
+                (
+                    scope,
+                    window,
+                    tz,
+                    to_storage(lim),
+                    None if mpr is None else to_storage(mpr),
+                    json.dumps([str(t) for t in marks]),
+                    now,
+                    now,
+                ),
+            )
+            cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (scope, window))
+            budget = budget_from_row(cur.fetchone())
+            for hook in self.hooks:
+                hook.after_budget_set(cur, moment, budget, previous)
+            return budget
+
+    def budgets(self, scope: str | None = None) -> list[Budget]:
+        """Every budget, or those of one scope, in a stable order."""
+        with self._transaction() as cur:
+            if scope is None:
+                cur.execute(BUDGET_SELECT + " ORDER BY scope, id")
+            else:
+                cur.execute(BUDGET_SELECT + " WHERE scope = ? ORDER BY id", (validate_scope(scope),))
+            return [budget_from_row(row) for row in cur.fetchall()]
+
+    def get_budget(self, scope: str, window: str) -> Budget | None:
+        window = validate_window(window)
+        with self._transaction() as cur:
+            cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (validate_scope(scope), window))
+            row = cur.fetchone()
+            return None if row is None else budget_from_row(row)
+
+    def delete_budget(self, scope: str, window: str) -> bool:
+        """Remove a budget and its window counters; charges stay. True if one was deleted."""
+        window = validate_window(window)
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT id FROM budgets WHERE scope = ? AND period = ?", (validate_scope(scope), window)
+            )
+            row = cur.fetchone()
+            if row is None:
+                return False
+            cur.execute("DELETE FROM budget_windows WHERE budget_id = ?", (row[0],))
+            cur.execute("DELETE FROM budgets WHERE id = ?", (row[0],))
+            return True
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        for _ in range(RETRIES - 1):
+            try:
+                return operation()
+            except Conflict:
+                continue
+        try:
+            return operation()
+        except Conflict as exc:
+            raise StorageError(f"gave up after {RETRIES} conflicting attempts: {exc}") from None
+
+    # -- internals -------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""Extension points that run inside the ledger's own transactions.
+
+A hook sees every change to money in the same transaction that makes it, so what it writes
+(an alert in the outbox, a report rollup) commits or rolls back together with the change.
+Hooks must not call back into the ledger's public methods (they would open a second
+transaction); they use the cursor they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..budgets import Budget
+
+if TYPE_CHECKING:
+    from ._rows import Cursor
+    from .models import Reservation
+
+__all__ = ["LedgerHook", "SettledCharge", "WindowState"]
+
+
+@dataclass(frozen=True)
+class WindowState:
+    """A budget window's counters right after a change (integer thousandths)."""
+
+    budget: Budget
+    window_key: str
+    used_milli: int
+    reserved_milli: int
+
+
+@dataclass(frozen=True)
+class SettledCharge:
+    """The charge row just written: a succeeded task, a failed (refunded) one, or a cache hit."""
+
+    id: int | None
+    status: str
+    created_at_ms: int
+    settled_at_ms: int
+    estimate_milli: int
+    actual_milli: int
+    scopes: tuple[str, ...]
+    task_id: str | None
+    kind: str | None
+    model: str | None
+    mode: str | None
+    duration: int | None
+    audio: bool
+    metadata: dict[str, Any]
+
+
+class LedgerHook(Protocol):
+    """What the ledger calls; implement the methods you need (all are required by the type)."""
+
+    def after_reserve(
+        self, cur: Cursor, now: datetime, reservation: Reservation, states: Sequence[WindowState]
+    ) -> None: ...
+
+    def after_settle(
+        self, cur: Cursor, now: datetime, charge: SettledCharge, states: Sequence[WindowState]
+    ) -> None: ...
+
+    def after_budget_set(
+        self, cur: Cursor, now: datetime, budget: Budget, previous: Budget | None
+    ) -> None: ...
+
+    def after_refusal(self, cur: Cursor, now: datetime, refusal: Any, scopes: Sequence[str]) -> None: ...

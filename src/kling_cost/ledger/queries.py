@@ -1,0 +1,131 @@
+"""Read-only questions to the ledger: reservations, usage, charges, totals."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from ..budgets import Usage, validate_scope, validate_window, window_at
+from ..errors import ValidationError
+from ..money import from_storage
+from ._rows import (
+    BUDGET_SELECT,
+    CHARGE_SELECT,
+    RES_SELECT,
+    Cursor,
+    budget_from_row,
+    charge_from_row,
+    like_escape,
+    reservation_from_row,
+    to_ms,
+)
+from .core import LedgerCore
+from .models import RESERVED, Charge, Reservation
+
+__all__ = ["LedgerQueries"]
+
+
+class LedgerQueries(LedgerCore):
+    """Queries; every one runs in a transaction so it sees one consistent state."""
+
+    def _reservation_by(self, cur: Cursor, column: str, value: str) -> Reservation | None:
+        cur.execute(RES_SELECT + f" WHERE {column} = ?", (value,))  # fixed column names only
+        row = cur.fetchone()
+        return None if row is None else reservation_from_row(row)
+
+    def get_reservation(self, ref: str) -> Reservation | None:
+        """A reservation by id or by idempotency key."""
+        with self._transaction() as cur:
+            return self._reservation_by(cur, "id", ref) or self._reservation_by(cur, "idempotency_key", ref)
+
+    def reservations(self, status: str | None = None, limit: int = 1000) -> list[Reservation]:
+        """Reservations, newest first, optionally of one status (``reserved`` = pending)."""
+        with self._transaction() as cur:
+            if status is None:
+                cur.execute(RES_SELECT + " ORDER BY created_at DESC, id LIMIT ?", (limit,))
+            else:
+                cur.execute(
+                    RES_SELECT + " WHERE status = ? ORDER BY created_at DESC, id LIMIT ?",
+                    (status, limit),
+                )
+            return [reservation_from_row(row) for row in cur.fetchall()]
+
+    def usage(self, scope: str, window: str | None = None, *, at: datetime | None = None) -> Usage:
+        """Limit, used, reserved and remaining of one budget in the window containing ``at``."""
+        scope = validate_scope(scope)
+        if window is not None:
+            window = validate_window(window)
+        found = [u for u in self.usages(scope, at=at) if window is None or u.budget.window == window]
+        if not found:
+            what = f"{window} budget" if window else "budget"
+            raise ValidationError(f"scope {scope} has no {what}; set one with set_budget()")
+        if len(found) > 1:
+            kinds = ", ".join(u.budget.window for u in found)
+            raise ValidationError(f"scope {scope} has several budgets ({kinds}); pass window=")
+        return found[0]
+
+    def usages(self, scope: str | None = None, *, at: datetime | None = None) -> list[Usage]:
+        """Usage of every budget (or of one scope's budgets) at ``at`` (default: now)."""
+        moment = at or self.clock()
+        if moment.tzinfo is None:
+            raise ValidationError("at must be timezone-aware")
+        out = []
+        with self._transaction() as cur:
+            if scope is None:
+                cur.execute(BUDGET_SELECT + " ORDER BY scope, id")
+            else:
+                cur.execute(BUDGET_SELECT + " WHERE scope = ? ORDER BY id", (validate_scope(scope),))
+            for b in [budget_from_row(row) for row in cur.fetchall()]:
+                w = window_at(b.window, b.tz, moment)
+                cur.execute(
+                    "SELECT used_milli, reserved_milli FROM budget_windows "
+                    "WHERE budget_id = ? AND window_key = ?",
+                    (b.id, w.key),
+                )
+                row = cur.fetchone() or (0, 0)
+                out.append(Usage(b, w, from_storage(row[0]), from_storage(row[1])))
+        return out
+
+    def charges(
+        self,
+        scope: str | None = None,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Charge]:
+        """Settled charges, oldest first, by reservation time, optionally of one scope."""
+        where: list[str] = []
+        params: list[Any] = []
+        sql = CHARGE_SELECT
+        if scope is not None:
+            where.append("c.scopes LIKE ? ESCAPE '\\'")
+            params.append('%"' + like_escape(validate_scope(scope)) + '"%')
+        if since is not None:
+            where.append("c.created_at >= ?")
+            params.append(to_ms(since))
+        if until is not None:
+            where.append("c.created_at < ?")
+            params.append(to_ms(until))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY c.created_at, c.id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        with self._transaction() as cur:
+            cur.execute(sql, params)
+            return [charge_from_row(row) for row in cur.fetchall()]
+
+    def totals(self) -> dict[str, Decimal]:
+        """Sums over the whole ledger (a consistency check): committed actuals and live holds."""
+        with self._transaction() as cur:
+            cur.execute("SELECT COALESCE(SUM(actual_milli), 0) FROM charges")
+            charged = cur.fetchone()[0]
+            cur.execute(
+                "SELECT COALESCE(SUM(amount_milli), 0) FROM reservations WHERE status = ?",
+                (RESERVED,),
+            )
+            held = cur.fetchone()[0]
+        return {"charged": from_storage(int(charged)), "reserved": from_storage(int(held))}
