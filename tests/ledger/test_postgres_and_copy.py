@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from kling_cost import StorageError
 from kling_cost.cli import app
 from kling_cost.ledger import Ledger, copy_ledger, open_ledger
+from kling_cost.ledger.schema import SCHEMA_VERSION
 from tests.helpers import POSTGRES_URL, FakeClock, fresh_postgres_url, need_postgres
 
 pytestmark = pytest.mark.postgres
@@ -109,7 +110,7 @@ def test_two_processes_start_at_once_and_migrate_safely(pg_url: str) -> None:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(3) as pool:
         versions = pool.map(_migrate, [pg_url] * 3)
-    assert versions == [1, 1, 1]
+    assert versions == [SCHEMA_VERSION] * 3
 
 
 def _migrate(url: str) -> int:

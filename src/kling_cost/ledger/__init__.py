@@ -10,10 +10,11 @@ from urllib.parse import urlsplit
 from ..errors import ConfigurationError
 from .base import Clock, Ledger
 from .copy import CopyResult, copy_ledger
-from .models import Charge, Reservation
+from .models import AlertRecord, Charge, Reservation
 from .sqlite import SQLiteLedger
 
 __all__ = [
+    "AlertRecord",
     "Charge",
     "Clock",
     "CopyResult",

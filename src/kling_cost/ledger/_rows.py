@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from ..budgets import Budget
 from ..errors import BudgetExceeded, ValidationError
 from ..money import from_storage
-from .models import Charge, Reservation
+from .models import AlertRecord, Charge, Reservation
 
 MAX_KEY = 200
 PREVIEW = 100
@@ -178,3 +178,35 @@ def json_default(obj: object) -> Any:
     if isinstance(obj, datetime):
         return obj.isoformat()
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+
+ALERT_SELECT = (
+    "SELECT id, budget_id, scope, period, window_key, kind, threshold, used_milli, reserved_milli, "
+    "limit_milli, message, details, status, attempts, last_error, next_attempt_at, created_at, "
+    "delivered_at, cleared_at, resolved_status FROM alerts"
+)
+
+
+def alert_from_row(row: Sequence[Any]) -> AlertRecord:
+    return AlertRecord(
+        id=int(row[0]),
+        budget_id=int(row[1]),
+        scope=row[2],
+        window=row[3],
+        window_key=row[4],
+        kind=row[5],
+        threshold=row[6],
+        used=from_storage(int(row[7])),
+        reserved=from_storage(int(row[8])),
+        limit=from_storage(int(row[9])),
+        message=row[10],
+        details=json.loads(row[11]),
+        status=row[12],
+        attempts=int(row[13]),
+        last_error=row[14],
+        next_attempt_at=from_ms(int(row[15])),
+        created_at=from_ms(int(row[16])),
+        delivered_at=None if row[17] is None else from_ms(int(row[17])),
+        cleared_at=None if row[18] is None else from_ms(int(row[18])),
+        resolved_status=row[19],
+    )

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["Charge", "Reservation"]
+__all__ = ["AlertRecord", "Charge", "Reservation"]
 
 RESERVED = "reserved"
 COMMITTED = "committed"
@@ -104,4 +104,60 @@ class Charge:
             "prompt_hash": self.prompt_hash,
             "prompt_preview": self.prompt_preview,
             "metadata": self.metadata,
+        }
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    """One alert in the outbox: a threshold crossing (or a refusal) of one budget window.
+
+    ``kind``: ``threshold`` (``threshold`` is the fraction, e.g. ``"0.8"``), ``refused`` or
+    ``max_per_request``. ``status``: ``pending`` until a sink accepted it, then ``delivered``.
+    ``cleared_at`` is set when the window rolled over or the limit was raised above the
+    crossing; ``resolved_status`` tracks the "resolved" message (``pending``/``delivered``).
+    """
+
+    id: int
+    budget_id: int
+    scope: str
+    window: str
+    window_key: str
+    kind: str
+    threshold: str
+    used: Decimal
+    reserved: Decimal
+    limit: Decimal
+    message: str
+    details: dict[str, Any]
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+    delivered_at: datetime | None = None
+    cleared_at: datetime | None = None
+    resolved_status: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "budget_id": self.budget_id,
+            "scope": self.scope,
+            "window": self.window,
+            "window_key": self.window_key,
+            "kind": self.kind,
+            "threshold": self.threshold,
+            "used": str(self.used),
+            "reserved": str(self.reserved),
+            "limit": str(self.limit),
+            "message": self.message,
+            "details": self.details,
+            "status": self.status,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "next_attempt_at": self.next_attempt_at.isoformat(),
+            "created_at": self.created_at.isoformat(),
+            "delivered_at": None if self.delivered_at is None else self.delivered_at.isoformat(),
+            "cleared_at": None if self.cleared_at is None else self.cleared_at.isoformat(),
+            "resolved_status": self.resolved_status,
         }

@@ -10,10 +10,12 @@ from ..budgets import Usage, validate_scope, validate_window, window_at
 from ..errors import ValidationError
 from ..money import from_storage
 from ._rows import (
+    ALERT_SELECT,
     BUDGET_SELECT,
     CHARGE_SELECT,
     RES_SELECT,
     Cursor,
+    alert_from_row,
     budget_from_row,
     charge_from_row,
     like_escape,
@@ -21,7 +23,7 @@ from ._rows import (
     to_ms,
 )
 from .core import LedgerCore
-from .models import RESERVED, Charge, Reservation
+from .models import RESERVED, AlertRecord, Charge, Reservation
 
 __all__ = ["LedgerQueries"]
 
@@ -129,3 +131,29 @@ class LedgerQueries(LedgerCore):
             )
             held = cur.fetchone()[0]
         return {"charged": from_storage(int(charged)), "reserved": from_storage(int(held))}
+
+    def alerts(
+        self,
+        *,
+        status: str | None = None,
+        scope: str | None = None,
+        include_cleared: bool = True,
+        limit: int = 500,
+    ) -> list[AlertRecord]:
+        """Alerts from the outbox, newest first (``status='pending'`` for the undelivered)."""
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if scope is not None:
+            where.append("scope = ?")
+            params.append(validate_scope(scope))
+        if not include_cleared:
+            where.append("cleared_at IS NULL")
+        sql = ALERT_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(int(limit))
+        with self._transaction() as cur:
+            cur.execute(sql, params)
+            return [alert_from_row(row) for row in cur.fetchall()]

@@ -70,6 +70,40 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
 ]
 
+MIGRATIONS.append(
+    (
+        2,
+        [
+            # The alert outbox: one row per (budget, window, threshold), written in the same
+            # transaction as the change that crossed it; delivered later, at least once.
+            """CREATE TABLE alerts (
+                id {id},
+                budget_id BIGINT NOT NULL,
+                scope TEXT NOT NULL,
+                period TEXT NOT NULL,
+                window_key TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                threshold TEXT NOT NULL,
+                used_milli BIGINT NOT NULL,
+                reserved_milli BIGINT NOT NULL,
+                limit_milli BIGINT NOT NULL,
+                message TEXT NOT NULL,
+                details TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT,
+                next_attempt_at BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                delivered_at BIGINT,
+                cleared_at BIGINT,
+                resolved_status TEXT,
+                UNIQUE (budget_id, window_key, threshold)
+            )""",
+            "CREATE INDEX alerts_due ON alerts (next_attempt_at) WHERE status = 'pending'",
+        ],
+    )
+)
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
@@ -132,4 +166,32 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
         "id",
     ),
 ]
+TABLES.append(
+    (
+        "alerts",
+        (
+            "id",
+            "budget_id",
+            "scope",
+            "period",
+            "window_key",
+            "kind",
+            "threshold",
+            "used_milli",
+            "reserved_milli",
+            "limit_milli",
+            "message",
+            "details",
+            "status",
+            "attempts",
+            "last_error",
+            "next_attempt_at",
+            "created_at",
+            "delivered_at",
+            "cleared_at",
+            "resolved_status",
+        ),
+        "id",
+    )
+)
 """Every data table, in an order that respects foreign keys: (name, columns, identity column)."""
