@@ -9,12 +9,14 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 from .base import Clock, Ledger
+from .cache_store import CacheEntry
 from .copy import CopyResult, copy_ledger
 from .models import AlertRecord, Charge, Reservation
 from .sqlite import SQLiteLedger
 
 __all__ = [
     "AlertRecord",
+    "CacheEntry",
     "Charge",
     "Clock",
     "CopyResult",

@@ -35,10 +35,10 @@ from ._rows import (
     text_or_none,
     to_ms,
 )
+from .cache_store import RequestCacheStore
 from .core import Clock
 from .hooks import SettledCharge, WindowState
 from .models import COMMITTED, EXPIRED, RELEASED, RESERVED, Reservation
-from .queries import LedgerQueries
 
 __all__ = ["Clock", "Cursor", "Ledger"]
 
@@ -47,7 +47,7 @@ FAILED = "failed"
 CACHE_HIT = "cache_hit"
 
 
-class Ledger(LedgerQueries):
+class Ledger(RequestCacheStore):
     """Budgets and two-phase charging. Open one with :func:`kling_cost.open_ledger`."""
 
     # -- reserve -----------------------------------------------------------------------------
@@ -124,13 +124,37 @@ class Ledger(LedgerQueries):
                 json.dumps(meta),
             ),
         )
+        revived = False
         if cur.rowcount != 1:
             if key is None:
                 raise Conflict(f"reservation id {res_id} collided")
             existing = self._reservation_by(cur, "idempotency_key", key)  # reserved before
             if existing is None:
                 raise Conflict(f"idempotency key {key!r} vanished while reserving")
-            return existing  # holds nothing new
+            if existing.status not in (RELEASED, EXPIRED) or existing.task_id is not None:
+                return existing  # holds nothing new
+            # Released or expired before Kling accepted anything: nothing was ever charged
+            # under this key, so it may be reserved again (a retried submission).
+            res_id = existing.id
+            cur.execute(
+                "UPDATE reservations SET amount_milli = ?, status = ?, scopes = ?, created_at = ?, "
+                "expires_at = ?, windows = ?, metadata = ?, settled_at = NULL, actual_milli = NULL "
+                "WHERE id = ? AND status = ?",
+                (
+                    milli,
+                    RESERVED,
+                    json.dumps(scopes),
+                    created,
+                    expires,
+                    json.dumps(refs),
+                    json.dumps(meta),
+                    res_id,
+                    existing.status,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise Conflict(f"reservation {res_id} changed while being reserved again")
+            revived = True
         amount = from_storage(milli)
         for b in budgets:
             if b.max_per_request is not None and amount > b.max_per_request:
@@ -157,6 +181,7 @@ class Ledger(LedgerQueries):
             expires_at=from_ms(expires),
             metadata=meta,
             windows=refs,
+            revived=revived,
         )
         for hook in self.hooks:
             hook.after_reserve(cur, now, reservation, states)
@@ -217,8 +242,11 @@ class Ledger(LedgerQueries):
         *,
         task_id: str | None = None,
         force: bool = False,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Reservation:
         """Settle a reservation with what was actually charged (default: the reserved amount).
+
+        ``metadata`` is merged into the reservation's and recorded on the charge.
 
         Committing twice is a no-op that returns the settled reservation. Committing a
         released one, or an expired one, raises :class:`ReservationError`; ``force=True``
@@ -229,9 +257,17 @@ class Ledger(LedgerQueries):
         actual_milli = (
             None if actual is None else to_storage(parse_amount(actual, what="actual", allow_zero=True))
         )
-        return self._retrying(lambda: self._commit(res_id, actual_milli, task_id, force))
+        extra = clean_metadata(metadata)
+        return self._retrying(lambda: self._commit(res_id, actual_milli, task_id, force, extra))
 
-    def _commit(self, res_id: str, actual_milli: int | None, task_id: str | None, force: bool) -> Reservation:
+    def _commit(
+        self,
+        res_id: str,
+        actual_milli: int | None,
+        task_id: str | None,
+        force: bool,
+        extra: dict[str, Any],
+    ) -> Reservation:
         now = self.clock()
         with self._transaction() as cur:
             current = self._locked(cur, res_id)
@@ -250,6 +286,8 @@ class Ledger(LedgerQueries):
             held = 0 if current.status == EXPIRED else amount_milli
             states = self._settle_windows(cur, current, held, spent)
             final_task = task_id or current.task_id
+            if extra:
+                current = replace_reservation(current, metadata={**current.metadata, **extra})
             settled = self._mark(cur, current, COMMITTED, now, spent, final_task)
             self._insert_charge(cur, now, current, SUCCEEDED, spent, final_task, states)
             return replace_reservation(settled, actual=from_storage(spent), task_id=final_task)
@@ -341,9 +379,9 @@ class Ledger(LedgerQueries):
         """Move the reservation row from its current status to ``status`` (or Conflict)."""
         settled = to_ms(now)
         cur.execute(
-            "UPDATE reservations SET status = ?, actual_milli = ?, settled_at = ?, task_id = ? "
-            "WHERE id = ? AND status = ?",
-            (status, actual_milli, settled, task_id, res.id, res.status),
+            "UPDATE reservations SET status = ?, actual_milli = ?, settled_at = ?, task_id = ?, "
+            "metadata = ? WHERE id = ? AND status = ?",
+            (status, actual_milli, settled, task_id, json.dumps(res.metadata), res.id, res.status),
         )
         if cur.rowcount != 1:  # settled concurrently: retry and report the settled state
             raise Conflict(f"reservation {res.id} changed while settling")

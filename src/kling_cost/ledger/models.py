@@ -33,6 +33,9 @@ class Reservation:
     metadata: dict[str, Any] = field(default_factory=dict)
     windows: tuple[tuple[int, str], ...] = ()
     """(budget id, window key) of every budget window this reservation counts in."""
+    revived: bool = False
+    """True when this call reserved again a key whose earlier reservation was released or
+    expired before Kling accepted a task (check Kling for the ``external_task_id`` first)."""
 
     @property
     def settled(self) -> bool:

@@ -41,6 +41,11 @@ class LedgerQueries(LedgerCore):
         with self._transaction() as cur:
             return self._reservation_by(cur, "id", ref) or self._reservation_by(cur, "idempotency_key", ref)
 
+    def reservation_for_task(self, task_id: str) -> Reservation | None:
+        """The reservation a Kling task was attached to."""
+        with self._transaction() as cur:
+            return self._reservation_by(cur, "task_id", task_id)
+
     def reservations(self, status: str | None = None, limit: int = 1000) -> list[Reservation]:
         """Reservations, newest first, optionally of one status (``reserved`` = pending)."""
         with self._transaction() as cur:

@@ -45,6 +45,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE UNIQUE INDEX reservations_key ON reservations (idempotency_key) "
             "WHERE idempotency_key IS NOT NULL",
             "CREATE INDEX reservations_open ON reservations (expires_at) WHERE status = 'reserved'",
+            "CREATE INDEX reservations_task ON reservations (task_id) WHERE task_id IS NOT NULL",
             """CREATE TABLE charges (
                 id {id},
                 reservation_id TEXT NOT NULL,
@@ -103,6 +104,29 @@ MIGRATIONS.append(
         ],
     )
 )
+
+MIGRATIONS.append(
+    (
+        4,
+        [
+            # The dedup cache: a request fingerprint in flight (claimed under a lease) or
+            # succeeded (its task reused for free until expires_at).
+            """CREATE TABLE request_cache (
+                fingerprint TEXT PRIMARY KEY,
+                status TEXT NOT NULL,
+                endpoint TEXT NOT NULL,
+                reservation_id TEXT,
+                task_id TEXT,
+                result TEXT,
+                estimate_milli BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL
+            )""",
+        ],
+    )
+)
+MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -192,6 +216,24 @@ TABLES.append(
             "resolved_status",
         ),
         "id",
+    )
+)
+TABLES.append(
+    (
+        "request_cache",
+        (
+            "fingerprint",
+            "status",
+            "endpoint",
+            "reservation_id",
+            "task_id",
+            "result",
+            "estimate_milli",
+            "created_at",
+            "updated_at",
+            "expires_at",
+        ),
+        None,
     )
 )
 """Every data table, in an order that respects foreign keys: (name, columns, identity column)."""

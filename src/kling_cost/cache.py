@@ -1,0 +1,67 @@
+"""Request fingerprints for the dedup cache: identical requests must never be paid twice."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .pricing.request import PriceRequest
+
+__all__ = ["CachePolicy", "fingerprint"]
+
+# Fields that identify a delivery, not the content: two requests differing only here are
+# the same generation.
+_IGNORED = frozenset({"external_task_id", "callback_url"})
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """How the dedup cache behaves.
+
+    ``enabled``: reuse identical requests (off for users who want variations of one prompt).
+    ``ttl``: how long a succeeded result is reused (Kling's result URLs live 30 days).
+    ``lease``: how long an in-flight claim holds before another caller may pay for it.
+    ``wait_poll``: seconds between checks while waiting for an identical request in flight.
+    """
+
+    enabled: bool = True
+    ttl: timedelta = timedelta(days=7)
+    lease: timedelta = timedelta(minutes=30)
+    wait_poll: float = 1.0
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, str):
+        return " ".join(unicodedata.normalize("NFC", value).split())
+    if isinstance(value, Mapping):
+        return {str(k): _normal(v) for k, v in sorted(value.items()) if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    return value
+
+
+def fingerprint(endpoint: str, body: Mapping[str, Any], price: PriceRequest | None = None) -> str:
+    """SHA-256 over the endpoint, the normalised price fields and every content field.
+
+    Prompts are compared after Unicode normalisation and whitespace folding; ``mode``
+    aliases, ``duration`` given as a number or a string, and field order do not matter.
+    ``price`` is the request as priced (with the catalog's default model filled in), so a
+    request naming Kling's default model matches one that names none.
+    """
+    content = {k: v for k, v in body.items() if k not in _IGNORED and v is not None}
+    if price is None:
+        try:
+            price = PriceRequest.from_kling(endpoint, body)
+        except ValueError:
+            price = None
+    priced = {} if price is None else price.to_dict()
+    for field in ("mode", "duration", "model_name", "sound", "n"):
+        content.pop(field, None)
+    doc = {"endpoint": endpoint, "price": priced, "content": _normal(content)}
+    text = json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

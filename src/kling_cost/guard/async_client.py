@@ -1,0 +1,210 @@
+"""``AsyncCostAwareClient``: the asyncio twin of :class:`CostAwareClient`.
+
+Kling calls are awaited; ledger calls (short, blocking database transactions) run in a
+worker thread so the event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+
+from ..cache import CachePolicy
+from ..errors import InvalidRequest, KlingAPIError, ServerError
+from ..kling import _bodies
+from ..kling.async_client import AsyncKlingClient
+from ..kling.models import KlingRequest, KlingTask
+from ..ledger import CacheEntry, Ledger, Reservation
+from ..pricing import Catalog
+from ._core import GuardCore, GuardedRequest
+from .client import PENDING_GRACE
+
+__all__ = ["AsyncCostAwareClient"]
+
+
+class AsyncCostAwareClient:
+    """The methods of :class:`AsyncKlingClient`, with the two-phase flow around every create
+    (see :class:`CostAwareClient`)."""
+
+    def __init__(
+        self,
+        client: AsyncKlingClient,
+        ledger: Ledger,
+        *,
+        catalog: Catalog | str | None = "kling-api",
+        scopes: Iterable[str] = (),
+        ttl: timedelta = timedelta(minutes=30),
+        cache: CachePolicy | bool = True,
+        max_per_request: Decimal | int | str | None = None,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.core = GuardCore(
+            ledger, catalog=catalog, scopes=scopes, ttl=ttl, cache=cache, max_per_request=max_per_request
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def create(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any] | KlingRequest,
+        *,
+        scopes: Sequence[str] | None = None,
+        dedup: bool | None = None,
+        hints: Mapping[str, Any] | None = None,
+    ) -> KlingTask:
+        req = await asyncio.to_thread(self.core.prepare, endpoint, body, hints=hints)
+        self.core.check_max(req)
+        use_cache = self.core.cache.enabled if dedup is None else dedup
+        all_scopes = self.core.scopes_for(scopes)
+        if use_cache:
+            reused = await self._claim_or_reuse(req, all_scopes)
+            if reused is not None:
+                return reused
+        try:
+            return await self._reserve_and_submit(req, all_scopes, use_cache)
+        except BaseException:
+            if use_cache:
+                await asyncio.to_thread(self.ledger.cache_drop, req.fingerprint)
+            raise
+
+    async def _claim_or_reuse(self, req: GuardedRequest, scopes: Sequence[str]) -> KlingTask | None:
+        policy = self.core.cache
+        while True:
+            claimed, entry = await asyncio.to_thread(
+                self.ledger.cache_claim, req.fingerprint, req.endpoint, req.amount, policy.lease
+            )
+            if claimed:
+                return None
+            task = await self._reuse(entry)
+            if task is not None and task.succeeded:
+                await asyncio.to_thread(
+                    self.ledger.record_cache_hit,
+                    req.amount,
+                    scopes,
+                    task_id=task.task_id,
+                    metadata={**req.metadata, "cache": entry.status},
+                )
+                return task
+
+    async def _reuse(self, entry: CacheEntry) -> KlingTask | None:
+        policy = self.core.cache
+        while True:
+            if entry.status == "succeeded" and entry.result is not None:
+                task = KlingTask.model_validate(entry.result)
+                task.endpoint = entry.endpoint
+                return task
+            if entry.task_id is not None:
+                task = await self.client.wait(entry.task_id, endpoint=entry.endpoint, poll=policy.wait_poll)
+                await self._settle_by_task(task)
+                return task
+            await asyncio.sleep(policy.wait_poll)
+            current = await asyncio.to_thread(self.ledger.cache_lookup, entry.fingerprint)
+            if current is None:
+                return None
+            entry = current
+
+    async def _reserve_and_submit(
+        self, req: GuardedRequest, scopes: Sequence[str], cached: bool
+    ) -> KlingTask:
+        reservation = await asyncio.to_thread(
+            self.ledger.reserve,
+            req.amount,
+            scopes,
+            idempotency_key=req.key,
+            ttl=self.core.ttl,
+            metadata=req.metadata,
+        )
+        if cached:
+            await asyncio.to_thread(self.ledger.cache_attach, req.fingerprint, reservation_id=reservation.id)
+        if reservation.task_id is not None:
+            return await self.get_task(req.endpoint, reservation.task_id)
+        if reservation.status != "reserved":
+            raise InvalidRequest(
+                f"request {req.key} was already settled ({reservation.status}) without a task"
+            )
+        if reservation.revived or reservation.created_at < self.ledger.clock() - PENDING_GRACE:
+            known = await self._find(req.endpoint, req.key)
+            if known is not None:
+                return await self._accepted(reservation, known, req)
+        try:
+            task = await self.client.create(req.endpoint, req.body)
+        except ServerError:
+            known = await self._find(req.endpoint, req.key, strict=True)
+            if known is None:
+                await asyncio.to_thread(self.ledger.release, reservation)
+                raise
+            task = known
+        except BaseException:
+            await asyncio.to_thread(self.ledger.release, reservation)
+            raise
+        return await self._accepted(reservation, task, req)
+
+    async def _find(self, endpoint: str, key: str, *, strict: bool = False) -> KlingTask | None:
+        try:
+            return await self.client.get_task(endpoint, external_task_id=key)
+        except InvalidRequest:
+            return None
+        except KlingAPIError:
+            if strict:
+                raise
+            return None
+
+    async def _accepted(self, reservation: Reservation, task: KlingTask, req: GuardedRequest) -> KlingTask:
+        reservation = await asyncio.to_thread(self.ledger.attach_task, reservation, task.task_id)
+        if self.core.cache.enabled and "fingerprint" in req.metadata:
+            await asyncio.to_thread(self.ledger.cache_attach, req.fingerprint, task_id=task.task_id)
+        if task.done:
+            await asyncio.to_thread(self.core.settle, reservation, task)
+        return task
+
+    async def text_to_video(self, prompt: str, **fields: Any) -> KlingTask:
+        return await self.create("text2video", _bodies.text_to_video_body(prompt, fields))
+
+    async def image_to_video(self, image: str, prompt: str | None = None, **fields: Any) -> KlingTask:
+        return await self.create("image2video", _bodies.image_to_video_body(image, prompt, fields))
+
+    async def generate_images(self, prompt: str, **fields: Any) -> KlingTask:
+        return await self.create("image", _bodies.images_body(prompt, fields))
+
+    async def virtual_try_on(self, human_image: str, cloth_image: str, **fields: Any) -> KlingTask:
+        return await self.create("tryon", _bodies.tryon_body(human_image, cloth_image, fields))
+
+    async def get_task(
+        self, endpoint: str, task_id: str | None = None, *, external_task_id: str | None = None
+    ) -> KlingTask:
+        task = await self.client.get_task(endpoint, task_id, external_task_id=external_task_id)
+        await self._settle_by_task(task)
+        return task
+
+    async def wait(self, task: KlingTask | str, **options: Any) -> KlingTask:
+        done = await self.client.wait(task, **options)
+        await self._settle_by_task(done)
+        return done
+
+    async def _settle_by_task(self, task: KlingTask) -> None:
+        if not task.done:
+            return
+
+        def settle() -> None:
+            ref = task.external_task_id
+            found = self.ledger.get_reservation(ref) if ref else None
+            found = found or self.ledger.reservation_for_task(task.task_id)
+            if found is not None and found.status in ("reserved", "expired"):
+                self.core.settle(found, task)
+
+        await asyncio.to_thread(settle)

@@ -1,0 +1,304 @@
+"""``CostAwareClient``: a KlingClient whose every create is estimated, reserved, and settled."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+
+from ..cache import CachePolicy
+from ..errors import InvalidRequest, KlingAPIError, ServerError
+from ..kling import _bodies
+from ..kling.client import KlingClient
+from ..kling.models import KlingRequest, KlingTask
+from ..ledger import CacheEntry, Ledger, Reservation
+from ..pricing import Catalog
+from ._core import GuardCore, GuardedRequest, SettleReport
+
+__all__ = ["CostAwareClient"]
+
+PENDING_GRACE = timedelta(minutes=2)
+"""A reservation without a task this old whose request Kling does not know was never sent."""
+
+
+class CostAwareClient:
+    """The methods of :class:`KlingClient`, with the two-phase flow around every create.
+
+    validate -> estimate -> per-request maximum -> dedup lookup -> reserve on every scope
+    (idempotency key = the request's ``external_task_id``, generated when absent) -> submit
+    -> release on an error before Kling accepted -> attach the task id -> when the task ends
+    (:meth:`wait`, :meth:`get_task` or :meth:`settle_pending`): commit Kling's
+    ``final_unit_deduction`` for ``succeed``, release for ``failed``.
+    """
+
+    def __init__(
+        self,
+        client: KlingClient,
+        ledger: Ledger,
+        *,
+        catalog: Catalog | str | None = "kling-api",
+        scopes: Iterable[str] = (),
+        ttl: timedelta = timedelta(minutes=30),
+        cache: CachePolicy | bool = True,
+        max_per_request: Decimal | int | str | None = None,
+    ) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.core = GuardCore(
+            ledger, catalog=catalog, scopes=scopes, ttl=ttl, cache=cache, max_per_request=max_per_request
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- creates ------------------------------------------------------------------------------
+
+    def create(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any] | KlingRequest,
+        *,
+        scopes: Sequence[str] | None = None,
+        dedup: bool | None = None,
+        hints: Mapping[str, Any] | None = None,
+    ) -> KlingTask:
+        """Create a task within budget. Raises :class:`BudgetExceeded` before anything is sent
+        when a budget lacks room; an identical earlier request is reused at zero cost."""
+        req = self.core.prepare(endpoint, body, hints=hints)
+        self.core.check_max(req)
+        use_cache = self.core.cache.enabled if dedup is None else dedup
+        all_scopes = self.core.scopes_for(scopes)
+        if use_cache:
+            reused = self._claim_or_reuse(req, all_scopes)
+            if reused is not None:
+                return reused
+        try:
+            return self._reserve_and_submit(req, all_scopes, use_cache)
+        except BaseException:
+            if use_cache:
+                self.ledger.cache_drop(req.fingerprint)
+            raise
+
+    def _claim_or_reuse(self, req: GuardedRequest, scopes: Sequence[str]) -> KlingTask | None:
+        """Claim the fingerprint, or return the task of an identical request (free)."""
+        policy = self.core.cache
+        while True:
+            claimed, entry = self.ledger.cache_claim(req.fingerprint, req.endpoint, req.amount, policy.lease)
+            if claimed:
+                return None
+            task = self._reuse(entry)
+            if task is not None and task.succeeded:
+                self.ledger.record_cache_hit(
+                    req.amount,
+                    scopes,
+                    task_id=task.task_id,
+                    metadata={**req.metadata, "cache": entry.status},
+                )
+                return task
+            # the identical request failed or vanished: claim again and pay for ours
+
+    def _reuse(self, entry: CacheEntry) -> KlingTask | None:
+        """A succeeded entry's task, or wait for an in-flight one to end (single-flight)."""
+        policy = self.core.cache
+        while True:
+            if entry.status == "succeeded" and entry.result is not None:
+                task = KlingTask.model_validate(entry.result)
+                task.endpoint = entry.endpoint
+                return task
+            if entry.task_id is not None:
+                task = self.client.wait(entry.task_id, endpoint=entry.endpoint, poll=policy.wait_poll)
+                self._settle_by_task(task)
+                return task
+            time.sleep(policy.wait_poll)
+            current = self.ledger.cache_lookup(entry.fingerprint)
+            if current is None:
+                return None
+            entry = current
+
+    def _reserve_and_submit(self, req: GuardedRequest, scopes: Sequence[str], cached: bool) -> KlingTask:
+        reservation = self.ledger.reserve(
+            req.amount, scopes, idempotency_key=req.key, ttl=self.core.ttl, metadata=req.metadata
+        )
+        if cached:
+            self.ledger.cache_attach(req.fingerprint, reservation_id=reservation.id)
+        if reservation.task_id is not None:  # this key was sent before: never pay twice
+            return self.get_task(req.endpoint, reservation.task_id)
+        if reservation.status != "reserved":
+            raise InvalidRequest(
+                f"request {req.key} was already settled ({reservation.status}) without a task",
+                code=None,
+            )
+        if reservation.revived or reservation.created_at < self.ledger.clock() - PENDING_GRACE:
+            known = self._find(req.endpoint, req.key)
+            if known is not None:
+                return self._accepted(reservation, known, req)
+        try:
+            task = self.client.create(req.endpoint, req.body)
+        except ServerError:
+            # the answer was lost: Kling may have accepted it; look before freeing the credits
+            known = self._find(req.endpoint, req.key, keep_on_error=reservation)
+            if known is None:
+                self.ledger.release(reservation)
+                raise
+            task = known
+        except BaseException:
+            self.ledger.release(reservation)
+            raise
+        return self._accepted(reservation, task, req)
+
+    def _find(self, endpoint: str, key: str, *, keep_on_error: Reservation | None = None) -> KlingTask | None:
+        try:
+            return self.client.get_task(endpoint, external_task_id=key)
+        except InvalidRequest:
+            return None  # Kling does not know it: it was never accepted
+        except KlingAPIError:
+            if keep_on_error is not None:
+                # cannot tell whether Kling accepted it: keep the hold; its lease or
+                # settle_pending() resolves it
+                raise
+            return None
+
+    def _accepted(self, reservation: Reservation, task: KlingTask, req: GuardedRequest) -> KlingTask:
+        reservation = self.ledger.attach_task(reservation, task.task_id)
+        if self.core.cache.enabled and "fingerprint" in req.metadata:
+            self.ledger.cache_attach(req.fingerprint, task_id=task.task_id)
+        if task.done:
+            self.core.settle(reservation, task)
+        return task
+
+    def text_to_video(self, prompt: str, **fields: Any) -> KlingTask:
+        return self.create("text2video", _bodies.text_to_video_body(prompt, fields))
+
+    def image_to_video(self, image: str, prompt: str | None = None, **fields: Any) -> KlingTask:
+        return self.create("image2video", _bodies.image_to_video_body(image, prompt, fields))
+
+    def multi_image_to_video(
+        self, images: Sequence[str | Mapping[str, Any]], prompt: str, **fields: Any
+    ) -> KlingTask:
+        return self.create("multi-image2video", _bodies.multi_image_body(images, prompt, fields))
+
+    def extend_video(
+        self,
+        video_id: str,
+        prompt: str | None = None,
+        *,
+        hints: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> KlingTask:
+        """``hints={"model": ..., "mode": ...}`` of the source video price it exactly; without
+        them the most expensive extension in the catalog is reserved (the commit is exact)."""
+        return self.create("video-extend", _bodies.extend_body(video_id, prompt, fields), hints=hints)
+
+    def lip_sync(
+        self,
+        input: Mapping[str, Any] | None = None,
+        *,
+        callback_url: str | None = None,
+        external_task_id: str | None = None,
+        hints: Mapping[str, Any] | None = None,
+        **input_fields: Any,
+    ) -> KlingTask:
+        """``hints={"duration": seconds}`` of the source video prices it exactly (else 10 s)."""
+        body = _bodies.lip_sync_body(input, callback_url, external_task_id, input_fields)
+        return self.create("lip-sync", body, hints=hints)
+
+    def effects(
+        self,
+        effect_scene: str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        callback_url: str | None = None,
+        external_task_id: str | None = None,
+        **input_fields: Any,
+    ) -> KlingTask:
+        body = _bodies.effects_body(effect_scene, input, callback_url, external_task_id, input_fields)
+        return self.create("effects", body)
+
+    def generate_images(self, prompt: str, **fields: Any) -> KlingTask:
+        return self.create("image", _bodies.images_body(prompt, fields))
+
+    def virtual_try_on(self, human_image: str, cloth_image: str, **fields: Any) -> KlingTask:
+        return self.create("tryon", _bodies.tryon_body(human_image, cloth_image, fields))
+
+    # -- queries and settlement ---------------------------------------------------------------
+
+    def get_task(
+        self, endpoint: str, task_id: str | None = None, *, external_task_id: str | None = None
+    ) -> KlingTask:
+        """Query a task; one that has ended is settled in the ledger on the way."""
+        task = self.client.get_task(endpoint, task_id, external_task_id=external_task_id)
+        self._settle_by_task(task)
+        return task
+
+    def list_tasks(self, endpoint: str, page: int = 1, page_size: int = 30) -> list[KlingTask]:
+        return self.client.list_tasks(endpoint, page, page_size)
+
+    def account_costs(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.account_costs(*args, **kwargs)
+
+    def wait(self, task: KlingTask | str, **options: Any) -> KlingTask:
+        """:meth:`KlingClient.wait`, then settle the ended task in the ledger."""
+        done = self.client.wait(task, **options)
+        self._settle_by_task(done)
+        return done
+
+    def _settle_by_task(self, task: KlingTask) -> None:
+        if not task.done:
+            return
+        reservation = self._reservation_for(task)
+        if reservation is not None and reservation.status in ("reserved", "expired"):
+            self.core.settle(reservation, task)
+
+    def _reservation_for(self, task: KlingTask) -> Reservation | None:
+        ref = task.external_task_id
+        found = self.ledger.get_reservation(ref) if ref else None
+        if found is None:
+            found = self.ledger.reservation_for_task(task.task_id)
+        return found
+
+    def settle_pending(self) -> SettleReport:
+        """Finish the job for every unsettled reservation (after a crash, or periodically):
+        poll its task, commit or release what has ended, keep running leases alive, and free
+        holds whose request Kling never accepted."""
+        report = SettleReport()
+        now = self.ledger.clock()
+        candidates = self.ledger.reservations(status="reserved") + [
+            r for r in self.ledger.reservations(status="expired") if r.task_id and r.actual is None
+        ]
+        for candidate in candidates:
+            res = candidate
+            endpoint = str(res.metadata.get("endpoint") or "text2video")
+            try:
+                if res.task_id is None:
+                    task = self._find(endpoint, res.idempotency_key)
+                    if task is None:
+                        if res.created_at < now - PENDING_GRACE:
+                            self.ledger.release(res)
+                            report.released.append(res.id)
+                        else:
+                            report.running.append(res.id)
+                        continue
+                    res = self.ledger.attach_task(res, task.task_id)
+                else:
+                    task = self.client.get_task(endpoint, res.task_id)
+                if not task.done:
+                    if res.status == "reserved" and res.expires_at - now < self.core.ttl / 2:
+                        self.ledger.extend(res, self.core.ttl)
+                    report.running.append(res.id)
+                    continue
+                settled = self.core.settle(res, task)
+                (report.committed if settled.status == "committed" else report.released).append(res.id)
+            except KlingAPIError as exc:
+                report.errors.append(f"{res.id}: {exc}")
+        return report

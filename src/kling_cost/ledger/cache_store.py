@@ -1,0 +1,164 @@
+"""The dedup cache's table: which request fingerprints succeeded, and which are in flight."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from ..errors import ValidationError
+from ..money import from_storage, parse_amount, to_storage
+from ._rows import Cursor, from_ms, to_ms
+from .queries import LedgerQueries
+
+__all__ = ["CacheEntry", "RequestCacheStore"]
+
+INFLIGHT = "inflight"
+SUCCEEDED = "succeeded"
+
+_SELECT = (
+    "SELECT fingerprint, status, endpoint, reservation_id, task_id, result, estimate_milli, "
+    "created_at, updated_at, expires_at FROM request_cache"
+)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """A fingerprint that is in flight (someone is paying for it now) or succeeded (reusable)."""
+
+    fingerprint: str
+    status: str
+    endpoint: str
+    reservation_id: str | None
+    task_id: str | None
+    result: dict[str, Any] | None
+    estimate: Decimal
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime
+
+
+def _entry(row: Any) -> CacheEntry:
+    return CacheEntry(
+        fingerprint=row[0],
+        status=row[1],
+        endpoint=row[2],
+        reservation_id=row[3],
+        task_id=row[4],
+        result=None if row[5] is None else json.loads(row[5]),
+        estimate=from_storage(int(row[6])),
+        created_at=from_ms(int(row[7])),
+        updated_at=from_ms(int(row[8])),
+        expires_at=from_ms(int(row[9])),
+    )
+
+
+class RequestCacheStore(LedgerQueries):
+    """Fingerprint rows: claimed in flight under a lease, then succeeded for a TTL."""
+
+    def _cache_row(self, cur: Cursor, fingerprint: str) -> CacheEntry | None:
+        cur.execute(_SELECT + " WHERE fingerprint = ?", (fingerprint,))
+        row = cur.fetchone()
+        return None if row is None else _entry(row)
+
+    def cache_lookup(self, fingerprint: str) -> CacheEntry | None:
+        """The live entry for ``fingerprint`` (in flight, or succeeded within its TTL)."""
+        now = self.clock()
+        with self._transaction() as cur:
+            entry = self._cache_row(cur, fingerprint)
+        return entry if entry is not None and entry.expires_at > now else None
+
+    def cache_claim(
+        self, fingerprint: str, endpoint: str, estimate: Decimal, lease: timedelta
+    ) -> tuple[bool, CacheEntry]:
+        """Claim ``fingerprint`` as in flight for ``lease`` unless a live entry exists.
+
+        Returns ``(True, new entry)`` for the caller who must now pay for the request, or
+        ``(False, live entry)`` when another request in flight or a cached success covers it.
+        """
+        milli = to_storage(parse_amount(estimate, what="estimate", allow_zero=True))
+        if lease <= timedelta(0):
+            raise ValidationError("lease must be positive")
+
+        def run() -> tuple[bool, CacheEntry]:
+            now = self.clock()
+            now_ms = to_ms(now)
+            with self._transaction() as cur:
+                cur.execute(
+                    "INSERT INTO request_cache (fingerprint, status, endpoint, estimate_milli, "
+                    "created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (fingerprint) DO UPDATE SET status = excluded.status, "
+                    "endpoint = excluded.endpoint, reservation_id = NULL, task_id = NULL, "
+                    "result = NULL, estimate_milli = excluded.estimate_milli, "
+                    "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+                    "expires_at = excluded.expires_at WHERE request_cache.expires_at <= ?",
+                    (fingerprint, INFLIGHT, endpoint, milli, now_ms, now_ms, to_ms(now + lease), now_ms),
+                )
+                claimed = cur.rowcount == 1
+                entry = self._cache_row(cur, fingerprint)
+                if entry is None:  # pragma: no cover - the row was just written or read
+                    raise ValidationError(f"cache entry {fingerprint} vanished")
+                return claimed, entry
+
+        return self._retrying(run)
+
+    def cache_attach(
+        self,
+        fingerprint: str,
+        *,
+        reservation_id: str | None = None,
+        task_id: str | None = None,
+        lease: timedelta | None = None,
+    ) -> None:
+        """Note the reservation and Kling task paying for an in-flight fingerprint (and
+        optionally push its lease to ``now + lease``)."""
+        now = self.clock()
+        sets = ["updated_at = ?"]
+        params: list[Any] = [to_ms(now)]
+        if reservation_id is not None:
+            sets.append("reservation_id = ?")
+            params.append(reservation_id)
+        if task_id is not None:
+            sets.append("task_id = ?")
+            params.append(task_id)
+        if lease is not None:
+            sets.append("expires_at = ?")
+            params.append(to_ms(now + lease))
+        params += [fingerprint, INFLIGHT]
+        with self._transaction() as cur:
+            cur.execute(
+                f"UPDATE request_cache SET {', '.join(sets)} WHERE fingerprint = ? AND status = ?",
+                params,
+            )
+
+    def cache_complete(self, fingerprint: str, task: dict[str, Any], ttl: timedelta) -> None:
+        """The request succeeded: identical requests within ``ttl`` reuse ``task`` for free."""
+        now = self.clock()
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE request_cache SET status = ?, task_id = ?, result = ?, updated_at = ?, "
+                "expires_at = ? WHERE fingerprint = ?",
+                (
+                    SUCCEEDED,
+                    task.get("task_id"),
+                    json.dumps(task),
+                    to_ms(now),
+                    to_ms(now + ttl),
+                    fingerprint,
+                ),
+            )
+
+    def cache_drop(self, fingerprint: str, *, task_id: str | None = None) -> None:
+        """Forget a fingerprint (its request failed); with ``task_id``, only if still that task's."""
+        with self._transaction() as cur:
+            if task_id is None:
+                cur.execute(
+                    "DELETE FROM request_cache WHERE fingerprint = ? AND status = ?", (fingerprint, INFLIGHT)
+                )
+            else:
+                cur.execute(
+                    "DELETE FROM request_cache WHERE fingerprint = ? AND (task_id = ? OR task_id IS NULL)",
+                    (fingerprint, task_id),
+                )

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kling_cost.cache import CachePolicy
+from kling_cost.guard import CostAwareClient
+from kling_cost.kling import KlingClient, RetryPolicy
+from kling_cost.ledger import Ledger, open_ledger
+from kling_cost.simulator import ManualClock, Simulator, create_app
+from tests.servers import AK, SK, serve
+
+
+@dataclass
+class World:
+    """A simulator on loopback (manual clock), a ledger, and guarded clients."""
+
+    url: str
+    sim: Simulator
+    clock: ManualClock
+    ledger: Ledger
+    ledger_url: str
+
+    def kling(self) -> KlingClient:
+        return KlingClient(AK, SK, base_url=self.url, retry=RetryPolicy(base_delay=0))
+
+    def guard(self, **kwargs: Any) -> CostAwareClient:
+        kwargs.setdefault("cache", CachePolicy(wait_poll=0.01))
+        kwargs.setdefault("scopes", ["project:film"])
+        return CostAwareClient(self.kling(), self.ledger, **kwargs)
+
+    def finish(self, seconds: float = 11) -> None:
+        """Let every running task end."""
+        self.clock.advance(seconds)
+        self.sim.state.refresh()
+
+    @property
+    def tasks(self) -> list[Any]:
+        return list(self.sim.state.tasks.values())
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    clock = ManualClock()
+    app = create_app(AK, SK, clock=clock, task_seconds=10, failure_rate=0, concurrency=20)
+    url = f"sqlite:///{tmp_path / 'guard.db'}"
+    ledger = open_ledger(url)
+    with serve(app) as base:
+        yield World(base, app.state.simulator, clock, ledger, url)
+    ledger.close()
