@@ -71,6 +71,11 @@ class AsyncCostAwareClient:
         self.core.check_max(req)
         use_cache = self.core.cache.enabled if dedup is None else dedup
         all_scopes = self.core.scopes_for(scopes)
+        earlier = await asyncio.to_thread(self.ledger.get_reservation, req.key)
+        if earlier is not None and earlier.status == "cached" and earlier.task_id:
+            return await self.client.get_task(req.endpoint, earlier.task_id)
+        if earlier is not None:
+            use_cache = False
         if use_cache:
             reused = await self._claim_or_reuse(req, all_scopes)
             if reused is not None:
@@ -96,6 +101,7 @@ class AsyncCostAwareClient:
                     self.ledger.record_cache_hit,
                     req.amount,
                     scopes,
+                    idempotency_key=req.key,
                     task_id=task.task_id,
                     metadata={**req.metadata, "cache": entry.status},
                 )

@@ -79,6 +79,11 @@ class CostAwareClient:
         self.core.check_max(req)
         use_cache = self.core.cache.enabled if dedup is None else dedup
         all_scopes = self.core.scopes_for(scopes)
+        earlier = self.ledger.get_reservation(req.key)
+        if earlier is not None and earlier.status == "cached" and earlier.task_id:
+            return self.client.get_task(req.endpoint, earlier.task_id)  # served from cache before
+        if earlier is not None:
+            use_cache = False  # this key has its own history: resume it, never pay twice
         if use_cache:
             reused = self._claim_or_reuse(req, all_scopes)
             if reused is not None:
@@ -102,6 +107,7 @@ class CostAwareClient:
                 self.ledger.record_cache_hit(
                     req.amount,
                     scopes,
+                    idempotency_key=req.key,
                     task_id=task.task_id,
                     metadata={**req.metadata, "cache": entry.status},
                 )

@@ -38,7 +38,7 @@ from ._rows import (
 from .cache_store import RequestCacheStore
 from .core import Clock
 from .hooks import SettledCharge, WindowState
-from .models import COMMITTED, EXPIRED, RELEASED, RESERVED, Reservation
+from .models import CACHED, COMMITTED, EXPIRED, RELEASED, RESERVED, Reservation
 
 __all__ = ["Clock", "Cursor", "Ledger"]
 
@@ -322,31 +322,66 @@ class Ledger(RequestCacheStore):
         saved: Decimal | int | str,
         scopes: Iterable[str] | str = (),
         *,
+        idempotency_key: str | None = None,
         task_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Record a request served from the dedup cache: nothing charged, ``saved`` not spent."""
+    ) -> bool:
+        """Record a request served from the dedup cache: nothing charged, ``saved`` not spent.
+
+        With ``idempotency_key``, the hit is recorded once (a reservation row with status
+        ``cached`` holds the key); returns False when it was recorded before.
+        """
         saved_milli = to_storage(parse_amount(saved, what="saved", allow_zero=True))
         scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
+        key = None if idempotency_key is None else check_key(idempotency_key)
         meta = clean_metadata(metadata)
-        now = self.clock()
-        hit = Reservation(
-            id=new_id(now),
-            idempotency_key="",
-            amount=from_storage(saved_milli),
-            status=COMMITTED,
-            scopes=scope_list,
-            created_at=from_ms(to_ms(now)),
-            expires_at=from_ms(to_ms(now)),
-            metadata=meta,
-        )
 
-        def run() -> None:
+        def run() -> bool:
+            now = self.clock()
+            hit = Reservation(
+                id=new_id(now),
+                idempotency_key=key or "",
+                amount=from_storage(saved_milli),
+                status=CACHED,
+                scopes=scope_list,
+                created_at=from_ms(to_ms(now)),
+                expires_at=from_ms(to_ms(now)),
+                metadata=meta,
+                task_id=task_id,
+            )
             with self._transaction() as cur:
-                hit_ref = replace_reservation(hit, idempotency_key=hit.id)
-                self._insert_charge(cur, now, hit_ref, CACHE_HIT, 0, task_id, [])
+                cur.execute(
+                    "INSERT INTO reservations (id, idempotency_key, amount_milli, actual_milli, "
+                    "status, scopes, created_at, expires_at, settled_at, task_id, windows, metadata) "
+                    "VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, '[]', ?) "
+                    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+                    (
+                        hit.id,
+                        key,
+                        saved_milli,
+                        CACHED,
+                        json.dumps(scope_list),
+                        to_ms(now),
+                        to_ms(now),
+                        to_ms(now),
+                        task_id,
+                        json.dumps(meta),
+                    ),
+                )
+                if cur.rowcount != 1:
+                    return False
+                self._insert_charge(
+                    cur,
+                    now,
+                    replace_reservation(hit, idempotency_key=key or hit.id),
+                    CACHE_HIT,
+                    0,
+                    task_id,
+                    [],
+                )
+                return True
 
-        self._retrying(run)
+        return self._retrying(run)
 
     def _settle_windows(self, cur: Cursor, res: Reservation, held: int, spent: int) -> list[WindowState]:
         """Move ``held`` out of reserved and ``spent`` into used on every window it counts in."""

@@ -13,7 +13,9 @@ RESERVED = "reserved"
 COMMITTED = "committed"
 RELEASED = "released"
 EXPIRED = "expired"
-STATUSES = (RESERVED, COMMITTED, RELEASED, EXPIRED)
+CACHED = "cached"
+"""A request served from the dedup cache: nothing held, nothing charged."""
+STATUSES = (RESERVED, COMMITTED, RELEASED, EXPIRED, CACHED)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,242 @@
+"""Batch planning: what a batch costs, what fits in the budgets, and cheaper alternatives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from ..budgets import Usage, normalise_scopes
+from ..errors import PricingError
+from ..ledger import Ledger
+from ..money import format_amount
+from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
+
+__all__ = ["Alternative", "BatchPlan", "plan_batch", "to_price_request"]
+
+TURBO_MODEL = "kling-v2-5-turbo"
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """The same batch with one cheaper setting, and what it saves."""
+
+    name: str
+    description: str
+    total: Decimal
+    saving: Decimal
+    saving_usd: Decimal | None
+    saving_percent: Decimal
+    changed_items: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "total": format_amount(self.total),
+            "saving": format_amount(self.saving),
+            "saving_usd": None if self.saving_usd is None else format(self.saving_usd.normalize(), "f"),
+            "saving_percent": str(self.saving_percent),
+            "changed_items": self.changed_items,
+        }
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The whole batch priced before anything is sent."""
+
+    items: tuple[Estimate, ...]
+    total: Decimal
+    unit: str
+    usd: Decimal | None
+    budgets: tuple[Usage, ...]
+    remaining: Decimal | None
+    fits: bool
+    fit_count: int
+    alternatives: tuple[Alternative, ...] = field(default=())
+
+    @property
+    def message(self) -> str:
+        """The seed's words: "Batch needs N credits but only M remaining. Reduce to K videos
+        or lower mode." (empty when the batch fits)."""
+        if self.fits or self.remaining is None:
+            return ""
+        return (
+            f"Batch needs {format_amount(self.total)} {self.unit} but only "
+            f"{format_amount(self.remaining)} remaining. "
+            f"Reduce to {self.fit_count} videos or lower mode."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": len(self.items),
+            "total": format_amount(self.total),
+            "unit": self.unit,
+            "usd": None if self.usd is None else format(self.usd.normalize(), "f"),
+            "remaining": None if self.remaining is None else format_amount(self.remaining),
+            "fits": self.fits,
+            "fit_count": self.fit_count,
+            "message": self.message,
+            "budgets": [u.to_dict() for u in self.budgets],
+            "items": [
+                {"index": i, "amount": format_amount(e.amount), "request": e.request.to_dict()}
+                for i, e in enumerate(self.items)
+            ],
+            "alternatives": [a.to_dict() for a in self.alternatives],
+        }
+
+
+def to_price_request(item: PriceRequest | Mapping[str, Any]) -> PriceRequest:
+    """A plan item: a :class:`PriceRequest`, a Kling body with ``kind``/``endpoint``, or fields."""
+    if isinstance(item, PriceRequest):
+        return item
+    data = dict(item)
+    endpoint = str(data.pop("endpoint", None) or data.pop("kind", None) or "text2video")
+    if "model_name" in data or "sound" in data or "prompt" in data:
+        return PriceRequest.from_kling(endpoint, data)
+    return PriceRequest.build(endpoint, **data)
+
+
+_CHANGES: list[tuple[str, str, Callable[[PriceRequest], PriceRequest | None]]] = [
+    (
+        "standard",
+        "standard (std, 720p) instead of professional",
+        lambda r: r.with_(mode="std") if r.mode == "pro" and r.kind in ("video", "effects") else None,
+    ),
+    (
+        "5s",
+        "5 s clips instead of 10 s (extend the best ones later)",
+        lambda r: r.with_(duration=5) if r.kind == "video" and (r.duration or 0) > 5 else None,
+    ),
+    (
+        "no-audio",
+        "no generated audio (add sound in post)",
+        lambda r: r.with_(audio=False) if r.audio else None,
+    ),
+    (
+        "turbo",
+        f"the {TURBO_MODEL} model",
+        lambda r: (
+            r.with_(model=TURBO_MODEL, audio=False) if r.kind == "video" and r.model != TURBO_MODEL else None
+        ),
+    ),
+]
+
+
+def plan_batch(
+    requests: Sequence[PriceRequest | Mapping[str, Any]],
+    ledger: Ledger | None = None,
+    scopes: Sequence[str] = (),
+    *,
+    catalog: Catalog | str | None = None,
+    as_of: date | None = None,
+) -> BatchPlan:
+    """Price every item, compare the total with what remains in each budget of ``scopes``
+    (plus ``account``), count how many items fit in order, and price cheaper alternatives.
+
+    Raises :class:`PricingError` (naming the item) if an item cannot be priced.
+    """
+    cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+    day = as_of or (ledger.clock().date() if ledger is not None else date.today())
+    items: list[Estimate] = []
+    for index, raw in enumerate(requests):
+        try:
+            items.append(estimate(to_price_request(raw), catalog=cat, as_of=day))
+        except PricingError as exc:
+            raise PricingError(
+                f"item {index + 1}: {exc}", field=exc.field, value=exc.value, allowed=exc.allowed
+            ) from None
+    total = sum((e.amount for e in items), Decimal("0.000"))
+    usd = _usd(items)
+    budgets: tuple[Usage, ...] = ()
+    if ledger is not None:
+        wanted = set(normalise_scopes(list(scopes)))
+        budgets = tuple(u for u in ledger.usages() if u.scope in wanted)
+    remaining = min((u.remaining for u in budgets), default=None)
+    fit_count = len(items)
+    if remaining is not None:
+        running = Decimal(0)
+        fit_count = 0
+        for e in items:
+            if running + e.amount > remaining:
+                break
+            running += e.amount
+            fit_count += 1
+    return BatchPlan(
+        items=tuple(items),
+        total=total,
+        unit=cat.unit,
+        usd=usd,
+        budgets=budgets,
+        remaining=remaining,
+        fits=fit_count == len(items),
+        fit_count=fit_count,
+        alternatives=_alternatives(items, total, usd, cat, day),
+    )
+
+
+def _usd(items: Sequence[Estimate]) -> Decimal | None:
+    if not items or any(e.usd is None for e in items):
+        return None
+    return sum((e.usd for e in items if e.usd is not None), Decimal(0))
+
+
+def _alternatives(
+    items: Sequence[Estimate], total: Decimal, usd: Decimal | None, cat: Catalog, day: date
+) -> tuple[Alternative, ...]:
+    out: list[Alternative] = []
+    changes = [*_CHANGES, ("cheapest", "all of the above together", _cheapest)]
+    for name, description, change in changes:
+        cheaper: list[Estimate] = []
+        changed = 0
+        for e in items:
+            alt = _try(change, e.request, cat, day)
+            if alt is not None and alt.amount < e.amount:
+                cheaper.append(alt)
+                changed += 1
+            else:
+                cheaper.append(e)
+        if not changed:
+            continue
+        alt_total = sum((e.amount for e in cheaper), Decimal("0.000"))
+        alt_usd = _usd(cheaper)
+        saving = total - alt_total
+        out.append(
+            Alternative(
+                name=name,
+                description=description,
+                total=alt_total,
+                saving=saving,
+                saving_usd=None if usd is None or alt_usd is None else usd - alt_usd,
+                saving_percent=(saving * 100 / total).quantize(Decimal("0.1")) if total else Decimal(0),
+                changed_items=changed,
+            )
+        )
+    return tuple(sorted(out, key=lambda a: a.total))
+
+
+def _turbo(r: PriceRequest) -> PriceRequest | None:
+    if r.kind != "video" or r.model == TURBO_MODEL:
+        return None
+    return r.with_(model=TURBO_MODEL, audio=False)
+
+
+def _cheapest(r: PriceRequest) -> PriceRequest | None:
+    changed = r
+    for _, _, change in _CHANGES[:3]:
+        changed = change(changed) or changed
+    return None if changed == r else changed
+
+
+def _try(
+    change: Callable[[PriceRequest], PriceRequest | None], req: PriceRequest, cat: Catalog, day: date
+) -> Estimate | None:
+    alt = change(req)
+    if alt is None:
+        return None
+    try:
+        return estimate(alt, catalog=cat, as_of=day)
+    except PricingError:
+        return None  # that setting is not offered for this item

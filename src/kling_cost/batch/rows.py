@@ -1,0 +1,114 @@
+"""Reading a batch file: one prompt per line, or JSONL / CSV rows with per-row fields."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..kling._core import endpoint_kind
+from ..pricing.request import normalise_mode
+
+__all__ = ["BatchRow", "read_batch"]
+
+_ALIASES = {"model": "model_name", "kind": "endpoint", "audio": "sound"}
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One request of a batch: its line, endpoint, Kling body and idempotency key."""
+
+    line: int
+    endpoint: str
+    body: dict[str, Any]
+    key: str
+
+    @property
+    def prompt(self) -> str:
+        return str(self.body.get("prompt") or "")
+
+
+def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> list[BatchRow]:
+    """Rows of ``path`` (``.jsonl``, ``.csv``, else one prompt per line; ``#`` comments and
+    blank lines skipped), each completed with ``defaults`` (``endpoint``, ``model_name``,
+    ``mode``, ``duration``, ``sound``, ``aspect_ratio``, ...).
+
+    Each row gets a stable idempotency key (its ``external_task_id`` if given, else derived
+    from its content and how many identical rows came before), so re-running the same file
+    resumes instead of paying twice. Raises :class:`ConfigurationError` naming the line.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read batch file {file}: {exc}") from None
+    base = {k: v for k, v in (defaults or {}).items() if v is not None}
+    raw_rows: list[tuple[int, dict[str, Any]]] = []
+    suffix = file.suffix.lower()
+    if suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigurationError(f"{file}:{number}: not valid JSON: {exc.msg}") from None
+            if not isinstance(doc, dict):
+                raise ConfigurationError(f"{file}:{number}: each line must be a JSON object")
+            raw_rows.append((number, doc))
+    elif suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "prompt" not in reader.fieldnames:
+            raise ConfigurationError(f"{file}:1: a CSV batch needs a header row with a 'prompt' column")
+        for number, record in enumerate(reader, 2):
+            raw_rows.append((number, {k: v for k, v in record.items() if k and v not in (None, "")}))
+    else:
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                raw_rows.append((number, {"prompt": line.strip()}))
+    if not raw_rows:
+        raise ConfigurationError(f"batch file {file} has no rows")
+    seen: dict[str, int] = {}
+    rows = []
+    for number, raw in raw_rows:
+        endpoint, body = _body(file, number, {**base, **_canonical(raw)})
+        key = body.get("external_task_id")
+        if not key:
+            digest = hashlib.sha256(
+                json.dumps([endpoint, body], sort_keys=True, default=str).encode()
+            ).hexdigest()[:24]
+            seen[digest] = seen.get(digest, 0) + 1
+            key = f"b-{digest}-{seen[digest]}"
+            body["external_task_id"] = key
+        rows.append(BatchRow(number, endpoint, body, str(key)))
+    return rows
+
+
+def _canonical(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {_ALIASES.get(k, k): v for k, v in raw.items()}
+
+
+def _body(file: Path, number: int, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    try:
+        endpoint = endpoint_kind(str(raw.pop("endpoint", "text2video")))
+        if "mode" in raw:
+            raw["mode"] = normalise_mode(raw["mode"])
+    except ValueError as exc:
+        raise ConfigurationError(f"{file}:{number}: {exc}") from None
+    if "duration" in raw:
+        raw["duration"] = str(raw["duration"])
+    if "sound" in raw and not isinstance(raw["sound"], str):
+        raw["sound"] = "on" if raw["sound"] else "off"
+    elif "sound" in raw:
+        raw["sound"] = "on" if raw["sound"].strip().lower() in ("on", "true", "yes", "1") else "off"
+    if "n" in raw:
+        try:
+            raw["n"] = int(raw["n"])
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{file}:{number}: n must be a whole number") from None
+    return endpoint, raw

@@ -1,0 +1,280 @@
+"""``kling-cost batch plan|run``, ``kling-cost settle`` and ``kling-cost advise``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..advisor import advise
+from ..batch import BatchPlan, BatchResult, BatchRunner, plan_batch, read_batch
+from ..cache import CachePolicy
+from ..guard import CostAwareClient
+from ..kling import KlingClient
+from ..money import format_amount, parse_amount
+from ._common import (
+    CatalogOption,
+    JsonOption,
+    LedgerOption,
+    boundary,
+    console,
+    err_console,
+    fail,
+    print_json,
+)
+from .budget import opened
+
+batch_app = typer.Typer(help="Plan and run batches of generations within budget.", no_args_is_help=True)
+
+FileArg = Annotated[Path, typer.Argument(help="One prompt per line, or .jsonl / .csv rows with fields.")]
+KindOption = Annotated[str, typer.Option("--kind", help="Default endpoint (text2video, image, ...).")]
+ModelOption = Annotated[str | None, typer.Option("--model", help="Default model_name.")]
+ModeOption = Annotated[str | None, typer.Option("--mode", help="Default mode: std/pro.")]
+DurationOption = Annotated[int | None, typer.Option("--duration", help="Default duration (s).")]
+AudioOption = Annotated[bool, typer.Option("--audio/--no-audio", help="Default: generate sound.")]
+ScopeOption = Annotated[
+    list[str] | None, typer.Option("--scope", help="Budget scope to charge (repeatable), e.g. project:film.")
+]
+BaseUrlOption = Annotated[
+    str | None,
+    typer.Option("--base-url", envvar="KLING_BASE_URL", help="Kling API base URL (default: Kling's global)."),
+]
+
+
+def _defaults(
+    kind: str, model: str | None, mode: str | None, duration: int | None, audio: bool
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"endpoint": kind, "model_name": model, "mode": mode, "duration": duration}
+    if audio:
+        out["sound"] = "on"
+    return out
+
+
+def _print_plan(plan: BatchPlan) -> None:
+    usd = "" if plan.usd is None else f" (USD {format(plan.usd.normalize(), 'f')})"
+    console.print(
+        f"Batch estimate: {len(plan.items)} requests = "
+        f"[bold]{format_amount(plan.total)} {plan.unit}[/bold]{usd}"
+    )
+    for u in plan.budgets:
+        console.print(
+            f"  {u.scope} {u.budget.window} budget: {format_amount(u.remaining)} of "
+            f"{format_amount(u.limit)} remaining ({u.window.key})"
+        )
+    if plan.fits:
+        console.print("[green]fits within every budget[/green]")
+    else:
+        console.print(f"[red]{plan.message}[/red]")
+    if plan.alternatives:
+        table = Table(title="Cheaper alternatives")
+        for col in ("change", "total", "saving", "USD saved", "%"):
+            table.add_column(col, justify="left" if col == "change" else "right")
+        for alt in plan.alternatives:
+            table.add_row(
+                alt.description,
+                format_amount(alt.total),
+                format_amount(alt.saving),
+                "" if alt.saving_usd is None else format(alt.saving_usd.normalize(), "f"),
+                f"{alt.saving_percent}%",
+            )
+        console.print(table)
+
+
+@batch_app.command("plan")
+def plan_command(
+    file: FileArg,
+    kind: KindOption = "text2video",
+    model: ModelOption = None,
+    mode: ModeOption = None,
+    duration: DurationOption = None,
+    audio: AudioOption = False,
+    scope: ScopeOption = None,
+    catalog: CatalogOption = None,
+    ledger_url: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Price a batch file: total, what remains in each budget, how many fit, cheaper options."""
+    with boundary():
+        rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
+    with opened(ledger_url) as ledger, boundary():
+        plan = plan_batch(
+            [{"endpoint": r.endpoint, **r.body} for r in rows], ledger, scope or [], catalog=catalog
+        )
+    if json_out:
+        print_json(plan.to_dict())
+    else:
+        _print_plan(plan)
+
+
+@contextmanager
+def _guard(
+    ledger_url: str | None, base_url: str | None, catalog: str | None, scopes: list[str], dedup: bool
+) -> Iterator[CostAwareClient]:
+    with opened(ledger_url) as ledger, boundary():
+        client = KlingClient(base_url=base_url)
+        with CostAwareClient(
+            client, ledger, catalog=catalog or "kling-api", scopes=scopes, cache=CachePolicy(enabled=dedup)
+        ) as guard:
+            yield guard
+
+
+@batch_app.command("run")
+def run_command(
+    file: FileArg,
+    kind: KindOption = "text2video",
+    model: ModelOption = None,
+    mode: ModeOption = None,
+    duration: DurationOption = None,
+    audio: AudioOption = False,
+    scope: ScopeOption = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Tasks running at once (<= your pack's limit).")
+    ] = 5,
+    results: Annotated[
+        Path | None, typer.Option("--results", help="Append one JSON line per row here.")
+    ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Run without asking, whatever the plan costs.")
+    ] = False,
+    approve_above: Annotated[
+        str, typer.Option("--approve-above", help="Ask before running a plan costing more than this.")
+    ] = "0",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; send nothing.")] = False,
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Reuse identical requests.")] = True,
+    poll: Annotated[float, typer.Option("--poll", min=0.01, help="Seconds between task polls.")] = 2.0,
+    base_url: BaseUrlOption = None,
+    catalog: CatalogOption = None,
+    ledger_url: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run a batch within budget: progress, bounded concurrency, resumable, stops at the ceiling."""
+    with boundary():
+        rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
+        threshold = parse_amount(approve_above, what="--approve-above", allow_zero=True)
+    with opened(ledger_url) as ledger, boundary():
+        plan = plan_batch(
+            [{"endpoint": r.endpoint, **r.body} for r in rows], ledger, scope or [], catalog=catalog
+        )
+    if not json_out:
+        _print_plan(plan)
+    if dry_run:
+        if json_out:
+            print_json({"plan": plan.to_dict(), "dry_run": True})
+        return
+    if plan.total > threshold and not yes:
+        if not sys.stdin.isatty():
+            fail(
+                f"the plan costs {format_amount(plan.total)} {plan.unit}; pass --yes to run it "
+                "(or raise --approve-above)"
+            )
+        if not typer.confirm(f"Run {len(rows)} requests for {format_amount(plan.total)} {plan.unit}?"):
+            raise typer.Exit(1)
+    summary_dict: dict[str, Any]
+    with _guard(ledger_url, base_url, catalog, scope or [], dedup) as guard:
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=json_out,
+        ) as progress:
+            bar = progress.add_task("generating", total=len(rows))
+
+            def advance(result: BatchResult) -> None:
+                progress.update(bar, advance=1, description=f"line {result.line}: {result.status}")
+
+            runner = BatchRunner(
+                guard, rows, concurrency=concurrency, poll=poll, results_path=results, on_result=advance
+            )
+            summary = runner.run()
+        summary_dict = summary.to_dict()
+        if runner.stop_reason:
+            summary_dict["stopped"] = runner.stop_reason
+    if json_out:
+        print_json({"plan": plan.to_dict(), "summary": summary_dict})
+        return
+    table = Table(title="Batch summary")
+    for key in ("done", "failed", "cached", "refused", "skipped", "errors", "earlier", "spent", "saved"):
+        table.add_column(key, justify="right")
+    table.add_row(
+        *(
+            str(summary_dict[k])
+            for k in ("done", "failed", "cached", "refused", "skipped", "errors", "earlier", "spent", "saved")
+        )
+    )
+    console.print(table)
+    if runner.stop_reason:
+        console.print(f"[yellow]stopped submitting: {runner.stop_reason}[/yellow]")
+    if results is not None:
+        console.print(f"results: {results}")
+
+
+def settle_command(
+    base_url: BaseUrlOption = None,
+    ledger_url: LedgerOption = None,
+    catalog: CatalogOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Finish what crashed processes left: settle every reservation whose task has ended."""
+    with _guard(ledger_url, base_url, catalog, [], True) as guard, boundary():
+        report = guard.settle_pending()
+    if json_out:
+        print_json(report.to_dict())
+        return
+    console.print(
+        f"committed {len(report.committed)}, released {len(report.released)}, still running "
+        f"{len(report.running)}, errors {len(report.errors)}"
+    )
+    for line in report.errors:
+        err_console.print(f"  {line}", markup=False)
+
+
+def advise_command(
+    file: Annotated[Path | None, typer.Option("--file", help="Advise on a batch file instead.")] = None,
+    kind: KindOption = "text2video",
+    model: ModelOption = None,
+    mode: ModeOption = None,
+    duration: DurationOption = None,
+    audio: AudioOption = False,
+    count: Annotated[int, typer.Option("--count", min=1, help="How many such requests.")] = 1,
+    catalog: CatalogOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """What the seed's optimisation strategies would save on your request or batch."""
+    with boundary():
+        if file is not None:
+            rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
+            requests: list[Any] = [
+                {"endpoint": r.endpoint, **{k: v for k, v in r.body.items() if k != "external_task_id"}}
+                for r in rows
+            ]
+        else:
+            one = {"kind": kind, "model": model, "mode": mode or "std", "duration": duration, "audio": audio}
+            requests = [one] * count
+        advice = advise(requests, catalog=catalog)
+    if json_out:
+        print_json([a.to_dict() for a in advice])
+        return
+    table = Table(title="Optimisation strategies, priced from the catalog")
+    for col in ("strategy", "how", "saving", "%", "USD", "note"):
+        table.add_column(col, overflow="fold")
+    for a in advice:
+        table.add_row(
+            a.strategy,
+            a.how,
+            format_amount(a.saving),
+            f"{a.saving_percent}%",
+            "" if a.saving_usd is None else format(a.saving_usd.normalize(), "f"),
+            a.note,
+        )
+    console.print(table)
+
+
+__all__ = ["advise_command", "batch_app", "settle_command"]
