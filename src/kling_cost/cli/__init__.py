@@ -6,6 +6,7 @@ import typer
 
 from ._common import run_main
 from .budget import budget_app, ledger_app, usage_command
+from .demo import demo_command
 from .generate import advise_command, batch_app, settle_command
 from .pricing import estimate_command, pricing_app
 from .simulate import simulate_command
@@ -28,6 +29,7 @@ app.command("simulate")(simulate_command)
 app.add_typer(batch_app, name="batch")
 app.command("settle")(settle_command)
 app.command("advise")(advise_command)
+app.command("demo")(demo_command)
 
 
 def main() -> None:

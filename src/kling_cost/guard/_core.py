@@ -13,7 +13,7 @@ from typing import Any
 from ..budgets import normalise_scopes
 from ..cache import CachePolicy, fingerprint
 from ..errors import BudgetExceeded, PricingError
-from ..kling._core import endpoint_kind, validate_create
+from ..kling._core import endpoint_kind, normalise_body, validate_create
 from ..kling.models import KlingRequest, KlingTask
 from ..ledger import Ledger, Reservation
 from ..money import parse_amount
@@ -98,7 +98,7 @@ class GuardCore:
         source video, ``duration`` (seconds) of a lip-sync's source video.
         """
         kind = endpoint_kind(endpoint)
-        data = body.to_body() if isinstance(body, KlingRequest) else dict(body)
+        data = normalise_body(body.to_body() if isinstance(body, KlingRequest) else dict(body))
         price = validate_create(kind, data, None)
         est, source = self._estimate(kind, data, price, dict(hints or {}))
         key = str(data.get("external_task_id") or f"kc-{uuid.uuid4().hex}")

@@ -14,7 +14,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import ConfigurationError, InvalidRequest, KlingAPIError, PricingError, ServerError
 from ..pricing import Catalog, PriceRequest, estimate, load_catalog
-from ..pricing.request import check_prompts
+from ..pricing.request import check_prompts, normalise_mode
 from .auth import Auth, resolve_auth
 from .errors import error_for
 from .models import AccountCosts, KlingRequest, KlingResponse, KlingTask
@@ -133,6 +133,18 @@ def validate_create(
     if catalog is not None:
         estimate(request, catalog=catalog)
     return request
+
+
+def normalise_body(data: dict[str, Any]) -> dict[str, Any]:
+    """Spell what we accept loosely the way Kling expects it: ``mode`` ``standard`` ->
+    ``std``, ``professional`` -> ``pro``; ``audio=True`` -> ``sound: "on"``."""
+    if isinstance(data.get("mode"), str) and data["mode"].strip().lower() in ("standard", "professional"):
+        data["mode"] = normalise_mode(data["mode"])
+    if "audio" in data and "sound" not in data:
+        audio = data.pop("audio")
+        if audio is not None:
+            data["sound"] = "on" if audio is True or str(audio).lower() in ("on", "true", "1") else "off"
+    return data
 
 
 def to_millis(value: int | datetime) -> int:
@@ -265,7 +277,7 @@ class ClientCore:
 
     def prepare_create(self, endpoint: str, body: Mapping[str, Any] | KlingRequest) -> PreparedCall:
         kind = endpoint_kind(endpoint)
-        data = body.to_body() if isinstance(body, KlingRequest) else dict(body)
+        data = normalise_body(body.to_body() if isinstance(body, KlingRequest) else dict(body))
         if self.validate:
             validate_create(kind, data, self.catalog)
         external = data.get("external_task_id") or None

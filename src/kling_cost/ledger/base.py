@@ -99,6 +99,8 @@ class Ledger(RequestCacheStore):
         key: str | None,
         ttl: timedelta,
         meta: dict[str, Any],
+        *,
+        enforce: bool = True,
     ) -> Reservation:
         marks = ",".join("?" * len(scopes))
         cur.execute(BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id", scopes)
@@ -157,7 +159,7 @@ class Ledger(RequestCacheStore):
             revived = True
         amount = from_storage(milli)
         for b in budgets:
-            if b.max_per_request is not None and amount > b.max_per_request:
+            if enforce and b.max_per_request is not None and amount > b.max_per_request:
                 raise Refused(
                     BudgetExceeded(
                         f"Request of {format_amount(amount)} exceeds the per-request maximum of "
@@ -170,7 +172,7 @@ class Ledger(RequestCacheStore):
                         reason="max_per_request",
                     )
                 )
-        states = [self._hold(cur, b, w, milli) for b, w in windows]
+        states = [self._hold(cur, b, w, milli, enforce) for b, w in windows]
         reservation = Reservation(
             id=res_id,
             idempotency_key=key or res_id,
@@ -187,9 +189,9 @@ class Ledger(RequestCacheStore):
             hook.after_reserve(cur, now, reservation, states)
         return reservation
 
-    def _hold(self, cur: Cursor, b: Budget, w: Window, milli: int) -> WindowState:
+    def _hold(self, cur: Cursor, b: Budget, w: Window, milli: int, enforce: bool = True) -> WindowState:
         """The conditional update that makes the ceiling hold: ``used + reserved <= limit``."""
-        limit = to_storage(b.limit)
+        limit = to_storage(b.limit) if enforce else 1 << 62
         row = None
         if milli <= limit:
             cur.execute(
@@ -316,6 +318,43 @@ class Ledger(RequestCacheStore):
             if failed or (failed is None and current.task_id):
                 self._insert_charge(cur, now, current, FAILED, 0, current.task_id, states)
             return released
+
+    def charge(
+        self,
+        amount: Decimal | int | str,
+        scopes: Iterable[str] | str = (),
+        *,
+        idempotency_key: str | None = None,
+        task_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Reservation:
+        """Record money already spent, without a reservation (it counts even beyond a limit:
+        actuals win). For usage that happened outside the two-phase flow."""
+        res = self.reserve_unchecked(amount, scopes, idempotency_key=idempotency_key, metadata=metadata)
+        if res.status != RESERVED:
+            return res
+        return self.commit(res, amount, task_id=task_id)
+
+    def reserve_unchecked(
+        self,
+        amount: Decimal | int | str,
+        scopes: Iterable[str] | str = (),
+        *,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Reservation:
+        """A reservation that no limit can refuse (for :meth:`charge` only)."""
+        milli = to_storage(parse_amount(amount, what="amount"))
+        scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
+        key = None if idempotency_key is None else check_key(idempotency_key)
+        meta = clean_metadata(metadata)
+
+        def run() -> Reservation:
+            now = self.clock()
+            with self._transaction() as cur:
+                return self._reserve(cur, now, milli, scope_list, key, self.default_ttl, meta, enforce=False)
+
+        return self._retrying(run)
 
     def record_cache_hit(
         self,
