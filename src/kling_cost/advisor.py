@@ -46,12 +46,16 @@ class Advice:
 
 
 def advise(
-    requests: Sequence[PriceRequest | Mapping[str, Any]], *, catalog: Catalog | str | None = None
+    requests: Sequence[PriceRequest | Mapping[str, Any]],
+    *,
+    catalog: Catalog | str | None = None,
+    duplicates: bool = True,
 ) -> list[Advice]:
     """Each strategy of the seed's table with its saving on ``requests``, biggest first.
 
     Strategies that cannot apply (no pro items, no audio, ...) are left out; off-peak
     batching is listed with a saving of 0 because Kling's catalog has no off-peak price.
+    ``duplicates=False`` when the requests are meant as variations (no dedup advice).
     """
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
     plan = plan_batch(requests, catalog=cat)
@@ -71,7 +75,8 @@ def advise(
             )
         )
     out.extend(_extend_later(plan.items, total, cat))
-    out.extend(_dedup(requests, plan.items, total))
+    if duplicates:
+        out.extend(_dedup(requests, plan.items, total))
     out.append(
         Advice(
             "Batch off-peak",

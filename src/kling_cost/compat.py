@@ -63,10 +63,12 @@ class BudgetGuard:
         self._alerted: set[str] = set()
         self._lock = threading.Lock()
 
-    def estimate_credits(self, duration: int = 5, mode: str = "standard", audio: bool = False) -> int:
+    def estimate_credits(
+        self, duration: int = 5, mode: str = "standard", audio: bool = False
+    ) -> int | Decimal:
         """Credits of one video from the seed's table (``kling-app-credits``)."""
         est = estimate(kind="text2video", duration=duration, mode=mode, audio=audio, catalog=self.catalog)
-        return int(est.amount) if est.amount == est.amount.to_integral_value() else est.amount  # type: ignore[return-value]
+        return _plain(est.amount)
 
     def check(self, credits_needed: int | Decimal) -> bool:
         """Reserve ``credits_needed`` for today, or raise ``BudgetExceeded`` (a RuntimeError).

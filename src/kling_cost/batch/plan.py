@@ -99,6 +99,12 @@ def to_price_request(item: PriceRequest | Mapping[str, Any]) -> PriceRequest:
     return PriceRequest.build(endpoint, **data)
 
 
+def _turbo(r: PriceRequest) -> PriceRequest | None:
+    if r.kind != "video" or r.model == TURBO_MODEL:
+        return None
+    return r.with_(model=TURBO_MODEL, audio=False)
+
+
 _CHANGES: list[tuple[str, str, Callable[[PriceRequest], PriceRequest | None]]] = [
     (
         "standard",
@@ -117,10 +123,8 @@ _CHANGES: list[tuple[str, str, Callable[[PriceRequest], PriceRequest | None]]] =
     ),
     (
         "turbo",
-        f"the {TURBO_MODEL} model",
-        lambda r: (
-            r.with_(model=TURBO_MODEL, audio=False) if r.kind == "video" and r.model != TURBO_MODEL else None
-        ),
+        f"the {TURBO_MODEL} model (no audio)",
+        _turbo,
     ),
 ]
 
@@ -215,12 +219,6 @@ def _alternatives(
             )
         )
     return tuple(sorted(out, key=lambda a: a.total))
-
-
-def _turbo(r: PriceRequest) -> PriceRequest | None:
-    if r.kind != "video" or r.model == TURBO_MODEL:
-        return None
-    return r.with_(model=TURBO_MODEL, audio=False)
 
 
 def _cheapest(r: PriceRequest) -> PriceRequest | None:

@@ -258,7 +258,7 @@ def advise_command(
         else:
             one = {"kind": kind, "model": model, "mode": mode or "std", "duration": duration, "audio": audio}
             requests = [one] * count
-        advice = advise(requests, catalog=catalog)
+        advice = advise(requests, catalog=catalog, duplicates=file is not None)
     if json_out:
         print_json([a.to_dict() for a in advice])
         return
