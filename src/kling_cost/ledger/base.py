@@ -19,7 +19,6 @@ from ..errors import BudgetExceeded, ReservationError, StorageError, ValidationE
 from ..money import format_amount, from_storage, parse_amount, to_storage
 from ._rows import (
     BUDGET_SELECT,
-    RES_SELECT,
     RETRIES,
     Conflict,
     Cursor,
@@ -30,15 +29,13 @@ from ._rows import (
     from_ms,
     new_id,
     replace_reservation,
-    reservation_from_row,
     reservation_id_of,
-    text_or_none,
     to_ms,
 )
-from .cache_store import RequestCacheStore
 from .core import Clock
-from .hooks import SettledCharge, WindowState
+from .hooks import WindowState
 from .models import CACHED, COMMITTED, EXPIRED, RELEASED, RESERVED, Reservation
+from .settlement import LedgerSettlement
 
 __all__ = ["Clock", "Cursor", "Ledger"]
 
@@ -47,7 +44,7 @@ FAILED = "failed"
 CACHE_HIT = "cache_hit"
 
 
-class Ledger(RequestCacheStore):
+class Ledger(LedgerSettlement):
     """Budgets and two-phase charging. Open one with :func:`kling_cost.open_ledger`."""
 
     # -- reserve -----------------------------------------------------------------------------
@@ -421,175 +418,3 @@ class Ledger(RequestCacheStore):
                 return True
 
         return self._retrying(run)
-
-    def _settle_windows(self, cur: Cursor, res: Reservation, held: int, spent: int) -> list[WindowState]:
-        """Move ``held`` out of reserved and ``spent`` into used on every window it counts in."""
-        states = []
-        for budget_id, window_key in res.windows:
-            cur.execute(
-                "UPDATE budget_windows SET reserved_milli = reserved_milli - ?, "
-                "used_milli = used_milli + ? WHERE budget_id = ? AND window_key = ? "
-                "RETURNING used_milli, reserved_milli",
-                (held, spent, budget_id, window_key),
-            )
-            row = cur.fetchone()
-            if row is None or not self.hooks:
-                continue  # the budget was deleted since; nothing to keep counting
-            cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
-            budget_row = cur.fetchone()
-            if budget_row is not None:
-                states.append(WindowState(budget_from_row(budget_row), window_key, int(row[0]), int(row[1])))
-        return states
-
-    def _mark(
-        self,
-        cur: Cursor,
-        res: Reservation,
-        status: str,
-        now: datetime,
-        actual_milli: int | None,
-        task_id: str | None,
-    ) -> Reservation:
-        """Move the reservation row from its current status to ``status`` (or Conflict)."""
-        settled = to_ms(now)
-        cur.execute(
-            "UPDATE reservations SET status = ?, actual_milli = ?, settled_at = ?, task_id = ?, "
-            "metadata = ? WHERE id = ? AND status = ?",
-            (status, actual_milli, settled, task_id, json.dumps(res.metadata), res.id, res.status),
-        )
-        if cur.rowcount != 1:  # settled concurrently: retry and report the settled state
-            raise Conflict(f"reservation {res.id} changed while settling")
-        return replace_reservation(res, status=status, settled_at=from_ms(settled))
-
-    # -- leases ------------------------------------------------------------------------------
-
-    def attach_task(
-        self, reservation: Reservation | str, task_id: str, metadata: Mapping[str, Any] | None = None
-    ) -> Reservation:
-        """Record the Kling task id (and extra metadata) of an accepted request."""
-        res_id = reservation_id_of(reservation)
-        if not isinstance(task_id, str) or not task_id:
-            raise ValidationError("task_id must be a non-empty string")
-        extra = clean_metadata(metadata)
-
-        def run() -> Reservation:
-            with self._transaction() as cur:
-                current = self._locked(cur, res_id)
-                meta = {**current.metadata, **extra}
-                cur.execute(
-                    "UPDATE reservations SET task_id = ?, metadata = ? WHERE id = ?",
-                    (task_id, json.dumps(meta), res_id),
-                )
-                return replace_reservation(current, task_id=task_id, metadata=meta)
-
-        return self._retrying(run)
-
-    def extend(self, reservation: Reservation | str, ttl: timedelta) -> Reservation:
-        """Push a live reservation's lease to ``now + ttl`` (for tasks that run long)."""
-        res_id = reservation_id_of(reservation)
-        if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
-            raise ValidationError(f"ttl must be a positive timedelta, not {ttl!r}")
-        now = self.clock()
-        with self._transaction() as cur:
-            current = self._locked(cur, res_id)
-            if current.status != RESERVED or current.expires_at <= now:
-                raise ReservationError(
-                    f"reservation {res_id} is {current.status}; its lease cannot be extended"
-                )
-            expires = to_ms(now + ttl)
-            cur.execute("UPDATE reservations SET expires_at = ? WHERE id = ?", (expires, res_id))
-            return replace_reservation(current, expires_at=from_ms(expires))
-
-    def sweep(self) -> int:
-        """Reclaim every reservation whose lease has expired; returns how many."""
-
-        def run() -> int:
-            with self._transaction() as cur:
-                return self._sweep(cur, self.clock())
-
-        return self._retrying(run)
-
-    def _sweep_due(self, cur: Cursor, now: datetime, *, force: bool) -> None:
-        now_ms = to_ms(now)
-        if force or now_ms >= self._next_sweep_ms:
-            self._sweep(cur, now)
-            self._next_sweep_ms = now_ms + int(self.sweep_interval.total_seconds() * 1000)
-
-    def _has_expired(self, now: datetime) -> bool:
-        with self._transaction() as cur:
-            cur.execute(
-                "SELECT 1 FROM reservations WHERE status = 'reserved' AND expires_at <= ? LIMIT 1",
-                (to_ms(now),),
-            )
-            return cur.fetchone() is not None
-
-    def _sweep(self, cur: Cursor, now: datetime) -> int:
-        cur.execute(RES_SELECT + " WHERE status = 'reserved' AND expires_at <= ? ORDER BY id", (to_ms(now),))
-        expired = [reservation_from_row(row) for row in cur.fetchall()]
-        for res in expired:
-            self._settle_windows(cur, res, to_storage(res.amount), 0)
-            self._mark(cur, res, EXPIRED, now, None, res.task_id)
-        return len(expired)
-
-    def _locked(self, cur: Cursor, res_id: str) -> Reservation:
-        cur.execute(RES_SELECT + " WHERE id = ?" + self._lock_reservation_sql(), (res_id,))
-        row = cur.fetchone()
-        if row is None:
-            raise ReservationError(f"reservation {res_id!r} does not exist in this ledger")
-        return reservation_from_row(row)
-
-    def _insert_charge(
-        self,
-        cur: Cursor,
-        now: datetime,
-        res: Reservation,
-        status: str,
-        spent: int,
-        task_id: str | None,
-        states: Sequence[WindowState],
-    ) -> None:
-        meta = res.metadata
-        duration = meta.get("duration")
-        charge = SettledCharge(
-            id=None,
-            status=status,
-            created_at_ms=to_ms(res.created_at),
-            settled_at_ms=to_ms(now),
-            estimate_milli=to_storage(res.amount),
-            actual_milli=spent,
-            scopes=res.scopes,
-            task_id=task_id,
-            kind=text_or_none(meta.get("kind") or meta.get("endpoint")),
-            model=text_or_none(meta.get("model") or meta.get("model_name")),
-            mode=text_or_none(meta.get("mode")),
-            duration=int(duration) if isinstance(duration, (int, str)) and str(duration).isdigit() else None,
-            audio=meta.get("audio") in (True, "on", "true") or meta.get("sound") == "on",
-            metadata=meta,
-        )
-        cur.execute(
-            "INSERT INTO charges (reservation_id, idempotency_key, status, created_at, settled_at, "
-            "estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio, "
-            "prompt_hash, prompt_preview, metadata) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                res.id,
-                res.idempotency_key,
-                status,
-                charge.created_at_ms,
-                charge.settled_at_ms,
-                charge.estimate_milli,
-                spent,
-                json.dumps(res.scopes),
-                task_id,
-                charge.kind,
-                charge.model,
-                charge.mode,
-                charge.duration,
-                1 if charge.audio else 0,
-                text_or_none(meta.get("prompt_hash")),
-                text_or_none(meta.get("prompt_preview")),
-                json.dumps(meta),
-            ),
-        )
-        for hook in self.hooks:
-            hook.after_settle(cur, now, charge, states)
