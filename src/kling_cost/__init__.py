@@ -33,6 +33,7 @@ from .pricing import (
     load_catalog,
     parse_catalog,
 )
+from .reports import Report, ReportRow, export_charges, report
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,8 @@ __all__ = [
     "PriceRequest",
     "PricingError",
     "RateLimited",
+    "Report",
+    "ReportRow",
     "Reservation",
     "ReservationError",
     "RetryPolicy",
@@ -73,11 +76,13 @@ __all__ = [
     "__version__",
     "default_ledger_url",
     "estimate",
+    "export_charges",
     "format_amount",
     "from_storage",
     "load_catalog",
     "open_ledger",
     "parse_amount",
     "parse_catalog",
+    "report",
     "to_storage",
 ]

@@ -7,6 +7,7 @@ import typer
 from ._common import run_main
 from .budget import budget_app, ledger_app, usage_command
 from .pricing import estimate_command, pricing_app
+from .report import export_command, report_command, serve_command
 from .simulate import simulate_command
 
 __all__ = ["app", "main"]
@@ -24,6 +25,9 @@ app.add_typer(budget_app, name="budget")
 app.command("usage")(usage_command)
 app.add_typer(ledger_app, name="ledger")
 app.command("simulate")(simulate_command)
+app.command("report")(report_command)
+app.command("export")(export_command)
+app.command("serve")(serve_command)
 
 
 def main() -> None:
