@@ -276,10 +276,13 @@ def _from_rollup(
                 values["status"] = status
             key = tuple(values.get(d) for d in dims)
             groups.setdefault(key, _Sums()).add(part)
-    total_raw = rollup_sums(ledger, None, since=lo, until=hi, scope=scope, scope_group=None, dims=[])
     total = _Sums()
-    for row in total_raw:
-        total.add(row[2:])
+    if scope_dim is None:  # the groups partition the charges: their sum is the total
+        for part_sums in groups.values():
+            total.add(part_sums.v)
+    else:  # a charge may count in several scopes: read the total on its own
+        for row in rollup_sums(ledger, None, since=lo, until=hi, scope=scope, scope_group=None, dims=[]):
+            total.add(row[2:])
     return _rows(dims, groups), ReportRow.of({}, total.v)
 
 
