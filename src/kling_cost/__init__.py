@@ -38,6 +38,7 @@ from .pricing import (
     load_catalog,
     parse_catalog,
 )
+from .reports import Report, ReportRow, export_charges, report
 
 __version__ = "0.1.0"
 
@@ -74,6 +75,8 @@ __all__ = [
     "PriceRequest",
     "PricingError",
     "RateLimited",
+    "Report",
+    "ReportRow",
     "Reservation",
     "ReservationError",
     "RetryPolicy",
@@ -89,6 +92,7 @@ __all__ = [
     "advise",
     "default_ledger_url",
     "estimate",
+    "export_charges",
     "fingerprint",
     "format_amount",
     "from_storage",
@@ -99,5 +103,6 @@ __all__ = [
     "plan_batch",
     "pre_batch_check",
     "read_batch",
+    "report",
     "to_storage",
 ]

@@ -9,6 +9,7 @@ from .budget import budget_app, ledger_app, usage_command
 from .demo import demo_command
 from .generate import advise_command, batch_app, settle_command
 from .pricing import estimate_command, pricing_app
+from .report import export_command, report_command, serve_command
 from .simulate import simulate_command
 
 __all__ = ["app", "main"]
@@ -30,6 +31,9 @@ app.add_typer(batch_app, name="batch")
 app.command("settle")(settle_command)
 app.command("advise")(advise_command)
 app.command("demo")(demo_command)
+app.command("report")(report_command)
+app.command("export")(export_command)
+app.command("serve")(serve_command)
 
 
 def main() -> None:

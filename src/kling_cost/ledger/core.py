@@ -22,6 +22,7 @@ from ..errors import StorageError
 from ..money import to_storage
 from ._rows import BUDGET_SELECT, RETRIES, Conflict, Cursor, budget_from_row, to_ms, utc_now
 from .hooks import LedgerHook
+from .rollup import RollupHook
 from .schema import MIGRATIONS
 
 __all__ = ["Clock", "LedgerCore"]
@@ -56,7 +57,7 @@ class LedgerCore(ABC):
         self.default_ttl = default_ttl
         self.sweep_interval = sweep_interval
         self._next_sweep_ms = 0
-        self.hooks: list[LedgerHook] = []
+        self.hooks: list[LedgerHook] = [RollupHook()]
         """Called inside the ledger's own transactions (alert outbox, report rollups)."""
 
     # -- backend hooks -------------------------------------------------------------------

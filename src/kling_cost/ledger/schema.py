@@ -107,6 +107,35 @@ MIGRATIONS.append(
 
 MIGRATIONS.append(
     (
+        3,
+        [
+            # The report rollup (see ledger/rollup.py): sums per (scope, UTC hour, model, mode)
+            # and per status (s_ succeeded, f_ failed, c_ cache hit: count, estimates, actuals).
+            """CREATE TABLE report_rollup (
+                scope TEXT NOT NULL,
+                bucket BIGINT NOT NULL,
+                model TEXT NOT NULL,
+                mode TEXT NOT NULL,
+                s_n BIGINT NOT NULL DEFAULT 0,
+                s_est BIGINT NOT NULL DEFAULT 0,
+                s_act BIGINT NOT NULL DEFAULT 0,
+                f_n BIGINT NOT NULL DEFAULT 0,
+                f_est BIGINT NOT NULL DEFAULT 0,
+                f_act BIGINT NOT NULL DEFAULT 0,
+                c_n BIGINT NOT NULL DEFAULT 0,
+                c_est BIGINT NOT NULL DEFAULT 0,
+                c_act BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (scope, bucket, model, mode)
+            ){without_rowid}""",
+            "CREATE TABLE report_rollup_meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+            # Charges recorded before this migration are rolled up on the first report.
+            "INSERT INTO report_rollup_meta (name, value) "
+            "SELECT 'backfill_upto', MAX(id) FROM charges HAVING MAX(id) IS NOT NULL",
+        ],
+    )
+)
+MIGRATIONS.append(
+    (
         4,
         [
             # The dedup cache: a request fingerprint in flight (claimed under a lease) or
@@ -220,6 +249,27 @@ TABLES.append(
 )
 TABLES.append(
     (
+        "report_rollup",
+        (
+            "scope",
+            "bucket",
+            "model",
+            "mode",
+            "s_n",
+            "s_est",
+            "s_act",
+            "f_n",
+            "f_est",
+            "f_act",
+            "c_n",
+            "c_est",
+            "c_act",
+        ),
+        None,
+    )
+)
+TABLES.append(
+    (
         "request_cache",
         (
             "fingerprint",
@@ -236,4 +286,5 @@ TABLES.append(
         None,
     )
 )
+TABLES.append(("report_rollup_meta", ("name", "value"), None))
 """Every data table, in an order that respects foreign keys: (name, columns, identity column)."""

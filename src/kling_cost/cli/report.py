@@ -1,0 +1,185 @@
+"""``kling-cost report``, ``kling-cost export`` and ``kling-cost serve``."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from decimal import Decimal
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..money import format_amount
+from ..reports import DailyUsage, Report, daily_usage, export_charges, parse_by, report
+from ..reports.aggregate import METRICS
+from ._common import LedgerOption, boundary, console, fail, print_json
+from .budget import opened
+
+SinceOption = Annotated[
+    str | None,
+    typer.Option("--since", help="30d (the last 30 days, today included), YYYY-MM-DD or an ISO time."),
+]
+UntilOption = Annotated[
+    str | None, typer.Option("--until", help="YYYY-MM-DD (that day included) or an ISO time (excluded).")
+]
+ScopeOption = Annotated[str | None, typer.Option("--scope", help="Only charges of this scope.")]
+TzOption = Annotated[str, typer.Option("--tz", help="IANA time zone of days, weeks and months.")]
+BAR_WIDTH = 40
+
+
+def report_command(
+    by: Annotated[
+        str,
+        typer.Option(
+            "--by",
+            help="Comma-separated: day|week|month, model, mode, duration, audio, kind, status, "
+            "scope|project|key|user.",
+        ),
+    ] = "day",
+    since: SinceOption = "30d",
+    until: UntilOption = None,
+    scope: ScopeOption = None,
+    tz: TzOption = "UTC",
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    ledger_url: LedgerOption = None,
+) -> None:
+    """Usage grouped by time, model, mode, scope, status...: estimate vs actual, refunds, cache savings."""
+    if fmt not in ("table", "json", "csv"):
+        fail(f"--format {fmt!r} is unknown; use table, json or csv")
+    with boundary():
+        dims = parse_by(by)
+    with opened(ledger_url) as ledger, boundary():
+        rep = report(ledger, dims, since=since, until=until, scope=scope, tz=tz)
+        daily = daily_usage(ledger, _chart_days(rep), scope=scope, tz=tz) if fmt == "table" else None
+    if fmt == "json":
+        print_json(rep.to_dict())
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow([*rep.by, *METRICS])
+        for row in rep.rows:
+            data = row.to_dict()
+            writer.writerow(["" if data[k] is None else data[k] for k in (*rep.by, *METRICS)])
+    else:
+        console.print(_table(rep))
+        if daily is not None:
+            _bar_chart(daily)
+
+
+def _chart_days(rep: Report) -> int:
+    if rep.since is None:
+        return 30
+    end = rep.until or rep.since
+    days = (end - rep.since).days if rep.until else 30
+    return max(1, min(days, 60))
+
+
+def _table(rep: Report) -> Table:
+    period = f"since {rep.since:%Y-%m-%d %H:%M} UTC" if rep.since else "all time"
+    table = Table(
+        title=f"Usage by {', '.join(rep.by) or 'total'} ({period}, {rep.tz}; from the {rep.source})"
+    )
+    for dim in rep.by:
+        table.add_column(dim, overflow="fold")
+    for col in ("charges", "ok", "failed", "cached", "estimate", "actual", "drift", "refunded", "saved"):
+        table.add_column(col, justify="right")
+    for row in (*rep.rows, rep.total):
+        is_total = row is rep.total
+        keys = ["total" if is_total and i == 0 else "" for i in range(len(rep.by))]
+        if not is_total:
+            keys = ["(none)" if row.key[d] is None else str(row.key[d]) for d in rep.by]
+        pct = row.drift_pct
+        table.add_row(
+            *keys,
+            str(row.charges),
+            str(row.succeeded),
+            str(row.failed),
+            str(row.cache_hits),
+            format_amount(row.estimate),
+            format_amount(row.actual),
+            format_amount(row.drift) + ("" if pct is None else f" ({pct}%)"),
+            format_amount(row.refunded),
+            format_amount(row.saved),
+            style="bold" if is_total else None,
+            end_section=row is (rep.rows[-1] if rep.rows else None),
+        )
+    return table
+
+
+def _bar_chart(daily: DailyUsage) -> None:
+    """Daily actual usage as bars; ``|`` marks the daily limit when the scope has one."""
+    peak = max([r.actual for r in daily.days] + [daily.limit or Decimal(0)])
+    limit_txt = "no daily budget" if daily.limit is None else f"limit {format_amount(daily.limit)} per day"
+    console.print(f"Daily usage of {daily.scope} ({daily.tz}; {limit_txt})")
+    if not peak:
+        console.print("  no usage in this period")
+        return
+    mark = None if daily.limit is None else int(daily.limit * BAR_WIDTH / peak)
+    for row in daily.days:
+        filled = int(row.actual * BAR_WIDTH / peak)
+        cells = ["█" if i < filled else " " for i in range(BAR_WIDTH + 1)]
+        if mark is not None:
+            cells[min(mark, BAR_WIDTH)] = "|" if cells[min(mark, BAR_WIDTH)] == " " else "┃"
+        over = daily.limit is not None and row.actual > daily.limit
+        bar = "".join(cells)
+        line = f"  {row.key['day']} {bar} {format_amount(row.actual)}"
+        console.print(f"[red]{line}[/red]" if over else line, highlight=False)
+
+
+def export_command(
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    since: SinceOption = None,
+    until: UntilOption = None,
+    scope: ScopeOption = None,
+    tz: TzOption = "UTC",
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write to this file (default: stdout).")
+    ] = None,
+    ledger_url: LedgerOption = None,
+) -> None:
+    """Export raw charges (timestamp, task_id, credits, model, duration, mode, prompt_preview, ...)."""
+    if fmt not in ("jsonl", "csv"):
+        fail(f"--format {fmt!r} is unknown; use jsonl or csv")
+    with opened(ledger_url) as ledger, boundary():
+        if output is None:
+            export_charges(ledger, sys.stdout, fmt, since=since, until=until, scope=scope, tz=tz)
+            return
+        try:
+            with open(output, "w", encoding="utf-8", newline="") as fh:
+                count = export_charges(ledger, fh, fmt, since=since, until=until, scope=scope, tz=tz)
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")
+    console.print(f"exported {count} charge(s) to {output}", highlight=False)
+
+
+def serve_command(
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8787,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="KLING_COST_DASHBOARD_TOKEN",
+            help="Access token (required to bind a non-loopback address).",
+            show_default=False,
+        ),
+    ] = None,
+    tz: TzOption = "UTC",
+    refresh: Annotated[int, typer.Option("--refresh", help="Auto-refresh period in seconds.")] = 30,
+    ledger_url: LedgerOption = None,
+) -> None:
+    """Serve the read-only web dashboard and its JSON API (/api/...)."""
+    with boundary():
+        from ..web import create_dashboard_app, is_loopback
+
+        if not is_loopback(host) and not token:
+            fail(f"binding {host} (not loopback) needs --token or KLING_COST_DASHBOARD_TOKEN")
+        import uvicorn
+
+    with opened(ledger_url) as ledger, boundary():
+        app = create_dashboard_app(ledger, token=token, bound_host=host, tz=tz, refresh_seconds=refresh)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        suffix = "/?token=..." if token else "/"
+        console.print(f"dashboard on http://{shown}:{port}{suffix} (Ctrl-C to stop)", highlight=False)
+        uvicorn.run(app, host=host, port=port, log_level=os.environ.get("KLING_COST_LOG_LEVEL", "warning"))

@@ -1,0 +1,255 @@
+"""The report rollup: charges summed per (scope, UTC hour, model, mode), kept in step with every settle.
+
+Why hours: every time zone whose offset is a whole number of hours (almost all of them) has
+its local days, weeks and months made of whole UTC hours, so a report in any such zone reads
+the rollup and never a single charge. Zones with a 30- or 45-minute offset (India, Nepal,
+Newfoundland, South Australia, ...) fall back to the raw charges (see :mod:`kling_cost.reports`).
+
+Each row holds, per settled status, a count, the sum of estimates and the sum of actuals, so
+any grouping by status can be unfolded from it exactly. :class:`RollupHook` upserts one row
+per scope of the charge in one statement, inside the ledger's own transaction.
+
+Ledgers created before this table existed: migration 3 leaves a ``backfill_upto`` marker (the
+last charge id then); the first read rolls those charges up (:func:`ensure_backfilled`).
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StorageError
+from ._rows import CHARGE_SELECT, Cursor, charge_from_row, like_escape
+from .hooks import SettledCharge, WindowState
+from .models import Charge
+
+if TYPE_CHECKING:
+    from ..budgets import Budget
+    from .core import LedgerCore
+    from .models import Reservation
+
+__all__ = [
+    "BUCKET_MS",
+    "STATUSES",
+    "RollupHook",
+    "Segment",
+    "charge_facts",
+    "charge_span",
+    "ensure_backfilled",
+    "recent_charges",
+    "rollup_sums",
+]
+
+BUCKET_MS = 3_600_000
+DAY_MS = 86_400_000
+STATUSES = ("succeeded", "failed", "cache_hit")
+_PREFIX = {"succeeded": "s", "failed": "f", "cache_hit": "c"}
+SUM_COLUMNS = tuple(f"{_PREFIX[s]}_{m}" for s in STATUSES for m in ("n", "est", "act"))
+"""``s_n, s_est, s_act, f_n, ...``: count, estimates and actuals (thousandths) per status."""
+
+_UPSERT_HEAD = (
+    "INSERT INTO report_rollup (scope, bucket, model, mode, " + ", ".join(SUM_COLUMNS) + ") VALUES "
+)
+_ROW_MARKS = "(" + ", ".join("?" * (4 + len(SUM_COLUMNS))) + ")"
+_UPSERT_TAIL = " ON CONFLICT (scope, bucket, model, mode) DO UPDATE SET " + ", ".join(
+    f"{c} = report_rollup.{c} + excluded.{c}" for c in SUM_COLUMNS
+)
+
+
+def bucket_of(ms: int) -> int:
+    """The start of the UTC hour containing ``ms``."""
+    return ms - ms % BUCKET_MS
+
+
+def rollup_values(
+    status: str, created_at_ms: int, estimate: int, actual: int, model: str | None, mode: str | None
+) -> tuple[int, str, str, list[int]]:
+    """(bucket, model, mode, sums) of one charge; ``''`` stands for a missing model or mode."""
+    if status not in _PREFIX:
+        raise StorageError(f"charge status {status!r} is unknown to the report rollup")
+    sums = [0] * len(SUM_COLUMNS)
+    base = STATUSES.index(status) * 3
+    sums[base], sums[base + 1], sums[base + 2] = 1, estimate, actual
+    return bucket_of(created_at_ms), model or "", mode or "", sums
+
+
+def upsert(cur: Cursor, scopes: Sequence[str], values: tuple[int, str, str, list[int]]) -> None:
+    """Add one charge to the rollup row of each of its scopes (one statement)."""
+    bucket, model, mode, sums = values
+    params: list[Any] = []
+    for scope in scopes:
+        params.extend((scope, bucket, model, mode, *sums))
+    cur.execute(_UPSERT_HEAD + ", ".join([_ROW_MARKS] * len(scopes)) + _UPSERT_TAIL, params)
+
+
+class RollupHook:
+    """Keeps ``report_rollup`` in step with ``charges``, in the same transaction."""
+
+    def after_reserve(
+        self, cur: Cursor, now: datetime, reservation: Reservation, states: Sequence[WindowState]
+    ) -> None:
+        return None
+
+    def after_settle(
+        self, cur: Cursor, now: datetime, charge: SettledCharge, states: Sequence[WindowState]
+    ) -> None:
+        values = rollup_values(
+            charge.status,
+            charge.created_at_ms,
+            charge.estimate_milli,
+            charge.actual_milli,
+            charge.model,
+            charge.mode,
+        )
+        upsert(cur, charge.scopes, values)
+
+    def after_budget_set(self, cur: Cursor, now: datetime, budget: Budget, previous: Budget | None) -> None:
+        return None
+
+    def after_refusal(self, cur: Cursor, now: datetime, refusal: Any, scopes: Sequence[str]) -> None:
+        return None
+
+
+_backfilled: weakref.WeakSet[LedgerCore] = weakref.WeakSet()
+
+
+def ensure_backfilled(ledger: LedgerCore) -> None:
+    """Roll up the charges recorded before the rollup existed (once; a no-op afterwards)."""
+    if ledger in _backfilled:
+        return
+    with ledger._transaction() as cur:
+        cur.execute("SELECT value FROM report_rollup_meta WHERE name = 'backfill_upto'")
+        row = cur.fetchone()
+        if row is not None:
+            cur.execute("DELETE FROM report_rollup_meta WHERE name = 'backfill_upto'")
+            if cur.rowcount == 1:  # this transaction claimed it (PostgreSQL: concurrent readers)
+                cur.execute(
+                    "SELECT status, created_at, estimate_milli, actual_milli, model, mode, scopes "
+                    "FROM charges WHERE id <= ?",
+                    (int(row[0]),),
+                )
+                for status, created, est, act, model, mode, scopes in cur.fetchall():
+                    values = rollup_values(status, int(created), int(est), int(act), model, mode)
+                    upsert(cur, _scopes(scopes), values)
+    _backfilled.add(ledger)
+
+
+def _scopes(raw: str) -> list[str]:
+    return [str(s) for s in json.loads(raw)]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``[start, end)`` in UTC ms during which the report's zone keeps one UTC offset (ms)."""
+
+    start: int
+    end: int
+    offset: int
+
+
+def rollup_sums(
+    ledger: LedgerCore,
+    segments: Sequence[Segment] | None,
+    *,
+    since: int | None,
+    until: int | None,
+    scope: str | None,
+    scope_group: str | None,
+    dims: Sequence[str],
+) -> list[tuple[Any, ...]]:
+    """Rollup sums grouped by (local day number | None, scope | None, *dims), then the 9 sums.
+
+    ``segments`` (constant-offset spans) make the first column the local day number
+    ``(bucket + offset) // day``; without them there is no time column and ``since``/``until``
+    bound the buckets. ``scope_group``: ``"*"`` groups by every scope, a kind (``project``)
+    by the scopes of that kind; otherwise the one ``scope`` (default ``account``: every
+    charge) is read. ``dims``: ``model`` and/or ``mode``.
+    """
+    for dim in dims:
+        if dim not in ("model", "mode"):
+            raise StorageError(f"the rollup has no {dim!r} column")
+    sums = ", ".join(f"SUM({c})" for c in SUM_COLUMNS)
+    ensure_backfilled(ledger)
+    spans: list[tuple[int | None, int | None, int | None]] = [(since, until, None)]
+    if segments is not None:
+        spans = [(s.start, s.end, s.offset) for s in segments]
+    cols = ["scope" if scope_group else "NULL", *dims]
+    out: list[tuple[Any, ...]] = []
+    with ledger._transaction() as cur:
+        for start, end, offset in spans:
+            where: list[str] = []
+            params: list[Any] = []
+            day = "NULL"
+            if offset is not None:
+                day = "(bucket + ?) / ?"
+                params.extend((offset, DAY_MS))
+            if scope_group is None:
+                where.append("scope = ?")
+                params.append(scope or "account")
+            elif scope_group != "*":
+                where.append("scope LIKE ? ESCAPE '\\'")
+                params.append(like_escape(scope_group) + ":%")
+            if start is not None:
+                where.append("bucket >= ?")
+                params.append(start)
+            if end is not None:
+                where.append("bucket < ?")
+                params.append(end)
+            group = (["day"] if offset is not None else []) + [c for c in cols if c != "NULL"]
+            sql = f"SELECT {day} AS day, {', '.join(cols)}, {sums} FROM report_rollup"
+            sql += (" WHERE " + " AND ".join(where)) if where else ""
+            sql += (" GROUP BY " + ", ".join(group)) if group else ""
+            cur.execute(sql, params)
+            out.extend(row for row in cur.fetchall() if row[len(cols) + 1] is not None)
+    return out
+
+
+def charge_span(ledger: LedgerCore) -> tuple[int, int] | None:
+    """(first, last) ``created_at`` of all charges, or None for an empty ledger."""
+    with ledger._transaction() as cur:
+        cur.execute("SELECT MIN(created_at), MAX(created_at) FROM charges")
+        row = cur.fetchone()
+    return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
+
+
+def recent_charges(ledger: LedgerCore, *, limit: int, scope: str | None = None) -> list[Charge]:
+    """The ``limit`` latest charges (by reservation time), newest first."""
+    sql = CHARGE_SELECT
+    params: list[Any] = []
+    if scope is not None:
+        sql += " WHERE c.scopes LIKE ? ESCAPE '\\'"
+        params.append('%"' + like_escape(scope) + '"%')
+    sql += " ORDER BY c.created_at DESC, c.id DESC LIMIT ?"
+    params.append(int(limit))
+    with ledger._transaction() as cur:
+        cur.execute(sql, params)
+        return [charge_from_row(row) for row in cur.fetchall()]
+
+
+def charge_facts(
+    ledger: LedgerCore, *, since: int | None, until: int | None, scope: str | None
+) -> list[tuple[Any, ...]]:
+    """Raw charges for reports that the rollup cannot answer: (created_at, status, estimate,
+    actual, scopes JSON, model, mode, duration, audio, kind)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if scope is not None:
+        where.append("scopes LIKE ? ESCAPE '\\'")
+        params.append('%"' + like_escape(scope) + '"%')
+    if since is not None:
+        where.append("created_at >= ?")
+        params.append(since)
+    if until is not None:
+        where.append("created_at < ?")
+        params.append(until)
+    sql = (
+        "SELECT created_at, status, estimate_milli, actual_milli, scopes, model, mode, duration, "
+        "audio, kind FROM charges" + (" WHERE " + " AND ".join(where) if where else "")
+    )
+    with ledger._transaction() as cur:
+        cur.execute(sql, params)
+        return list(cur.fetchall())

@@ -1,0 +1,29 @@
+"""Where the credits went: grouped reports, exports and the views behind the dashboard.
+
+One module for the CLI (``kling-cost report|export``), the dashboard and its JSON API.
+"""
+
+from __future__ import annotations
+
+from ._time import parse_since, parse_until
+from .aggregate import DIMENSIONS, Report, ReportRow, parse_by, report
+from .export import EXPORT_FIELDS, charge_record, export_charges
+from .views import DailyUsage, budget_status, daily_usage, latest_charges, overview
+
+__all__ = [
+    "DIMENSIONS",
+    "EXPORT_FIELDS",
+    "DailyUsage",
+    "Report",
+    "ReportRow",
+    "budget_status",
+    "charge_record",
+    "daily_usage",
+    "export_charges",
+    "latest_charges",
+    "overview",
+    "parse_by",
+    "parse_since",
+    "parse_until",
+    "report",
+]

@@ -1,0 +1,141 @@
+"""Report periods in a chosen IANA time zone: ``30d`` / dates / instants, and constant-offset spans."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from ..budgets import validate_tz
+from ..errors import ValidationError
+from ..ledger._rows import from_ms
+from ..ledger.rollup import BUCKET_MS, DAY_MS, Segment
+
+__all__ = ["Segment", "day_key", "local_midnight", "parse_since", "parse_until", "segments"]
+
+_DAYS = re.compile(r"^(\d{1,5})d$")
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def zone(tz: str) -> ZoneInfo:
+    return ZoneInfo(validate_tz(tz))
+
+
+def local_midnight(day: date, tz: str) -> datetime:
+    """The UTC instant at which ``day`` starts in ``tz``."""
+    return datetime(day.year, day.month, day.day, tzinfo=zone(tz)).astimezone(UTC)
+
+
+def today(tz: str, now: datetime) -> date:
+    return now.astimezone(zone(tz)).date()
+
+
+def parse_since(value: datetime | date | str | None, tz: str, now: datetime) -> datetime | None:
+    """``30d`` (the last 30 local days, today included), ``YYYY-MM-DD`` (that day's local
+    midnight), an ISO 8601 instant with an offset, a ``date`` or an aware ``datetime``."""
+    if value is None or isinstance(value, datetime):
+        return _aware(value)
+    if isinstance(value, date):
+        return local_midnight(value, tz)
+    text = value.strip()
+    match = _DAYS.match(text)
+    if match:
+        days = int(match.group(1))
+        if days < 1:
+            raise ValidationError(f"since {value!r} must count at least one day")
+        return local_midnight(today(tz, now) - timedelta(days=days - 1), tz)
+    return _parse_moment(text, tz, "since", inclusive_end=False)
+
+
+def parse_until(value: datetime | date | str | None, tz: str) -> datetime | None:
+    """``YYYY-MM-DD`` (that day included: the next local midnight), an ISO 8601 instant with an
+    offset (excluded), a ``date`` (included) or an aware ``datetime`` (excluded)."""
+    if value is None or isinstance(value, datetime):
+        return _aware(value)
+    if isinstance(value, date):
+        return local_midnight(value + timedelta(days=1), tz)
+    return _parse_moment(value.strip(), tz, "until", inclusive_end=True)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValidationError("report times must be timezone-aware")
+    return value
+
+
+def _parse_moment(text: str, tz: str, what: str, *, inclusive_end: bool) -> datetime:
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is not None:
+        return local_midnight(day + timedelta(days=1) if inclusive_end else day, tz)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(
+            f"{what} {text!r} is not a date; use Nd (e.g. 30d), YYYY-MM-DD or an ISO 8601 time with offset"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValidationError(f"{what} {text!r} needs a UTC offset, e.g. 2026-06-01T00:00:00+00:00")
+    return moment
+
+
+def offset_ms(tz: ZoneInfo, ms: int) -> int:
+    off = from_ms(ms).astimezone(tz).utcoffset()
+    return 0 if off is None else off // _ONE_MS
+
+
+def segments(tz: str, start: int, end: int) -> list[Segment]:
+    """Split ``[start, end)`` (UTC ms) into spans of one UTC offset each in ``tz``."""
+    z = zone(tz)
+    out: list[Segment] = []
+    if end <= start:
+        return out
+    seg_start, off = start, offset_ms(z, start)
+    probe = start
+    while probe < end:
+        nxt = min(probe + DAY_MS, end)
+        nxt_off = offset_ms(z, nxt if nxt < end else end - 1)
+        if nxt_off != off:  # a transition in (probe, nxt]: find its first millisecond
+            lo, hi = probe, nxt
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if offset_ms(z, mid) == off:
+                    lo = mid
+                else:
+                    hi = mid
+            out.append(Segment(seg_start, hi, off))
+            seg_start, off = hi, offset_ms(z, hi)
+            probe = hi
+            if probe >= end - 1:
+                break
+            continue
+        probe = nxt
+    out.append(Segment(seg_start, end, off))
+    return out
+
+
+def hour_aligned(spans: list[Segment]) -> bool:
+    """True when every span starts and ends on a UTC hour and keeps a whole-hour offset."""
+    return all(
+        s.start % BUCKET_MS == 0 and s.end % BUCKET_MS == 0 and s.offset % BUCKET_MS == 0 for s in spans
+    )
+
+
+def day_key(day: date, unit: str) -> str:
+    """``2026-06-15`` / ``2026-W24`` / ``2026-06``: the same keys as budget windows."""
+    if unit == "day":
+        return day.isoformat()
+    if unit == "week":
+        iso = (day - timedelta(days=day.weekday())).isocalendar()
+        return f"{iso.year}-W{iso.week:02d}"
+    return day.strftime("%Y-%m")
+
+
+def local_day(ms: int, tz: ZoneInfo) -> date:
+    return from_ms(ms).astimezone(tz).date()
+
+
+def day_from_number(n: int) -> date:
+    return date(1970, 1, 1) + timedelta(days=n)

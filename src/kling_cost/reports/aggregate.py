@@ -1,0 +1,332 @@
+"""Usage reports: charges grouped by time, model, mode, duration, audio, endpoint, scope, status.
+
+Reports read the rollup (:mod:`kling_cost.ledger.rollup`) whenever it can answer exactly:
+groupings by day/week/month, model, mode, status and scope, in a zone whose offsets over
+the period are whole hours, over a period starting and ending on UTC hours (every date-based
+period in such a zone does). Anything else (``duration``, ``audio``, ``kind``; a zone such as
+Asia/Kolkata; a scope filter combined with a scope grouping) reads the raw charges. Both give
+the same numbers; ``Report.source`` says which was used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from ..budgets import validate_scope
+from ..errors import ValidationError
+from ..ledger import Ledger
+from ..ledger._rows import to_ms
+from ..ledger.rollup import BUCKET_MS, STATUSES, charge_facts, charge_span, rollup_sums
+from ..money import from_storage
+from . import _time
+
+__all__ = ["DIMENSIONS", "Report", "ReportRow", "parse_by", "report"]
+
+TIME_DIMS = ("day", "week", "month")
+SCOPE_KINDS = ("project", "key", "user")
+DIMENSIONS = (*TIME_DIMS, "model", "mode", "duration", "audio", "kind", "status", "scope", *SCOPE_KINDS)
+"""What ``by`` accepts: ``project``/``key``/``user`` group by the scopes of that kind a charge
+carries (a charge with none is left out of such groups); ``scope`` by every scope."""
+_ALIASES = {"endpoint": "kind", "date": "day"}
+_ROLLUP_DIMS = {*TIME_DIMS, "model", "mode", "status", "scope", *SCOPE_KINDS}
+Key = str | int | bool | None
+
+
+def parse_by(value: str | Iterable[str]) -> tuple[str, ...]:
+    """``"day,model"`` or ``["day", "model"]`` -> validated dimensions (aliases: endpoint, date)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for raw in items:
+        name = _ALIASES.get(raw.strip().lower(), raw.strip().lower())
+        if not name:
+            continue
+        if name not in DIMENSIONS:
+            raise ValidationError(f"cannot group by {raw!r}; choose from: {', '.join(DIMENSIONS)}")
+        if name not in out:
+            out.append(name)
+    if len([d for d in out if d in TIME_DIMS]) > 1:
+        raise ValidationError("group by at most one of day, week, month")
+    if len([d for d in out if d in ("scope", *SCOPE_KINDS)]) > 1:
+        raise ValidationError("group by at most one of scope, project, key, user")
+    return tuple(out)
+
+
+@dataclass
+class _Sums:
+    """Counts and thousandths per status: (n, estimate, actual) x (succeeded, failed, cache_hit)."""
+
+    v: list[int] = field(default_factory=lambda: [0] * 9)
+
+    def add(self, values: Sequence[Any]) -> None:
+        for i, x in enumerate(values):
+            self.v[i] += int(x)
+
+    def add_one(self, status: str, est: int, act: int) -> None:
+        base = STATUSES.index(status) * 3
+        self.v[base] += 1
+        self.v[base + 1] += est
+        self.v[base + 2] += act
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One group: counts per status and exact amounts.
+
+    ``estimate`` sums the estimates of succeeded charges, ``actual`` what Kling charged,
+    ``drift`` is actual - estimate of the succeeded ones, ``refunded`` the estimates of failed
+    tasks (charged nothing), ``saved`` the estimates of cache hits (never sent).
+    """
+
+    key: dict[str, Key]
+    charges: int
+    succeeded: int
+    failed: int
+    cache_hits: int
+    estimate: Decimal
+    actual: Decimal
+    drift: Decimal
+    refunded: Decimal
+    saved: Decimal
+
+    @classmethod
+    def of(cls, key: dict[str, Key], s: Sequence[int]) -> ReportRow:
+        return cls(
+            key=key,
+            charges=s[0] + s[3] + s[6],
+            succeeded=s[0],
+            failed=s[3],
+            cache_hits=s[6],
+            estimate=from_storage(s[1]),
+            actual=from_storage(s[2] + s[5] + s[8]),
+            drift=from_storage(s[2] - s[1]),
+            refunded=from_storage(s[4]),
+            saved=from_storage(s[7]),
+        )
+
+    @property
+    def drift_pct(self) -> Decimal | None:
+        """Drift as a percentage of the estimate (two decimals), None without an estimate."""
+        if not self.estimate:
+            return None
+        return (self.drift * 100 / self.estimate).quantize(Decimal("0.01"))
+
+    def to_dict(self) -> dict[str, Any]:
+        pct = self.drift_pct
+        return {
+            **self.key,
+            "charges": self.charges,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "cache_hits": self.cache_hits,
+            "estimate": str(self.estimate),
+            "actual": str(self.actual),
+            "drift": str(self.drift),
+            "drift_pct": None if pct is None else str(pct),
+            "refunded": str(self.refunded),
+            "saved": str(self.saved),
+        }
+
+
+METRICS = (
+    "charges",
+    "succeeded",
+    "failed",
+    "cache_hits",
+    "estimate",
+    "actual",
+    "drift",
+    "drift_pct",
+    "refunded",
+    "saved",
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Grouped usage over ``[since, until)`` in ``tz``; ``total`` counts every charge once."""
+
+    by: tuple[str, ...]
+    tz: str
+    since: datetime | None
+    until: datetime | None
+    scope: str | None
+    rows: tuple[ReportRow, ...]
+    total: ReportRow
+    source: str
+    """``rollup`` or ``charges``: where the numbers were read."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "by": list(self.by),
+            "tz": self.tz,
+            "since": None if self.since is None else self.since.isoformat(),
+            "until": None if self.until is None else self.until.isoformat(),
+            "scope": self.scope,
+            "source": self.source,
+            "rows": [r.to_dict() for r in self.rows],
+            "total": self.total.to_dict(),
+        }
+
+
+def report(
+    ledger: Ledger,
+    by: str | Iterable[str] = ("day",),
+    *,
+    since: datetime | date | str | None = None,
+    until: datetime | date | str | None = None,
+    scope: str | None = None,
+    tz: str = "UTC",
+    now: datetime | None = None,
+    source: str = "auto",
+) -> Report:
+    """Usage grouped ``by`` (see :data:`DIMENSIONS`) over charges reserved in ``[since, until)``.
+
+    ``since``: ``"30d"`` (the last 30 days of ``tz``, today included), a date (its local
+    midnight) or an aware datetime. ``until``: a date (included) or an aware datetime
+    (excluded). ``scope`` keeps the charges of one scope. ``source``: ``auto``, ``rollup``
+    (fail when the rollup cannot answer exactly) or ``charges`` (always read the raw rows).
+    """
+    dims = parse_by(by)
+    zone = _time.zone(tz)
+    moment = now or ledger.clock()
+    start = _time.parse_since(since, tz, moment)
+    end = _time.parse_until(until, tz)
+    if scope is not None:
+        scope = validate_scope(scope)
+    if source not in ("auto", "rollup", "charges"):
+        raise ValidationError(f"source {source!r} is unknown; use auto, rollup or charges")
+    lo = None if start is None else to_ms(start)
+    hi = None if end is None else to_ms(end)
+    plan = None if source == "charges" else _rollup_plan(ledger, dims, lo, hi, scope, tz)
+    if plan is None and source == "rollup":
+        raise ValidationError(f"the rollup cannot answer this report exactly (by {dims}, tz {tz})")
+    if plan is not None:
+        rows, total = _from_rollup(ledger, dims, plan, lo, hi, scope)
+    else:
+        rows, total = _from_charges(ledger, dims, zone, lo, hi, scope)
+    return Report(dims, tz, start, end, scope, rows, total, "rollup" if plan is not None else "charges")
+
+
+def _rollup_plan(
+    ledger: Ledger, dims: tuple[str, ...], lo: int | None, hi: int | None, scope: str | None, tz: str
+) -> list[_time.Segment] | None:
+    """The spans to read from the rollup ([] when there is no time dimension), or None."""
+    if not set(dims) <= _ROLLUP_DIMS:
+        return None
+    if scope is not None and any(d in ("scope", *SCOPE_KINDS) for d in dims):
+        return None
+    if any(b is not None and b % BUCKET_MS for b in (lo, hi)):
+        return None
+    if not any(d in TIME_DIMS for d in dims):
+        return []
+    span = charge_span(ledger)
+    if span is None:
+        return []
+    first = lo if lo is not None else span[0] - span[0] % BUCKET_MS
+    last = hi if hi is not None else span[1] - span[1] % BUCKET_MS + BUCKET_MS
+    spans = _time.segments(tz, first, last)
+    return spans if _time.hour_aligned(spans) else None
+
+
+def _group_spec(dims: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    scope_dim = next((d for d in dims if d in ("scope", *SCOPE_KINDS)), None)
+    return scope_dim, [d for d in dims if d in ("model", "mode")]
+
+
+def _from_rollup(
+    ledger: Ledger,
+    dims: tuple[str, ...],
+    spans: list[_time.Segment],
+    lo: int | None,
+    hi: int | None,
+    scope: str | None,
+) -> tuple[tuple[ReportRow, ...], ReportRow]:
+    time_dim = next((d for d in dims if d in TIME_DIMS), None)
+    scope_dim, cols = _group_spec(dims)
+    group = None if scope_dim is None else ("*" if scope_dim == "scope" else scope_dim)
+    raw = rollup_sums(
+        ledger,
+        spans if time_dim else None,
+        since=lo,
+        until=hi,
+        scope=scope,
+        scope_group=group,
+        dims=cols,
+    )
+    groups: dict[tuple[Key, ...], _Sums] = {}
+    for row in raw:
+        values: dict[str, Key] = {}
+        if time_dim:
+            values[time_dim] = _time.day_key(_time.day_from_number(int(row[0])), time_dim)
+        if scope_dim:
+            values[scope_dim] = row[1]
+        for i, col in enumerate(cols):
+            values[col] = row[2 + i] or None
+        sums = [int(x) for x in row[2 + len(cols) :]]
+        statuses = [s for i, s in enumerate(STATUSES) if sums[i * 3]] if "status" in dims else [None]
+        for status in statuses:
+            part = sums
+            if status is not None:
+                base = STATUSES.index(status) * 3
+                part = [x if base <= i < base + 3 else 0 for i, x in enumerate(sums)]
+                values["status"] = status
+            key = tuple(values.get(d) for d in dims)
+            groups.setdefault(key, _Sums()).add(part)
+    total = _Sums()
+    if scope_dim is None:  # the groups partition the charges: their sum is the total
+        for part_sums in groups.values():
+            total.add(part_sums.v)
+    else:  # a charge may count in several scopes: read the total on its own
+        for row in rollup_sums(ledger, None, since=lo, until=hi, scope=scope, scope_group=None, dims=[]):
+            total.add(row[2:])
+    return _rows(dims, groups), ReportRow.of({}, total.v)
+
+
+def _from_charges(
+    ledger: Ledger, dims: tuple[str, ...], zone: Any, lo: int | None, hi: int | None, scope: str | None
+) -> tuple[tuple[ReportRow, ...], ReportRow]:
+    import json
+
+    groups: dict[tuple[Key, ...], _Sums] = {}
+    total = _Sums()
+    time_dim = next((d for d in dims if d in TIME_DIMS), None)
+    scope_dim, _ = _group_spec(dims)
+    for created, status, est_raw, act_raw, scopes, model, mode, duration, audio, kind in charge_facts(
+        ledger, since=lo, until=hi, scope=scope
+    ):
+        est, act = int(est_raw), int(act_raw)
+        total.add_one(status, est, act)
+        base: dict[str, Key] = {
+            "model": model or None,
+            "mode": mode or None,
+            "duration": None if duration is None else int(duration),
+            "audio": bool(audio),
+            "kind": kind or None,
+            "status": status,
+        }
+        if time_dim:
+            base[time_dim] = _time.day_key(_time.local_day(int(created), zone), time_dim)
+        owners: list[str | None] = [None]
+        if scope_dim is not None:
+            names = [str(s) for s in json.loads(scopes)]
+            owners = [s for s in names if scope_dim == "scope" or s.startswith(scope_dim + ":")]
+        for owner in owners:
+            if scope_dim is not None:
+                base[scope_dim] = owner
+            groups.setdefault(tuple(base.get(d) for d in dims), _Sums()).add_one(status, est, act)
+    return _rows(dims, groups), ReportRow.of({}, total.v)
+
+
+def _sort_key(key: tuple[Key, ...]) -> tuple[tuple[bool, str], ...]:
+    return tuple((v is None, f"{v:012d}" if isinstance(v, int) else str(v)) for v in key)
+
+
+def _rows(dims: tuple[str, ...], groups: dict[tuple[Key, ...], _Sums]) -> tuple[ReportRow, ...]:
+    return tuple(
+        ReportRow.of(dict(zip(dims, key, strict=True)), groups[key].v)
+        for key in sorted(groups, key=_sort_key)
+    )

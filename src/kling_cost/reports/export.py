@@ -1,0 +1,117 @@
+"""Exports of the raw charges: JSON Lines (the seed's ``UsageTracker`` fields and more) and CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, TextIO
+
+from ..budgets import validate_scope
+from ..errors import ValidationError
+from ..ledger import Charge, Ledger
+from . import _time
+
+__all__ = ["EXPORT_FIELDS", "charge_record", "export_charges"]
+
+EXPORT_FIELDS = (
+    "timestamp",
+    "task_id",
+    "credits",
+    "model",
+    "duration",
+    "mode",
+    "prompt_preview",
+    "status",
+    "estimate",
+    "audio",
+    "kind",
+    "scopes",
+    "settled_at",
+    "prompt_hash",
+    "reservation_id",
+    "id",
+)
+"""``timestamp`` is the reservation time (ISO 8601, UTC); ``credits`` what Kling charged."""
+
+
+def charge_record(charge: Charge) -> dict[str, Any]:
+    """One charge as an export record (amounts stay ``Decimal``)."""
+    return {
+        "timestamp": charge.created_at.isoformat(),
+        "task_id": charge.task_id,
+        "credits": charge.actual,
+        "model": charge.model,
+        "duration": charge.duration,
+        "mode": charge.mode,
+        "prompt_preview": charge.prompt_preview,
+        "status": charge.status,
+        "estimate": charge.estimate,
+        "audio": charge.audio,
+        "kind": charge.kind,
+        "scopes": list(charge.scopes),
+        "settled_at": charge.settled_at.isoformat(),
+        "prompt_hash": charge.prompt_hash,
+        "reservation_id": charge.reservation_id,
+        "id": charge.id,
+    }
+
+
+def _number(value: Decimal) -> str:
+    """A Decimal as an exact JSON number (``12``, ``1.5``), never through a float."""
+    text = format(value.normalize(), "f")
+    return text if text != "-0" else "0"
+
+
+def _jsonl(record: dict[str, Any]) -> str:
+    parts = []
+    for key, value in record.items():
+        encoded = _number(value) if isinstance(value, Decimal) else json.dumps(value, ensure_ascii=False)
+        parts.append(f"{json.dumps(key)}: {encoded}")
+    return "{" + ", ".join(parts) + "}\n"
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ";".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def export_charges(
+    ledger: Ledger,
+    out: TextIO,
+    fmt: str = "jsonl",
+    *,
+    since: datetime | date | str | None = None,
+    until: datetime | date | str | None = None,
+    scope: str | None = None,
+    tz: str = "UTC",
+    now: datetime | None = None,
+) -> int:
+    """Write the charges reserved in ``[since, until)`` to ``out``, oldest first; returns how many.
+
+    ``fmt``: ``jsonl`` (one JSON object per line; amounts are exact JSON numbers, read them
+    with ``json.loads(line, parse_float=Decimal)``) or ``csv`` (a header, then one row per
+    charge; scopes joined by ``;``). ``since``/``until`` as in :func:`kling_cost.reports.report`.
+    """
+    if fmt not in ("jsonl", "csv"):
+        raise ValidationError(f"export format {fmt!r} is unknown; use jsonl or csv")
+    moment = now or ledger.clock()
+    start = _time.parse_since(since, tz, moment)
+    end = _time.parse_until(until, tz)
+    charges = ledger.charges(None if scope is None else validate_scope(scope), since=start, until=end)
+    if fmt == "jsonl":
+        for charge in charges:
+            out.write(_jsonl(charge_record(charge)))
+        return len(charges)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPORT_FIELDS)
+    for charge in charges:
+        record = charge_record(charge)
+        writer.writerow([_csv_value(record[f]) for f in EXPORT_FIELDS])
+    return len(charges)

@@ -1,0 +1,8 @@
+"""The read-only web dashboard and its JSON API (``pip install 'klingai-cost-controls[dashboard]'``)."""
+
+from __future__ import annotations
+
+from .access import is_loopback
+from .dashboard import create_dashboard_app
+
+__all__ = ["create_dashboard_app", "is_loopback"]

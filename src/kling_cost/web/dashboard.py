@@ -1,0 +1,180 @@
+"""The dashboard's ASGI app: one HTML page, its static files and a read-only JSON API."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..budgets import validate_tz
+from ..errors import ConfigurationError, KlingCostError, ValidationError
+from ..ledger import Ledger
+from ..reports import daily_usage, latest_charges, overview, report
+from .access import COOKIE, TokenGate
+
+try:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from starlette.routing import Route
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ConfigurationError(
+        "the dashboard needs starlette, uvicorn, jinja2 and plotly: "
+        "pip install 'klingai-cost-controls[dashboard]'"
+    ) from exc
+
+from .openapi import openapi_spec
+
+__all__ = ["create_dashboard_app"]
+
+HERE = Path(__file__).resolve().parent
+BREAKDOWNS = ("model", "mode", "project", "key", "user", "kind", "duration", "audio", "status", "scope")
+
+
+def plotly_js() -> Path:
+    """plotly.js as shipped inside the installed ``plotly`` Python package (works offline)."""
+    try:
+        path = Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError(
+            "the dashboard needs plotly: pip install 'klingai-cost-controls[dashboard]'"
+        ) from exc
+    if not path.is_file():
+        raise ConfigurationError(f"plotly.min.js is missing from the plotly package ({path})")
+    return path
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer, not {raw!r}") from None
+
+
+def create_dashboard_app(
+    ledger: Ledger,
+    token: str | None = None,
+    *,
+    bound_host: str = "127.0.0.1",
+    tz: str = "UTC",
+    refresh_seconds: int = 30,
+    days: int = 30,
+    now: Callable[[], datetime] | None = None,
+) -> Any:
+    """The dashboard over ``ledger``: ``/`` (the page), ``/api/...`` (JSON), ``/static/...``.
+
+    ``bound_host`` is the address the server listens on: unless it is loopback, every request
+    must carry ``token`` (and without a token every request answers 401). ``now`` defaults to
+    the ledger's clock.
+    """
+    tz = validate_tz(tz)
+    if refresh_seconds < 1:
+        raise ValidationError("refresh_seconds must be at least 1")
+    clock = now or ledger.clock
+    js = plotly_js()
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    page = env.get_template("index.html")
+
+    def api(handler: Callable[[Request], Any]) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            try:
+                return JSONResponse(handler(request), headers={"cache-control": "no-store"})
+            except ValidationError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            except KlingCostError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=503)
+
+        return endpoint
+
+    def zone(request: Request) -> str:
+        return validate_tz(request.query_params.get("tz") or tz)
+
+    def index(request: Request) -> Response:
+        html = page.render(refresh=refresh_seconds, tz=tz, days=days)
+        response = HTMLResponse(html, headers={"cache-control": "no-store"})
+        given = request.query_params.get("token")
+        if token is not None and given is not None and hmac.compare_digest(given.encode(), token.encode()):
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name == "plotly.min.js":
+            return FileResponse(js, media_type="text/javascript")
+        path = HERE / "static" / name
+        if "/" in name or not path.is_file():
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return FileResponse(path)
+
+    def get_overview(request: Request) -> Any:
+        return overview(ledger, days=_int(request, "days", days), tz=zone(request), now=clock())
+
+    def get_daily(request: Request) -> Any:
+        scope = request.query_params.get("scope")
+        return daily_usage(
+            ledger, _int(request, "days", days), scope=scope, tz=zone(request), now=clock()
+        ).to_dict()
+
+    def get_report(request: Request) -> Any:
+        q = request.query_params
+        rep = report(
+            ledger,
+            q.get("by", "day"),
+            since=q.get("since", f"{days}d"),
+            until=q.get("until"),
+            scope=q.get("scope"),
+            tz=zone(request),
+            now=clock(),
+        )
+        return rep.to_dict()
+
+    def get_breakdown(request: Request) -> Any:
+        dim = request.path_params["dim"]
+        if dim not in BREAKDOWNS:
+            raise ValidationError(f"no breakdown by {dim!r}; choose from: {', '.join(BREAKDOWNS)}")
+        n = _int(request, "days", days)
+        rep = report(ledger, (dim,), since=f"{n}d", tz=zone(request), now=clock())
+        return rep.to_dict()
+
+    def get_drift(request: Request) -> Any:
+        n = _int(request, "days", days)
+        rep = report(ledger, ("model", "mode"), since=f"{n}d", tz=zone(request), now=clock())
+        return rep.to_dict()
+
+    def get_charges(request: Request) -> Any:
+        found = latest_charges(ledger, _int(request, "limit", 50), scope=request.query_params.get("scope"))
+        return {"charges": [c.to_dict() for c in found]}
+
+    def get_alerts(request: Request) -> Any:
+        q = request.query_params
+        found = ledger.alerts(status=q.get("status"), scope=q.get("scope"), limit=_int(request, "limit", 100))
+        return {"alerts": [a.to_dict() for a in found]}
+
+    def get_budgets(request: Request) -> Any:
+        return {"budgets": overview(ledger, days=1, tz=zone(request), now=clock())["budgets"]}
+
+    def get_openapi(request: Request) -> Any:
+        return openapi_spec()
+
+    routes = [
+        Route("/", index),
+        Route("/static/{name}", static),
+        Route("/api/openapi.json", api(get_openapi)),
+        Route("/api/overview", api(get_overview)),
+        Route("/api/budgets", api(get_budgets)),
+        Route("/api/daily", api(get_daily)),
+        Route("/api/report", api(get_report)),
+        Route("/api/breakdown/{dim}", api(get_breakdown)),
+        Route("/api/drift", api(get_drift)),
+        Route("/api/charges", api(get_charges)),
+        Route("/api/alerts", api(get_alerts)),
+    ]
+    app = Starlette(routes=routes)
+    return TokenGate(app, token=token, bound_host=bound_host)

@@ -1,0 +1,107 @@
+"""The OpenAPI 3.1 description of the dashboard's read-only JSON API (``/api/openapi.json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["openapi_spec"]
+
+_DAYS = {
+    "name": "days",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1},
+    "description": "Days back, today included.",
+}
+_TZ = {
+    "name": "tz",
+    "in": "query",
+    "schema": {"type": "string"},
+    "description": "IANA time zone (default: the dashboard's).",
+}
+_SCOPE = {
+    "name": "scope",
+    "in": "query",
+    "schema": {"type": "string"},
+    "description": "A scope such as project:film.",
+}
+_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}
+
+_ENDPOINTS: list[tuple[str, str, list[dict[str, Any]]]] = [
+    (
+        "/api/overview",
+        "Every budget's gauge, daily usage against the daily limit, period totals.",
+        [_DAYS, _TZ],
+    ),
+    ("/api/budgets", "Every budget in its current window: limit, used, reserved, remaining, marks.", [_TZ]),
+    (
+        "/api/daily",
+        "Usage per local day of one scope (default account) and its daily limit.",
+        [_DAYS, _TZ, _SCOPE],
+    ),
+    (
+        "/api/report",
+        "A grouped report, as `kling-cost report --format json`.",
+        [
+            {"name": "by", "in": "query", "schema": {"type": "string"}, "description": "e.g. day,model"},
+            {
+                "name": "since",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "30d, YYYY-MM-DD or ISO",
+            },
+            {"name": "until", "in": "query", "schema": {"type": "string"}},
+            _SCOPE,
+            _TZ,
+        ],
+    ),
+    (
+        "/api/breakdown/{dim}",
+        "Usage of the last days grouped by one dimension (model, mode, project, key, user, ...).",
+        [{"name": "dim", "in": "path", "required": True, "schema": {"type": "string"}}, _DAYS, _TZ],
+    ),
+    ("/api/drift", "Estimate against actual by model and mode.", [_DAYS, _TZ]),
+    ("/api/charges", "The latest charges, newest first.", [_LIMIT, _SCOPE]),
+    (
+        "/api/alerts",
+        "Alerts from the outbox (pending, delivered, cleared), newest first.",
+        [{"name": "status", "in": "query", "schema": {"type": "string"}}, _SCOPE, _LIMIT],
+    ),
+    ("/api/openapi.json", "This description.", []),
+]
+
+
+def openapi_spec() -> dict[str, Any]:
+    """Amounts are decimal strings (exact), times ISO 8601."""
+    paths: dict[str, Any] = {}
+    for path, summary, params in _ENDPOINTS:
+        paths[path] = {
+            "get": {
+                "summary": summary,
+                "parameters": params,
+                "security": [{"bearer": []}, {"cookie": []}, {"query": []}],
+                "responses": {
+                    "200": {
+                        "description": "JSON",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "400": {"description": 'Bad parameter: {"error": message}'},
+                    "401": {"description": "Token required (non-loopback dashboard) or wrong"},
+                },
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "kling-cost dashboard API",
+            "version": "1",
+            "description": "Read-only. Amounts are decimal strings in the catalog's unit.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": "kling_cost_token"},
+                "query": {"type": "apiKey", "in": "query", "name": "token"},
+            }
+        },
+    }

@@ -1,0 +1,76 @@
+"""The JSON API over real HTTP, and who may read it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from kling_cost.ledger import Ledger
+from kling_cost.web import create_dashboard_app, is_loopback
+from tests.helpers import FakeClock
+
+
+def test_api_numbers_equal_the_ledger(known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any]) -> None:
+    ledger, _ = known
+    with serve(create_dashboard_app(ledger)) as base:
+        ov = httpx.get(f"{base}/api/overview").json()
+        usages = {(u.scope, u.budget.window): u for u in ledger.usages()}
+        for b in ov["budgets"]:
+            u = usages[(b["scope"], b["window"])]
+            assert (Decimal(b["used"]), Decimal(b["reserved"]), Decimal(b["remaining"])) == (
+                u.used,
+                u.reserved,
+                u.remaining,
+            )
+        charges = ledger.charges()
+        assert Decimal(ov["totals"]["actual"]) == sum(c.actual for c in charges)
+        assert ov["totals"]["charges"] == len(charges)
+        assert ov["daily"]["limit"] == "200.000"
+        assert [d["actual"] for d in ov["daily"]["days"][-2:]] == ["67.500", "67.500"]
+        model = httpx.get(f"{base}/api/breakdown/project").json()
+        assert {r["project"]: r["actual"] for r in model["rows"]} == {
+            "project:ads": "25.000",
+            "project:film": "110.000",
+        }
+        latest = httpx.get(f"{base}/api/charges?limit=2").json()["charges"]
+        assert [c["status"] for c in latest] == ["cache_hit", "failed"]
+        alerts = httpx.get(f"{base}/api/alerts").json()["alerts"]
+        assert alerts[0]["scope"] == "key:alice" and alerts[0]["status"] == "pending"
+        drift = httpx.get(f"{base}/api/drift").json()["rows"]
+        v16 = next(r for r in drift if r["model"] == "kling-v1-6" and r["mode"] == "std")
+        assert (v16["drift"], v16["drift_pct"]) == ("5.000", "25.00")
+        rep = httpx.get(f"{base}/api/report", params={"by": "day,model", "since": "2026-06-15"}).json()
+        assert rep["source"] == "rollup" and len(rep["rows"]) == 2
+        bad = httpx.get(f"{base}/api/report", params={"by": "colour"})
+        assert bad.status_code == 400 and "cannot group by" in bad.json()["error"]
+        spec = httpx.get(f"{base}/api/openapi.json").json()
+        assert spec["openapi"].startswith("3.") and "/api/overview" in spec["paths"]
+        js = httpx.get(f"{base}/static/plotly.min.js")
+        assert js.status_code == 200 and len(js.content) > 1_000_000
+        assert httpx.get(f"{base}/static/../dashboard.py").status_code == 404
+
+
+def test_non_loopback_dashboard_needs_the_token(
+    known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any]
+) -> None:
+    ledger, _ = known
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20")
+    with serve(create_dashboard_app(ledger, bound_host="0.0.0.0")) as base:  # no token at all
+        for path in ("/", "/api/overview", "/api/openapi.json", "/static/plotly.min.js"):
+            assert httpx.get(base + path).status_code == 401
+        assert httpx.get(base + "/api/overview?token=anything").status_code == 401
+    with serve(create_dashboard_app(ledger, token="s3cret", bound_host="10.1.2.3")) as base:
+        assert httpx.get(f"{base}/api/overview").status_code == 401
+        assert httpx.get(f"{base}/api/overview", headers={"Authorization": "Bearer nope"}).status_code == 401
+        ok = httpx.get(f"{base}/api/overview", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json()["budgets"]
+        with httpx.Client(base_url=base) as browser:
+            page = browser.get("/?token=s3cret")
+            assert page.status_code == 200 and "kling_cost_token" in page.headers["set-cookie"]
+            assert browser.get("/api/charges").status_code == 200  # the cookie carries it
+    with serve(create_dashboard_app(ledger)) as base:  # loopback, no token: open
+        assert httpx.get(f"{base}/api/budgets").status_code == 200
