@@ -53,7 +53,11 @@ class SettledCharge:
 
 
 class LedgerHook(Protocol):
-    """What the ledger calls; implement the methods you need (all are required by the type)."""
+    """What the ledger calls; implement the methods you need (all are required by the type).
+
+    A hook may set ``watches_budgets = False`` when it never reads the ``states`` of
+    ``after_settle`` (the ledger then skips reading the budgets back).
+    """
 
     def after_reserve(
         self, cur: Cursor, now: datetime, reservation: Reservation, states: Sequence[WindowState]

@@ -34,8 +34,9 @@ class LedgerSettlement(RequestCacheStore):
     """The shared steps of commit, release and sweep, and the lease operations."""
 
     def _settle_windows(self, cur: Cursor, res: Reservation, held: int, spent: int) -> list[WindowState]:
-        """Move ``held`` out of reserved and ``spent`` into used on every window it counts in."""
-        states = []
+        """Move ``held`` out of reserved and ``spent`` into used on every window it counts in;
+        returns the windows' new counters (for hooks that watch budgets)."""
+        counters: list[tuple[int, str, int, int]] = []
         for budget_id, window_key in res.windows:
             cur.execute(
                 "UPDATE budget_windows SET reserved_milli = reserved_milli - ?, "
@@ -44,13 +45,18 @@ class LedgerSettlement(RequestCacheStore):
                 (held, spent, budget_id, window_key),
             )
             row = cur.fetchone()
-            if row is None or not self.hooks:
-                continue  # the budget was deleted since; nothing to keep counting
-            cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
-            budget_row = cur.fetchone()
-            if budget_row is not None:
-                states.append(WindowState(budget_from_row(budget_row), window_key, int(row[0]), int(row[1])))
-        return states
+            if row is not None:  # None: the budget was deleted since; nothing to keep counting
+                counters.append((budget_id, window_key, int(row[0]), int(row[1])))
+        if not counters or not any(getattr(h, "watches_budgets", True) for h in self.hooks):
+            return []
+        ids = sorted({c[0] for c in counters})
+        cur.execute(BUDGET_SELECT + f" WHERE id IN ({','.join('?' * len(ids))})", ids)
+        budgets = {b.id: b for b in map(budget_from_row, cur.fetchall())}
+        return [
+            WindowState(budgets[bid], key, used, reserved)
+            for bid, key, used, reserved in counters
+            if bid in budgets
+        ]
 
     def _mark(
         self,
