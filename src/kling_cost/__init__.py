@@ -1,5 +1,16 @@
 """klingai-cost-controls: never spend more on Kling AI than you meant to."""
 
+from .alerts import (
+    AlertMessage,
+    AlertsConfig,
+    AlertSink,
+    Backoff,
+    CallbackSink,
+    Deliverer,
+    SinkError,
+    load_config,
+    sink_from_url,
+)
 from .budgets import Budget, Usage, Window
 from .errors import (
     AccountError,
@@ -22,7 +33,7 @@ from .errors import (
     ValidationError,
 )
 from .kling import AccountCosts, AsyncKlingClient, KlingClient, KlingTask, RetryPolicy
-from .ledger import Charge, Ledger, Reservation, default_ledger_url, open_ledger
+from .ledger import AlertRecord, Charge, Ledger, Reservation, default_ledger_url, open_ledger
 from .money import format_amount, from_storage, parse_amount, to_storage
 from .pricing import (
     Catalog,
@@ -39,15 +50,22 @@ __version__ = "0.1.0"
 __all__ = [
     "AccountCosts",
     "AccountError",
+    "AlertMessage",
+    "AlertRecord",
+    "AlertSink",
+    "AlertsConfig",
     "AsyncKlingClient",
     "AuthError",
+    "Backoff",
     "Budget",
     "BudgetExceeded",
+    "CallbackSink",
     "Catalog",
     "Charge",
     "ConcurrencyLimited",
     "ConfigurationError",
     "ContentRejected",
+    "Deliverer",
     "Estimate",
     "InsufficientBalance",
     "InvalidRequest",
@@ -65,6 +83,7 @@ __all__ = [
     "ReservationError",
     "RetryPolicy",
     "ServerError",
+    "SinkError",
     "StorageError",
     "TaskTimeout",
     "Usage",
@@ -76,8 +95,10 @@ __all__ = [
     "format_amount",
     "from_storage",
     "load_catalog",
+    "load_config",
     "open_ledger",
     "parse_amount",
     "parse_catalog",
+    "sink_from_url",
     "to_storage",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._common import run_main
+from .alerts import alerts_app
 from .budget import budget_app, ledger_app, usage_command
 from .pricing import estimate_command, pricing_app
 from .simulate import simulate_command
@@ -24,6 +25,7 @@ app.add_typer(budget_app, name="budget")
 app.command("usage")(usage_command)
 app.add_typer(ledger_app, name="ledger")
 app.command("simulate")(simulate_command)
+app.add_typer(alerts_app, name="alerts")
 
 
 def main() -> None:

@@ -80,7 +80,9 @@ class Ledger(LedgerQueries):
             try:
                 with self._transaction() as cur:
                     self._sweep_due(cur, now, force=attempt > 0)
-                    return self._reserve(cur, now, milli, scope_list, key, lease, meta)
+                    reservation = self._reserve(cur, now, milli, scope_list, key, lease, meta)
+                self._committed()
+                return reservation
             except Conflict:
                 continue
             except Refused as refused:
@@ -207,6 +209,7 @@ class Ledger(LedgerQueries):
         with self._transaction() as cur:
             for hook in self.hooks:
                 hook.after_refusal(cur, now, error, scopes)
+        self._committed()
 
     # -- settle ------------------------------------------------------------------------------
 
@@ -321,8 +324,8 @@ class Ledger(LedgerQueries):
                 (held, spent, budget_id, window_key),
             )
             row = cur.fetchone()
-            if row is None or not self.hooks:
-                continue  # the budget was deleted since; nothing to keep counting
+            if row is None or not self._wants_settle_states(held, spent):
+                continue  # the budget was deleted since, or no hook needs the counters
             cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
             budget_row = cur.fetchone()
             if budget_row is not None:
