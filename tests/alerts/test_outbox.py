@@ -198,3 +198,14 @@ def test_the_common_path_runs_no_sql(ledger: Ledger, clock: FakeClock) -> None:
     crossing = [WindowState(budget, "2026-06-15", 400_000, 100_000)]  # 49 % -> 50 %
     ledger.outbox.after_reserve(cur, clock(), reservation, crossing)  # type: ignore[arg-type]
     assert len(cur.executed) == 1 and cur.executed[0].startswith("INSERT INTO alerts")
+
+
+def test_deleting_a_budget_clears_its_alerts(ledger: Ledger) -> None:
+    ledger.set_budget("project:film", 10, thresholds=["0.5"])
+    ledger.reserve(6, ["project:film"])
+    assert ledger.delete_budget("project:film", "day")
+    [alert] = ledger.alerts()
+    assert alert.cleared_at is not None and alert.resolved_status == "pending"
+    got: list[AlertMessage] = []
+    Deliverer(ledger, [got.append]).deliver_pending()
+    assert [m.event for m in got] == ["alert", "resolved"] and got[1].reason == "the budget was deleted"

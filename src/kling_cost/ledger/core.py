@@ -204,7 +204,9 @@ class LedgerCore(ABC):
                 return False
             cur.execute("DELETE FROM budget_windows WHERE budget_id = ?", (row[0],))
             cur.execute("DELETE FROM budgets WHERE id = ?", (row[0],))
-            return True
+            self.outbox.budget_deleted(cur, self.clock(), int(row[0]))
+        self._committed()
+        return True
 
     def _retrying(self, operation: Callable[[], T]) -> T:
         for _ in range(RETRIES - 1):

@@ -70,6 +70,7 @@ _CLEAR = (
 _CLEAR_WHERE = {
     "older": "window_key < ?",
     "one": "window_key = ? AND threshold = ?",
+    "all": "window_key IS NOT NULL",
 }
 
 
@@ -79,8 +80,8 @@ def percent(fraction: Decimal) -> str:
 
 
 def clear_alerts(cur: Cursor, now_ms: int, budget_id: int, which: str, params: Sequence[Any]) -> int:
-    """Clear the open alerts of a budget (``which``: ``older`` than a window key, or ``one``
-    window and threshold) and queue their "resolved" messages; returns how many."""
+    """Clear the open alerts of a budget (``which``: ``older`` than a window key, ``one``
+    window and threshold, or ``all``) and queue their "resolved" messages; returns how many."""
     cur.execute(_CLEAR + _CLEAR_WHERE[which], (now_ms, now_ms, budget_id, *params))
     return max(0, cur.rowcount)
 
@@ -235,6 +236,12 @@ class AlertOutbox:
         }
         state = WindowState(budget, window.key, int(used), int(reserved))
         self._write(cur, now, state, kind, kind, extra, window, to_storage(refusal.requested))
+
+    def budget_deleted(self, cur: Cursor, now: datetime, budget_id: int) -> None:
+        """A deleted budget's alerts no longer apply: clear them all (a "resolved" follows)."""
+        if clear_alerts(cur, to_ms(now), budget_id, "all", ()):
+            self._local.changed = True
+        self._seen.pop(budget_id, None)
 
     # -- writing -----------------------------------------------------------------------------
 

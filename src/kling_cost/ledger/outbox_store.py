@@ -123,7 +123,7 @@ class OutboxStore:
                 cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
                 row = cur.fetchone()
                 if row is None:  # the budget was deleted: nothing of it can still apply
-                    cleared += clear_alerts(cur, now_ms, budget_id, "older", ("\uffff",))
+                    cleared += clear_alerts(cur, now_ms, budget_id, "all", ())
                     continue
                 budget = budget_from_row(row)
                 key = window_at(budget.window, budget.tz, now).key
