@@ -19,7 +19,6 @@ class Hook:
     """A webhook receiver on loopback: records every POST; answers 500 to the first ``fail`` ones."""
 
     fail: int = 0
-    delay: float = 0.0
     requests: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
     url: str = ""
@@ -40,13 +39,10 @@ class Hook:
 @pytest.fixture
 def hook() -> Iterator[Hook]:
     state = Hook()
-    release = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
-            if state.delay:
-                release.wait(state.delay)
             with state.changed:
                 code = 500 if len([r for r in state.requests if r[2] == 500]) < state.fail else 200
                 state.requests.append(({k.lower(): v for k, v in self.headers.items()}, body, code))
@@ -68,7 +64,6 @@ def hook() -> Iterator[Hook]:
     try:
         yield state
     finally:
-        release.set()
         server.shutdown()
         server.server_close()
         thread.join(10)
