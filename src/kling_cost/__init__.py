@@ -1,6 +1,17 @@
 """klingai-cost-controls: never spend more on Kling AI than you meant to."""
 
 from .advisor import Advice, advise
+from .alerts import (
+    AlertMessage,
+    AlertsConfig,
+    AlertSink,
+    Backoff,
+    CallbackSink,
+    Deliverer,
+    SinkError,
+    load_config,
+    sink_from_url,
+)
 from .batch import BatchPlan, BatchRunner, plan_batch, read_batch
 from .budgets import Budget, Usage, Window
 from .cache import CachePolicy, fingerprint
@@ -27,7 +38,7 @@ from .errors import (
 )
 from .guard import AsyncCostAwareClient, CostAwareClient, SettleReport
 from .kling import AccountCosts, AsyncKlingClient, KlingClient, KlingTask, RetryPolicy
-from .ledger import Charge, Ledger, Reservation, default_ledger_url, open_ledger
+from .ledger import AlertRecord, Charge, Ledger, Reservation, default_ledger_url, open_ledger
 from .money import format_amount, from_storage, parse_amount, to_storage
 from .pricing import (
     Catalog,
@@ -46,15 +57,21 @@ __all__ = [
     "AccountCosts",
     "AccountError",
     "Advice",
+    "AlertMessage",
+    "AlertRecord",
+    "AlertSink",
+    "AlertsConfig",
     "AsyncCostAwareClient",
     "AsyncKlingClient",
     "AuthError",
+    "Backoff",
     "BatchPlan",
     "BatchRunner",
     "Budget",
     "BudgetExceeded",
     "BudgetGuard",
     "CachePolicy",
+    "CallbackSink",
     "Catalog",
     "Charge",
     "ConcurrencyLimited",
@@ -62,6 +79,7 @@ __all__ = [
     "ContentRejected",
     "CostAwareClient",
     "CostAwareKlingClient",
+    "Deliverer",
     "Estimate",
     "InsufficientBalance",
     "InvalidRequest",
@@ -82,6 +100,7 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "SettleReport",
+    "SinkError",
     "StorageError",
     "TaskTimeout",
     "Usage",
@@ -97,6 +116,7 @@ __all__ = [
     "format_amount",
     "from_storage",
     "load_catalog",
+    "load_config",
     "open_ledger",
     "parse_amount",
     "parse_catalog",
@@ -104,5 +124,6 @@ __all__ = [
     "pre_batch_check",
     "read_batch",
     "report",
+    "sink_from_url",
     "to_storage",
 ]

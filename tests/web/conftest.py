@@ -19,7 +19,7 @@ from tests.helpers import FakeClock
 
 
 def seed(ledger: Ledger, clock: FakeClock) -> None:
-    """Two days of generations, a refund, a cache hit, three budgets and one alert row."""
+    """Two days of generations, a refund, a cache hit, three budgets and their alerts."""
     clock.set(datetime(2026, 6, 14, 9, 0, tzinfo=UTC))
     ledger.set_budget("account", 200, "day")
     ledger.set_budget("project:film", 1000, "month", thresholds=["0.5", "0.9"])
@@ -44,13 +44,8 @@ def seed(ledger: Ledger, clock: FakeClock) -> None:
     held = ledger.reserve("5", ["key:alice"], metadata={"model": "kling-v2-1"})
     assert held.amount == 5
     clock.set(datetime(2026, 6, 15, 18, 0, tzinfo=UTC))
-    with ledger._transaction() as cur:  # an alert as the alerts engine writes it
-        cur.execute(
-            "INSERT INTO alerts (budget_id, scope, period, window_key, kind, threshold, used_milli, "
-            "reserved_milli, limit_milli, message, details, status, attempts, next_attempt_at, created_at) "
-            "VALUES (3, 'key:alice', 'day', '2026-06-15', 'threshold', '0.8', 40000, 5000, 50000, "
-            "'key:alice day budget at 90%', '{}', 'pending', 0, 0, 1781546400000)"
-        )
+    alert = [a for a in ledger.alerts(scope="key:alice") if a.threshold == "0.8"]
+    assert alert and alert[0].status == "pending"  # written by the outbox when 80 % was crossed
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_dashboard_in_headless_chromium(known: tuple[Ledger, FakeClock], serve: 
             assert Decimal(page.inner_text("#total-saved")) == sum(c.saved for c in charges)
             assert page.locator("#charges tbody tr").count() == len(charges)
             assert "task-failed" in page.inner_text("#charges")
-            assert "key:alice day budget at 90%" in page.inner_text("#alerts")
+            assert "reached 80% of its limit" in page.inner_text("#alerts")
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         finally:

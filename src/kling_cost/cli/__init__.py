@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from ._common import run_main
+from .alerts import alerts_app
 from .budget import budget_app, ledger_app, usage_command
 from .demo import demo_command
 from .generate import advise_command, batch_app, settle_command
@@ -34,6 +35,7 @@ app.command("demo")(demo_command)
 app.command("report")(report_command)
 app.command("export")(export_command)
 app.command("serve")(serve_command)
+app.add_typer(alerts_app, name="alerts")
 
 
 def main() -> None:

@@ -183,7 +183,7 @@ def json_default(obj: object) -> Any:
 ALERT_SELECT = (
     "SELECT id, budget_id, scope, period, window_key, kind, threshold, used_milli, reserved_milli, "
     "limit_milli, message, details, status, attempts, last_error, next_attempt_at, created_at, "
-    "delivered_at, cleared_at, resolved_status FROM alerts"
+    "delivered_at, cleared_at, resolved_status, resolved_at, sent_to FROM alerts"
 )
 
 
@@ -209,4 +209,6 @@ def alert_from_row(row: Sequence[Any]) -> AlertRecord:
         delivered_at=None if row[17] is None else from_ms(int(row[17])),
         cleared_at=None if row[18] is None else from_ms(int(row[18])),
         resolved_status=row[19],
+        resolved_at=None if row[20] is None else from_ms(int(row[20])),
+        sent_to=tuple(json.loads(row[21])),
     )

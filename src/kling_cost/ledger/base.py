@@ -77,7 +77,9 @@ class Ledger(LedgerSettlement):
             try:
                 with self._transaction() as cur:
                     self._sweep_due(cur, now, force=attempt > 0)
-                    return self._reserve(cur, now, milli, scope_list, key, lease, meta)
+                    reservation = self._reserve(cur, now, milli, scope_list, key, lease, meta)
+                self._committed()
+                return reservation
             except Conflict:
                 continue
             except Refused as refused:
@@ -231,6 +233,7 @@ class Ledger(LedgerSettlement):
         with self._transaction() as cur:
             for hook in self.hooks:
                 hook.after_refusal(cur, now, error, scopes)
+        self._committed()
 
     # -- settle ------------------------------------------------------------------------------
 

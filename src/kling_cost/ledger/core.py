@@ -22,6 +22,7 @@ from ..errors import StorageError
 from ..money import to_storage
 from ._rows import BUDGET_SELECT, RETRIES, Conflict, Cursor, budget_from_row, to_ms, utc_now
 from .hooks import LedgerHook
+from .outbox import AlertOutbox
 from .rollup import RollupHook
 from .schema import MIGRATIONS
 
@@ -57,7 +58,9 @@ class LedgerCore(ABC):
         self.default_ttl = default_ttl
         self.sweep_interval = sweep_interval
         self._next_sweep_ms = 0
-        self.hooks: list[LedgerHook] = [RollupHook()]
+        self.outbox = AlertOutbox()
+        """Writes threshold crossings into the ``alerts`` table (see :mod:`.outbox`)."""
+        self.hooks: list[LedgerHook] = [self.outbox, RollupHook()]
         """Called inside the ledger's own transactions (alert outbox, report rollups)."""
 
     # -- backend hooks -------------------------------------------------------------------
@@ -171,7 +174,8 @@ class LedgerCore(ABC):
             budget = budget_from_row(cur.fetchone())
             for hook in self.hooks:
                 hook.after_budget_set(cur, moment, budget, previous)
-            return budget
+        self._committed()
+        return budget
 
     def budgets(self, scope: str | None = None) -> list[Budget]:
         """Every budget, or those of one scope, in a stable order."""
@@ -201,17 +205,38 @@ class LedgerCore(ABC):
                 return False
             cur.execute("DELETE FROM budget_windows WHERE budget_id = ?", (row[0],))
             cur.execute("DELETE FROM budgets WHERE id = ?", (row[0],))
-            return True
+            self.outbox.budget_deleted(cur, self.clock(), int(row[0]))
+        self._committed()
+        return True
 
     def _retrying(self, operation: Callable[[], T]) -> T:
         for _ in range(RETRIES - 1):
             try:
-                return operation()
+                result = operation()
             except Conflict:
                 continue
+            self._committed()
+            return result
         try:
-            return operation()
+            result = operation()
         except Conflict as exc:
             raise StorageError(f"gave up after {RETRIES} conflicting attempts: {exc}") from None
+        self._committed()
+        return result
+
+    def _committed(self) -> None:
+        """After a transaction committed: let the outbox wake its listeners (deliverers)."""
+        self.outbox.after_commit()
+
+    def _wants_settle_states(self, held: int, spent: int) -> bool:
+        """Whether a settlement must look up its windows' counters for the hooks: the outbox
+        needs them only when the settlement raised the level (``spent > held``)."""
+        for hook in self.hooks:
+            if not getattr(hook, "watches_budgets", True):
+                continue
+            if hook is self.outbox and spent <= held:
+                continue
+            return True
+        return False
 
     # -- internals -------------------------------------------------------------------------

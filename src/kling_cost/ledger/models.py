@@ -119,7 +119,9 @@ class AlertRecord:
     ``kind``: ``threshold`` (``threshold`` is the fraction, e.g. ``"0.8"``), ``refused`` or
     ``max_per_request``. ``status``: ``pending`` until a sink accepted it, then ``delivered``.
     ``cleared_at`` is set when the window rolled over or the limit was raised above the
-    crossing; ``resolved_status`` tracks the "resolved" message (``pending``/``delivered``).
+    crossing; ``resolved_status`` tracks the "resolved" message (``pending``, ``delivered``, or
+    ``skipped`` when no configured sink sends resolved messages). ``attempts`` counts every
+    delivery attempt of the row (the alert, then its "resolved" message).
     """
 
     id: int
@@ -142,6 +144,9 @@ class AlertRecord:
     delivered_at: datetime | None = None
     cleared_at: datetime | None = None
     resolved_status: str | None = None
+    resolved_at: datetime | None = None
+    sent_to: tuple[str, ...] = ()
+    """The sinks that accepted each phase so far: ``alert:<sink>``, ``resolved:<sink>``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,4 +170,6 @@ class AlertRecord:
             "delivered_at": None if self.delivered_at is None else self.delivered_at.isoformat(),
             "cleared_at": None if self.cleared_at is None else self.cleared_at.isoformat(),
             "resolved_status": self.resolved_status,
+            "resolved_at": None if self.resolved_at is None else self.resolved_at.isoformat(),
+            "sent_to": list(self.sent_to),
         }

@@ -98,9 +98,17 @@ MIGRATIONS.append(
                 delivered_at BIGINT,
                 cleared_at BIGINT,
                 resolved_status TEXT,
+                resolved_at BIGINT,
+                sent_to TEXT NOT NULL DEFAULT '[]',
+                claim TEXT,
                 UNIQUE (budget_id, window_key, threshold)
             )""",
             "CREATE INDEX alerts_due ON alerts (next_attempt_at) WHERE status = 'pending'",
+            # resolved_at: when the "resolved" message was accepted; sent_to: the sinks that
+            # accepted each phase ("alert:<sink>", "resolved:<sink>"), so a retry only goes to
+            # the ones that failed; claim: the token of the deliverer sending it right now.
+            "CREATE INDEX alerts_resolve_due ON alerts (next_attempt_at) WHERE resolved_status = 'pending'",
+            "CREATE INDEX alerts_open ON alerts (budget_id, window_key) WHERE cleared_at IS NULL",
         ],
     )
 )
@@ -243,6 +251,9 @@ TABLES.append(
             "delivered_at",
             "cleared_at",
             "resolved_status",
+            "resolved_at",
+            "sent_to",
+            "claim",
         ),
         "id",
     )

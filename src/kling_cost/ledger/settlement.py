@@ -47,7 +47,7 @@ class LedgerSettlement(RequestCacheStore):
             row = cur.fetchone()
             if row is not None:  # None: the budget was deleted since; nothing to keep counting
                 counters.append((budget_id, window_key, int(row[0]), int(row[1])))
-        if not counters or not any(getattr(h, "watches_budgets", True) for h in self.hooks):
+        if not counters or not self._wants_settle_states(held, spent):
             return []
         ids = sorted({c[0] for c in counters})
         cur.execute(BUDGET_SELECT + f" WHERE id IN ({','.join('?' * len(ids))})", ids)

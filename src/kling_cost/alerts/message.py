@@ -1,0 +1,257 @@
+"""What a sink receives: one alert (or its "resolved" follow-up) with everything worth knowing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+
+from ..budgets import Budget, window_at
+from ..ledger._rows import to_ms
+from ..ledger.models import AlertRecord
+from ..ledger.outbox import KIND_MAX_PER_REQUEST, KIND_REFUSED, KIND_THRESHOLD, percent
+from ..ledger.outbox_store import PHASE_ALERT, PHASE_RESOLVED, Consumer
+from ..money import format_amount
+
+__all__ = ["AlertMessage", "Consumer", "build_message", "sample_message"]
+
+ZERO = Decimal("0.000")
+
+
+@dataclass(frozen=True)
+class AlertMessage:
+    """One alert, ready to send. ``str(message)`` is its one-line text."""
+
+    id: str
+    """Stable across retries of the same message (receivers can de-duplicate on it)."""
+    event: str
+    """``alert`` or ``resolved``."""
+    kind: str
+    """``threshold``, ``refused`` or ``max_per_request``."""
+    scope: str
+    window: str
+    window_key: str
+    threshold: str
+    used: Decimal
+    reserved: Decimal
+    limit: Decimal
+    text: str
+    created_at: datetime
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    top_consumers: tuple[Consumer, ...] = ()
+    dashboard_url: str | None = None
+    reason: str | None = None
+    """Why a resolved alert no longer applies (the window ended, the limit was raised)."""
+    alert_id: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def level(self) -> Decimal:
+        """Used plus reserved when the alert fired."""
+        return self.used + self.reserved
+
+    @property
+    def remaining(self) -> Decimal:
+        return max(ZERO, self.limit - self.level)
+
+    @property
+    def percent_used(self) -> str:
+        """The level as a percentage of the limit, e.g. ``"85"``."""
+        return percent((self.level / self.limit).quantize(Decimal("0.001"))) if self.limit else "0"
+
+    @property
+    def title(self) -> str:
+        """A short subject line."""
+        what = f"{self.scope} {self.window} budget"
+        if self.event == PHASE_RESOLVED:
+            head = f"resolved: {what}"
+            if self.kind == KIND_THRESHOLD:
+                return f"{head} back below {percent(Decimal(self.threshold))}%"
+            return f"{head} refusals ({self.window_key})"
+        if self.kind == KIND_THRESHOLD:
+            return (
+                f"{what} at {percent(Decimal(self.threshold))}% "
+                f"({format_amount(self.level)} / {format_amount(self.limit)})"
+            )
+        if self.kind == KIND_MAX_PER_REQUEST:
+            return f"{what}: request above the per-request maximum"
+        return f"{what}: request refused ({format_amount(self.level)} / {format_amount(self.limit)})"
+
+    def __str__(self) -> str:
+        return self.text
+
+    def lines(self) -> list[str]:
+        """The full text, line by line (e-mail bodies, logs, Apprise)."""
+        out = [self.text, ""]
+        out.append(f"Scope:      {self.scope}")
+        span = ""
+        if self.window_start is not None and self.window_end is not None:
+            span = f" ({self.window_start.isoformat()} to {self.window_end.isoformat()})"
+        out.append(f"Window:     {self.window} {self.window_key}{span}")
+        if self.kind == KIND_THRESHOLD:
+            out.append(f"Threshold:  {percent(Decimal(self.threshold))}%")
+        out.append(
+            f"Used:       {format_amount(self.used)} used + {format_amount(self.reserved)} reserved "
+            f"= {format_amount(self.level)} of {format_amount(self.limit)} ({self.percent_used}%)"
+        )
+        out.append(f"Remaining:  {format_amount(self.remaining)}")
+        if self.reason:
+            out.append(f"Resolved:   {self.reason}")
+        if self.top_consumers:
+            out.append("")
+            out.append("Top consumers in this window:")
+            for c in self.top_consumers:
+                label = "model/mode" if c.by == "model" else "scope"
+                plural = "" if c.count == 1 else "s"
+                out.append(
+                    f"  {format_amount(c.amount):>10}  {label} {c.name} ({c.count} generation{plural})"
+                )
+        if self.dashboard_url:
+            out.append("")
+            out.append(f"Dashboard:  {self.dashboard_url}")
+        return out
+
+    def body(self) -> str:
+        return "\n".join(self.lines()) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: amounts as decimal strings, times in ISO 8601."""
+        return {
+            "id": self.id,
+            "event": self.event,
+            "kind": self.kind,
+            "scope": self.scope,
+            "window": self.window,
+            "window_key": self.window_key,
+            "window_start": None if self.window_start is None else self.window_start.isoformat(),
+            "window_end": None if self.window_end is None else self.window_end.isoformat(),
+            "threshold": self.threshold,
+            "used": str(self.used),
+            "reserved": str(self.reserved),
+            "level": str(self.level),
+            "limit": str(self.limit),
+            "remaining": str(self.remaining),
+            "percent_used": self.percent_used,
+            "title": self.title,
+            "text": self.text,
+            "reason": self.reason,
+            "top_consumers": [c.to_dict() for c in self.top_consumers],
+            "dashboard_url": self.dashboard_url,
+            "created_at": self.created_at.isoformat(),
+            "alert_id": self.alert_id,
+        }
+
+
+def _time(value: object) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+
+def dashboard_link(template: str | None, **fields: object) -> str | None:
+    """The configured dashboard URL, with ``{scope}``, ``{window}``, ``{window_key}`` and
+    ``{alert_id}`` filled in (URL-quoted) when it contains them."""
+    if not template:
+        return None
+    values = {k: quote(str(v), safe="") for k, v in fields.items()}
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError):
+        return template
+
+
+def resolution_reason(alert: AlertRecord, budget: Budget | None, now: datetime) -> str:
+    if budget is None:
+        return "the budget was deleted"
+    if budget.window != "lifetime" and window_at(budget.window, budget.tz, now).key != alert.window_key:
+        return f"the {alert.window} window {alert.window_key} ended"
+    if budget.limit > alert.limit:
+        return f"the limit was raised from {format_amount(alert.limit)} to {format_amount(budget.limit)}"
+    if alert.kind == KIND_MAX_PER_REQUEST:
+        return "the per-request maximum was raised"
+    return "the level is back below the threshold"
+
+
+def build_message(
+    alert: AlertRecord,
+    event: str,
+    *,
+    consumers: tuple[Consumer, ...] = (),
+    dashboard_url: str | None = None,
+    budget: Budget | None = None,
+    now: datetime | None = None,
+) -> AlertMessage:
+    """The message of one outbox row (``event``: ``alert`` or ``resolved``)."""
+    moment = now or datetime.now(UTC)
+    reason = None
+    text = alert.message
+    if event == PHASE_RESOLVED:
+        reason = resolution_reason(alert, budget, moment)
+        what = (
+            f"{percent(Decimal(alert.threshold))}% alert"
+            if alert.kind == KIND_THRESHOLD
+            else ("refusal alert" if alert.kind == KIND_REFUSED else "per-request maximum alert")
+        )
+        text = (
+            f"Resolved: the {what} of the {alert.scope} {alert.window} budget ({alert.window_key}): {reason}"
+        )
+    stamp = to_ms(alert.created_at)
+    return AlertMessage(
+        id=f"msg_{alert.id}_{stamp}_{event}",
+        event=event,
+        kind=alert.kind,
+        scope=alert.scope,
+        window=alert.window,
+        window_key=alert.window_key,
+        threshold=alert.threshold,
+        used=alert.used,
+        reserved=alert.reserved,
+        limit=alert.limit,
+        text=text,
+        created_at=alert.created_at,
+        window_start=_time(alert.details.get("window_start")),
+        window_end=_time(alert.details.get("window_end")),
+        top_consumers=consumers,
+        dashboard_url=dashboard_link(
+            dashboard_url,
+            scope=alert.scope,
+            window=alert.window,
+            window_key=alert.window_key,
+            alert_id=alert.id,
+        ),
+        reason=reason,
+        alert_id=alert.id,
+        details=dict(alert.details),
+    )
+
+
+def sample_message(dashboard_url: str | None = None, now: datetime | None = None) -> AlertMessage:
+    """A made-up 80 % alert (``kling-cost alerts test``)."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    window = window_at("day", "UTC", moment)
+    return AlertMessage(
+        id=f"msg_test_{to_ms(moment)}",
+        event=PHASE_ALERT,
+        kind=KIND_THRESHOLD,
+        scope="account",
+        window="day",
+        window_key=window.key,
+        threshold="0.8",
+        used=Decimal("70.000"),
+        reserved=Decimal("10.000"),
+        limit=Decimal("100.000"),
+        text=(
+            f"[test] account day budget ({window.key}) reached 80% of its limit: 80 of 100 used "
+            "or reserved, 20 remaining"
+        ),
+        created_at=moment,
+        window_start=window.start,
+        window_end=window.end,
+        top_consumers=(
+            Consumer("model", "kling-v2-6/pro", Decimal("50.000"), 10),
+            Consumer("scope", "project:film", Decimal("45.000"), 9),
+        ),
+        dashboard_url=dashboard_link(dashboard_url, scope="account", window="day", window_key=window.key),
+        details={"test": True},
+    )

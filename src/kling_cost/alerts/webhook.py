@@ -1,0 +1,199 @@
+"""HTTP sinks: a generic JSON webhook (Standard Webhooks signatures) and Slack incoming webhooks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from ..errors import ConfigurationError
+from ..kling.webhooks import sign_webhook, webhook_key
+from ..ledger.outbox_store import PHASE_RESOLVED
+from ..money import format_amount
+from .base import AlertSink, SinkError
+from .message import AlertMessage
+
+__all__ = ["SlackSink", "WebhookSink", "redact_url"]
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def redact_url(url: str, secret_params: tuple[str, ...] = ("secret",)) -> str:
+    """``url`` without its password and secret query values (safe to log and store)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = urlencode(
+        [(k, "***" if k in secret_params else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _check_http_url(url: str, what: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{what} URL {redact_url(url)!r} must be http(s)://host/path")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ConfigurationError(f"{what} URL {redact_url(url)!r} has an invalid port") from None
+
+
+def _timeout(value: object, url: str) -> float:
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        raise ConfigurationError(f"timeout in {redact_url(url)!r} must be a number of seconds") from None
+    if not 0 < seconds <= 600:
+        raise ConfigurationError(f"timeout in {redact_url(url)!r} must be between 0 and 600 seconds")
+    return seconds
+
+
+class _HttpSink(AlertSink):
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.timeout, follow_redirects=False)
+            return self._client
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        try:
+            response = self._http().post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise SinkError(f"{self.name}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        if not 200 <= response.status_code < 300:
+            snippet = response.text[:200].strip()
+            raise SinkError(f"{self.name}: HTTP {response.status_code} {snippet}".strip())
+        return response
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+class WebhookSink(_HttpSink):
+    """``https://host/path[?secret=whsec_...&timeout=10]``: POSTs the message as JSON.
+
+    The body is ``{"type": "kling_cost.alert" | "kling_cost.alert.resolved", "timestamp":
+    ISO-8601, "data": {...}}``. With a secret (``?secret=``, removed from the URL before
+    posting, or ``secret=``) every request is signed Standard-Webhooks style: headers
+    ``webhook-id`` (stable across retries), ``webhook-timestamp`` (Unix seconds) and
+    ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``; ``whsec_`` secrets
+    are base64-decoded first. Any 2xx answer means accepted.
+    """
+
+    def __init__(self, url: str, *, secret: str | None = None, timeout: float | None = None) -> None:
+        _check_http_url(url, "webhook")
+        parts = urlsplit(url)
+        query = []
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "secret":
+                secret = secret or value
+            elif key == "timeout":
+                timeout = timeout or _timeout(value, url)
+            else:
+                query.append((key, value))
+        target = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        super().__init__(target, timeout or DEFAULT_TIMEOUT)
+        if secret is not None:
+            if not secret:
+                raise ConfigurationError(f"webhook secret of {redact_url(url)!r} is empty")
+            try:
+                if secret.startswith("whsec_") and not base64.b64decode(secret[6:], validate=True):
+                    raise ValueError("empty key")
+                webhook_key(secret)
+            except (binascii.Error, ValueError):
+                raise ConfigurationError(
+                    f"webhook secret of {redact_url(url)!r} starts with whsec_ but the rest is not base64"
+                ) from None
+        self.secret = secret
+        self.name = redact_url(target)
+
+    def payload(self, message: AlertMessage) -> dict[str, Any]:
+        kind = "kling_cost.alert.resolved" if message.event == PHASE_RESOLVED else "kling_cost.alert"
+        return {"type": kind, "timestamp": message.created_at.isoformat(), "data": message.to_dict()}
+
+    def send(self, message: AlertMessage) -> None:
+        body = json.dumps(self.payload(message), separators=(",", ":")).encode()
+        headers = {"content-type": "application/json", "user-agent": "kling-cost-alerts"}
+        if self.secret is not None:
+            stamp = int(time.time())
+            headers["webhook-id"] = message.id
+            headers["webhook-timestamp"] = str(stamp)
+            headers["webhook-signature"] = sign_webhook(self.secret, message.id, stamp, body)
+        self._post(body, headers)
+
+
+def _mrkdwn(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class SlackSink(_HttpSink):
+    """A Slack incoming webhook: ``https://hooks.slack.com/services/T/B/X`` or ``slack://T/B/X``
+    (``slack+http(s)://host/path`` for Slack-compatible receivers such as Mattermost).
+
+    Posts Slack's message format: ``text`` (the notification fallback) and ``blocks``.
+    """
+
+    def __init__(self, url: str, *, timeout: float | None = None) -> None:
+        _check_http_url(url, "Slack webhook")
+        super().__init__(url, timeout or DEFAULT_TIMEOUT)
+        parts = urlsplit(url)
+        segments = parts.path.rstrip("/").split("/")
+        hidden = "/".join([*segments[:-1], "***"]) if len(segments) > 2 else parts.path
+        self.name = urlunsplit((parts.scheme, parts.netloc, hidden, "", ""))
+
+    def payload(self, message: AlertMessage) -> dict[str, Any]:
+        icon = ":white_check_mark:" if message.event == PHASE_RESOLVED else ":warning:"
+        fields = [
+            f"*Scope*\n{message.scope}",
+            f"*Window*\n{message.window} {message.window_key}",
+            f"*Used / limit*\n{format_amount(message.level)} / {format_amount(message.limit)} "
+            f"({message.percent_used}%)",
+            f"*Remaining*\n{format_amount(message.remaining)}",
+        ]
+        blocks: list[dict[str, Any]] = [
+            {"type": "header", "text": {"type": "plain_text", "text": message.title[:150]}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"{icon} {_mrkdwn(message.text)}"}},
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": _mrkdwn(f)} for f in fields]},
+        ]
+        if message.top_consumers:
+            rows = "\n".join(
+                f"• {'model' if c.by == 'model' else 'scope'} `{_mrkdwn(c.name)}`: "
+                f"{format_amount(c.amount)} ({c.count})"
+                for c in message.top_consumers
+            )
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Top consumers*\n{rows}"}})
+        if message.dashboard_url:
+            blocks.append(
+                {
+                    "type": "actions",
+                    "elements": [
+                        {
+                            "type": "button",
+                            "text": {"type": "plain_text", "text": "Open the dashboard"},
+                            "url": message.dashboard_url,
+                        }
+                    ],
+                }
+            )
+        return {"text": message.text, "blocks": blocks}
+
+    def send(self, message: AlertMessage) -> None:
+        body = json.dumps(self.payload(message)).encode()
+        self._post(body, {"content-type": "application/json"})

@@ -1,0 +1,187 @@
+"""``kling-cost alerts list|test|deliver``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..alerts import AlertsConfig, Deliverer, load_config, sample_message, sink_from_url
+from ..alerts.config import ENV_CONFIG
+from ..money import format_amount
+from ._common import EXIT_ERROR, JsonOption, LedgerOption, boundary, console, fail, print_json
+from .budget import opened
+
+alerts_app = typer.Typer(help="List, test and deliver budget alerts.", no_args_is_help=True)
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        envvar=ENV_CONFIG,
+        help="TOML file with an [alerts] table (sinks, dashboard_url, retries). Default: $KLING_COST_CONFIG.",
+        show_default=False,
+    ),
+]
+DashboardOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dashboard-url", help="Link put in every message (overrides the config file).", show_default=False
+    ),
+]
+
+
+def _config(path: str | None, sinks: list[str] | None, dashboard: str | None) -> AlertsConfig:
+    with boundary():
+        config = load_config(path)
+        if sinks:
+            config = config.with_sinks(sinks)
+        if dashboard:
+            config = replace(config, dashboard_url=dashboard)
+        return config
+
+
+@alerts_app.command("list")
+def list_command(
+    pending: Annotated[bool, typer.Option("--pending", help="Only alerts not delivered yet.")] = False,
+    scope: Annotated[str | None, typer.Option("--scope", help="Only this scope.")] = None,
+    active: Annotated[bool, typer.Option("--active", help="Hide cleared alerts.")] = False,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many, newest first.")] = 100,
+    ledger_url: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List alerts from the outbox, newest first (delivery state, attempts, last error)."""
+    with opened(ledger_url) as ledger:
+        alerts = ledger.alerts(
+            status="pending" if pending else None, scope=scope, include_cleared=not active, limit=limit
+        )
+    if json_out:
+        print_json([a.to_dict() for a in alerts])
+        return
+    if not alerts:
+        console.print("no pending alerts" if pending else "no alerts")
+        return
+    table = Table(title="Alerts")
+    for col in (
+        "id",
+        "when",
+        "scope",
+        "window",
+        "alert",
+        "level / limit",
+        "status",
+        "tries",
+        "cleared",
+        "last error",
+    ):
+        table.add_column(col, overflow="fold")
+    for a in alerts:
+        what = f"{a.kind} {a.threshold}" if a.kind == "threshold" else a.kind
+        table.add_row(
+            str(a.id),
+            a.created_at.strftime("%Y-%m-%d %H:%M"),
+            a.scope,
+            f"{a.window} {a.window_key}",
+            what,
+            f"{format_amount(a.used + a.reserved)} / {format_amount(a.limit)}",
+            a.status,
+            str(a.attempts),
+            "" if a.cleared_at is None else f"yes ({a.resolved_status or '-'})",
+            (a.last_error or "")[:80],
+        )
+    console.print(table)
+
+
+@alerts_app.command("test")
+def test_command(
+    sink_url: Annotated[
+        str, typer.Argument(help="Sink URL: log://, stderr://, https://..., slack://..., smtp://...")
+    ],
+    secret: Annotated[
+        str | None, typer.Option("--secret", help="Webhook signing secret (whsec_...).", show_default=False)
+    ] = None,
+    config_path: ConfigOption = None,
+    dashboard: DashboardOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Send a sample alert to one sink, to check that it arrives."""
+    config = _config(config_path, None, dashboard)
+    with boundary():
+        sink = sink_from_url(sink_url, secret=secret or config.webhook_secret, timeout=config.timeout)
+    message = sample_message(config.dashboard_url)
+    try:
+        sink.send(message)
+    except Exception as exc:
+        fail(f"{sink.name} did not accept the sample alert: {exc}", EXIT_ERROR)
+    finally:
+        sink.close()
+    if json_out:
+        print_json({"sink": sink.name, "sent": True, "message": message.to_dict()})
+        return
+    console.print(f"sent a sample alert to {sink.name}")
+
+
+@alerts_app.command("deliver")
+def deliver_command(
+    sink: Annotated[
+        list[str] | None,
+        typer.Option("--sink", help="Sink URL (repeat for several); replaces the config file's sinks."),
+    ] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Keep delivering until interrupted.")] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option("--interval", help="Seconds between passes with --loop.", show_default=False),
+    ] = None,
+    config_path: ConfigOption = None,
+    dashboard: DashboardOption = None,
+    ledger_url: LedgerOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Send pending alerts (and "resolved" messages) to the configured sinks, with retries."""
+    config = _config(config_path, sink, dashboard)
+    pause = interval if interval is not None else config.interval
+    if pause <= 0:
+        fail("--interval must be positive")
+    with opened(ledger_url) as ledger, boundary():
+        deliverer: Deliverer = config.deliverer(ledger)
+        try:
+            report = deliverer.deliver_pending()
+            if loop:
+                stop = threading.Event()
+                with _stopping_on_signals(stop):
+                    while not stop.wait(pause):
+                        report.add(deliverer.deliver_pending())
+        finally:
+            deliverer.close()
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        console.print(
+            f"delivered {report.delivered} alert(s) and {report.resolved} resolved message(s); "
+            f"{report.failed} failed (kept pending, retried with backoff); cleared {report.cleared}"
+        )
+        for error in report.errors:
+            console.print(f"  {error}", markup=False)
+    if report.failed and not loop:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@contextmanager
+def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C or SIGTERM end the loop between passes, never in the middle of a delivery."""
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,321 @@
+"""The alert outbox: threshold crossings written inside the ledger's own transactions.
+
+:class:`AlertOutbox` is a :class:`~.hooks.LedgerHook` that every ledger installs. After a
+reservation, a settlement, a budget change or a refusal it compares the window's counters
+*before* and *after* the change with each threshold of the budget (a few integer comparisons;
+no SQL at all unless a threshold was crossed) and, on a crossing, writes one row into the
+``alerts`` table with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE cleared_at IS NOT NULL``:
+the unique key (budget, window, threshold) makes many processes crossing at once produce one
+row, and a cleared row is re-armed when the threshold is crossed again.
+
+Alerts are cleared (``cleared_at`` set, a "resolved" message queued) when their window has
+ended (noticed by the next reservation or by a deliverer) and when a budget change lifts the
+level below the threshold (a raised limit). The ledger never sends anything: the deliverers
+in :mod:`kling_cost.alerts` read the outbox. Listeners registered in
+:attr:`AlertOutbox.listeners` are called after a transaction that wrote or cleared an alert
+has committed (a deliverer uses this to wake up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from decimal import ROUND_CEILING, Decimal
+from typing import Any
+
+from ..budgets import Budget, Window, window_at
+from ..errors import BudgetExceeded
+from ..money import format_amount, from_storage, to_storage
+from ._rows import BUDGET_SELECT, Cursor, budget_from_row, to_ms
+from .hooks import SettledCharge, WindowState
+from .models import Reservation
+
+__all__ = [
+    "KIND_MAX_PER_REQUEST",
+    "KIND_REFUSED",
+    "KIND_THRESHOLD",
+    "AlertOutbox",
+    "clear_alerts",
+    "describe",
+    "percent",
+]
+
+log = logging.getLogger("kling_cost.alerts")
+
+KIND_THRESHOLD = "threshold"
+KIND_REFUSED = "refused"
+KIND_MAX_PER_REQUEST = "max_per_request"
+
+_UPSERT = (
+    "INSERT INTO alerts (budget_id, scope, period, window_key, kind, threshold, used_milli, "
+    "reserved_milli, limit_milli, message, details, status, attempts, next_attempt_at, created_at, "
+    "sent_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, '[]') "
+    "ON CONFLICT (budget_id, window_key, threshold) DO UPDATE SET kind = excluded.kind, "
+    "used_milli = excluded.used_milli, reserved_milli = excluded.reserved_milli, "
+    "limit_milli = excluded.limit_milli, message = excluded.message, details = excluded.details, "
+    "status = 'pending', attempts = 0, last_error = NULL, next_attempt_at = excluded.next_attempt_at, "
+    "created_at = excluded.created_at, delivered_at = NULL, cleared_at = NULL, "
+    "resolved_status = NULL, resolved_at = NULL, sent_to = '[]', claim = NULL "
+    "WHERE alerts.cleared_at IS NOT NULL"
+)
+
+_CLEAR = (
+    "UPDATE alerts SET cleared_at = ?, resolved_status = 'pending', "
+    "next_attempt_at = CASE WHEN claim IS NULL THEN ? ELSE next_attempt_at END "
+    "WHERE cleared_at IS NULL AND budget_id = ? AND "
+)
+_CLEAR_WHERE = {
+    "older": "window_key < ?",
+    "one": "window_key = ? AND threshold = ?",
+    "all": "window_key IS NOT NULL",
+}
+
+
+def percent(fraction: Decimal) -> str:
+    """``Decimal("0.8")`` -> ``"80"``; ``Decimal("0.125")`` -> ``"12.5"``."""
+    return format((fraction * 100).normalize(), "f")
+
+
+def clear_alerts(cur: Cursor, now_ms: int, budget_id: int, which: str, params: Sequence[Any]) -> int:
+    """Clear the open alerts of a budget (``which``: ``older`` than a window key, ``one``
+    window and threshold, or ``all``) and queue their "resolved" messages; returns how many."""
+    cur.execute(_CLEAR + _CLEAR_WHERE[which], (now_ms, now_ms, budget_id, *params))
+    return max(0, cur.rowcount)
+
+
+def describe(
+    kind: str, budget: Budget, window_key: str, threshold: str, level: int, limit: int, requested: int = 0
+) -> str:
+    """The one-line text of an alert (amounts in storage thousandths)."""
+    where = f"{budget.scope} {budget.window} budget ({window_key})"
+    remaining = format_amount(from_storage(max(0, limit - level)))
+    lim = format_amount(from_storage(limit))
+    if kind == KIND_REFUSED:
+        return (
+            f"{where} refused a request of {format_amount(from_storage(requested))}: "
+            f"{format_amount(from_storage(level))} of {lim} used or reserved, {remaining} remaining"
+        )
+    if kind == KIND_MAX_PER_REQUEST:
+        mpr = budget.max_per_request if budget.max_per_request is not None else from_storage(limit)
+        return (
+            f"{where} refused a request of {format_amount(from_storage(requested))}: above the "
+            f"per-request maximum of {format_amount(mpr)}"
+        )
+    pct = percent(Decimal(threshold))
+    return (
+        f"{where} reached {pct}% of its limit: {format_amount(from_storage(level))} of {lim} "
+        f"used or reserved, {remaining} remaining"
+    )
+
+
+class AlertOutbox:
+    """Evaluates thresholds and writes the outbox; installed on every ledger as ``ledger.outbox``."""
+
+    def __init__(self) -> None:
+        self._marks: dict[tuple[int, tuple[Decimal, ...]], tuple[tuple[str, int], ...]] = {}
+        self._seen: dict[int, str] = {}
+        """Budget id -> the newest window key this process has cleared older alerts for."""
+        self._local = threading.local()
+        self.listeners: list[Callable[[], None]] = []
+        """Called (in the committing thread) after a transaction that changed the outbox."""
+
+    # -- the cheap path --------------------------------------------------------------------
+
+    def marks(self, budget: Budget) -> tuple[tuple[str, int], ...]:
+        """(threshold label, level in thousandths at which it is crossed), lowest first."""
+        limit = to_storage(budget.limit)
+        key = (limit, budget.thresholds)
+        found = self._marks.get(key)
+        if found is None:
+            found = tuple(
+                (str(t), int((limit * t).to_integral_value(rounding=ROUND_CEILING)))
+                for t in sorted(budget.thresholds)
+            )
+            if len(self._marks) > 1024:
+                self._marks.clear()
+            self._marks[key] = found
+        return found
+
+    def after_reserve(
+        self, cur: Cursor, now: datetime, reservation: Reservation, states: Sequence[WindowState]
+    ) -> None:
+        amount = to_storage(reservation.amount)
+        for state in states:
+            if self._seen.get(state.budget.id) != state.window_key:
+                self._window_seen(cur, now, state.budget.id, state.window_key)
+            after = state.used_milli + state.reserved_milli
+            before = after - amount
+            for label, mark in self.marks(state.budget):
+                if before < mark <= after:
+                    self._cross(cur, now, state, label, {"trigger": "reserve", "reservation": reservation.id})
+
+    def after_settle(
+        self, cur: Cursor, now: datetime, charge: SettledCharge, states: Sequence[WindowState]
+    ) -> None:
+        # A settlement raises the level by ``actual - held``; the hook does not know whether
+        # the reservation still held its amount (an expired one holds nothing), so it assumes
+        # the larger rise. A row that already exists makes the INSERT a no-op.
+        rise = charge.actual_milli
+        if rise <= 0:
+            return
+        for state in states:
+            after = state.used_milli + state.reserved_milli
+            for label, mark in self.marks(state.budget):
+                if after - rise < mark <= after:
+                    self._cross(cur, now, state, label, {"trigger": "commit", "task_id": charge.task_id})
+
+    def after_commit(self) -> None:
+        """Called by the ledger after each committed transaction: wake the listeners if this
+        thread's transaction wrote or cleared an alert."""
+        if getattr(self._local, "changed", False):
+            self._local.changed = False
+            for listener in list(self.listeners):
+                try:
+                    listener()
+                except Exception:  # a listener must never break the ledger
+                    log.exception("alert outbox listener failed")
+
+    # -- slower paths (rare: budget changes, refusals, crossings) ------------------------
+
+    def after_budget_set(self, cur: Cursor, now: datetime, budget: Budget, previous: Budget | None) -> None:
+        window = window_at(budget.window, budget.tz, now)
+        self._window_seen(cur, now, budget.id, window.key)
+        cur.execute(
+            "SELECT used_milli, reserved_milli FROM budget_windows WHERE budget_id = ? AND window_key = ?",
+            (budget.id, window.key),
+        )
+        used, reserved = cur.fetchone() or (0, 0)
+        level = int(used) + int(reserved)
+        limit = to_storage(budget.limit)
+        marks = dict(self.marks(budget))
+        cur.execute(
+            "SELECT threshold, kind, limit_milli FROM alerts "
+            "WHERE budget_id = ? AND window_key = ? AND cleared_at IS NULL",
+            (budget.id, window.key),
+        )
+        active = {str(row[0]): (str(row[1]), int(row[2])) for row in cur.fetchall()}
+        now_ms = to_ms(now)
+        for threshold, (kind, alert_limit) in active.items():
+            if kind == KIND_THRESHOLD:
+                stale = threshold not in marks or level < marks[threshold]
+            elif kind == KIND_REFUSED:
+                stale = limit > alert_limit
+            else:
+                stale = previous is not None and _mpr_raised(previous, budget)
+            if stale and clear_alerts(cur, now_ms, budget.id, "one", (window.key, threshold)):
+                self._local.changed = True
+        state = WindowState(budget, window.key, int(used), int(reserved))
+        for label, mark in marks.items():
+            if level >= mark and label not in active:
+                self._cross(cur, now, state, label, {"trigger": "budget_set"}, window)
+
+    def after_refusal(self, cur: Cursor, now: datetime, refusal: Any, scopes: Sequence[str]) -> None:
+        if not isinstance(refusal, BudgetExceeded):
+            return
+        cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (refusal.scope, refusal.window))
+        row = cur.fetchone()
+        if row is None:
+            return
+        budget = budget_from_row(row)
+        window = window_at(budget.window, budget.tz, now)
+        self._window_seen(cur, now, budget.id, window.key)
+        cur.execute(
+            "SELECT used_milli, reserved_milli FROM budget_windows WHERE budget_id = ? AND window_key = ?",
+            (budget.id, window.key),
+        )
+        used, reserved = cur.fetchone() or (0, 0)
+        kind = KIND_MAX_PER_REQUEST if refusal.reason == "max_per_request" else KIND_REFUSED
+        extra = {
+            "trigger": "refusal",
+            "requested": str(refusal.requested),
+            "available": str(refusal.available),
+            "scopes": list(scopes),
+        }
+        state = WindowState(budget, window.key, int(used), int(reserved))
+        self._write(cur, now, state, kind, kind, extra, window, to_storage(refusal.requested))
+
+    def budget_deleted(self, cur: Cursor, now: datetime, budget_id: int) -> None:
+        """A deleted budget's alerts no longer apply: clear them all (a "resolved" follows)."""
+        if clear_alerts(cur, to_ms(now), budget_id, "all", ()):
+            self._local.changed = True
+        self._seen.pop(budget_id, None)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _window_seen(self, cur: Cursor, now: datetime, budget_id: int, key: str) -> None:
+        """A window this process had not seen yet: clear the alerts of the windows before it."""
+        seen = self._seen.get(budget_id)
+        if seen is not None and seen >= key:
+            return
+        if clear_alerts(cur, to_ms(now), budget_id, "older", (key,)):
+            self._local.changed = True
+        self._seen[budget_id] = key
+
+    def _cross(
+        self,
+        cur: Cursor,
+        now: datetime,
+        state: WindowState,
+        label: str,
+        extra: dict[str, Any],
+        window: Window | None = None,
+    ) -> None:
+        b = state.budget
+        current = window or window_at(b.window, b.tz, now)
+        if current.key != state.window_key:
+            return  # a late settlement in a window that has ended: nothing left to warn about
+        self._write(cur, now, state, KIND_THRESHOLD, label, extra, current, 0)
+
+    def _write(
+        self,
+        cur: Cursor,
+        now: datetime,
+        state: WindowState,
+        kind: str,
+        threshold: str,
+        extra: dict[str, Any],
+        window: Window,
+        requested: int,
+    ) -> None:
+        b = state.budget
+        limit = to_storage(b.limit)
+        level = state.used_milli + state.reserved_milli
+        details = {
+            **extra,
+            "level": str(from_storage(level)),
+            "remaining": str(from_storage(max(0, limit - level))),
+            "tz": b.tz,
+            "window_start": None if window.start is None else window.start.isoformat(),
+            "window_end": None if window.end is None else window.end.isoformat(),
+            "max_per_request": None if b.max_per_request is None else str(b.max_per_request),
+        }
+        now_ms = to_ms(now)
+        cur.execute(
+            _UPSERT,
+            (
+                b.id,
+                b.scope,
+                b.window,
+                state.window_key,
+                kind,
+                threshold,
+                state.used_milli,
+                state.reserved_milli,
+                limit,
+                describe(kind, b, state.window_key, threshold, level, limit, requested),
+                json.dumps(details),
+                now_ms,
+                now_ms,
+            ),
+        )
+        if cur.rowcount == 1:
+            self._local.changed = True
+
+
+def _mpr_raised(previous: Budget, budget: Budget) -> bool:
+    if budget.max_per_request is None:
+        return previous.max_per_request is not None
+    return previous.max_per_request is not None and budget.max_per_request > previous.max_per_request

@@ -1,0 +1,178 @@
+"""The delivery side of the alert outbox: claim due rows, record results, clear ended windows.
+
+All of it is SQL on the ``alerts`` table, so it lives with the ledger (one place for SQL);
+:mod:`kling_cost.alerts` drives it and never runs SQL itself. A claim is a short transaction
+that stamps due rows with a random token and pushes ``next_attempt_at`` one lease ahead:
+other deliverers (threads, processes, machines, on SQLite or PostgreSQL) skip claimed rows,
+and a deliverer that dies mid-send leaves its rows due again once the lease ends. Nothing is
+kept in memory: a restarted deliverer finds everything in the table.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from ..budgets import Budget, window_at
+from ..money import from_storage
+from ._rows import ALERT_SELECT, BUDGET_SELECT, alert_from_row, budget_from_row, like_escape, to_ms
+from .models import AlertRecord
+from .outbox import clear_alerts
+
+if TYPE_CHECKING:
+    from .core import LedgerCore
+
+__all__ = ["Consumer", "OutboxStore"]
+
+PHASE_ALERT = "alert"
+PHASE_RESOLVED = "resolved"
+
+_DUE = (
+    "((status = 'pending') OR (resolved_status = 'pending' AND status = 'delivered')) "
+    "AND next_attempt_at <= ?"
+)
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """What consumed a window: a model/mode pair or another scope, with its charges."""
+
+    by: str
+    """``model`` (``name`` is ``model/mode``) or ``scope``."""
+    name: str
+    amount: Decimal
+    count: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"by": self.by, "name": self.name, "amount": str(self.amount), "count": self.count}
+
+
+class OutboxStore:
+    """Delivery-side access to one ledger's outbox."""
+
+    def __init__(self, ledger: LedgerCore) -> None:
+        self.ledger = ledger
+
+    def claim(self, now: datetime, lease: timedelta, limit: int) -> tuple[str, list[AlertRecord]]:
+        """Claim up to ``limit`` due rows for one lease; returns the claim token and the rows."""
+        token = secrets.token_hex(12)
+        now_ms = to_ms(now)
+        until = to_ms(now + lease)
+        with self.ledger._transaction() as cur:
+            cur.execute(
+                "UPDATE alerts SET claim = ?, next_attempt_at = ?, attempts = attempts + 1 "
+                f"WHERE id IN (SELECT id FROM alerts WHERE {_DUE} ORDER BY next_attempt_at, id "
+                f"LIMIT ?) AND {_DUE}",
+                (token, until, now_ms, int(limit), now_ms),
+            )
+            if cur.rowcount == 0:
+                return token, []
+            cur.execute(ALERT_SELECT + " WHERE claim = ? ORDER BY created_at, id", (token,))
+            return token, [alert_from_row(row) for row in cur.fetchall()]
+
+    def finish(
+        self,
+        alert: AlertRecord,
+        token: str,
+        now: datetime,
+        *,
+        sent_to: Sequence[str],
+        delivered: bool,
+        resolved: str | None,
+        error: str | None,
+        retry_at: datetime,
+    ) -> bool:
+        """Record the outcome of a claimed row and release the claim. False if the claim was
+        lost meanwhile (the row was re-armed by a new crossing, or the lease ran out)."""
+        now_ms = to_ms(now)
+        with self.ledger._transaction() as cur:
+            cur.execute(
+                "UPDATE alerts SET status = ?, delivered_at = COALESCE(delivered_at, ?), "
+                "resolved_status = COALESCE(?, resolved_status), "
+                "resolved_at = CASE WHEN ? = 'delivered' THEN ? ELSE resolved_at END, "
+                "last_error = ?, sent_to = ?, claim = NULL, next_attempt_at = ? "
+                "WHERE id = ? AND claim = ?",
+                (
+                    "delivered" if delivered else "pending",
+                    now_ms if delivered else None,
+                    resolved,
+                    resolved,
+                    now_ms,
+                    error,
+                    json.dumps(sorted(set(sent_to))),
+                    to_ms(retry_at) if error is not None else now_ms,
+                    alert.id,
+                    token,
+                ),
+            )
+            return cur.rowcount == 1
+
+    def clear_ended(self, now: datetime) -> int:
+        """Clear the open alerts of windows that have ended (or of deleted budgets)."""
+        now_ms = to_ms(now)
+        cleared = 0
+        with self.ledger._transaction() as cur:
+            cur.execute("SELECT DISTINCT budget_id FROM alerts WHERE cleared_at IS NULL")
+            ids = [int(row[0]) for row in cur.fetchall()]
+            for budget_id in ids:
+                cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
+                row = cur.fetchone()
+                if row is None:  # the budget was deleted: nothing of it can still apply
+                    cleared += clear_alerts(cur, now_ms, budget_id, "all", ())
+                    continue
+                budget = budget_from_row(row)
+                key = window_at(budget.window, budget.tz, now).key
+                cleared += clear_alerts(cur, now_ms, budget_id, "older", (key,))
+        return cleared
+
+    def budget(self, budget_id: int) -> Budget | None:
+        with self.ledger._transaction() as cur:
+            cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
+            row = cur.fetchone()
+            return None if row is None else budget_from_row(row)
+
+    def top_consumers(
+        self, scope: str, start: datetime | None, end: datetime | None, limit: int = 5
+    ) -> list[Consumer]:
+        """The biggest consumers of ``scope`` between ``start`` and ``end`` (charges by their
+        reservation time): by model and mode, then by the other scopes the charges named."""
+        where = ["status = 'succeeded'", "scopes LIKE ? ESCAPE '\\'"]
+        params: list[object] = ['%"' + like_escape(scope) + '"%']
+        if start is not None:
+            where.append("created_at >= ?")
+            params.append(to_ms(start))
+        if end is not None:
+            where.append("created_at < ?")
+            params.append(to_ms(end))
+        cond = " WHERE " + " AND ".join(where)
+        with self.ledger._transaction() as cur:
+            cur.execute(
+                "SELECT model, mode, COUNT(*), SUM(actual_milli) FROM charges"
+                + cond
+                + " GROUP BY model, mode ORDER BY SUM(actual_milli) DESC, model, mode LIMIT ?",
+                (*params, int(limit)),
+            )
+            models = [
+                Consumer(
+                    "model", f"{row[0] or 'unknown'}/{row[1] or '-'}", from_storage(int(row[3])), int(row[2])
+                )
+                for row in cur.fetchall()
+            ]
+            cur.execute(
+                "SELECT scopes, COUNT(*), SUM(actual_milli) FROM charges" + cond + " GROUP BY scopes", params
+            )
+            per_scope: dict[str, list[int]] = {}
+            for raw, count, total in cur.fetchall():
+                for other in json.loads(raw):
+                    if other in (scope, "account"):
+                        continue
+                    slot = per_scope.setdefault(other, [0, 0])
+                    slot[0] += int(count)
+                    slot[1] += int(total)
+        scopes = sorted(per_scope.items(), key=lambda item: (-item[1][1], item[0]))[:limit]
+        return [*models, *(Consumer("scope", name, from_storage(t), c) for name, (c, t) in scopes)]
