@@ -125,3 +125,4 @@ def test_demo_runs_on_a_fresh_install(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Budgets after the demo" in proc.stdout and "Generations" in proc.stdout
     assert "served from cache 1" in proc.stdout and "failed and refunded 1" in proc.stdout
+    assert "reached 80% of its limit" in proc.stdout and "refused a request" in proc.stdout

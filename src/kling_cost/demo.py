@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from .alerts import CallbackSink, Deliverer
 from .batch import BatchResult, BatchRunner, BatchSummary, plan_batch
 from .batch.rows import BatchRow
 from .cache import CachePolicy
@@ -49,6 +50,8 @@ class DemoResult:
     summary: BatchSummary
     stop_reason: str | None
     failed_lines: list[int] = field(default_factory=list)
+    alerts: list[str] = field(default_factory=list)
+    """The alert messages delivered during the run (thresholds crossed, refusal)."""
 
 
 def _free_port() -> int:
@@ -140,6 +143,9 @@ def run_demo(
             runner = BatchRunner(guard, rows, concurrency=3, poll=0.2, on_result=on_result)
             summary = runner.run()
             summary.results.insert(0, failed)
+    alerts: list[str] = []
+    with Deliverer(ledger, CallbackSink(alerts.append, text=True, resolved=False)) as deliverer:
+        deliverer.deliver_pending()
     return DemoResult(
         ledger_url=ledger.url,
         kling_url=url,
@@ -147,4 +153,5 @@ def run_demo(
         summary=summary,
         stop_reason=runner.stop_reason,
         failed_lines=[r.line for r in summary.results if r.status == "failed"],
+        alerts=alerts,
     )

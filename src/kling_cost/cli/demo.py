@@ -66,6 +66,8 @@ def demo_command(
     )
     if result.stop_reason:
         console.print(f"[yellow]the budget refused: {result.stop_reason}[/yellow]")
+    for text in result.alerts:
+        console.print(f"ALERT: {text}", markup=False)
     console.print(_usage_table(usages, "Budgets after the demo"))
     table = Table(title="Generations")
     for col in ("task", "status", "estimate", "charged", "saved", "prompt"):
