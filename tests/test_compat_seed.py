@@ -143,3 +143,13 @@ def test_a_failed_call_frees_the_credits(ledger_env: str) -> None:
         CostAwareKlingClient(Broken(), budget).text_to_video("x")
     assert budget.remaining == 50 and budget.usage_report["used"] == 0
     assert Decimal(budget.remaining) == 50
+
+
+def test_record_never_takes_another_threads_reservation(ledger_env: str) -> None:
+    budget = BudgetGuard(daily_limit=1000)
+    budget.check(10)  # this thread's reservation
+    worker = threading.Thread(target=lambda: budget.record(20))  # checked nothing: a direct charge
+    worker.start()
+    worker.join()
+    budget.record(10)
+    assert budget.usage_report["used"] == 30

@@ -108,15 +108,14 @@ class BudgetGuard:
         """Record credits spent: commits the reservation ``check`` made for it (this thread's
         oldest), or records the charge directly when nothing was checked."""
         stack: list[Reservation] = getattr(self._local, "pending", [])
-        reservation = stack.pop(0) if stack else None
-        if reservation is None:
-            with self._lock:
-                reservation = self._pending.pop(0) if self._pending else None
-        else:
-            with self._lock:
-                if reservation in self._pending:
-                    self._pending.remove(reservation)
-        if reservation is None:
+        reservation = None
+        with self._lock:
+            while stack and reservation is None:
+                candidate = stack.pop(0)
+                if candidate in self._pending:  # not recorded by anyone yet
+                    self._pending.remove(candidate)
+                    reservation = candidate
+        if reservation is None:  # this thread checked nothing: record the charge directly
             self.ledger.charge(credits, [self.scope], metadata={"source": "BudgetGuard.record"})
             return
         self.ledger.commit(reservation, credits, force=True)

@@ -189,3 +189,23 @@ def _file(tmp_path: Path, prompts: list[str]) -> Path:
     path = tmp_path / "rows.txt"
     path.write_text("\n".join(prompts) + "\n")
     return path
+
+
+def test_plan_prices_try_on_effects_and_lip_sync_rows() -> None:
+    plan = plan_batch(
+        [
+            {"kind": "tryon", "human_image": "h.png", "cloth_image": "c.png"},
+            {"kind": "effects", "effect_scene": "hug", "input": {"mode": "pro", "image": "x.png"}},
+            {"kind": "text2video", "prompt": "fox", "model_name": "kling-v2-6"},
+        ]
+    )
+    assert [e.amount for e in plan.items] == [1, Decimal("3.5"), Decimal("1.5")]
+    with pytest.raises(PricingError, match="must be a mapping"):
+        plan_batch(["just a prompt"])  # type: ignore[list-item]
+
+
+def test_read_batch_refuses_a_repeated_external_task_id(tmp_path: Path) -> None:
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"prompt": "a", "external_task_id": "k"}\n{"prompt": "b", "external_task_id": "k"}\n')
+    with pytest.raises(ConfigurationError, match=r"dup\.jsonl:2: external_task_id .k. is also on line 1"):
+        read_batch(path)

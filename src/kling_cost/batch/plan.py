@@ -89,14 +89,20 @@ class BatchPlan:
 
 
 def to_price_request(item: PriceRequest | Mapping[str, Any]) -> PriceRequest:
-    """A plan item: a :class:`PriceRequest`, a Kling body with ``kind``/``endpoint``, or fields."""
+    """A plan item: a :class:`PriceRequest`, a Kling create body with ``kind``/``endpoint``,
+    or the estimator's fields (``kind``, ``model``, ``mode``, ``duration``, ``audio``, ``n``)."""
     if isinstance(item, PriceRequest):
         return item
+    if not isinstance(item, Mapping):
+        raise PricingError(f"a batch item must be a mapping of request fields, not {type(item).__name__}")
     data = dict(item)
     endpoint = str(data.pop("endpoint", None) or data.pop("kind", None) or "text2video")
-    if "model_name" in data or "sound" in data or "prompt" in data:
-        return PriceRequest.from_kling(endpoint, data)
-    return PriceRequest.build(endpoint, **data)
+    if set(data) <= _BUILD_FIELDS:
+        return PriceRequest.build(endpoint, **data)
+    return PriceRequest.from_kling(endpoint, data)
+
+
+_BUILD_FIELDS = frozenset({"model", "mode", "duration", "audio", "n", "image_input", "effect"})
 
 
 def _turbo(r: PriceRequest) -> PriceRequest | None:

@@ -74,11 +74,19 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
     if not raw_rows:
         raise ConfigurationError(f"batch file {file} has no rows")
     seen: dict[str, int] = {}
+    explicit: dict[str, int] = {}
     rows = []
     for number, raw in raw_rows:
         endpoint, body = _body(file, number, {**base, **_canonical(raw)})
         key = body.get("external_task_id")
-        if not key:
+        if key:
+            if str(key) in explicit:
+                raise ConfigurationError(
+                    f"{file}:{number}: external_task_id {key!r} is also on line {explicit[str(key)]}; "
+                    "each request needs its own"
+                )
+            explicit[str(key)] = number
+        else:
             digest = hashlib.sha256(
                 json.dumps([endpoint, body], sort_keys=True, default=str).encode()
             ).hexdigest()[:24]

@@ -6,20 +6,29 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from ..budgets import normalise_scopes
 from ..cache import CachePolicy, fingerprint
-from ..errors import BudgetExceeded, PricingError
+from ..errors import BudgetExceeded, KlingAPIError, PricingError
 from ..kling._core import endpoint_kind, normalise_body, validate_create
 from ..kling.models import KlingRequest, KlingTask
 from ..ledger import Ledger, Reservation
 from ..money import parse_amount
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
 
-__all__ = ["GuardCore", "GuardedRequest", "SettleReport"]
+__all__ = ["PENDING_GRACE", "GuardCore", "GuardedRequest", "SettleReport", "is_unknown_task"]
+
+PENDING_GRACE = timedelta(minutes=2)
+"""A reservation without a task this old whose request Kling does not know was never sent."""
+
+
+def is_unknown_task(exc: KlingAPIError) -> bool:
+    """Kling's answer "no such task" (1203, or HTTP 404)."""
+    return exc.code == 1203 or (exc.code is None and exc.http_status == 404)
+
 
 LIPSYNC_DEFAULT_SECONDS = 10
 """Assumed length of a lip-sync source video whose duration is unknown (priced per 5 s)."""
@@ -71,8 +80,10 @@ class GuardCore:
         ttl: timedelta,
         cache: CachePolicy | bool,
         max_per_request: Decimal | int | str | None,
+        task_ttl: timedelta = timedelta(hours=2),
     ) -> None:
         self.ledger = ledger
+        self.task_ttl = task_ttl
         self.catalog = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
         self.scopes = normalise_scopes(list(scopes))
         self.ttl = ttl
@@ -204,16 +215,84 @@ class GuardCore:
                 self.ledger.cache_drop(fp, task_id=task.task_id)
             return settled
         actual, source = self.actual(task, reservation)
+        extra = self._result_metadata(task, source)
+        # Kling confirmed the charge: record it even if the lease lapsed meanwhile (actuals win)
+        settled = self.ledger.commit(reservation, actual, task_id=task.task_id, force=True, metadata=extra)
+        if isinstance(fp, str) and self.cache.enabled:
+            self.ledger.cache_complete(fp, task.model_dump(mode="json"), self.cache.ttl)
+        return settled
+
+    def _result_metadata(self, task: KlingTask, source: str) -> dict[str, Any]:
         extra: dict[str, Any] = {"actual_source": source}
         if task.final_unit_deduction is not None:
             extra["kling_units"] = str(task.final_unit_deduction)
         if task.videos:
             extra["videos"] = [v.id for v in task.videos if v.id]
-        force = reservation.status == "expired" or reservation.expires_at <= self.ledger.clock()
-        settled = self.ledger.commit(reservation, actual, task_id=task.task_id, force=force, metadata=extra)
-        if isinstance(fp, str) and self.cache.enabled:
-            self.ledger.cache_complete(fp, task.model_dump(mode="json"), self.cache.ttl)
-        return settled
+        return extra
+
+    def settle_task(self, reservation: Reservation | None, task: KlingTask) -> None:
+        """Settle an ended task's reservation, whatever state the ledger left it in."""
+        if reservation is None or not task.done:
+            return
+        if reservation.status in ("reserved", "expired"):
+            self.settle(reservation, task)
+        elif (
+            reservation.status == "released"
+            and task.succeeded
+            and reservation.task_id in (None, task.task_id)
+        ):
+            # the hold was freed, yet Kling accepted and charged it: record the charge anyway
+            actual, source = self.actual(task, reservation)
+            self.ledger.charge(
+                actual,
+                reservation.scopes,
+                idempotency_key=f"{reservation.idempotency_key}:late",
+                task_id=task.task_id,
+                metadata={**reservation.metadata, **self._result_metadata(task, source), "late": True},
+            )
+
+    def still_held(self, key: str) -> bool:
+        """Whether the reservation under ``key`` still holds credits (kept on purpose)."""
+        found = self.ledger.get_reservation(key)
+        return found is not None and found.status == "reserved"
+
+    def renew(self, task: KlingTask | None) -> None:
+        """Keep a running task's reservation held while someone waits for it."""
+        if task is None:
+            return
+        ref = task.external_task_id
+        found = self.ledger.get_reservation(ref) if ref else self.ledger.reservation_for_task(task.task_id)
+        if found is not None and found.status == "reserved":
+            self.ledger.extend(found, self.task_ttl)
+
+    def unsettled(self, since: datetime) -> list[Reservation]:
+        """Reservations whose outcome is not in the ledger yet: held ones, and expired ones
+        (made after ``since``) whose task may still have been accepted and charged."""
+        expired = [r for r in self.ledger.reservations(status="expired") if r.created_at >= since]
+        return self.ledger.reservations(status="reserved") + expired
+
+    def settle_found(
+        self, res: Reservation, task: KlingTask | None, now: datetime, report: SettleReport
+    ) -> None:
+        """One step of ``settle_pending`` once Kling was asked about ``res``."""
+        if task is None:  # Kling has no task under this key: it was never accepted
+            if res.status == "reserved" and res.created_at < now - PENDING_GRACE:
+                self.ledger.release(res)
+                report.released.append(res.id)
+            elif res.status == "reserved":
+                report.running.append(res.id)
+            return
+        if res.task_id is None:
+            res = self.ledger.attach_task(res, task.task_id, ttl=self.task_ttl)
+        if not task.done:
+            if res.status == "reserved":
+                self.ledger.extend(res, self.task_ttl)
+            else:
+                report.abandoned.append(res.id)  # expired before it could be attached
+            report.running.append(res.id)
+            return
+        settled = self.settle(res, task)
+        (report.committed if settled.status == "committed" else report.released).append(res.id)
 
     def actual(self, task: KlingTask, reservation: Reservation) -> tuple[Decimal, str]:
         """Kling's ``final_unit_deduction`` when the catalog counts in Kling's units; else the

@@ -14,14 +14,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from ..cache import CachePolicy
-from ..errors import InvalidRequest, KlingAPIError, ServerError
+from ..errors import InvalidRequest, KlingAPIError, PricingError, TaskTimeout, ValidationError
 from ..kling import _bodies
 from ..kling.async_client import AsyncKlingClient
 from ..kling.models import KlingRequest, KlingTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..pricing import Catalog
-from ._core import GuardCore, GuardedRequest
-from .client import PENDING_GRACE
+from ._core import PENDING_GRACE, GuardCore, GuardedRequest, is_unknown_task
 
 __all__ = ["AsyncCostAwareClient"]
 
@@ -40,11 +39,18 @@ class AsyncCostAwareClient:
         ttl: timedelta = timedelta(minutes=30),
         cache: CachePolicy | bool = True,
         max_per_request: Decimal | int | str | None = None,
+        task_ttl: timedelta = timedelta(hours=2),
     ) -> None:
         self.client = client
         self.ledger = ledger
         self.core = GuardCore(
-            ledger, catalog=catalog, scopes=scopes, ttl=ttl, cache=cache, max_per_request=max_per_request
+            ledger,
+            catalog=catalog,
+            scopes=scopes,
+            ttl=ttl,
+            cache=cache,
+            max_per_request=max_per_request,
+            task_ttl=task_ttl,
         )
 
     async def aclose(self) -> None:
@@ -83,7 +89,7 @@ class AsyncCostAwareClient:
         try:
             return await self._reserve_and_submit(req, all_scopes, use_cache)
         except BaseException:
-            if use_cache:
+            if use_cache and not await asyncio.to_thread(self.core.still_held, req.key):
                 await asyncio.to_thread(self.ledger.cache_drop, req.fingerprint)
             raise
 
@@ -143,35 +149,64 @@ class AsyncCostAwareClient:
             raise InvalidRequest(
                 f"request {req.key} was already settled ({reservation.status}) without a task"
             )
-        if reservation.revived or reservation.created_at < self.ledger.clock() - PENDING_GRACE:
-            known = await self._find(req.endpoint, req.key)
+        if not reservation.fresh:
+            taken = await self._await_holder(req, reservation)
+            if taken is not None:
+                return taken
+        elif reservation.revived:
+            known = await self._find(req.endpoint, req.key, strict=True)
             if known is not None:
                 return await self._accepted(reservation, known, req)
+        return await self._submit(req, reservation)
+
+    async def _await_holder(self, req: GuardedRequest, reservation: Reservation) -> KlingTask | None:
+        deadline = reservation.created_at + PENDING_GRACE
+        while True:
+            known = await self._find(req.endpoint, req.key, strict=True)
+            if known is not None:
+                return await self._accepted(reservation, known, req)
+            current = await asyncio.to_thread(self.ledger.get_reservation, reservation.id)
+            if current is not None and current.task_id is not None:
+                return await self.get_task(req.endpoint, current.task_id)
+            if current is None or current.status != "reserved":
+                raise InvalidRequest(
+                    f"request {req.key} was settled by another caller before Kling accepted it"
+                )
+            if self.ledger.clock() >= deadline:
+                return None
+            await asyncio.sleep(self.core.cache.wait_poll)
+
+    async def _submit(self, req: GuardedRequest, reservation: Reservation) -> KlingTask:
         try:
             task = await self.client.create(req.endpoint, req.body)
-        except ServerError:
-            known = await self._find(req.endpoint, req.key, strict=True)
+        except (PricingError, ValidationError):
+            await asyncio.to_thread(self.ledger.release, reservation)
+            raise
+        except Exception as exc:
+            try:
+                known = await self._find(req.endpoint, req.key, strict=True)
+            except KlingAPIError:
+                raise exc from None
             if known is None:
                 await asyncio.to_thread(self.ledger.release, reservation)
                 raise
             task = known
-        except BaseException:
-            await asyncio.to_thread(self.ledger.release, reservation)
-            raise
         return await self._accepted(reservation, task, req)
 
     async def _find(self, endpoint: str, key: str, *, strict: bool = False) -> KlingTask | None:
         try:
             return await self.client.get_task(endpoint, external_task_id=key)
-        except InvalidRequest:
-            return None
-        except KlingAPIError:
+        except KlingAPIError as exc:
+            if is_unknown_task(exc):
+                return None
             if strict:
                 raise
             return None
 
     async def _accepted(self, reservation: Reservation, task: KlingTask, req: GuardedRequest) -> KlingTask:
-        reservation = await asyncio.to_thread(self.ledger.attach_task, reservation, task.task_id)
+        reservation = await asyncio.to_thread(
+            self.ledger.attach_task, reservation, task.task_id, ttl=self.core.task_ttl
+        )
         if self.core.cache.enabled and "fingerprint" in req.metadata:
             await asyncio.to_thread(self.ledger.cache_attach, req.fingerprint, task_id=task.task_id)
         if task.done:
@@ -197,8 +232,19 @@ class AsyncCostAwareClient:
         await self._settle_by_task(task)
         return task
 
-    async def wait(self, task: KlingTask | str, **options: Any) -> KlingTask:
-        done = await self.client.wait(task, **options)
+    async def wait(self, task: KlingTask | str, *, timeout: float = 600.0, **options: Any) -> KlingTask:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        step = max(1.0, self.core.task_ttl.total_seconds() / 2)
+        while True:
+            left = deadline - loop.time()
+            try:
+                done = await self.client.wait(task, timeout=max(0.0, min(step, left)), **options)
+                break
+            except TaskTimeout:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.to_thread(self.core.renew, task if isinstance(task, KlingTask) else None)
         await self._settle_by_task(done)
         return done
 
@@ -209,8 +255,6 @@ class AsyncCostAwareClient:
         def settle() -> None:
             ref = task.external_task_id
             found = self.ledger.get_reservation(ref) if ref else None
-            found = found or self.ledger.reservation_for_task(task.task_id)
-            if found is not None and found.status in ("reserved", "expired"):
-                self.core.settle(found, task)
+            self.core.settle_task(found or self.ledger.reservation_for_task(task.task_id), task)
 
         await asyncio.to_thread(settle)

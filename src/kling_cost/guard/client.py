@@ -10,18 +10,22 @@ from types import TracebackType
 from typing import Any, Self
 
 from ..cache import CachePolicy
-from ..errors import InvalidRequest, KlingAPIError, ServerError
+from ..errors import (
+    InvalidRequest,
+    KlingAPIError,
+    KlingCostError,
+    PricingError,
+    TaskTimeout,
+    ValidationError,
+)
 from ..kling import _bodies
 from ..kling.client import KlingClient
 from ..kling.models import KlingRequest, KlingTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..pricing import Catalog
-from ._core import GuardCore, GuardedRequest, SettleReport
+from ._core import PENDING_GRACE, GuardCore, GuardedRequest, SettleReport, is_unknown_task
 
 __all__ = ["CostAwareClient"]
-
-PENDING_GRACE = timedelta(minutes=2)
-"""A reservation without a task this old whose request Kling does not know was never sent."""
 
 
 class CostAwareClient:
@@ -44,11 +48,18 @@ class CostAwareClient:
         ttl: timedelta = timedelta(minutes=30),
         cache: CachePolicy | bool = True,
         max_per_request: Decimal | int | str | None = None,
+        task_ttl: timedelta = timedelta(hours=2),
     ) -> None:
         self.client = client
         self.ledger = ledger
         self.core = GuardCore(
-            ledger, catalog=catalog, scopes=scopes, ttl=ttl, cache=cache, max_per_request=max_per_request
+            ledger,
+            catalog=catalog,
+            scopes=scopes,
+            ttl=ttl,
+            cache=cache,
+            max_per_request=max_per_request,
+            task_ttl=task_ttl,
         )
 
     def close(self) -> None:
@@ -91,7 +102,7 @@ class CostAwareClient:
         try:
             return self._reserve_and_submit(req, all_scopes, use_cache)
         except BaseException:
-            if use_cache:
+            if use_cache and not self.core.still_held(req.key):
                 self.ledger.cache_drop(req.fingerprint)
             raise
 
@@ -142,41 +153,70 @@ class CostAwareClient:
             return self.get_task(req.endpoint, reservation.task_id)
         if reservation.status != "reserved":
             raise InvalidRequest(
-                f"request {req.key} was already settled ({reservation.status}) without a task",
-                code=None,
+                f"request {req.key} was already settled ({reservation.status}) without a task"
             )
-        if reservation.revived or reservation.created_at < self.ledger.clock() - PENDING_GRACE:
-            known = self._find(req.endpoint, req.key)
+        if not reservation.fresh:  # another caller holds this key and may be sending it now
+            taken = self._await_holder(req, reservation)
+            if taken is not None:
+                return taken
+        elif reservation.revived:  # an earlier attempt may have reached Kling after all
+            known = self._find(req.endpoint, req.key, strict=True)
             if known is not None:
                 return self._accepted(reservation, known, req)
+        return self._submit(req, reservation)
+
+    def _await_holder(self, req: GuardedRequest, reservation: Reservation) -> KlingTask | None:
+        """Wait for the caller holding this key; None if it died before sending (take over)."""
+        deadline = reservation.created_at + PENDING_GRACE
+        while True:
+            known = self._find(req.endpoint, req.key, strict=True)
+            if known is not None:
+                return self._accepted(reservation, known, req)
+            current = self.ledger.get_reservation(reservation.id)
+            if current is not None and current.task_id is not None:
+                return self.get_task(req.endpoint, current.task_id)
+            if current is None or current.status != "reserved":
+                raise InvalidRequest(
+                    f"request {req.key} was settled ({'gone' if current is None else current.status}) "
+                    "by another caller before Kling accepted it"
+                )
+            if self.ledger.clock() >= deadline:
+                return None
+            time.sleep(self.core.cache.wait_poll)
+
+    def _submit(self, req: GuardedRequest, reservation: Reservation) -> KlingTask:
+        """Send the request; free the hold only when Kling surely did not accept it."""
         try:
             task = self.client.create(req.endpoint, req.body)
-        except ServerError:
-            # the answer was lost: Kling may have accepted it; look before freeing the credits
-            known = self._find(req.endpoint, req.key, keep_on_error=reservation)
+        except (PricingError, ValidationError):
+            self.ledger.release(reservation)  # refused here: nothing was sent
+            raise
+        except Exception as exc:
+            # Kling refused it, or an earlier attempt's answer was lost: ask before freeing
+            try:
+                known = self._find(req.endpoint, req.key, strict=True)
+            except KlingAPIError:
+                raise exc from None  # cannot tell: keep the hold (its lease or settle decides)
             if known is None:
                 self.ledger.release(reservation)
                 raise
             task = known
-        except BaseException:
-            self.ledger.release(reservation)
-            raise
         return self._accepted(reservation, task, req)
 
-    def _find(self, endpoint: str, key: str, *, keep_on_error: Reservation | None = None) -> KlingTask | None:
+    def _find(self, endpoint: str, key: str, *, strict: bool = False) -> KlingTask | None:
+        """The task Kling knows under ``external_task_id=key``; None when Kling says it has
+        none. Other errors: raised with ``strict``, else None."""
         try:
             return self.client.get_task(endpoint, external_task_id=key)
-        except InvalidRequest:
-            return None  # Kling does not know it: it was never accepted
-        except KlingAPIError:
-            if keep_on_error is not None:
-                # cannot tell whether Kling accepted it: keep the hold; its lease or
-                # settle_pending() resolves it
+        except KlingAPIError as exc:
+            if is_unknown_task(exc):
+                return None
+            if strict:
                 raise
             return None
 
     def _accepted(self, reservation: Reservation, task: KlingTask, req: GuardedRequest) -> KlingTask:
-        reservation = self.ledger.attach_task(reservation, task.task_id)
+        reservation = self.ledger.attach_task(reservation, task.task_id, ttl=self.core.task_ttl)
         if self.core.cache.enabled and "fingerprint" in req.metadata:
             self.ledger.cache_attach(req.fingerprint, task_id=task.task_id)
         if task.done:
@@ -253,18 +293,26 @@ class CostAwareClient:
     def account_costs(self, *args: Any, **kwargs: Any) -> Any:
         return self.client.account_costs(*args, **kwargs)
 
-    def wait(self, task: KlingTask | str, **options: Any) -> KlingTask:
-        """:meth:`KlingClient.wait`, then settle the ended task in the ledger."""
-        done = self.client.wait(task, **options)
+    def wait(self, task: KlingTask | str, *, timeout: float = 600.0, **options: Any) -> KlingTask:
+        """:meth:`KlingClient.wait`, keeping the reservation's lease alive, then settle the
+        ended task in the ledger."""
+        deadline = time.monotonic() + timeout
+        step = max(1.0, self.core.task_ttl.total_seconds() / 2)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                done = self.client.wait(task, timeout=max(0.0, min(step, left)), **options)
+                break
+            except TaskTimeout:
+                if time.monotonic() >= deadline:
+                    raise
+                self.core.renew(task if isinstance(task, KlingTask) else None)
         self._settle_by_task(done)
         return done
 
     def _settle_by_task(self, task: KlingTask) -> None:
-        if not task.done:
-            return
-        reservation = self._reservation_for(task)
-        if reservation is not None and reservation.status in ("reserved", "expired"):
-            self.core.settle(reservation, task)
+        if task.done:
+            self.core.settle_task(self._reservation_for(task), task)
 
     def _reservation_for(self, task: KlingTask) -> Reservation | None:
         ref = task.external_task_id
@@ -273,38 +321,22 @@ class CostAwareClient:
             found = self.ledger.reservation_for_task(task.task_id)
         return found
 
-    def settle_pending(self) -> SettleReport:
+    def settle_pending(self, *, lookback: timedelta = timedelta(days=2)) -> SettleReport:
         """Finish the job for every unsettled reservation (after a crash, or periodically):
-        poll its task, commit or release what has ended, keep running leases alive, and free
-        holds whose request Kling never accepted."""
+        poll its task, commit or release what has ended, keep running leases alive, free
+        holds whose request Kling never accepted, and find tasks Kling accepted for holds
+        that expired before their task was attached (within ``lookback``)."""
         report = SettleReport()
         now = self.ledger.clock()
-        candidates = self.ledger.reservations(status="reserved") + [
-            r for r in self.ledger.reservations(status="expired") if r.task_id and r.actual is None
-        ]
-        for candidate in candidates:
-            res = candidate
+        for res in self.core.unsettled(now - lookback):
             endpoint = str(res.metadata.get("endpoint") or "text2video")
             try:
-                if res.task_id is None:
-                    task = self._find(endpoint, res.idempotency_key)
-                    if task is None:
-                        if res.created_at < now - PENDING_GRACE:
-                            self.ledger.release(res)
-                            report.released.append(res.id)
-                        else:
-                            report.running.append(res.id)
-                        continue
-                    res = self.ledger.attach_task(res, task.task_id)
-                else:
-                    task = self.client.get_task(endpoint, res.task_id)
-                if not task.done:
-                    if res.status == "reserved" and res.expires_at - now < self.core.ttl / 2:
-                        self.ledger.extend(res, self.core.ttl)
-                    report.running.append(res.id)
-                    continue
-                settled = self.core.settle(res, task)
-                (report.committed if settled.status == "committed" else report.released).append(res.id)
-            except KlingAPIError as exc:
+                task = (
+                    self._find(endpoint, res.idempotency_key, strict=True)
+                    if res.task_id is None
+                    else self.client.get_task(endpoint, res.task_id)
+                )
+                self.core.settle_found(res, task, now, report)
+            except KlingCostError as exc:
                 report.errors.append(f"{res.id}: {exc}")
         return report

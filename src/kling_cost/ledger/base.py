@@ -183,6 +183,7 @@ class Ledger(LedgerSettlement):
             metadata=meta,
             windows=refs,
             revived=revived,
+            fresh=True,
         )
         for hook in self.hooks:
             hook.after_reserve(cur, now, reservation, states)

@@ -38,6 +38,9 @@ class Reservation:
     revived: bool = False
     """True when this call reserved again a key whose earlier reservation was released or
     expired before Kling accepted a task (check Kling for the ``external_task_id`` first)."""
+    fresh: bool = False
+    """True when this call created (or revived) the hold: the caller owns it. False when an
+    idempotent repeat returned an existing reservation that someone else may be sending."""
 
     @property
     def settled(self) -> bool:

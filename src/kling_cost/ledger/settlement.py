@@ -81,37 +81,55 @@ class LedgerSettlement(RequestCacheStore):
     # -- leases ------------------------------------------------------------------------------
 
     def attach_task(
-        self, reservation: Reservation | str, task_id: str, metadata: Mapping[str, Any] | None = None
+        self,
+        reservation: Reservation | str,
+        task_id: str,
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        ttl: timedelta | None = None,
     ) -> Reservation:
-        """Record the Kling task id (and extra metadata) of an accepted request."""
+        """Record the Kling task id (and extra metadata) of an accepted request.
+
+        ``ttl`` pushes a live reservation's lease to at least ``now + ttl``: a task Kling
+        accepted may still be charged, so its credits must stay held until it ends.
+        """
         res_id = reservation_id_of(reservation)
         if not isinstance(task_id, str) or not task_id:
             raise ValidationError("task_id must be a non-empty string")
+        if ttl is not None and (not isinstance(ttl, timedelta) or ttl <= timedelta(0)):
+            raise ValidationError(f"ttl must be a positive timedelta, not {ttl!r}")
         extra = clean_metadata(metadata)
 
         def run() -> Reservation:
+            now = self.clock()
             with self._transaction() as cur:
                 current = self._locked(cur, res_id)
                 meta = {**current.metadata, **extra}
+                expires = to_ms(current.expires_at)
+                if ttl is not None and current.status == RESERVED:
+                    expires = max(expires, to_ms(now + ttl))
                 cur.execute(
-                    "UPDATE reservations SET task_id = ?, metadata = ? WHERE id = ?",
-                    (task_id, json.dumps(meta), res_id),
+                    "UPDATE reservations SET task_id = ?, metadata = ?, expires_at = ? WHERE id = ?",
+                    (task_id, json.dumps(meta), expires, res_id),
                 )
-                return replace_reservation(current, task_id=task_id, metadata=meta)
+                return replace_reservation(
+                    current, task_id=task_id, metadata=meta, expires_at=from_ms(expires)
+                )
 
         return self._retrying(run)
 
     def extend(self, reservation: Reservation | str, ttl: timedelta) -> Reservation:
-        """Push a live reservation's lease to ``now + ttl`` (for tasks that run long)."""
+        """Push a reservation's lease to ``now + ttl`` (for tasks that run long). Works while
+        it is still held, even if its lease lapsed and no sweep has reclaimed it yet."""
         res_id = reservation_id_of(reservation)
         if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
             raise ValidationError(f"ttl must be a positive timedelta, not {ttl!r}")
         now = self.clock()
         with self._transaction() as cur:
             current = self._locked(cur, res_id)
-            if current.status != RESERVED or current.expires_at <= now:
+            if current.status != RESERVED:
                 raise ReservationError(
-                    f"reservation {res_id} is {current.status}; its lease cannot be extended"
+                    f"reservation {res_id} is {current.status}, no longer held; its lease cannot be extended"
                 )
             expires = to_ms(now + ttl)
             cur.execute("UPDATE reservations SET expires_at = ? WHERE id = ?", (expires, res_id))
