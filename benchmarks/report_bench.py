@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kling_cost.ledger import open_ledger
-from kling_cost.ledger.rollup import SUM_COLUMNS, rollup_values
+from kling_cost.ledger.rollup import SUM_COLUMNS, rollup_rows, rollup_values
 from kling_cost.reports import report
 from kling_cost.web import create_dashboard_app
 
@@ -49,7 +49,7 @@ def generate(path: str, n: int, seed: int = 7) -> float:
     start_ms = int((NOW - timedelta(days=365)).timestamp() * 1000)
     span = 365 * 86_400_000
     rows: list[tuple[Any, ...]] = []
-    rollup: dict[tuple[str, int, str, str], list[int]] = {}
+    rollup: dict[tuple[str, int, int, str, str], list[int]] = {}
     t0 = time.perf_counter()
     for i in range(n):
         created = start_ms + rng.randrange(span)
@@ -81,10 +81,10 @@ def generate(path: str, n: int, seed: int = 7) -> float:
                 "{}",
             )
         )
-        bucket, m, md, sums = rollup_values(status, created, estimate, actual, model, mode)
-        for scope in scopes:
-            acc = rollup.setdefault((scope, bucket, m, md), [0] * len(SUM_COLUMNS))
-            for j, v in enumerate(sums):
+        values = rollup_values(status, created, estimate, actual, model, mode)
+        for row in rollup_rows(scopes, values):  # both grains, as the ledger's hook writes them
+            acc = rollup.setdefault(row[:5], [0] * len(SUM_COLUMNS))
+            for j, v in enumerate(row[5:]):
                 acc[j] += v
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN")
@@ -95,10 +95,10 @@ def generate(path: str, n: int, seed: int = 7) -> float:
         rows,
     )
     conn.executemany(
-        "INSERT INTO report_rollup (scope, bucket, model, mode, "
+        "INSERT INTO report_rollup (scope, grain, bucket, model, mode, "
         + ", ".join(SUM_COLUMNS)
         + ") VALUES ("
-        + ", ".join("?" * (4 + len(SUM_COLUMNS)))
+        + ", ".join("?" * (5 + len(SUM_COLUMNS)))
         + ")",
         [(*k, *v) for k, v in rollup.items()],
     )

@@ -82,7 +82,7 @@ def to_storage(value: Decimal) -> int:
 
 def from_storage(value: int) -> Decimal:
     """Integer thousandths -> ``Decimal`` with three decimal places."""
-    return (Decimal(value) / SCALE).quantize(QUANTUM)
+    return Decimal(value).scaleb(-3)  # exact: the same digits, exponent -3
 
 
 def format_amount(value: Decimal) -> str:

@@ -20,7 +20,28 @@ from kling_cost.reports import export_charges, report
 from tests.helpers import FakeClock
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)  # spans the EU/US DST changes of March
-ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe"]
+# Whole-hour zones read day rows plus the hours across local midnight: the first hour of each
+# UTC day anchors (Paris +1/+2, Tokyo +9) or the last one does (New York -5/-4, Los Angeles,
+# Kiritimati +14); Kolkata, Kathmandu and Lord Howe (half-hour DST) read the raw charges.
+ZONES = [
+    "UTC",
+    "Europe/Paris",
+    "America/New_York",
+    "Asia/Tokyo",
+    "America/Los_Angeles",
+    "Pacific/Kiritimati",
+    "Asia/Kolkata",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+]
+ROLLUP_ZONES = {
+    "UTC",
+    "Europe/Paris",
+    "America/New_York",
+    "Asia/Tokyo",
+    "America/Los_Angeles",
+    "Pacific/Kiritimati",
+}
 GROUPINGS = [
     ("day",),
     ("day", "model"),
@@ -115,38 +136,49 @@ def summary(row: Any) -> list[Any]:
     return [row.charges, row.estimate, row.actual, row.refunded, row.saved]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     charges=st.lists(charge_st, max_size=25),
     tz=st.sampled_from(ZONES),
     by=st.sampled_from(GROUPINGS),
     since_day=st.one_of(st.none(), st.integers(0, 40)),
     length=st.integers(1, 30),
+    hours=st.one_of(st.none(), st.tuples(st.integers(0, 23), st.integers(0, 23))),
 )
 def test_reports_and_exports_match_the_raw_charges(
-    charges: list[dict[str, Any]], tz: str, by: tuple[str, ...], since_day: int | None, length: int
+    charges: list[dict[str, Any]],
+    tz: str,
+    by: tuple[str, ...],
+    since_day: int | None,
+    length: int,
+    hours: tuple[int, int] | None,
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
         clock = FakeClock(BASE)
         ledger = open_ledger(f"sqlite:///{Path(folder) / 'p.db'}", clock=clock)
         try:
             fill(ledger, clock, charges)
-            since = until = None
-            if since_day is not None:
-                since = date(2026, 3, 1) + timedelta(days=since_day)
-                until = since + timedelta(days=length - 1)
+            since: date | datetime | None = None
+            until: date | datetime | None = None
+            start = end = None
+            if since_day is not None and hours is not None:
+                # Instants on UTC hours: whole UTC days in the middle, hour rows at both ends.
+                start = BASE + timedelta(days=since_day, hours=hours[0])
+                end = start + timedelta(days=length - 1, hours=hours[1])
+                since, until = start, end
+            elif since_day is not None:
+                day = date(2026, 3, 1) + timedelta(days=since_day)
+                since, until = day, day + timedelta(days=length - 1)
+                start = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz))
+                last = day + timedelta(days=length)
+                end = datetime(last.year, last.month, last.day, tzinfo=ZoneInfo(tz))
             rep = report(ledger, by, since=since, until=until, tz=tz)
-            start = (
-                None if since is None else datetime(since.year, since.month, since.day, tzinfo=ZoneInfo(tz))
-            )
-            end = None if until is None else datetime(until.year, until.month, until.day, tzinfo=ZoneInfo(tz))
-            end = None if end is None else end + timedelta(days=1)
             raw = ledger.charges(since=start, until=end)
             want, total = expected(raw, by, tz)
             got = {tuple(r.key[d] for d in by): summary(r) for r in rep.rows}
             assert got == want
             assert summary(rep.total) == total
-            if tz in ("UTC", "Europe/Paris", "America/New_York") and set(by) <= {
+            if tz in ROLLUP_ZONES and set(by) <= {
                 "day",
                 "week",
                 "month",

@@ -1,16 +1,33 @@
-"""The report rollup: charges summed per (scope, UTC hour, model, mode), kept in step with every settle.
+"""The report rollup: charges summed per (scope, grain, bucket, model, mode), kept in step
+with every settle.
 
-Why hours: every time zone whose offset is a whole number of hours (almost all of them) has
-its local days, weeks and months made of whole UTC hours, so a report in any such zone reads
-the rollup and never a single charge. Zones with a 30- or 45-minute offset (India, Nepal,
-Newfoundland, South Australia, ...) fall back to the raw charges (see :mod:`kling_cost.reports`).
+Two grains, written by the same single upsert statement per settle (one multi-row
+``VALUES``: one hour row and one day row per scope of the charge):
+
+* ``GRAIN_HOUR`` (0): per UTC hour. Every time zone whose offset is a whole number of hours
+  (almost all of them) has its local days, weeks and months made of whole UTC hours, so a
+  report in any such zone can be answered from the rollup and never a single charge.
+* ``GRAIN_DAY`` (1): per UTC day, 24 times fewer rows. A report in UTC (or over a period
+  whose offset is 0) reads day rows only, plus hour rows at a period's ends that are not UTC
+  midnights. In a zone with a whole-hour offset, each UTC day row is attributed to one local
+  day and corrected by the hour rows that fall on the other side of the local midnight
+  (whichever side of the day has fewer hours: Paris reads 1-2 hours a day, New York 4-5);
+  see :mod:`kling_cost.ledger.rollup_read`.
+
+Why not a second table: one ``INSERT ... ON CONFLICT`` can only touch one table, and the
+per-commit cost must stay one statement. The grain leads the primary key, so a read of one
+grain is one index range even across every scope.
+
+Zones with a 30- or 45-minute offset (India, Nepal, Newfoundland, South Australia, ...) fall
+back to the raw charges (see :mod:`kling_cost.reports`).
 
 Each row holds, per settled status, a count, the sum of estimates and the sum of actuals, so
-any grouping by status can be unfolded from it exactly. :class:`RollupHook` upserts one row
-per scope of the charge in one statement, inside the ledger's own transaction.
+any grouping by status can be unfolded from it exactly. :class:`RollupHook` upserts the rows
+of a charge in one statement, inside the ledger's own transaction.
 
 Ledgers created before this table existed: migration 3 leaves a ``backfill_upto`` marker (the
 last charge id then); the first read rolls those charges up (:func:`ensure_backfilled`).
+Migration 5 derived the day rows of existing ledgers from their hour rows.
 """
 
 from __future__ import annotations
@@ -18,7 +35,6 @@ from __future__ import annotations
 import json
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -34,14 +50,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUCKET_MS",
+    "DAY_MS",
+    "GRAIN_DAY",
+    "GRAIN_HOUR",
     "STATUSES",
+    "SUM_COLUMNS",
     "RollupHook",
-    "Segment",
     "charge_facts",
     "charge_span",
     "ensure_backfilled",
     "recent_charges",
-    "rollup_sums",
+    "rollup_rows",
+    "rollup_values",
 ]
 
 BUCKET_MS = 3_600_000
@@ -51,11 +71,14 @@ _PREFIX = {"succeeded": "s", "failed": "f", "cache_hit": "c"}
 SUM_COLUMNS = tuple(f"{_PREFIX[s]}_{m}" for s in STATUSES for m in ("n", "est", "act"))
 """``s_n, s_est, s_act, f_n, ...``: count, estimates and actuals (thousandths) per status."""
 
+GRAIN_HOUR = 0
+GRAIN_DAY = 1
+
 _UPSERT_HEAD = (
-    "INSERT INTO report_rollup (scope, bucket, model, mode, " + ", ".join(SUM_COLUMNS) + ") VALUES "
+    "INSERT INTO report_rollup (scope, grain, bucket, model, mode, " + ", ".join(SUM_COLUMNS) + ") VALUES "
 )
-_ROW_MARKS = "(" + ", ".join("?" * (4 + len(SUM_COLUMNS))) + ")"
-_UPSERT_TAIL = " ON CONFLICT (scope, bucket, model, mode) DO UPDATE SET " + ", ".join(
+_ROW_MARKS = "(" + ", ".join("?" * (5 + len(SUM_COLUMNS))) + ")"
+_UPSERT_TAIL = " ON CONFLICT (grain, scope, bucket, model, mode) DO UPDATE SET " + ", ".join(
     f"{c} = report_rollup.{c} + excluded.{c}" for c in SUM_COLUMNS
 )
 
@@ -68,7 +91,7 @@ def bucket_of(ms: int) -> int:
 def rollup_values(
     status: str, created_at_ms: int, estimate: int, actual: int, model: str | None, mode: str | None
 ) -> tuple[int, str, str, list[int]]:
-    """(bucket, model, mode, sums) of one charge; ``''`` stands for a missing model or mode."""
+    """(hour bucket, model, mode, sums) of one charge; ``''`` stands for a missing model or mode."""
     if status not in _PREFIX:
         raise StorageError(f"charge status {status!r} is unknown to the report rollup")
     sums = [0] * len(SUM_COLUMNS)
@@ -77,13 +100,27 @@ def rollup_values(
     return bucket_of(created_at_ms), model or "", mode or "", sums
 
 
-def upsert(cur: Cursor, scopes: Sequence[str], values: tuple[int, str, str, list[int]]) -> None:
-    """Add one charge to the rollup row of each of its scopes (one statement)."""
+def rollup_rows(scopes: Sequence[str], values: tuple[int, str, str, list[int]]) -> list[tuple[Any, ...]]:
+    """The rows one charge adds to: (scope, grain, bucket, model, mode, *sums), an hour row and
+    a day row per scope (what :func:`upsert` writes; the benchmark builds its rollup with it)."""
     bucket, model, mode, sums = values
-    params: list[Any] = []
+    day = bucket - bucket % DAY_MS
+    out: list[tuple[Any, ...]] = []
     for scope in scopes:
-        params.extend((scope, bucket, model, mode, *sums))
-    cur.execute(_UPSERT_HEAD + ", ".join([_ROW_MARKS] * len(scopes)) + _UPSERT_TAIL, params)
+        out.append((scope, GRAIN_HOUR, bucket, model, mode, *sums))
+        out.append((scope, GRAIN_DAY, day, model, mode, *sums))
+    return out
+
+
+def upsert(cur: Cursor, scopes: Sequence[str], values: tuple[int, str, str, list[int]]) -> None:
+    """Add one charge to the rollup rows of each of its scopes, both grains (one statement)."""
+    rows = rollup_rows(scopes, values)
+    if not rows:
+        return
+    params: list[Any] = []
+    for row in rows:
+        params.extend(row)
+    cur.execute(_UPSERT_HEAD + ", ".join([_ROW_MARKS] * len(rows)) + _UPSERT_TAIL, params)
 
 
 class RollupHook:
@@ -145,76 +182,11 @@ def _scopes(raw: str) -> list[str]:
     return [str(s) for s in json.loads(raw)]
 
 
-@dataclass(frozen=True)
-class Segment:
-    """``[start, end)`` in UTC ms during which the report's zone keeps one UTC offset (ms)."""
-
-    start: int
-    end: int
-    offset: int
-
-
-def rollup_sums(
-    ledger: LedgerCore,
-    segments: Sequence[Segment] | None,
-    *,
-    since: int | None,
-    until: int | None,
-    scope: str | None,
-    scope_group: str | None,
-    dims: Sequence[str],
-) -> list[tuple[Any, ...]]:
-    """Rollup sums grouped by (local day number | None, scope | None, *dims), then the 9 sums.
-
-    ``segments`` (constant-offset spans) make the first column the local day number
-    ``(bucket + offset) // day``; without them there is no time column and ``since``/``until``
-    bound the buckets. ``scope_group``: ``"*"`` groups by every scope, a kind (``project``)
-    by the scopes of that kind; otherwise the one ``scope`` (default ``account``: every
-    charge) is read. ``dims``: ``model`` and/or ``mode``.
-    """
-    for dim in dims:
-        if dim not in ("model", "mode"):
-            raise StorageError(f"the rollup has no {dim!r} column")
-    sums = ", ".join(f"SUM({c})" for c in SUM_COLUMNS)
-    ensure_backfilled(ledger)
-    spans: list[tuple[int | None, int | None, int | None]] = [(since, until, None)]
-    if segments is not None:
-        spans = [(s.start, s.end, s.offset) for s in segments]
-    cols = ["scope" if scope_group else "NULL", *dims]
-    out: list[tuple[Any, ...]] = []
-    with ledger._transaction() as cur:
-        for start, end, offset in spans:
-            where: list[str] = []
-            params: list[Any] = []
-            day = "NULL"
-            if offset is not None:
-                day = "(bucket + ?) / ?"
-                params.extend((offset, DAY_MS))
-            if scope_group is None:
-                where.append("scope = ?")
-                params.append(scope or "account")
-            elif scope_group != "*":
-                where.append("scope LIKE ? ESCAPE '\\'")
-                params.append(like_escape(scope_group) + ":%")
-            if start is not None:
-                where.append("bucket >= ?")
-                params.append(start)
-            if end is not None:
-                where.append("bucket < ?")
-                params.append(end)
-            group = (["day"] if offset is not None else []) + [c for c in cols if c != "NULL"]
-            sql = f"SELECT {day} AS day, {', '.join(cols)}, {sums} FROM report_rollup"
-            sql += (" WHERE " + " AND ".join(where)) if where else ""
-            sql += (" GROUP BY " + ", ".join(group)) if group else ""
-            cur.execute(sql, params)
-            out.extend(row for row in cur.fetchall() if row[len(cols) + 1] is not None)
-    return out
-
-
 def charge_span(ledger: LedgerCore) -> tuple[int, int] | None:
     """(first, last) ``created_at`` of all charges, or None for an empty ledger."""
     with ledger._transaction() as cur:
-        cur.execute("SELECT MIN(created_at), MAX(created_at) FROM charges")
+        # Two subqueries: each is one index probe (MIN and MAX together would scan it).
+        cur.execute("SELECT (SELECT MIN(created_at) FROM charges), (SELECT MAX(created_at) FROM charges)")
         row = cur.fetchone()
     return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 

@@ -20,7 +20,8 @@ from ..budgets import validate_scope
 from ..errors import ValidationError
 from ..ledger import Ledger
 from ..ledger._rows import to_ms
-from ..ledger.rollup import BUCKET_MS, STATUSES, charge_facts, charge_span, rollup_sums
+from ..ledger.rollup import BUCKET_MS, DAY_MS, STATUSES, charge_facts, charge_span
+from ..ledger.rollup_read import rollup_sums
 from ..money import from_storage
 from . import _time
 
@@ -226,8 +227,9 @@ def _rollup_plan(
     span = charge_span(ledger)
     if span is None:
         return []
-    first = lo if lo is not None else span[0] - span[0] % BUCKET_MS
-    last = hi if hi is not None else span[1] - span[1] % BUCKET_MS + BUCKET_MS
+    # An open end is widened to UTC midnights (no charge lies beyond): day rows cover it.
+    first = lo if lo is not None else span[0] - span[0] % DAY_MS
+    last = hi if hi is not None else span[1] - span[1] % DAY_MS + DAY_MS
     spans = _time.segments(tz, first, last)
     return spans if _time.hour_aligned(spans) else None
 
@@ -257,33 +259,46 @@ def _from_rollup(
         scope_group=group,
         dims=cols,
     )
-    groups: dict[tuple[Key, ...], _Sums] = {}
+    groups: dict[tuple[Key, ...], list[int]] = {}
+    first_sum = 2 + len(cols)
+    day_keys: dict[int, Key] = {}  # a few hundred days over thousands of rows
     for row in raw:
         values: dict[str, Key] = {}
         if time_dim:
-            values[time_dim] = _time.day_key(_time.day_from_number(int(row[0])), time_dim)
+            number = int(row[0])
+            day = day_keys.get(number)
+            if day is None:
+                day = day_keys[number] = _time.day_key(_time.day_from_number(number), time_dim)
+            values[time_dim] = day
         if scope_dim:
             values[scope_dim] = row[1]
         for i, col in enumerate(cols):
             values[col] = row[2 + i] or None
-        sums = [int(x) for x in row[2 + len(cols) :]]
-        statuses = [s for i, s in enumerate(STATUSES) if sums[i * 3]] if "status" in dims else [None]
-        for status in statuses:
-            part = sums
+        sums = [int(x) for x in row[first_sum:]]
+        parts: list[tuple[str | None, list[int]]] = [(None, sums)]
+        if "status" in dims:  # unfold: one group per status present
+            parts = [
+                (s, [x if i * 3 <= j < i * 3 + 3 else 0 for j, x in enumerate(sums)])
+                for i, s in enumerate(STATUSES)
+                if sums[i * 3]
+            ]
+        for status, part in parts:
             if status is not None:
-                base = STATUSES.index(status) * 3
-                part = [x if base <= i < base + 3 else 0 for i, x in enumerate(sums)]
                 values["status"] = status
             key = tuple(values.get(d) for d in dims)
-            groups.setdefault(key, _Sums()).add(part)
-    total = _Sums()
+            acc = groups.get(key)
+            if acc is None:
+                groups[key] = part
+            else:
+                acc[:] = [a + b for a, b in zip(acc, part, strict=True)]
+    total = [0] * 9
     if scope_dim is None:  # the groups partition the charges: their sum is the total
-        for part_sums in groups.values():
-            total.add(part_sums.v)
+        if groups:
+            total = [sum(column) for column in zip(*groups.values(), strict=True)]
     else:  # a charge may count in several scopes: read the total on its own
         for row in rollup_sums(ledger, None, since=lo, until=hi, scope=scope, scope_group=None, dims=[]):
-            total.add(row[2:])
-    return _rows(dims, groups), ReportRow.of({}, total.v)
+            total = [a + int(b) for a, b in zip(total, row[2:], strict=True)]
+    return _rows(dims, groups), ReportRow.of({}, total)
 
 
 def _from_charges(
@@ -318,15 +333,14 @@ def _from_charges(
             if scope_dim is not None:
                 base[scope_dim] = owner
             groups.setdefault(tuple(base.get(d) for d in dims), _Sums()).add_one(status, est, act)
-    return _rows(dims, groups), ReportRow.of({}, total.v)
+    return _rows(dims, {key: sums.v for key, sums in groups.items()}), ReportRow.of({}, total.v)
 
 
 def _sort_key(key: tuple[Key, ...]) -> tuple[tuple[bool, str], ...]:
     return tuple((v is None, f"{v:012d}" if isinstance(v, int) else str(v)) for v in key)
 
 
-def _rows(dims: tuple[str, ...], groups: dict[tuple[Key, ...], _Sums]) -> tuple[ReportRow, ...]:
+def _rows(dims: tuple[str, ...], groups: dict[tuple[Key, ...], list[int]]) -> tuple[ReportRow, ...]:
     return tuple(
-        ReportRow.of(dict(zip(dims, key, strict=True)), groups[key].v)
-        for key in sorted(groups, key=_sort_key)
+        ReportRow.of(dict(zip(dims, key, strict=True)), groups[key]) for key in sorted(groups, key=_sort_key)
     )
