@@ -59,7 +59,7 @@ def sink_from_url(url: str, *, secret: str | None = None, timeout: float | None 
         path = (parts.netloc + parts.path).strip("/")
         if path.count("/") != 2 or parts.query:
             raise ConfigurationError(
-                f"Slack sink {redact_url(url)!r} must be slack://T.../B.../XXXX (the three parts of "
+                f"Slack sink {redact_url(url)!r} must be slack://T.../B.../<token> (the three parts of "
                 "the incoming webhook's URL) or https://hooks.slack.com/services/..."
             )
         return SlackSink(f"https://{SLACK_HOST}/services/{path}", timeout=timeout)
