@@ -180,12 +180,13 @@ def usage_command(
         console.print("no budgets yet; add one with: kling-cost budget set account 1000 --window day")
     if latest:
         table = Table(title="Latest charges")
-        for col in ("when", "task", "model", "mode", "s", "estimate", "actual", "prompt"):
+        for col in ("when", "task", "status", "model", "mode", "s", "estimate", "actual", "prompt"):
             table.add_column(col, overflow="fold")
         for c in latest:
             table.add_row(
                 c.created_at.strftime("%Y-%m-%d %H:%M"),
                 c.task_id or "",
+                c.status.replace("cache_hit", "cached"),
                 c.model or "",
                 c.mode or "",
                 "" if c.duration is None else str(c.duration),
