@@ -79,6 +79,8 @@ def test_two_batch_processes_share_one_budget(
     procs = [cli(env, *args[:2], str(shots(tmp_path, n, 8)), *args[2:]) for n in ("a", "b")]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
+    for name in ("a", "b"):  # the default results file: one line per row
+        assert len((tmp_path / f"{name}.results.jsonl").read_text().splitlines()) == 8
     with open_ledger(ledger_url) as ledger:
         u = ledger.usage("project:shared")
         assert u.used <= u.limit and u.reserved == 0

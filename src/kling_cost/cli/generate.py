@@ -137,7 +137,8 @@ def run_command(
         int, typer.Option("--concurrency", min=1, help="Tasks running at once (<= your pack's limit).")
     ] = 5,
     results: Annotated[
-        Path | None, typer.Option("--results", help="Append one JSON line per row here.")
+        Path | None,
+        typer.Option("--results", help="Append one JSON line per row here (default: FILE.results.jsonl)."),
     ] = None,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Run without asking, whatever the plan costs.")
@@ -175,6 +176,7 @@ def run_command(
             )
         if not typer.confirm(f"Run {len(rows)} requests for {format_amount(plan.total)} {plan.unit}?"):
             raise typer.Exit(1)
+    results = results or file.with_name(file.name + ".results.jsonl")
     summary_dict: dict[str, Any]
     with _guard(ledger_url, base_url, catalog, scope or [], dedup) as guard:
         with Progress(
@@ -198,7 +200,7 @@ def run_command(
         if runner.stop_reason:
             summary_dict["stopped"] = runner.stop_reason
     if json_out:
-        print_json({"plan": plan.to_dict(), "summary": summary_dict})
+        print_json({"plan": plan.to_dict(), "summary": summary_dict, "results": str(results)})
         return
     table = Table(title="Batch summary")
     for key in ("done", "failed", "cached", "refused", "skipped", "errors", "earlier", "spent", "saved"):
@@ -212,8 +214,7 @@ def run_command(
     console.print(table)
     if runner.stop_reason:
         console.print(f"[yellow]stopped submitting: {runner.stop_reason}[/yellow]")
-    if results is not None:
-        console.print(f"results: {results}")
+    console.print(f"results: {results}")
 
 
 def settle_command(
