@@ -291,7 +291,9 @@ class Ledger(LedgerSettlement):
             final_task = task_id or current.task_id
             if extra:
                 current = replace_reservation(current, metadata={**current.metadata, **extra})
-            settled = self._mark(cur, current, COMMITTED, now, spent, final_task)
+            settled = self._mark(
+                cur, current, COMMITTED, now, spent, final_task, metadata_changed=bool(extra)
+            )
             self._insert_charge(cur, now, current, SUCCEEDED, spent, final_task, states)
             return replace_reservation(settled, actual=from_storage(spent), task_id=final_task)
 

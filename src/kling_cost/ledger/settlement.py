@@ -66,13 +66,19 @@ class LedgerSettlement(RequestCacheStore):
         now: datetime,
         actual_milli: int | None,
         task_id: str | None,
+        *,
+        metadata_changed: bool = False,
     ) -> Reservation:
-        """Move the reservation row from its current status to ``status`` (or Conflict)."""
+        """Move the reservation row from its current status to ``status`` (or Conflict);
+        the metadata column is rewritten only when the caller changed it."""
         settled = to_ms(now)
+        sets = "status = ?, actual_milli = ?, settled_at = ?, task_id = ?"
+        params: list[Any] = [status, actual_milli, settled, task_id]
+        if metadata_changed:
+            sets += ", metadata = ?"
+            params.append(json.dumps(res.metadata))
         cur.execute(
-            "UPDATE reservations SET status = ?, actual_milli = ?, settled_at = ?, task_id = ?, "
-            "metadata = ? WHERE id = ? AND status = ?",
-            (status, actual_milli, settled, task_id, json.dumps(res.metadata), res.id, res.status),
+            f"UPDATE reservations SET {sets} WHERE id = ? AND status = ?", [*params, res.id, res.status]
         )
         if cur.rowcount != 1:  # settled concurrently: retry and report the settled state
             raise Conflict(f"reservation {res.id} changed while settling")
