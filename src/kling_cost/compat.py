@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,7 +25,8 @@ from typing import Any
 from .errors import BudgetExceeded
 from .ledger import Ledger, Reservation, open_ledger
 from .money import parse_amount
-from .pricing import estimate
+from .pricing import Estimate, estimate
+from .text import check_storable
 
 __all__ = ["BudgetGuard", "CostAwareKlingClient", "UsageTracker", "pre_batch_check"]
 
@@ -67,14 +68,17 @@ class BudgetGuard:
         self, duration: int = 5, mode: str = "standard", audio: bool = False
     ) -> int | Decimal:
         """Credits of one video from the seed's table (``kling-app-credits``)."""
-        est = estimate(kind="text2video", duration=duration, mode=mode, audio=audio, catalog=self.catalog)
-        return _plain(est.amount)
+        return _plain(self._estimate(duration, mode, audio).amount)
 
-    def check(self, credits_needed: int | Decimal) -> bool:
+    def _estimate(self, duration: int, mode: str, audio: bool) -> Estimate:
+        return estimate(kind="text2video", duration=duration, mode=mode, audio=audio, catalog=self.catalog)
+
+    def check(self, credits_needed: int | Decimal, *, metadata: Mapping[str, Any] | None = None) -> bool:
         """Reserve ``credits_needed`` for today, or raise ``BudgetExceeded`` (a RuntimeError).
 
         Alerts (``_on_alert``) as the seed does, when today's usage including this request
-        reaches ``alert_threshold`` (once per day, across processes).
+        reaches ``alert_threshold`` (once per day, across processes). ``metadata`` (model,
+        mode, prompt, ...) is recorded on the charge.
         """
         usage = self.ledger.usage(self.scope, "day")
         needed = parse_amount(credits_needed, what="credits_needed")
@@ -83,7 +87,10 @@ class BudgetGuard:
             self._alert_once(usage.window.key, spent + needed)
         try:
             reservation = self.ledger.reserve(
-                needed, [self.scope], ttl=self.ttl, metadata={"source": "BudgetGuard.check"}
+                needed,
+                [self.scope],
+                ttl=self.ttl,
+                metadata={"source": "BudgetGuard.check", **(metadata or {})},
             )
         except BudgetExceeded as exc:
             now = self.ledger.usage(self.scope, "day")
@@ -186,12 +193,18 @@ class CostAwareKlingClient:
         self.budget = budget
 
     def text_to_video(self, prompt: str, **kwargs: Any) -> Any:
-        credits = self.budget.estimate_credits(
+        check_storable({"prompt": prompt, **kwargs})  # refused before anything is held
+        est = self.budget._estimate(
             kwargs.get("duration", 5),
             kwargs.get("mode", "standard"),
             kwargs.get("audio", False),
         )
-        self.budget.check(credits)
+        fields = est.charge_fields()  # as priced: default model, normalised mode and duration
+        model = kwargs.get("model_name") or kwargs.get("model")
+        if isinstance(model, str) and model:
+            fields["model"] = model
+        credits = _plain(est.amount)
+        self.budget.check(credits, metadata={"kind": "text2video", "prompt": prompt, **fields})
         try:
             result = self.client.text_to_video(prompt, **kwargs)
         except BaseException:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from kling_cost.guard import CostAwareClient
 from kling_cost.kling import KlingClient, RetryPolicy
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.simulator import ManualClock, Simulator, create_app
+from tests.helpers import fresh_postgres_url, need_postgres
 from tests.servers import AK, SK, serve
 
 
@@ -43,12 +45,42 @@ class World:
         return list(self.sim.state.tasks.values())
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+@contextmanager
+def make_world(url: str) -> Iterator[World]:
     clock = ManualClock()
     app = create_app(AK, SK, clock=clock, task_seconds=10, failure_rate=0, concurrency=20)
-    url = f"sqlite:///{tmp_path / 'guard.db'}"
     ledger = open_ledger(url)
-    with serve(app) as base:
-        yield World(base, app.state.simulator, clock, ledger, url)
-    ledger.close()
+    try:
+        with serve(app) as base:
+            yield World(base, app.state.simulator, clock, ledger, url)
+    finally:
+        ledger.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with make_world(f"sqlite:///{tmp_path / 'guard.db'}") as made:
+        yield made
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", marks=pytest.mark.sqlite, id="sqlite"),
+        pytest.param("postgres", marks=pytest.mark.postgres, id="postgres"),
+    ]
+)
+def any_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    """:func:`world` on each ledger backend (SQLite and PostgreSQL)."""
+    if request.param == "sqlite":
+        with make_world(f"sqlite:///{tmp_path / 'guard.db'}") as made:
+            yield made
+        return
+    need_postgres()
+    url = fresh_postgres_url()
+    try:
+        with make_world(url) as made:
+            yield made
+    finally:
+        cleanup = open_ledger(url)
+        cleanup.drop_schema()  # type: ignore[attr-defined]
+        cleanup.close()

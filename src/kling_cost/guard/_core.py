@@ -18,6 +18,7 @@ from ..kling.models import KlingRequest, KlingTask
 from ..ledger import Ledger, Reservation
 from ..money import parse_amount
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
+from ..text import check_storable
 
 __all__ = ["PENDING_GRACE", "GuardCore", "GuardedRequest", "SettleReport", "is_unknown_task"]
 
@@ -110,6 +111,8 @@ class GuardCore:
         """
         kind = endpoint_kind(endpoint)
         data = normalise_body(body.to_body() if isinstance(body, KlingRequest) else dict(body))
+        check_storable(data)  # NUL or lone surrogates: refused before anything is held
+        check_storable(dict(hints or {}), "hints")
         price = validate_create(kind, data, None)
         est, source = self._estimate(kind, data, price, dict(hints or {}))
         key = str(data.get("external_task_id") or f"kc-{uuid.uuid4().hex}")
@@ -121,11 +124,7 @@ class GuardCore:
         meta: dict[str, Any] = {
             "endpoint": kind,
             "kind": kind,
-            "model": req.model,
-            "mode": req.mode,
-            "duration": req.duration,
-            "audio": req.audio,
-            "n": req.n,
+            **est.charge_fields(),  # as priced: default model filled in, mode/duration normalised
             "external_task_id": key,
             "estimate_source": source,
             "catalog": est.catalog,

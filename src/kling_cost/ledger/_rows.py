@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from ..budgets import Budget
 from ..errors import BudgetExceeded, ValidationError
 from ..money import from_storage
+from ..text import bad_text, clean_json, clean_text
 from .models import AlertRecord, Charge, Reservation
 
 MAX_KEY = 200
@@ -148,15 +149,24 @@ def reservation_id_of(ref: Reservation | str) -> str:
 def check_key(key: object) -> str:
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_KEY:
         raise ValidationError(f"idempotency_key must be a non-empty string of at most {MAX_KEY} characters")
+    why = bad_text(key)
+    if why is not None:
+        raise ValidationError(f"idempotency_key {key!r} {why}; use printable text")
     return key
 
 
 def text_or_none(value: object) -> str | None:
-    return None if value is None else str(value)
+    """A text column's value: NUL and lone surrogates (which PostgreSQL refuses) cleaned out,
+    so what Kling charged is always recorded, whatever text came with it."""
+    return None if value is None else clean_text(str(value))
 
 
 def clean_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """JSON-safe metadata; a ``prompt`` is replaced by its SHA-256 and a 100-character preview."""
+    """JSON-safe metadata; a ``prompt`` is replaced by its SHA-256 and a 100-character preview.
+
+    Strings and keys are cleaned of what PostgreSQL text cannot hold (NUL, lone surrogates:
+    replaced by U+FFFD), so metadata can never make a reservation or a commit fail.
+    """
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
@@ -164,12 +174,17 @@ def clean_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     meta = dict(metadata)
     prompt = meta.pop("prompt", None)
     if isinstance(prompt, str):
-        meta.setdefault("prompt_hash", hashlib.sha256(prompt.encode()).hexdigest())
+        digest = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
+        meta.setdefault("prompt_hash", digest)
         meta.setdefault("prompt_preview", prompt[:PREVIEW])
     try:
-        return dict(json.loads(json.dumps(meta, default=json_default)))
+        text = json.dumps(meta, default=json_default)
+        cleaned = json.loads(text)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"metadata is not JSON-serialisable: {exc}") from None
+    if "\\u0000" in text or "\\ud" in text:  # a NUL or a surrogate escape: clean every string
+        cleaned = clean_json(cleaned)
+    return dict(cleaned)
 
 
 def json_default(obj: object) -> Any:

@@ -30,6 +30,7 @@ from ._rows import (
     new_id,
     replace_reservation,
     reservation_id_of,
+    text_or_none,
     to_ms,
 )
 from .core import Clock
@@ -261,7 +262,8 @@ class Ledger(LedgerSettlement):
             None if actual is None else to_storage(parse_amount(actual, what="actual", allow_zero=True))
         )
         extra = clean_metadata(metadata)
-        return self._retrying(lambda: self._commit(res_id, actual_milli, task_id, force, extra))
+        task = text_or_none(task_id)
+        return self._retrying(lambda: self._commit(res_id, actual_milli, task, force, extra))
 
     def _commit(
         self,
@@ -377,6 +379,7 @@ class Ledger(LedgerSettlement):
         scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
         key = None if idempotency_key is None else check_key(idempotency_key)
         meta = clean_metadata(metadata)
+        task_id = text_or_none(task_id)
 
         def run() -> bool:
             now = self.clock()

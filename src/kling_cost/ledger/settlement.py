@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import ReservationError, ValidationError
 from ..money import to_storage
+from ..text import clean_text
 from ._rows import (
     BUDGET_SELECT,
     RES_SELECT,
@@ -102,6 +103,7 @@ class LedgerSettlement(RequestCacheStore):
         res_id = reservation_id_of(reservation)
         if not isinstance(task_id, str) or not task_id:
             raise ValidationError("task_id must be a non-empty string")
+        task_id = clean_text(task_id)
         if ttl is not None and (not isinstance(ttl, timedelta) or ttl <= timedelta(0)):
             raise ValidationError(f"ttl must be a positive timedelta, not {ttl!r}")
         extra = clean_metadata(metadata)
@@ -191,6 +193,7 @@ class LedgerSettlement(RequestCacheStore):
     ) -> None:
         meta = res.metadata
         duration = meta.get("duration")
+        task_id = text_or_none(task_id)
         charge = SettledCharge(
             id=None,
             status=status,

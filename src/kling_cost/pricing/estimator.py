@@ -14,7 +14,7 @@ from .catalog import Catalog, PriceEntry, choose
 from .loader import load_catalog
 from .request import PriceRequest
 
-__all__ = ["BreakdownLine", "Estimate", "estimate"]
+__all__ = ["BreakdownLine", "Estimate", "estimate", "kling_default_model"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,12 @@ class Estimate:
     breakdown: tuple[BreakdownLine, ...]
     pack: str
 
+    def charge_fields(self) -> dict[str, Any]:
+        """What a charge records about the request as priced: the catalog's default model
+        filled in (in a catalog without one, the model Kling runs by default), and the
+        normalised mode, duration, audio and n."""
+        return self.request.charge_fields(kling_default_model(self.request.kind))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "amount": format_amount(self.amount),
@@ -65,6 +71,16 @@ class Estimate:
             "request": self.request.to_dict(),
             "breakdown": [line.to_dict() for line in self.breakdown],
         }
+
+
+KLING_DEFAULTS = "kling-api"
+"""The shipped catalog whose ``[defaults]`` are Kling's own default models."""
+
+
+def kling_default_model(kind: str) -> str | None:
+    """The model Kling runs for a request of price kind ``kind`` that names none; ``None``
+    for kinds without a model (lip-sync)."""
+    return load_catalog(KLING_DEFAULTS).defaults.get(kind)
 
 
 def estimate(

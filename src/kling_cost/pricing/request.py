@@ -223,6 +223,17 @@ class PriceRequest:
             parts.append("audio")
         return " ".join(parts)
 
+    def charge_fields(self, default_model: str | None = None) -> dict[str, Any]:
+        """What a charge records about this request, normalised as it was priced: ``model``
+        (``default_model`` when the request names none), ``mode``, ``duration``, ``audio``, ``n``."""
+        return {
+            "model": self.model or default_model,
+            "mode": self.mode,
+            "duration": self.duration,
+            "audio": self.audio,
+            "n": self.n,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.endpoint,
