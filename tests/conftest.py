@@ -12,7 +12,9 @@ def clean_environ(
 ) -> Iterator[None]:
     """No test sees the developer's own settings; the default ledger lives in a temp dir."""
     for name in list(os.environ):
-        if name.startswith(("KLING_COST_", "KLING_ACCESS", "KLING_SECRET", "KLING_API")) and name not in (
+        if name.startswith(
+            ("KLING_COST_", "KLING_ACCESS", "KLING_SECRET", "KLING_API", "KLING_BASE")
+        ) and name not in (
             "KLING_COST_TEST_POSTGRES_URL",
             "KLING_COST_REQUIRE_SERVICES",
         ):

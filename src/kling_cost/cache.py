@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from .errors import ValidationError
 from .pricing.request import PriceRequest
 
 __all__ = ["CachePolicy", "fingerprint"]
@@ -26,13 +27,31 @@ class CachePolicy:
     ``enabled``: reuse identical requests (off for users who want variations of one prompt).
     ``ttl``: how long a succeeded result is reused (Kling's result URLs live 30 days).
     ``lease``: how long an in-flight claim holds before another caller may pay for it.
+    ``wait``: how long, from its claim, an identical request in flight may take to be accepted
+    by Kling before a caller waiting for it asks Kling about it and, if Kling never got it,
+    sends its own (a caller that gave up, or whose hold was freed, is not waited for at all).
     ``wait_poll``: seconds between checks while waiting for an identical request in flight.
     """
 
     enabled: bool = True
     ttl: timedelta = timedelta(days=7)
     lease: timedelta = timedelta(minutes=30)
+    wait: timedelta = timedelta(minutes=2)
     wait_poll: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("ttl", "lease", "wait"):
+            value = getattr(self, name)
+            if not isinstance(value, timedelta) or value <= timedelta(0):
+                raise ValidationError(f"CachePolicy.{name} must be a positive timedelta, not {value!r}")
+        if (
+            isinstance(self.wait_poll, bool)
+            or not isinstance(self.wait_poll, (int, float))
+            or not (self.wait_poll > 0)
+        ):
+            raise ValidationError(
+                f"CachePolicy.wait_poll must be a positive number of seconds, not {self.wait_poll!r}"
+            )
 
 
 def _normal(value: Any) -> Any:

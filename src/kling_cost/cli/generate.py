@@ -19,6 +19,7 @@ from ..guard import CostAwareClient
 from ..kling import KlingClient
 from ..money import format_amount, parse_amount
 from ._common import (
+    EXIT_ERROR,
     CatalogOption,
     JsonOption,
     LedgerOption,
@@ -223,18 +224,25 @@ def settle_command(
     catalog: CatalogOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Finish what crashed processes left: settle every reservation whose task has ended."""
+    """Finish what crashed processes left: settle every reservation whose task has ended.
+    Exits 1 when some could not be settled (they stay as they were: run it again)."""
     with _guard(ledger_url, base_url, catalog, [], True) as guard, boundary():
         report = guard.settle_pending()
     if json_out:
         print_json(report.to_dict())
-        return
-    console.print(
-        f"committed {len(report.committed)}, released {len(report.released)}, still running "
-        f"{len(report.running)}, errors {len(report.errors)}"
-    )
-    for line in report.errors:
-        err_console.print(f"  {line}", markup=False)
+    else:
+        console.print(
+            f"committed {len(report.committed)}, released {len(report.released)}, still running "
+            f"{len(report.running)}, errors {len(report.errors)}"
+        )
+        for line in report.errors:
+            err_console.print(f"  {line}", markup=False)
+    if report.errors:
+        fail(
+            f"{len(report.errors)} reservation(s) could not be settled and stay as they were; "
+            "fix the cause (e.g. --base-url, credentials) and run `kling-cost settle` again",
+            EXIT_ERROR,
+        )
 
 
 def advise_command(

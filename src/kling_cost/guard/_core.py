@@ -15,12 +15,25 @@ from ..cache import CachePolicy, fingerprint
 from ..errors import BudgetExceeded, KlingAPIError, PricingError
 from ..kling._core import endpoint_kind, normalise_body, validate_create
 from ..kling.models import KlingRequest, KlingTask
-from ..ledger import Ledger, Reservation
+from ..ledger import CacheEntry, Ledger, Reservation
+from ..ledger.cache_store import ABANDONED
 from ..money import parse_amount
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
 from ..text import check_storable
 
-__all__ = ["PENDING_GRACE", "GuardCore", "GuardedRequest", "SettleReport", "is_unknown_task"]
+__all__ = [
+    "CHECK",
+    "GONE",
+    "PENDING_GRACE",
+    "WAIT",
+    "GuardCore",
+    "GuardedRequest",
+    "SettleReport",
+    "is_unknown_task",
+]
+
+WAIT, CHECK, GONE = "wait", "check", "gone"
+"""What a caller waiting for an identical request in flight does next (see ``GuardCore.verdict``)."""
 
 PENDING_GRACE = timedelta(minutes=2)
 """A reservation without a task this old whose request Kling does not know was never sent."""
@@ -201,6 +214,42 @@ class GuardCore:
     def scopes_for(self, extra: Sequence[str] | None) -> tuple[str, ...]:
         return normalise_scopes([*self.scopes, *(extra or ())])
 
+    # -- single-flight: waiting for an identical request in flight ----------------------------
+
+    def give_up(self, req: GuardedRequest) -> None:
+        """The caller that claimed ``req``'s fingerprint failed: forget the claim when its hold
+        was freed, else mark it abandoned (Kling may have it) so waiters ask Kling at once."""
+        found = self.ledger.get_reservation(req.key)
+        if found is not None and found.status == "reserved":
+            self.ledger.cache_abandon(req.fingerprint, found.id)
+        else:
+            self.ledger.cache_drop(req.fingerprint)
+
+    def holder(self, entry: CacheEntry) -> Reservation | None:
+        """The reservation paying for an in-flight fingerprint (None before it reserved)."""
+        return None if entry.reservation_id is None else self.ledger.get_reservation(entry.reservation_id)
+
+    def verdict(self, entry: CacheEntry, holder: Reservation | None) -> str:
+        """What a caller waiting for an in-flight ``entry`` without a task does next:
+        ``WAIT``; ``CHECK`` (ask Kling for the holder's key: the holder gave up, its hold
+        lapsed, or Kling has not accepted it within ``CachePolicy.wait``); ``GONE`` (Kling
+        never got it: forget the claim and send our own)."""
+        overdue = self.ledger.clock() >= entry.created_at + self.cache.wait
+        if holder is None:  # nothing reserved yet, so nothing sent yet
+            return GONE if overdue or entry.status == ABANDONED else WAIT
+        if holder.status == "released":  # freed only when Kling surely did not accept it
+            return GONE
+        if entry.status == ABANDONED or holder.status != "reserved" or overdue:
+            return CHECK
+        return WAIT
+
+    def adopt(self, entry: CacheEntry, holder: Reservation, task: KlingTask) -> None:
+        """Kling accepted the request of a holder that gave up: attach the task to the holder's
+        reservation (it is settled when the task ends) and let every waiter wait for it."""
+        if holder.task_id is None:
+            self.ledger.attach_task(holder, task.task_id, ttl=self.task_ttl)
+        self.ledger.cache_adopt(entry, task.task_id)
+
     # -- after the task ended -----------------------------------------------------------------
 
     def settle(self, reservation: Reservation, task: KlingTask) -> Reservation:
@@ -249,11 +298,6 @@ class GuardCore:
                 task_id=task.task_id,
                 metadata={**reservation.metadata, **self._result_metadata(task, source), "late": True},
             )
-
-    def still_held(self, key: str) -> bool:
-        """Whether the reservation under ``key`` still holds credits (kept on purpose)."""
-        found = self.ledger.get_reservation(key)
-        return found is not None and found.status == "reserved"
 
     def renew(self, task: KlingTask | None) -> None:
         """Keep a running task's reservation held while someone waits for it."""

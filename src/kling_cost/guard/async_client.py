@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -20,7 +21,7 @@ from ..kling.async_client import AsyncKlingClient
 from ..kling.models import KlingRequest, KlingTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..pricing import Catalog
-from ._core import PENDING_GRACE, GuardCore, GuardedRequest, is_unknown_task
+from ._core import CHECK, GONE, PENDING_GRACE, GuardCore, GuardedRequest, is_unknown_task
 
 __all__ = ["AsyncCostAwareClient"]
 
@@ -89,8 +90,8 @@ class AsyncCostAwareClient:
         try:
             return await self._reserve_and_submit(req, all_scopes, use_cache)
         except BaseException:
-            if use_cache and not await asyncio.to_thread(self.core.still_held, req.key):
-                await asyncio.to_thread(self.ledger.cache_drop, req.fingerprint)
+            if use_cache:
+                await asyncio.to_thread(self.core.give_up, req)
             raise
 
     async def _claim_or_reuse(self, req: GuardedRequest, scopes: Sequence[str]) -> KlingTask | None:
@@ -120,10 +121,23 @@ class AsyncCostAwareClient:
                 task = KlingTask.model_validate(entry.result)
                 task.endpoint = entry.endpoint
                 return task
-            if entry.task_id is not None:
-                task = await self.client.wait(entry.task_id, endpoint=entry.endpoint, poll=policy.wait_poll)
+            holder = await asyncio.to_thread(self.core.holder, entry)
+            task_id = entry.task_id or (holder.task_id if holder is not None else None)
+            if task_id is not None:
+                task = await self.client.wait(task_id, endpoint=entry.endpoint, poll=policy.wait_poll)
                 await self._settle_by_task(task)
                 return task
+            verdict = await asyncio.to_thread(self.core.verdict, entry, holder)
+            if verdict == CHECK and holder is not None:
+                known = await self._find(entry.endpoint, holder.idempotency_key, strict=True)
+                if known is not None:
+                    await asyncio.to_thread(self.core.adopt, entry, holder, known)
+                    entry = replace(entry, task_id=known.task_id)
+                    continue
+                verdict = GONE
+            if verdict == GONE:
+                await asyncio.to_thread(self.ledger.cache_forget, entry)
+                return None
             await asyncio.sleep(policy.wait_poll)
             current = await asyncio.to_thread(self.ledger.cache_lookup, entry.fingerprint)
             if current is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -23,7 +24,15 @@ from ..kling.client import KlingClient
 from ..kling.models import KlingRequest, KlingTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..pricing import Catalog
-from ._core import PENDING_GRACE, GuardCore, GuardedRequest, SettleReport, is_unknown_task
+from ._core import (
+    CHECK,
+    GONE,
+    PENDING_GRACE,
+    GuardCore,
+    GuardedRequest,
+    SettleReport,
+    is_unknown_task,
+)
 
 __all__ = ["CostAwareClient"]
 
@@ -102,8 +111,8 @@ class CostAwareClient:
         try:
             return self._reserve_and_submit(req, all_scopes, use_cache)
         except BaseException:
-            if use_cache and not self.core.still_held(req.key):
-                self.ledger.cache_drop(req.fingerprint)
+            if use_cache:  # identical requests waiting for this one must not wait in vain
+                self.core.give_up(req)
             raise
 
     def _claim_or_reuse(self, req: GuardedRequest, scopes: Sequence[str]) -> KlingTask | None:
@@ -126,17 +135,35 @@ class CostAwareClient:
             # the identical request failed or vanished: claim again and pay for ours
 
     def _reuse(self, entry: CacheEntry) -> KlingTask | None:
-        """A succeeded entry's task, or wait for an in-flight one to end (single-flight)."""
+        """A succeeded entry's task, or wait for an in-flight one to end (single-flight).
+
+        None when the identical request is gone (failed, freed, past its lease, or never
+        received by Kling within ``CachePolicy.wait``): the caller claims it and pays for its own.
+        """
         policy = self.core.cache
         while True:
             if entry.status == "succeeded" and entry.result is not None:
                 task = KlingTask.model_validate(entry.result)
                 task.endpoint = entry.endpoint
                 return task
-            if entry.task_id is not None:
-                task = self.client.wait(entry.task_id, endpoint=entry.endpoint, poll=policy.wait_poll)
+            holder = self.core.holder(entry)
+            task_id = entry.task_id or (holder.task_id if holder is not None else None)
+            if task_id is not None:
+                task = self.client.wait(task_id, endpoint=entry.endpoint, poll=policy.wait_poll)
                 self._settle_by_task(task)
                 return task
+            verdict = self.core.verdict(entry, holder)
+            if verdict == CHECK and holder is not None:
+                # Kling cannot be asked: raise that error rather than risk paying twice
+                known = self._find(entry.endpoint, holder.idempotency_key, strict=True)
+                if known is not None:
+                    self.core.adopt(entry, holder, known)
+                    entry = replace(entry, task_id=known.task_id)
+                    continue
+                verdict = GONE
+            if verdict == GONE:
+                self.ledger.cache_forget(entry)
+                return None
             time.sleep(policy.wait_poll)
             current = self.ledger.cache_lookup(entry.fingerprint)
             if current is None:

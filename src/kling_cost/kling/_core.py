@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +39,9 @@ CREATE_PATHS: dict[str, str] = {
     "tryon": "/v1/images/kolors-virtual-try-on",
 }
 """Create path of each endpoint kind; query is ``<path>/{id}``, list is ``<path>?pageNum&pageSize``."""
+
+ENV_BASE_URL = "KLING_BASE_URL"
+"""Where the base URL comes from when none is given (as the CLI's ``--base-url``)."""
 
 ACCOUNT_COSTS_PATH = "/account/costs"
 MAX_IMAGE_LIST = 4
@@ -252,7 +256,7 @@ class ClientCore:
     ) -> None:
         if region not in BASE_URLS:
             raise ConfigurationError(f"region {region!r} is not a Kling region; allowed: global, china")
-        self.base_url = (base_url or BASE_URLS[region]).rstrip("/")
+        self.base_url = (base_url or os.environ.get(ENV_BASE_URL) or BASE_URLS[region]).rstrip("/")
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.validate = validate

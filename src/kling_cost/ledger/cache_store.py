@@ -13,10 +13,13 @@ from ..money import from_storage, parse_amount, to_storage
 from ._rows import Cursor, from_ms, to_ms
 from .queries import LedgerQueries
 
-__all__ = ["CacheEntry", "RequestCacheStore"]
+__all__ = ["ABANDONED", "INFLIGHT", "SUCCEEDED", "CacheEntry", "RequestCacheStore"]
 
 INFLIGHT = "inflight"
 SUCCEEDED = "succeeded"
+ABANDONED = "abandoned"
+"""In flight, but the caller paying for it gave up without knowing whether Kling accepted it
+(its hold is kept): a waiter asks Kling before it takes over."""
 
 _SELECT = (
     "SELECT fingerprint, status, endpoint, reservation_id, task_id, result, estimate_milli, "
@@ -132,6 +135,45 @@ class RequestCacheStore(LedgerQueries):
                 f"UPDATE request_cache SET {', '.join(sets)} WHERE fingerprint = ? AND status = ?",
                 params,
             )
+
+    def cache_abandon(self, fingerprint: str, reservation_id: str) -> None:
+        """The caller holding ``reservation_id`` gave up on its in-flight fingerprint without
+        knowing whether Kling accepted it: waiters stop waiting for it and ask Kling."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE request_cache SET status = ?, updated_at = ? WHERE fingerprint = ? "
+                "AND status = ? AND reservation_id = ? AND task_id IS NULL",
+                (ABANDONED, to_ms(self.clock()), fingerprint, INFLIGHT, reservation_id),
+            )
+
+    def cache_adopt(self, entry: CacheEntry, task_id: str) -> None:
+        """Kling accepted the request of an in-flight or abandoned ``entry`` as ``task_id``:
+        waiters now wait for that task."""
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE request_cache SET status = ?, task_id = ?, updated_at = ? WHERE fingerprint = ? "
+                "AND status IN (?, ?) AND created_at = ? AND task_id IS NULL",
+                (
+                    INFLIGHT,
+                    task_id,
+                    to_ms(self.clock()),
+                    entry.fingerprint,
+                    INFLIGHT,
+                    ABANDONED,
+                    to_ms(entry.created_at),
+                ),
+            )
+
+    def cache_forget(self, entry: CacheEntry) -> bool:
+        """Delete the claim ``entry`` (its caller is gone and Kling never accepted its request)
+        unless it changed since it was read; True if it was deleted."""
+        with self._transaction() as cur:
+            cur.execute(
+                "DELETE FROM request_cache WHERE fingerprint = ? AND status IN (?, ?) "
+                "AND created_at = ? AND task_id IS NULL",
+                (entry.fingerprint, INFLIGHT, ABANDONED, to_ms(entry.created_at)),
+            )
+            return bool(cur.rowcount == 1)
 
     def cache_complete(self, fingerprint: str, task: dict[str, Any], ttl: timedelta) -> None:
         """The request succeeded: identical requests within ``ttl`` reuse ``task`` for free."""

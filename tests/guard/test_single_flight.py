@@ -1,0 +1,191 @@
+"""Single-flight never hangs: a caller waiting for an identical request in flight gives up on
+a holder that is gone, failed or past ``CachePolicy.wait``, then sends its own request or
+fails with a clear error, within a bound (both ledger backends, sync and async clients)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from typer.testing import CliRunner
+
+from kling_cost import ServerError
+from kling_cost.cache import CachePolicy
+from kling_cost.cli import app
+from kling_cost.guard import AsyncCostAwareClient, CostAwareClient
+from kling_cost.kling import AsyncKlingClient, KlingClient, RetryPolicy
+from tests.guard.conftest import World
+from tests.guard.test_batch import ticking
+from tests.servers import AK, SK, free_port
+
+T = TypeVar("T")
+BODY = {"prompt": "one shot", "model_name": "kling-v1", "mode": "std", "duration": "5"}
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, failing the test (instead of hanging it) if it takes longer than ``seconds``."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # re-raised below
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        pytest.fail(f"still waiting after {seconds} s: single-flight hangs")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def closed_url() -> str:
+    """A loopback port nothing listens on: connections are refused."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def guard_at(world: World, url: str, **cache: Any) -> CostAwareClient:
+    kling = KlingClient(AK, SK, base_url=url, retry=RetryPolicy(base_delay=0))
+    return CostAwareClient(
+        kling, world.ledger, scopes=["project:film"], cache=CachePolicy(wait_poll=0.01, **cache)
+    )
+
+
+def test_a_holder_that_never_reached_kling_is_not_waited_for(any_world: World) -> None:
+    any_world.ledger.set_budget("project:film", 100)
+    unreachable = closed_url()
+    with guard_at(any_world, unreachable) as first, pytest.raises(ServerError):
+        first.create("text2video", BODY)  # never reached Kling; its hold is kept (cannot ask Kling)
+    [held] = any_world.ledger.reservations(status="reserved")
+    with (
+        guard_at(any_world, unreachable) as second,
+        pytest.raises(ServerError, match="could not reach Kling"),
+    ):
+        within(10, lambda: second.create("text2video", BODY))  # default wait of 2 min: not used
+    with guard_at(any_world, any_world.url) as third:  # Kling is reachable again
+        task = within(10, lambda: third.create("text2video", BODY))
+        any_world.finish()
+        done = third.wait(task, poll=0.01)
+    assert done.succeeded and len(any_world.tasks) == 1
+    assert task.external_task_id != held.idempotency_key  # the lost first request was never sent
+    assert any_world.ledger.usage("project:film").used == 1
+
+
+def test_the_async_client_does_not_wait_for_a_holder_that_never_reached_kling(any_world: World) -> None:
+    any_world.ledger.set_budget("project:film", 100)
+    unreachable = closed_url()
+
+    async def create(url: str) -> Any:
+        kling = AsyncKlingClient(AK, SK, base_url=url, retry=RetryPolicy(base_delay=0))
+        async with AsyncCostAwareClient(
+            kling, any_world.ledger, scopes=["project:film"], cache=CachePolicy(wait_poll=0.01)
+        ) as guard:
+            return await guard.create("text2video", BODY)
+
+    with pytest.raises(ServerError):
+        asyncio.run(create(unreachable))
+    with pytest.raises(ServerError, match="could not reach Kling"):
+        within(10, lambda: asyncio.run(create(unreachable)))
+    task = within(10, lambda: asyncio.run(create(any_world.url)))
+    assert task.task_id and len(any_world.tasks) == 1
+
+
+def _claim_without_sending(world: World, guard: CostAwareClient, key: str) -> Any:
+    """What a holder killed between reserving and sending leaves: a claim and a held reservation."""
+    req = guard.core.prepare("text2video", BODY)
+    claimed, _ = world.ledger.cache_claim(req.fingerprint, req.endpoint, req.amount, timedelta(minutes=30))
+    assert claimed
+    res = world.ledger.reserve(req.amount, ["project:film"], idempotency_key=key, metadata=req.metadata)
+    world.ledger.cache_attach(req.fingerprint, reservation_id=res.id)
+    return res
+
+
+def test_a_silent_holder_is_given_up_on_after_the_wait_bound(any_world: World) -> None:
+    any_world.ledger.set_budget("project:film", 100)
+    with guard_at(any_world, any_world.url, wait=timedelta(seconds=1)) as guard:
+        _claim_without_sending(any_world, guard, "dead-holder")
+        started = time.monotonic()
+        task = within(15, lambda: guard.create("text2video", BODY))
+        elapsed = time.monotonic() - started
+    assert 1 <= elapsed < 10  # waited for the holder, but only CachePolicy.wait
+    assert len(any_world.tasks) == 1 and any_world.tasks[0].external_task_id == task.external_task_id
+
+
+def test_a_holder_whose_hold_was_freed_is_not_waited_for(any_world: World) -> None:
+    any_world.ledger.set_budget("project:film", 100)
+    with guard_at(any_world, any_world.url) as guard:  # default wait: 2 minutes
+        res = _claim_without_sending(any_world, guard, "failed-holder")
+        any_world.ledger.release(res)  # it failed before Kling accepted, then died before forgetting
+        within(10, lambda: guard.create("text2video", BODY))
+    assert len(any_world.tasks) == 1
+
+
+def test_a_holder_that_gave_up_after_kling_accepted_is_adopted(any_world: World) -> None:
+    """The holder's answer was lost and it gave up: the waiter finds its task on Kling, waits
+    for it and pays nothing; the holder's reservation is charged once."""
+    any_world.ledger.set_budget("project:film", 100)
+    with guard_at(any_world, any_world.url) as guard:
+        res = _claim_without_sending(any_world, guard, "lost-answer")
+        with any_world.kling() as kling:
+            kling.create("text2video", {**BODY, "external_task_id": "lost-answer"})
+        fp = guard.core.prepare("text2video", BODY).fingerprint
+        any_world.ledger.cache_abandon(fp, res.id)
+        with ticking(any_world):
+            task = within(20, lambda: guard.create("text2video", BODY))
+    assert task.succeeded and len(any_world.tasks) == 1
+    assert task.task_id == any_world.tasks[0].task_id
+    assert sorted(c.status for c in any_world.ledger.charges()) == ["cache_hit", "succeeded"]
+    held = any_world.ledger.get_reservation("lost-answer")
+    assert held is not None and held.status == "committed" and held.task_id == task.task_id
+    assert any_world.ledger.usage("project:film").used == 1
+
+
+def test_cache_policy_wait_must_be_positive() -> None:
+    from kling_cost import ValidationError
+
+    with pytest.raises(ValidationError, match=r"CachePolicy\.wait "):
+        CachePolicy(wait=timedelta(0))
+
+
+def test_kling_client_reads_the_base_url_from_the_environment(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KLING_BASE_URL", world.url)
+    with KlingClient(AK, SK) as kling:
+        assert kling.base_url == world.url
+        assert kling.text_to_video("from the environment", model_name="kling-v1").task_id
+    assert AsyncKlingClient(AK, SK).base_url == world.url
+    unreachable = closed_url()
+    with KlingClient(AK, SK, base_url=unreachable, retry=RetryPolicy.off()) as kling:  # the argument wins
+        assert kling.base_url == unreachable
+        with pytest.raises(ServerError, match="could not reach Kling"):
+            kling.text_to_video("explicit", model_name="kling-v1")
+    assert len(world.tasks) == 1
+
+
+def test_settle_exits_non_zero_when_something_failed_to_settle(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KLING_ACCESS_KEY", AK)
+    monkeypatch.setenv("KLING_SECRET_KEY", SK)
+    world.ledger.reserve(1, ["project:film"], idempotency_key="job-1", metadata={"endpoint": "text2video"})
+    runner = CliRunner()
+    failed = runner.invoke(app, ["settle", "--ledger", world.ledger_url, "--base-url", closed_url()])
+    assert failed.exit_code == 1, failed.output
+    assert "could not be settled" in failed.stderr and "errors 1" in failed.stdout
+    failed_json = runner.invoke(
+        app, ["settle", "--ledger", world.ledger_url, "--base-url", closed_url(), "--json"]
+    )
+    assert failed_json.exit_code == 1 and '"errors"' in failed_json.stdout
+    assert world.ledger.get_reservation("job-1").status == "reserved"  # type: ignore[union-attr]
+    ok = runner.invoke(app, ["settle", "--ledger", world.ledger_url, "--base-url", world.url])
+    assert ok.exit_code == 0, ok.output
