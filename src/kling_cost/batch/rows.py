@@ -3,20 +3,49 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..kling import models
 from ..kling._core import endpoint_kind
 from ..pricing.request import normalise_mode
 
-__all__ = ["BatchRow", "read_batch"]
+__all__ = ["FIELDS", "BatchRow", "read_batch"]
 
 _ALIASES = {"model": "model_name", "kind": "endpoint", "audio": "sound"}
+_REQUESTS = (
+    models.TextToVideoRequest,
+    models.ImageToVideoRequest,
+    models.MultiImageToVideoRequest,
+    models.VideoExtendRequest,
+    models.LipSyncRequest,
+    models.EffectsRequest,
+    models.ImageGenerationRequest,
+    models.VirtualTryOnRequest,
+)
+FIELDS = frozenset({"endpoint", *_ALIASES}.union(*(r.model_fields for r in _REQUESTS)))
+"""The fields a JSONL / CSV row may have: Kling's create fields and our aliases."""
+
+
+def _check_fields(where: str, names: Iterable[str]) -> None:
+    """A misspelt field would be silently dropped (``"mdoe": "pro"`` priced as std): refuse it."""
+    unknown = [str(n) for n in names if n not in FIELDS]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(FIELDS), n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ConfigurationError(
+        f"{where}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+        f"allowed: {', '.join(sorted(FIELDS))}"
+    )
 
 
 @dataclass(frozen=True)
@@ -60,11 +89,13 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
                 raise ConfigurationError(f"{file}:{number}: not valid JSON: {exc.msg}") from None
             if not isinstance(doc, dict):
                 raise ConfigurationError(f"{file}:{number}: each line must be a JSON object")
+            _check_fields(f"{file}:{number}", doc)
             raw_rows.append((number, doc))
     elif suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
         if not reader.fieldnames or "prompt" not in reader.fieldnames:
             raise ConfigurationError(f"{file}:1: a CSV batch needs a header row with a 'prompt' column")
+        _check_fields(f"{file}:1 (header)", (f for f in reader.fieldnames if f))
         for number, record in enumerate(reader, 2):
             raw_rows.append((number, {k: v for k, v in record.items() if k and v not in (None, "")}))
     else:
