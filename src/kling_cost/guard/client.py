@@ -154,7 +154,7 @@ class CostAwareClient:
                 return task
             verdict = self.core.verdict(entry, holder)
             if verdict == CHECK and holder is not None:
-                # Kling cannot be asked: raise that error rather than risk paying twice
+                # ask Kling about the holder's key; if it cannot be asked, raise (never pay twice)
                 known = self._find(entry.endpoint, holder.idempotency_key, strict=True)
                 if known is not None:
                     self.core.adopt(entry, holder, known)
