@@ -200,6 +200,23 @@ MIGRATIONS.append(
         ],
     )
 )
+MIGRATIONS.append(
+    (
+        6,
+        [
+            # One unit per budget (``units``: Kling's resource-pack units, ``credits``: the
+            # app's); every reservation and charge records the unit and the catalog (name and
+            # price date) that priced it, so settling never depends on a caller's default.
+            "ALTER TABLE budgets ADD COLUMN unit TEXT NOT NULL DEFAULT 'units'",
+            "ALTER TABLE reservations ADD COLUMN unit TEXT NOT NULL DEFAULT 'units'",
+            "ALTER TABLE reservations ADD COLUMN catalog TEXT",
+            "ALTER TABLE reservations ADD COLUMN catalog_date TEXT",
+            "ALTER TABLE charges ADD COLUMN unit TEXT NOT NULL DEFAULT 'units'",
+            "ALTER TABLE charges ADD COLUMN catalog TEXT",
+            "ALTER TABLE charges ADD COLUMN catalog_date TEXT",
+        ],
+    )
+)
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -217,6 +234,7 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "thresholds",
             "created_at",
             "updated_at",
+            "unit",
         ),
         "id",
     ),
@@ -236,6 +254,9 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "task_id",
             "windows",
             "metadata",
+            "unit",
+            "catalog",
+            "catalog_date",
         ),
         None,
     ),
@@ -260,6 +281,9 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "prompt_hash",
             "prompt_preview",
             "metadata",
+            "unit",
+            "catalog",
+            "catalog_date",
         ),
         "id",
     ),
