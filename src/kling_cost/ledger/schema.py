@@ -217,6 +217,46 @@ MIGRATIONS.append(
         ],
     )
 )
+_NON_UNITS = "EXISTS (SELECT 1 FROM charges WHERE unit <> 'units')"
+MIGRATIONS.append(
+    (
+        8,
+        [
+            # The rollup gains the unit (see ledger/rollup.py): amounts in units and credits
+            # are summed apart, never together. Last in the key, so every read stays one
+            # primary-key range per (grain, scope) and bucket, as before.
+            """CREATE TABLE report_rollup_v8 (
+                scope TEXT NOT NULL,
+                grain SMALLINT NOT NULL,
+                bucket BIGINT NOT NULL,
+                model TEXT NOT NULL,
+                mode TEXT NOT NULL,
+                unit TEXT NOT NULL DEFAULT 'units',
+                s_n BIGINT NOT NULL DEFAULT 0,
+                s_est BIGINT NOT NULL DEFAULT 0,
+                s_act BIGINT NOT NULL DEFAULT 0,
+                f_n BIGINT NOT NULL DEFAULT 0,
+                f_est BIGINT NOT NULL DEFAULT 0,
+                f_act BIGINT NOT NULL DEFAULT 0,
+                c_n BIGINT NOT NULL DEFAULT 0,
+                c_est BIGINT NOT NULL DEFAULT 0,
+                c_act BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (grain, scope, bucket, model, mode, unit)
+            ){without_rowid}""",
+            # Charges settled before migration 6 are all in units: so are their rows. A ledger
+            # that already holds charges in another unit (schema 6 or 7) cannot split its rows
+            # by unit: they are dropped and the charges rolled up again on the first report.
+            f"INSERT INTO report_rollup_v8 (scope, grain, bucket, model, mode, unit, {_SUMS}) "
+            f"SELECT scope, grain, bucket, model, mode, 'units', {_SUMS} FROM report_rollup "
+            f"WHERE NOT {_NON_UNITS}",
+            f"DELETE FROM report_rollup_meta WHERE name = 'backfill_upto' AND {_NON_UNITS}",
+            "INSERT INTO report_rollup_meta (name, value) SELECT 'backfill_upto', MAX(id) FROM charges "
+            f"HAVING MAX(id) IS NOT NULL AND {_NON_UNITS}",
+            "DROP TABLE report_rollup",
+            "ALTER TABLE report_rollup_v8 RENAME TO report_rollup",
+        ],
+    )
+)
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -328,6 +368,7 @@ TABLES.append(
             "bucket",
             "model",
             "mode",
+            "unit",
             "s_n",
             "s_est",
             "s_act",
