@@ -191,7 +191,7 @@ def test_migration_8_keeps_the_rows_of_a_units_ledger_as_units(
 ) -> None:
     clock.set(datetime(2026, 6, 14, 9, 0, tzinfo=UTC))
     ledger.set_budget("account", 100, "day")
-    for i in range(5):
+    for _ in range(5):
         ledger.commit(ledger.reserve(2, ["project:a"], metadata={"model": "kling-v2-1"}), "1.5")
         clock.advance(hours=7)
     _back_to_schema_7(ledger)

@@ -26,9 +26,12 @@ def test_api_numbers_equal_the_ledger(known: tuple[Ledger, FakeClock], serve: Ca
                 u.remaining,
             )
         charges = ledger.charges()
-        assert Decimal(ov["totals"]["actual"]) == sum(c.actual for c in charges)
-        assert ov["totals"]["charges"] == len(charges)
-        assert ov["daily"]["limit"] == "200.000"
+        (total,) = ov["totals"]
+        assert total["unit"] == "units" and ov["units"] == ["units"]
+        assert Decimal(total["actual"]) == sum(c.actual for c in charges)
+        assert total["charges"] == len(charges)
+        assert (ov["daily"]["limit"], ov["daily"]["unit"]) == ("200.000", "units")
+        assert all(b["unit"] == "units" for b in ov["budgets"])
         assert [d["actual"] for d in ov["daily"]["days"][-2:]] == ["67.500", "67.500"]
         model = httpx.get(f"{base}/api/breakdown/project").json()
         assert {r["project"]: r["actual"] for r in model["rows"]} == {
@@ -39,6 +42,7 @@ def test_api_numbers_equal_the_ledger(known: tuple[Ledger, FakeClock], serve: Ca
         assert [c["status"] for c in latest] == ["cache_hit", "failed"]
         alerts = httpx.get(f"{base}/api/alerts").json()["alerts"]
         assert alerts[0]["scope"] == "key:alice" and alerts[0]["status"] == "pending"
+        assert alerts[0]["unit"] == "units"
         drift = httpx.get(f"{base}/api/drift").json()["rows"]
         v16 = next(r for r in drift if r["model"] == "kling-v1-6" and r["mode"] == "std")
         assert (v16["drift"], v16["drift_pct"]) == ("5.000", "25.00")

@@ -87,7 +87,7 @@ def _table(rep: Report) -> Table:
     )
     for dim in rep.by:
         table.add_column(dim, overflow="fold")
-    table.add_column("unit")
+    table.add_column("unit", min_width=len("credits"), no_wrap=True)
     for col in ("charges", "ok", "failed", "cached", "estimate", "actual", "drift", "refunded", "saved"):
         table.add_column(col, justify="right")
     last = rep.rows[-1] if rep.rows else None
