@@ -20,7 +20,7 @@ from kling_cost.ledger import open_ledger
 from kling_cost.reports import daily_usage, report
 from tests.helpers import FakeClock
 from tests.ledger.conftest import ledger_url
-from tests.reports.test_units import seed_mixed
+from tests.reports.seeds import seed_mixed
 from tests.web.conftest import seed
 
 __all__ = ["ledger_url"]

@@ -16,42 +16,10 @@ from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.ledger.rollup import rollup_values
 from kling_cost.reports import daily_usage, export_charges, latest_charges, overview, report
 from tests.helpers import FakeClock
+from tests.reports.seeds import seed_mixed
 from tests.reports.test_rollup_read import rerun_migrations
 
 SUMS = "s_n, s_est, s_act, f_n, f_est, f_act, c_n, c_est, c_act"
-
-
-def seed_mixed(ledger: Ledger, clock: FakeClock) -> None:
-    """Two days; the app's credits on project:film, Kling's API units on project:api; key:k1
-    spends both. No budget on the account (it would take one unit only)."""
-    ledger.set_budget("project:film", 1000, "day", unit="credits")
-    ledger.set_budget("project:api", 100, "day")  # units
-    for day in (14, 15):
-        clock.set(datetime(2026, 6, day, 10, 0, tzinfo=UTC))
-        film = ledger.reserve(
-            70,
-            ["project:film", "key:k1"],
-            unit="credits",
-            catalog="kling-app-credits",
-            catalog_date="2026-04-23",
-            metadata={"model": "kling-v2-1", "mode": "pro", "duration": 10, "prompt": f"fox {day}"},
-        )
-        ledger.commit(film, 70, task_id=f"film-{day}")
-        clock.advance(hours=1)
-        api = ledger.reserve(
-            "2.5",
-            ["project:api", "key:k1"],
-            catalog="kling-api",
-            catalog_date="2026-04-23",
-            metadata={"model": "kling-v2-1", "mode": "pro", "duration": 5, "prompt": f"owl {day}"},
-        )
-        ledger.commit(api, "3", task_id=f"api-{day}")
-        clock.advance(hours=1)
-    failed = ledger.reserve(35, ["project:film"], unit="credits", metadata={"model": "kling-v2-1"})
-    ledger.attach_task(failed, "film-failed")
-    ledger.release(failed)
-    ledger.record_cache_hit("1.5", ["project:api"], unit="units", metadata={"model": "kling-v1-6"})
-    clock.set(datetime(2026, 6, 15, 20, 0, tzinfo=UTC))
 
 
 def totals(rep: object) -> dict[str, tuple[int, Decimal, Decimal, Decimal, Decimal]]:
@@ -68,7 +36,7 @@ def test_two_units_give_two_labelled_totals_never_one_sum(ledger: Ledger, clock:
         assert rep.units == ("units", "credits")
         assert totals(rep) == {
             "units": (3, Decimal("5"), Decimal("6"), Decimal("0"), Decimal("1.5")),
-            "credits": (3, Decimal("140"), Decimal("140"), Decimal("35"), Decimal("0")),
+            "credits": (3, Decimal("140"), Decimal("140"), Decimal("25"), Decimal("0")),
         }
         data = rep.to_dict()
         assert [(t["unit"], t["actual"]) for t in data["totals"]] == [
@@ -123,7 +91,7 @@ def test_daily_usage_has_one_series_per_unit_and_the_limit_in_its_unit(
     ]
     assert [r.actual for r in daily.series("units")] == [0, Decimal("3"), Decimal("3")]
     film = daily_usage(ledger, 2, scope="project:film")
-    assert (film.limit, film.unit, film.units) == (Decimal("1000"), "credits", ("credits",))
+    assert (film.limit, film.unit, film.units) == (Decimal("100"), "credits", ("credits",))
     assert film.to_dict()["unit"] == "credits"
     assert {d["unit"] for d in film.to_dict()["days"]} == {"credits"}
     ledger.set_budget("project:empty", 5, "day", unit="credits")
@@ -138,7 +106,7 @@ def test_overview_totals_and_budgets_carry_their_unit(ledger: Ledger, clock: Fak
     assert ov["units"] == ["units", "credits"]
     assert [(t["unit"], t["actual"], t["refunded"]) for t in ov["totals"]] == [
         ("units", "6.000", "0.000"),
-        ("credits", "140.000", "35.000"),
+        ("credits", "140.000", "25.000"),
     ]
     assert {(b["scope"], b["unit"], b["used"]) for b in ov["budgets"]} == {
         ("project:film", "credits", "70.000"),

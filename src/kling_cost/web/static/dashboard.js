@@ -39,7 +39,7 @@
     const axis = horizontal ? "xaxis" : "yaxis";
     units.forEach((u, i) => {
       const name = i === 0 ? axis : axis + (i + 1);
-      layout[name] = { title: { text: (title ? title + " " : "") + "(" + u + ")" }, rangemode: "tozero" };
+      layout[name] = { title: { text: title ? title + " (" + u + ")" : u }, rangemode: "tozero" };
       if (i > 0) {
         Object.assign(layout[name], { overlaying: horizontal ? "x" : "y", side: horizontal ? "top" : "right", showgrid: false });
       }
@@ -145,8 +145,9 @@
         x: rows.map((r) => num(r.actual)), y: rows.map((r) => (r[dim] === null ? "(none)" : String(r[dim]))),
         text: rows.map((r) => r.actual + " " + u), textposition: "auto", marker: { color: i === 0 ? "#72b7b2" : "#f58518" } };
     });
+    // Each bar is labelled with its amount and unit, each value axis with its unit: no legend.
     const layout = { margin: { t: units.length > 1 ? 40 : 10, l: 140 }, yaxis: { autorange: "reversed" },
-      barmode: "group", showlegend: units.length > 1, legend: { orientation: "h", y: -0.2 }, ...unitAxes(units, true, "charged") };
+      barmode: "group", showlegend: false, ...unitAxes(units, true, "charged") };
     return Plotly.newPlot(id, traces, layout, cfg);
   }
 
