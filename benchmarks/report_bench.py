@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from kling_cost.ledger import open_ledger
-from kling_cost.ledger.rollup import SUM_COLUMNS, rollup_rows, rollup_values
+from kling_cost.ledger.rollup import KEY_COLUMNS, SUM_COLUMNS, rollup_rows, rollup_values
 from kling_cost.reports import report
 from kling_cost.web import create_dashboard_app
 
@@ -49,7 +49,8 @@ def generate(path: str, n: int, seed: int = 7) -> float:
     start_ms = int((NOW - timedelta(days=365)).timestamp() * 1000)
     span = 365 * 86_400_000
     rows: list[tuple[Any, ...]] = []
-    rollup: dict[tuple[str, int, int, str, str], list[int]] = {}
+    rollup: dict[tuple[Any, ...], list[int]] = {}
+    width = len(KEY_COLUMNS)
     t0 = time.perf_counter()
     for i in range(n):
         created = start_ms + rng.randrange(span)
@@ -81,10 +82,10 @@ def generate(path: str, n: int, seed: int = 7) -> float:
                 "{}",
             )
         )
-        values = rollup_values(status, created, estimate, actual, model, mode)
+        values = rollup_values(status, created, estimate, actual, model, mode, "units")
         for row in rollup_rows(scopes, values):  # both grains, as the ledger's hook writes them
-            acc = rollup.setdefault(row[:5], [0] * len(SUM_COLUMNS))
-            for j, v in enumerate(row[5:]):
+            acc = rollup.setdefault(row[:width], [0] * len(SUM_COLUMNS))
+            for j, v in enumerate(row[width:]):
                 acc[j] += v
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN")
@@ -95,10 +96,10 @@ def generate(path: str, n: int, seed: int = 7) -> float:
         rows,
     )
     conn.executemany(
-        "INSERT INTO report_rollup (scope, grain, bucket, model, mode, "
-        + ", ".join(SUM_COLUMNS)
+        "INSERT INTO report_rollup ("
+        + ", ".join((*KEY_COLUMNS, *SUM_COLUMNS))
         + ") VALUES ("
-        + ", ".join("?" * (5 + len(SUM_COLUMNS)))
+        + ", ".join("?" * (width + len(SUM_COLUMNS)))
         + ")",
         [(*k, *v) for k, v in rollup.items()],
     )
@@ -155,7 +156,7 @@ def main() -> None:
         base_rows = baseline()
         base = p50(baseline, max(3, args.runs // 3))
         assert len(base_rows) == len(rep.rows), (len(base_rows), len(rep.rows))
-        assert sum(r[4] for r in base_rows) == int(rep.total.actual * 1000)
+        assert sum(r[4] for r in base_rows) == int(rep.total_for("units").actual * 1000)
         raw.execute("SELECT COUNT(*) FROM report_rollup")
         rollup_rows = raw.execute("SELECT COUNT(*) FROM report_rollup").fetchone()[0]
         raw.close()

@@ -5,16 +5,25 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from kling_cost.cli import app
+from kling_cost.cli._common import console
+from kling_cost.cli.report import _bar_chart, _table
 from kling_cost.ledger import open_ledger
+from kling_cost.reports import daily_usage, report
 from tests.helpers import FakeClock
+from tests.ledger.conftest import ledger_url
+from tests.reports.seeds import seed_mixed
 from tests.web.conftest import seed
+
+__all__ = ["ledger_url"]
 
 
 @pytest.fixture
@@ -42,15 +51,17 @@ def test_report_json_csv_and_table(url: str) -> None:
         "kling-v1-6": "25.000",
         "kling-v2-1": "110.000",
     }
-    assert data["total"]["saved"] == "35.000" and data["source"] == "rollup"
+    assert [(t["unit"], t["saved"]) for t in data["totals"]] == [("units", "35.000")]
+    assert data["source"] == "rollup" and {r["unit"] for r in data["rows"]} == {"units"}
     code, out, _ = run(
         "report", "--by", "day,status", "--since", "2026-06-14", "--format", "csv", "--ledger", url
     )
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and {(r["day"], r["status"]) for r in rows} >= {("2026-06-15", "failed")}
+    assert {r["unit"] for r in rows} == {"units"}
     code, out, _ = run("report", "--by", "project", "--since", "2026-06-01", "--ledger", url)
-    assert code == 0 and "total" in out and "│    110 │" in out
-    assert "Daily usage of account" in out and "limit 200 per day" in out
+    assert code == 0 and re.search(r"│ tota.? +│ units +│", out) and re.search(r"│ +110 │", out)
+    assert "Daily usage of account in units" in out and "limit 200 units per day" in out
 
 
 @pytest.mark.parametrize(
@@ -92,3 +103,56 @@ def test_export_jsonl_and_csv(url: str, tmp_path: Path) -> None:
 def test_serve_refuses_a_public_address_without_a_token(url: str) -> None:
     code, _, err = run("serve", "--host", "0.0.0.0", "--ledger", url)
     assert code == 2 and "needs --token" in err
+
+
+def test_report_and_export_of_two_units_on_both_backends(ledger_url: str) -> None:
+    clock = FakeClock()
+    led = open_ledger(ledger_url, clock=clock)
+    seed_mixed(led, clock)
+    led.close()
+    code, out, _ = run(
+        "report", "--by", "key", "--since", "2026-06-01", "--format", "json", "--ledger", ledger_url
+    )
+    data = json.loads(out)
+    assert code == 0 and data["units"] == ["units", "credits"]
+    assert [(r["key"], r["unit"], r["actual"]) for r in data["rows"]] == [
+        ("key:k1", "units", "6.000"),
+        ("key:k1", "credits", "140.000"),
+    ]
+    assert [(t["unit"], t["actual"]) for t in data["totals"]] == [("units", "6.000"), ("credits", "140.000")]
+    code, out, _ = run(
+        "report", "--by", "model", "--since", "2026-06-01", "--format", "csv", "--ledger", ledger_url
+    )
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and {(r["model"], r["unit"], r["actual"]) for r in rows} == {
+        ("kling-v2-1", "units", "6.000"),
+        ("kling-v2-1", "credits", "140.000"),
+        ("kling-v1-6", "units", "0.000"),
+    }
+    code, out, _ = run("report", "--by", "model", "--since", "2026-06-01", "--ledger", ledger_url)
+    assert code == 0 and "credits" in out and "units" in out and "146" not in out
+    # The table and the daily bars, rendered wide enough to read a row on one line.
+    led = open_ledger(ledger_url, clock=clock)
+    try:
+        wide = Console(width=200, record=True)
+        wide.print(_table(report(led, "model", since="30d")))
+        table = wide.export_text()
+        with console.capture() as captured:
+            _bar_chart(daily_usage(led, 2))
+        bars = captured.get()
+    finally:
+        led.close()
+    # Two total rows, each in its unit; never one row adding 6 units to 140 credits.
+    assert re.search(r"│ kling-v2-1 +│ credits +│ +3 │ .*│ +140 │", table)
+    assert re.search(r"│ total +│ units +│ +3 │ .*│ +6 │", table)
+    assert re.search(r"│ total +│ credits +│ +3 │ .*│ +140 │", table)
+    assert "146" not in table
+    assert "Daily usage of account in units (UTC; no daily budget)" in bars
+    assert "Daily usage of account in credits (UTC; no daily budget)" in bars
+    assert re.search(r"2026-06-15 █+ +70 credits", bars) and re.search(r"2026-06-15 █+ +3 units", bars)
+    code, out, _ = run("export", "--format", "csv", "--ledger", ledger_url)
+    exported = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and [(r["task_id"], r["credits"], r["unit"]) for r in exported[:2]] == [
+        ("film-14", "70.000", "credits"),
+        ("api-14", "3.000", "units"),
+    ]

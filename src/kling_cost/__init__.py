@@ -34,6 +34,7 @@ from .errors import (
     ServerError,
     StorageError,
     TaskTimeout,
+    UnitMismatch,
     ValidationError,
 )
 from .guard import AsyncCostAwareClient, CostAwareClient, SettleReport
@@ -103,6 +104,7 @@ __all__ = [
     "SinkError",
     "StorageError",
     "TaskTimeout",
+    "UnitMismatch",
     "Usage",
     "UsageTracker",
     "ValidationError",

@@ -14,6 +14,8 @@ from .money import parse_amount
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "DEFAULT_UNIT",
+    "UNITS",
     "WINDOWS",
     "Budget",
     "Usage",
@@ -22,11 +24,16 @@ __all__ = [
     "parse_thresholds",
     "validate_scope",
     "validate_tz",
+    "validate_unit",
     "window_at",
 ]
 
 WINDOWS = ("day", "week", "month", "lifetime")
 DEFAULT_THRESHOLDS = (Decimal("0.5"), Decimal("0.8"), Decimal("1"))
+UNITS = ("units", "credits")
+"""What a budget counts: ``units`` (Kling's API resource-pack units, the ``kling-api`` catalog)
+or ``credits`` (the consumer app's credits, the ``kling-app-credits`` catalog)."""
+DEFAULT_UNIT = "units"
 
 _SCOPE = re.compile(r"^(account|[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._@/+-]{0,127})$")
 
@@ -62,6 +69,16 @@ def validate_tz(tz: object) -> str:
             f"time zone {tz!r} is unknown; use an IANA name such as 'UTC' or 'America/New_York'"
         ) from None
     return tz
+
+
+def validate_unit(unit: object) -> str:
+    """``units`` or ``credits`` (see :data:`UNITS`)."""
+    if unit not in UNITS:
+        raise ValidationError(
+            f"unit {unit!r} is unknown; allowed: {', '.join(UNITS)} "
+            "(units: Kling's API resource-pack units; credits: the Kling app's credits)"
+        )
+    return str(unit)
 
 
 def validate_window(window: object) -> str:
@@ -145,12 +162,16 @@ class Budget:
     tz: str = "UTC"
     thresholds: tuple[Decimal, ...] = DEFAULT_THRESHOLDS
     max_per_request: Decimal | None = None
+    unit: str = DEFAULT_UNIT
+    """What the limit counts: ``units`` or ``credits``; only reservations priced in the same
+    unit may touch this budget."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "scope": self.scope,
             "window": self.window,
+            "unit": self.unit,
             "limit": str(self.limit),
             "tz": self.tz,
             "thresholds": [str(t) for t in self.thresholds],
@@ -176,6 +197,10 @@ class Usage:
         return self.budget.limit
 
     @property
+    def unit(self) -> str:
+        return self.budget.unit
+
+    @property
     def remaining(self) -> Decimal:
         return max(Decimal("0.000"), self.budget.limit - self.used - self.reserved)
 
@@ -187,6 +212,7 @@ class Usage:
             "start": None if self.window.start is None else self.window.start.isoformat(),
             "end": None if self.window.end is None else self.window.end.isoformat(),
             "tz": self.budget.tz,
+            "unit": self.budget.unit,
             "limit": str(self.limit),
             "used": str(self.used),
             "reserved": str(self.reserved),

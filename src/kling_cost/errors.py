@@ -6,6 +6,7 @@
      ├── ConfigurationError        bad settings: catalog file, ledger URL, sink URL, missing extra
      ├── PricingError (ValueError)  a request the catalog cannot price (field, value, allowed)
      ├── ValidationError (ValueError)  an invalid amount, scope, window, time zone or argument
+ │    └── UnitMismatch          a request priced in one unit met a budget counting another
      ├── BudgetExceeded (RuntimeError)  a budget refused a reservation (scope, window, requested, available)
      ├── ReservationError          commit/release of a reservation in the wrong state, or unknown
      ├── StorageError              the ledger's database failed or is unreachable
@@ -45,6 +46,7 @@ __all__ = [
     "ServerError",
     "StorageError",
     "TaskTimeout",
+    "UnitMismatch",
     "ValidationError",
 ]
 
@@ -59,6 +61,20 @@ class ConfigurationError(KlingCostError):
 
 class ValidationError(KlingCostError, ValueError):
     """An argument is invalid (amount, scope, window, time zone, ...). Nothing was changed."""
+
+
+class UnitMismatch(ValidationError):
+    """A reservation priced in ``request_unit`` touches a budget that counts ``budget_unit``.
+
+    Refused before anything is held: amounts in different units are never added together.
+    """
+
+    def __init__(self, message: str, *, scope: str, window: str, budget_unit: str, request_unit: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.window = window
+        self.budget_unit = budget_unit
+        self.request_unit = request_unit
 
 
 class PricingError(KlingCostError, ValueError):
@@ -91,6 +107,7 @@ class BudgetExceeded(KlingCostError, RuntimeError):
         available: Decimal,
         limit: Decimal | None = None,
         reason: str = "limit",
+        unit: str = "units",
     ) -> None:
         super().__init__(message)
         self.scope = scope
@@ -99,6 +116,7 @@ class BudgetExceeded(KlingCostError, RuntimeError):
         self.available = available
         self.limit = limit
         self.reason = reason  # "limit" or "max_per_request"
+        self.unit = unit  # what requested, available and limit count: "units" or "credits"
 
 
 class ReservationError(KlingCostError):

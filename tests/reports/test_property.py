@@ -1,4 +1,5 @@
-"""Reports (read from the rollup where possible) and exports agree with the raw charges table."""
+"""Reports (read from the rollup where possible) and exports agree with the raw charges table,
+per unit: charges in units and in credits are summed apart, never together."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ charge_st = st.fixed_dictionaries(
         "duration": st.sampled_from([5, 10, None]),
         "audio": st.booleans(),
         "kind": st.sampled_from(["text2video", "image2video", None]),
+        "unit": st.sampled_from(["units", "credits"]),
         "scopes": st.lists(
             st.sampled_from(["project:a", "project:b", "key:k1", "key:k2", "user:u"]), max_size=3
         ),
@@ -83,9 +85,9 @@ def fill(ledger: Ledger, clock: FakeClock, charges: list[dict[str, Any]]) -> Non
         meta["prompt"] = f"a cat, take {c['minute']}"
         amount = Decimal(c["amount"]) / 1000
         if c["status"] == "cache_hit":
-            ledger.record_cache_hit(amount, c["scopes"], task_id="cached", metadata=meta)
+            ledger.record_cache_hit(amount, c["scopes"], task_id="cached", metadata=meta, unit=c["unit"])
             continue
-        res = ledger.reserve(amount, c["scopes"], metadata=meta)
+        res = ledger.reserve(amount, c["scopes"], metadata=meta, unit=c["unit"])
         if c["status"] == "failed":
             ledger.attach_task(res, f"task-{c['minute']}")
             ledger.release(res)
@@ -93,11 +95,14 @@ def fill(ledger: Ledger, clock: FakeClock, charges: list[dict[str, Any]]) -> Non
             ledger.commit(res, Decimal(c["actual"]) / 1000, task_id=f"task-{c['minute']}")
 
 
-def expected(charges: list[Charge], by: tuple[str, ...], tz: str) -> tuple[dict[Any, list[Any]], list[Any]]:
-    """A plain Python aggregation of ledger.charges(), independent of the reports module."""
+def expected(
+    charges: list[Charge], by: tuple[str, ...], tz: str
+) -> tuple[dict[Any, list[Any]], dict[str, list[Any]]]:
+    """A plain Python aggregation of ledger.charges(), independent of the reports module:
+    sums per (group, unit) and totals per unit."""
     zone = ZoneInfo(tz)
     out: dict[Any, list[Any]] = defaultdict(lambda: [0, Decimal(0), Decimal(0), Decimal(0), Decimal(0)])
-    total = [0, Decimal(0), Decimal(0), Decimal(0), Decimal(0)]
+    totals: dict[str, list[Any]] = defaultdict(lambda: [0, Decimal(0), Decimal(0), Decimal(0), Decimal(0)])
 
     def add(acc: list[Any], c: Charge) -> None:
         acc[0] += 1
@@ -107,7 +112,7 @@ def expected(charges: list[Charge], by: tuple[str, ...], tz: str) -> tuple[dict[
         acc[4] += c.saved
 
     for c in charges:
-        add(total, c)
+        add(totals[c.unit], c)
         local = c.created_at.astimezone(zone).date()
         monday = local - timedelta(days=local.weekday())
         values: dict[str, Any] = {
@@ -128,8 +133,8 @@ def expected(charges: list[Charge], by: tuple[str, ...], tz: str) -> tuple[dict[
         for owner in owners:
             if kind:
                 values[kind] = owner
-            add(out[tuple(values[d] for d in by)], c)
-    return dict(out), total
+            add(out[(tuple(values[d] for d in by), c.unit)], c)
+    return dict(out), dict(totals)
 
 
 def summary(row: Any) -> list[Any]:
@@ -174,10 +179,11 @@ def test_reports_and_exports_match_the_raw_charges(
                 end = datetime(last.year, last.month, last.day, tzinfo=ZoneInfo(tz))
             rep = report(ledger, by, since=since, until=until, tz=tz)
             raw = ledger.charges(since=start, until=end)
-            want, total = expected(raw, by, tz)
-            got = {tuple(r.key[d] for d in by): summary(r) for r in rep.rows}
+            want, totals = expected(raw, by, tz)
+            got = {(tuple(r.key[d] for d in by), r.unit): summary(r) for r in rep.rows}
             assert got == want
-            assert summary(rep.total) == total
+            assert {t.unit: summary(t) for t in rep.totals} == totals
+            assert [t.unit for t in rep.totals] == [u for u in ("units", "credits") if u in totals]
             if tz in ROLLUP_ZONES and set(by) <= {
                 "day",
                 "week",
@@ -197,6 +203,7 @@ def test_reports_and_exports_match_the_raw_charges(
             for line, c in zip(lines, raw, strict=True):
                 assert line["task_id"] == c.task_id
                 assert Decimal(line["credits"]) == c.actual
+                assert line["unit"] == c.unit
                 assert line["timestamp"] == c.created_at.isoformat()
                 assert (line["model"], line["mode"], line["duration"]) == (c.model, c.mode, c.duration)
                 assert line["prompt_preview"] == c.prompt_preview

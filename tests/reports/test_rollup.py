@@ -35,7 +35,7 @@ def test_rollup_reports_equal_raw_on_both_backends(ledger: Ledger, clock: FakeCl
         for tz in ("UTC", "Asia/Tokyo"):
             fast = report(ledger, by, tz=tz, source="rollup")
             slow = report(ledger, by, tz=tz, source="charges")
-            assert fast.rows == slow.rows and fast.total == slow.total
+            assert fast.rows == slow.rows and fast.totals == slow.totals
     rep = report(ledger, "status")
     by_status = {r.key["status"]: r for r in rep.rows}
     assert by_status["succeeded"].actual == Decimal("47.500") and by_status["succeeded"].drift == Decimal(
@@ -43,7 +43,7 @@ def test_rollup_reports_equal_raw_on_both_backends(ledger: Ledger, clock: FakeCl
     )
     assert by_status["failed"].refunded == Decimal("10") and by_status["failed"].actual == 0
     assert by_status["cache_hit"].saved == Decimal("7")
-    assert rep.total.charges == 7
+    assert [(t.unit, t.charges) for t in rep.totals] == [("units", 7)]
     days = {r.key["day"]: r.actual for r in report(ledger, "day", tz="UTC").rows}
     assert days == {"2026-06-14": Decimal("9.5"), "2026-06-15": Decimal("38")}
 
@@ -53,7 +53,8 @@ def test_daily_usage_and_overview(ledger: Ledger, clock: FakeClock) -> None:
     daily = daily_usage(ledger, 3)
     assert [r.key["day"] for r in daily.days] == ["2026-06-13", "2026-06-14", "2026-06-15"]
     assert [r.actual for r in daily.days] == [0, Decimal("9.5"), Decimal("38")]
-    assert daily.limit == Decimal("100")
+    assert (daily.limit, daily.unit, daily.units) == (Decimal("100"), "units", ("units",))
+    assert {r.unit for r in daily.days} == {"units"}
     ov = overview(ledger, days=30)
     (budget,) = ov["budgets"]
     assert (budget["used"], budget["remaining"], budget["marks"]) == (
@@ -61,7 +62,8 @@ def test_daily_usage_and_overview(ledger: Ledger, clock: FakeClock) -> None:
         "62.000",
         ["50.000", "80.000", "100.000"],
     )
-    assert ov["totals"]["actual"] == "47.500"
+    assert [(t["unit"], t["actual"]) for t in ov["totals"]] == [("units", "47.500")]
+    assert budget["unit"] == "units" and ov["daily"]["unit"] == "units"
 
 
 def test_rollup_only_when_exact(ledger: Ledger, clock: FakeClock) -> None:
@@ -94,8 +96,8 @@ def test_old_ledgers_are_backfilled_once(tmp_path: Path) -> None:
     try:
         fast = report(again, "day,model", source="rollup")
         assert fast.rows == report(again, "day,model", source="charges").rows
-        assert fast.total.actual == Decimal("47.500")
-        assert report(again, (), source="rollup").total == fast.total  # not added twice
+        assert fast.total_for("units").actual == Decimal("47.500")
+        assert report(again, (), source="rollup").totals == fast.totals  # not added twice
     finally:
         again.close()
 
@@ -111,7 +113,7 @@ def test_copy_keeps_the_rollup(tmp_path: Path) -> None:
         assert report(dst, "day,project", source="rollup").rows == report(src, "day,project").rows
         clock.advance(hours=1)
         dst.commit(dst.reserve("1", ["project:film"]))
-        assert report(dst, (), source="rollup").total.actual == Decimal("48.500")
+        assert report(dst, (), source="rollup").total_for("units").actual == Decimal("48.500")
     finally:
         src.close()
         dst.close()

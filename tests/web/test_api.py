@@ -11,6 +11,10 @@ import httpx
 from kling_cost.ledger import Ledger
 from kling_cost.web import create_dashboard_app, is_loopback
 from tests.helpers import FakeClock
+from tests.ledger.conftest import clock, ledger, ledger_url
+from tests.reports.seeds import seed_mixed
+
+__all__ = ["clock", "ledger", "ledger_url"]
 
 
 def test_api_numbers_equal_the_ledger(known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any]) -> None:
@@ -26,9 +30,12 @@ def test_api_numbers_equal_the_ledger(known: tuple[Ledger, FakeClock], serve: Ca
                 u.remaining,
             )
         charges = ledger.charges()
-        assert Decimal(ov["totals"]["actual"]) == sum(c.actual for c in charges)
-        assert ov["totals"]["charges"] == len(charges)
-        assert ov["daily"]["limit"] == "200.000"
+        (total,) = ov["totals"]
+        assert total["unit"] == "units" and ov["units"] == ["units"]
+        assert Decimal(total["actual"]) == sum(c.actual for c in charges)
+        assert total["charges"] == len(charges)
+        assert (ov["daily"]["limit"], ov["daily"]["unit"]) == ("200.000", "units")
+        assert all(b["unit"] == "units" for b in ov["budgets"])
         assert [d["actual"] for d in ov["daily"]["days"][-2:]] == ["67.500", "67.500"]
         model = httpx.get(f"{base}/api/breakdown/project").json()
         assert {r["project"]: r["actual"] for r in model["rows"]} == {
@@ -39,6 +46,7 @@ def test_api_numbers_equal_the_ledger(known: tuple[Ledger, FakeClock], serve: Ca
         assert [c["status"] for c in latest] == ["cache_hit", "failed"]
         alerts = httpx.get(f"{base}/api/alerts").json()["alerts"]
         assert alerts[0]["scope"] == "key:alice" and alerts[0]["status"] == "pending"
+        assert alerts[0]["unit"] == "units"
         drift = httpx.get(f"{base}/api/drift").json()["rows"]
         v16 = next(r for r in drift if r["model"] == "kling-v1-6" and r["mode"] == "std")
         assert (v16["drift"], v16["drift_pct"]) == ("5.000", "25.00")
@@ -74,3 +82,53 @@ def test_non_loopback_dashboard_needs_the_token(
             assert browser.get("/api/charges").status_code == 200  # the cookie carries it
     with serve(create_dashboard_app(ledger)) as base:  # loopback, no token: open
         assert httpx.get(f"{base}/api/budgets").status_code == 200
+
+
+def test_api_gives_every_amount_its_unit_and_never_adds_units(
+    ledger: Ledger, clock: FakeClock, serve: Callable[[Any], Any]
+) -> None:
+    seed_mixed(ledger, clock)
+    with serve(create_dashboard_app(ledger)) as base:
+        ov = httpx.get(f"{base}/api/overview").json()
+        assert ov["units"] == ["units", "credits"]
+        assert [(t["unit"], t["actual"], t["charges"]) for t in ov["totals"]] == [
+            ("units", "6.000", 3),
+            ("credits", "140.000", 3),
+        ]
+        assert {(b["scope"], b["unit"]) for b in ov["budgets"]} == {
+            ("project:film", "credits"),
+            ("project:api", "units"),
+        }
+        daily = ov["daily"]
+        assert daily["units"] == ["units", "credits"] and daily["unit"] is None
+        assert [(d["day"], d["unit"], d["actual"]) for d in daily["days"][-2:]] == [
+            ("2026-06-15", "units", "3.000"),
+            ("2026-06-15", "credits", "70.000"),
+        ]
+        film = httpx.get(f"{base}/api/daily", params={"scope": "project:film", "days": 2}).json()
+        assert (film["limit"], film["unit"], film["units"]) == ("100.000", "credits", ["credits"])
+        keys = httpx.get(f"{base}/api/breakdown/key").json()
+        assert [(r["key"], r["unit"], r["actual"]) for r in keys["rows"]] == [
+            ("key:k1", "units", "6.000"),
+            ("key:k1", "credits", "140.000"),
+        ]
+        assert [t["unit"] for t in keys["totals"]] == ["units", "credits"]
+        drift = httpx.get(f"{base}/api/drift").json()
+        assert {(r["model"], r["unit"]) for r in drift["rows"]} == {
+            ("kling-v2-1", "units"),
+            ("kling-v2-1", "credits"),
+            ("kling-v1-6", "units"),
+        }
+        rep = httpx.get(f"{base}/api/report", params={"by": "status"}).json()
+        assert {(r["status"], r["unit"]) for r in rep["rows"]} == {
+            ("succeeded", "units"),
+            ("cache_hit", "units"),
+            ("succeeded", "credits"),
+            ("failed", "credits"),
+        }
+        charges = httpx.get(f"{base}/api/charges").json()["charges"]
+        assert {(c["task_id"], c["unit"]) for c in charges} >= {("film-15", "credits"), ("api-15", "units")}
+        alerts = httpx.get(f"{base}/api/alerts").json()["alerts"]
+        assert alerts and {(a["scope"], a["unit"]) for a in alerts} == {("project:film", "credits")}
+        spec = httpx.get(f"{base}/api/openapi.json").json()
+        assert "`unit` field" in spec["info"]["description"]

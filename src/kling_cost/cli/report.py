@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from ..money import format_amount
-from ..reports import DailyUsage, Report, daily_usage, export_charges, parse_by, report
+from ..reports import DailyUsage, Report, ReportRow, daily_usage, export_charges, parse_by, report
 from ..reports.aggregate import METRICS
 from ._common import LedgerOption, boundary, console, fail, print_json
 from .budget import opened
@@ -45,7 +45,8 @@ def report_command(
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     ledger_url: LedgerOption = None,
 ) -> None:
-    """Usage grouped by time, model, mode, scope, status...: estimate vs actual, refunds, cache savings."""
+    """Usage grouped by time, model, mode, scope, status...: estimate vs actual, refunds, cache
+    savings; every amount with its unit (units or credits), one total per unit."""
     if fmt not in ("table", "json", "csv"):
         fail(f"--format {fmt!r} is unknown; use table, json or csv")
     with boundary():
@@ -57,10 +58,11 @@ def report_command(
         print_json(rep.to_dict())
     elif fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow([*rep.by, *METRICS])
+        columns = (*rep.by, "unit", *METRICS)
+        writer.writerow(columns)
         for row in rep.rows:
             data = row.to_dict()
-            writer.writerow(["" if data[k] is None else data[k] for k in (*rep.by, *METRICS)])
+            writer.writerow(["" if data[k] is None else data[k] for k in columns])
     else:
         console.print(_table(rep))
         if daily is not None:
@@ -76,55 +78,71 @@ def _chart_days(rep: Report) -> int:
 
 
 def _table(rep: Report) -> Table:
+    """One row per group and unit, then one total per unit: amounts of different units are
+    never added together."""
     period = f"since {rep.since:%Y-%m-%d %H:%M} UTC" if rep.since else "all time"
     table = Table(
-        title=f"Usage by {', '.join(rep.by) or 'total'} ({period}, {rep.tz}; from the {rep.source})"
+        title=f"Usage by {', '.join(rep.by) or 'total'} ({period}, {rep.tz}; from the {rep.source})",
+        caption=None if rep.totals else "no charges in this period",
     )
     for dim in rep.by:
         table.add_column(dim, overflow="fold")
+    table.add_column("unit", min_width=len("credits"), no_wrap=True)
     for col in ("charges", "ok", "failed", "cached", "estimate", "actual", "drift", "refunded", "saved"):
         table.add_column(col, justify="right")
-    for row in (*rep.rows, rep.total):
-        is_total = row is rep.total
-        keys = ["total" if is_total and i == 0 else "" for i in range(len(rep.by))]
-        if not is_total:
-            keys = ["(none)" if row.key[d] is None else str(row.key[d]) for d in rep.by]
-        pct = row.drift_pct
-        table.add_row(
-            *keys,
-            str(row.charges),
-            str(row.succeeded),
-            str(row.failed),
-            str(row.cache_hits),
-            format_amount(row.estimate),
-            format_amount(row.actual),
-            format_amount(row.drift) + ("" if pct is None else f" ({pct}%)"),
-            format_amount(row.refunded),
-            format_amount(row.saved),
-            style="bold" if is_total else None,
-            end_section=row is (rep.rows[-1] if rep.rows else None),
-        )
+    last = rep.rows[-1] if rep.rows else None
+    for row in rep.rows:
+        keys = ["(none)" if row.key[d] is None else str(row.key[d]) for d in rep.by]
+        table.add_row(*keys, *_cells(row), end_section=row is last)
+    for total in rep.totals:
+        keys = ["total" if i == 0 else "" for i in range(len(rep.by))]
+        table.add_row(*keys, *_cells(total), style="bold")
     return table
 
 
+def _cells(row: ReportRow) -> list[str]:
+    pct = row.drift_pct
+    return [
+        row.unit,
+        str(row.charges),
+        str(row.succeeded),
+        str(row.failed),
+        str(row.cache_hits),
+        format_amount(row.estimate),
+        format_amount(row.actual),
+        format_amount(row.drift) + ("" if pct is None else f" ({pct}%)"),
+        format_amount(row.refunded),
+        format_amount(row.saved),
+    ]
+
+
 def _bar_chart(daily: DailyUsage) -> None:
-    """Daily actual usage as bars; ``|`` marks the daily limit when the scope has one."""
-    peak = max([r.actual for r in daily.days] + [daily.limit or Decimal(0)])
-    limit_txt = "no daily budget" if daily.limit is None else f"limit {format_amount(daily.limit)} per day"
-    console.print(f"Daily usage of {daily.scope} ({daily.tz}; {limit_txt})")
-    if not peak:
-        console.print("  no usage in this period")
-        return
-    mark = None if daily.limit is None else int(daily.limit * BAR_WIDTH / peak)
-    for row in daily.days:
-        filled = int(row.actual * BAR_WIDTH / peak)
-        cells = ["█" if i < filled else " " for i in range(BAR_WIDTH + 1)]
-        if mark is not None:
-            cells[min(mark, BAR_WIDTH)] = "|" if cells[min(mark, BAR_WIDTH)] == " " else "┃"
-        over = daily.limit is not None and row.actual > daily.limit
-        bar = "".join(cells)
-        line = f"  {row.key['day']} {bar} {format_amount(row.actual)}"
-        console.print(f"[red]{line}[/red]" if over else line, highlight=False)
+    """Daily actual usage as bars, one chart per unit; ``|`` marks the daily limit on the
+    chart of the limit's unit."""
+    for unit in daily.units:
+        days = daily.series(unit)
+        limit = daily.limit if daily.unit == unit else None
+        peak = max([r.actual for r in days] + [limit or Decimal(0)])
+        if daily.limit is None:
+            limit_txt = "no daily budget"
+        elif limit is None:
+            limit_txt = f"the daily budget counts {daily.unit}"
+        else:
+            limit_txt = f"limit {format_amount(limit)} {unit} per day"
+        console.print(f"Daily usage of {daily.scope} in {unit} ({daily.tz}; {limit_txt})", highlight=False)
+        if not peak:
+            console.print("  no usage in this period")
+            continue
+        mark = None if limit is None else int(limit * BAR_WIDTH / peak)
+        for row in days:
+            filled = int(row.actual * BAR_WIDTH / peak)
+            cells = ["█" if i < filled else " " for i in range(BAR_WIDTH + 1)]
+            if mark is not None:
+                cells[min(mark, BAR_WIDTH)] = "|" if cells[min(mark, BAR_WIDTH)] == " " else "┃"
+            over = limit is not None and row.actual > limit
+            bar = "".join(cells)
+            line = f"  {row.key['day']} {bar} {format_amount(row.actual)} {unit}"
+            console.print(f"[red]{line}[/red]" if over else line, highlight=False)
 
 
 def export_command(
@@ -138,7 +156,7 @@ def export_command(
     ] = None,
     ledger_url: LedgerOption = None,
 ) -> None:
-    """Export raw charges (timestamp, task_id, credits, model, duration, mode, prompt_preview, ...)."""
+    """Export raw charges (timestamp, task_id, credits, unit, model, duration, mode, prompt_preview, ...)."""
     if fmt not in ("jsonl", "csv"):
         fail(f"--format {fmt!r} is unknown; use jsonl or csv")
     with opened(ledger_url) as ledger, boundary():

@@ -61,15 +61,18 @@ def from_ms(ms: int) -> datetime:
     return EPOCH + ms * ONE_MS
 
 
-BUDGET_SELECT = "SELECT id, scope, period, tz, limit_milli, max_per_request_milli, thresholds FROM budgets"
+BUDGET_SELECT = (
+    "SELECT id, scope, period, tz, limit_milli, max_per_request_milli, thresholds, unit FROM budgets"
+)
 RES_SELECT = (
     "SELECT id, idempotency_key, amount_milli, status, scopes, created_at, expires_at, "
-    "actual_milli, settled_at, task_id, metadata, windows FROM reservations"
+    "actual_milli, settled_at, task_id, metadata, windows, unit, catalog, catalog_date FROM reservations"
 )
 CHARGE_SELECT = (
     "SELECT c.id, c.reservation_id, c.idempotency_key, c.created_at, c.settled_at, "
     "c.estimate_milli, c.actual_milli, c.scopes, c.task_id, c.kind, c.model, c.mode, "
-    "c.duration, c.audio, c.prompt_hash, c.prompt_preview, c.metadata, c.status FROM charges c"
+    "c.duration, c.audio, c.prompt_hash, c.prompt_preview, c.metadata, c.status, c.unit, c.catalog, "
+    "c.catalog_date FROM charges c"
 )
 
 
@@ -82,6 +85,7 @@ def budget_from_row(row: Sequence[Any]) -> Budget:
         limit=from_storage(int(row[4])),
         max_per_request=None if row[5] is None else from_storage(int(row[5])),
         thresholds=tuple(Decimal(t) for t in json.loads(row[6])),
+        unit=row[7],
     )
 
 
@@ -99,6 +103,9 @@ def reservation_from_row(row: Sequence[Any]) -> Reservation:
         task_id=row[9],
         metadata=json.loads(row[10]),
         windows=tuple((int(b), str(k)) for b, k in json.loads(row[11])),
+        unit=row[12],
+        catalog=row[13],
+        catalog_date=row[14],
     )
 
 
@@ -122,6 +129,9 @@ def charge_from_row(row: Sequence[Any]) -> Charge:
         prompt_preview=row[15],
         metadata=json.loads(row[16]),
         status=row[17],
+        unit=row[18],
+        catalog=row[19],
+        catalog_date=row[20],
     )
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..budgets import Budget, Window, normalise_scopes, window_at
-from ..errors import BudgetExceeded, ReservationError, StorageError, ValidationError
+from ..budgets import DEFAULT_UNIT, Budget, Window, normalise_scopes, validate_unit, window_at
+from ..errors import BudgetExceeded, ReservationError, StorageError, UnitMismatch, ValidationError
 from ..money import format_amount, from_storage, parse_amount, to_storage
 from ._rows import (
     BUDGET_SELECT,
@@ -58,13 +58,20 @@ class Ledger(LedgerSettlement):
         idempotency_key: str | None = None,
         ttl: timedelta | None = None,
         metadata: Mapping[str, Any] | None = None,
+        unit: str = DEFAULT_UNIT,
+        catalog: str | None = None,
+        catalog_date: str | None = None,
     ) -> Reservation:
         """Hold ``amount`` on every budget of every scope (and ``account``), all or nothing.
 
+        ``amount`` counts ``unit`` (``units`` or ``credits``); ``catalog`` and ``catalog_date``
+        record what priced it (name, entry date), so settling never guesses the unit.
         Returns the reservation, or the existing one for a repeated ``idempotency_key``.
         Raises :class:`BudgetExceeded` (nothing reserved) when any budget lacks room or the
-        amount is above a budget's ``max_per_request``.
+        amount is above a budget's ``max_per_request``, and :class:`UnitMismatch` (nothing
+        reserved) when a budget of these scopes counts another unit.
         """
+        priced = _priced(unit, catalog, catalog_date)
         amt = parse_amount(amount, what="amount")
         milli = to_storage(amt)
         scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
@@ -78,7 +85,7 @@ class Ledger(LedgerSettlement):
             try:
                 with self._transaction() as cur:
                     self._sweep_due(cur, now, force=attempt > 0)
-                    reservation = self._reserve(cur, now, milli, scope_list, key, lease, meta)
+                    reservation = self._reserve(cur, now, milli, scope_list, key, lease, meta, priced)
                 self._committed()
                 return reservation
             except Conflict:
@@ -99,12 +106,17 @@ class Ledger(LedgerSettlement):
         key: str | None,
         ttl: timedelta,
         meta: dict[str, Any],
+        priced: tuple[str, str | None, str | None],
         *,
         enforce: bool = True,
     ) -> Reservation:
         marks = ",".join("?" * len(scopes))
         cur.execute(BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id", scopes)
         budgets = [budget_from_row(row) for row in cur.fetchall()]
+        unit, catalog, catalog_date = priced
+        for b in budgets:
+            if b.unit != unit:
+                raise _unit_mismatch(b, unit)
         windows = [(b, window_at(b.window, b.tz, now)) for b in budgets]
         refs = tuple((b.id, w.key) for b, w in windows)
         res_id = new_id(now)
@@ -112,7 +124,8 @@ class Ledger(LedgerSettlement):
         expires = to_ms(now + ttl)
         cur.execute(
             "INSERT INTO reservations (id, idempotency_key, amount_milli, status, scopes, "
-            "created_at, expires_at, windows, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "created_at, expires_at, windows, metadata, unit, catalog, catalog_date) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
             (
                 res_id,
@@ -124,6 +137,9 @@ class Ledger(LedgerSettlement):
                 expires,
                 json.dumps(refs),
                 json.dumps(meta),
+                unit,
+                catalog,
+                catalog_date,
             ),
         )
         revived = False
@@ -140,8 +156,8 @@ class Ledger(LedgerSettlement):
             res_id = existing.id
             cur.execute(
                 "UPDATE reservations SET amount_milli = ?, status = ?, scopes = ?, created_at = ?, "
-                "expires_at = ?, windows = ?, metadata = ?, settled_at = NULL, actual_milli = NULL "
-                "WHERE id = ? AND status = ?",
+                "expires_at = ?, windows = ?, metadata = ?, settled_at = NULL, actual_milli = NULL, "
+                "unit = ?, catalog = ?, catalog_date = ? WHERE id = ? AND status = ?",
                 (
                     milli,
                     RESERVED,
@@ -150,6 +166,9 @@ class Ledger(LedgerSettlement):
                     expires,
                     json.dumps(refs),
                     json.dumps(meta),
+                    unit,
+                    catalog,
+                    catalog_date,
                     res_id,
                     existing.status,
                 ),
@@ -162,18 +181,22 @@ class Ledger(LedgerSettlement):
             if enforce and b.max_per_request is not None and amount > b.max_per_request:
                 raise Refused(
                     BudgetExceeded(
-                        f"Request of {format_amount(amount)} exceeds the per-request maximum of "
-                        f"{format_amount(b.max_per_request)} on {b.scope} ({b.window} budget)",
+                        f"Request of {format_amount(amount)} {b.unit} exceeds the per-request maximum "
+                        f"of {format_amount(b.max_per_request)} {b.unit} on {b.scope} ({b.window} budget)",
                         scope=b.scope,
                         window=b.window,
                         requested=amount,
                         available=b.max_per_request,
                         limit=b.limit,
                         reason="max_per_request",
+                        unit=b.unit,
                     )
                 )
         states = [self._hold(cur, b, w, milli, enforce) for b, w in windows]
         reservation = Reservation(
+            unit=unit,
+            catalog=catalog,
+            catalog_date=catalog_date,
             id=res_id,
             idempotency_key=key or res_id,
             amount=amount,
@@ -218,12 +241,13 @@ class Ledger(LedgerSettlement):
             BudgetExceeded(
                 f"{b.window.capitalize()} budget exceeded on {b.scope}: "
                 f"{format_amount(from_storage(used + reserved))} + {format_amount(amount)} "
-                f"> {format_amount(b.limit)} ({w.key}; {format_amount(available)} available)",
+                f"> {format_amount(b.limit)} {b.unit} ({w.key}; {format_amount(available)} available)",
                 scope=b.scope,
                 window=b.window,
                 requested=amount,
                 available=available,
                 limit=b.limit,
+                unit=b.unit,
             )
         )
 
@@ -332,10 +356,22 @@ class Ledger(LedgerSettlement):
         idempotency_key: str | None = None,
         task_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        unit: str = DEFAULT_UNIT,
+        catalog: str | None = None,
+        catalog_date: str | None = None,
     ) -> Reservation:
         """Record money already spent, without a reservation (it counts even beyond a limit:
-        actuals win). For usage that happened outside the two-phase flow."""
-        res = self.reserve_unchecked(amount, scopes, idempotency_key=idempotency_key, metadata=metadata)
+        actuals win). For usage that happened outside the two-phase flow. ``unit`` must be the
+        unit of every budget of ``scopes`` (:class:`UnitMismatch` otherwise)."""
+        res = self.reserve_unchecked(
+            amount,
+            scopes,
+            idempotency_key=idempotency_key,
+            metadata=metadata,
+            unit=unit,
+            catalog=catalog,
+            catalog_date=catalog_date,
+        )
         if res.status != RESERVED:
             return res
         return self.commit(res, amount, task_id=task_id)
@@ -347,8 +383,12 @@ class Ledger(LedgerSettlement):
         *,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        unit: str = DEFAULT_UNIT,
+        catalog: str | None = None,
+        catalog_date: str | None = None,
     ) -> Reservation:
-        """A reservation that no limit can refuse (for :meth:`charge` only)."""
+        """A reservation that no limit can refuse (for :meth:`charge` only); units still must match."""
+        priced = _priced(unit, catalog, catalog_date)
         milli = to_storage(parse_amount(amount, what="amount"))
         scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
         key = None if idempotency_key is None else check_key(idempotency_key)
@@ -357,7 +397,9 @@ class Ledger(LedgerSettlement):
         def run() -> Reservation:
             now = self.clock()
             with self._transaction() as cur:
-                return self._reserve(cur, now, milli, scope_list, key, self.default_ttl, meta, enforce=False)
+                return self._reserve(
+                    cur, now, milli, scope_list, key, self.default_ttl, meta, priced, enforce=False
+                )
 
         return self._retrying(run)
 
@@ -369,12 +411,17 @@ class Ledger(LedgerSettlement):
         idempotency_key: str | None = None,
         task_id: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        unit: str = DEFAULT_UNIT,
+        catalog: str | None = None,
+        catalog_date: str | None = None,
     ) -> bool:
-        """Record a request served from the dedup cache: nothing charged, ``saved`` not spent.
+        """Record a request served from the dedup cache: nothing charged, ``saved`` (in
+        ``unit``) not spent.
 
         With ``idempotency_key``, the hit is recorded once (a reservation row with status
         ``cached`` holds the key); returns False when it was recorded before.
         """
+        unit, catalog, catalog_date = _priced(unit, catalog, catalog_date)
         saved_milli = to_storage(parse_amount(saved, what="saved", allow_zero=True))
         scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
         key = None if idempotency_key is None else check_key(idempotency_key)
@@ -393,12 +440,16 @@ class Ledger(LedgerSettlement):
                 expires_at=from_ms(to_ms(now)),
                 metadata=meta,
                 task_id=task_id,
+                unit=unit,
+                catalog=catalog,
+                catalog_date=catalog_date,
             )
             with self._transaction() as cur:
                 cur.execute(
                     "INSERT INTO reservations (id, idempotency_key, amount_milli, actual_milli, "
-                    "status, scopes, created_at, expires_at, settled_at, task_id, windows, metadata) "
-                    "VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, '[]', ?) "
+                    "status, scopes, created_at, expires_at, settled_at, task_id, windows, metadata, "
+                    "unit, catalog, catalog_date) "
+                    "VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, '[]', ?, ?, ?, ?) "
                     "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
                     (
                         hit.id,
@@ -411,6 +462,9 @@ class Ledger(LedgerSettlement):
                         to_ms(now),
                         task_id,
                         json.dumps(meta),
+                        unit,
+                        catalog,
+                        catalog_date,
                     ),
                 )
                 if cur.rowcount != 1:
@@ -427,3 +481,29 @@ class Ledger(LedgerSettlement):
                 return True
 
         return self._retrying(run)
+
+
+def _priced(unit: str, catalog: str | None, catalog_date: str | None) -> tuple[str, str | None, str | None]:
+    """Validated (unit, catalog name, catalog entry date) of a reservation."""
+    unit = validate_unit(unit)
+    if catalog is not None and (not isinstance(catalog, str) or not catalog.strip() or len(catalog) > 200):
+        raise ValidationError(f"catalog must be a catalog name of at most 200 characters, not {catalog!r}")
+    if catalog_date is not None:
+        try:
+            catalog_date = date.fromisoformat(str(catalog_date)).isoformat()
+        except ValueError:
+            raise ValidationError(f"catalog_date {catalog_date!r} is not an ISO date (YYYY-MM-DD)") from None
+    return unit, catalog, catalog_date
+
+
+def _unit_mismatch(budget: Budget, unit: str) -> UnitMismatch:
+    other = "kling-app-credits" if budget.unit == "credits" else "kling-api"
+    return UnitMismatch(
+        f"the {budget.window} budget of {budget.scope} counts {budget.unit} but this request is priced "
+        f"in {unit}; price it with a catalog in {budget.unit} (--catalog {other}), or give {unit} a "
+        f"budget of their own (kling-cost budget set SCOPE LIMIT --unit {unit} on another scope)",
+        scope=budget.scope,
+        window=budget.window,
+        budget_unit=budget.unit,
+        request_unit=unit,
+    )

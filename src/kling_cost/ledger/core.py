@@ -11,14 +11,16 @@ from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 from ..budgets import (
+    DEFAULT_UNIT,
     Budget,
     parse_limit,
     parse_thresholds,
     validate_scope,
     validate_tz,
+    validate_unit,
     validate_window,
 )
-from ..errors import StorageError
+from ..errors import StorageError, ValidationError
 from ..money import to_storage
 from ._rows import BUDGET_SELECT, RETRIES, Conflict, Cursor, budget_from_row, to_ms, utc_now
 from .hooks import LedgerHook
@@ -138,9 +140,16 @@ class LedgerCore(ABC):
         tz: str = "UTC",
         thresholds: Iterable[Decimal | str | int] | None = None,
         max_per_request: Decimal | int | str | None = None,
+        unit: str | None = None,
     ) -> Budget:
-        """Create or update the ``window`` budget of ``scope``; a new limit applies at once."""
+        """Create or update the ``window`` budget of ``scope``; a new limit applies at once.
+
+        ``unit`` is what the limit counts: ``units`` (Kling's API units, the default for a new
+        budget) or ``credits`` (the app's). ``None`` keeps an existing budget's unit. A budget
+        whose windows hold or have used anything cannot change its unit (delete it first).
+        """
         scope = validate_scope(scope)
+        wanted_unit = None if unit is None else validate_unit(unit)
         window = validate_window(window)
         lim = parse_limit(limit)
         tz = validate_tz(tz)
@@ -152,13 +161,17 @@ class LedgerCore(ABC):
             cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (scope, window))
             before = cur.fetchone()
             previous = None if before is None else budget_from_row(before)
+            new_unit = wanted_unit or (previous.unit if previous is not None else DEFAULT_UNIT)
+            if previous is not None and new_unit != previous.unit:
+                self._check_unit_change(cur, previous, new_unit)
             cur.execute(
                 "INSERT INTO budgets (scope, period, tz, limit_milli, max_per_request_milli, "
-                "thresholds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "thresholds, created_at, updated_at, unit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (scope, period) DO UPDATE SET tz = excluded.tz, "
                 "limit_milli = excluded.limit_milli, "
                 "max_per_request_milli = excluded.max_per_request_milli, "
-                "thresholds = excluded.thresholds, updated_at = excluded.updated_at",
+                "thresholds = excluded.thresholds, updated_at = excluded.updated_at, "
+                "unit = excluded.unit",
                 (
                     scope,
                     window,
@@ -168,6 +181,7 @@ class LedgerCore(ABC):
                     json.dumps([str(t) for t in marks]),
                     now,
                     now,
+                    new_unit,
                 ),
             )
             cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (scope, window))
@@ -176,6 +190,23 @@ class LedgerCore(ABC):
                 hook.after_budget_set(cur, moment, budget, previous)
         self._committed()
         return budget
+
+    @staticmethod
+    def _check_unit_change(cur: Cursor, budget: Budget, unit: str) -> None:
+        """A budget's counters are in its unit: switching units is allowed only while empty."""
+        cur.execute(
+            "SELECT window_key FROM budget_windows WHERE budget_id = ? "
+            "AND (used_milli <> 0 OR reserved_milli <> 0) ORDER BY window_key LIMIT 1",
+            (budget.id,),
+        )
+        row = cur.fetchone()
+        if row is not None:
+            raise ValidationError(
+                f"the {budget.window} budget of {budget.scope} counts {budget.unit} and has "
+                f"{budget.unit} used or held ({row[0]}); it cannot switch to {unit}: delete it "
+                f"(kling-cost budget delete {budget.scope} --window {budget.window}) and set it "
+                f"again, or use another scope for {unit}"
+            )
 
     def budgets(self, scope: str | None = None) -> list[Budget]:
         """Every budget, or those of one scope, in a stable order."""

@@ -50,6 +50,7 @@ class SettledCharge:
     duration: int | None
     audio: bool
     metadata: dict[str, Any]
+    unit: str = "units"
 
 
 class LedgerHook(Protocol):

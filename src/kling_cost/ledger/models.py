@@ -41,6 +41,12 @@ class Reservation:
     fresh: bool = False
     """True when this call created (or revived) the hold: the caller owns it. False when an
     idempotent repeat returned an existing reservation that someone else may be sending."""
+    unit: str = "units"
+    """What ``amount`` and ``actual`` count: ``units`` or ``credits`` (settle in this unit)."""
+    catalog: str | None = None
+    """The catalog that priced the request (its name), when it was priced by one."""
+    catalog_date: str | None = None
+    """The ISO date of the catalog entry that priced it (its ``effective_from``)."""
 
     @property
     def settled(self) -> bool:
@@ -58,6 +64,9 @@ class Reservation:
             "actual": None if self.actual is None else str(self.actual),
             "settled_at": None if self.settled_at is None else self.settled_at.isoformat(),
             "task_id": self.task_id,
+            "unit": self.unit,
+            "catalog": self.catalog,
+            "catalog_date": self.catalog_date,
             "metadata": self.metadata,
         }
 
@@ -86,6 +95,10 @@ class Charge:
     status: str = "succeeded"
     """``succeeded`` (Kling charged ``actual``), ``failed`` (refunded: 0) or ``cache_hit``
     (served from the dedup cache: 0 charged, ``estimate`` saved)."""
+    unit: str = "units"
+    """What ``estimate`` and ``actual`` count: ``units`` or ``credits``."""
+    catalog: str | None = None
+    catalog_date: str | None = None
 
     @property
     def saved(self) -> Decimal:
@@ -100,6 +113,7 @@ class Charge:
             "idempotency_key": self.idempotency_key,
             "created_at": self.created_at.isoformat(),
             "settled_at": self.settled_at.isoformat(),
+            "unit": self.unit,
             "estimate": str(self.estimate),
             "actual": str(self.actual),
             "scopes": list(self.scopes),
@@ -111,6 +125,8 @@ class Charge:
             "audio": self.audio,
             "prompt_hash": self.prompt_hash,
             "prompt_preview": self.prompt_preview,
+            "catalog": self.catalog,
+            "catalog_date": self.catalog_date,
             "metadata": self.metadata,
         }
 

@@ -1,5 +1,5 @@
-"""The report rollup: charges summed per (scope, grain, bucket, model, mode), kept in step
-with every settle.
+"""The report rollup: charges summed per (scope, grain, bucket, model, mode, unit), kept in
+step with every settle.
 
 Two grains, written by the same single upsert statement per settle (one multi-row
 ``VALUES``: one hour row and one day row per scope of the charge):
@@ -22,12 +22,16 @@ Zones with a 30- or 45-minute offset (India, Nepal, Newfoundland, South Australi
 back to the raw charges (see :mod:`kling_cost.reports`).
 
 Each row holds, per settled status, a count, the sum of estimates and the sum of actuals, so
-any grouping by status can be unfolded from it exactly. :class:`RollupHook` upserts the rows
+any grouping by status can be unfolded from it exactly. The ``unit`` (``units`` or
+``credits``: what the charge's reservation counted) is part of the key, so amounts in
+different units are never summed together; it comes last in the key, so a read of a grain,
+a scope and a bucket range is one index range as before. :class:`RollupHook` upserts the rows
 of a charge in one statement, inside the ledger's own transaction.
 
 Ledgers created before this table existed: migration 3 leaves a ``backfill_upto`` marker (the
 last charge id then); the first read rolls those charges up (:func:`ensure_backfilled`).
-Migration 5 derived the day rows of existing ledgers from their hour rows.
+Migration 5 derived the day rows of existing ledgers from their hour rows; migration 8 added
+the unit (rows written before it are ``units``, as were all charges then).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ..budgets import UNITS
 from ..errors import StorageError
 from ._rows import CHARGE_SELECT, Cursor, charge_from_row, like_escape
 from .hooks import SettledCharge, WindowState
@@ -53,6 +58,7 @@ __all__ = [
     "DAY_MS",
     "GRAIN_DAY",
     "GRAIN_HOUR",
+    "KEY_COLUMNS",
     "STATUSES",
     "SUM_COLUMNS",
     "RollupHook",
@@ -73,14 +79,16 @@ SUM_COLUMNS = tuple(f"{_PREFIX[s]}_{m}" for s in STATUSES for m in ("n", "est", 
 
 GRAIN_HOUR = 0
 GRAIN_DAY = 1
+KEY_COLUMNS = ("scope", "grain", "bucket", "model", "mode", "unit")
+"""The key of a rollup row, in the order :func:`rollup_rows` gives it (then the sums)."""
 
-_UPSERT_HEAD = (
-    "INSERT INTO report_rollup (scope, grain, bucket, model, mode, " + ", ".join(SUM_COLUMNS) + ") VALUES "
-)
-_ROW_MARKS = "(" + ", ".join("?" * (5 + len(SUM_COLUMNS))) + ")"
-_UPSERT_TAIL = " ON CONFLICT (grain, scope, bucket, model, mode) DO UPDATE SET " + ", ".join(
+_UPSERT_HEAD = f"INSERT INTO report_rollup ({', '.join((*KEY_COLUMNS, *SUM_COLUMNS))}) VALUES "
+_ROW_MARKS = "(" + ", ".join("?" * (len(KEY_COLUMNS) + len(SUM_COLUMNS))) + ")"
+_UPSERT_TAIL = " ON CONFLICT (grain, scope, bucket, model, mode, unit) DO UPDATE SET " + ", ".join(
     f"{c} = report_rollup.{c} + excluded.{c}" for c in SUM_COLUMNS
 )
+Values = tuple[int, str, str, str, list[int]]
+"""One charge as the rollup sees it: (hour bucket, model, mode, unit, sums)."""
 
 
 def bucket_of(ms: int) -> int:
@@ -89,30 +97,39 @@ def bucket_of(ms: int) -> int:
 
 
 def rollup_values(
-    status: str, created_at_ms: int, estimate: int, actual: int, model: str | None, mode: str | None
-) -> tuple[int, str, str, list[int]]:
-    """(hour bucket, model, mode, sums) of one charge; ``''`` stands for a missing model or mode."""
+    status: str,
+    created_at_ms: int,
+    estimate: int,
+    actual: int,
+    model: str | None,
+    mode: str | None,
+    unit: str,
+) -> Values:
+    """(hour bucket, model, mode, unit, sums) of one charge; ``''`` stands for a missing model
+    or mode. ``unit``: what the charge counts (``units`` or ``credits``)."""
     if status not in _PREFIX:
         raise StorageError(f"charge status {status!r} is unknown to the report rollup")
+    if unit not in UNITS:
+        raise StorageError(f"charge unit {unit!r} is unknown to the report rollup")
     sums = [0] * len(SUM_COLUMNS)
     base = STATUSES.index(status) * 3
     sums[base], sums[base + 1], sums[base + 2] = 1, estimate, actual
-    return bucket_of(created_at_ms), model or "", mode or "", sums
+    return bucket_of(created_at_ms), model or "", mode or "", unit, sums
 
 
-def rollup_rows(scopes: Sequence[str], values: tuple[int, str, str, list[int]]) -> list[tuple[Any, ...]]:
-    """The rows one charge adds to: (scope, grain, bucket, model, mode, *sums), an hour row and
-    a day row per scope (what :func:`upsert` writes; the benchmark builds its rollup with it)."""
-    bucket, model, mode, sums = values
+def rollup_rows(scopes: Sequence[str], values: Values) -> list[tuple[Any, ...]]:
+    """The rows one charge adds to: (*:data:`KEY_COLUMNS`, *sums), an hour row and a day row
+    per scope (what :func:`upsert` writes; the benchmark builds its rollup with it)."""
+    bucket, model, mode, unit, sums = values
     day = bucket - bucket % DAY_MS
     out: list[tuple[Any, ...]] = []
     for scope in scopes:
-        out.append((scope, GRAIN_HOUR, bucket, model, mode, *sums))
-        out.append((scope, GRAIN_DAY, day, model, mode, *sums))
+        out.append((scope, GRAIN_HOUR, bucket, model, mode, unit, *sums))
+        out.append((scope, GRAIN_DAY, day, model, mode, unit, *sums))
     return out
 
 
-def upsert(cur: Cursor, scopes: Sequence[str], values: tuple[int, str, str, list[int]]) -> None:
+def upsert(cur: Cursor, scopes: Sequence[str], values: Values) -> None:
     """Add one charge to the rollup rows of each of its scopes, both grains (one statement)."""
     rows = rollup_rows(scopes, values)
     if not rows:
@@ -144,6 +161,7 @@ class RollupHook:
             charge.actual_milli,
             charge.model,
             charge.mode,
+            charge.unit,
         )
         upsert(cur, charge.scopes, values)
 
@@ -168,12 +186,12 @@ def ensure_backfilled(ledger: LedgerCore) -> None:
             cur.execute("DELETE FROM report_rollup_meta WHERE name = 'backfill_upto'")
             if cur.rowcount == 1:  # this transaction claimed it (PostgreSQL: concurrent readers)
                 cur.execute(
-                    "SELECT status, created_at, estimate_milli, actual_milli, model, mode, scopes "
-                    "FROM charges WHERE id <= ?",
+                    "SELECT status, created_at, estimate_milli, actual_milli, model, mode, unit, "
+                    "scopes FROM charges WHERE id <= ?",
                     (int(row[0]),),
                 )
-                for status, created, est, act, model, mode, scopes in cur.fetchall():
-                    values = rollup_values(status, int(created), int(est), int(act), model, mode)
+                for status, created, est, act, model, mode, unit, scopes in cur.fetchall():
+                    values = rollup_values(status, int(created), int(est), int(act), model, mode, unit)
                     upsert(cur, _scopes(scopes), values)
     _backfilled.add(ledger)
 
@@ -209,7 +227,7 @@ def charge_facts(
     ledger: LedgerCore, *, since: int | None, until: int | None, scope: str | None
 ) -> list[tuple[Any, ...]]:
     """Raw charges for reports that the rollup cannot answer: (created_at, status, estimate,
-    actual, scopes JSON, model, mode, duration, audio, kind)."""
+    actual, scopes JSON, model, mode, duration, audio, kind, unit)."""
     where: list[str] = []
     params: list[Any] = []
     if scope is not None:
@@ -223,7 +241,7 @@ def charge_facts(
         params.append(until)
     sql = (
         "SELECT created_at, status, estimate_milli, actual_milli, scopes, model, mode, duration, "
-        "audio, kind FROM charges" + (" WHERE " + " AND ".join(where) if where else "")
+        "audio, kind, unit FROM charges" + (" WHERE " + " AND ".join(where) if where else "")
     )
     with ledger._transaction() as cur:
         cur.execute(sql, params)

@@ -1,4 +1,6 @@
-"""Reading the report rollup: sums per (local day, scope, model, mode) from its two grains.
+"""Reading the report rollup: sums per (local day, scope, unit, model, mode) from its two grains.
+
+Every read groups by ``unit``: amounts in units and in credits are never added together.
 
 A period is read as a few *reads*, all summed by one SQL statement (``UNION ALL`` under one
 ``GROUP BY``), never row by row in Python. For a span ``[start, end)`` that keeps one UTC
@@ -120,7 +122,8 @@ def rollup_sums(
     scope_group: str | None,
     dims: Sequence[str],
 ) -> list[tuple[Any, ...]]:
-    """Rollup sums grouped by (local day number | None, scope | None, *dims), then the 9 sums.
+    """Rollup sums grouped by (local day number | None, scope | None, unit, *dims), then the 9
+    sums. The unit is always a group: amounts of different units are never added.
 
     ``segments`` (constant-offset spans, on UTC hours) make the first column the local day
     number ``(t + offset) // day``; without them there is no time column and ``since`` /
@@ -142,7 +145,7 @@ def rollup_sums(
     with ledger._transaction() as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()
-    s_n, f_n, c_n = 2 + len(dims), 5 + len(dims), 8 + len(dims)  # counts: never negative
+    s_n, f_n, c_n = 3 + len(dims), 6 + len(dims), 9 + len(dims)  # counts: never negative
     return [row for row in rows if row[s_n] is not None and (row[s_n] or row[f_n] or row[c_n])]
 
 
@@ -176,7 +179,7 @@ def _query(
             "rollup_steps(x) AS (SELECT CAST(0 AS BIGINT) UNION ALL "
             f"SELECT x + {BUCKET_MS} FROM rollup_steps WHERE x + {BUCKET_MS} < {DAY_MS})"
         )
-    cols = (["scope"] if scope_group is not None else []) + dims
+    cols = (["scope"] if scope_group is not None else []) + ["unit", *dims]
     sums = ", ".join(f"r.{c} AS {c}" for c in SUM_COLUMNS)
     branches: list[str] = []
     branch_params: list[Any] = []  # the branches follow every CTE in the text
@@ -216,7 +219,8 @@ def _query(
             + ", ".join(f"SUM(r.{c}) AS {c}" for c in SUM_COLUMNS)
             + " FROM report_rollup r WHERE "
             + " AND ".join(where)
-            + (" GROUP BY " + ", ".join(keys) if keys else "")
+            + " GROUP BY "
+            + ", ".join(keys)
             + ")"
         )
         params.extend(mine)
@@ -225,10 +229,9 @@ def _query(
         branches.append(f"SELECT {', '.join([*shifted, *(f'-{c} AS {c}' for c in SUM_COLUMNS)])} FROM {name}")
     params.extend(branch_params)
     group = (["day"] if timed else []) + cols
-    outer = ["day" if timed else "NULL", "scope" if scope_group is not None else "NULL", *dims]
+    outer = ["day" if timed else "NULL", "scope" if scope_group is not None else "NULL", "unit", *dims]
     outer.extend(f"SUM({c})" for c in SUM_COLUMNS)
     sql = ("WITH RECURSIVE " + ", ".join(ctes) + " " if ctes else "") + "SELECT " + ", ".join(outer)
     sql += " FROM (" + " UNION ALL ".join(branches) + ") t"
-    if group:
-        sql += " GROUP BY " + ", ".join(group)
+    sql += " GROUP BY " + ", ".join(group)
     return sql, params

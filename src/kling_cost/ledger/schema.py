@@ -200,6 +200,63 @@ MIGRATIONS.append(
         ],
     )
 )
+MIGRATIONS.append(
+    (
+        6,
+        [
+            # One unit per budget (``units``: Kling's resource-pack units, ``credits``: the
+            # app's); every reservation and charge records the unit and the catalog (name and
+            # price date) that priced it, so settling never depends on a caller's default.
+            "ALTER TABLE budgets ADD COLUMN unit TEXT NOT NULL DEFAULT 'units'",
+            "ALTER TABLE reservations ADD COLUMN unit TEXT NOT NULL DEFAULT 'units'",
+            "ALTER TABLE reservations ADD COLUMN catalog TEXT",
+            "ALTER TABLE reservations ADD COLUMN catalog_date TEXT",
+            "ALTER TABLE charges ADD COLUMN unit TEXT NOT NULL DEFAULT 'units'",
+            "ALTER TABLE charges ADD COLUMN catalog TEXT",
+            "ALTER TABLE charges ADD COLUMN catalog_date TEXT",
+        ],
+    )
+)
+_NON_UNITS = "EXISTS (SELECT 1 FROM charges WHERE unit <> 'units')"
+MIGRATIONS.append(
+    (
+        8,
+        [
+            # The rollup gains the unit (see ledger/rollup.py): amounts in units and credits
+            # are summed apart, never together. Last in the key, so every read stays one
+            # primary-key range per (grain, scope) and bucket, as before.
+            """CREATE TABLE report_rollup_v8 (
+                scope TEXT NOT NULL,
+                grain SMALLINT NOT NULL,
+                bucket BIGINT NOT NULL,
+                model TEXT NOT NULL,
+                mode TEXT NOT NULL,
+                unit TEXT NOT NULL DEFAULT 'units',
+                s_n BIGINT NOT NULL DEFAULT 0,
+                s_est BIGINT NOT NULL DEFAULT 0,
+                s_act BIGINT NOT NULL DEFAULT 0,
+                f_n BIGINT NOT NULL DEFAULT 0,
+                f_est BIGINT NOT NULL DEFAULT 0,
+                f_act BIGINT NOT NULL DEFAULT 0,
+                c_n BIGINT NOT NULL DEFAULT 0,
+                c_est BIGINT NOT NULL DEFAULT 0,
+                c_act BIGINT NOT NULL DEFAULT 0,
+                PRIMARY KEY (grain, scope, bucket, model, mode, unit)
+            ){without_rowid}""",
+            # Charges settled before migration 6 are all in units: so are their rows. A ledger
+            # that already holds charges in another unit (schema 6 or 7) cannot split its rows
+            # by unit: they are dropped and the charges rolled up again on the first report.
+            f"INSERT INTO report_rollup_v8 (scope, grain, bucket, model, mode, unit, {_SUMS}) "
+            f"SELECT scope, grain, bucket, model, mode, 'units', {_SUMS} FROM report_rollup "
+            f"WHERE NOT {_NON_UNITS}",
+            f"DELETE FROM report_rollup_meta WHERE name = 'backfill_upto' AND {_NON_UNITS}",
+            "INSERT INTO report_rollup_meta (name, value) SELECT 'backfill_upto', MAX(id) FROM charges "
+            f"HAVING MAX(id) IS NOT NULL AND {_NON_UNITS}",
+            "DROP TABLE report_rollup",
+            "ALTER TABLE report_rollup_v8 RENAME TO report_rollup",
+        ],
+    )
+)
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -217,6 +274,7 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "thresholds",
             "created_at",
             "updated_at",
+            "unit",
         ),
         "id",
     ),
@@ -236,6 +294,9 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "task_id",
             "windows",
             "metadata",
+            "unit",
+            "catalog",
+            "catalog_date",
         ),
         None,
     ),
@@ -260,6 +321,9 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "prompt_hash",
             "prompt_preview",
             "metadata",
+            "unit",
+            "catalog",
+            "catalog_date",
         ),
         "id",
     ),
@@ -304,6 +368,7 @@ TABLES.append(
             "bucket",
             "model",
             "mode",
+            "unit",
             "s_n",
             "s_est",
             "s_act",

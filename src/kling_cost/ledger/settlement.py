@@ -209,12 +209,13 @@ class LedgerSettlement(RequestCacheStore):
             duration=int(duration) if isinstance(duration, (int, str)) and str(duration).isdigit() else None,
             audio=meta.get("audio") in (True, "on", "true") or meta.get("sound") == "on",
             metadata=meta,
+            unit=res.unit,
         )
         cur.execute(
             "INSERT INTO charges (reservation_id, idempotency_key, status, created_at, settled_at, "
             "estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio, "
-            "prompt_hash, prompt_preview, metadata) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 res.id,
                 res.idempotency_key,
@@ -233,6 +234,9 @@ class LedgerSettlement(RequestCacheStore):
                 text_or_none(meta.get("prompt_hash")),
                 text_or_none(meta.get("prompt_preview")),
                 json.dumps(meta),
+                res.unit,
+                res.catalog,
+                res.catalog_date,
             ),
         )
         for hook in self.hooks:

@@ -6,6 +6,10 @@ the period are whole hours, over a period starting and ending on UTC hours (ever
 period in such a zone does). Anything else (``duration``, ``audio``, ``kind``; a zone such as
 Asia/Kolkata; a scope filter combined with a scope grouping) reads the raw charges. Both give
 the same numbers; ``Report.source`` says which was used.
+
+Every group is also split by **unit** (``units`` or ``credits``: what each charge's
+reservation counted), and every row and total carries its unit: amounts in different units are
+never added together. A report over a ledger holding both has one total per unit.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from ..budgets import validate_scope
+from ..budgets import UNITS, validate_scope
 from ..errors import ValidationError
 from ..ledger import Ledger
 from ..ledger._rows import to_ms
@@ -25,7 +29,7 @@ from ..ledger.rollup_read import rollup_sums
 from ..money import from_storage
 from . import _time
 
-__all__ = ["DIMENSIONS", "Report", "ReportRow", "parse_by", "report"]
+__all__ = ["DIMENSIONS", "Report", "ReportRow", "parse_by", "report", "sort_units"]
 
 TIME_DIMS = ("day", "week", "month")
 SCOPE_KINDS = ("project", "key", "user")
@@ -75,7 +79,7 @@ class _Sums:
 
 @dataclass(frozen=True)
 class ReportRow:
-    """One group: counts per status and exact amounts.
+    """One group of charges of one ``unit``: counts per status and exact amounts in that unit.
 
     ``estimate`` sums the estimates of succeeded charges, ``actual`` what Kling charged,
     ``drift`` is actual - estimate of the succeeded ones, ``refunded`` the estimates of failed
@@ -83,6 +87,8 @@ class ReportRow:
     """
 
     key: dict[str, Key]
+    unit: str
+    """What every amount of the row counts: ``units`` or ``credits``."""
     charges: int
     succeeded: int
     failed: int
@@ -94,9 +100,10 @@ class ReportRow:
     saved: Decimal
 
     @classmethod
-    def of(cls, key: dict[str, Key], s: Sequence[int]) -> ReportRow:
+    def of(cls, key: dict[str, Key], s: Sequence[int], unit: str) -> ReportRow:
         return cls(
             key=key,
+            unit=unit,
             charges=s[0] + s[3] + s[6],
             succeeded=s[0],
             failed=s[3],
@@ -119,6 +126,7 @@ class ReportRow:
         pct = self.drift_pct
         return {
             **self.key,
+            "unit": self.unit,
             "charges": self.charges,
             "succeeded": self.succeeded,
             "failed": self.failed,
@@ -148,7 +156,11 @@ METRICS = (
 
 @dataclass(frozen=True)
 class Report:
-    """Grouped usage over ``[since, until)`` in ``tz``; ``total`` counts every charge once."""
+    """Grouped usage over ``[since, until)`` in ``tz``.
+
+    ``rows``: one per group and unit. ``totals``: one per unit present (in :data:`UNITS`
+    order), each counting every charge of its unit once; never a sum across units.
+    """
 
     by: tuple[str, ...]
     tz: str
@@ -156,9 +168,23 @@ class Report:
     until: datetime | None
     scope: str | None
     rows: tuple[ReportRow, ...]
-    total: ReportRow
+    totals: tuple[ReportRow, ...]
     source: str
     """``rollup`` or ``charges``: where the numbers were read."""
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        """The units of the charges in this report (none for an empty one)."""
+        return tuple(t.unit for t in self.totals)
+
+    def total_for(self, unit: str) -> ReportRow:
+        """The total of ``unit`` (a row of zeros when no charge of the report counts it)."""
+        for t in self.totals:
+            if t.unit == unit:
+                return t
+        if unit not in UNITS:
+            raise ValidationError(f"unit {unit!r} is unknown; allowed: {', '.join(UNITS)}")
+        return ReportRow.of({}, [0] * 9, unit)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,8 +194,9 @@ class Report:
             "until": None if self.until is None else self.until.isoformat(),
             "scope": self.scope,
             "source": self.source,
+            "units": list(self.units),
             "rows": [r.to_dict() for r in self.rows],
-            "total": self.total.to_dict(),
+            "totals": [t.to_dict() for t in self.totals],
         }
 
 
@@ -206,10 +233,10 @@ def report(
     if plan is None and source == "rollup":
         raise ValidationError(f"the rollup cannot answer this report exactly (by {dims}, tz {tz})")
     if plan is not None:
-        rows, total = _from_rollup(ledger, dims, plan, lo, hi, scope)
+        rows, totals = _from_rollup(ledger, dims, plan, lo, hi, scope)
     else:
-        rows, total = _from_charges(ledger, dims, zone, lo, hi, scope)
-    return Report(dims, tz, start, end, scope, rows, total, "rollup" if plan is not None else "charges")
+        rows, totals = _from_charges(ledger, dims, zone, lo, hi, scope)
+    return Report(dims, tz, start, end, scope, rows, totals, "rollup" if plan is not None else "charges")
 
 
 def _rollup_plan(
@@ -239,6 +266,10 @@ def _group_spec(dims: tuple[str, ...]) -> tuple[str | None, list[str]]:
     return scope_dim, [d for d in dims if d in ("model", "mode")]
 
 
+Groups = dict[tuple[tuple[Key, ...], str], list[int]]
+"""Sums per (dimension values, unit)."""
+
+
 def _from_rollup(
     ledger: Ledger,
     dims: tuple[str, ...],
@@ -246,7 +277,7 @@ def _from_rollup(
     lo: int | None,
     hi: int | None,
     scope: str | None,
-) -> tuple[tuple[ReportRow, ...], ReportRow]:
+) -> tuple[tuple[ReportRow, ...], tuple[ReportRow, ...]]:
     time_dim = next((d for d in dims if d in TIME_DIMS), None)
     scope_dim, cols = _group_spec(dims)
     group = None if scope_dim is None else ("*" if scope_dim == "scope" else scope_dim)
@@ -259,8 +290,8 @@ def _from_rollup(
         scope_group=group,
         dims=cols,
     )
-    groups: dict[tuple[Key, ...], list[int]] = {}
-    first_sum = 2 + len(cols)
+    groups: Groups = {}
+    first_sum = 3 + len(cols)
     day_keys: dict[int, Key] = {}  # a few hundred days over thousands of rows
     for row in raw:
         values: dict[str, Key] = {}
@@ -272,8 +303,9 @@ def _from_rollup(
             values[time_dim] = day
         if scope_dim:
             values[scope_dim] = row[1]
+        unit = str(row[2])
         for i, col in enumerate(cols):
-            values[col] = row[2 + i] or None
+            values[col] = row[3 + i] or None
         sums = [int(x) for x in row[first_sum:]]
         parts: list[tuple[str | None, list[int]]] = [(None, sums)]
         if "status" in dims:  # unfold: one group per status present
@@ -285,36 +317,36 @@ def _from_rollup(
         for status, part in parts:
             if status is not None:
                 values["status"] = status
-            key = tuple(values.get(d) for d in dims)
+            key = (tuple(values.get(d) for d in dims), unit)
             acc = groups.get(key)
             if acc is None:
                 groups[key] = part
             else:
                 acc[:] = [a + b for a, b in zip(acc, part, strict=True)]
-    total = [0] * 9
-    if scope_dim is None:  # the groups partition the charges: their sum is the total
-        if groups:
-            total = [sum(column) for column in zip(*groups.values(), strict=True)]
-    else:  # a charge may count in several scopes: read the total on its own
+    totals: dict[str, list[int]] = {}
+    if scope_dim is None:  # the groups partition the charges: their sums per unit are the totals
+        for (_, unit), sums in groups.items():
+            _add(totals, unit, sums)
+    else:  # a charge may count in several scopes: read the totals on their own
         for row in rollup_sums(ledger, None, since=lo, until=hi, scope=scope, scope_group=None, dims=[]):
-            total = [a + int(b) for a, b in zip(total, row[2:], strict=True)]
-    return _rows(dims, groups), ReportRow.of({}, total)
+            _add(totals, str(row[2]), [int(x) for x in row[3:]])
+    return _rows(dims, groups), _totals(totals)
 
 
 def _from_charges(
     ledger: Ledger, dims: tuple[str, ...], zone: Any, lo: int | None, hi: int | None, scope: str | None
-) -> tuple[tuple[ReportRow, ...], ReportRow]:
+) -> tuple[tuple[ReportRow, ...], tuple[ReportRow, ...]]:
     import json
 
-    groups: dict[tuple[Key, ...], _Sums] = {}
-    total = _Sums()
+    groups: dict[tuple[tuple[Key, ...], str], _Sums] = {}
+    totals: dict[str, _Sums] = {}
     time_dim = next((d for d in dims if d in TIME_DIMS), None)
     scope_dim, _ = _group_spec(dims)
-    for created, status, est_raw, act_raw, scopes, model, mode, duration, audio, kind in charge_facts(
+    for created, status, est_raw, act_raw, scopes, model, mode, duration, audio, kind, unit in charge_facts(
         ledger, since=lo, until=hi, scope=scope
     ):
         est, act = int(est_raw), int(act_raw)
-        total.add_one(status, est, act)
+        totals.setdefault(unit, _Sums()).add_one(status, est, act)
         base: dict[str, Key] = {
             "model": model or None,
             "mode": mode or None,
@@ -332,15 +364,42 @@ def _from_charges(
         for owner in owners:
             if scope_dim is not None:
                 base[scope_dim] = owner
-            groups.setdefault(tuple(base.get(d) for d in dims), _Sums()).add_one(status, est, act)
-    return _rows(dims, {key: sums.v for key, sums in groups.items()}), ReportRow.of({}, total.v)
+            key = (tuple(base.get(d) for d in dims), str(unit))
+            groups.setdefault(key, _Sums()).add_one(status, est, act)
+    rows = _rows(dims, {key: sums.v for key, sums in groups.items()})
+    return rows, _totals({unit: sums.v for unit, sums in totals.items()})
 
 
-def _sort_key(key: tuple[Key, ...]) -> tuple[tuple[bool, str], ...]:
-    return tuple((v is None, f"{v:012d}" if isinstance(v, int) else str(v)) for v in key)
+def _add(totals: dict[str, list[int]], unit: str, sums: Sequence[int]) -> None:
+    acc = totals.setdefault(unit, [0] * 9)
+    acc[:] = [a + int(b) for a, b in zip(acc, sums, strict=True)]
 
 
-def _rows(dims: tuple[str, ...], groups: dict[tuple[Key, ...], list[int]]) -> tuple[ReportRow, ...]:
+def _unit_order(unit: str) -> tuple[int, str]:
+    return (UNITS.index(unit) if unit in UNITS else len(UNITS), unit)
+
+
+def sort_units(units: Iterable[str]) -> tuple[str, ...]:
+    """Distinct units in :data:`kling_cost.budgets.UNITS` order (``units``, ``credits``)."""
+    return tuple(sorted(set(units), key=_unit_order))
+
+
+def _totals(totals: dict[str, list[int]]) -> tuple[ReportRow, ...]:
+    """One total per unit, in :data:`UNITS` order."""
+    return tuple(ReportRow.of({}, totals[u], u) for u in sort_units(totals))
+
+
+def _sort_key(key: tuple[tuple[Key, ...], str]) -> tuple[Any, ...]:
+    values, unit = key
+    return (
+        tuple((v is None, f"{v:012d}" if isinstance(v, int) else str(v)) for v in values),
+        _unit_order(unit),
+    )
+
+
+def _rows(dims: tuple[str, ...], groups: Groups) -> tuple[ReportRow, ...]:
+    """One row per (group, unit): sorted by the group, then the unit."""
     return tuple(
-        ReportRow.of(dict(zip(dims, key, strict=True)), groups[key]) for key in sorted(groups, key=_sort_key)
+        ReportRow.of(dict(zip(dims, key[0], strict=True)), groups[key], key[1])
+        for key in sorted(groups, key=_sort_key)
     )

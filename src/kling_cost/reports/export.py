@@ -19,6 +19,7 @@ EXPORT_FIELDS = (
     "timestamp",
     "task_id",
     "credits",
+    "unit",
     "model",
     "duration",
     "mode",
@@ -32,8 +33,12 @@ EXPORT_FIELDS = (
     "prompt_hash",
     "reservation_id",
     "id",
+    "catalog",
+    "catalog_date",
 )
-"""``timestamp`` is the reservation time (ISO 8601, UTC); ``credits`` what Kling charged."""
+"""``timestamp`` is the reservation time (ISO 8601, UTC); ``credits`` what Kling charged (the
+seed's field name) and ``estimate``, both counted in ``unit`` (``units`` or ``credits``: what the
+reservation counted); ``catalog`` and ``catalog_date`` name the price list that priced it."""
 
 
 def charge_record(charge: Charge) -> dict[str, Any]:
@@ -42,6 +47,7 @@ def charge_record(charge: Charge) -> dict[str, Any]:
         "timestamp": charge.created_at.isoformat(),
         "task_id": charge.task_id,
         "credits": charge.actual,
+        "unit": charge.unit,
         "model": charge.model,
         "duration": charge.duration,
         "mode": charge.mode,
@@ -55,6 +61,8 @@ def charge_record(charge: Charge) -> dict[str, Any]:
         "prompt_hash": charge.prompt_hash,
         "reservation_id": charge.reservation_id,
         "id": charge.id,
+        "catalog": charge.catalog,
+        "catalog_date": charge.catalog_date,
     }
 
 
@@ -97,7 +105,8 @@ def export_charges(
 
     ``fmt``: ``jsonl`` (one JSON object per line; amounts are exact JSON numbers, read them
     with ``json.loads(line, parse_float=Decimal)``) or ``csv`` (a header, then one row per
-    charge; scopes joined by ``;``). ``since``/``until`` as in :func:`kling_cost.reports.report`.
+    charge; scopes joined by ``;``). Every record has the ``unit`` its amounts count.
+    ``since``/``until`` as in :func:`kling_cost.reports.report`.
     """
     if fmt not in ("jsonl", "csv"):
         raise ValidationError(f"export format {fmt!r} is unknown; use jsonl or csv")

@@ -155,7 +155,15 @@ def create_dashboard_app(
     def get_alerts(request: Request) -> Any:
         q = request.query_params
         found = ledger.alerts(status=q.get("status"), scope=q.get("scope"), limit=_int(request, "limit", 100))
-        return {"alerts": [a.to_dict() for a in found]}
+        return {"alerts": with_units([a.to_dict() for a in found])}
+
+    def with_units(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each alert's amounts are in its budget's unit (None when the budget is gone)."""
+        units = {b.id: b.unit for b in ledger.budgets()} if alerts else {}
+        for alert in alerts:
+            if alert.get("unit") is None:
+                alert["unit"] = alert["details"].get("unit") or units.get(alert["budget_id"])
+        return alerts
 
     def get_budgets(request: Request) -> Any:
         zone(request)  # still validated

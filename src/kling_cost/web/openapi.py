@@ -29,18 +29,22 @@ _LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum
 _ENDPOINTS: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "/api/overview",
-        "Every budget's gauge, daily usage against the daily limit, period totals.",
+        "Every budget's gauge, daily usage against the daily limit, period totals (one per unit).",
         [_DAYS, _TZ],
     ),
-    ("/api/budgets", "Every budget in its current window: limit, used, reserved, remaining, marks.", [_TZ]),
+    (
+        "/api/budgets",
+        "Every budget in its current window: unit, limit, used, reserved, remaining, marks.",
+        [_TZ],
+    ),
     (
         "/api/daily",
-        "Usage per local day of one scope (default account) and its daily limit.",
+        "Usage per local day and unit of one scope (default account), and its daily limit and unit.",
         [_DAYS, _TZ, _SCOPE],
     ),
     (
         "/api/report",
-        "A grouped report, as `kling-cost report --format json`.",
+        "A grouped report, as `kling-cost report --format json`: rows per group and unit, totals per unit.",
         [
             {"name": "by", "in": "query", "schema": {"type": "string"}, "description": "e.g. day,model"},
             {
@@ -94,7 +98,12 @@ def openapi_spec() -> dict[str, Any]:
         "info": {
             "title": "kling-cost dashboard API",
             "version": "1",
-            "description": "Read-only. Amounts are decimal strings in the catalog's unit.",
+            "description": (
+                "Read-only. Amounts are exact decimal strings; every object holding amounts has a "
+                "`unit` field (`units`: Kling's API units, `credits`: the app's credits) that they "
+                "count. Amounts of different units are never added: reports have one row per group "
+                "and unit and one entry of `totals` per unit."
+            ),
         },
         "paths": paths,
         "components": {
