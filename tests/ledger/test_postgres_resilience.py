@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -223,7 +224,7 @@ def test_a_postgres_password_never_shows_in_repr_messages_or_output(schema: str)
 
 
 @pytest.fixture
-def skewed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def skewed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     """Make this machine's clock (the ledger's default clock) run ``delta`` ahead for the
     ledgers opened afterwards: another machine with a wrong clock."""
     from kling_cost.ledger import core
@@ -231,6 +232,9 @@ def skewed(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     def skew(delta: timedelta) -> None:
         monkeypatch.setattr(core, "utc_now", lambda: utc_now() + delta)
+        # The skew is real: SQLite (one machine) keeps this machine's clock, wrong as it is.
+        with open_ledger(f"sqlite:///{tmp_path / 'local.db'}") as local:
+            assert abs(local.clock() - delta - _server_now()) < timedelta(seconds=30)
 
     yield skew
 

@@ -151,8 +151,12 @@ class PostgresLedger(Ledger):
                     f"{connect_timeout:g} s; check that the server is running and accepts connections"
                 ) from exc
         self._pool = pool
-        self._create_schema()
-        self.migrate()
+        try:
+            self._create_schema()
+            self.migrate()
+        except BaseException:
+            self.close()  # no pool threads left behind by a ledger that never opened
+            raise
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(pg_sql.SQL("SET search_path TO {}").format(pg_sql.Identifier(self.schema)))
