@@ -10,6 +10,7 @@
      ├── BudgetExceeded (RuntimeError)  a budget refused a reservation (scope, window, requested, available)
      ├── ReservationError          commit/release of a reservation in the wrong state, or unknown
      ├── StorageError              the ledger's database failed or is unreachable
+     │    └── LedgerClosed         an operation on a ledger after close()
      ├── TaskTimeout               a Kling task did not end in time (keeps the task id)
      └── KlingAPIError             an error answer from Kling (code, message, request_id)
           ├── AuthError            1000-1004
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidRequest",
     "KlingAPIError",
     "KlingCostError",
+    "LedgerClosed",
     "PermissionDenied",
     "PricingError",
     "RateLimited",
@@ -125,6 +127,10 @@ class ReservationError(KlingCostError):
 
 class StorageError(KlingCostError):
     """The ledger's database failed or could not be reached; the operation did not happen."""
+
+
+class LedgerClosed(StorageError):
+    """The ledger was closed (``close()``, or its ``with`` block ended); open it again to use it."""
 
 
 class TaskTimeout(KlingCostError, TimeoutError):

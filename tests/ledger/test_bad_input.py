@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from kling_cost import ConfigurationError, ValidationError
+from kling_cost import ConfigurationError, StorageError, ValidationError
 from kling_cost.ledger import Ledger, open_ledger
 
 
@@ -77,8 +77,9 @@ def test_not_a_database(tmp_path: Path) -> None:
 
 
 def test_unreachable_postgres_is_a_clear_error() -> None:
-    with pytest.raises(ConfigurationError, match="cannot connect"):
+    with pytest.raises(StorageError, match="cannot reach the PostgreSQL ledger") as caught:
         open_ledger("postgresql://postgres@127.0.0.1:1/test", connect_timeout=1)
+    assert "\n" not in str(caught.value) and "Connection refused" in str(caught.value)
 
 
 def test_default_location_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

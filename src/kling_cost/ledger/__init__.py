@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
+from ._urls import redact_url
 from .base import Clock, Ledger
 from .cache_store import CacheEntry
 from .copy import CopyResult, copy_ledger
@@ -64,7 +65,7 @@ def open_ledger(url: str | None = None, **options: Any) -> Ledger:
     if backend is None:
         known = ", ".join(sorted({*Ledger.registry, "postgresql", "postgres"}))
         raise ConfigurationError(
-            f"ledger URL {target!r} has an unknown scheme {scheme!r}; use one of: {known} "
+            f"ledger URL {redact_url(target)!r} has an unknown scheme {scheme!r}; use one of: {known} "
             "(e.g. sqlite:///credits.db)"
         )
     ledger = backend(target, **options)

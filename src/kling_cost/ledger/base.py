@@ -81,9 +81,9 @@ class Ledger(LedgerSettlement):
         key = check_key(idempotency_key) if idempotency_key is not None else None
         meta = clean_metadata(metadata)
         for attempt in range(RETRIES):
-            now = self.clock()
             try:
                 with self._transaction() as cur:
+                    now = self._now(cur)
                     self._sweep_due(cur, now, force=attempt > 0)
                     reservation = self._reserve(cur, now, milli, scope_list, key, lease, meta, priced)
                 self._committed()
@@ -91,7 +91,7 @@ class Ledger(LedgerSettlement):
             except Conflict:
                 continue
             except Refused as refused:
-                if attempt == 0 and self._has_expired(now):
+                if attempt == 0 and self._has_expired():
                     continue
                 self._record_refusal(refused.error, scope_list)
                 raise refused.error from None
@@ -255,8 +255,8 @@ class Ledger(LedgerSettlement):
         """Let hooks record a refusal (e.g. a "refused" alert) in a transaction of its own."""
         if not self.hooks:
             return
-        now = self.clock()
         with self._transaction() as cur:
+            now = self._now(cur)
             for hook in self.hooks:
                 hook.after_refusal(cur, now, error, scopes)
         self._committed()
@@ -297,8 +297,8 @@ class Ledger(LedgerSettlement):
         force: bool,
         extra: dict[str, Any],
     ) -> Reservation:
-        now = self.clock()
         with self._transaction() as cur:
+            now = self._now(cur)
             current = self._locked(cur, res_id)
             if current.status == COMMITTED:
                 return current
@@ -335,8 +335,8 @@ class Ledger(LedgerSettlement):
         return self._retrying(lambda: self._release(res_id, failed))
 
     def _release(self, res_id: str, failed: bool | None) -> Reservation:
-        now = self.clock()
         with self._transaction() as cur:
+            now = self._now(cur)
             current = self._locked(cur, res_id)
             if current.status in (RELEASED, EXPIRED):
                 return current
@@ -395,8 +395,8 @@ class Ledger(LedgerSettlement):
         meta = clean_metadata(metadata)
 
         def run() -> Reservation:
-            now = self.clock()
             with self._transaction() as cur:
+                now = self._now(cur)
                 return self._reserve(
                     cur, now, milli, scope_list, key, self.default_ttl, meta, priced, enforce=False
                 )

@@ -68,8 +68,8 @@ class RequestCacheStore(LedgerQueries):
 
     def cache_lookup(self, fingerprint: str) -> CacheEntry | None:
         """The live entry for ``fingerprint`` (in flight, or succeeded within its TTL)."""
-        now = self.clock()
         with self._transaction() as cur:
+            now = self._now(cur)
             entry = self._cache_row(cur, fingerprint)
         return entry if entry is not None and entry.expires_at > now else None
 
@@ -86,9 +86,9 @@ class RequestCacheStore(LedgerQueries):
             raise ValidationError("lease must be positive")
 
         def run() -> tuple[bool, CacheEntry]:
-            now = self.clock()
-            now_ms = to_ms(now)
             with self._transaction() as cur:
+                now = self._now(cur)
+                now_ms = to_ms(now)
                 cur.execute(
                     "INSERT INTO request_cache (fingerprint, status, endpoint, estimate_milli, "
                     "created_at, updated_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -117,20 +117,20 @@ class RequestCacheStore(LedgerQueries):
     ) -> None:
         """Note the reservation and Kling task paying for an in-flight fingerprint (and
         optionally push its lease to ``now + lease``)."""
-        now = self.clock()
-        sets = ["updated_at = ?"]
-        params: list[Any] = [to_ms(now)]
-        if reservation_id is not None:
-            sets.append("reservation_id = ?")
-            params.append(reservation_id)
-        if task_id is not None:
-            sets.append("task_id = ?")
-            params.append(task_id)
-        if lease is not None:
-            sets.append("expires_at = ?")
-            params.append(to_ms(now + lease))
-        params += [fingerprint, INFLIGHT]
         with self._transaction() as cur:
+            now = self._now(cur)
+            sets = ["updated_at = ?"]
+            params: list[Any] = [to_ms(now)]
+            if reservation_id is not None:
+                sets.append("reservation_id = ?")
+                params.append(reservation_id)
+            if task_id is not None:
+                sets.append("task_id = ?")
+                params.append(task_id)
+            if lease is not None:
+                sets.append("expires_at = ?")
+                params.append(to_ms(now + lease))
+            params += [fingerprint, INFLIGHT]
             cur.execute(
                 f"UPDATE request_cache SET {', '.join(sets)} WHERE fingerprint = ? AND status = ?",
                 params,
@@ -143,7 +143,7 @@ class RequestCacheStore(LedgerQueries):
             cur.execute(
                 "UPDATE request_cache SET status = ?, updated_at = ? WHERE fingerprint = ? "
                 "AND status = ? AND reservation_id = ? AND task_id IS NULL",
-                (ABANDONED, to_ms(self.clock()), fingerprint, INFLIGHT, reservation_id),
+                (ABANDONED, to_ms(self._now(cur)), fingerprint, INFLIGHT, reservation_id),
             )
 
     def cache_adopt(self, entry: CacheEntry, task_id: str) -> None:
@@ -156,7 +156,7 @@ class RequestCacheStore(LedgerQueries):
                 (
                     INFLIGHT,
                     task_id,
-                    to_ms(self.clock()),
+                    to_ms(self._now(cur)),
                     entry.fingerprint,
                     INFLIGHT,
                     ABANDONED,
@@ -177,8 +177,8 @@ class RequestCacheStore(LedgerQueries):
 
     def cache_complete(self, fingerprint: str, task: dict[str, Any], ttl: timedelta) -> None:
         """The request succeeded: identical requests within ``ttl`` reuse ``task`` for free."""
-        now = self.clock()
         with self._transaction() as cur:
+            now = self._now(cur)
             cur.execute(
                 "UPDATE request_cache SET status = ?, task_id = ?, result = ?, updated_at = ?, "
                 "expires_at = ? WHERE fingerprint = ?",

@@ -82,6 +82,12 @@ class LedgerCore(ABC):
     def _lock_reservation_sql(self) -> str:
         return ""
 
+    def _now(self, cur: Cursor) -> datetime:
+        """The time every decision of the transaction of ``cur`` uses (lease expiry, sweeps,
+        budget windows): the injected clock; else the backend's clock, the one shared by
+        everyone who shares the ledger (SQLite: this machine's; PostgreSQL: the server's)."""
+        return self.clock()
+
     @abstractmethod
     def close(self) -> None:
         """Release connections. The ledger can not be used afterwards."""
@@ -118,7 +124,7 @@ class LedgerCore(ABC):
                     )
                 cur.execute(
                     "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                    (version, to_ms(self.clock())),
+                    (version, to_ms(self._now(cur))),
                 )
                 current = version
             return int(current)
@@ -155,9 +161,9 @@ class LedgerCore(ABC):
         tz = validate_tz(tz)
         marks = parse_thresholds(thresholds)
         mpr = None if max_per_request is None else parse_limit(max_per_request, "max_per_request")
-        moment = self.clock()
-        now = to_ms(moment)
         with self._transaction() as cur:
+            moment = self._now(cur)
+            now = to_ms(moment)
             cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (scope, window))
             before = cur.fetchone()
             previous = None if before is None else budget_from_row(before)
@@ -236,7 +242,7 @@ class LedgerCore(ABC):
                 return False
             cur.execute("DELETE FROM budget_windows WHERE budget_id = ?", (row[0],))
             cur.execute("DELETE FROM budgets WHERE id = ?", (row[0],))
-            self.outbox.budget_deleted(cur, self.clock(), int(row[0]))
+            self.outbox.budget_deleted(cur, self._now(cur), int(row[0]))
         self._committed()
         return True
 

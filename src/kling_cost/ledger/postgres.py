@@ -2,25 +2,32 @@
 
 Same SQL as every backend; row locks (taken in budget-id order) make the conditional
 updates safe under concurrency, and schema creation runs under an advisory lock.
+
+One clock per ledger: unless a clock is injected, every transaction reads the server's time
+with its ``BEGIN`` (no extra round trip) and decides lease expiry, sweeps and budget windows
+by it, so machines whose clocks disagree still agree on what has expired.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..errors import ConfigurationError, StorageError
+from ..errors import ConfigurationError, LedgerClosed, StorageError
 from ._rows import Conflict, Cursor
+from ._urls import redact_url
 from .base import Ledger
 
 try:
     import psycopg
     from psycopg import errors as pg_errors
     from psycopg import sql as pg_sql
-    from psycopg_pool import ConnectionPool, PoolTimeout
+    from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
         "the PostgreSQL ledger needs psycopg 3 and psycopg_pool: "
@@ -29,21 +36,39 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["PostgresLedger"]
 
+# The pool reports the connections it drops and re-opens as warnings; they are ours to turn
+# into errors (StorageError), not lines on a terminal. An application that configures logging
+# still receives them (this handler only replaces Python's last-resort stderr output).
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
+
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _CONFLICTS = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+_BEGIN = "BEGIN"
+_BEGIN_AT = "BEGIN; SELECT now()"  # one round trip: the transaction and the server's time
 
 
 def _translate(sql: str) -> str:
     return sql.replace("?", "%s")
 
 
+def _line(exc: BaseException | str, *, hints: bool = True) -> str:
+    """A driver error as one line (libpq's messages span several; its hints are the lines
+    indented with a tab, dropped with ``hints=False`` where our message says what to do)."""
+    lines = str(exc).splitlines()
+    if not hints:
+        lines = [line for line in lines if not line.startswith("\t")] or lines
+    return " ".join(" ".join(lines).split())
+
+
 class _PgCursor:
-    """qmark SQL on a psycopg cursor, with errors translated at the boundary."""
+    """qmark SQL on a psycopg cursor, with errors translated at the boundary; ``started`` is
+    the server's time at the transaction's ``BEGIN`` (None when a clock is injected)."""
 
-    __slots__ = ("_cur",)
+    __slots__ = ("_cur", "started")
 
-    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+    def __init__(self, cur: psycopg.Cursor[Any], started: datetime | None) -> None:
         self._cur = cur
+        self.started = started
 
     @property
     def rowcount(self) -> int:
@@ -55,7 +80,7 @@ class _PgCursor:
         except _CONFLICTS as exc:
             raise Conflict(str(exc)) from exc
         except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL ledger: {exc}".strip()) from exc
+            raise StorageError(f"PostgreSQL ledger: {_line(exc)}".strip()) from exc
 
     def fetchone(self) -> Any:
         return self._cur.fetchone()
@@ -70,6 +95,11 @@ class PostgresLedger(Ledger):
     Options: ``pool`` (a ready ``psycopg_pool.ConnectionPool``), ``min_size``/``max_size``
     of the pool, ``connect_timeout`` (seconds). When the server is unreachable every
     operation fails with :class:`StorageError`: the ledger fails closed, nothing is reserved.
+    Connections the server dropped (a restart, ``pg_terminate_backend``) are replaced as soon
+    as they are found, so every operation after the server is back succeeds.
+
+    ``url`` (and ``repr()``) show the URL with its password replaced by ``***``. Without an
+    injected ``clock``, :attr:`clock` is the server's time and every transaction decides by it.
     """
 
     schemes = ("postgresql", "postgres")
@@ -87,9 +117,17 @@ class PostgresLedger(Ledger):
     ) -> None:
         super().__init__(url, **options)
         conninfo, self.schema = _parse_url(url)
+        self.url = redact_url(url)
         self.connect_timeout = connect_timeout
+        self._closed = False
+        self._server_time = options.get("clock") is None
+        self._local_clock = self.clock
+        self._offset = timedelta(0)
+        if self._server_time:
+            self.clock = self._server_clock
         self._own_pool = pool is None
         if pool is None:
+            _probe(conninfo, self.url, connect_timeout)
             pool = ConnectionPool(
                 conninfo,
                 min_size=min_size,
@@ -98,18 +136,27 @@ class PostgresLedger(Ledger):
                 kwargs={"autocommit": True, "connect_timeout": max(1, int(connect_timeout))},
                 configure=self._configure,
                 name=f"kling-cost-{self.schema}",
+                # A lost connection is replaced at once; if that fails (the server is down)
+                # the pool gives the slot up instead of retrying on a backoff that can outlast
+                # the outage, and the next operation opens a connection when it needs one:
+                # nothing waits for a retry timer once the server is back.
+                reconnect_timeout=0,
             )
             try:
                 pool.open(wait=True, timeout=connect_timeout)
             except PoolTimeout as exc:
                 pool.close()
-                raise ConfigurationError(
-                    f"cannot connect to the PostgreSQL ledger at {_redact(url)} within "
-                    f"{connect_timeout:g} s; check host, port, database and credentials"
+                raise StorageError(
+                    f"cannot reach the PostgreSQL ledger at {self.url}: no connection within "
+                    f"{connect_timeout:g} s; check that the server is running and accepts connections"
                 ) from exc
         self._pool = pool
-        self._create_schema()
-        self.migrate()
+        try:
+            self._create_schema()
+            self.migrate()
+        except BaseException:
+            self.close()  # no pool threads left behind by a ledger that never opened
+            raise
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(pg_sql.SQL("SET search_path TO {}").format(pg_sql.Identifier(self.schema)))
@@ -135,31 +182,88 @@ class PostgresLedger(Ledger):
     def _lock_reservation_sql(self) -> str:
         return " FOR UPDATE"
 
-    def _begin(self) -> psycopg.Connection[Any]:
-        """A pooled connection inside ``BEGIN``. A connection found dead (the server restarted,
-        a backend was terminated) is dropped and another one tried: nothing was sent yet."""
-        for _ in range(3):
+    # -- one clock: the server's -----------------------------------------------------------------
+
+    def _server_clock(self) -> datetime:
+        """The server's time, outside a transaction: this machine's clock corrected by the
+        offset measured at the last ``BEGIN`` (exact to about half a round trip)."""
+        return self._local_clock() + self._offset
+
+    def _now(self, cur: Cursor) -> datetime:
+        if self._server_time and isinstance(cur, _PgCursor) and cur.started is not None:
+            return cur.started
+        return self.clock()
+
+    def _start(self, conn: psycopg.Connection[Any]) -> datetime | None:
+        """``BEGIN`` on ``conn``; returns the server's time at it (None with an injected clock)."""
+        if not self._server_time:
+            conn.execute(_BEGIN, prepare=False)
+            return None
+        before = self._local_clock()
+        cur = conn.execute(_BEGIN_AT, prepare=False)
+        after = self._local_clock()
+        cur.nextset()
+        row = cur.fetchone()
+        if row is None:  # pragma: no cover - SELECT now() returns one row
+            raise StorageError("PostgreSQL ledger: the server did not return its time")
+        started: datetime = row[0].astimezone(UTC)
+        self._offset = started - (before + (after - before) / 2)
+        return started
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    def _begin(self) -> tuple[psycopg.Connection[Any], datetime | None]:
+        """A pooled connection inside ``BEGIN``, and the server's time at it.
+
+        ``BEGIN`` is the first thing sent on a connection taken from the pool, so it doubles
+        as the check that the connection works: a connection the server dropped (a restart,
+        a terminated backend) fails there, before anything of the transaction was sent; it is
+        discarded (the pool opens a replacement) and the next one is tried. The pool holds at
+        most ``max_size`` idle connections, so after that many failures every one it hands
+        out is new: the bound is only reached when the server is really down.
+        """
+        if self._closed:
+            raise self._closed_error()
+        last: psycopg.Error | None = None
+        for _ in range(self._pool.max_size + 2):
             try:
                 conn = self._pool.getconn(timeout=self.connect_timeout)
             except PoolTimeout as exc:
                 raise StorageError(
-                    f"PostgreSQL ledger at {_redact(self.url)} is unreachable (no connection "
-                    f"within {self.connect_timeout:g} s); nothing was changed"
+                    f"PostgreSQL ledger at {self.url} is unreachable (no connection within "
+                    f"{self.connect_timeout:g} s); nothing was changed; check that the server is running"
                 ) from exc
+            except PoolClosed as exc:
+                raise self._closed_error() from exc
             try:
-                conn.execute("BEGIN", prepare=False)
-                return conn
-            except psycopg.OperationalError:
-                self._pool.putconn(conn)  # broken: the pool discards it
-        raise StorageError(f"PostgreSQL ledger at {_redact(self.url)}: no working connection")
+                return conn, self._start(conn)
+            except psycopg.OperationalError as exc:
+                self._pool.putconn(conn)  # broken: the pool discards it and opens another
+                last = exc
+            except BaseException as exc:
+                with suppress(psycopg.Error):
+                    conn.execute("ROLLBACK", prepare=False)
+                self._pool.putconn(conn)
+                if isinstance(exc, psycopg.Error):
+                    raise StorageError(f"PostgreSQL ledger at {self.url}: {_line(exc)}") from exc
+                raise
+        raise StorageError(
+            f"PostgreSQL ledger at {self.url}: no working connection ({_line(last or '', hints=False)}); "
+            "nothing was changed; check that the server is running"
+        ) from last
+
+    def _closed_error(self) -> LedgerClosed:
+        return LedgerClosed(
+            f"the PostgreSQL ledger at {self.url} is closed; open it again with open_ledger()"
+        )
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
-        conn = self._begin()
+        conn, started = self._begin()
         try:
             try:
                 with conn.cursor() as cur:
-                    yield _PgCursor(cur)
+                    yield _PgCursor(cur, started)
             except BaseException:
                 with suppress(psycopg.Error):
                     conn.execute("ROLLBACK", prepare=False)
@@ -170,11 +274,11 @@ class PostgresLedger(Ledger):
                 raise Conflict(str(exc)) from exc
             except psycopg.Error as exc:
                 raise StorageError(
-                    f"PostgreSQL ledger: commit failed ({exc}); the transaction is atomic: it "
-                    "either happened whole or not at all".strip()
+                    f"PostgreSQL ledger: commit failed ({_line(exc)}); the transaction is atomic: "
+                    "it either happened whole or not at all"
                 ) from exc
         except psycopg.Error as exc:  # raised inside the body, outside a translated execute
-            raise StorageError(f"PostgreSQL ledger: {exc}; nothing was changed".strip()) from exc
+            raise StorageError(f"PostgreSQL ledger: {_line(exc)}; nothing was changed") from exc
         finally:
             self._pool.putconn(conn)
 
@@ -188,15 +292,29 @@ class PostgresLedger(Ledger):
             )
 
     def close(self) -> None:
+        self._closed = True
         if self._own_pool:
             self._pool.close()
+
+
+def _probe(conninfo: str, shown: str, timeout: float) -> None:
+    """Connect once before the pool does: an unreachable server, a missing database or wrong
+    credentials become one clear :class:`StorageError` at once, not the pool's retries."""
+    try:
+        with psycopg.connect(conninfo, connect_timeout=max(1, int(timeout))):
+            pass
+    except psycopg.Error as exc:
+        raise StorageError(
+            f"cannot reach the PostgreSQL ledger at {shown} ({_line(exc, hints=False)}); start the "
+            "server or fix the host, port, database or credentials in the URL"
+        ) from exc
 
 
 def _parse_url(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres") or not parts.netloc:
         raise ConfigurationError(
-            f"PostgreSQL ledger URL {_redact(url)!r} is malformed; "
+            f"PostgreSQL ledger URL {redact_url(url)!r} is malformed; "
             "use postgresql://user@host:5432/database[?schema=name]"
         )
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -213,11 +331,3 @@ def _parse_url(url: str) -> tuple[str, str]:
         )
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
     return conninfo, schema
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url

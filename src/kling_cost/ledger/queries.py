@@ -74,11 +74,11 @@ class LedgerQueries(LedgerCore):
 
     def usages(self, scope: str | None = None, *, at: datetime | None = None) -> list[Usage]:
         """Usage of every budget (or of one scope's budgets) at ``at`` (default: now)."""
-        moment = at or self.clock()
-        if moment.tzinfo is None:
+        if at is not None and at.tzinfo is None:
             raise ValidationError("at must be timezone-aware")
         out = []
         with self._transaction() as cur:
+            moment = at or self._now(cur)
             if scope is None:
                 cur.execute(BUDGET_SELECT + " ORDER BY scope, id")
             else:

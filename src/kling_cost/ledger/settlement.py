@@ -109,8 +109,8 @@ class LedgerSettlement(RequestCacheStore):
         extra = clean_metadata(metadata)
 
         def run() -> Reservation:
-            now = self.clock()
             with self._transaction() as cur:
+                now = self._now(cur)
                 current = self._locked(cur, res_id)
                 meta = {**current.metadata, **extra}
                 expires = to_ms(current.expires_at)
@@ -132,8 +132,8 @@ class LedgerSettlement(RequestCacheStore):
         res_id = reservation_id_of(reservation)
         if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
             raise ValidationError(f"ttl must be a positive timedelta, not {ttl!r}")
-        now = self.clock()
         with self._transaction() as cur:
+            now = self._now(cur)
             current = self._locked(cur, res_id)
             if current.status != RESERVED:
                 raise ReservationError(
@@ -148,7 +148,7 @@ class LedgerSettlement(RequestCacheStore):
 
         def run() -> int:
             with self._transaction() as cur:
-                return self._sweep(cur, self.clock())
+                return self._sweep(cur, self._now(cur))
 
         return self._retrying(run)
 
@@ -158,11 +158,11 @@ class LedgerSettlement(RequestCacheStore):
             self._sweep(cur, now)
             self._next_sweep_ms = now_ms + int(self.sweep_interval.total_seconds() * 1000)
 
-    def _has_expired(self, now: datetime) -> bool:
+    def _has_expired(self) -> bool:
         with self._transaction() as cur:
             cur.execute(
                 "SELECT 1 FROM reservations WHERE status = 'reserved' AND expires_at <= ? LIMIT 1",
-                (to_ms(now),),
+                (to_ms(self._now(cur)),),
             )
             return cur.fetchone() is not None
 

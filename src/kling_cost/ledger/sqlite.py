@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import ConfigurationError, StorageError
+from ..errors import ConfigurationError, LedgerClosed, StorageError
 from ._rows import Conflict, Cursor
 from .base import Ledger
 
@@ -78,8 +78,6 @@ class SQLiteLedger(Ledger):
         self.migrate()
 
     def _connect(self) -> sqlite3.Connection:
-        if self._closed:
-            raise StorageError(f"ledger {self.url} is closed")
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
@@ -98,10 +96,18 @@ class SQLiteLedger(Ledger):
                 "SQLite database"
             ) from exc
         with self._lock:
+            if self._closed:  # closed meanwhile by another thread
+                conn.close()
+                raise self._closed_error()
             self._connections.append(conn)
         return conn
 
+    def _closed_error(self) -> LedgerClosed:
+        return LedgerClosed(f"the SQLite ledger {self.path} is closed; open it again with open_ledger()")
+
     def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise self._closed_error()
         local = self._local
         conn: sqlite3.Connection | None = getattr(local, "conn", None)
         if conn is None or getattr(local, "pid", None) != os.getpid():
