@@ -66,6 +66,8 @@ class LedgerCore(ABC):
     # -- backend hooks -------------------------------------------------------------------
 
     url: str
+    dialect: ClassVar[str] = "sqlite"
+    """``sqlite`` or ``postgresql``: for migration steps and the few SQL fragments that differ."""
     id_column: ClassVar[str] = "INTEGER PRIMARY KEY"
     without_rowid: ClassVar[str] = ""
 
@@ -109,6 +111,9 @@ class LedgerCore(ABC):
                 if version <= current:
                     continue
                 for statement in statements:
+                    if callable(statement):
+                        statement(cur, self.dialect)
+                        continue
                     cur.execute(
                         statement.replace("{id}", self.id_column).replace(
                             "{without_rowid}", self.without_rowid
@@ -121,8 +126,16 @@ class LedgerCore(ABC):
                 current = version
             return int(current)
 
-    def _after_bulk_insert(self, cur: Cursor, table: str, column: str) -> None:  # noqa: B027
-        """Let identity sequences continue after rows were inserted with explicit ids."""
+    def _id_high_water(self, cur: Cursor, table: str, column: str) -> int:
+        """The highest id ``table`` ever handed out, deleted rows included."""
+        cur.execute(f"SELECT COALESCE(MAX({column}), 0) FROM {table}")  # fixed names only
+        return int(cur.fetchone()[0])
+
+    def _after_bulk_insert(  # noqa: B027
+        self, cur: Cursor, table: str, column: str, high_water: int
+    ) -> None:
+        """Let identity sequences continue after rows were inserted with explicit ids, above
+        ``high_water`` (the source's :meth:`_id_high_water`): no id is ever handed out twice."""
 
     def _lock_schema(self, cur: Cursor) -> None:  # noqa: B027 - optional hook
         """Serialise concurrent migrations (SQLite's BEGIN IMMEDIATE already does)."""

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .schema_steps import never_reuse_budget_ids
+
+if TYPE_CHECKING:
+    from ._rows import Cursor
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES", "Step"]
+
+Step = Callable[["Cursor", str], None]
+"""A migration step SQL alone cannot express: called with the cursor and the dialect."""
 
 # {id}: the dialect's identity column; {without_rowid}: SQLite's clustered-key table option.
-MIGRATIONS: list[tuple[int, list[str]]] = [
+MIGRATIONS: list[tuple[int, list[str | Step]]] = [
     (
         1,
         [
@@ -197,6 +208,15 @@ MIGRATIONS.append(
             + " FROM report_rollup GROUP BY scope, (bucket / 86400000) * 86400000, model, mode",
             "DROP TABLE report_rollup",
             "ALTER TABLE report_rollup_v5 RENAME TO report_rollup",
+        ],
+    )
+)
+MIGRATIONS.append(
+    (
+        7,
+        [
+            # A deleted budget's id is never given to another budget (see schema_steps.py).
+            never_reuse_budget_ids,
         ],
     )
 )
