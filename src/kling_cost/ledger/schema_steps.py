@@ -45,6 +45,8 @@ def never_reuse_budget_ids(cur: Cursor, dialect: str) -> None:
     )
     rows = [(str(kind), str(name), str(sql)) for kind, name, sql in cur.fetchall()]
     tables = {name: sql for kind, name, sql in rows if kind == "table"}
+    if "AUTOINCREMENT" in tables["budgets"].upper():
+        return  # done before
     others = [sql for kind, _name, sql in rows if kind != "table"]  # indexes, triggers
     budgets, found = _ID.subn("id INTEGER PRIMARY KEY AUTOINCREMENT", tables["budgets"], count=1)
     if not found:
