@@ -28,12 +28,13 @@ __all__ = [
 WINDOWS = ("day", "week", "month", "lifetime")
 DEFAULT_THRESHOLDS = (Decimal("0.5"), Decimal("0.8"), Decimal("1"))
 
-_SCOPE = re.compile(r"^(account|[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._@/+-]{0,127})$")
+_SCOPE = re.compile(r"account|[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._@/+-]{0,127}")
 
 
 def validate_scope(scope: object) -> str:
-    """``account`` or ``kind:id`` (``project:film``, ``key:alice``, ``user:bob``)."""
-    if not isinstance(scope, str) or not _SCOPE.match(scope):
+    """``account`` or ``kind:id`` (``project:film``, ``key:alice``, ``user:bob``), exactly: case
+    matters, and nothing else (no whitespace, newline or control character) is accepted."""
+    if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise ValidationError(
             f"scope {scope!r} is not valid; use 'account' or 'kind:id' such as 'project:film', "
             "'key:alice' (kind: lowercase letters, digits, - or _; id: letters, digits, ._@/+-)"

@@ -133,10 +133,6 @@ def new_id(now: datetime) -> str:
     return f"{to_ms(now):012x}{secrets.token_hex(10)}"
 
 
-def like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def reservation_id_of(ref: Reservation | str) -> str:
     if isinstance(ref, Reservation):
         return ref.id

@@ -82,6 +82,12 @@ class LedgerCore(ABC):
     def _lock_reservation_sql(self) -> str:
         return ""
 
+    def _scopes_contain(self, column: str, scope: str) -> tuple[str, str]:
+        """A condition (one ``?``, and its value) true when the JSON scope list in ``column``
+        holds exactly ``scope``. Not LIKE: SQLite's LIKE ignores ASCII case, and scopes are
+        exact on every backend. The quotes make it a whole element, never a prefix."""
+        return f"instr({column}, ?) > 0", json.dumps(scope)
+
     @abstractmethod
     def close(self) -> None:
         """Release connections. The ledger can not be used afterwards."""

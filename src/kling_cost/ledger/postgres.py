@@ -145,6 +145,10 @@ class PostgresLedger(Ledger):
     def _lock_reservation_sql(self) -> str:
         return " FOR UPDATE"
 
+    def _scopes_contain(self, column: str, scope: str) -> tuple[str, str]:
+        sql, value = super()._scopes_contain(column, scope)
+        return sql.replace("instr(", "strpos(", 1), value
+
     def _begin(self) -> psycopg.Connection[Any]:
         """A pooled connection inside ``BEGIN``. A connection found dead (the server restarted,
         a backend was terminated) is dropped and another one tried: nothing was sent yet."""

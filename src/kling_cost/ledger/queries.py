@@ -18,7 +18,6 @@ from ._rows import (
     alert_from_row,
     budget_from_row,
     charge_from_row,
-    like_escape,
     reservation_from_row,
     to_ms,
 )
@@ -107,8 +106,9 @@ class LedgerQueries(LedgerCore):
         params: list[Any] = []
         sql = CHARGE_SELECT
         if scope is not None:
-            where.append("c.scopes LIKE ? ESCAPE '\\'")
-            params.append('%"' + like_escape(validate_scope(scope)) + '"%')
+            cond, value = self._scopes_contain("c.scopes", validate_scope(scope))
+            where.append(cond)
+            params.append(value)
         if since is not None:
             where.append("c.created_at >= ?")
             params.append(to_ms(since))
