@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ValidationError
-from .money import parse_amount
+from .money import MONEY, money_context, parse_amount
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -87,7 +87,7 @@ def parse_thresholds(thresholds: object) -> tuple[Decimal, ...]:
                 raise ValidationError(f"threshold {raw!r} is not a number") from None
         if not value.is_finite() or not 0 < value <= 1:
             raise ValidationError(f"threshold {raw!r} must be a fraction in (0, 1], e.g. 0.8")
-        out.add(value.normalize())
+        out.add(value.normalize(MONEY))
     return tuple(sorted(out))
 
 
@@ -178,7 +178,8 @@ class Usage:
 
     @property
     def remaining(self) -> Decimal:
-        return max(Decimal("0.000"), self.budget.limit - self.used - self.reserved)
+        with money_context():
+            return max(Decimal("0.000"), self.budget.limit - self.used - self.reserved)
 
     def to_dict(self) -> dict[str, Any]:
         return {

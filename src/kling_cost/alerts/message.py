@@ -13,7 +13,7 @@ from ..ledger._rows import to_ms
 from ..ledger.models import AlertRecord
 from ..ledger.outbox import KIND_MAX_PER_REQUEST, KIND_REFUSED, KIND_THRESHOLD, percent
 from ..ledger.outbox_store import PHASE_ALERT, PHASE_RESOLVED, Consumer
-from ..money import format_amount
+from ..money import MONEY, format_amount
 
 __all__ = ["AlertMessage", "Consumer", "build_message", "sample_message"]
 
@@ -51,16 +51,18 @@ class AlertMessage:
     @property
     def level(self) -> Decimal:
         """Used plus reserved when the alert fired."""
-        return self.used + self.reserved
+        return MONEY.add(self.used, self.reserved)
 
     @property
     def remaining(self) -> Decimal:
-        return max(ZERO, self.limit - self.level)
+        return max(ZERO, MONEY.subtract(self.limit, self.level))
 
     @property
     def percent_used(self) -> str:
         """The level as a percentage of the limit, e.g. ``"85"``."""
-        return percent((self.level / self.limit).quantize(Decimal("0.001"))) if self.limit else "0"
+        if not self.limit:
+            return "0"
+        return percent(MONEY.divide(self.level, self.limit).quantize(Decimal("0.001"), context=MONEY))
 
     @property
     def title(self) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..budgets import Budget, Window, window_at
 from ..errors import BudgetExceeded
-from ..money import format_amount, from_storage, to_storage
+from ..money import MONEY, format_amount, from_storage, to_storage
 from ._rows import BUDGET_SELECT, Cursor, budget_from_row, to_ms
 from .hooks import SettledCharge, WindowState
 from .models import Reservation
@@ -76,7 +76,7 @@ _CLEAR_WHERE = {
 
 def percent(fraction: Decimal) -> str:
     """``Decimal("0.8")`` -> ``"80"``; ``Decimal("0.125")`` -> ``"12.5"``."""
-    return format((fraction * 100).normalize(), "f")
+    return format(MONEY.multiply(fraction, 100).normalize(MONEY), "f")
 
 
 def clear_alerts(cur: Cursor, now_ms: int, budget_id: int, which: str, params: Sequence[Any]) -> int:
@@ -131,7 +131,7 @@ class AlertOutbox:
         found = self._marks.get(key)
         if found is None:
             found = tuple(
-                (str(t), int((limit * t).to_integral_value(rounding=ROUND_CEILING)))
+                (str(t), int(MONEY.multiply(limit, t).to_integral_value(ROUND_CEILING, MONEY)))
                 for t in sorted(budget.thresholds)
             )
             if len(self._marks) > 1024:

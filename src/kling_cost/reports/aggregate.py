@@ -22,7 +22,7 @@ from ..ledger import Ledger
 from ..ledger._rows import to_ms
 from ..ledger.rollup import BUCKET_MS, DAY_MS, STATUSES, charge_facts, charge_span
 from ..ledger.rollup_read import rollup_sums
-from ..money import from_storage
+from ..money import from_storage, money_context
 from . import _time
 
 __all__ = ["DIMENSIONS", "Report", "ReportRow", "parse_by", "report"]
@@ -113,7 +113,8 @@ class ReportRow:
         """Drift as a percentage of the estimate (two decimals), None without an estimate."""
         if not self.estimate:
             return None
-        return (self.drift * 100 / self.estimate).quantize(Decimal("0.01"))
+        with money_context():
+            return (self.drift * 100 / self.estimate).quantize(Decimal("0.01"))
 
     def to_dict(self) -> dict[str, Any]:
         pct = self.drift_pct

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from ..budgets import validate_scope
 from ..errors import ValidationError
 from ..ledger import Charge, Ledger
+from ..money import MONEY
 from . import _time
 
 __all__ = ["EXPORT_FIELDS", "charge_record", "export_charges"]
@@ -60,7 +61,7 @@ def charge_record(charge: Charge) -> dict[str, Any]:
 
 def _number(value: Decimal) -> str:
     """A Decimal as an exact JSON number (``12``, ``1.5``), never through a float."""
-    text = format(value.normalize(), "f")
+    text = format(value.normalize(MONEY), "f")
     return text if text != "-0" else "0"
 
 

@@ -11,6 +11,7 @@ from ..budgets import Usage, validate_scope
 from ..errors import ValidationError
 from ..ledger import Charge, Ledger
 from ..ledger.rollup import recent_charges
+from ..money import exact
 from . import _time
 from .aggregate import Report, ReportRow, report
 
@@ -59,6 +60,7 @@ def daily_usage(
     return DailyUsage(target, tz, None if budget is None else budget.limit, tuple(rows))
 
 
+@exact
 def budget_status(usage: Usage) -> dict[str, Any]:
     """A budget's gauge: limit, used, reserved, remaining, percent used and its threshold marks."""
     limit = usage.limit
