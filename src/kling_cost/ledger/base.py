@@ -34,6 +34,7 @@ from ._rows import (
 )
 from .core import Clock
 from .hooks import WindowState
+from .idempotency import check_same_request
 from .models import CACHED, COMMITTED, EXPIRED, RELEASED, RESERVED, Reservation
 from .settlement import LedgerSettlement
 
@@ -60,7 +61,10 @@ class Ledger(LedgerSettlement):
     ) -> Reservation:
         """Hold ``amount`` on every budget of every scope (and ``account``), all or nothing.
 
-        Returns the reservation, or the existing one for a repeated ``idempotency_key``.
+        Returns the reservation, or the existing one for a repeated ``idempotency_key`` with
+        the same amount and scopes. Raises :class:`IdempotencyConflict` (nothing reserved)
+        when the key was used for a different request, unless that one was released or
+        expired before Kling accepted a task (then the key is reserved again, ``revived``).
         Raises :class:`BudgetExceeded` (nothing reserved) when any budget lacks room or the
         amount is above a budget's ``max_per_request``.
         """
@@ -133,9 +137,22 @@ class Ledger(LedgerSettlement):
             if existing is None:
                 raise Conflict(f"idempotency key {key!r} vanished while reserving")
             if existing.status not in (RELEASED, EXPIRED) or existing.task_id is not None:
-                return existing  # holds nothing new
+                # The same request again gets the first one's reservation (it holds nothing
+                # new); a different request under this key is refused (see .idempotency).
+                asked = Reservation(
+                    id=res_id,
+                    idempotency_key=key,
+                    amount=from_storage(milli),
+                    status=RESERVED,
+                    scopes=scopes,
+                    created_at=from_ms(created),
+                    expires_at=from_ms(expires),
+                )
+                check_same_request(existing, asked, key)
+                return existing
             # Released or expired before Kling accepted anything: nothing was ever charged
-            # under this key, so it may be reserved again (a retried submission).
+            # under this key, so it may be reserved again (a retried submission), with this
+            # call's amount and scopes (no conflict: the first request never cost anything).
             res_id = existing.id
             cur.execute(
                 "UPDATE reservations SET amount_milli = ?, status = ?, scopes = ?, created_at = ?, "
@@ -332,7 +349,9 @@ class Ledger(LedgerSettlement):
         metadata: Mapping[str, Any] | None = None,
     ) -> Reservation:
         """Record money already spent, without a reservation (it counts even beyond a limit:
-        actuals win). For usage that happened outside the two-phase flow."""
+        actuals win). For usage that happened outside the two-phase flow. A repeated
+        ``idempotency_key`` follows :meth:`reserve`'s rule (the same charge is recorded once;
+        another amount or other scopes raise :class:`IdempotencyConflict`)."""
         res = self.reserve_unchecked(amount, scopes, idempotency_key=idempotency_key, metadata=metadata)
         if res.status != RESERVED:
             return res
@@ -371,7 +390,8 @@ class Ledger(LedgerSettlement):
         """Record a request served from the dedup cache: nothing charged, ``saved`` not spent.
 
         With ``idempotency_key``, the hit is recorded once (a reservation row with status
-        ``cached`` holds the key); returns False when it was recorded before.
+        ``cached`` holds the key); returns False when it was recorded before, and raises
+        :class:`IdempotencyConflict` when the key names a different request.
         """
         saved_milli = to_storage(parse_amount(saved, what="saved", allow_zero=True))
         scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
@@ -410,7 +430,10 @@ class Ledger(LedgerSettlement):
                         json.dumps(meta),
                     ),
                 )
-                if cur.rowcount != 1:
+                if cur.rowcount != 1:  # recorded before (or the key names a reservation)
+                    earlier = self._reservation_by(cur, "idempotency_key", key) if key else None
+                    if earlier is not None:
+                        check_same_request(earlier, hit, key or "")
                     return False
                 self._insert_charge(
                     cur,
