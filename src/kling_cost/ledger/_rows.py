@@ -68,7 +68,8 @@ RES_SELECT = (
 CHARGE_SELECT = (
     "SELECT c.id, c.reservation_id, c.idempotency_key, c.created_at, c.settled_at, "
     "c.estimate_milli, c.actual_milli, c.scopes, c.task_id, c.kind, c.model, c.mode, "
-    "c.duration, c.audio, c.prompt_hash, c.prompt_preview, c.metadata, c.status FROM charges c"
+    "c.duration, c.audio, c.prompt_hash, c.prompt_preview, c.metadata, c.status, c.overage_milli "
+    "FROM charges c"
 )
 
 
@@ -121,6 +122,7 @@ def charge_from_row(row: Sequence[Any]) -> Charge:
         prompt_preview=row[15],
         metadata=json.loads(row[16]),
         status=row[17],
+        overage=from_storage(int(row[18])),
     )
 
 

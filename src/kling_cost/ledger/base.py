@@ -272,6 +272,10 @@ class Ledger(LedgerSettlement):
         released one, or an expired one, raises :class:`ReservationError`; ``force=True``
         records a charge that really happened after the lease expired (it counts as used,
         even beyond the limit: actuals win).
+
+        A commit that takes a budget window past its limit (an actual above the estimate, a
+        forced charge) is never silent: the charge records its ``overage`` and the window
+        gets one ``overage`` alert.
         """
         res_id = reservation_id_of(reservation)
         actual_milli = (
@@ -290,29 +294,43 @@ class Ledger(LedgerSettlement):
     ) -> Reservation:
         now = self.clock()
         with self._transaction() as cur:
-            current = self._locked(cur, res_id)
-            if current.status == COMMITTED:
-                return current
-            if current.status == RELEASED:
-                raise ReservationError(f"reservation {res_id} was released; it cannot be committed")
-            lapsed = current.status == EXPIRED or current.expires_at <= now
-            if lapsed and not force:
-                raise ReservationError(
-                    f"reservation {res_id} expired at {current.expires_at.isoformat()} and its "
-                    "credits were reclaimed; commit with force=True to record a charge Kling made anyway"
-                )
-            amount_milli = to_storage(current.amount)
-            spent = amount_milli if actual_milli is None else actual_milli
-            held = 0 if current.status == EXPIRED else amount_milli
-            states = self._settle_windows(cur, current, held, spent)
-            final_task = task_id or current.task_id
-            if extra:
-                current = replace_reservation(current, metadata={**current.metadata, **extra})
-            settled = self._mark(
-                cur, current, COMMITTED, now, spent, final_task, metadata_changed=bool(extra)
+            return self._commit_in(cur, now, self._locked(cur, res_id), actual_milli, task_id, force, extra)
+
+    def _commit_in(
+        self,
+        cur: Cursor,
+        now: datetime,
+        current: Reservation,
+        actual_milli: int | None,
+        task_id: str | None,
+        force: bool,
+        extra: dict[str, Any],
+        *,
+        rise: int | None = None,
+    ) -> Reservation:
+        """Commit the (locked) reservation ``current`` in the transaction of ``cur``; ``rise``
+        as in :meth:`_settle_windows`."""
+        res_id = current.id
+        if current.status == COMMITTED:
+            return current
+        if current.status == RELEASED:
+            raise ReservationError(f"reservation {res_id} was released; it cannot be committed")
+        lapsed = current.status == EXPIRED or current.expires_at <= now
+        if lapsed and not force:
+            raise ReservationError(
+                f"reservation {res_id} expired at {current.expires_at.isoformat()} and its "
+                "credits were reclaimed; commit with force=True to record a charge Kling made anyway"
             )
-            self._insert_charge(cur, now, current, SUCCEEDED, spent, final_task, states)
-            return replace_reservation(settled, actual=from_storage(spent), task_id=final_task)
+        amount_milli = to_storage(current.amount)
+        spent = amount_milli if actual_milli is None else actual_milli
+        held = 0 if current.status == EXPIRED else amount_milli
+        states = self._settle_windows(cur, current, held, spent, rise)
+        final_task = task_id or current.task_id
+        if extra:
+            current = replace_reservation(current, metadata={**current.metadata, **extra})
+        settled = self._mark(cur, current, COMMITTED, now, spent, final_task, metadata_changed=bool(extra))
+        self._insert_charge(cur, now, current, SUCCEEDED, spent, final_task, states)
+        return replace_reservation(settled, actual=from_storage(spent), task_id=final_task)
 
     def release(self, reservation: Reservation | str, *, failed: bool | None = None) -> Reservation:
         """Free a reservation's credits (the request failed or was never sent).
@@ -352,10 +370,24 @@ class Ledger(LedgerSettlement):
         actuals win). For usage that happened outside the two-phase flow. A repeated
         ``idempotency_key`` follows :meth:`reserve`'s rule (the same charge is recorded once;
         another amount or other scopes raise :class:`IdempotencyConflict`)."""
-        res = self.reserve_unchecked(amount, scopes, idempotency_key=idempotency_key, metadata=metadata)
-        if res.status != RESERVED:
-            return res
-        return self.commit(res, amount, task_id=task_id)
+        milli = to_storage(parse_amount(amount, what="amount"))
+        scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
+        key = None if idempotency_key is None else check_key(idempotency_key)
+        meta = clean_metadata(metadata)
+
+        def run() -> Reservation:
+            # One transaction: the hold and its commit happen together or not at all.
+            now = self.clock()
+            with self._transaction() as cur:
+                res = self._reserve(cur, now, milli, scope_list, key, self.default_ttl, meta, enforce=False)
+                if res.status != RESERVED:
+                    return res
+                current = self._locked(cur, res.id)
+                # A hold made just now lifted the level by the whole amount (for the overage).
+                rise = milli if res.fresh else None
+                return self._commit_in(cur, now, current, milli, task_id, False, {}, rise=rise)
+
+        return self._retrying(run)
 
     def reserve_unchecked(
         self,

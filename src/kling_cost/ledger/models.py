@@ -86,6 +86,11 @@ class Charge:
     status: str = "succeeded"
     """``succeeded`` (Kling charged ``actual``), ``failed`` (refunded: 0) or ``cache_hit``
     (served from the dedup cache: 0 charged, ``estimate`` saved)."""
+    overage: Decimal = Decimal("0.000")
+    """How far this charge took a budget window past its limit: for each window it counts in,
+    the rise of ``max(0, used + reserved - limit)`` that settling it caused; the largest of
+    them (0 when every budget stayed within its limit). A charge whose ``actual`` is above its
+    ``estimate`` within the limit has no overage (see ``actual - estimate``, the drift)."""
 
     @property
     def saved(self) -> Decimal:
@@ -112,6 +117,7 @@ class Charge:
             "prompt_hash": self.prompt_hash,
             "prompt_preview": self.prompt_preview,
             "metadata": self.metadata,
+            "overage": str(self.overage),
         }
 
 
@@ -119,8 +125,9 @@ class Charge:
 class AlertRecord:
     """One alert in the outbox: a threshold crossing (or a refusal) of one budget window.
 
-    ``kind``: ``threshold`` (``threshold`` is the fraction, e.g. ``"0.8"``), ``refused`` or
-    ``max_per_request``. ``status``: ``pending`` until a sink accepted it, then ``delivered``.
+    ``kind``: ``threshold`` (``threshold`` is the fraction, e.g. ``"0.8"``), ``refused``,
+    ``max_per_request`` or ``overage`` (a commit took the window past its limit).
+    ``status``: ``pending`` until a sink accepted it, then ``delivered``.
     ``cleared_at`` is set when the window rolled over or the limit was raised above the
     crossing; ``resolved_status`` tracks the "resolved" message (``pending``, ``delivered``, or
     ``skipped`` when no configured sink sends resolved messages). ``attempts`` counts every

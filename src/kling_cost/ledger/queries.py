@@ -100,11 +100,15 @@ class LedgerQueries(LedgerCore):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = None,
+        over_limit: bool = False,
     ) -> list[Charge]:
-        """Settled charges, oldest first, by reservation time, optionally of one scope."""
+        """Settled charges, oldest first, by reservation time, optionally of one scope;
+        ``over_limit=True``: only those that took a budget past its limit (``overage > 0``)."""
         where: list[str] = []
         params: list[Any] = []
         sql = CHARGE_SELECT
+        if over_limit:
+            where.append("c.overage_milli > 0")
         if scope is not None:
             cond, value = self._scopes_contain("c.scopes", validate_scope(scope))
             where.append(cond)

@@ -217,6 +217,11 @@ MIGRATIONS.append(
         [
             # A deleted budget's id is never given to another budget (see schema_steps.py).
             never_reuse_budget_ids,
+            # How far the charge took a budget window past its limit (the largest over its
+            # windows; 0 for every charge before this migration). Overage charges are rare:
+            # a partial index finds them for reports without reading the others.
+            "ALTER TABLE charges ADD COLUMN overage_milli BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX charges_overage ON charges (created_at) WHERE overage_milli > 0",
         ],
     )
 )
@@ -280,6 +285,7 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "prompt_hash",
             "prompt_preview",
             "metadata",
+            "overage_milli",
         ),
         "id",
     ),

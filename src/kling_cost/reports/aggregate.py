@@ -18,11 +18,11 @@ from typing import Any
 
 from ..budgets import validate_scope
 from ..errors import ValidationError
-from ..ledger import Ledger
+from ..ledger import Charge, Ledger
 from ..ledger._rows import to_ms
 from ..ledger.rollup import BUCKET_MS, DAY_MS, STATUSES, charge_facts, charge_span
 from ..ledger.rollup_read import rollup_sums
-from ..money import from_storage, money_context
+from ..money import from_storage, money_context, to_storage
 from . import _time
 
 __all__ = ["DIMENSIONS", "Report", "ReportRow", "parse_by", "report"]
@@ -160,6 +160,13 @@ class Report:
     total: ReportRow
     source: str
     """``rollup`` or ``charges``: where the numbers were read."""
+    overages: tuple[Charge, ...] = ()
+    """The charges of the period that took a budget past its limit (``Charge.overage``), oldest first."""
+
+    @property
+    def overage(self) -> Decimal:
+        """How far the period's charges took budgets past their limits, summed."""
+        return from_storage(sum(to_storage(c.overage) for c in self.overages))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +178,20 @@ class Report:
             "source": self.source,
             "rows": [r.to_dict() for r in self.rows],
             "total": self.total.to_dict(),
+            "overage": str(self.overage),
+            "overages": [
+                {
+                    "id": c.id,
+                    "created_at": c.created_at.isoformat(),
+                    "task_id": c.task_id,
+                    "scopes": list(c.scopes),
+                    "model": c.model,
+                    "estimate": str(c.estimate),
+                    "actual": str(c.actual),
+                    "overage": str(c.overage),
+                }
+                for c in self.overages
+            ],
         }
 
 
@@ -210,7 +231,9 @@ def report(
         rows, total = _from_rollup(ledger, dims, plan, lo, hi, scope)
     else:
         rows, total = _from_charges(ledger, dims, zone, lo, hi, scope)
-    return Report(dims, tz, start, end, scope, rows, total, "rollup" if plan is not None else "charges")
+    overages = tuple(ledger.charges(scope, since=start, until=end, over_limit=True))  # rare: indexed
+    source_used = "rollup" if plan is not None else "charges"
+    return Report(dims, tz, start, end, scope, rows, total, source_used, overages)
 
 
 def _rollup_plan(

@@ -33,8 +33,10 @@ EXPORT_FIELDS = (
     "prompt_hash",
     "reservation_id",
     "id",
+    "overage",
 )
-"""``timestamp`` is the reservation time (ISO 8601, UTC); ``credits`` what Kling charged."""
+"""``timestamp`` is the reservation time (ISO 8601, UTC); ``credits`` what Kling charged;
+``overage`` how far the charge took a budget past its limit (0 within every limit)."""
 
 
 def charge_record(charge: Charge) -> dict[str, Any]:
@@ -56,6 +58,7 @@ def charge_record(charge: Charge) -> dict[str, Any]:
         "prompt_hash": charge.prompt_hash,
         "reservation_id": charge.reservation_id,
         "id": charge.id,
+        "overage": charge.overage,
     }
 
 
