@@ -35,7 +35,9 @@ def never_reuse_budget_ids(cur: Cursor, dialect: str) -> None:
     PostgreSQL identities never go back. SQLite's ``INTEGER PRIMARY KEY`` takes ``MAX(id) + 1``,
     so deleting the newest budget gave its id to the next one; ``AUTOINCREMENT`` needs the table
     rebuilt (with its child ``budget_windows``, whatever columns both have by now), and its
-    counter starts above every budget id still named anywhere (alerts, reservations' windows).
+    counter starts above every budget id still named anywhere: alerts, and the windows of
+    reservations that may still settle (held, or expired and perhaps committed with force; a
+    released one is reserved again with fresh windows).
     """
     if dialect != "sqlite":
         return
@@ -74,5 +76,6 @@ def never_reuse_budget_ids(cur: Cursor, dialect: str) -> None:
         "(SELECT COALESCE(MAX(id), 0) FROM budgets), "
         "(SELECT COALESCE(MAX(budget_id), 0) FROM alerts), "
         "(SELECT COALESCE(MAX(CAST(json_extract(w.value, '$[0]') AS INTEGER)), 0) "
-        "FROM reservations r, json_each(r.windows) w)) WHERE name = 'budgets'"
+        "FROM reservations r, json_each(r.windows) w WHERE r.status IN ('reserved', 'expired'))) "
+        "WHERE name = 'budgets'"
     )
