@@ -11,7 +11,7 @@ from typing import Any
 
 from .batch.plan import plan_batch, to_price_request
 from .errors import PricingError
-from .money import format_amount
+from .money import exact, format_amount
 from .pricing import Catalog, PriceRequest, estimate, load_catalog
 
 __all__ = ["Advice", "advise"]
@@ -45,6 +45,7 @@ class Advice:
         }
 
 
+@exact
 def advise(
     requests: Sequence[PriceRequest | Mapping[str, Any]],
     *,

@@ -10,7 +10,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ValidationError
-from .money import parse_amount
+from .money import MONEY, money_context, parse_amount
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -35,12 +35,13 @@ UNITS = ("units", "credits")
 or ``credits`` (the consumer app's credits, the ``kling-app-credits`` catalog)."""
 DEFAULT_UNIT = "units"
 
-_SCOPE = re.compile(r"^(account|[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._@/+-]{0,127})$")
+_SCOPE = re.compile(r"account|[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9][A-Za-z0-9._@/+-]{0,127}")
 
 
 def validate_scope(scope: object) -> str:
-    """``account`` or ``kind:id`` (``project:film``, ``key:alice``, ``user:bob``)."""
-    if not isinstance(scope, str) or not _SCOPE.match(scope):
+    """``account`` or ``kind:id`` (``project:film``, ``key:alice``, ``user:bob``), exactly: case
+    matters, and nothing else (no whitespace, newline or control character) is accepted."""
+    if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise ValidationError(
             f"scope {scope!r} is not valid; use 'account' or 'kind:id' such as 'project:film', "
             "'key:alice' (kind: lowercase letters, digits, - or _; id: letters, digits, ._@/+-)"
@@ -103,7 +104,7 @@ def parse_thresholds(thresholds: object) -> tuple[Decimal, ...]:
                 raise ValidationError(f"threshold {raw!r} is not a number") from None
         if not value.is_finite() or not 0 < value <= 1:
             raise ValidationError(f"threshold {raw!r} must be a fraction in (0, 1], e.g. 0.8")
-        out.add(value.normalize())
+        out.add(value.normalize(MONEY))
     return tuple(sorted(out))
 
 
@@ -202,7 +203,8 @@ class Usage:
 
     @property
     def remaining(self) -> Decimal:
-        return max(Decimal("0.000"), self.budget.limit - self.used - self.reserved)
+        with money_context():
+            return max(Decimal("0.000"), self.budget.limit - self.used - self.reserved)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -24,7 +24,7 @@ from typing import Any
 
 from .errors import BudgetExceeded
 from .ledger import Ledger, Reservation, open_ledger
-from .money import parse_amount
+from .money import MONEY, exact, parse_amount
 from .pricing import Estimate, estimate
 from .text import check_storable
 
@@ -33,7 +33,7 @@ __all__ = ["BudgetGuard", "CostAwareKlingClient", "UsageTracker", "pre_batch_che
 
 def _plain(value: Decimal) -> int | Decimal:
     """The seed deals in whole credits: give ints back where the value is whole."""
-    return int(value) if value == value.to_integral_value() else value.normalize()
+    return int(value) if value == value.to_integral_value(context=MONEY) else value.normalize(MONEY)
 
 
 class BudgetGuard:
@@ -73,6 +73,7 @@ class BudgetGuard:
     def _estimate(self, duration: int, mode: str, audio: bool) -> Estimate:
         return estimate(kind="text2video", duration=duration, mode=mode, audio=audio, catalog=self.catalog)
 
+    @exact
     def check(self, credits_needed: int | Decimal, *, metadata: Mapping[str, Any] | None = None) -> bool:
         """Reserve ``credits_needed`` for today, or raise ``BudgetExceeded`` (a RuntimeError).
 
@@ -137,6 +138,7 @@ class BudgetGuard:
                     self._pending.remove(reservation)
             self.ledger.release(reservation)
 
+    @exact
     def _alert_once(self, day: str, total: Decimal) -> None:
         with self._lock:
             claimed = day not in self._alerted
@@ -154,6 +156,7 @@ class BudgetGuard:
         return _plain(self.ledger.usage(self.scope, "day").remaining)
 
     @property
+    @exact
     def usage_report(self) -> dict[str, Any]:
         usage = self.ledger.usage(self.scope, "day")
         return {
@@ -164,6 +167,7 @@ class BudgetGuard:
         }
 
 
+@exact
 def pre_batch_check(
     prompts: Sequence[str], budget: BudgetGuard, duration: int = 5, mode: str = "standard"
 ) -> int | Decimal:

@@ -6,7 +6,8 @@
      ├── ConfigurationError        bad settings: catalog file, ledger URL, sink URL, missing extra
      ├── PricingError (ValueError)  a request the catalog cannot price (field, value, allowed)
      ├── ValidationError (ValueError)  an invalid amount, scope, window, time zone or argument
- │    └── UnitMismatch          a request priced in one unit met a budget counting another
+     │    ├── UnitMismatch          a request priced in one unit met a budget counting another
+     │    └── IdempotencyConflict  an idempotency key reused for a different request (key, differences)
      ├── BudgetExceeded (RuntimeError)  a budget refused a reservation (scope, window, requested, available)
      ├── ReservationError          commit/release of a reservation in the wrong state, or unknown
      ├── StorageError              the ledger's database failed or is unreachable
@@ -36,6 +37,7 @@ __all__ = [
     "ConcurrencyLimited",
     "ConfigurationError",
     "ContentRejected",
+    "IdempotencyConflict",
     "InsufficientBalance",
     "InvalidRequest",
     "KlingAPIError",
@@ -77,6 +79,32 @@ class UnitMismatch(ValidationError):
         self.window = window
         self.budget_unit = budget_unit
         self.request_unit = request_unit
+
+
+class IdempotencyConflict(ValidationError):
+    """An idempotency key already names a different request. Nothing was held or charged.
+
+    ``differences`` lists what differs as ``(field, first, this)``: the value the key was first
+    used with, then the one asked for now (``("amount", "20", "5")``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        differences: Sequence[tuple[str, str, str]],
+        reservation_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.differences = tuple(differences)
+        self.reservation_id = reservation_id
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The names of the fields that differ (``("amount", "scopes")``)."""
+        return tuple(name for name, _, _ in self.differences)
 
 
 class PricingError(KlingCostError, ValueError):

@@ -2,23 +2,75 @@
 
 No float ever enters a money path: :func:`parse_amount` refuses floats, NaN, infinities and
 anything finer than 0.001, so what is stored is exactly what was asked for.
+
+Decimal arithmetic rounds to the *current* context's precision, which belongs to the caller
+(``getcontext().prec = 6`` turns 1236.067 into 1236.07). Every amount computation in this
+package therefore runs in :data:`MONEY`, its own context: through its methods here, and
+through :func:`exact` (a decorator) or :func:`money_context` (a ``with`` block) elsewhere.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from decimal import (
+    ROUND_DOWN,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+    localcontext,
+)
+from typing import ParamSpec, TypeVar
 
 from .errors import ValidationError
 
 __all__ = [
     "MAX_AMOUNT",
+    "MONEY",
     "QUANTUM",
     "SCALE",
+    "exact",
     "format_amount",
     "from_storage",
+    "money_context",
     "parse_amount",
     "to_storage",
 ]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MONEY = Context(
+    prec=60,
+    rounding=ROUND_HALF_EVEN,
+    Emin=-999_999,
+    Emax=999_999,
+    traps=[InvalidOperation, DivisionByZero, Overflow],
+)
+"""The package's own decimal context: 60 digits hold any amount (at most 10**12 with three
+decimals), any sum of them and any percentage exactly, whatever the caller's context says."""
+
+
+def money_context() -> AbstractContextManager[Context]:
+    """``with money_context(): ...``: Decimal arithmetic in :data:`MONEY` (the caller's
+    context is back afterwards)."""
+    return localcontext(MONEY)
+
+
+def exact(func: Callable[P, R]) -> Callable[P, R]:
+    """Run ``func`` in :data:`MONEY`: its Decimal arithmetic never depends on the caller's context."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with localcontext(MONEY):
+            return func(*args, **kwargs)
+
+    return wrapper
+
 
 SCALE = 1000
 """Storage integers are thousandths of a unit (credit or API unit)."""
@@ -27,6 +79,9 @@ QUANTUM = Decimal("0.001")
 
 MAX_AMOUNT = Decimal(10) ** 12
 """Largest accepted amount; keeps thousandths well inside a signed 64-bit integer."""
+
+STORAGE_LIMIT_DIGITS = 15
+"""Storable amounts are below 10**15: their thousandths stay inside a signed 64-bit integer."""
 
 
 def parse_amount(
@@ -52,7 +107,8 @@ def parse_amount(
         dec = Decimal(value)
     elif isinstance(value, str):
         try:
-            dec = Decimal(value.strip())
+            with localcontext(MONEY):  # exact; a malformed string raises, never becomes NaN
+                dec = Decimal(value.strip())
         except InvalidOperation:
             raise ValidationError(f"{what} {value!r} is not a number") from None
     else:
@@ -61,32 +117,43 @@ def parse_amount(
         raise ValidationError(f"{what} must be a finite number, not {dec}")
     if abs(dec) > MAX_AMOUNT:
         raise ValidationError(f"{what} {dec} is too large (at most {MAX_AMOUNT})")
-    if dec != dec.quantize(QUANTUM, rounding="ROUND_DOWN"):
+    if dec != dec.quantize(QUANTUM, rounding=ROUND_DOWN, context=MONEY):
         raise ValidationError(f"{what} {dec} is finer than 0.001; amounts are kept in thousandths")
     if dec < 0 and not allow_negative:
         raise ValidationError(f"{what} must not be negative, got {dec}")
     if dec == 0 and not allow_zero:
         raise ValidationError(f"{what} must be greater than zero, got {dec}")
-    return dec.quantize(QUANTUM)
+    return dec.quantize(QUANTUM, context=MONEY)
 
 
 def to_storage(value: Decimal) -> int:
-    """Exact ``Decimal`` -> integer thousandths. Refuses anything finer than 0.001."""
+    """Exact ``Decimal`` -> integer thousandths. Refuses anything finer than 0.001.
+
+    Integer arithmetic on the digits: no context, so no rounding, whatever its precision."""
     if not isinstance(value, Decimal) or not value.is_finite():
         raise ValidationError(f"cannot store {value!r}: not a finite Decimal")
-    scaled = value * SCALE
-    if scaled != scaled.to_integral_value():
-        raise ValidationError(f"cannot store {value}: finer than 0.001")
-    return int(scaled)
+    if value and value.adjusted() >= STORAGE_LIMIT_DIGITS:
+        raise ValidationError(f"cannot store {value}: too large")
+    sign, digits, exponent = value.as_tuple()
+    coefficient = int("".join(map(str, digits)))
+    shift = int(exponent) + 3
+    scaled: int
+    if shift >= 0:
+        scaled = coefficient * 10**shift
+    else:
+        scaled, rest = divmod(coefficient, 10**-shift)
+        if rest:
+            raise ValidationError(f"cannot store {value}: finer than 0.001")
+    return -scaled if sign else scaled
 
 
 def from_storage(value: int) -> Decimal:
     """Integer thousandths -> ``Decimal`` with three decimal places."""
-    return Decimal(value).scaleb(-3)  # exact: the same digits, exponent -3
+    return Decimal(value).scaleb(-3, context=MONEY)  # exact: the same digits, exponent -3
 
 
 def format_amount(value: Decimal) -> str:
     """Shortest exact rendering: ``Decimal('10.000')`` -> ``'10'``, ``Decimal('1.500')`` -> ``'1.5'``."""
-    if value == value.to_integral_value():
-        return str(value.quantize(Decimal(1)))
-    return format(value.normalize(), "f")
+    if value == value.to_integral_value(context=MONEY):
+        return str(value.quantize(Decimal(1), context=MONEY))
+    return format(value.normalize(MONEY), "f")

@@ -36,7 +36,7 @@ def test_a_second_caller_with_the_same_key_never_frees_the_first_ones_hold(world
     first = CostAwareClient(
         SlowAnswer(AK, SK, base_url=world.url, retry=RetryPolicy(base_delay=0)), world.ledger, cache=False
     )
-    second = world.guard(cache=False)
+    second = world.guard(cache=False, scopes=())  # the same request: the same scopes
     body = {**BODY, "external_task_id": "job-1"}
     out: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: out.setdefault("a", first.create("text2video", body)))

@@ -137,7 +137,9 @@ def rerun_migrations(ledger: Ledger, *versions: int) -> None:
                     )
 
 
-def test_migration_5_derives_the_day_rows(ledger: Ledger, clock: FakeClock) -> None:
+def test_migration_5_derives_the_day_rows(
+    ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seed_year(ledger, clock)
     sums = "s_n, s_est, s_act, f_n, f_est, f_act, c_n, c_est, c_act"
     with ledger._transaction() as cur:  # back to the schema 4 table: hour rows only

@@ -11,9 +11,9 @@ from urllib.parse import quote
 from ..budgets import Budget, window_at
 from ..ledger._rows import to_ms
 from ..ledger.models import AlertRecord
-from ..ledger.outbox import KIND_MAX_PER_REQUEST, KIND_REFUSED, KIND_THRESHOLD, percent
+from ..ledger.outbox import KIND_MAX_PER_REQUEST, KIND_OVERAGE, KIND_REFUSED, KIND_THRESHOLD, percent
 from ..ledger.outbox_store import PHASE_ALERT, PHASE_RESOLVED, Consumer
-from ..money import format_amount
+from ..money import MONEY, format_amount
 
 __all__ = ["AlertMessage", "Consumer", "build_message", "sample_message"]
 
@@ -29,7 +29,7 @@ class AlertMessage:
     event: str
     """``alert`` or ``resolved``."""
     kind: str
-    """``threshold``, ``refused`` or ``max_per_request``."""
+    """``threshold``, ``refused``, ``max_per_request`` or ``overage``."""
     scope: str
     window: str
     window_key: str
@@ -51,16 +51,18 @@ class AlertMessage:
     @property
     def level(self) -> Decimal:
         """Used plus reserved when the alert fired."""
-        return self.used + self.reserved
+        return MONEY.add(self.used, self.reserved)
 
     @property
     def remaining(self) -> Decimal:
-        return max(ZERO, self.limit - self.level)
+        return max(ZERO, MONEY.subtract(self.limit, self.level))
 
     @property
     def percent_used(self) -> str:
         """The level as a percentage of the limit, e.g. ``"85"``."""
-        return percent((self.level / self.limit).quantize(Decimal("0.001"))) if self.limit else "0"
+        if not self.limit:
+            return "0"
+        return percent(MONEY.divide(self.level, self.limit).quantize(Decimal("0.001"), context=MONEY))
 
     @property
     def title(self) -> str:
@@ -70,6 +72,8 @@ class AlertMessage:
             head = f"resolved: {what}"
             if self.kind == KIND_THRESHOLD:
                 return f"{head} back below {percent(Decimal(self.threshold))}%"
+            if self.kind == KIND_OVERAGE:
+                return f"{head} overage ({self.window_key})"
             return f"{head} refusals ({self.window_key})"
         if self.kind == KIND_THRESHOLD:
             return (
@@ -78,6 +82,10 @@ class AlertMessage:
             )
         if self.kind == KIND_MAX_PER_REQUEST:
             return f"{what}: request above the per-request maximum"
+        if self.kind == KIND_OVERAGE:
+            over = self.details.get("overage")
+            by = f" by {format_amount(Decimal(over))}" if isinstance(over, str) else ""
+            return f"{what}: over its limit{by} ({format_amount(self.level)} / {format_amount(self.limit)})"
         return f"{what}: request refused ({format_amount(self.level)} / {format_amount(self.limit)})"
 
     def __str__(self) -> str:
@@ -93,6 +101,11 @@ class AlertMessage:
         out.append(f"Window:     {self.window} {self.window_key}{span}")
         if self.kind == KIND_THRESHOLD:
             out.append(f"Threshold:  {percent(Decimal(self.threshold))}%")
+        if self.kind == KIND_OVERAGE and isinstance(self.details.get("overage"), str):
+            out.append(
+                f"Overage:    {format_amount(Decimal(self.details['overage']))} past the limit "
+                f"(a charge of {self.details.get('actual')} on an estimate of {self.details.get('estimate')})"
+            )
         out.append(
             f"Used:       {format_amount(self.used)} used + {format_amount(self.reserved)} reserved "
             f"= {format_amount(self.level)} of {format_amount(self.limit)} ({self.percent_used}%)"
@@ -188,11 +201,12 @@ def build_message(
     text = alert.message
     if event == PHASE_RESOLVED:
         reason = resolution_reason(alert, budget, moment)
-        what = (
-            f"{percent(Decimal(alert.threshold))}% alert"
-            if alert.kind == KIND_THRESHOLD
-            else ("refusal alert" if alert.kind == KIND_REFUSED else "per-request maximum alert")
-        )
+        if alert.kind == KIND_THRESHOLD:
+            what = f"{percent(Decimal(alert.threshold))}% alert"
+        else:
+            what = {KIND_REFUSED: "refusal alert", KIND_OVERAGE: "overage alert"}.get(
+                alert.kind, "per-request maximum alert"
+            )
         text = (
             f"Resolved: the {what} of the {alert.scope} {alert.window} budget ({alert.window_key}): {reason}"
         )

@@ -11,7 +11,7 @@ from typing import Any
 from ..budgets import Usage, normalise_scopes
 from ..errors import PricingError
 from ..ledger import Ledger
-from ..money import format_amount
+from ..money import exact, format_amount
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
 
 __all__ = ["Alternative", "BatchPlan", "plan_batch", "to_price_request"]
@@ -135,6 +135,7 @@ _CHANGES: list[tuple[str, str, Callable[[PriceRequest], PriceRequest | None]]] =
 ]
 
 
+@exact
 def plan_batch(
     requests: Sequence[PriceRequest | Mapping[str, Any]],
     ledger: Ledger | None = None,

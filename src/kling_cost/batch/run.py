@@ -15,7 +15,7 @@ from typing import Any
 from ..errors import BudgetExceeded, ConcurrencyLimited, KlingAPIError, KlingCostError, RateLimited
 from ..guard import CostAwareClient
 from ..kling.models import KlingTask
-from ..money import format_amount
+from ..money import format_amount, money_context
 from .rows import BatchRow
 
 __all__ = ["BatchResult", "BatchRunner", "BatchSummary"]
@@ -68,11 +68,13 @@ class BatchSummary:
 
     @property
     def spent(self) -> Decimal:
-        return sum((r.charged for r in self.results if r.status != EARLIER), Decimal(0))
+        with money_context():
+            return sum((r.charged for r in self.results if r.status != EARLIER), Decimal(0))
 
     @property
     def saved(self) -> Decimal:
-        return sum((r.saved for r in self.results if r.status != EARLIER), Decimal(0))
+        with money_context():
+            return sum((r.saved for r in self.results if r.status != EARLIER), Decimal(0))
 
     def to_dict(self) -> dict[str, Any]:
         return {

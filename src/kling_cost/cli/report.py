@@ -65,8 +65,37 @@ def report_command(
             writer.writerow(["" if data[k] is None else data[k] for k in columns])
     else:
         console.print(_table(rep))
+        _overages(rep)
         if daily is not None:
             _bar_chart(daily)
+
+
+OVERAGE_LINES = 10
+
+
+def _overages(rep: Report) -> None:
+    """The charges that took a budget past its limit: the overage is never silent."""
+    if not rep.overages:
+        return
+    n = len(rep.overages)
+    console.print(
+        f"[red]Over the limit: {n} charge{'' if n == 1 else 's'} took a budget past its limit, "
+        + ", ".join(f"{format_amount(v)} {u}" for u, v in rep.overage.items())
+        + " over in total[/red]",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for c in rep.overages[-OVERAGE_LINES:]:
+        scopes = ", ".join(s for s in c.scopes if s != "account") or "account"
+        console.print(
+            f"  {c.created_at:%Y-%m-%d %H:%M} UTC  task {c.task_id or '-'} ({scopes}): charged "
+            f"{format_amount(c.actual)} {c.unit} on an estimate of {format_amount(c.estimate)}, "
+            f"{format_amount(c.overage)} {c.unit} over the limit",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if n > OVERAGE_LINES:
+        console.print(f"  ... and {n - OVERAGE_LINES} earlier (--format json, or kling-cost export)")
 
 
 def _chart_days(rep: Report) -> int:

@@ -72,7 +72,7 @@ CHARGE_SELECT = (
     "SELECT c.id, c.reservation_id, c.idempotency_key, c.created_at, c.settled_at, "
     "c.estimate_milli, c.actual_milli, c.scopes, c.task_id, c.kind, c.model, c.mode, "
     "c.duration, c.audio, c.prompt_hash, c.prompt_preview, c.metadata, c.status, c.unit, c.catalog, "
-    "c.catalog_date FROM charges c"
+    "c.catalog_date, c.overage_milli FROM charges c"
 )
 
 
@@ -132,6 +132,7 @@ def charge_from_row(row: Sequence[Any]) -> Charge:
         unit=row[18],
         catalog=row[19],
         catalog_date=row[20],
+        overage=from_storage(int(row[21])),
     )
 
 
@@ -142,10 +143,6 @@ def replace_reservation(res: Reservation, **changes: Any) -> Reservation:
 def new_id(now: datetime) -> str:
     """Time-ordered id (48-bit milliseconds + 80 random bits): inserts append, pages stay hot."""
     return f"{to_ms(now):012x}{secrets.token_hex(10)}"
-
-
-def like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def reservation_id_of(ref: Reservation | str) -> str:

@@ -35,6 +35,7 @@ from ._rows import (
 )
 from .core import Clock
 from .hooks import WindowState
+from .idempotency import check_same_request
 from .models import CACHED, COMMITTED, EXPIRED, RELEASED, RESERVED, Reservation
 from .settlement import LedgerSettlement
 
@@ -66,7 +67,10 @@ class Ledger(LedgerSettlement):
 
         ``amount`` counts ``unit`` (``units`` or ``credits``); ``catalog`` and ``catalog_date``
         record what priced it (name, entry date), so settling never guesses the unit.
-        Returns the reservation, or the existing one for a repeated ``idempotency_key``.
+        Returns the reservation, or the existing one for a repeated ``idempotency_key`` with
+        the same amount and scopes. Raises :class:`IdempotencyConflict` (nothing reserved)
+        when the key was used for a different request, unless that one was released or
+        expired before Kling accepted a task (then the key is reserved again, ``revived``).
         Raises :class:`BudgetExceeded` (nothing reserved) when any budget lacks room or the
         amount is above a budget's ``max_per_request``, and :class:`UnitMismatch` (nothing
         reserved) when a budget of these scopes counts another unit.
@@ -150,9 +154,23 @@ class Ledger(LedgerSettlement):
             if existing is None:
                 raise Conflict(f"idempotency key {key!r} vanished while reserving")
             if existing.status not in (RELEASED, EXPIRED) or existing.task_id is not None:
-                return existing  # holds nothing new
+                # The same request again gets the first one's reservation (it holds nothing
+                # new); a different request under this key is refused (see .idempotency).
+                asked = Reservation(
+                    id=res_id,
+                    idempotency_key=key,
+                    amount=from_storage(milli),
+                    status=RESERVED,
+                    scopes=scopes,
+                    created_at=from_ms(created),
+                    expires_at=from_ms(expires),
+                    unit=unit,
+                )
+                check_same_request(existing, asked, key)
+                return existing
             # Released or expired before Kling accepted anything: nothing was ever charged
-            # under this key, so it may be reserved again (a retried submission).
+            # under this key, so it may be reserved again (a retried submission), with this
+            # call's amount and scopes (no conflict: the first request never cost anything).
             res_id = existing.id
             cur.execute(
                 "UPDATE reservations SET amount_milli = ?, status = ?, scopes = ?, created_at = ?, "
@@ -280,6 +298,10 @@ class Ledger(LedgerSettlement):
         released one, or an expired one, raises :class:`ReservationError`; ``force=True``
         records a charge that really happened after the lease expired (it counts as used,
         even beyond the limit: actuals win).
+
+        A commit that takes a budget window past its limit (an actual above the estimate, a
+        forced charge) is never silent: the charge records its ``overage`` and the window
+        gets one ``overage`` alert.
         """
         res_id = reservation_id_of(reservation)
         actual_milli = (
@@ -299,29 +321,43 @@ class Ledger(LedgerSettlement):
     ) -> Reservation:
         with self._transaction() as cur:
             now = self._now(cur)
-            current = self._locked(cur, res_id)
-            if current.status == COMMITTED:
-                return current
-            if current.status == RELEASED:
-                raise ReservationError(f"reservation {res_id} was released; it cannot be committed")
-            lapsed = current.status == EXPIRED or current.expires_at <= now
-            if lapsed and not force:
-                raise ReservationError(
-                    f"reservation {res_id} expired at {current.expires_at.isoformat()} and its "
-                    "credits were reclaimed; commit with force=True to record a charge Kling made anyway"
-                )
-            amount_milli = to_storage(current.amount)
-            spent = amount_milli if actual_milli is None else actual_milli
-            held = 0 if current.status == EXPIRED else amount_milli
-            states = self._settle_windows(cur, current, held, spent)
-            final_task = task_id or current.task_id
-            if extra:
-                current = replace_reservation(current, metadata={**current.metadata, **extra})
-            settled = self._mark(
-                cur, current, COMMITTED, now, spent, final_task, metadata_changed=bool(extra)
+            return self._commit_in(cur, now, self._locked(cur, res_id), actual_milli, task_id, force, extra)
+
+    def _commit_in(
+        self,
+        cur: Cursor,
+        now: datetime,
+        current: Reservation,
+        actual_milli: int | None,
+        task_id: str | None,
+        force: bool,
+        extra: dict[str, Any],
+        *,
+        rise: int | None = None,
+    ) -> Reservation:
+        """Commit the (locked) reservation ``current`` in the transaction of ``cur``; ``rise``
+        as in :meth:`_settle_windows`."""
+        res_id = current.id
+        if current.status == COMMITTED:
+            return current
+        if current.status == RELEASED:
+            raise ReservationError(f"reservation {res_id} was released; it cannot be committed")
+        lapsed = current.status == EXPIRED or current.expires_at <= now
+        if lapsed and not force:
+            raise ReservationError(
+                f"reservation {res_id} expired at {current.expires_at.isoformat()} and its "
+                "credits were reclaimed; commit with force=True to record a charge Kling made anyway"
             )
-            self._insert_charge(cur, now, current, SUCCEEDED, spent, final_task, states)
-            return replace_reservation(settled, actual=from_storage(spent), task_id=final_task)
+        amount_milli = to_storage(current.amount)
+        spent = amount_milli if actual_milli is None else actual_milli
+        held = 0 if current.status == EXPIRED else amount_milli
+        states = self._settle_windows(cur, current, held, spent, rise)
+        final_task = task_id or current.task_id
+        if extra:
+            current = replace_reservation(current, metadata={**current.metadata, **extra})
+        settled = self._mark(cur, current, COMMITTED, now, spent, final_task, metadata_changed=bool(extra))
+        self._insert_charge(cur, now, current, SUCCEEDED, spent, final_task, states)
+        return replace_reservation(settled, actual=from_storage(spent), task_id=final_task)
 
     def release(self, reservation: Reservation | str, *, failed: bool | None = None) -> Reservation:
         """Free a reservation's credits (the request failed or was never sent).
@@ -361,20 +397,32 @@ class Ledger(LedgerSettlement):
         catalog_date: str | None = None,
     ) -> Reservation:
         """Record money already spent, without a reservation (it counts even beyond a limit:
-        actuals win). For usage that happened outside the two-phase flow. ``unit`` must be the
-        unit of every budget of ``scopes`` (:class:`UnitMismatch` otherwise)."""
-        res = self.reserve_unchecked(
-            amount,
-            scopes,
-            idempotency_key=idempotency_key,
-            metadata=metadata,
-            unit=unit,
-            catalog=catalog,
-            catalog_date=catalog_date,
-        )
-        if res.status != RESERVED:
-            return res
-        return self.commit(res, amount, task_id=task_id)
+        actuals win). For usage that happened outside the two-phase flow. A repeated
+        ``idempotency_key`` follows :meth:`reserve`'s rule (the same charge is recorded once;
+        another amount, unit or other scopes raise :class:`IdempotencyConflict`). ``unit`` must be
+        the unit of every budget of ``scopes`` (:class:`UnitMismatch` otherwise)."""
+        priced = _priced(unit, catalog, catalog_date)
+        milli = to_storage(parse_amount(amount, what="amount"))
+        scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
+        key = None if idempotency_key is None else check_key(idempotency_key)
+        meta = clean_metadata(metadata)
+        task = text_or_none(task_id)
+
+        def run() -> Reservation:
+            # One transaction: the hold and its commit happen together or not at all.
+            with self._transaction() as cur:
+                now = self._now(cur)
+                res = self._reserve(
+                    cur, now, milli, scope_list, key, self.default_ttl, meta, priced, enforce=False
+                )
+                if res.status != RESERVED:
+                    return res
+                current = self._locked(cur, res.id)
+                # A hold made just now lifted the level by the whole amount (for the overage).
+                rise = milli if res.fresh else None
+                return self._commit_in(cur, now, current, milli, task, False, {}, rise=rise)
+
+        return self._retrying(run)
 
     def reserve_unchecked(
         self,
@@ -419,7 +467,8 @@ class Ledger(LedgerSettlement):
         ``unit``) not spent.
 
         With ``idempotency_key``, the hit is recorded once (a reservation row with status
-        ``cached`` holds the key); returns False when it was recorded before.
+        ``cached`` holds the key); returns False when it was recorded before, and raises
+        :class:`IdempotencyConflict` when the key names a different request.
         """
         unit, catalog, catalog_date = _priced(unit, catalog, catalog_date)
         saved_milli = to_storage(parse_amount(saved, what="saved", allow_zero=True))
@@ -467,7 +516,10 @@ class Ledger(LedgerSettlement):
                         catalog_date,
                     ),
                 )
-                if cur.rowcount != 1:
+                if cur.rowcount != 1:  # recorded before (or the key names a reservation)
+                    earlier = self._reservation_by(cur, "idempotency_key", key) if key else None
+                    if earlier is not None:
+                        check_same_request(earlier, hit, key or "")
                     return False
                 self._insert_charge(
                     cur,

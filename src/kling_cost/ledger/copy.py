@@ -45,6 +45,7 @@ def copy_ledger(source: Ledger, target: Ledger) -> CopyResult:
             for row in rows:
                 dst.execute(f"INSERT INTO {table} ({names}) VALUES ({marks})", tuple(row))
             counts[table] = len(rows)
-            if identity is not None:
-                target._after_bulk_insert(dst, table, identity)
+            if identity is not None:  # ids of deleted rows (a budget's) are never handed out again
+                high_water = source._id_high_water(src, table, identity)
+                target._after_bulk_insert(dst, table, identity, high_water)
     return CopyResult(counts)

@@ -68,6 +68,8 @@ class LedgerCore(ABC):
     # -- backend hooks -------------------------------------------------------------------
 
     url: str
+    dialect: ClassVar[str] = "sqlite"
+    """``sqlite`` or ``postgresql``: for migration steps and the few SQL fragments that differ."""
     id_column: ClassVar[str] = "INTEGER PRIMARY KEY"
     without_rowid: ClassVar[str] = ""
 
@@ -87,6 +89,12 @@ class LedgerCore(ABC):
         budget windows): the injected clock; else the backend's clock, the one shared by
         everyone who shares the ledger (SQLite: this machine's; PostgreSQL: the server's)."""
         return self.clock()
+
+    def _scopes_contain(self, column: str, scope: str) -> tuple[str, str]:
+        """A condition (one ``?``, and its value) true when the JSON scope list in ``column``
+        holds exactly ``scope``. Not LIKE: SQLite's LIKE ignores ASCII case, and scopes are
+        exact on every backend. The quotes make it a whole element, never a prefix."""
+        return f"instr({column}, ?) > 0", json.dumps(scope)
 
     @abstractmethod
     def close(self) -> None:
@@ -117,6 +125,9 @@ class LedgerCore(ABC):
                 if version <= current:
                     continue
                 for statement in statements:
+                    if callable(statement):
+                        statement(cur, self.dialect)
+                        continue
                     cur.execute(
                         statement.replace("{id}", self.id_column).replace(
                             "{without_rowid}", self.without_rowid
@@ -129,8 +140,16 @@ class LedgerCore(ABC):
                 current = version
             return int(current)
 
-    def _after_bulk_insert(self, cur: Cursor, table: str, column: str) -> None:  # noqa: B027
-        """Let identity sequences continue after rows were inserted with explicit ids."""
+    def _id_high_water(self, cur: Cursor, table: str, column: str) -> int:
+        """The highest id ``table`` ever handed out, deleted rows included."""
+        cur.execute(f"SELECT COALESCE(MAX({column}), 0) FROM {table}")  # fixed names only
+        return int(cur.fetchone()[0])
+
+    def _after_bulk_insert(  # noqa: B027
+        self, cur: Cursor, table: str, column: str, high_water: int
+    ) -> None:
+        """Let identity sequences continue after rows were inserted with explicit ids, above
+        ``high_water`` (the source's :meth:`_id_high_water`): no id is ever handed out twice."""
 
     def _lock_schema(self, cur: Cursor) -> None:  # noqa: B027 - optional hook
         """Serialise concurrent migrations (SQLite's BEGIN IMMEDIATE already does)."""

@@ -30,6 +30,9 @@ class WindowState:
     window_key: str
     used_milli: int
     reserved_milli: int
+    overage_milli: int = 0
+    """After a settlement: how far it took this window past its limit (the rise of
+    ``max(0, used + reserved - limit)``); 0 when the window stayed within it."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class SettledCharge:
     audio: bool
     metadata: dict[str, Any]
     unit: str = "units"
+    overage_milli: int = 0
+    """The largest ``overage_milli`` of the charge's windows (see :class:`WindowState`)."""
 
 
 class LedgerHook(Protocol):

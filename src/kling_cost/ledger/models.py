@@ -99,6 +99,11 @@ class Charge:
     """What ``estimate`` and ``actual`` count: ``units`` or ``credits``."""
     catalog: str | None = None
     catalog_date: str | None = None
+    overage: Decimal = Decimal("0.000")
+    """How far this charge took a budget window past its limit: for each window it counts in,
+    the rise of ``max(0, used + reserved - limit)`` that settling it caused; the largest of
+    them (0 when every budget stayed within its limit). A charge whose ``actual`` is above its
+    ``estimate`` within the limit has no overage (see ``actual - estimate``, the drift)."""
 
     @property
     def saved(self) -> Decimal:
@@ -128,6 +133,7 @@ class Charge:
             "catalog": self.catalog,
             "catalog_date": self.catalog_date,
             "metadata": self.metadata,
+            "overage": str(self.overage),
         }
 
 
@@ -135,8 +141,9 @@ class Charge:
 class AlertRecord:
     """One alert in the outbox: a threshold crossing (or a refusal) of one budget window.
 
-    ``kind``: ``threshold`` (``threshold`` is the fraction, e.g. ``"0.8"``), ``refused`` or
-    ``max_per_request``. ``status``: ``pending`` until a sink accepted it, then ``delivered``.
+    ``kind``: ``threshold`` (``threshold`` is the fraction, e.g. ``"0.8"``), ``refused``,
+    ``max_per_request`` or ``overage`` (a commit took the window past its limit).
+    ``status``: ``pending`` until a sink accepted it, then ``delivered``.
     ``cleared_at`` is set when the window rolled over or the limit was raised above the
     crossing; ``resolved_status`` tracks the "resolved" message (``pending``, ``delivered``, or
     ``skipped`` when no configured sink sends resolved messages). ``attempts`` counts every

@@ -28,13 +28,14 @@ from typing import Any
 
 from ..budgets import Budget, Window, window_at
 from ..errors import BudgetExceeded
-from ..money import format_amount, from_storage, to_storage
-from ._rows import BUDGET_SELECT, Cursor, budget_from_row, to_ms
+from ..money import MONEY, format_amount, from_storage, to_storage
+from ._rows import BUDGET_SELECT, Cursor, budget_from_row, from_ms, to_ms
 from .hooks import SettledCharge, WindowState
 from .models import Reservation
 
 __all__ = [
     "KIND_MAX_PER_REQUEST",
+    "KIND_OVERAGE",
     "KIND_REFUSED",
     "KIND_THRESHOLD",
     "AlertOutbox",
@@ -48,6 +49,9 @@ log = logging.getLogger("kling_cost.alerts")
 KIND_THRESHOLD = "threshold"
 KIND_REFUSED = "refused"
 KIND_MAX_PER_REQUEST = "max_per_request"
+KIND_OVERAGE = "overage"
+"""A settlement took the window past its limit (a commit above its estimate, a late or forced
+charge): once per budget window, whatever the number of commits that went over."""
 
 _UPSERT = (
     "INSERT INTO alerts (budget_id, scope, period, window_key, kind, threshold, used_milli, "
@@ -76,7 +80,7 @@ _CLEAR_WHERE = {
 
 def percent(fraction: Decimal) -> str:
     """``Decimal("0.8")`` -> ``"80"``; ``Decimal("0.125")`` -> ``"12.5"``."""
-    return format((fraction * 100).normalize(), "f")
+    return format(MONEY.multiply(fraction, 100).normalize(MONEY), "f")
 
 
 def clear_alerts(cur: Cursor, now_ms: int, budget_id: int, which: str, params: Sequence[Any]) -> int:
@@ -103,6 +107,11 @@ def describe(
         return (
             f"{where} refused a request of {format_amount(from_storage(requested))}: above the "
             f"per-request maximum of {format_amount(mpr)}"
+        )
+    if kind == KIND_OVERAGE:
+        return (
+            f"{where} went over its limit: a charge took it {format_amount(from_storage(requested))} "
+            f"past the limit, to {format_amount(from_storage(level))} of {lim} used or reserved"
         )
     pct = percent(Decimal(threshold))
     return (
@@ -131,7 +140,7 @@ class AlertOutbox:
         found = self._marks.get(key)
         if found is None:
             found = tuple(
-                (str(t), int((limit * t).to_integral_value(rounding=ROUND_CEILING)))
+                (str(t), int(MONEY.multiply(limit, t).to_integral_value(ROUND_CEILING, MONEY)))
                 for t in sorted(budget.thresholds)
             )
             if len(self._marks) > 1024:
@@ -166,6 +175,8 @@ class AlertOutbox:
             for label, mark in self.marks(state.budget):
                 if after - rise < mark <= after:
                     self._cross(cur, now, state, label, {"trigger": "commit", "task_id": charge.task_id})
+            if state.overage_milli > 0:
+                self._overage(cur, now, state, charge)
 
     def after_commit(self) -> None:
         """Called by the ledger after each committed transaction: wake the listeners if this
@@ -203,6 +214,8 @@ class AlertOutbox:
                 stale = threshold not in marks or level < marks[threshold]
             elif kind == KIND_REFUSED:
                 stale = limit > alert_limit
+            elif kind == KIND_OVERAGE:
+                stale = level <= limit  # the limit now covers what was spent
             else:
                 stale = previous is not None and _mpr_raised(previous, budget)
             if stale and clear_alerts(cur, now_ms, budget.id, "one", (window.key, threshold)):
@@ -253,6 +266,24 @@ class AlertOutbox:
         if clear_alerts(cur, to_ms(now), budget_id, "older", (key,)):
             self._local.changed = True
         self._seen[budget_id] = key
+
+    def _overage(self, cur: Cursor, now: datetime, state: WindowState, charge: SettledCharge) -> None:
+        """One ``overage`` alert per budget window (a later overage in it is a no-op), in the
+        window the charge counts in, even when that window has ended since."""
+        b = state.budget
+        window = window_at(b.window, b.tz, from_ms(charge.created_at_ms))
+        if window.key != state.window_key:  # cannot happen: a reservation counts where it was made
+            window = window_at(b.window, b.tz, now)
+        extra: dict[str, Any] = {
+            "trigger": "commit",
+            "task_id": charge.task_id,
+            "estimate": str(from_storage(charge.estimate_milli)),
+            "actual": str(from_storage(charge.actual_milli)),
+            "overage": str(from_storage(state.overage_milli)),
+        }
+        if window.key != window_at(b.window, b.tz, now).key:
+            extra["window_ended"] = True
+        self._write(cur, now, state, KIND_OVERAGE, KIND_OVERAGE, extra, window, state.overage_milli)
 
     def _cross(
         self,

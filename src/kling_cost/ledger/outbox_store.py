@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..budgets import Budget, window_at
 from ..money import from_storage
-from ._rows import ALERT_SELECT, BUDGET_SELECT, alert_from_row, budget_from_row, like_escape, to_ms
+from ._rows import ALERT_SELECT, BUDGET_SELECT, alert_from_row, budget_from_row, to_ms
 from .models import AlertRecord
 from .outbox import clear_alerts
 
@@ -141,8 +141,9 @@ class OutboxStore:
     ) -> list[Consumer]:
         """The biggest consumers of ``scope`` between ``start`` and ``end`` (charges by their
         reservation time): by model and mode, then by the other scopes the charges named."""
-        where = ["status = 'succeeded'", "scopes LIKE ? ESCAPE '\\'"]
-        params: list[object] = ['%"' + like_escape(scope) + '"%']
+        cond, value = self.ledger._scopes_contain("scopes", scope)
+        where = ["status = 'succeeded'", cond]
+        params: list[object] = [value]
         if start is not None:
             where.append("created_at >= ?")
             params.append(to_ms(start))

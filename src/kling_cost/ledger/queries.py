@@ -18,7 +18,6 @@ from ._rows import (
     alert_from_row,
     budget_from_row,
     charge_from_row,
-    like_escape,
     reservation_from_row,
     to_ms,
 )
@@ -101,14 +100,19 @@ class LedgerQueries(LedgerCore):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = None,
+        over_limit: bool = False,
     ) -> list[Charge]:
-        """Settled charges, oldest first, by reservation time, optionally of one scope."""
+        """Settled charges, oldest first, by reservation time, optionally of one scope;
+        ``over_limit=True``: only those that took a budget past its limit (``overage > 0``)."""
         where: list[str] = []
         params: list[Any] = []
         sql = CHARGE_SELECT
+        if over_limit:
+            where.append("c.overage_milli > 0")
         if scope is not None:
-            where.append("c.scopes LIKE ? ESCAPE '\\'")
-            params.append('%"' + like_escape(validate_scope(scope)) + '"%')
+            cond, value = self._scopes_contain("c.scopes", validate_scope(scope))
+            where.append(cond)
+            params.append(value)
         if since is not None:
             where.append("c.created_at >= ?")
             params.append(to_ms(since))

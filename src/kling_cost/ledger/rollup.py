@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..budgets import UNITS
 from ..errors import StorageError
-from ._rows import CHARGE_SELECT, Cursor, charge_from_row, like_escape
+from ._rows import CHARGE_SELECT, Cursor, charge_from_row
 from .hooks import SettledCharge, WindowState
 from .models import Charge
 
@@ -214,8 +214,9 @@ def recent_charges(ledger: LedgerCore, *, limit: int, scope: str | None = None) 
     sql = CHARGE_SELECT
     params: list[Any] = []
     if scope is not None:
-        sql += " WHERE c.scopes LIKE ? ESCAPE '\\'"
-        params.append('%"' + like_escape(scope) + '"%')
+        cond, value = ledger._scopes_contain("c.scopes", scope)
+        sql += " WHERE " + cond
+        params.append(value)
     sql += " ORDER BY c.created_at DESC, c.id DESC LIMIT ?"
     params.append(int(limit))
     with ledger._transaction() as cur:
@@ -231,8 +232,9 @@ def charge_facts(
     where: list[str] = []
     params: list[Any] = []
     if scope is not None:
-        where.append("scopes LIKE ? ESCAPE '\\'")
-        params.append('%"' + like_escape(scope) + '"%')
+        cond, value = ledger._scopes_contain("scopes", scope)
+        where.append(cond)
+        params.append(value)
     if since is not None:
         where.append("created_at >= ?")
         params.append(since)

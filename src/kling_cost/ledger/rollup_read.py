@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError
-from ._rows import like_escape
 from .rollup import BUCKET_MS, DAY_MS, GRAIN_DAY, GRAIN_HOUR, SUM_COLUMNS, ensure_backfilled
 
 if TYPE_CHECKING:
@@ -162,8 +161,9 @@ def _query(
         # then each read below is one index range per scope instead of a scan.
         found = f"SELECT DISTINCT scope FROM report_rollup WHERE grain = {GRAIN_DAY}"
         if scope_group != "*":
-            found += " AND scope LIKE ? ESCAPE '\\'"
-            params.append(like_escape(scope_group) + ":%")
+            prefix = scope_group + ":"  # exact (LIKE ignores case on SQLite)
+            found += f" AND substr(scope, 1, {len(prefix):d}) = ?"
+            params.append(prefix)
         ctes.append(f"rollup_scopes(scope) AS ({found})")
         scope_sql, scope_params = "r.scope IN (SELECT scope FROM rollup_scopes)", []
     windowed = [r for r in reads if r.window is not None]

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES"]
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .schema_steps import never_reuse_budget_ids
+
+if TYPE_CHECKING:
+    from ._rows import Cursor
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES", "Step"]
+
+Step = Callable[["Cursor", str], None]
+"""A migration step SQL alone cannot express: called with the cursor and the dialect."""
 
 # {id}: the dialect's identity column; {without_rowid}: SQLite's clustered-key table option.
-MIGRATIONS: list[tuple[int, list[str]]] = [
+MIGRATIONS: list[tuple[int, list[str | Step]]] = [
     (
         1,
         [
@@ -257,6 +268,20 @@ MIGRATIONS.append(
         ],
     )
 )
+MIGRATIONS.append(
+    (
+        7,
+        [
+            # A deleted budget's id is never given to another budget (see schema_steps.py).
+            never_reuse_budget_ids,
+            # How far the charge took a budget window past its limit (the largest over its
+            # windows; 0 for every charge before this migration). Overage charges are rare:
+            # a partial index finds them for reports without reading the others.
+            "ALTER TABLE charges ADD COLUMN overage_milli BIGINT NOT NULL DEFAULT 0",
+            "CREATE INDEX charges_overage ON charges (created_at) WHERE overage_milli > 0",
+        ],
+    )
+)
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -324,6 +349,7 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "unit",
             "catalog",
             "catalog_date",
+            "overage_milli",
         ),
         "id",
     ),

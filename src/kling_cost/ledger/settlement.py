@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..budgets import Budget
 from ..errors import ReservationError, ValidationError
 from ..money import to_storage
 from ..text import clean_text
@@ -28,15 +29,31 @@ from .cache_store import RequestCacheStore
 from .hooks import SettledCharge, WindowState
 from .models import EXPIRED, RESERVED, Reservation
 
-__all__ = ["LedgerSettlement"]
+__all__ = ["LedgerSettlement", "overage"]
+
+
+def overage(budget: Budget, level: int, rise: int) -> int:
+    """How far a change that lifted a window's ``used + reserved`` by ``rise`` to ``level``
+    took it past the budget's limit (thousandths): the rise of ``max(0, level - limit)``."""
+    if rise <= 0:
+        return 0
+    limit = to_storage(budget.limit)
+    return max(0, level - limit) - max(0, level - rise - limit)
 
 
 class LedgerSettlement(RequestCacheStore):
     """The shared steps of commit, release and sweep, and the lease operations."""
 
-    def _settle_windows(self, cur: Cursor, res: Reservation, held: int, spent: int) -> list[WindowState]:
+    def _settle_windows(
+        self, cur: Cursor, res: Reservation, held: int, spent: int, rise: int | None = None
+    ) -> list[WindowState]:
         """Move ``held`` out of reserved and ``spent`` into used on every window it counts in;
-        returns the windows' new counters (for hooks that watch budgets)."""
+        returns the windows' new counters (for hooks that watch budgets), with the overage
+        this settlement caused on each.
+
+        ``rise``: how much this operation lifted ``used + reserved`` (default ``spent -
+        held``; a :meth:`charge` that held and spent in one go lifted it by ``spent``)."""
+        rise = spent - held if rise is None else rise
         counters: list[tuple[int, str, int, int]] = []
         for budget_id, window_key in res.windows:
             cur.execute(
@@ -48,13 +65,13 @@ class LedgerSettlement(RequestCacheStore):
             row = cur.fetchone()
             if row is not None:  # None: the budget was deleted since; nothing to keep counting
                 counters.append((budget_id, window_key, int(row[0]), int(row[1])))
-        if not counters or not self._wants_settle_states(held, spent):
+        if not counters or (rise <= 0 and not self._wants_settle_states(held, spent)):
             return []
         ids = sorted({c[0] for c in counters})
         cur.execute(BUDGET_SELECT + f" WHERE id IN ({','.join('?' * len(ids))})", ids)
         budgets = {b.id: b for b in map(budget_from_row, cur.fetchall())}
         return [
-            WindowState(budgets[bid], key, used, reserved)
+            WindowState(budgets[bid], key, used, reserved, overage(budgets[bid], used + reserved, rise))
             for bid, key, used, reserved in counters
             if bid in budgets
         ]
@@ -194,6 +211,7 @@ class LedgerSettlement(RequestCacheStore):
         meta = res.metadata
         duration = meta.get("duration")
         task_id = text_or_none(task_id)
+        over = max((s.overage_milli for s in states), default=0)
         charge = SettledCharge(
             id=None,
             status=status,
@@ -210,12 +228,13 @@ class LedgerSettlement(RequestCacheStore):
             audio=meta.get("audio") in (True, "on", "true") or meta.get("sound") == "on",
             metadata=meta,
             unit=res.unit,
+            overage_milli=over,
         )
         cur.execute(
             "INSERT INTO charges (reservation_id, idempotency_key, status, created_at, settled_at, "
             "estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio, "
-            "prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 res.id,
                 res.idempotency_key,
@@ -237,6 +256,7 @@ class LedgerSettlement(RequestCacheStore):
                 res.unit,
                 res.catalog,
                 res.catalog_date,
+                over,
             ),
         )
         for hook in self.hooks:

@@ -63,6 +63,7 @@ class SQLiteLedger(Ledger):
     checkpoint_poll = 0.05
 
     schemes = ("sqlite",)
+    dialect = "sqlite"
     without_rowid = " WITHOUT ROWID"
 
     def __init__(self, url: str, **options: Any) -> None:
@@ -171,6 +172,27 @@ class SQLiteLedger(Ledger):
             with suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise StorageError(f"SQLite ledger {self.path}: commit failed: {exc}") from exc
+
+    def _id_high_water(self, cur: Cursor, table: str, column: str) -> int:
+        cur.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
+        row = cur.fetchone()
+        return max(super()._id_high_water(cur, table, column), 0 if row is None else int(row[0]))
+
+    def _after_bulk_insert(self, cur: Cursor, table: str, column: str, high_water: int) -> None:
+        # Only AUTOINCREMENT tables (budgets) keep a counter; the others take MAX(id) + 1,
+        # which is enough for rows that are never deleted.
+        cur.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ? AND sql LIKE '%AUTOINCREMENT%'",
+            (table,),
+        )
+        if cur.fetchone() is None:
+            return
+        cur.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT ?, 0 "
+            "WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?)",
+            (table, table),
+        )
+        cur.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = ?", (high_water, table))
 
     def integrity_check(self) -> str:
         """``PRAGMA integrity_check``: ``'ok'`` when the file is sound."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
+from ..money import MONEY
+
 __all__ = ["KINDS", "PACKS", "Catalog", "PriceEntry"]
 
 KINDS = ("video", "extend", "lipsync", "effects", "image", "tryon")
@@ -152,7 +154,7 @@ class Catalog:
 
     def usd(self, amount: Decimal, pack: str) -> Decimal | None:
         rate = self.usd_per_unit.get(pack)
-        return None if rate is None else amount * rate
+        return None if rate is None else MONEY.multiply(amount, rate)
 
 
 def match_key(entry: PriceEntry) -> tuple[object, ...]:

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..errors import PricingError
-from ..money import QUANTUM, format_amount
+from ..money import MONEY, QUANTUM, format_amount
 from .catalog import Catalog, PriceEntry, choose
 from .loader import load_catalog
 from .request import PriceRequest
@@ -64,7 +64,7 @@ class Estimate:
         return {
             "amount": format_amount(self.amount),
             "unit": self.unit,
-            "usd": None if self.usd is None else format(self.usd.normalize(), "f"),
+            "usd": None if self.usd is None else format(self.usd.normalize(MONEY), "f"),
             "catalog": self.catalog,
             "as_of": self.as_of.isoformat(),
             "pack": self.pack,
@@ -108,7 +108,7 @@ def estimate(
         req = req.with_(model=cat.defaults[req.kind])
     entry = select_entry(cat, req, day)
     quantity = entry.quantity(duration=req.duration, n=req.n)
-    amount = (entry.rate * quantity).quantize(QUANTUM)
+    amount = MONEY.multiply(entry.rate, quantity).quantize(QUANTUM, context=MONEY)
     line = BreakdownLine(
         entry=entry.describe(),
         basis=entry.basis,

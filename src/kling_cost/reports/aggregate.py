@@ -22,11 +22,11 @@ from typing import Any
 
 from ..budgets import UNITS, validate_scope
 from ..errors import ValidationError
-from ..ledger import Ledger
+from ..ledger import Charge, Ledger
 from ..ledger._rows import to_ms
 from ..ledger.rollup import BUCKET_MS, DAY_MS, STATUSES, charge_facts, charge_span
 from ..ledger.rollup_read import rollup_sums
-from ..money import from_storage
+from ..money import from_storage, money_context, to_storage
 from . import _time
 
 __all__ = ["DIMENSIONS", "Report", "ReportRow", "parse_by", "report", "sort_units"]
@@ -120,7 +120,8 @@ class ReportRow:
         """Drift as a percentage of the estimate (two decimals), None without an estimate."""
         if not self.estimate:
             return None
-        return (self.drift * 100 / self.estimate).quantize(Decimal("0.01"))
+        with money_context():
+            return (self.drift * 100 / self.estimate).quantize(Decimal("0.01"))
 
     def to_dict(self) -> dict[str, Any]:
         pct = self.drift_pct
@@ -171,6 +172,17 @@ class Report:
     totals: tuple[ReportRow, ...]
     source: str
     """``rollup`` or ``charges``: where the numbers were read."""
+    overages: tuple[Charge, ...] = ()
+    """The charges of the period that took a budget past its limit (``Charge.overage``), oldest first."""
+
+    @property
+    def overage(self) -> dict[str, Decimal]:
+        """How far the period's charges took budgets past their limits, summed per unit
+        (never across units); empty when no charge went over."""
+        sums: dict[str, int] = {}
+        for c in self.overages:
+            sums[c.unit] = sums.get(c.unit, 0) + to_storage(c.overage)
+        return {u: from_storage(v) for u, v in sums.items()}
 
     @property
     def units(self) -> tuple[str, ...]:
@@ -197,6 +209,21 @@ class Report:
             "units": list(self.units),
             "rows": [r.to_dict() for r in self.rows],
             "totals": [t.to_dict() for t in self.totals],
+            "overage": {u: str(v) for u, v in self.overage.items()},
+            "overages": [
+                {
+                    "id": c.id,
+                    "created_at": c.created_at.isoformat(),
+                    "task_id": c.task_id,
+                    "scopes": list(c.scopes),
+                    "model": c.model,
+                    "unit": c.unit,
+                    "estimate": str(c.estimate),
+                    "actual": str(c.actual),
+                    "overage": str(c.overage),
+                }
+                for c in self.overages
+            ],
         }
 
 
@@ -236,7 +263,9 @@ def report(
         rows, totals = _from_rollup(ledger, dims, plan, lo, hi, scope)
     else:
         rows, totals = _from_charges(ledger, dims, zone, lo, hi, scope)
-    return Report(dims, tz, start, end, scope, rows, totals, "rollup" if plan is not None else "charges")
+    overages = tuple(ledger.charges(scope, since=start, until=end, over_limit=True))  # rare: indexed
+    source_used = "rollup" if plan is not None else "charges"
+    return Report(dims, tz, start, end, scope, rows, totals, source_used, overages)
 
 
 def _rollup_plan(

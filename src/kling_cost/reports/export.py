@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from ..budgets import validate_scope
 from ..errors import ValidationError
 from ..ledger import Charge, Ledger
+from ..money import MONEY
 from . import _time
 
 __all__ = ["EXPORT_FIELDS", "charge_record", "export_charges"]
@@ -35,10 +36,12 @@ EXPORT_FIELDS = (
     "id",
     "catalog",
     "catalog_date",
+    "overage",
 )
 """``timestamp`` is the reservation time (ISO 8601, UTC); ``credits`` what Kling charged (the
 seed's field name) and ``estimate``, both counted in ``unit`` (``units`` or ``credits``: what the
-reservation counted); ``catalog`` and ``catalog_date`` name the price list that priced it."""
+reservation counted); ``catalog`` and ``catalog_date`` name the price list that priced it;
+``overage`` how far the charge took a budget past its limit (0 within every limit), in ``unit``."""
 
 
 def charge_record(charge: Charge) -> dict[str, Any]:
@@ -63,12 +66,13 @@ def charge_record(charge: Charge) -> dict[str, Any]:
         "id": charge.id,
         "catalog": charge.catalog,
         "catalog_date": charge.catalog_date,
+        "overage": charge.overage,
     }
 
 
 def _number(value: Decimal) -> str:
     """A Decimal as an exact JSON number (``12``, ``1.5``), never through a float."""
-    text = format(value.normalize(), "f")
+    text = format(value.normalize(MONEY), "f")
     return text if text != "-0" else "0"
 
 

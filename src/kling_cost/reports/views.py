@@ -11,6 +11,7 @@ from ..budgets import DEFAULT_UNIT, Usage, validate_scope
 from ..errors import ValidationError
 from ..ledger import Charge, Ledger
 from ..ledger.rollup import recent_charges
+from ..money import exact
 from . import _time
 from .aggregate import Report, ReportRow, report, sort_units
 
@@ -85,6 +86,7 @@ def daily_usage(
     )
 
 
+@exact
 def budget_status(usage: Usage) -> dict[str, Any]:
     """A budget's gauge: limit, used, reserved, remaining (all in the budget's ``unit``),
     percent used and its threshold marks."""
