@@ -12,6 +12,8 @@ from kling_cost.guard import CostAwareClient
 from kling_cost.kling import KlingClient, RetryPolicy
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.simulator import ManualClock, Simulator, create_app
+from tests.helpers import fresh_postgres_url, need_postgres
+from tests.ledger.conftest import BACKENDS
 from tests.servers import AK, SK, serve
 
 
@@ -52,3 +54,23 @@ def world(tmp_path: Path) -> Iterator[World]:
     with serve(app) as base:
         yield World(base, app.state.simulator, clock, ledger, url)
     ledger.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def any_world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    """:func:`world` on each ledger backend (SQLite file, then a fresh PostgreSQL schema)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'guard.db'}"
+    else:
+        need_postgres()
+        url = fresh_postgres_url()
+    clock = ManualClock()
+    app = create_app(AK, SK, clock=clock, task_seconds=10, failure_rate=0, concurrency=20)
+    ledger = open_ledger(url)
+    try:
+        with serve(app) as base:
+            yield World(base, app.state.simulator, clock, ledger, url)
+    finally:
+        if request.param == "postgres":
+            ledger.drop_schema()  # type: ignore[attr-defined]
+        ledger.close()

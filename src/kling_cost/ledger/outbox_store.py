@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from ..budgets import Budget, window_at
+from ..budgets import DEFAULT_UNIT, Budget, window_at
 from ..money import from_storage
 from ._rows import ALERT_SELECT, BUDGET_SELECT, alert_from_row, budget_from_row, like_escape, to_ms
 from .models import AlertRecord
@@ -137,12 +137,19 @@ class OutboxStore:
             return None if row is None else budget_from_row(row)
 
     def top_consumers(
-        self, scope: str, start: datetime | None, end: datetime | None, limit: int = 5
+        self,
+        scope: str,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int = 5,
+        *,
+        unit: str = DEFAULT_UNIT,
     ) -> list[Consumer]:
         """The biggest consumers of ``scope`` between ``start`` and ``end`` (charges by their
-        reservation time): by model and mode, then by the other scopes the charges named."""
-        where = ["status = 'succeeded'", "scopes LIKE ? ESCAPE '\\'"]
-        params: list[object] = ['%"' + like_escape(scope) + '"%']
+        reservation time): by model and mode, then by the other scopes the charges named.
+        Only charges counted in ``unit`` (the budget's) are summed: units never mix."""
+        where = ["status = 'succeeded'", "unit = ?", "scopes LIKE ? ESCAPE '\\'"]
+        params: list[object] = [unit, '%"' + like_escape(scope) + '"%']
         if start is not None:
             where.append("created_at >= ?")
             params.append(to_ms(start))
