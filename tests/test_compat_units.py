@@ -75,7 +75,7 @@ def test_a_units_client_next_to_the_seed_guard_is_refused(
 def test_budget_guard_on_a_used_units_budget_is_a_clear_error(ledger: Ledger) -> None:
     ledger.set_budget("account", 100)
     ledger.charge(5, unit="units")
-    with pytest.raises(ValidationError, match="counts units .* cannot switch to credits"):
+    with pytest.raises(ValidationError, match=r"counts units .* cannot switch to credits"):
         BudgetGuard(daily_limit=100, ledger=ledger)
     assert ledger.get_budget("account", "day").unit == "units"  # type: ignore[union-attr]
 
