@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from kling_cost import UnitMismatch
+from kling_cost.batch import BatchRunner, read_batch
 from kling_cost.cache import CachePolicy
 from kling_cost.guard import AsyncCostAwareClient
 from kling_cost.kling import AsyncKlingClient, RetryPolicy
@@ -146,3 +148,34 @@ def test_the_async_twin_records_the_unit_too(any_world: World) -> None:
         Decimal(70),
     )
     assert len(world.tasks) == 1
+
+
+def test_a_batch_in_another_unit_stops_before_sending_anything(any_world: World, tmp_path: Path) -> None:
+    world = any_world
+    world.ledger.set_budget("account", 500, unit="credits")
+    path = tmp_path / "rows.txt"
+    path.write_text("one\ntwo\nthree\n")
+    rows = read_batch(path, {"mode": "pro", "duration": 10})
+    with world.guard(scopes=[]) as guard:  # kling-api: units
+        summary = BatchRunner(guard, rows, concurrency=1, poll=0.01).run()
+    assert [r.status for r in summary.results] == ["refused", "skipped", "skipped"]
+    assert "counts credits" in (summary.results[0].error or "")
+    assert world.tasks == [] and world.ledger.reservations() == []
+
+
+def test_a_resumed_batch_settles_in_the_recorded_unit(any_world: World, tmp_path: Path) -> None:
+    """Rows reserved and sent in credits, resumed by a runner whose client prices in units
+    (no budget on these scopes refuses it): every row is settled as the 70 credits it held."""
+    world = any_world
+    path = tmp_path / "rows.txt"
+    path.write_text("one\ntwo\n")
+    rows = read_batch(path, {"mode": "pro", "duration": 10})
+    with world.guard(catalog=CREDITS, scopes=[]) as guard:
+        for row in rows:
+            guard.create(row.endpoint, row.body)  # sent; the process "dies" before waiting
+    world.finish()
+    with world.guard(scopes=[]) as units_guard:
+        summary = BatchRunner(units_guard, rows, concurrency=2, poll=0.01).run()
+    assert [(r.status, r.charged, r.unit) for r in summary.results] == [("done", Decimal(70), "credits")] * 2
+    assert {(c.unit, c.actual) for c in world.ledger.charges()} == {("credits", Decimal(70))}
+    assert len(world.tasks) == 2
