@@ -121,6 +121,16 @@ def test_both_grains_on_both_backends(ledger: Ledger, clock: FakeClock) -> None:
                 assert fast.rows == slow.rows and fast.total == slow.total, (tz, by, since)
 
 
+_MIGRATION_6_COLUMNS = [
+    ("budgets", "unit"),
+    *(
+        (table, column)
+        for table in ("reservations", "charges")
+        for column in ("unit", "catalog", "catalog_date")
+    ),
+]
+
+
 def test_migration_5_derives_the_day_rows(ledger: Ledger, clock: FakeClock) -> None:
     seed_year(ledger, clock)
     sums = "s_n, s_est, s_act, f_n, f_est, f_act, c_n, c_est, c_act"
@@ -131,6 +141,8 @@ def test_migration_5_derives_the_day_rows(ledger: Ledger, clock: FakeClock) -> N
         )
         cur.execute("DROP TABLE report_rollup")
         cur.execute("ALTER TABLE report_rollup_v4 RENAME TO report_rollup")
+        for table, column in _MIGRATION_6_COLUMNS:  # and before the units of migration 6
+            cur.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         cur.execute("DELETE FROM schema_version WHERE version >= 5")
     assert ledger.migrate() >= 5
     for tz in ("UTC", "Asia/Tokyo"):

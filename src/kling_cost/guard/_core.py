@@ -217,13 +217,14 @@ class GuardCore:
     def check_max(self, req: GuardedRequest) -> None:
         if self.max_per_request is not None and req.amount > self.max_per_request:
             raise BudgetExceeded(
-                f"Request of {req.amount.normalize()} {req.estimate.unit} exceeds this client's "
-                f"per-request maximum of {self.max_per_request.normalize()}",
+                f"Request of {req.amount.normalize()} {req.unit} exceeds this client's "
+                f"per-request maximum of {self.max_per_request.normalize()} {req.unit}",
                 scope="client",
                 window="request",
                 requested=req.amount,
                 available=self.max_per_request,
                 reason="max_per_request",
+                unit=req.unit,
             )
 
     def scopes_for(self, extra: Sequence[str] | None) -> tuple[str, ...]:
