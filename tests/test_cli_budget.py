@@ -50,7 +50,7 @@ def test_budget_lifecycle(url: str) -> None:
     assert (row["used"], row["remaining"], row["thresholds"]) == ("18.000", "182.000", ["0.5", "0.9"])
     code, out, _ = run("usage", "--ledger", url, "--charges", "5", "--json")
     data = json.loads(out)
-    assert data["charges"][0]["prompt_preview"] == "dawn" and data["totals"]["charged"] == "18.000"
+    assert data["charges"][0]["prompt_preview"] == "dawn" and data["totals"]["units"]["charged"] == "18.000"
     code, out, _ = run("usage", "--ledger", url, "--charges", "5")
     assert code == 0 and "dawn" in out
     code, out, _ = run("budget", "list", "--ledger", url)
@@ -58,7 +58,7 @@ def test_budget_lifecycle(url: str) -> None:
     code, _, _ = run("budget", "delete", "project:film", "--window", "week", "--ledger", url)
     assert code == 0
     with open_ledger(url) as led:
-        assert led.budgets() == [] and led.totals()["charged"] == Decimal(18)
+        assert led.budgets() == [] and led.totals()["units"]["charged"] == Decimal(18)
 
 
 def test_env_variable_selects_the_ledger(url: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,8 @@ def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_batch_plan_json_and_table(url: str, tmp_path: Path) -> None:
     with open_ledger(url) as ledger:
-        ledger.set_budget("project:film", 30)
+        ledger.set_budget("project:film", 30, unit="credits")
+        ledger.set_budget("project:api", 30)
     file = tmp_path / "p.txt"
     file.write_text("one\ntwo\nthree\n")
     code, out, _ = run(
@@ -47,7 +48,7 @@ def test_batch_plan_json_and_table(url: str, tmp_path: Path) -> None:
     data = json.loads(out)
     assert code == 0 and data["total"] == "105" and data["fit_count"] == 0 and not data["fits"]
     assert data["message"].startswith("Batch needs 105 credits but only 30 remaining.")
-    code, out, _ = run("batch", "plan", str(file), "--model", "kling-v2-6", "--scope", "project:film")
+    code, out, _ = run("batch", "plan", str(file), "--model", "kling-v2-6", "--scope", "project:api")
     assert code == 0 and "fits within every budget" in out
 
 

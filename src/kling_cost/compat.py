@@ -10,7 +10,9 @@ seed's names, arguments, return values and messages. The deliberate differences:
 - estimates come from the ``kling-app-credits`` catalog: unlisted combinations raise
   ``PricingError`` instead of silently falling back to 10 credits;
 - errors are ``BudgetExceeded`` (still a ``RuntimeError``, with the seed's message);
-- the day is a calendar day in ``tz`` (default UTC), not 24 hours since the first call.
+- the day is a calendar day in ``tz`` (default UTC), not 24 hours since the first call;
+- the day budget counts ``credits`` (the unit of its catalog): a ``CostAwareClient`` pricing
+  in Kling's API units on the same scope is refused with ``UnitMismatch``, never added in.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from .errors import BudgetExceeded
 from .ledger import Ledger, Reservation, open_ledger
 from .money import MONEY, exact, parse_amount
-from .pricing import Estimate, estimate
+from .pricing import Estimate, estimate, load_catalog
 from .text import check_storable
 
 __all__ = ["BudgetGuard", "CostAwareKlingClient", "UsageTracker", "pre_batch_check"]
@@ -58,7 +60,11 @@ class BudgetGuard:
         self.scope = scope
         self.ttl = ttl
         self.catalog = catalog
-        self.ledger.set_budget(scope, self.daily_limit, "day", tz=tz, thresholds=[self.alert_threshold])
+        self.unit = load_catalog(catalog).unit
+        """What the budget, ``check`` and ``record`` count: ``credits`` with the seed's catalog."""
+        self.ledger.set_budget(
+            scope, self.daily_limit, "day", tz=tz, thresholds=[self.alert_threshold], unit=self.unit
+        )
         self._local = threading.local()
         self._pending: list[Reservation] = []
         self._alerted: set[str] = set()
@@ -92,18 +98,21 @@ class BudgetGuard:
                 [self.scope],
                 ttl=self.ttl,
                 metadata={"source": "BudgetGuard.check", **(metadata or {})},
+                unit=self.unit,
+                catalog=self.catalog,
             )
         except BudgetExceeded as exc:
             now = self.ledger.usage(self.scope, "day")
             raise BudgetExceeded(
                 f"Daily budget exceeded: {_plain(now.used + now.reserved)} + {_plain(needed)} > "
-                f"{_plain(self.daily_limit)} credits",
+                f"{_plain(self.daily_limit)} {self.unit}",
                 scope=exc.scope,
                 window=exc.window,
                 requested=exc.requested,
                 available=exc.available,
                 limit=exc.limit,
                 reason=exc.reason,
+                unit=exc.unit,
             ) from None
         stack: list[Reservation] = getattr(self._local, "pending", [])
         stack.append(reservation)
@@ -124,7 +133,13 @@ class BudgetGuard:
                     self._pending.remove(candidate)
                     reservation = candidate
         if reservation is None:  # this thread checked nothing: record the charge directly
-            self.ledger.charge(credits, [self.scope], metadata={"source": "BudgetGuard.record"})
+            self.ledger.charge(
+                credits,
+                [self.scope],
+                metadata={"source": "BudgetGuard.record"},
+                unit=self.unit,
+                catalog=self.catalog,
+            )
             return
         self.ledger.commit(reservation, credits, force=True)
 

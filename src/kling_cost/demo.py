@@ -102,7 +102,7 @@ def run_demo(
     Kling until the budget refuses; one task fails (and is refunded) and one prompt repeats
     (and is served from the cache)."""
     texts = prompts or DEMO_PROMPTS
-    ledger.set_budget("project:demo", budget, "day", thresholds=["0.5", "0.8", "1"])
+    ledger.set_budget("project:demo", budget, "day", thresholds=["0.5", "0.8", "1"], unit="units")
     rows = [
         BatchRow(
             i + 1,

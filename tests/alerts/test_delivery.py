@@ -160,11 +160,12 @@ def test_inline_delivery_happens_right_after_the_transaction(ledger: Ledger) -> 
         ledger.set_budget("project:film", 10, thresholds=["0.5"])
         ledger.reserve(5, ["project:film"])
         assert got == [
-            "project:film day budget (2026-06-15) reached 50% of its limit: 5 of 10 used or reserved, 5 remaining"
+            "project:film day budget (2026-06-15) reached 50% of its limit: 5 of 10 units used or reserved, "
+            "5 units remaining"
         ]
         ledger.set_budget("project:film", 20)  # the raised limit clears it: "resolved" follows inline
         assert got[-1].startswith("Resolved: the 50% alert of the project:film day budget")
-        assert got[-1].endswith("the limit was raised from 10 to 20")
+        assert got[-1].endswith("the limit was raised from 10 to 20 units")
     finally:
         deliverer.close()
     assert ledger.outbox.listeners == []
@@ -186,7 +187,8 @@ def test_the_seeds_on_alert_override_keeps_working(ledger: Ledger) -> None:
         ledger.set_budget("account", 2000)
         assert deliverer.deliver_pending().resolved == 0
     assert guard.alerts == [
-        "ALERT: account day budget (2026-06-15) reached 80% of its limit: 850 of 1000 used or reserved, 150 remaining"
+        "ALERT: account day budget (2026-06-15) reached 80% of its limit: 850 of 1000 units used or reserved, "
+        "150 units remaining"
     ]
     assert ledger.alerts()[0].resolved_status == "skipped"
 
@@ -206,13 +208,13 @@ def test_email_arrives_at_a_real_smtp_server(ledger: Ledger, mailbox: Mailbox) -
     mailbox.wait_for(1)
     [(sender, recipients, mail)] = mailbox.messages
     assert sender == "alerts@example.com" and recipients == ["ops@example.com", "cfo@example.com"]
-    assert mail["Subject"] == "[kling-cost] project:film day budget at 80% (170 / 200)"
+    assert mail["Subject"] == "[kling-cost] project:film day budget at 80% (170 / 200 units)"
     body = mail.get_content()
     assert "project:film day budget (2026-06-15) reached 80% of its limit: 170 of 200" in body
-    assert "Remaining:  30" in body
-    assert "100  model/mode kling-v2-6/pro (1 generation)" in body
-    assert "70  model/mode kling-v1-6/std (1 generation)" in body
-    assert "100  scope key:alice" in body and "70  scope key:bob" in body
+    assert "Remaining:  30 units" in body
+    assert "100 units  model/mode kling-v2-6/pro (1 generation)" in body
+    assert "70 units  model/mode kling-v1-6/std (1 generation)" in body
+    assert "100 units  scope key:alice" in body and "70 units  scope key:bob" in body
     assert "Dashboard:  http://127.0.0.1:8787/" in body
 
 
@@ -241,7 +243,7 @@ def test_slack_gets_its_message_format(ledger: Ledger, hook: Hook) -> None:
     assert kinds == ["header", "section", "section", "actions"]
     assert alert["blocks"][0]["text"] == {
         "type": "plain_text",
-        "text": "account day budget at 100% (10 / 10)",
+        "text": "account day budget at 100% (10 / 10 units)",
     }
     assert alert["blocks"][3]["elements"][0]["url"] == "https://dash.example/"
     assert resolved["text"].startswith("Resolved: the 100% alert") and ":white_check_mark:" in json.dumps(
@@ -256,7 +258,7 @@ def test_apprise_urls_go_through_apprise(ledger: Ledger, hook: Hook) -> None:
     with Deliverer(ledger, [f"apprise://{target}"]) as deliverer:
         assert deliverer.deliver_pending().delivered == 1
     [sent] = hook.json()
-    assert sent["title"] == "account day budget at 50% (6 / 10)"
+    assert sent["title"] == "account day budget at 50% (6 / 10 units)"
     assert "reached 50% of its limit" in sent["message"] and sent["type"] == "warning"
 
 

@@ -63,7 +63,10 @@ def test_refusals_alert_once_per_window(ledger: Ledger, clock: FakeClock) -> Non
     assert sorted(kinds) == ["max_per_request", "refused", "threshold"]
     assert kinds["max_per_request"].details["requested"] == "36.000"
     assert "above the per-request maximum of 35" in kinds["max_per_request"].message
-    assert "refused a request of 1: 100 of 100 used or reserved, 0 remaining" in kinds["refused"].message
+    assert (
+        "refused a request of 1 units: 100 of 100 units used or reserved, 0 units remaining"
+        in kinds["refused"].message
+    )
     clock.advance(days=1)
     with pytest.raises(BudgetExceeded):
         ledger.reserve(50, ["project:film"])

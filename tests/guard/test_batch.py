@@ -21,8 +21,8 @@ from tests.servers import AK, SK, serve
 
 def test_plan_total_fit_and_seed_message(tmp_path: Path) -> None:
     with open_ledger(f"sqlite:///{tmp_path / 'p.db'}") as ledger:
-        ledger.set_budget("project:film", 100)
-        ledger.commit(ledger.reserve(40, ["project:film"]), 40)
+        ledger.set_budget("project:film", 100, unit="credits")
+        ledger.commit(ledger.reserve(40, ["project:film"], unit="credits"), 40)
         plan = plan_batch(
             [{"kind": "text2video", "mode": "professional", "duration": 10}] * 10,
             ledger,

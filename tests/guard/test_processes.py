@@ -137,4 +137,4 @@ def test_sigkill_midway_then_settle_and_rerun(
             task = kling[c.task_id or ""]
             assert c.status == ("succeeded" if task.status == "succeed" else "failed")
             assert c.actual == (task.charged or 0)
-        assert ledger.totals()["charged"] == sum((t.charged or 0) for t in kling.values())
+        assert ledger.totals()["units"]["charged"] == sum((t.charged or 0) for t in kling.values())

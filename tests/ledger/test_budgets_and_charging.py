@@ -145,7 +145,7 @@ def test_scopes_without_budget_are_tracked(ledger: Ledger) -> None:
     r = ledger.reserve(7, ["project:free"])
     ledger.commit(r)
     assert [c.actual for c in ledger.charges("project:free")] == [7]
-    assert ledger.totals() == {"charged": Decimal(7), "reserved": Decimal(0)}
+    assert ledger.totals() == {"units": {"charged": Decimal(7), "reserved": Decimal(0)}}
 
 
 def test_durable_across_reopen(ledger_url: str, clock: FakeClock) -> None:

@@ -41,7 +41,7 @@ def test_no_overspend_under_contention(ledger_url: str) -> None:
         assert u.used == committed.get(u.scope, 0), u.scope
     # the workers kept going until refused: the shared account budget is nearly exhausted
     assert setup.usage("account").remaining < 9
-    assert setup.totals()["charged"] == committed["account"]
+    assert setup.totals()["units"]["charged"] == committed["account"]
     setup.close()
 
 

@@ -48,14 +48,14 @@ def test_amounts_stay_exact_in_a_tiny_caller_context(ledger: Ledger, tiny_contex
     usage = ledger.usage("project:a")
     assert (str(usage.used), str(usage.remaining)) == ("1236.067", "263.933")
     assert str(ledger.usage("account").remaining) == "763.933"
-    assert str(ledger.totals()["charged"]) == "1236.067"
+    assert str(ledger.totals()["units"]["charged"]) == "1236.067"
     # 61.8033 % of 2000 is 1236.066: crossed by the second reservation, not the first
     [alert] = ledger.alerts(scope="account")
     assert (alert.threshold, str(alert.used), str(alert.reserved)) == ("0.618033", "1234.567", "1.500")
     assert budget_status(usage)["percent"] == "82.4"
     for source in ("rollup", "charges"):
         rep = report(ledger, "day", since=None, source=source)
-        assert (str(rep.total.actual), str(rep.rows[0].actual)) == ("1236.067", "1236.067")
+        assert (str(rep.total_for("units").actual), str(rep.rows[0].actual)) == ("1236.067", "1236.067")
     out = io.StringIO()
     export_charges(ledger, out)
     assert [json.loads(line)["credits"] for line in out.getvalue().splitlines()] == [1234.567, 1.5]

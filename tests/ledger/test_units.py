@@ -152,3 +152,15 @@ def test_existing_ledgers_migrate_to_units(tmp_path: pytest.TempPathFactory) -> 
             led.reserve(2, unit="credits")
     finally:
         led.close()
+
+
+def test_totals_are_per_unit_never_added_together(ledger: Ledger) -> None:
+    assert ledger.totals() == {}
+    ledger.set_budget("project:app", 500, unit="credits")
+    ledger.charge(70, ["project:app"], unit="credits")
+    ledger.reserve(35, ["project:app"], unit="credits")
+    ledger.charge(Decimal("2.5"), ["project:api"], unit="units")
+    assert ledger.totals() == {
+        "credits": {"charged": Decimal(70), "reserved": Decimal(35)},
+        "units": {"charged": Decimal("2.5"), "reserved": Decimal(0)},
+    }

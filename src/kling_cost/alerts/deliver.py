@@ -225,6 +225,7 @@ class Deliverer:
                 None if start is None else datetime.fromisoformat(start),
                 None if end is None else datetime.fromisoformat(end),
                 self.top,
+                unit=alert.unit,
             )
         )
 

@@ -47,6 +47,12 @@ class AlertMessage:
     """Why a resolved alert no longer applies (the window ended, the limit was raised)."""
     alert_id: int | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    unit: str = "units"
+    """What every amount of the message counts: the budget's unit (``units`` or ``credits``)."""
+
+    def amount(self, value: Decimal) -> str:
+        """``value`` with the unit: ``"400 credits"``."""
+        return f"{format_amount(value)} {self.unit}"
 
     @property
     def level(self) -> Decimal:
@@ -78,15 +84,15 @@ class AlertMessage:
         if self.kind == KIND_THRESHOLD:
             return (
                 f"{what} at {percent(Decimal(self.threshold))}% "
-                f"({format_amount(self.level)} / {format_amount(self.limit)})"
+                f"({format_amount(self.level)} / {self.amount(self.limit)})"
             )
         if self.kind == KIND_MAX_PER_REQUEST:
             return f"{what}: request above the per-request maximum"
         if self.kind == KIND_OVERAGE:
             over = self.details.get("overage")
-            by = f" by {format_amount(Decimal(over))}" if isinstance(over, str) else ""
-            return f"{what}: over its limit{by} ({format_amount(self.level)} / {format_amount(self.limit)})"
-        return f"{what}: request refused ({format_amount(self.level)} / {format_amount(self.limit)})"
+            by = f" by {self.amount(Decimal(over))}" if isinstance(over, str) else ""
+            return f"{what}: over its limit{by} ({format_amount(self.level)} / {self.amount(self.limit)})"
+        return f"{what}: request refused ({format_amount(self.level)} / {self.amount(self.limit)})"
 
     def __str__(self) -> str:
         return self.text
@@ -103,14 +109,14 @@ class AlertMessage:
             out.append(f"Threshold:  {percent(Decimal(self.threshold))}%")
         if self.kind == KIND_OVERAGE and isinstance(self.details.get("overage"), str):
             out.append(
-                f"Overage:    {format_amount(Decimal(self.details['overage']))} past the limit "
+                f"Overage:    {self.amount(Decimal(self.details['overage']))} past the limit "
                 f"(a charge of {self.details.get('actual')} on an estimate of {self.details.get('estimate')})"
             )
         out.append(
             f"Used:       {format_amount(self.used)} used + {format_amount(self.reserved)} reserved "
-            f"= {format_amount(self.level)} of {format_amount(self.limit)} ({self.percent_used}%)"
+            f"= {format_amount(self.level)} of {self.amount(self.limit)} ({self.percent_used}%)"
         )
-        out.append(f"Remaining:  {format_amount(self.remaining)}")
+        out.append(f"Remaining:  {self.amount(self.remaining)}")
         if self.reason:
             out.append(f"Resolved:   {self.reason}")
         if self.top_consumers:
@@ -120,7 +126,8 @@ class AlertMessage:
                 label = "model/mode" if c.by == "model" else "scope"
                 plural = "" if c.count == 1 else "s"
                 out.append(
-                    f"  {format_amount(c.amount):>10}  {label} {c.name} ({c.count} generation{plural})"
+                    f"  {format_amount(c.amount):>10} {self.unit}  {label} {c.name} "
+                    f"({c.count} generation{plural})"
                 )
         if self.dashboard_url:
             out.append("")
@@ -142,6 +149,7 @@ class AlertMessage:
             "window_start": None if self.window_start is None else self.window_start.isoformat(),
             "window_end": None if self.window_end is None else self.window_end.isoformat(),
             "threshold": self.threshold,
+            "unit": self.unit,
             "used": str(self.used),
             "reserved": str(self.reserved),
             "level": str(self.level),
@@ -180,7 +188,8 @@ def resolution_reason(alert: AlertRecord, budget: Budget | None, now: datetime) 
     if budget.window != "lifetime" and window_at(budget.window, budget.tz, now).key != alert.window_key:
         return f"the {alert.window} window {alert.window_key} ended"
     if budget.limit > alert.limit:
-        return f"the limit was raised from {format_amount(alert.limit)} to {format_amount(budget.limit)}"
+        before = format_amount(alert.limit) + ("" if alert.unit == budget.unit else f" {alert.unit}")
+        return f"the limit was raised from {before} to {format_amount(budget.limit)} {budget.unit}"
     if alert.kind == KIND_MAX_PER_REQUEST:
         return "the per-request maximum was raised"
     return "the level is back below the threshold"
@@ -237,6 +246,7 @@ def build_message(
         reason=reason,
         alert_id=alert.id,
         details=dict(alert.details),
+        unit=alert.unit,
     )
 
 
@@ -256,8 +266,8 @@ def sample_message(dashboard_url: str | None = None, now: datetime | None = None
         reserved=Decimal("10.000"),
         limit=Decimal("100.000"),
         text=(
-            f"[test] account day budget ({window.key}) reached 80% of its limit: 80 of 100 used "
-            "or reserved, 20 remaining"
+            f"[test] account day budget ({window.key}) reached 80% of its limit: 80 of 100 units used "
+            "or reserved, 20 units remaining"
         ),
         created_at=moment,
         window_start=window.start,
@@ -267,5 +277,6 @@ def sample_message(dashboard_url: str | None = None, now: datetime | None = None
             Consumer("scope", "project:film", Decimal("45.000"), 9),
         ),
         dashboard_url=dashboard_link(dashboard_url, scope="account", window="day", window_key=window.key),
-        details={"test": True},
+        details={"test": True, "unit": "units"},
+        unit="units",
     )

@@ -163,9 +163,9 @@ class SlackSink(_HttpSink):
         fields = [
             f"*Scope*\n{message.scope}",
             f"*Window*\n{message.window} {message.window_key}",
-            f"*Used / limit*\n{format_amount(message.level)} / {format_amount(message.limit)} "
+            f"*Used / limit*\n{format_amount(message.level)} / {message.amount(message.limit)} "
             f"({message.percent_used}%)",
-            f"*Remaining*\n{format_amount(message.remaining)}",
+            f"*Remaining*\n{message.amount(message.remaining)}",
         ]
         blocks: list[dict[str, Any]] = [
             {"type": "header", "text": {"type": "plain_text", "text": message.title[:150]}},
@@ -175,7 +175,7 @@ class SlackSink(_HttpSink):
         if message.top_consumers:
             rows = "\n".join(
                 f"• {'model' if c.by == 'model' else 'scope'} `{_mrkdwn(c.name)}`: "
-                f"{format_amount(c.amount)} ({c.count})"
+                f"{message.amount(c.amount)} ({c.count})"
                 for c in message.top_consumers
             )
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Top consumers*\n{rows}"}})

@@ -56,11 +56,34 @@ class BatchPlan:
     fits: bool
     fit_count: int
     alternatives: tuple[Alternative, ...] = field(default=())
+    catalog: str = ""
+    """The catalog that priced the items (its name)."""
+    mismatched: tuple[Usage, ...] = field(default=())
+    """Budgets of the scopes that count another unit than :attr:`unit`: the batch cannot run
+    against them (the ledger refuses every item) until it is priced in their unit."""
+
+    @property
+    def unit_problem(self) -> str:
+        """One line naming both units and what to do, when a budget counts another unit
+        (empty otherwise)."""
+        if not self.mismatched:
+            return ""
+        u = self.mismatched[0]
+        other = u.budget.unit
+        hint = "--catalog kling-app-credits" if other == "credits" else "--catalog kling-api"
+        return (
+            f"the {u.budget.window} budget of {u.scope} counts {other} but this batch is priced in "
+            f"{self.unit} (catalog {self.catalog}): price it in {other} ({hint}), or give {self.unit} "
+            f"a budget of their own (kling-cost budget set SCOPE LIMIT --unit {self.unit} on another scope)"
+        )
 
     @property
     def message(self) -> str:
         """The seed's words: "Batch needs N credits but only M remaining. Reduce to K videos
-        or lower mode." (empty when the batch fits)."""
+        or lower mode." (empty when the batch fits); or why no item can run (a budget of
+        another unit)."""
+        if self.mismatched:
+            return self.unit_problem
         if self.fits or self.remaining is None:
             return ""
         return (
@@ -74,12 +97,14 @@ class BatchPlan:
             "count": len(self.items),
             "total": format_amount(self.total),
             "unit": self.unit,
+            "catalog": self.catalog,
             "usd": None if self.usd is None else format(self.usd.normalize(), "f"),
             "remaining": None if self.remaining is None else format_amount(self.remaining),
             "fits": self.fits,
             "fit_count": self.fit_count,
             "message": self.message,
             "budgets": [u.to_dict() for u in self.budgets],
+            "unit_mismatch": [u.to_dict() for u in self.mismatched],
             "items": [
                 {"index": i, "amount": format_amount(e.amount), "request": e.request.to_dict()}
                 for i, e in enumerate(self.items)
@@ -147,6 +172,10 @@ def plan_batch(
     """Price every item, compare the total with what remains in each budget of ``scopes``
     (plus ``account``), count how many items fit in order, and price cheaper alternatives.
 
+    Only budgets in the catalog's unit are compared with; a budget of these scopes counting
+    another unit lands in :attr:`BatchPlan.mismatched` (nothing fits: the ledger would refuse
+    every item) and :attr:`BatchPlan.message` says which catalog or ``--unit`` to use.
+
     Raises :class:`PricingError` (naming the item) if an item cannot be priced.
     """
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
@@ -162,12 +191,17 @@ def plan_batch(
     total = sum((e.amount for e in items), Decimal("0.000"))
     usd = _usd(items)
     budgets: tuple[Usage, ...] = ()
+    mismatched: tuple[Usage, ...] = ()
     if ledger is not None:
         wanted = set(normalise_scopes(list(scopes)))
-        budgets = tuple(u for u in ledger.usages() if u.scope in wanted)
+        touched = [u for u in ledger.usages() if u.scope in wanted]
+        budgets = tuple(u for u in touched if u.unit == cat.unit)
+        mismatched = tuple(u for u in touched if u.unit != cat.unit)
     remaining = min((u.remaining for u in budgets), default=None)
     fit_count = len(items)
-    if remaining is not None:
+    if mismatched:
+        fit_count = 0
+    elif remaining is not None:
         running = Decimal(0)
         fit_count = 0
         for e in items:
@@ -185,6 +219,8 @@ def plan_batch(
         fits=fit_count == len(items),
         fit_count=fit_count,
         alternatives=_alternatives(items, total, usd, cat, day),
+        catalog=cat.name,
+        mismatched=mismatched,
     )
 
 

@@ -12,7 +12,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ..errors import BudgetExceeded, ConcurrencyLimited, KlingAPIError, KlingCostError, RateLimited
+from ..errors import (
+    BudgetExceeded,
+    ConcurrencyLimited,
+    KlingAPIError,
+    KlingCostError,
+    RateLimited,
+    UnitMismatch,
+)
 from ..guard import CostAwareClient
 from ..kling.models import KlingTask
 from ..money import format_amount, money_context
@@ -42,6 +49,8 @@ class BatchResult:
     saved: Decimal = Decimal(0)
     urls: tuple[str, ...] = ()
     error: str | None = None
+    unit: str | None = None
+    """What ``estimate``, ``charged`` and ``saved`` count (the reservation's unit)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +58,7 @@ class BatchResult:
             "key": self.key,
             "status": self.status,
             "task_id": self.task_id,
+            "unit": self.unit,
             "estimate": None if self.estimate is None else format_amount(self.estimate),
             "charged": format_amount(self.charged),
             "saved": format_amount(self.saved),
@@ -151,7 +161,13 @@ class BatchRunner:
         ):
             return self._record(
                 BatchResult(
-                    row.line, row.key, EARLIER, earlier.task_id, earlier.amount, earlier.actual or Decimal(0)
+                    row.line,
+                    row.key,
+                    EARLIER,
+                    earlier.task_id,
+                    earlier.amount,
+                    earlier.actual or Decimal(0),
+                    unit=earlier.unit,
                 )
             )
         if self.stopped.is_set() and earlier is None:
@@ -161,7 +177,8 @@ class BatchRunner:
             try:
                 task = self.guard.create(row.endpoint, row.body)
                 break
-            except BudgetExceeded as exc:
+            except (BudgetExceeded, UnitMismatch) as exc:
+                # a full budget, or one counting another unit: no later row can pass either
                 self.stop_reason = str(exc)
                 self.stopped.set()
                 return self._record(BatchResult(row.line, row.key, REFUSED, error=str(exc)))
@@ -181,10 +198,11 @@ class BatchRunner:
         except KlingCostError as exc:  # TaskTimeout: still running; `kling-cost settle` later
             return BatchResult(row.line, row.key, ERROR, task.task_id, error=str(exc))
         res = ledger.get_reservation(row.key)
+        unit = None if res is None else res.unit
         urls = tuple(v.url for v in done.videos if v.url) + tuple(i.url for i in done.images if i.url)
         if res is not None and res.status == "cached":
             return BatchResult(
-                row.line, row.key, CACHED, done.task_id, res.amount, saved=res.amount, urls=urls
+                row.line, row.key, CACHED, done.task_id, res.amount, saved=res.amount, urls=urls, unit=unit
             )
         if done.failed:
             return BatchResult(
@@ -194,8 +212,16 @@ class BatchRunner:
                 done.task_id,
                 None if res is None else res.amount,
                 error=done.task_status_msg,
+                unit=unit,
             )
         charged = Decimal(0) if res is None or res.actual is None else res.actual
         return BatchResult(
-            row.line, row.key, DONE, done.task_id, None if res is None else res.amount, charged, urls=urls
+            row.line,
+            row.key,
+            DONE,
+            done.task_id,
+            None if res is None else res.amount,
+            charged,
+            urls=urls,
+            unit=unit,
         )

@@ -89,7 +89,7 @@ def list_command(
             a.scope,
             f"{a.window} {a.window_key}",
             what,
-            f"{format_amount(a.used + a.reserved)} / {format_amount(a.limit)}",
+            f"{format_amount(a.used + a.reserved)} / {format_amount(a.limit)} {a.unit}",
             a.status,
             str(a.attempts),
             "" if a.cleared_at is None else f"yes ({a.resolved_status or '-'})",

@@ -54,7 +54,7 @@ def _usage_table(usages: list[Usage], title: str) -> Table:
             u.scope,
             u.budget.window,
             u.window.key,
-            format_amount(u.limit),
+            f"{format_amount(u.limit)} {u.unit}",  # the unit of every amount of the row
             format_amount(u.used),
             format_amount(u.reserved),
             format_amount(u.remaining),
@@ -66,8 +66,18 @@ def _usage_table(usages: list[Usage], title: str) -> Table:
 @budget_app.command("set")
 def set_command(
     scope: Annotated[str, typer.Argument(help="account, or kind:id such as project:film, key:alice.")],
-    limit: Annotated[str, typer.Argument(help="Ceiling per window, in the catalog's unit.")],
+    limit: Annotated[str, typer.Argument(help="Ceiling per window, in the budget's --unit.")],
     window: WindowOption = "day",
+    unit: Annotated[
+        str | None,
+        typer.Option(
+            "--unit",
+            help="What the limit counts: units (Kling's API resource-pack units, catalog kling-api) "
+            "or credits (the Kling app's credits, catalog kling-app-credits). Default: the budget's "
+            "current unit, units for a new budget.",
+            show_default=False,
+        ),
+    ] = None,
     tz: Annotated[str, typer.Option("--tz", help="IANA time zone of the window.")] = "UTC",
     thresholds: Annotated[
         str | None, typer.Option("--thresholds", help="Alert fractions, e.g. 0.5,0.8,1.")
@@ -82,17 +92,19 @@ def set_command(
     marks = None if thresholds is None else [t.strip() for t in thresholds.split(",") if t.strip()]
     with opened(ledger_url) as ledger:
         budget = ledger.set_budget(
-            scope, limit, window, tz=tz, thresholds=marks, max_per_request=max_per_request
+            scope, limit, window, tz=tz, thresholds=marks, max_per_request=max_per_request, unit=unit
         )
     if json_out:
         print_json(budget.to_dict())
         return
     extra = (
-        "" if budget.max_per_request is None else f", max {format_amount(budget.max_per_request)} per request"
+        ""
+        if budget.max_per_request is None
+        else f", max {format_amount(budget.max_per_request)} {budget.unit} per request"
     )
     console.print(
-        f"budget {budget.scope} {budget.window}: {format_amount(budget.limit)} per {budget.window} "
-        f"({budget.tz}){extra}"
+        f"budget {budget.scope} {budget.window}: {format_amount(budget.limit)} {budget.unit} per "
+        f"{budget.window} ({budget.tz}){extra}"
     )
 
 
@@ -170,7 +182,7 @@ def usage_command(
             {
                 "budgets": [u.to_dict() for u in usages],
                 "charges": [c.to_dict() for c in latest],
-                "totals": {k: str(v) for k, v in totals.items()},
+                "totals": {unit: {k: str(v) for k, v in sums.items()} for unit, sums in totals.items()},
             }
         )
         return
@@ -180,7 +192,7 @@ def usage_command(
         console.print("no budgets yet; add one with: kling-cost budget set account 1000 --window day")
     if latest:
         table = Table(title="Latest charges")
-        for col in ("when", "task", "status", "model", "mode", "s", "estimate", "actual", "prompt"):
+        for col in ("when", "task", "status", "model", "mode", "s", "estimate", "actual", "unit", "prompt"):
             table.add_column(col, overflow="fold")
         for c in latest:
             table.add_row(
@@ -192,13 +204,17 @@ def usage_command(
                 "" if c.duration is None else str(c.duration),
                 format_amount(c.estimate),
                 format_amount(c.actual),
+                c.unit,
                 (c.prompt_preview or "")[:40],
             )
         console.print(table)
-    console.print(
-        f"charged in all: {format_amount(totals['charged'])}; held by open reservations: "
-        f"{format_amount(totals['reserved'])}"
-    )
+    if not totals:
+        console.print("nothing charged or held yet")
+    for unit, sums in totals.items():  # one line per unit: amounts of different units never add up
+        console.print(
+            f"charged in all: {format_amount(sums['charged'])} {unit}; held by open reservations: "
+            f"{format_amount(sums['reserved'])} {unit}"
+        )
 
 
 @ledger_app.command("migrate")

@@ -62,7 +62,7 @@ def demo_command(
         return
     console.print(
         f"planned {len(DEMO_PROMPTS)} clips = {format_amount(result.plan_total)} units "
-        f"against a budget of {format_amount(limit)}"
+        f"against a budget of {format_amount(limit)} units"
     )
     if result.stop_reason:
         console.print(f"[yellow]the budget refused: {result.stop_reason}[/yellow]")
@@ -70,12 +70,13 @@ def demo_command(
         console.print(f"ALERT: {text}", markup=False)
     console.print(_usage_table(usages, "Budgets after the demo"))
     table = Table(title="Generations")
-    for col in ("task", "status", "estimate", "charged", "saved", "prompt"):
+    for col in ("task", "status", "unit", "estimate", "charged", "saved", "prompt"):
         table.add_column(col, overflow="fold")
     for c in charges:
         table.add_row(
             c.task_id or "",
             c.status,
+            c.unit,
             format_amount(c.estimate),
             format_amount(c.actual),
             format_amount(c.saved),
@@ -85,7 +86,7 @@ def demo_command(
     console.print(
         f"done {summary['done']}, failed and refunded {summary['failed']}, served from cache "
         f"{summary['cached']}, refused {summary['refused']}, skipped {summary['skipped']}; "
-        f"spent {summary['spent']} units, saved {summary['saved']}"
+        f"spent {summary['spent']} units, saved {summary['saved']} units"
     )
     console.print(
         "Explore further: kling-cost estimate --help | kling-cost budget set account 100 | "

@@ -66,14 +66,21 @@ def _print_plan(plan: BatchPlan) -> None:
     for u in plan.budgets:
         console.print(
             f"  {u.scope} {u.budget.window} budget: {format_amount(u.remaining)} of "
-            f"{format_amount(u.limit)} remaining ({u.window.key})"
+            f"{format_amount(u.limit)} {u.unit} remaining ({u.window.key})"
         )
-    if plan.fits:
+    for u in plan.mismatched:
+        console.print(
+            f"  {u.scope} {u.budget.window} budget: counts {u.unit}, not {plan.unit} "
+            f"({format_amount(u.remaining)} of {format_amount(u.limit)} {u.unit} remaining)"
+        )
+    if plan.mismatched:
+        console.print(f"[red]cannot run: {plan.unit_problem}[/red]", soft_wrap=True)
+    elif plan.fits:
         console.print("[green]fits within every budget[/green]")
     else:
         console.print(f"[red]{plan.message}[/red]")
     if plan.alternatives:
-        table = Table(title="Cheaper alternatives")
+        table = Table(title=f"Cheaper alternatives (in {plan.unit})")
         for col in ("change", "total", "saving", "USD saved", "%"):
             table.add_column(col, justify="left" if col == "change" else "right")
         for alt in plan.alternatives:
@@ -163,6 +170,8 @@ def run_command(
         plan = plan_batch(
             [{"endpoint": r.endpoint, **r.body} for r in rows], ledger, scope or [], catalog=catalog
         )
+    if plan.mismatched:  # the ledger would refuse every row: say so before anything is sent
+        fail(plan.unit_problem)
     if not json_out:
         _print_plan(plan)
     if dry_run:
@@ -197,7 +206,7 @@ def run_command(
                 guard, rows, concurrency=concurrency, poll=poll, results_path=results, on_result=advance
             )
             summary = runner.run()
-        summary_dict = summary.to_dict()
+        summary_dict = {**summary.to_dict(), "unit": plan.unit}
         if runner.stop_reason:
             summary_dict["stopped"] = runner.stop_reason
     if json_out:
@@ -209,8 +218,9 @@ def run_command(
     table.add_row(
         *(
             str(summary_dict[k])
-            for k in ("done", "failed", "cached", "refused", "skipped", "errors", "earlier", "spent", "saved")
-        )
+            for k in ("done", "failed", "cached", "refused", "skipped", "errors", "earlier")
+        ),
+        *(f"{summary_dict[k]} {plan.unit}" for k in ("spent", "saved")),
     )
     console.print(table)
     if runner.stop_reason:
@@ -221,12 +231,23 @@ def run_command(
 def settle_command(
     base_url: BaseUrlOption = None,
     ledger_url: LedgerOption = None,
-    catalog: CatalogOption = None,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog",
+            hidden=True,
+            help="Ignored: each reservation is settled in the unit and catalog it recorded.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Finish what crashed processes left: settle every reservation whose task has ended.
+
+    Amounts are settled in the unit each reservation recorded (units: Kling's
+    final_unit_deduction; credits: the reserved estimate), whatever catalog is configured.
     Exits 1 when some could not be settled (they stay as they were: run it again)."""
-    with _guard(ledger_url, base_url, catalog, [], True) as guard, boundary():
+    del catalog  # accepted for old scripts; amounts never depend on it
+    with _guard(ledger_url, base_url, None, [], True) as guard, boundary():
         report = guard.settle_pending()
     if json_out:
         print_json(report.to_dict())

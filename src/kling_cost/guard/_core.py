@@ -29,6 +29,7 @@ __all__ = [
     "GuardCore",
     "GuardedRequest",
     "SettleReport",
+    "catalog_date_of",
     "is_unknown_task",
 ]
 
@@ -60,6 +61,26 @@ class GuardedRequest:
     estimate_source: str
     fingerprint: str
     metadata: dict[str, Any]
+
+    @property
+    def unit(self) -> str:
+        """The unit of ``amount`` (the pricing catalog's): recorded on the reservation."""
+        return self.estimate.unit
+
+    @property
+    def catalog(self) -> str:
+        """The catalog that priced the request: recorded on the reservation."""
+        return self.estimate.catalog
+
+    @property
+    def catalog_date(self) -> str:
+        """The date of the catalog entries that priced it (their newest ``effective_from``)."""
+        return catalog_date_of(self.estimate)
+
+
+def catalog_date_of(est: Estimate) -> str:
+    """The ISO date of the catalog entries that priced ``est`` (the newest ``effective_from``)."""
+    return max(line.effective_from for line in est.breakdown).isoformat()
 
 
 @dataclass
@@ -202,13 +223,14 @@ class GuardCore:
     def check_max(self, req: GuardedRequest) -> None:
         if self.max_per_request is not None and req.amount > self.max_per_request:
             raise BudgetExceeded(
-                f"Request of {req.amount.normalize()} {req.estimate.unit} exceeds this client's "
-                f"per-request maximum of {self.max_per_request.normalize()}",
+                f"Request of {req.amount.normalize()} {req.unit} exceeds this client's "
+                f"per-request maximum of {self.max_per_request.normalize()} {req.unit}",
                 scope="client",
                 window="request",
                 requested=req.amount,
                 available=self.max_per_request,
                 reason="max_per_request",
+                unit=req.unit,
             )
 
     def scopes_for(self, extra: Sequence[str] | None) -> tuple[str, ...]:
@@ -297,6 +319,9 @@ class GuardCore:
                 idempotency_key=f"{reservation.idempotency_key}:late",
                 task_id=task.task_id,
                 metadata={**reservation.metadata, **self._result_metadata(task, source), "late": True},
+                unit=reservation.unit,
+                catalog=reservation.catalog,
+                catalog_date=reservation.catalog_date,
             )
 
     def renew(self, task: KlingTask | None) -> None:
@@ -337,11 +362,13 @@ class GuardCore:
         settled = self.settle(res, task)
         (report.committed if settled.status == "committed" else report.released).append(res.id)
 
-    def actual(self, task: KlingTask, reservation: Reservation) -> tuple[Decimal, str]:
-        """Kling's ``final_unit_deduction`` when the catalog counts in Kling's units; else the
-        estimate (flagged as such)."""
-        if task.final_unit_deduction is not None and self.catalog.unit == "units":
+    @staticmethod
+    def actual(task: KlingTask, reservation: Reservation) -> tuple[Decimal, str]:
+        """What to commit, in the unit the reservation recorded (never this client's catalog):
+        Kling's ``final_unit_deduction`` for a reservation in Kling's units; else the reserved
+        estimate (flagged as such: Kling reports units, the budget counts credits)."""
+        if task.final_unit_deduction is not None and reservation.unit == "units":
             return task.final_unit_deduction, "kling"
         if task.final_unit_deduction is not None:
-            return reservation.amount, f"estimate (catalog in {self.catalog.unit})"
+            return reservation.amount, f"estimate (reserved in {reservation.unit})"
         return reservation.amount, "estimate (Kling reported no final_unit_deduction)"

@@ -111,6 +111,9 @@ class AsyncCostAwareClient:
                     idempotency_key=req.key,
                     task_id=task.task_id,
                     metadata={**req.metadata, "cache": entry.status},
+                    unit=req.unit,
+                    catalog=req.catalog,
+                    catalog_date=req.catalog_date,
                 )
                 return task
 
@@ -154,6 +157,9 @@ class AsyncCostAwareClient:
             idempotency_key=req.key,
             ttl=self.core.ttl,
             metadata=req.metadata,
+            unit=req.unit,
+            catalog=req.catalog,
+            catalog_date=req.catalog_date,
         )
         if cached:
             await asyncio.to_thread(self.ledger.cache_attach, req.fingerprint, reservation_id=reservation.id)

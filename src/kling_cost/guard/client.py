@@ -130,6 +130,9 @@ class CostAwareClient:
                     idempotency_key=req.key,
                     task_id=task.task_id,
                     metadata={**req.metadata, "cache": entry.status},
+                    unit=req.unit,
+                    catalog=req.catalog,
+                    catalog_date=req.catalog_date,
                 )
                 return task
             # the identical request failed or vanished: claim again and pay for ours
@@ -172,7 +175,14 @@ class CostAwareClient:
 
     def _reserve_and_submit(self, req: GuardedRequest, scopes: Sequence[str], cached: bool) -> KlingTask:
         reservation = self.ledger.reserve(
-            req.amount, scopes, idempotency_key=req.key, ttl=self.core.ttl, metadata=req.metadata
+            req.amount,
+            scopes,
+            idempotency_key=req.key,
+            ttl=self.core.ttl,
+            metadata=req.metadata,
+            unit=req.unit,
+            catalog=req.catalog,
+            catalog_date=req.catalog_date,
         )
         if cached:
             self.ledger.cache_attach(req.fingerprint, reservation_id=reservation.id)

@@ -174,6 +174,13 @@ class AlertRecord:
     sent_to: tuple[str, ...] = ()
     """The sinks that accepted each phase so far: ``alert:<sink>``, ``resolved:<sink>``."""
 
+    @property
+    def unit(self) -> str:
+        """What ``used``, ``reserved`` and ``limit`` count: the budget's unit when the alert
+        fired (``units`` for alerts written before budgets had units)."""
+        unit = self.details.get("unit")
+        return unit if isinstance(unit, str) and unit else "units"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -183,6 +190,7 @@ class AlertRecord:
             "window_key": self.window_key,
             "kind": self.kind,
             "threshold": self.threshold,
+            "unit": self.unit,
             "used": str(self.used),
             "reserved": str(self.reserved),
             "limit": str(self.limit),

@@ -93,20 +93,23 @@ def clear_alerts(cur: Cursor, now_ms: int, budget_id: int, which: str, params: S
 def describe(
     kind: str, budget: Budget, window_key: str, threshold: str, level: int, limit: int, requested: int = 0
 ) -> str:
-    """The one-line text of an alert (amounts in storage thousandths)."""
+    """The one-line text of an alert (amounts in storage thousandths), every amount with the
+    budget's unit."""
+    unit = budget.unit
     where = f"{budget.scope} {budget.window} budget ({window_key})"
-    remaining = format_amount(from_storage(max(0, limit - level)))
-    lim = format_amount(from_storage(limit))
+    remaining = f"{format_amount(from_storage(max(0, limit - level)))} {unit}"
+    lim = f"{format_amount(from_storage(limit))} {unit}"
+    asked = f"{format_amount(from_storage(requested))} {unit}"
     if kind == KIND_REFUSED:
         return (
-            f"{where} refused a request of {format_amount(from_storage(requested))}: "
+            f"{where} refused a request of {asked}: "
             f"{format_amount(from_storage(level))} of {lim} used or reserved, {remaining} remaining"
         )
     if kind == KIND_MAX_PER_REQUEST:
         mpr = budget.max_per_request if budget.max_per_request is not None else from_storage(limit)
         return (
-            f"{where} refused a request of {format_amount(from_storage(requested))}: above the "
-            f"per-request maximum of {format_amount(mpr)}"
+            f"{where} refused a request of {asked}: above the per-request maximum of "
+            f"{format_amount(mpr)} {unit}"
         )
     if kind == KIND_OVERAGE:
         return (
@@ -316,6 +319,7 @@ class AlertOutbox:
         level = state.used_milli + state.reserved_milli
         details = {
             **extra,
+            "unit": b.unit,
             "level": str(from_storage(level)),
             "remaining": str(from_storage(max(0, limit - level))),
             "tz": b.tz,

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from ..budgets import Budget, window_at
+from ..budgets import DEFAULT_UNIT, Budget, window_at
 from ..money import from_storage
 from ._rows import ALERT_SELECT, BUDGET_SELECT, alert_from_row, budget_from_row, to_ms
 from .models import AlertRecord
@@ -137,13 +137,20 @@ class OutboxStore:
             return None if row is None else budget_from_row(row)
 
     def top_consumers(
-        self, scope: str, start: datetime | None, end: datetime | None, limit: int = 5
+        self,
+        scope: str,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int = 5,
+        *,
+        unit: str = DEFAULT_UNIT,
     ) -> list[Consumer]:
         """The biggest consumers of ``scope`` between ``start`` and ``end`` (charges by their
-        reservation time): by model and mode, then by the other scopes the charges named."""
+        reservation time): by model and mode, then by the other scopes the charges named.
+        Only charges counted in ``unit`` (the budget's) are summed: units never mix."""
         cond, value = self.ledger._scopes_contain("scopes", scope)
-        where = ["status = 'succeeded'", cond]
-        params: list[object] = [value]
+        where = ["status = 'succeeded'", "unit = ?", cond]
+        params: list[object] = [unit, value]
         if start is not None:
             where.append("created_at >= ?")
             params.append(to_ms(start))

@@ -129,17 +129,26 @@ class LedgerQueries(LedgerCore):
             cur.execute(sql, params)
             return [charge_from_row(row) for row in cur.fetchall()]
 
-    def totals(self) -> dict[str, Decimal]:
-        """Sums over the whole ledger (a consistency check): committed actuals and live holds."""
+    def totals(self) -> dict[str, dict[str, Decimal]]:
+        """Sums over the whole ledger (a consistency check), per unit, never added across
+        units: ``{"credits": {"charged": ..., "reserved": ...}, "units": {...}}`` with the
+        committed actuals and the live holds of each unit that has any row."""
+        out: dict[str, dict[str, Decimal]] = {}
         with self._transaction() as cur:
-            cur.execute("SELECT COALESCE(SUM(actual_milli), 0) FROM charges")
-            charged = cur.fetchone()[0]
+            cur.execute("SELECT unit, COALESCE(SUM(actual_milli), 0) FROM charges GROUP BY unit")
+            charged = {str(u): int(v) for u, v in cur.fetchall()}
             cur.execute(
-                "SELECT COALESCE(SUM(amount_milli), 0) FROM reservations WHERE status = ?",
+                "SELECT unit, COALESCE(SUM(amount_milli), 0) FROM reservations "
+                "WHERE status = ? GROUP BY unit",
                 (RESERVED,),
             )
-            held = cur.fetchone()[0]
-        return {"charged": from_storage(int(charged)), "reserved": from_storage(int(held))}
+            held = {str(u): int(v) for u, v in cur.fetchall()}
+        for unit in sorted({*charged, *held}):
+            out[unit] = {
+                "charged": from_storage(charged.get(unit, 0)),
+                "reserved": from_storage(held.get(unit, 0)),
+            }
+        return out
 
     def alerts(
         self,
