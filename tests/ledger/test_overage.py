@@ -34,10 +34,10 @@ def test_committing_35_on_a_20_reservation_is_an_overage(ledger: Ledger) -> None
     [alert] = _overage_alerts(ledger)
     assert (alert.scope, alert.threshold, alert.used, alert.limit) == ("project:film", "overage", 35, 20)
     assert alert.details["overage"] == "15.000" and alert.details["task_id"] == "t1"
-    assert "went over its limit" in alert.message and "15 past the limit" in alert.message
+    assert "went over its limit" in alert.message and "15 units past the limit" in alert.message
     message = build_message(alert, "alert")
-    assert message.title == "project:film day budget: over its limit by 15 (35 / 20)"
-    assert any(line.startswith("Overage:    15 past the limit") for line in message.lines())
+    assert message.title == "project:film day budget: over its limit by 15 units (35 / 20 units)"
+    assert any(line.startswith("Overage:    15 units past the limit") for line in message.lines())
 
 
 def test_one_overage_alert_per_budget_window(ledger: Ledger, clock: FakeClock) -> None:
@@ -110,8 +110,8 @@ def test_reports_and_exports_show_the_overage(ledger: Ledger, ledger_url: str) -
     assert header.endswith(",overage") and rows[1].endswith(",15.000")
     table = CliRunner().invoke(app, ["report", "--since", "2026-06-01", "--ledger", ledger_url])
     assert table.exit_code == 0, table.stderr
-    assert "Over the limit: 1 charge took a budget past its limit, 15 over in total" in table.stdout
-    assert "task over (project:film): charged 25 on an estimate of 10, 15 over the limit" in table.stdout
+    assert "Over the limit: 1 charge took a budget past its limit, 15 units over in total" in table.stdout
+    assert "task over (project:film): charged 25 units on an estimate of 10, 15 units over the limit" in table.stdout
     as_json = CliRunner().invoke(
         app, ["report", "--since", "2026-06-01", "--format", "json", "--ledger", ledger_url]
     )

@@ -170,6 +170,14 @@ class BatchRunner:
                     unit=earlier.unit,
                 )
             )
+        if earlier is not None and earlier.status == "reserved" and earlier.task_id:
+            # Sent by an earlier run and still held: resume that task (never create it again,
+            # whatever this run's catalog says; it settles in the unit it recorded).
+            try:
+                task = self.guard.get_task(row.endpoint, earlier.task_id)
+            except KlingCostError as exc:
+                return self._record(BatchResult(row.line, row.key, ERROR, earlier.task_id, error=str(exc)))
+            return self._record(self._finish(row, task))
         if self.stopped.is_set() and earlier is None:
             return self._record(BatchResult(row.line, row.key, SKIPPED, error=self.stop_reason))
         delay = self.backoff

@@ -113,7 +113,7 @@ def describe(
         )
     if kind == KIND_OVERAGE:
         return (
-            f"{where} went over its limit: a charge took it {format_amount(from_storage(requested))} "
+            f"{where} went over its limit: a charge took it {asked} "
             f"past the limit, to {format_amount(from_storage(level))} of {lim} used or reserved"
         )
     pct = percent(Decimal(threshold))
