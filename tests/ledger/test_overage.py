@@ -115,4 +115,4 @@ def test_reports_and_exports_show_the_overage(ledger: Ledger, ledger_url: str) -
     as_json = CliRunner().invoke(
         app, ["report", "--since", "2026-06-01", "--format", "json", "--ledger", ledger_url]
     )
-    assert json.loads(as_json.stdout)["overage"] == "15.000"
+    assert json.loads(as_json.stdout)["overage"] == {"units": "15.000"}
