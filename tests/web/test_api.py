@@ -8,9 +8,10 @@ from typing import Any
 
 import httpx
 
-from kling_cost.ledger import Ledger
+from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.web import create_dashboard_app, is_loopback
 from tests.helpers import FakeClock
+from tests.web.conftest import seed
 
 
 def test_api_numbers_equal_the_ledger(known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any]) -> None:
@@ -74,3 +75,18 @@ def test_non_loopback_dashboard_needs_the_token(
             assert browser.get("/api/charges").status_code == 200  # the cookie carries it
     with serve(create_dashboard_app(ledger)) as base:  # loopback, no token: open
         assert httpx.get(f"{base}/api/budgets").status_code == 200
+
+
+def test_row_limits_are_bounded_on_both_backends(ledger_url: str, serve: Callable[[Any], Any]) -> None:
+    clock = FakeClock()
+    with open_ledger(ledger_url, clock=clock) as ledger:
+        seed(ledger, clock)
+        assert len(ledger.alerts()) >= 2
+        with serve(create_dashboard_app(ledger)) as base:
+            for path in ("/api/alerts", "/api/charges"):
+                for bad in ("-1", "0", "1001", "many"):
+                    got = httpx.get(f"{base}{path}", params={"limit": bad})
+                    assert got.status_code == 400, (path, bad, got.text)
+                    assert "limit must be" in got.json()["error"]
+            assert len(httpx.get(f"{base}/api/alerts", params={"limit": "1"}).json()["alerts"]) == 1
+            assert len(httpx.get(f"{base}/api/charges", params={"limit": "1"}).json()["charges"]) == 1

@@ -70,8 +70,12 @@ def set_command(
     window: WindowOption = "day",
     tz: Annotated[str, typer.Option("--tz", help="IANA time zone of the window.")] = "UTC",
     thresholds: Annotated[
-        str | None, typer.Option("--thresholds", help="Alert fractions, e.g. 0.5,0.8,1.")
+        str | None,
+        typer.Option("--thresholds", help="Alert fractions, e.g. 0.5,0.8,1 (default).", show_default=False),
     ] = None,
+    no_alerts: Annotated[
+        bool, typer.Option("--no-alerts", help="No threshold alerts for this budget (refusals still alert).")
+    ] = False,
     max_per_request: Annotated[
         str | None, typer.Option("--max-per-request", help="Refuse any single request above this.")
     ] = None,
@@ -80,9 +84,22 @@ def set_command(
 ) -> None:
     """Create or update a budget (a raised limit applies at once)."""
     marks = None if thresholds is None else [t.strip() for t in thresholds.split(",") if t.strip()]
+    if marks is not None and no_alerts:
+        fail("give --thresholds or --no-alerts, not both")
+    if marks == []:
+        fail(
+            f"--thresholds {thresholds!r} names no threshold; give fractions such as 0.5,0.8,1, "
+            "or --no-alerts to switch this budget's threshold alerts off"
+        )
     with opened(ledger_url) as ledger:
         budget = ledger.set_budget(
-            scope, limit, window, tz=tz, thresholds=marks, max_per_request=max_per_request
+            scope,
+            limit,
+            window,
+            tz=tz,
+            thresholds=marks,
+            max_per_request=max_per_request,
+            alerts=not no_alerts,
         )
     if json_out:
         print_json(budget.to_dict())
@@ -90,6 +107,8 @@ def set_command(
     extra = (
         "" if budget.max_per_request is None else f", max {format_amount(budget.max_per_request)} per request"
     )
+    if not budget.thresholds:
+        extra += ", no threshold alerts"
     console.print(
         f"budget {budget.scope} {budget.window}: {format_amount(budget.limit)} per {budget.window} "
         f"({budget.tz}){extra}"

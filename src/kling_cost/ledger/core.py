@@ -138,13 +138,19 @@ class LedgerCore(ABC):
         tz: str = "UTC",
         thresholds: Iterable[Decimal | str | int] | None = None,
         max_per_request: Decimal | int | str | None = None,
+        alerts: bool = True,
     ) -> Budget:
-        """Create or update the ``window`` budget of ``scope``; a new limit applies at once."""
+        """Create or update the ``window`` budget of ``scope``; a new limit applies at once.
+
+        ``thresholds``: fractions of the limit that alert when crossed (``None``: ``0.5, 0.8,
+        1``; an empty list is refused). ``alerts=False`` gives the budget no threshold alerts
+        (a refused reservation still alerts).
+        """
         scope = validate_scope(scope)
         window = validate_window(window)
         lim = parse_limit(limit)
         tz = validate_tz(tz)
-        marks = parse_thresholds(thresholds)
+        marks = parse_thresholds(thresholds, alerts=alerts)
         mpr = None if max_per_request is None else parse_limit(max_per_request, "max_per_request")
         moment = self.clock()
         now = to_ms(moment)

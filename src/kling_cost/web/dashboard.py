@@ -58,6 +58,17 @@ def _int(request: Request, name: str, default: int) -> int:
         raise ValidationError(f"{name} must be an integer, not {raw!r}") from None
 
 
+MAX_ROWS = 1000
+"""Most rows one ``/api/charges`` or ``/api/alerts`` call returns."""
+
+
+def _limit(request: Request, default: int) -> int:
+    limit = _int(request, "limit", default)
+    if not 1 <= limit <= MAX_ROWS:
+        raise ValidationError(f"limit must be between 1 and {MAX_ROWS}, not {limit}")
+    return limit
+
+
 def create_dashboard_app(
     ledger: Ledger,
     token: str | None = None,
@@ -149,12 +160,12 @@ def create_dashboard_app(
         return rep.to_dict()
 
     def get_charges(request: Request) -> Any:
-        found = latest_charges(ledger, _int(request, "limit", 50), scope=request.query_params.get("scope"))
+        found = latest_charges(ledger, _limit(request, 50), scope=request.query_params.get("scope"))
         return {"charges": [c.to_dict() for c in found]}
 
     def get_alerts(request: Request) -> Any:
         q = request.query_params
-        found = ledger.alerts(status=q.get("status"), scope=q.get("scope"), limit=_int(request, "limit", 100))
+        found = ledger.alerts(status=q.get("status"), scope=q.get("scope"), limit=_limit(request, 100))
         return {"alerts": [a.to_dict() for a in found]}
 
     def get_budgets(request: Request) -> Any:
