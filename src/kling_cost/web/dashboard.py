@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -13,7 +13,7 @@ from ..budgets import validate_tz
 from ..errors import ConfigurationError, KlingCostError, ValidationError
 from ..ledger import Ledger
 from ..reports import budget_status, daily_usage, latest_charges, overview, report
-from .access import COOKIE, TokenGate
+from .access import COOKIE, HostGate, TokenGate
 
 try:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -74,6 +74,7 @@ def create_dashboard_app(
     token: str | None = None,
     *,
     bound_host: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
     tz: str = "UTC",
     refresh_seconds: int = 30,
     days: int = 30,
@@ -82,8 +83,10 @@ def create_dashboard_app(
     """The dashboard over ``ledger``: ``/`` (the page), ``/api/...`` (JSON), ``/static/...``.
 
     ``bound_host`` is the address the server listens on: unless it is loopback, every request
-    must carry ``token`` (and without a token every request answers 401). ``now`` defaults to
-    the ledger's clock.
+    must carry ``token`` (and without a token every request answers 401). Every request must
+    name the dashboard in its ``Host`` header: a loopback name, the bound address, or one of
+    ``allowed_hosts``; any other answers 421 (see :mod:`.access`). ``now`` defaults to the
+    ledger's clock.
     """
     tz = validate_tz(tz)
     if refresh_seconds < 1:
@@ -189,4 +192,5 @@ def create_dashboard_app(
         Route("/api/alerts", api(get_alerts)),
     ]
     app = Starlette(routes=routes)
-    return TokenGate(app, token=token, bound_host=bound_host)
+    gated = TokenGate(app, token=token, bound_host=bound_host)
+    return HostGate(gated, bound_host=bound_host, allowed_hosts=allowed_hosts)
