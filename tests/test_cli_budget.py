@@ -15,7 +15,9 @@ runner = CliRunner()
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cli.db'}"
+    target = f"sqlite:///{tmp_path / 'cli.db'}"
+    open_ledger(target).close()  # read-only commands refuse a missing file
+    return target
 
 
 def run(*args: str) -> tuple[int, str, str]:

@@ -90,3 +90,20 @@ def test_row_limits_are_bounded_on_both_backends(ledger_url: str, serve: Callabl
                     assert "limit must be" in got.json()["error"]
             assert len(httpx.get(f"{base}/api/alerts", params={"limit": "1"}).json()["alerts"]) == 1
             assert len(httpx.get(f"{base}/api/charges", params={"limit": "1"}).json()["charges"]) == 1
+
+
+def test_a_report_period_out_of_range_is_400_not_500(
+    known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any]
+) -> None:
+    ledger, _ = known
+    with serve(create_dashboard_app(ledger)) as base:
+        for params in (
+            {"since": "0001-01-01", "tz": "Europe/Paris"},
+            {"since": "2026-01-01", "until": "9999-12-31", "tz": "Asia/Tokyo"},
+            {"since": "0001-01-01T00:00:00-05:00"},
+        ):
+            got = httpx.get(f"{base}/api/report", params=params)
+            assert got.status_code == 400, (params, got.text)
+            assert "out of range" in got.json()["error"]
+        ok = httpx.get(f"{base}/api/report", params={"since": "1970-01-01", "tz": "Europe/Paris"})
+        assert ok.status_code == 200 and ok.json()["total"]["charges"] == len(ledger.charges())

@@ -57,7 +57,7 @@ def list_command(
     json_out: JsonOption = False,
 ) -> None:
     """List alerts from the outbox, newest first (delivery state, attempts, last error)."""
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         alerts = ledger.alerts(
             status="pending" if pending else None, scope=scope, include_cleared=not active, limit=limit
         )
@@ -148,7 +148,7 @@ def deliver_command(
     pause = interval if interval is not None else config.interval
     if pause <= 0:
         fail("--interval must be positive")
-    with opened(ledger_url) as ledger, boundary():
+    with opened(ledger_url, create=False) as ledger, boundary():
         deliverer: Deliverer = config.deliverer(ledger)
         try:
             report = deliverer.deliver_pending()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
 
 from ..budgets import Usage
 from ..ledger import Ledger, copy_ledger, open_ledger
@@ -18,13 +20,28 @@ from ._common import JsonOption, LedgerOption, boundary, console, fail, print_js
 budget_app = typer.Typer(help="Set, list, show and delete budgets.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Maintain the ledger database.", no_args_is_help=True)
 
+_NEGATIVE_NUMBER = re.compile(r"^-\.?[0-9]")
+
+
+class NegativeNumbersAreValues(TyperCommand):
+    """Reads ``-100`` as an argument, not as the options ``-1 -0 -0`` (click's default), so a
+    negative limit gets the library's clear refusal instead of "No such option: -1"."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if any(_NEGATIVE_NUMBER.match(arg) for arg in args):
+            ctx.ignore_unknown_options = True
+        return super().parse_args(ctx, args)
+
+
 WindowOption = Annotated[str, typer.Option("--window", "-w", help="day, week, month or lifetime.")]
 
 
 @contextmanager
-def opened(url: str | None) -> Iterator[Ledger]:
+def opened(url: str | None, *, create: bool = True) -> Iterator[Ledger]:
+    """The ledger at ``url``; commands that only read pass ``create=False``, so a missing
+    SQLite file is one line and exit 4 instead of a new, empty ledger reporting nothing spent."""
     with boundary():
-        ledger = open_ledger(url)
+        ledger = open_ledger(url, create=create)
         try:
             yield ledger
         finally:
@@ -63,7 +80,7 @@ def _usage_table(usages: list[Usage], title: str) -> Table:
     return table
 
 
-@budget_app.command("set")
+@budget_app.command("set", cls=NegativeNumbersAreValues)
 def set_command(
     scope: Annotated[str, typer.Argument(help="account, or kind:id such as project:film, key:alice.")],
     limit: Annotated[str, typer.Argument(help="Ceiling per window, in the catalog's unit.")],
@@ -122,7 +139,7 @@ def list_command(
     json_out: JsonOption = False,
 ) -> None:
     """List budgets with where they stand in their current window."""
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         usages = ledger.usages(scope)
     if json_out:
         print_json([{**u.budget.to_dict(), **u.to_dict()} for u in usages])
@@ -143,7 +160,7 @@ def show_command(
 ) -> None:
     """Show one scope's budgets: limit, used, reserved and remaining."""
     moment = _parse_at(at)
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         usages = [ledger.usage(scope, window, at=moment)] if window else ledger.usages(scope, at=moment)
     if not usages:
         fail(f"scope {scope} has no budget; set one with: kling-cost budget set {scope} LIMIT")
@@ -161,7 +178,7 @@ def delete_command(
     json_out: JsonOption = False,
 ) -> None:
     """Delete a budget (its charges stay in the ledger)."""
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         deleted = ledger.delete_budget(scope, window)
     if json_out:
         print_json({"deleted": deleted, "scope": scope, "window": window})
@@ -180,7 +197,7 @@ def usage_command(
 ) -> None:
     """Where every budget stands now (or --at a past moment), and the latest charges."""
     moment = _parse_at(at)
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         usages = ledger.usages(scope, at=moment)
         latest = ledger.charges(scope)[-charges:] if charges > 0 else []
         totals = ledger.totals()
@@ -239,7 +256,7 @@ def copy_command(
     json_out: JsonOption = False,
 ) -> None:
     """Copy a whole ledger (budgets, usage, reservations, charges) into an empty one."""
-    with opened(source) as src, opened(target) as dst, boundary():
+    with opened(source, create=False) as src, opened(target) as dst, boundary():
         result = copy_ledger(src, dst)
     if json_out:
         print_json({"from": source, "to": target, "rows": result.rows, "total": result.total})
@@ -251,7 +268,7 @@ def copy_command(
 @ledger_app.command("sweep")
 def sweep_command(ledger_url: LedgerOption = None, json_out: JsonOption = False) -> None:
     """Reclaim reservations whose lease expired (also done on every reservation)."""
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         count = ledger.sweep()
     if json_out:
         print_json({"reclaimed": count})
