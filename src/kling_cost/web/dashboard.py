@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..alerts.redact import public_alert
 from ..budgets import validate_tz
 from ..errors import ConfigurationError, KlingCostError, ValidationError
 from ..ledger import Ledger
@@ -169,7 +170,7 @@ def create_dashboard_app(
     def get_alerts(request: Request) -> Any:
         q = request.query_params
         found = ledger.alerts(status=q.get("status"), scope=q.get("scope"), limit=_limit(request, 100))
-        return {"alerts": [a.to_dict() for a in found]}
+        return {"alerts": [public_alert(a.to_dict()) for a in found]}
 
     def get_budgets(request: Request) -> Any:
         zone(request)  # still validated
