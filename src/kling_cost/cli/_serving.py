@@ -10,7 +10,15 @@ from typing import Any
 
 from ._common import EXIT_ERROR, fail
 
-__all__ = ["listen", "run_server", "url_host"]
+__all__ = ["listen", "require_uvicorn", "run_server", "url_host"]
+
+
+def require_uvicorn(extra: str) -> None:
+    """One line and exit 2 when uvicorn is not installed."""
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        fail(f"this command needs uvicorn: pip install 'klingai-cost-controls[{extra}]'")
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -14,7 +14,7 @@ from ..money import format_amount
 from ..reports import DailyUsage, Report, daily_usage, export_charges, parse_by, report
 from ..reports.aggregate import METRICS
 from ._common import LedgerOption, boundary, console, fail, print_json
-from ._serving import listen, run_server, url_host
+from ._serving import listen, require_uvicorn, run_server, url_host
 from .budget import opened
 
 SinceOption = Annotated[
@@ -184,6 +184,7 @@ def serve_command(
 
         if not is_loopback(host) and not token:
             fail(f"binding {host} (not loopback) needs --token or KLING_COST_DASHBOARD_TOKEN")
+        require_uvicorn("dashboard")
 
     with opened(ledger_url, create=False) as ledger, boundary():
         app = create_dashboard_app(
