@@ -5,6 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.ledger.conftest import ledger_url  # noqa: F401 - the backend matrix, for every test
+
 
 @pytest.fixture(autouse=True)
 def clean_environ(

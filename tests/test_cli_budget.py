@@ -15,7 +15,9 @@ runner = CliRunner()
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cli.db'}"
+    target = f"sqlite:///{tmp_path / 'cli.db'}"
+    open_ledger(target).close()  # read-only commands refuse a missing file
+    return target
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -102,3 +104,34 @@ def test_ledger_migrate_and_sweep(url: str) -> None:
     assert code == 0 and json.loads(out)["schema_version"] >= 2
     code, out, _ = run("ledger", "sweep", "--ledger", url, "--json")
     assert code == 0 and json.loads(out) == {"reclaimed": 0}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--thresholds", ",,"], "--thresholds ',,' names no threshold"),
+        (["--thresholds", " , "], "or --no-alerts"),
+        (["--thresholds", "0.5", "--no-alerts"], "not both"),
+    ],
+)
+def test_thresholds_that_switch_alerts_off_by_accident_are_refused(
+    ledger_url: str, args: list[str], fragment: str
+) -> None:
+    code, out, err = run("budget", "set", "project:x", "100", *args, "--ledger", ledger_url)
+    assert code == 2, out + err
+    assert fragment in err and len(err.strip().splitlines()) == 1
+    with open_ledger(ledger_url) as led:
+        assert led.budgets() == []
+
+
+def test_no_alerts_switches_threshold_alerts_off_explicitly(ledger_url: str) -> None:
+    code, out, err = run("budget", "set", "project:x", "10", "--no-alerts", "--ledger", ledger_url)
+    assert code == 0, out + err
+    assert "no threshold alerts" in out
+    with open_ledger(ledger_url) as led:
+        [budget] = led.budgets()
+        assert budget.thresholds == ()
+        led.reserve(10, ["project:x"])
+        assert led.alerts() == []
+    code, out, _ = run("budget", "show", "project:x", "--json", "--ledger", ledger_url)
+    assert code == 0 and json.loads(out)[0]["thresholds"] == []

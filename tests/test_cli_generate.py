@@ -23,6 +23,7 @@ def run(*args: str) -> tuple[int, str, str]:
 @pytest.fixture
 def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     ledger = f"sqlite:///{tmp_path / 'g.db'}"
+    open_ledger(ledger).close()  # batch plan only reads: it refuses a missing file
     monkeypatch.setenv("KLING_COST_LEDGER", ledger)
     return ledger
 

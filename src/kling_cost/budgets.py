@@ -88,8 +88,21 @@ def validate_window(window: object) -> str:
     return str(window)
 
 
-def parse_thresholds(thresholds: object) -> tuple[Decimal, ...]:
-    """Fractions of the limit in (0, 1], e.g. ``[0.5, 0.8, 1]`` (strings or Decimals)."""
+def parse_thresholds(thresholds: object, *, alerts: bool = True) -> tuple[Decimal, ...]:
+    """Fractions of the limit in (0, 1], e.g. ``[0.5, 0.8, 1]`` (strings or Decimals).
+
+    ``None`` means the default (``0.5, 0.8, 1``). An empty list is refused: a budget without
+    thresholds never alerts, so switching threshold alerts off must be said explicitly with
+    ``alerts=False`` (which returns no thresholds).
+    """
+    if not isinstance(alerts, bool):
+        raise ValidationError(f"alerts must be True or False, not {alerts!r}")
+    if not alerts:
+        if thresholds is not None:
+            raise ValidationError(
+                "give thresholds or alerts=False, not both (alerts=False switches threshold alerts off)"
+            )
+        return ()
     if thresholds is None:
         return DEFAULT_THRESHOLDS
     if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__iter__"):
@@ -105,6 +118,11 @@ def parse_thresholds(thresholds: object) -> tuple[Decimal, ...]:
         if not value.is_finite() or not 0 < value <= 1:
             raise ValidationError(f"threshold {raw!r} must be a fraction in (0, 1], e.g. 0.8")
         out.add(value.normalize(MONEY))
+    if not out:
+        raise ValidationError(
+            "thresholds is empty, which would switch this budget's alerts off; give fractions such "
+            "as ['0.5', '0.8', '1'], or pass alerts=False to switch threshold alerts off on purpose"
+        )
     return tuple(sorted(out))
 
 

@@ -16,10 +16,13 @@ from tests.servers import free_port
 
 @dataclass
 class Hook:
-    """A webhook receiver on loopback: records every POST; answers 500 to the first ``fail`` ones."""
+    """A webhook receiver on loopback: records every POST; answers 500 to the first ``fail`` ones
+    (with ``echo``, the 500's body repeats the request's path, as some servers do)."""
 
     fail: int = 0
+    echo: bool = False
     requests: list[tuple[dict[str, str], bytes, int]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
     url: str = ""
 
@@ -46,8 +49,10 @@ def hook() -> Iterator[Hook]:
             with state.changed:
                 code = 500 if len([r for r in state.requests if r[2] == 500]) < state.fail else 200
                 state.requests.append(({k.lower(): v for k, v in self.headers.items()}, body, code))
+                state.paths.append(self.path)
                 state.changed.notify_all()
-            payload = b"ok" if code == 200 else b"receiver down"
+            failed = f"receiver down; you sent {self.path}" if state.echo else "receiver down"
+            payload = b"ok" if code == 200 else failed.encode()
             self.send_response(code)
             self.send_header("content-length", str(len(payload)))
             self.end_headers()

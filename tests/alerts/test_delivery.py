@@ -223,9 +223,12 @@ def test_an_unreachable_smtp_server_keeps_the_alert_pending(ledger: Ledger, mail
 
     ledger.set_budget("account", 10, thresholds=["0.5"])
     ledger.reserve(5)
-    with Deliverer(ledger, [f"smtp://127.0.0.1:{free_port()}?to=a@b.c&timeout=2"]) as deliverer:
+    port = free_port()
+    with Deliverer(ledger, [f"smtp://127.0.0.1:{port}?to=a@b.c&timeout=2"]) as deliverer:
         report = deliverer.deliver_pending()
-    assert report.failed == 1 and "ConnectionRefusedError" in report.errors[0]
+    assert report.failed == 1 and report.errors[0].endswith(
+        "smtp://127.0.0.1:" + str(port) + ": connection refused"
+    )
     assert ledger.alerts()[0].status == "pending"
 
 
@@ -304,10 +307,10 @@ def test_good_sink_urls_and_secrets_stay_out_of_names() -> None:
     assert names == [
         "log://kling_cost.alerts",
         "stderr://",
-        "https://example.com/hook?team=a",
-        "https://hooks.slack.com/services/T000/B000/***",
-        "https://hooks.slack.com/services/T000/B000/***",
-        "smtp://user@mail.example.com:2525?to=a@b.c",
+        "webhook:https://example.com",
+        "slack:https://hooks.slack.com",
+        "slack:https://hooks.slack.com",
+        "email:smtp://mail.example.com:2525",
     ]
 
 

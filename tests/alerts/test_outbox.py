@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from kling_cost import BudgetExceeded
+from kling_cost import BudgetExceeded, ValidationError
 from kling_cost.alerts import AlertMessage, Backoff, Deliverer
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.ledger.hooks import WindowState
@@ -212,3 +212,41 @@ def test_deleting_a_budget_clears_its_alerts(ledger: Ledger) -> None:
     got: list[AlertMessage] = []
     Deliverer(ledger, [got.append]).deliver_pending()
     assert [m.event for m in got] == ["alert", "resolved"] and got[1].reason == "the budget was deleted"
+
+
+@pytest.mark.parametrize("empty", [[], (), set()], ids=["list", "tuple", "set"])
+def test_an_empty_threshold_list_is_refused_and_changes_nothing(ledger: Ledger, empty: object) -> None:
+    ledger.set_budget("project:film", 100, thresholds=["0.5"])
+    with pytest.raises(ValidationError, match="alerts=False"):
+        ledger.set_budget("project:film", 200, thresholds=empty)  # type: ignore[arg-type]
+    [budget] = ledger.budgets("project:film")
+    assert (budget.limit, budget.thresholds) == (100, (Decimal("0.5"),))
+    ledger.reserve(60, ["project:film"])
+    assert crossings(ledger) == [("2026-06-15", "threshold", "0.5")]
+
+
+def test_alerts_false_is_the_explicit_way_to_switch_threshold_alerts_off(ledger: Ledger) -> None:
+    with pytest.raises(ValidationError, match="not both"):
+        ledger.set_budget("project:quiet", 10, thresholds=["0.5"], alerts=False)
+    with pytest.raises(ValidationError, match="True or False"):
+        ledger.set_budget("project:quiet", 10, alerts="no")  # type: ignore[arg-type]
+    assert ledger.budgets() == []
+    quiet = ledger.set_budget("project:quiet", 10, alerts=False)
+    assert quiet.thresholds == () and quiet.to_dict()["thresholds"] == []
+    ledger.reserve(10, ["project:quiet"])
+    assert ledger.alerts() == []  # 100 % used, no threshold alert
+    with pytest.raises(BudgetExceeded):
+        ledger.reserve(1, ["project:quiet"])
+    assert crossings(ledger) == [("2026-06-15", "refused", "refused")]  # a refusal still alerts
+    assert ledger.set_budget("project:quiet", 10).thresholds == tuple(
+        Decimal(t) for t in ("0.5", "0.8", "1")
+    )  # thresholds=None: the default again
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, "5"])
+def test_alerts_limit_must_be_a_positive_whole_number(ledger: Ledger, limit: object) -> None:
+    ledger.set_budget("account", 10, thresholds=["0.1", "0.2"])
+    ledger.reserve(5)
+    with pytest.raises(ValidationError, match="limit"):
+        ledger.alerts(limit=limit)  # type: ignore[arg-type]
+    assert len(ledger.alerts(limit=1)) == 1

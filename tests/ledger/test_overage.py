@@ -111,7 +111,10 @@ def test_reports_and_exports_show_the_overage(ledger: Ledger, ledger_url: str) -
     table = CliRunner().invoke(app, ["report", "--since", "2026-06-01", "--ledger", ledger_url])
     assert table.exit_code == 0, table.stderr
     assert "Over the limit: 1 charge took a budget past its limit, 15 units over in total" in table.stdout
-    assert "task over (project:film): charged 25 units on an estimate of 10, 15 units over the limit" in table.stdout
+    assert (
+        "task over (project:film): charged 25 units on an estimate of 10, 15 units over the limit"
+        in table.stdout
+    )
     as_json = CliRunner().invoke(
         app, ["report", "--since", "2026-06-01", "--format", "json", "--ledger", ledger_url]
     )

@@ -8,11 +8,12 @@ from typing import Any
 
 import httpx
 
-from kling_cost.ledger import Ledger
+from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.web import create_dashboard_app, is_loopback
 from tests.helpers import FakeClock
 from tests.ledger.conftest import clock, ledger, ledger_url
 from tests.reports.seeds import seed_mixed
+from tests.web.conftest import seed
 
 __all__ = ["clock", "ledger", "ledger_url"]
 
@@ -132,3 +133,36 @@ def test_api_gives_every_amount_its_unit_and_never_adds_units(
         assert alerts and {(a["scope"], a["unit"]) for a in alerts} == {("project:film", "credits")}
         spec = httpx.get(f"{base}/api/openapi.json").json()
         assert "`unit` field" in spec["info"]["description"]
+
+
+def test_row_limits_are_bounded_on_both_backends(ledger_url: str, serve: Callable[[Any], Any]) -> None:
+    clock = FakeClock()
+    with open_ledger(ledger_url, clock=clock) as ledger:
+        seed(ledger, clock)
+        assert len(ledger.alerts()) >= 2
+        with serve(create_dashboard_app(ledger)) as base:
+            for path in ("/api/alerts", "/api/charges"):
+                for bad in ("-1", "0", "1001", "many"):
+                    got = httpx.get(f"{base}{path}", params={"limit": bad})
+                    assert got.status_code == 400, (path, bad, got.text)
+                    assert "limit must be" in got.json()["error"]
+            assert len(httpx.get(f"{base}/api/alerts", params={"limit": "1"}).json()["alerts"]) == 1
+            assert len(httpx.get(f"{base}/api/charges", params={"limit": "1"}).json()["charges"]) == 1
+
+
+def test_a_report_period_out_of_range_is_400_not_500(
+    known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any]
+) -> None:
+    ledger, _ = known
+    with serve(create_dashboard_app(ledger)) as base:
+        for params in (
+            {"since": "0001-01-01", "tz": "Europe/Paris"},
+            {"since": "2026-01-01", "until": "9999-12-31", "tz": "Asia/Tokyo"},
+            {"since": "0001-01-01T00:00:00-05:00"},
+        ):
+            got = httpx.get(f"{base}/api/report", params=params)
+            assert got.status_code == 400, (params, got.text)
+            assert "out of range" in got.json()["error"]
+        ok = httpx.get(f"{base}/api/report", params={"since": "1970-01-01", "tz": "Europe/Paris"})
+        assert ok.status_code == 200
+        assert sum(t["charges"] for t in ok.json()["totals"]) == len(ledger.charges())

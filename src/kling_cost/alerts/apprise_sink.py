@@ -11,6 +11,7 @@ from ..errors import ConfigurationError
 from ..ledger.outbox_store import PHASE_RESOLVED
 from .base import AlertSink, SinkError
 from .message import AlertMessage
+from .redact import MAX_REASON, Scrubber
 from .webhook import redact_url
 
 __all__ = ["AppriseSink"]
@@ -51,8 +52,13 @@ class AppriseSink(AlertSink):
             raise ConfigurationError(
                 f"Apprise does not accept {redact_url(target)!r}; see https://github.com/caronc/apprise/wiki"
             )
-        scheme, _, rest = target.partition("://")
-        self.name = f"apprise://{scheme}://{rest.split('/')[0].rsplit('@', 1)[-1]}"
+        # Apprise URLs put tokens anywhere (tgram://BOTTOKEN/chat): the name is the service only.
+        self.name = f"apprise:{target.partition('://')[0].lower()}"
+        self.identity = target
+        self._scrub = Scrubber([target, url])
+
+    def redact(self, text: str) -> str:
+        return self._scrub(text)
 
     def send(self, message: AlertMessage) -> None:
         kind = (
@@ -61,5 +67,6 @@ class AppriseSink(AlertSink):
         with self._lock, self._lib.LogCapture(level=logging.WARNING) as captured:
             ok = self._apobj.notify(body=message.body(), title=message.title, notify_type=kind)
         if not ok:
-            detail = " ".join(captured.getvalue().split())[:300] or "notification failed"
+            first = next((line for line in captured.getvalue().splitlines() if line.strip()), "")
+            detail = self.redact(" ".join(first.split()))[:MAX_REASON] or "notification failed"
             raise SinkError(f"{self.name}: {detail}")

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, KlingCostError
 from .message import AlertMessage
+from .redact import scrub_urls
 
 __all__ = ["AlertSink", "CallbackSink", "LogSink", "SinkError", "StderrSink"]
 
@@ -25,13 +26,21 @@ class AlertSink(ABC):
     """Somewhere alerts go. ``send`` raises (any exception) when the message was not accepted."""
 
     name: str = "sink"
-    """Stable and free of secrets: it is stored with each alert to remember who accepted it."""
+    """Stable and free of secrets (kind, scheme and host, e.g. ``webhook:https://example.com``):
+    it is stored with each alert to remember who accepted it, logged and shown."""
     sends_resolved: bool = True
     """Whether this sink also gets the "resolved" message when an alert is cleared."""
+    identity: str | None = None
+    """The destination itself (may hold secrets; memory only), to refuse one configured twice;
+    ``None``: the name."""
 
     @abstractmethod
     def send(self, message: AlertMessage) -> None:
         """Deliver ``message``; return only when the receiver accepted it."""
+
+    def redact(self, text: str) -> str:
+        """``text`` (an error about this sink) without its secrets, fit to store and show."""
+        return scrub_urls(text)
 
     def close(self) -> None:  # noqa: B027 - optional: most sinks hold nothing
         """Release connections."""

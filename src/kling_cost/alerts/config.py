@@ -51,9 +51,9 @@ def _seconds(data: Mapping[str, Any], key: str, default: float, *, zero: bool = 
 class AlertsConfig:
     """Where alerts go and how they are retried."""
 
-    sinks: tuple[str, ...] = ("log://",)
+    sinks: tuple[str, ...] = field(default=("log://",), repr=False)  # URLs may hold tokens
     dashboard_url: str | None = None
-    webhook_secret: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
     timeout: float = 10.0
     backoff: Backoff = field(default_factory=Backoff)
     lease: timedelta = timedelta(minutes=2)

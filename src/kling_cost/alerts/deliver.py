@@ -29,9 +29,10 @@ from ..ledger.models import AlertRecord
 from ..ledger.outbox_store import PHASE_ALERT, PHASE_RESOLVED, Consumer, OutboxStore
 from .base import AlertSink
 from .message import AlertMessage, build_message
+from .redact import MAX_REASON
 from .sinks import SinkLike, make_sinks
 
-__all__ = ["Backoff", "Deliverer", "DeliveryReport"]
+__all__ = ["Backoff", "Deliverer", "DeliveryReport", "failure_text"]
 
 log = logging.getLogger("kling_cost.alerts")
 
@@ -89,6 +90,14 @@ class DeliveryReport:
             "cleared": self.cleared,
             "errors": list(self.errors),
         }
+
+
+def failure_text(sink: AlertSink, exc: BaseException) -> str:
+    """``<sink name>: <short reason>``, without the sink's secrets (it is stored and shown)."""
+    text = " ".join((str(exc) or type(exc).__name__).split())
+    if text.startswith(sink.name):
+        text = text[len(sink.name) :].lstrip(": ")
+    return f"{sink.name}: {sink.redact(text)[:MAX_REASON]}"
 
 
 class Deliverer:
@@ -208,8 +217,7 @@ class Deliverer:
             try:
                 sink.send(message)
             except Exception as exc:  # any failure of any sink: record it and retry later
-                text = str(exc) or type(exc).__name__
-                errors.append(text if text.startswith(sink.name) else f"{sink.name}: {text}")
+                errors.append(failure_text(sink, exc))
                 continue
             sent.add(key)
         return errors

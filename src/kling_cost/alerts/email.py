@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from ..errors import ConfigurationError
 from .base import AlertSink, SinkError
 from .message import AlertMessage
+from .redact import Scrubber, transport_reason
 from .webhook import redact_url
 
 __all__ = ["EmailSink"]
@@ -83,8 +84,12 @@ class EmailSink(AlertSink):
                 raise ConfigurationError(f"timeout in {redact_url(url)!r} must be a number") from None
         self.timeout = timeout
         self.ssl_context = ssl_context
-        shown = f"{self.user}@" if self.user else ""
-        self.name = f"{parts.scheme}://{shown}{self.host}:{self.port}?to={','.join(self.to)}"
+        self.name = f"email:{parts.scheme}://{self.host}:{self.port}"
+        self.identity = f"{parts.scheme}://{self.user or ''}@{self.host}:{self.port}?to={','.join(self.to)}"
+        self._scrub = Scrubber([url], [self.password, parts.password])
+
+    def redact(self, text: str) -> str:
+        return self._scrub(text)
 
     def compose(self, message: AlertMessage) -> EmailMessage:
         mail = EmailMessage()
@@ -112,6 +117,23 @@ class EmailSink(AlertSink):
                     smtp.login(self.user, self.password or "")
                 refused = smtp.send_message(mail)
         except (OSError, smtplib.SMTPException) as exc:
-            raise SinkError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise SinkError(f"{self.name}: {_reason(exc)}") from None
         if refused:
-            raise SinkError(f"{self.name}: recipients refused: {', '.join(sorted(refused))}")
+            raise SinkError(f"{self.name}: {len(refused)} recipient(s) refused")
+
+
+def _reason(exc: BaseException) -> str:
+    """A few words and the SMTP code, never the server's text (it may quote the login)."""
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        return f"login refused (SMTP {exc.smtp_code})"
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return f"{len(exc.recipients)} recipient(s) refused"
+    if isinstance(exc, smtplib.SMTPSenderRefused):
+        return f"sender refused (SMTP {exc.smtp_code})"
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"SMTP {exc.smtp_code}"
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return "the server does not support a requested extension (STARTTLS or AUTH)"
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
+        return "the server closed the connection"
+    return transport_reason(exc)

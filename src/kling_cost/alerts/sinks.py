@@ -94,13 +94,18 @@ def make_sinks(
             out.append(CallbackSink(item))
         else:
             raise ConfigurationError(f"a sink must be a URL, an AlertSink or a callable, not {item!r}")
+    # Names show only kind, scheme and host, so two destinations can share one (two Slack
+    # channels, two webhooks of one host): the later ones get #2, #3 ... in the order given,
+    # and each keeps its own delivery record. The same destination twice is a mistake.
     counts: dict[str, int] = {}
+    destinations: set[str] = set()
     for sink in out:
+        destination = sink.identity or sink.name
+        if destination in destinations and not isinstance(sink, CallbackSink):
+            raise ConfigurationError(f"sink {sink.name} is configured twice")
+        destinations.add(destination)
         seen = counts.get(sink.name, 0)
         counts[sink.name] = seen + 1
-        if not seen:
-            continue
-        if not isinstance(sink, CallbackSink):
-            raise ConfigurationError(f"sink {sink.name} is configured twice")
-        sink.name = f"{sink.name}#{seen + 1}"  # two lambdas: each keeps its own delivery record
+        if seen:
+            sink.name = f"{sink.name}#{seen + 1}"
     return out

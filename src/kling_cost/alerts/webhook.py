@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -18,22 +17,26 @@ from ..ledger.outbox_store import PHASE_RESOLVED
 from ..money import format_amount
 from .base import AlertSink, SinkError
 from .message import AlertMessage
+from .redact import Scrubber, origin, sink_label, transport_reason
 
 __all__ = ["SlackSink", "WebhookSink", "redact_url"]
 
 DEFAULT_TIMEOUT = 10.0
 
 
-def redact_url(url: str, secret_params: tuple[str, ...] = ("secret",)) -> str:
-    """``url`` without its password and secret query values (safe to log and store)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@")
-    query = urlencode(
-        [(k, "***" if k in secret_params else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+def redact_url(url: str) -> str:
+    """``url`` as configuration errors show it: scheme, host and port, the query's option names;
+    no password, no path (webhook paths carry tokens), no query values."""
+    try:
+        parts = urlsplit(url)
+        keys = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)]
+    except ValueError:
+        return "(invalid URL)"
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = "***@" if "@" in parts.netloc else ""
+    path = "/..." if parts.path.strip("/") else ""
+    query = "?" + "&".join(f"{k}=***" for k in keys) if keys else ""
+    return f"{parts.scheme}://{user}{host}{path}{query}"
 
 
 def _check_http_url(url: str, what: str) -> None:
@@ -56,12 +59,46 @@ def _timeout(value: object, url: str) -> float:
     return seconds
 
 
+_HIDDEN_URLS: set[str] = set()
+"""Every HTTP sink's target, as httpx prints it."""
+
+
+class _HideSinkUrls(logging.Filter):
+    """httpx logs every request's full URL (``HTTP Request: POST <url> ...``, at INFO); a
+    sink's URL is a credential, so for those requests it logs ``scheme://host`` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, httpx.URL) and str(a) in _HIDDEN_URLS for a in args):
+            record.args = tuple(
+                origin(str(a)) if isinstance(a, httpx.URL) and str(a) in _HIDDEN_URLS else a for a in args
+            )
+        return True
+
+
+_FILTER = _HideSinkUrls()
+
+
+def _hide_in_httpx_log(url: str) -> None:
+    _HIDDEN_URLS.add(str(httpx.URL(url)))
+    logging.getLogger("httpx").addFilter(_FILTER)  # once: a logger keeps one copy of a filter
+
+
 class _HttpSink(AlertSink):
-    def __init__(self, url: str, timeout: float) -> None:
+    kind = "http"
+
+    def __init__(self, url: str, timeout: float, *, secret: str | None = None) -> None:
         self.url = url
         self.timeout = timeout
+        self.name = sink_label(self.kind, url)
+        self.identity = url
+        self._scrub = Scrubber([url], [secret])
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
+        _hide_in_httpx_log(url)
+
+    def redact(self, text: str) -> str:
+        return self._scrub(text)
 
     def _http(self) -> httpx.Client:
         with self._lock:
@@ -70,13 +107,16 @@ class _HttpSink(AlertSink):
             return self._client
 
     def _post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        # Only a status and a few words are kept: the receiver's answer may echo the request
+        # (its URL, its token), and error texts of the HTTP stack may hold the URL.
         try:
-            response = self._http().post(self.url, content=body, headers=headers)
+            with self._http().stream("POST", self.url, content=body, headers=headers) as response:
+                pass  # the answer's body is never read, let alone kept
         except httpx.HTTPError as exc:
-            raise SinkError(f"{self.name}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+            raise SinkError(f"{self.name}: {transport_reason(exc)}") from None
         if not 200 <= response.status_code < 300:
-            snippet = response.text[:200].strip()
-            raise SinkError(f"{self.name}: HTTP {response.status_code} {snippet}".strip())
+            phrase = httpx.codes.get_reason_phrase(response.status_code)
+            raise SinkError(f"{self.name}: HTTP {response.status_code} {phrase}".strip())
         return response
 
     def close(self) -> None:
@@ -97,6 +137,8 @@ class WebhookSink(_HttpSink):
     are base64-decoded first. Any 2xx answer means accepted.
     """
 
+    kind = "webhook"
+
     def __init__(self, url: str, *, secret: str | None = None, timeout: float | None = None) -> None:
         _check_http_url(url, "webhook")
         parts = urlsplit(url)
@@ -108,21 +150,18 @@ class WebhookSink(_HttpSink):
                 timeout = timeout or _timeout(value, url)
             else:
                 query.append((key, value))
-        target = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
-        super().__init__(target, timeout or DEFAULT_TIMEOUT)
         if secret is not None:
             if not secret:
                 raise ConfigurationError(f"webhook secret of {redact_url(url)!r} is empty")
             try:
-                if secret.startswith("whsec_") and not base64.b64decode(secret[6:], validate=True):
-                    raise ValueError("empty key")
                 webhook_key(secret)
-            except (binascii.Error, ValueError):
+            except ConfigurationError:
                 raise ConfigurationError(
                     f"webhook secret of {redact_url(url)!r} starts with whsec_ but the rest is not base64"
                 ) from None
+        target = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        super().__init__(target, timeout or DEFAULT_TIMEOUT, secret=secret)
         self.secret = secret
-        self.name = redact_url(target)
 
     def payload(self, message: AlertMessage) -> dict[str, Any]:
         kind = "kling_cost.alert.resolved" if message.event == PHASE_RESOLVED else "kling_cost.alert"
@@ -150,13 +189,11 @@ class SlackSink(_HttpSink):
     Posts Slack's message format: ``text`` (the notification fallback) and ``blocks``.
     """
 
+    kind = "slack"
+
     def __init__(self, url: str, *, timeout: float | None = None) -> None:
         _check_http_url(url, "Slack webhook")
         super().__init__(url, timeout or DEFAULT_TIMEOUT)
-        parts = urlsplit(url)
-        segments = parts.path.rstrip("/").split("/")
-        hidden = "/".join([*segments[:-1], "***"]) if len(segments) > 2 else parts.path
-        self.name = urlunsplit((parts.scheme, parts.netloc, hidden, "", ""))
 
     def payload(self, message: AlertMessage) -> dict[str, Any]:
         icon = ":white_check_mark:" if message.event == PHASE_RESOLVED else ":warning:"

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from ..alerts import AlertsConfig, Deliverer, load_config, sample_message, sink_from_url
 from ..alerts.config import ENV_CONFIG
+from ..alerts.deliver import failure_text
+from ..alerts.redact import public_alert, scrub_urls
 from ..money import format_amount
 from ._common import EXIT_ERROR, JsonOption, LedgerOption, boundary, console, fail, print_json
 from .budget import opened
@@ -57,12 +59,12 @@ def list_command(
     json_out: JsonOption = False,
 ) -> None:
     """List alerts from the outbox, newest first (delivery state, attempts, last error)."""
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         alerts = ledger.alerts(
             status="pending" if pending else None, scope=scope, include_cleared=not active, limit=limit
         )
     if json_out:
-        print_json([a.to_dict() for a in alerts])
+        print_json([public_alert(a.to_dict()) for a in alerts])
         return
     if not alerts:
         console.print("no pending alerts" if pending else "no alerts")
@@ -93,7 +95,7 @@ def list_command(
             a.status,
             str(a.attempts),
             "" if a.cleared_at is None else f"yes ({a.resolved_status or '-'})",
-            (a.last_error or "")[:80],
+            scrub_urls(a.last_error or "")[:80],
         )
     console.print(table)
 
@@ -118,7 +120,7 @@ def test_command(
     try:
         sink.send(message)
     except Exception as exc:
-        fail(f"{sink.name} did not accept the sample alert: {exc}", EXIT_ERROR)
+        fail(f"{sink.name} did not accept the sample alert: {failure_text(sink, exc)}", EXIT_ERROR)
     finally:
         sink.close()
     if json_out:
@@ -148,7 +150,7 @@ def deliver_command(
     pause = interval if interval is not None else config.interval
     if pause <= 0:
         fail("--interval must be positive")
-    with opened(ledger_url) as ledger, boundary():
+    with opened(ledger_url, create=False) as ledger, boundary():
         deliverer: Deliverer = config.deliverer(ledger)
         try:
             report = deliverer.deliver_pending()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from typer.core import TyperCommand
 
 from ..budgets import Usage
 from ..ledger import Ledger, copy_ledger, open_ledger
@@ -18,13 +20,28 @@ from ._common import JsonOption, LedgerOption, boundary, console, fail, print_js
 budget_app = typer.Typer(help="Set, list, show and delete budgets.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Maintain the ledger database.", no_args_is_help=True)
 
+_NEGATIVE_NUMBER = re.compile(r"^-\.?[0-9]")
+
+
+class NegativeNumbersAreValues(TyperCommand):
+    """Reads ``-100`` as an argument, not as the options ``-1 -0 -0`` (click's default), so a
+    negative limit gets the library's clear refusal instead of "No such option: -1"."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if any(_NEGATIVE_NUMBER.match(arg) for arg in args):
+            ctx.ignore_unknown_options = True
+        return super().parse_args(ctx, args)
+
+
 WindowOption = Annotated[str, typer.Option("--window", "-w", help="day, week, month or lifetime.")]
 
 
 @contextmanager
-def opened(url: str | None) -> Iterator[Ledger]:
+def opened(url: str | None, *, create: bool = True) -> Iterator[Ledger]:
+    """The ledger at ``url``; commands that only read pass ``create=False``, so a missing
+    SQLite file is one line and exit 4 instead of a new, empty ledger reporting nothing spent."""
     with boundary():
-        ledger = open_ledger(url)
+        ledger = open_ledger(url, create=create)
         try:
             yield ledger
         finally:
@@ -63,7 +80,7 @@ def _usage_table(usages: list[Usage], title: str) -> Table:
     return table
 
 
-@budget_app.command("set")
+@budget_app.command("set", cls=NegativeNumbersAreValues)
 def set_command(
     scope: Annotated[str, typer.Argument(help="account, or kind:id such as project:film, key:alice.")],
     limit: Annotated[str, typer.Argument(help="Ceiling per window, in the budget's --unit.")],
@@ -80,8 +97,12 @@ def set_command(
     ] = None,
     tz: Annotated[str, typer.Option("--tz", help="IANA time zone of the window.")] = "UTC",
     thresholds: Annotated[
-        str | None, typer.Option("--thresholds", help="Alert fractions, e.g. 0.5,0.8,1.")
+        str | None,
+        typer.Option("--thresholds", help="Alert fractions, e.g. 0.5,0.8,1 (default).", show_default=False),
     ] = None,
+    no_alerts: Annotated[
+        bool, typer.Option("--no-alerts", help="No threshold alerts for this budget (refusals still alert).")
+    ] = False,
     max_per_request: Annotated[
         str | None, typer.Option("--max-per-request", help="Refuse any single request above this.")
     ] = None,
@@ -90,9 +111,23 @@ def set_command(
 ) -> None:
     """Create or update a budget (a raised limit applies at once)."""
     marks = None if thresholds is None else [t.strip() for t in thresholds.split(",") if t.strip()]
+    if marks is not None and no_alerts:
+        fail("give --thresholds or --no-alerts, not both")
+    if marks == []:
+        fail(
+            f"--thresholds {thresholds!r} names no threshold; give fractions such as 0.5,0.8,1, "
+            "or --no-alerts to switch this budget's threshold alerts off"
+        )
     with opened(ledger_url) as ledger:
         budget = ledger.set_budget(
-            scope, limit, window, tz=tz, thresholds=marks, max_per_request=max_per_request, unit=unit
+            scope,
+            limit,
+            window,
+            tz=tz,
+            thresholds=marks,
+            max_per_request=max_per_request,
+            unit=unit,
+            alerts=not no_alerts,
         )
     if json_out:
         print_json(budget.to_dict())
@@ -102,6 +137,8 @@ def set_command(
         if budget.max_per_request is None
         else f", max {format_amount(budget.max_per_request)} {budget.unit} per request"
     )
+    if not budget.thresholds:
+        extra += ", no threshold alerts"
     console.print(
         f"budget {budget.scope} {budget.window}: {format_amount(budget.limit)} {budget.unit} per "
         f"{budget.window} ({budget.tz}){extra}"
@@ -115,7 +152,7 @@ def list_command(
     json_out: JsonOption = False,
 ) -> None:
     """List budgets with where they stand in their current window."""
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         usages = ledger.usages(scope)
     if json_out:
         print_json([{**u.budget.to_dict(), **u.to_dict()} for u in usages])
@@ -136,7 +173,7 @@ def show_command(
 ) -> None:
     """Show one scope's budgets: limit, used, reserved and remaining."""
     moment = _parse_at(at)
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         usages = [ledger.usage(scope, window, at=moment)] if window else ledger.usages(scope, at=moment)
     if not usages:
         fail(f"scope {scope} has no budget; set one with: kling-cost budget set {scope} LIMIT")
@@ -154,7 +191,7 @@ def delete_command(
     json_out: JsonOption = False,
 ) -> None:
     """Delete a budget (its charges stay in the ledger)."""
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         deleted = ledger.delete_budget(scope, window)
     if json_out:
         print_json({"deleted": deleted, "scope": scope, "window": window})
@@ -173,7 +210,7 @@ def usage_command(
 ) -> None:
     """Where every budget stands now (or --at a past moment), and the latest charges."""
     moment = _parse_at(at)
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         usages = ledger.usages(scope, at=moment)
         latest = ledger.charges(scope)[-charges:] if charges > 0 else []
         totals = ledger.totals()
@@ -236,7 +273,7 @@ def copy_command(
     json_out: JsonOption = False,
 ) -> None:
     """Copy a whole ledger (budgets, usage, reservations, charges) into an empty one."""
-    with opened(source) as src, opened(target) as dst, boundary():
+    with opened(source, create=False) as src, opened(target) as dst, boundary():
         result = copy_ledger(src, dst)
     if json_out:
         print_json({"from": source, "to": target, "rows": result.rows, "total": result.total})
@@ -248,7 +285,7 @@ def copy_command(
 @ledger_app.command("sweep")
 def sweep_command(ledger_url: LedgerOption = None, json_out: JsonOption = False) -> None:
     """Reclaim reservations whose lease expired (also done on every reservation)."""
-    with opened(ledger_url) as ledger:
+    with opened(ledger_url, create=False) as ledger:
         count = ledger.sweep()
     if json_out:
         print_json({"reclaimed": count})

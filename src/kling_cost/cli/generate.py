@@ -110,7 +110,7 @@ def plan_command(
     """Price a batch file: total, what remains in each budget, how many fit, cheaper options."""
     with boundary():
         rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
-    with opened(ledger_url) as ledger, boundary():
+    with opened(ledger_url, create=False) as ledger, boundary():
         plan = plan_batch(
             [{"endpoint": r.endpoint, **r.body} for r in rows], ledger, scope or [], catalog=catalog
         )

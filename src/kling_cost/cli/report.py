@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import sys
 from decimal import Decimal
 from typing import Annotated
@@ -15,6 +14,7 @@ from ..money import format_amount
 from ..reports import DailyUsage, Report, ReportRow, daily_usage, export_charges, parse_by, report
 from ..reports.aggregate import METRICS
 from ._common import LedgerOption, boundary, console, fail, print_json
+from ._serving import listen, require_uvicorn, run_server, url_host
 from .budget import opened
 
 SinceOption = Annotated[
@@ -51,7 +51,7 @@ def report_command(
         fail(f"--format {fmt!r} is unknown; use table, json or csv")
     with boundary():
         dims = parse_by(by)
-    with opened(ledger_url) as ledger, boundary():
+    with opened(ledger_url, create=False) as ledger, boundary():
         rep = report(ledger, dims, since=since, until=until, scope=scope, tz=tz)
         daily = daily_usage(ledger, _chart_days(rep), scope=scope, tz=tz) if fmt == "table" else None
     if fmt == "json":
@@ -188,7 +188,7 @@ def export_command(
     """Export raw charges (timestamp, task_id, credits, unit, model, duration, mode, prompt_preview, ...)."""
     if fmt not in ("jsonl", "csv"):
         fail(f"--format {fmt!r} is unknown; use jsonl or csv")
-    with opened(ledger_url) as ledger, boundary():
+    with opened(ledger_url, create=False) as ledger, boundary():
         if output is None:
             export_charges(ledger, sys.stdout, fmt, since=since, until=until, scope=scope, tz=tz)
             return
@@ -212,6 +212,15 @@ def serve_command(
             show_default=False,
         ),
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="Also answer requests whose Host header is this name (repeatable); loopback names "
+            "and the bound address are always allowed, anything else gets 421.",
+            show_default=False,
+        ),
+    ] = None,
     tz: TzOption = "UTC",
     refresh: Annotated[int, typer.Option("--refresh", help="Auto-refresh period in seconds.")] = 30,
     ledger_url: LedgerOption = None,
@@ -222,11 +231,20 @@ def serve_command(
 
         if not is_loopback(host) and not token:
             fail(f"binding {host} (not loopback) needs --token or KLING_COST_DASHBOARD_TOKEN")
-        import uvicorn
+        require_uvicorn("dashboard")
 
-    with opened(ledger_url) as ledger, boundary():
-        app = create_dashboard_app(ledger, token=token, bound_host=host, tz=tz, refresh_seconds=refresh)
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    with opened(ledger_url, create=False) as ledger, boundary():
+        app = create_dashboard_app(
+            ledger,
+            token=token,
+            bound_host=host,
+            allowed_hosts=allowed_host or (),
+            tz=tz,
+            refresh_seconds=refresh,
+        )
+        sock = listen(host, port)
         suffix = "/?token=..." if token else "/"
-        console.print(f"dashboard on http://{shown}:{port}{suffix} (Ctrl-C to stop)", highlight=False)
-        uvicorn.run(app, host=host, port=port, log_level=os.environ.get("KLING_COST_LOG_LEVEL", "warning"))
+        shown = f"http://{url_host(host)}:{sock.getsockname()[1]}{suffix}"
+        console.print(f"dashboard on {shown} (Ctrl-C to stop)", highlight=False)
+        console.file.flush()
+        run_server(app, sock)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ._common import console, fail
+from ._serving import listen, run_server, url_host
 
 
 def simulate_command(
@@ -51,7 +52,7 @@ def simulate_command(
 ) -> None:
     """Run a Kling-compatible API simulator (endpoints, auth, packs, billing, callbacks)."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here so a missing extra is one line
 
         from ..simulator import create_app
     except ImportError:
@@ -86,10 +87,11 @@ def simulate_command(
         rate_limit=rate_limit,
         admin=admin,
     )
-    console.print(f"Kling simulator on http://{host}:{port}", markup=False)
+    sock = listen(host, port)
+    console.print(f"Kling simulator on http://{url_host(host)}:{sock.getsockname()[1]}", markup=False)
     if generated:
         console.print(f"access key: {ak}\nsecret key: {sk}", markup=False)
     else:
         console.print(f"access key: {ak} (secret key from the command line or environment)", markup=False)
     console.file.flush()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    run_server(app, sock)

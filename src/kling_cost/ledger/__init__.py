@@ -49,8 +49,13 @@ def default_ledger_url() -> str:
     return f"sqlite:///{folder / 'ledger.db'}"
 
 
-def open_ledger(url: str | None = None, **options: Any) -> Ledger:
+def open_ledger(url: str | None = None, *, create: bool = True, **options: Any) -> Ledger:
     """Open (and migrate) the ledger at ``url``; the URL scheme picks the backend.
+
+    ``create=False`` opens only a ledger that exists: a missing SQLite file raises
+    :class:`StorageError` instead of becoming a new, empty ledger (read-only tools use it, so
+    a mistyped path is an error, not "nothing spent"). A PostgreSQL database is never created
+    by this package, only its tables.
 
     ``options`` go to the backend: ``clock`` (a function returning an aware UTC datetime),
     ``default_ttl``, ``sweep_interval``, and backend-specific ones.
@@ -68,6 +73,8 @@ def open_ledger(url: str | None = None, **options: Any) -> Ledger:
             f"ledger URL {redact_url(target)!r} has an unknown scheme {scheme!r}; use one of: {known} "
             "(e.g. sqlite:///credits.db)"
         )
+    if not create and issubclass(backend, SQLiteLedger):
+        options["create"] = False
     ledger = backend(target, **options)
     if not isinstance(ledger, Ledger):
         raise ConfigurationError(f"backend {backend.__name__} is not a Ledger")

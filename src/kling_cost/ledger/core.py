@@ -166,19 +166,23 @@ class LedgerCore(ABC):
         thresholds: Iterable[Decimal | str | int] | None = None,
         max_per_request: Decimal | int | str | None = None,
         unit: str | None = None,
+        alerts: bool = True,
     ) -> Budget:
         """Create or update the ``window`` budget of ``scope``; a new limit applies at once.
 
         ``unit`` is what the limit counts: ``units`` (Kling's API units, the default for a new
         budget) or ``credits`` (the app's). ``None`` keeps an existing budget's unit. A budget
         whose windows hold or have used anything cannot change its unit (delete it first).
+        ``thresholds``: fractions of the limit that alert when crossed (``None``: ``0.5, 0.8,
+        1``; an empty list is refused). ``alerts=False`` gives the budget no threshold alerts
+        (a refused reservation still alerts).
         """
         scope = validate_scope(scope)
         wanted_unit = None if unit is None else validate_unit(unit)
         window = validate_window(window)
         lim = parse_limit(limit)
         tz = validate_tz(tz)
-        marks = parse_thresholds(thresholds)
+        marks = parse_thresholds(thresholds, alerts=alerts)
         mpr = None if max_per_request is None else parse_limit(max_per_request, "max_per_request")
         with self._transaction() as cur:
             moment = self._now(cur)

@@ -159,6 +159,8 @@ class LedgerQueries(LedgerCore):
         limit: int = 500,
     ) -> list[AlertRecord]:
         """Alerts from the outbox, newest first (``status='pending'`` for the undelivered)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
         where: list[str] = []
         params: list[Any] = []
         if status is not None:

@@ -56,6 +56,7 @@ class SQLiteLedger(Ledger):
     loses nothing when a process crashes), ``?timeout=30`` (seconds to wait for a lock),
     ``?checkpoint=background`` (default: a background thread copies the WAL back into the
     database, so no reservation waits for a checkpoint) or ``auto`` (SQLite's own, inline).
+    ``create=False`` refuses a file that does not exist (:class:`StorageError`).
     """
 
     checkpoint_pages = 1000
@@ -66,9 +67,14 @@ class SQLiteLedger(Ledger):
     dialect = "sqlite"
     without_rowid = " WITHOUT ROWID"
 
-    def __init__(self, url: str, **options: Any) -> None:
+    def __init__(self, url: str, *, create: bool = True, **options: Any) -> None:
         super().__init__(url, **options)
         self.path, self.synchronous, self.timeout, self.checkpoint = _parse_url(url)
+        if not create and not Path(self.path).is_file():
+            raise StorageError(
+                f"ledger {self.path} does not exist; check the path, or create it with "
+                "`kling-cost ledger migrate` (or by setting a budget: `kling-cost budget set`)"
+            )
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []

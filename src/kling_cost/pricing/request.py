@@ -74,9 +74,13 @@ def _as_int(value: object, field: str) -> int:
         raise PricingError(f"{field} must be a whole number, not {value!r}", field=field, value=value)
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    raise PricingError(f"{field} must be a whole number, not {value!r}", field=field, value=value)
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit():  # ASCII: "²".isdigit() is True but int("²") fails
+        if len(text) > 18:
+            raise PricingError(f"{field} {text[:20]}... is far too large", field=field, value=text[:20])
+        return int(text)
+    shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "..."
+    raise PricingError(f"{field} must be a whole number, not {shown!r}", field=field, value=shown)
 
 
 def _as_audio(value: object) -> bool:

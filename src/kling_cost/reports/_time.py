@@ -16,6 +16,13 @@ __all__ = ["Segment", "day_key", "local_midnight", "parse_since", "parse_until",
 
 _DAYS = re.compile(r"^(\d{1,5})d$")
 _ONE_MS = timedelta(milliseconds=1)
+FIRST_DAY = date(1970, 1, 1)
+LAST_DAY = date(9998, 12, 31)
+"""Report periods lie between these days (in any zone): the ledger's clock starts at the Unix
+epoch, and local midnights of dates near year 1 or 9999 do not exist in every zone."""
+_EARLIEST = datetime(1969, 12, 31, tzinfo=UTC)  # FIRST_DAY's midnight in any zone is after this
+_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+_RANGE = f"reports cover {FIRST_DAY} to {LAST_DAY} (since {FIRST_DAY} covers everything)"
 
 
 def zone(tz: str) -> ZoneInfo:
@@ -27,6 +34,18 @@ def local_midnight(day: date, tz: str) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=zone(tz)).astimezone(UTC)
 
 
+def _day_in_range(day: date, what: str, given: object) -> date:
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValidationError(f"{what} {given!s} is out of range; {_RANGE}")
+    return day
+
+
+def _in_range(moment: datetime, what: str, given: object) -> datetime:
+    if not _EARLIEST <= moment < _LATEST:
+        raise ValidationError(f"{what} {given!s} is out of range; {_RANGE}")
+    return moment
+
+
 def today(tz: str, now: datetime) -> date:
     return now.astimezone(zone(tz)).date()
 
@@ -35,16 +54,19 @@ def parse_since(value: datetime | date | str | None, tz: str, now: datetime) -> 
     """``30d`` (the last 30 local days, today included), ``YYYY-MM-DD`` (that day's local
     midnight), an ISO 8601 instant with an offset, a ``date`` or an aware ``datetime``."""
     if value is None or isinstance(value, datetime):
-        return _aware(value)
+        return _aware(value, "since")
     if isinstance(value, date):
-        return local_midnight(value, tz)
+        return local_midnight(_day_in_range(value, "since", value), tz)
     text = value.strip()
     match = _DAYS.match(text)
     if match:
         days = int(match.group(1))
         if days < 1:
             raise ValidationError(f"since {value!r} must count at least one day")
-        return local_midnight(today(tz, now) - timedelta(days=days - 1), tz)
+        first = today(tz, now) - timedelta(days=days - 1)
+        if first < FIRST_DAY:
+            raise ValidationError(f"since {value!r} reaches back before {FIRST_DAY}; {_RANGE}")
+        return local_midnight(first, tz)
     return _parse_moment(text, tz, "since", inclusive_end=False)
 
 
@@ -52,16 +74,18 @@ def parse_until(value: datetime | date | str | None, tz: str) -> datetime | None
     """``YYYY-MM-DD`` (that day included: the next local midnight), an ISO 8601 instant with an
     offset (excluded), a ``date`` (included) or an aware ``datetime`` (excluded)."""
     if value is None or isinstance(value, datetime):
-        return _aware(value)
+        return _aware(value, "until")
     if isinstance(value, date):
-        return local_midnight(value + timedelta(days=1), tz)
+        return local_midnight(_day_in_range(value, "until", value) + timedelta(days=1), tz)
     return _parse_moment(value.strip(), tz, "until", inclusive_end=True)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+def _aware(value: datetime | None, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError("report times must be timezone-aware")
-    return value
+    return _in_range(value, what, value.isoformat())
 
 
 def _parse_moment(text: str, tz: str, what: str, *, inclusive_end: bool) -> datetime:
@@ -70,6 +94,7 @@ def _parse_moment(text: str, tz: str, what: str, *, inclusive_end: bool) -> date
     except ValueError:
         day = None
     if day is not None:
+        _day_in_range(day, what, text)
         return local_midnight(day + timedelta(days=1) if inclusive_end else day, tz)
     try:
         moment = datetime.fromisoformat(text)
@@ -79,7 +104,7 @@ def _parse_moment(text: str, tz: str, what: str, *, inclusive_end: bool) -> date
         ) from None
     if moment.tzinfo is None:
         raise ValidationError(f"{what} {text!r} needs a UTC offset, e.g. 2026-06-01T00:00:00+00:00")
-    return moment
+    return _in_range(moment, what, text)
 
 
 def offset_ms(tz: ZoneInfo, ms: int) -> int:

@@ -268,6 +268,10 @@ def report(
     return Report(dims, tz, start, end, scope, rows, totals, source_used, overages)
 
 
+MAX_ROLLUP_SPANS = 60
+"""A report period with more constant-offset spans than this reads the raw charges."""
+
+
 def _rollup_plan(
     ledger: Ledger, dims: tuple[str, ...], lo: int | None, hi: int | None, scope: str | None, tz: str
 ) -> list[_time.Segment] | None:
@@ -283,10 +287,16 @@ def _rollup_plan(
     span = charge_span(ledger)
     if span is None:
         return []
-    # An open end is widened to UTC midnights (no charge lies beyond): day rows cover it.
-    first = lo if lo is not None else span[0] - span[0] % DAY_MS
-    last = hi if hi is not None else span[1] - span[1] % DAY_MS + DAY_MS
+    # Only where charges lie, widened to UTC midnights (day rows cover it): a period since
+    # 1970 in a zone with summer time would otherwise be a hundred constant-offset spans.
+    lower, upper = span[0] - span[0] % DAY_MS, span[1] - span[1] % DAY_MS + DAY_MS
+    first = lower if lo is None else max(lo, lower)
+    last = upper if hi is None else min(hi, upper)
+    if first >= last:
+        return []
     spans = _time.segments(tz, first, last)
+    if len(spans) > MAX_ROLLUP_SPANS:
+        return None  # one statement would be too long (SQLite allows 500 UNION terms)
     return spans if _time.hour_aligned(spans) else None
 
 

@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..errors import KlingAPIError
+from ..kling.limits import BodyLimits, read_json_body
 from ..money import format_amount
 from ..pricing import Catalog
 from .auth import Authenticator
@@ -88,6 +90,7 @@ class Simulator:
         catalog: Catalog | str = "kling-api",
         tick: float = 0.05,
         admin: bool = True,
+        limits: BodyLimits | None = None,
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.state = SimulatorState(
@@ -113,6 +116,8 @@ class Simulator:
         self.callbacks = CallbackSender(callback_secret)
         self.tick = tick
         self.admin = admin
+        self.limits = limits or BodyLimits()
+        """Largest body and deepest JSON accepted (:mod:`kling_cost.kling.limits`)."""
 
     async def pump(self, client: httpx.AsyncClient) -> None:
         """Move tasks whose time has come and deliver the callbacks that queues."""
@@ -172,11 +177,14 @@ def _kling(sim: Simulator, scope: str, handler: Callable[[Request], Awaitable[ob
     return endpoint
 
 
-async def _json_body(request: Request) -> object:
+async def _json_body(request: Request, limits: BodyLimits) -> object:
+    """The body as JSON within ``limits``: too large 1200/413, not JSON or too deep 1200/400."""
     try:
-        return json.loads(await request.body())
-    except ValueError:
-        raise SimError(1200, "request body is not valid JSON") from None
+        return await read_json_body(
+            request.stream(), content_length=request.headers.get("content-length"), limits=limits
+        )
+    except KlingAPIError as exc:
+        raise SimError(exc.code or 1200, exc.message, http_status=exc.http_status) from None
 
 
 def _int_param(request: Request, name: str, default: int | None = None) -> int:
@@ -197,7 +205,7 @@ def _routes(sim: Simulator) -> list[Route]:
     for path, kind in ENDPOINT_ROUTES.items():
 
         async def create(request: Request, kind: str = kind) -> object:
-            return state.submit(kind, await _json_body(request))
+            return state.submit(kind, await _json_body(request, sim.limits))
 
         async def listing(request: Request, kind: str = kind) -> object:
             return state.list_tasks(
@@ -226,34 +234,46 @@ def _admin_routes(sim: Simulator) -> list[Route]:
     state = sim.state
 
     async def faults(request: Request) -> object:
-        body = await _json_body(request)
+        body = await _json_body(request, sim.limits)
         if not isinstance(body, dict) or not isinstance(body.get("code"), int):
             raise SimError(1201, 'body must be {"code": int, "times": int, "scope": "create|query|any"}')
+        times = body.get("times", 1)
+        if isinstance(times, bool) or not isinstance(times, int):
+            raise SimError(1201, 'body must be {"code": int, "times": int, "scope": "create|query|any"}')
+        message = body.get("message")
         try:
             state.inject(
                 body["code"],
-                times=int(body.get("times", 1)),
+                times=times,
                 scope=str(body.get("scope", "create")),
-                message=body.get("message"),
+                message=None if message is None else str(message),
             )
         except ValueError as exc:
             raise SimError(1201, str(exc)) from None
         return {"injected": body["code"]}
 
     async def fail_next(request: Request) -> object:
-        body = await _json_body(request)
+        body = await _json_body(request, sim.limits)
         times = body.get("times", 1) if isinstance(body, dict) else 1
-        state.fail_next(int(times))
-        return {"fail_next": int(times)}
+        if isinstance(times, bool) or not isinstance(times, int) or not 0 <= times <= 1_000_000:
+            raise SimError(1201, 'body must be {"times": <whole number from 0 to 1000000>}')
+        state.fail_next(times)
+        return {"fail_next": times}
 
     async def pack(request: Request) -> object:
         pack_type = request.path_params["pack_type"]
-        body = await _json_body(request)
+        body = await _json_body(request, sim.limits)
+        usage = f'POST /_simulator/packs/<{"|".join(PACK_TYPES)}> {{"remaining": "<units>"}}'
         if pack_type not in PACK_TYPES or not isinstance(body, dict) or "remaining" not in body:
-            raise SimError(
-                1201, f'POST /_simulator/packs/<{"|".join(PACK_TYPES)}> {{"remaining": "<units>"}}'
-            )
-        state.set_remaining(pack_type, Decimal(str(body["remaining"])))
+            raise SimError(1201, usage)
+        raw = body["remaining"]
+        try:
+            remaining = Decimal(str(raw)) if isinstance(raw, (int, float, str)) else None
+        except ArithmeticError:
+            remaining = None
+        if isinstance(raw, bool) or remaining is None or not remaining.is_finite() or remaining < 0:
+            raise SimError(1201, usage)
+        state.set_remaining(pack_type, remaining)
         return {"pack": pack_type, "remaining": state.packs[pack_type].remaining}
 
     async def snapshot(request: Request) -> object:

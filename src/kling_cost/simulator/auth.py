@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jwt
@@ -11,9 +12,19 @@ from .errors import SimError
 __all__ = ["Authenticator"]
 
 
+def _numeric_date(value: object) -> bool:
+    """An int or a finite float; not a bool, a string, null or NaN."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
 class Authenticator:
-    """Checks ``Authorization: Bearer ...`` like Kling: 1001 empty, 1002 invalid, 1003 not yet
-    valid, 1004 expired. ``clock`` gives Unix seconds (the real time unless a test injects one)."""
+    """Checks ``Authorization: Bearer ...`` like Kling: 1001 empty, 1002 invalid (bad signature,
+    issuer or algorithm; ``exp``, ``nbf`` or ``iat`` not a finite number, e.g. a string), 1003 not
+    yet valid, 1004 expired. ``clock`` gives Unix seconds (the real time unless a test injects one)."""
 
     def __init__(
         self,
@@ -52,10 +63,12 @@ class Authenticator:
             raise SimError(1002, "token must be signed with HS256")
         if claims.get("iss") != self.access_key:
             raise SimError(1002, "token issuer is not a known access key")
+        for name in ("exp", "nbf", "iat"):  # NumericDate (RFC 7519): a finite number of seconds
+            if name in claims and not _numeric_date(claims[name]):
+                raise SimError(1002, f"token is invalid: {name} must be a number of seconds")
         now = self.clock()
         nbf = claims.get("nbf")
-        if isinstance(nbf, (int, float)) and now < nbf:
+        if nbf is not None and now < nbf:
             raise SimError(1003, "token is not yet valid")
-        exp = claims["exp"]
-        if not isinstance(exp, (int, float)) or now >= exp:
+        if now >= claims["exp"]:
             raise SimError(1004, "token has expired")

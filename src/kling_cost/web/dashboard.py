@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..alerts.redact import public_alert
 from ..budgets import validate_tz
 from ..errors import ConfigurationError, KlingCostError, ValidationError
 from ..ledger import Ledger
 from ..reports import budget_status, daily_usage, latest_charges, overview, report
-from .access import COOKIE, TokenGate
+from .access import COOKIE, HostGate, TokenGate
 
 try:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -58,11 +59,23 @@ def _int(request: Request, name: str, default: int) -> int:
         raise ValidationError(f"{name} must be an integer, not {raw!r}") from None
 
 
+MAX_ROWS = 1000
+"""Most rows one ``/api/charges`` or ``/api/alerts`` call returns."""
+
+
+def _limit(request: Request, default: int) -> int:
+    limit = _int(request, "limit", default)
+    if not 1 <= limit <= MAX_ROWS:
+        raise ValidationError(f"limit must be between 1 and {MAX_ROWS}, not {limit}")
+    return limit
+
+
 def create_dashboard_app(
     ledger: Ledger,
     token: str | None = None,
     *,
     bound_host: str = "127.0.0.1",
+    allowed_hosts: Iterable[str] = (),
     tz: str = "UTC",
     refresh_seconds: int = 30,
     days: int = 30,
@@ -71,8 +84,10 @@ def create_dashboard_app(
     """The dashboard over ``ledger``: ``/`` (the page), ``/api/...`` (JSON), ``/static/...``.
 
     ``bound_host`` is the address the server listens on: unless it is loopback, every request
-    must carry ``token`` (and without a token every request answers 401). ``now`` defaults to
-    the ledger's clock.
+    must carry ``token`` (and without a token every request answers 401). Every request must
+    name the dashboard in its ``Host`` header: a loopback name, the bound address, or one of
+    ``allowed_hosts``; any other answers 421 (see :mod:`.access`). ``now`` defaults to the
+    ledger's clock.
     """
     tz = validate_tz(tz)
     if refresh_seconds < 1:
@@ -149,13 +164,13 @@ def create_dashboard_app(
         return rep.to_dict()
 
     def get_charges(request: Request) -> Any:
-        found = latest_charges(ledger, _int(request, "limit", 50), scope=request.query_params.get("scope"))
+        found = latest_charges(ledger, _limit(request, 50), scope=request.query_params.get("scope"))
         return {"charges": [c.to_dict() for c in found]}
 
     def get_alerts(request: Request) -> Any:
         q = request.query_params
-        found = ledger.alerts(status=q.get("status"), scope=q.get("scope"), limit=_int(request, "limit", 100))
-        return {"alerts": with_units([a.to_dict() for a in found])}
+        found = ledger.alerts(status=q.get("status"), scope=q.get("scope"), limit=_limit(request, 100))
+        return {"alerts": with_units([public_alert(a.to_dict()) for a in found])}
 
     def with_units(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Each alert's amounts are in its budget's unit (None when the budget is gone)."""
@@ -186,4 +201,5 @@ def create_dashboard_app(
         Route("/api/alerts", api(get_alerts)),
     ]
     app = Starlette(routes=routes)
-    return TokenGate(app, token=token, bound_host=bound_host)
+    gated = TokenGate(app, token=token, bound_host=bound_host)
+    return HostGate(gated, bound_host=bound_host, allowed_hosts=allowed_hosts)

@@ -24,7 +24,7 @@ _SCOPE = {
     "schema": {"type": "string"},
     "description": "A scope such as project:film.",
 }
-_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}
+_LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
 
 _ENDPOINTS: list[tuple[str, str, list[dict[str, Any]]]] = [
     (

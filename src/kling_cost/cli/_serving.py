@@ -1,0 +1,71 @@
+"""Serving an ASGI app from the CLI (``serve``, ``simulate``): the port is taken before anything
+is announced, so a port in use is one line and exit 2, never "started" followed by a failure."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+from ._common import EXIT_ERROR, fail
+
+__all__ = ["listen", "require_uvicorn", "run_server", "url_host"]
+
+
+def require_uvicorn(extra: str) -> None:
+    """One line and exit 2 when uvicorn is not installed."""
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        fail(f"this command needs uvicorn: pip install 'klingai-cost-controls[{extra}]'")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (uvicorn listens on it), or one line on stderr and exit 2
+    (a port in use, a port below 1024 without privileges, an address this machine lacks)."""
+    if not 0 <= port <= 65535:
+        fail(f"--port {port} is not a TCP port; pick one from 1 to 65535")
+    name = host.strip().strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in name else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((name, port))
+    except (OSError, UnicodeError) as exc:
+        sock.close()
+        if isinstance(exc, (socket.gaierror, UnicodeError)):
+            fail(f"--host {host!r} is not an address of this machine; use e.g. 127.0.0.1")
+        if exc.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is already in use; pick another with --port")
+        if exc.errno == errno.EACCES:
+            fail(
+                f"no permission to listen on port {port} (ports below 1024 need privileges); "
+                "pick another with --port"
+            )
+        if exc.errno == errno.EADDRNOTAVAIL:
+            fail(f"--host {host!r} is not an address of this machine; use e.g. 127.0.0.1")
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_host(host: str) -> str:
+    """How a URL names ``host``: wildcards as 127.0.0.1, IPv6 addresses in brackets."""
+    name = host.strip().strip("[]")
+    if name in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{name}]" if ":" in name else name
+
+
+def run_server(app: Any, sock: socket.socket) -> None:
+    """Serve ``app`` on ``sock`` until Ctrl-C/SIGTERM; exit 1 if uvicorn could not start."""
+    import uvicorn
+
+    level = os.environ.get("KLING_COST_LOG_LEVEL", "warning")
+    server = uvicorn.Server(uvicorn.Config(app, log_level=level))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started and not server.should_exit:
+        fail("the server stopped before it started; set KLING_COST_LOG_LEVEL=info to see why", EXIT_ERROR)
