@@ -40,6 +40,16 @@ PENDING_GRACE = timedelta(minutes=2)
 """A reservation without a task this old whose request Kling does not know was never sent."""
 
 
+def sent_by_key(res: Reservation) -> bool:
+    """Whether ``res`` paid for a Kling request sent under its idempotency key (the guard
+    records the endpoint and the ``external_task_id``). Only then does Kling's "no task under
+    this key" prove that nothing was accepted: a hold made another way (the seed's
+    ``BudgetGuard.check``, a plain ``ledger.reserve``) is not Kling's to judge; its lease or
+    its owner ends it."""
+    meta = res.metadata
+    return isinstance(meta.get("endpoint"), str) or meta.get("external_task_id") == res.idempotency_key
+
+
 def is_unknown_task(exc: KlingAPIError) -> bool:
     """Kling's answer "no such task" (1203, or HTTP 404)."""
     return exc.code == 1203 or (exc.code is None and exc.http_status == 404)
@@ -344,7 +354,7 @@ class GuardCore:
     ) -> None:
         """One step of ``settle_pending`` once Kling was asked about ``res``."""
         if task is None:  # Kling has no task under this key: it was never accepted
-            if res.status == "reserved" and res.created_at < now - PENDING_GRACE:
+            if res.status == "reserved" and res.created_at < now - PENDING_GRACE and sent_by_key(res):
                 self.ledger.release(res)
                 report.released.append(res.id)
             elif res.status == "reserved":
