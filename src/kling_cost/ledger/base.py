@@ -115,7 +115,10 @@ class Ledger(LedgerSettlement):
         enforce: bool = True,
     ) -> Reservation:
         marks = ",".join("?" * len(scopes))
-        cur.execute(BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id", scopes)
+        # Locked (shared) until this transaction ends: the unit checked below stays the unit
+        # of every budget held on (a unit switch waits), and no budget vanishes under a hold.
+        lock = self._lock_budgets_sql()
+        cur.execute(BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id" + lock, scopes)
         budgets = [budget_from_row(row) for row in cur.fetchall()]
         unit, catalog, catalog_date = priced
         for b in budgets:

@@ -84,6 +84,13 @@ class LedgerCore(ABC):
     def _lock_reservation_sql(self) -> str:
         return ""
 
+    def _lock_budgets_sql(self, exclusive: bool = False) -> str:
+        """A suffix for a ``SELECT`` of budget rows that locks them until the transaction ends:
+        shared (a reservation holding on them: their unit and existence stay as read) or
+        ``exclusive`` (a unit switch, a deletion: waits for those reservations). SQLite needs
+        none: ``BEGIN IMMEDIATE`` already serialises every writer."""
+        return ""
+
     def _now(self, cur: Cursor) -> datetime:
         """The time every decision of the transaction of ``cur`` uses (lease expiry, sweeps,
         budget windows): the injected clock; else the backend's clock, the one shared by
@@ -192,6 +199,12 @@ class LedgerCore(ABC):
             previous = None if before is None else budget_from_row(before)
             new_unit = wanted_unit or (previous.unit if previous is not None else DEFAULT_UNIT)
             if previous is not None and new_unit != previous.unit:
+                # Locked, then checked: a reservation that read the old unit holds this row
+                # (shared) until it commits, so its hold is seen here, never missed.
+                cur.execute(BUDGET_SELECT + " WHERE id = ?" + self._lock_budgets_sql(True), (previous.id,))
+                row = cur.fetchone()
+                previous = None if row is None else budget_from_row(row)
+            if previous is not None and new_unit != previous.unit:
                 self._check_unit_change(cur, previous, new_unit)
             cur.execute(
                 "INSERT INTO budgets (scope, period, tz, limit_milli, max_per_request_milli, "
@@ -257,8 +270,9 @@ class LedgerCore(ABC):
         """Remove a budget and its window counters; charges stay. True if one was deleted."""
         window = validate_window(window)
         with self._transaction() as cur:
-            cur.execute(
-                "SELECT id FROM budgets WHERE scope = ? AND period = ?", (validate_scope(scope), window)
+            cur.execute(  # the budget first, as reservations lock it: no deadlock, none cut short
+                "SELECT id FROM budgets WHERE scope = ? AND period = ?" + self._lock_budgets_sql(True),
+                (validate_scope(scope), window),
             )
             row = cur.fetchone()
             if row is None:
