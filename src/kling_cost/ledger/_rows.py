@@ -189,6 +189,8 @@ def clean_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
         cleaned = json.loads(text)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"metadata is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ValidationError("metadata is nested too deeply to be recorded; flatten it") from None
     if "\\u0000" in text or "\\ud" in text:  # a NUL or a surrogate escape: clean every string
         cleaned = clean_json(cleaned)
     return dict(cleaned)

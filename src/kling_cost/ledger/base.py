@@ -17,6 +17,7 @@ from typing import Any
 from ..budgets import DEFAULT_UNIT, Budget, Window, normalise_scopes, validate_unit, window_at
 from ..errors import BudgetExceeded, ReservationError, StorageError, UnitMismatch, ValidationError
 from ..money import format_amount, from_storage, parse_amount, to_storage
+from ..text import bad_text
 from ._rows import (
     BUDGET_SELECT,
     RETRIES,
@@ -543,6 +544,9 @@ def _priced(unit: str, catalog: str | None, catalog_date: str | None) -> tuple[s
     unit = validate_unit(unit)
     if catalog is not None and (not isinstance(catalog, str) or not catalog.strip() or len(catalog) > 200):
         raise ValidationError(f"catalog must be a catalog name of at most 200 characters, not {catalog!r}")
+    why = None if catalog is None else bad_text(catalog)
+    if why is not None:  # refused alike on every backend (PostgreSQL text cannot hold it)
+        raise ValidationError(f"catalog {catalog!r} {why}; use the catalog's name")
     if catalog_date is not None:
         try:
             catalog_date = date.fromisoformat(str(catalog_date)).isoformat()

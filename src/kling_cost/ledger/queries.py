@@ -9,6 +9,7 @@ from typing import Any
 from ..budgets import Usage, validate_scope, validate_window, window_at
 from ..errors import ValidationError
 from ..money import from_storage
+from ..text import bad_text, clean_text
 from ._rows import (
     ALERT_SELECT,
     BUDGET_SELECT,
@@ -37,13 +38,16 @@ class LedgerQueries(LedgerCore):
 
     def get_reservation(self, ref: str) -> Reservation | None:
         """A reservation by id or by idempotency key."""
+        if isinstance(ref, str) and bad_text(ref) is not None:
+            return None  # no id or key holds text PostgreSQL cannot store (such keys are refused)
         with self._transaction() as cur:
             return self._reservation_by(cur, "id", ref) or self._reservation_by(cur, "idempotency_key", ref)
 
     def reservation_for_task(self, task_id: str) -> Reservation | None:
-        """The reservation a Kling task was attached to."""
+        """The reservation a Kling task was attached to (task ids are stored as
+        :meth:`attach_task` cleaned them, and looked up the same way)."""
         with self._transaction() as cur:
-            return self._reservation_by(cur, "task_id", task_id)
+            return self._reservation_by(cur, "task_id", clean_text(task_id))
 
     def reservations(self, status: str | None = None, limit: int = 1000) -> list[Reservation]:
         """Reservations, newest first, optionally of one status (``reserved`` = pending)."""
