@@ -170,9 +170,10 @@ class BatchRunner:
                     unit=earlier.unit,
                 )
             )
-        if earlier is not None and earlier.status == "reserved" and earlier.task_id:
-            # Sent by an earlier run and still held: resume that task (never create it again,
-            # whatever this run's catalog says; it settles in the unit it recorded).
+        if earlier is not None and earlier.status in ("reserved", "expired") and earlier.task_id:
+            # Sent by an earlier run, held or lapsed while it ran: resume that task (never
+            # create it again, whatever this run's catalog says; it settles in the unit it
+            # recorded, a lapsed one as a charge Kling made anyway).
             try:
                 task = self.guard.get_task(row.endpoint, earlier.task_id)
             except KlingCostError as exc:
