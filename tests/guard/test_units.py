@@ -187,7 +187,6 @@ def test_a_batch_resumed_after_its_holds_lapsed_settles_in_the_recorded_unit(
     """Rows sent in credits whose holds lapsed while their tasks ran (the batch was killed and
     re-run hours later, with the default catalog): before, the re-run asked to reserve them
     again in units and reported an idempotency conflict, leaving Kling's charges unrecorded."""
-    from datetime import timedelta
 
     from kling_cost.guard import CostAwareClient
     from kling_cost.ledger import open_ledger
@@ -209,7 +208,9 @@ def test_a_batch_resumed_after_its_holds_lapsed_settles_in_the_recorded_unit(
         world.finish()
         with CostAwareClient(world.kling(), ledger, cache=policy) as units_guard:
             summary = BatchRunner(units_guard, rows, concurrency=2, poll=0.01).run()
-        assert [(r.status, r.charged, r.unit) for r in summary.results] == [("done", Decimal(70), "credits")] * 2
+        assert [(r.status, r.charged, r.unit) for r in summary.results] == [
+            ("done", Decimal(70), "credits")
+        ] * 2
         assert {(c.unit, c.actual) for c in ledger.charges()} == {("credits", Decimal(70))}
         assert {r.status for r in ledger.reservations()} == {"committed"}
     assert len(world.tasks) == 2
