@@ -248,3 +248,42 @@ def test_a_budget_deleted_while_a_reservation_holds_on_it(ledger: Ledger) -> Non
     assert ledger.budgets() == []
     ledger.release(outcome["reservation"])  # its budget is gone: nothing to give back, no error
     assert ledger.set_budget("account", 100).id != outcome["reservation"].windows[0][0]
+
+
+def test_a_limit_change_never_switches_a_unit_back(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before (PostgreSQL): `set_budget(scope, limit)` read the unit (units), a concurrent
+    switch to credits committed and a credits reservation held; the limit change then wrote
+    the unit it had read: a units budget holding credits, switched without any check."""
+    from kling_cost.ledger import core
+
+    ledger.set_budget("account", 100)
+    read, go = threading.Event(), threading.Event()
+    real = core.budget_from_row
+    changer = threading.current_thread()
+
+    def paused(row: Any) -> Any:
+        if threading.current_thread() is not changer and not read.is_set():
+            read.set()  # the limit change read the budget (as units)...
+            go.wait(10)  # ...while the switch and a credits hold commit
+        return real(row)
+
+    monkeypatch.setattr(core, "budget_from_row", paused)
+    changed: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: changed.update(budget=ledger.set_budget("account", 200)))
+    worker.start()
+    assert read.wait(10)
+    switched: dict[str, Any] = {}
+
+    def switch_and_hold() -> None:
+        switched["budget"] = ledger.set_budget("account", 100, unit="credits")
+        switched["hold"] = ledger.reserve(5, unit="credits")
+
+    other = threading.Thread(target=switch_and_hold)
+    other.start()
+    other.join(0.5)  # PostgreSQL: done; SQLite: waits for the limit change to commit
+    go.set()
+    worker.join(10)
+    other.join(10)
+    assert changed["budget"].limit == 200 and switched["hold"].unit == "credits"
+    u = ledger.usage("account")
+    assert (u.unit, u.reserved) == ("credits", 5)
