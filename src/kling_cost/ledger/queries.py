@@ -23,9 +23,17 @@ from ._rows import (
     to_ms,
 )
 from .core import LedgerCore
-from .models import RESERVED, AlertRecord, Charge, Reservation
+from .models import RESERVED, STATUSES, AlertRecord, Charge, Reservation
 
-__all__ = ["LedgerQueries"]
+__all__ = ["ALERT_STATUSES", "LedgerQueries"]
+
+ALERT_STATUSES = ("pending", "delivered")
+"""What an alert of the outbox can be: waiting for delivery, or delivered."""
+
+
+def _check_limit(limit: object) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
 
 
 class LedgerQueries(LedgerCore):
@@ -51,6 +59,9 @@ class LedgerQueries(LedgerCore):
 
     def reservations(self, status: str | None = None, limit: int = 1000) -> list[Reservation]:
         """Reservations, newest first, optionally of one status (``reserved`` = pending)."""
+        if status is not None and status not in STATUSES:
+            raise ValidationError(f"status {status!r} is unknown; allowed: {', '.join(STATUSES)}")
+        _check_limit(limit)
         with self._transaction() as cur:
             if status is None:
                 cur.execute(RES_SELECT + " ORDER BY created_at DESC, id LIMIT ?", (limit,))
@@ -163,8 +174,9 @@ class LedgerQueries(LedgerCore):
         limit: int = 500,
     ) -> list[AlertRecord]:
         """Alerts from the outbox, newest first (``status='pending'`` for the undelivered)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
+        _check_limit(limit)
+        if status is not None and status not in ALERT_STATUSES:
+            raise ValidationError(f"status {status!r} is unknown; allowed: {', '.join(ALERT_STATUSES)}")
         where: list[str] = []
         params: list[Any] = []
         if status is not None:
