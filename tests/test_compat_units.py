@@ -85,3 +85,25 @@ def test_budget_guard_by_url_default_ledger(tmp_path: Path) -> None:
     BudgetGuard(daily_limit=50, ledger=url).check(10)
     with open_ledger(url) as led:
         assert led.usage("account").unit == "credits" and led.usage("account").reserved == 10
+
+
+def test_settle_never_frees_a_budget_guard_hold(ledger_url: str, kling: tuple[KlingClient, object]) -> None:  # noqa: F811
+    """Before: `kling-cost settle` asked Kling for the seed guard's reservation id (never sent
+    to Kling), heard "no such task" and freed the hold of a generation still running; the
+    guard's `record` then failed and another worker got the freed credits (overspend)."""
+    from tests.helpers import FakeClock
+
+    client, _sim = kling
+    clock = FakeClock()
+    with open_ledger(ledger_url, clock=clock) as ledger:
+        budget = BudgetGuard(daily_limit=100, ledger=ledger)
+        budget.check(70)  # the seed's flow: check, call Kling with its own client, record
+        clock.advance(minutes=10)  # a long generation; meanwhile a cron job settles
+        with CostAwareClient(client, ledger, cache=False) as settler:
+            report = settler.settle_pending()
+        assert report.released == [] and report.errors == []
+        with pytest.raises(RuntimeError, match="Daily budget exceeded"):
+            budget.check(70)  # the 70 are still held
+        budget.record(70)
+        u = ledger.usage("account", "day")
+        assert (u.used, u.reserved) == (Decimal(70), 0)

@@ -11,7 +11,7 @@ from typing import Any
 
 from .batch.plan import plan_batch, to_price_request
 from .errors import PricingError
-from .money import exact, format_amount
+from .money import MONEY, exact, format_amount
 from .pricing import Catalog, PriceRequest, estimate, load_catalog
 
 __all__ = ["Advice", "advise"]
@@ -40,7 +40,7 @@ class Advice:
             "how": self.how,
             "saving": format_amount(self.saving),
             "saving_percent": str(self.saving_percent),
-            "saving_usd": None if self.saving_usd is None else format(self.saving_usd.normalize(), "f"),
+            "saving_usd": None if self.saving_usd is None else format(self.saving_usd.normalize(MONEY), "f"),
             "note": self.note,
         }
 

@@ -65,7 +65,7 @@ def validate_tz(tz: object) -> str:
         raise ValidationError(f"time zone {tz!r} is not an IANA zone name such as 'Europe/Paris'")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
         raise ValidationError(
             f"time zone {tz!r} is unknown; use an IANA name such as 'UTC' or 'America/New_York'"
         ) from None

@@ -115,7 +115,7 @@ def parse_amount(
         raise ValidationError(f"{what} must be a Decimal, int or decimal string, not {type(value).__name__}")
     if not dec.is_finite():
         raise ValidationError(f"{what} must be a finite number, not {dec}")
-    if (dec and dec.adjusted() > MAX_AMOUNT.adjusted()) or abs(dec) > MAX_AMOUNT:  # adjusted(): no overflow
+    if (dec and dec.adjusted() > MAX_AMOUNT.adjusted()) or MONEY.abs(dec) > MAX_AMOUNT:  # no overflow
         raise ValidationError(f"{what} {dec} is too large (at most {MAX_AMOUNT})")
     if dec != dec.quantize(QUANTUM, rounding=ROUND_DOWN, context=MONEY):
         raise ValidationError(f"{what} {dec} is finer than 0.001; amounts are kept in thousandths")

@@ -68,7 +68,10 @@ def find_bad_text(value: Any, where: str = "") -> tuple[str, str] | None:
 def check_storable(value: Any, where: str = "") -> None:
     """Raise :class:`ValidationError` naming the first string of ``value`` that no ledger can
     record. Called before anything is reserved: Kling would charge for such a request."""
-    found = find_bad_text(value, where)
+    try:
+        found = find_bad_text(value, where)
+    except RecursionError:
+        raise ValidationError(f"{where or 'the request'} is nested too deeply; flatten it") from None
     if found is not None:
         path, why = found
         raise ValidationError(f"{path} {why}; remove it (nothing was reserved or sent)")

@@ -15,6 +15,7 @@ from kling_cost.cache import CachePolicy
 from kling_cost.guard import AsyncCostAwareClient
 from kling_cost.kling import AsyncKlingClient, RetryPolicy
 from tests.guard.conftest import World
+from tests.guard.test_batch import ticking
 from tests.servers import AK, SK
 
 PRO_10S = {"mode": "pro", "duration": 10}
@@ -179,3 +180,69 @@ def test_a_resumed_batch_settles_in_the_recorded_unit(any_world: World, tmp_path
     assert [(r.status, r.charged, r.unit) for r in summary.results] == [("done", Decimal(70), "credits")] * 2
     assert {(c.unit, c.actual) for c in world.ledger.charges()} == {("credits", Decimal(70))}
     assert len(world.tasks) == 2
+
+
+def test_a_batch_resumed_after_its_holds_lapsed_settles_in_the_recorded_unit(
+    any_world: World, tmp_path: Path
+) -> None:
+    """Rows sent in credits whose holds lapsed while their tasks ran (the batch was killed and
+    re-run hours later, with the default catalog): before, the re-run asked to reserve them
+    again in units and reported an idempotency conflict, leaving Kling's charges unrecorded."""
+
+    from kling_cost.guard import CostAwareClient
+    from kling_cost.ledger import open_ledger
+    from tests.helpers import FakeClock
+
+    world = any_world
+    clock = FakeClock()
+    clock.set(world.ledger.clock())
+    path = tmp_path / "rows.txt"
+    path.write_text("one\ntwo\n")
+    rows = read_batch(path, {"mode": "pro", "duration": 10})
+    policy = CachePolicy(wait_poll=0.01)
+    with open_ledger(world.ledger_url, clock=clock) as ledger:
+        with CostAwareClient(world.kling(), ledger, catalog=CREDITS, cache=policy) as guard:
+            for row in rows:
+                guard.create(row.endpoint, row.body)  # sent; the process "dies" before waiting
+        clock.advance(hours=3)  # longer than the task lease: the holds lapse
+        assert ledger.sweep() == 2
+        world.finish()
+        with CostAwareClient(world.kling(), ledger, cache=policy) as units_guard:
+            summary = BatchRunner(units_guard, rows, concurrency=2, poll=0.01).run()
+        assert [(r.status, r.charged, r.unit) for r in summary.results] == [
+            ("done", Decimal(70), "credits")
+        ] * 2
+        assert {(c.unit, c.actual) for c in ledger.charges()} == {("credits", Decimal(70))}
+        assert {r.status for r in ledger.reservations()} == {"committed"}
+    assert len(world.tasks) == 2
+
+
+def test_a_batch_summary_never_adds_units_and_credits(any_world: World, tmp_path: Path) -> None:
+    """A re-run that resumes a row sent in credits and sends a new one in units: before, the
+    summary's `spent` added 70 credits and the units into one figure (shown in the plan's unit)."""
+    world = any_world
+    path = tmp_path / "rows.txt"
+    path.write_text("one\ntwo\n")
+    rows = read_batch(path, {"mode": "pro", "duration": 10})
+    with world.guard(catalog=CREDITS, scopes=[]) as guard:
+        guard.create(rows[0].endpoint, rows[0].body)  # sent in credits; the process "dies"
+    world.finish()
+    with world.guard(scopes=[]) as units_guard, ticking(world):
+        summary = BatchRunner(units_guard, rows, concurrency=1, poll=0.01).run()
+    units = next(c.actual for c in world.ledger.charges() if c.unit == "units")
+    assert [(r.status, r.unit) for r in summary.results] == [("done", "credits"), ("done", "units")]
+    assert summary.spent_by_unit == {"credits": Decimal(70), "units": units}
+    data = summary.to_dict()
+    assert data["spent_by_unit"] == {"credits": "70", "units": str(units.normalize())}
+    assert (data["unit"], data["spent"], summary.spent) == (None, None, None)  # no single figure
+
+
+def test_a_batch_summary_in_one_unit_keeps_its_total(any_world: World, tmp_path: Path) -> None:
+    world = any_world
+    path = tmp_path / "rows.txt"
+    path.write_text("one\ntwo\n")
+    rows = read_batch(path, {"mode": "pro", "duration": 10})
+    with world.guard(catalog=CREDITS, scopes=[]) as guard, ticking(world):
+        summary = BatchRunner(guard, rows, concurrency=2, poll=0.01).run()
+    data = summary.to_dict()
+    assert (data["unit"], data["spent"], data["spent_by_unit"]) == ("credits", "140", {"credits": "140"})

@@ -35,6 +35,13 @@ BAD_CALLS = [
     ("bad threshold", lambda led: led.set_budget("project:a", 10, thresholds=["1.5"])),
     ("commit negative", lambda led: led.commit(led.reservations()[0], -1)),
     ("bad metadata", lambda led: led.reserve(1, metadata={"x": object()})),
+    # before: a raw OSError (a zone name too long for a file name)
+    ("tz too long", lambda led: led.set_budget("project:a", 10, tz="Europe/" + "x" * 300)),
+    # before: [] on SQLite, a StorageError (NUL) or a raw UnicodeEncodeError on PostgreSQL
+    ("unknown reservation status", lambda led: led.reservations(status="reserved\x00")),
+    ("unknown alert status", lambda led: led.alerts(status="pending\udc80")),
+    # before: every row on SQLite (LIMIT -1), a StorageError on PostgreSQL
+    ("negative limit", lambda led: led.reservations(limit=-1)),
 ]
 
 
@@ -89,3 +96,26 @@ def test_default_location_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("KLING_COST_LEDGER", f"sqlite:///{tmp_path}/env.db")
     with open_ledger() as led:
         assert led.url == f"sqlite:///{tmp_path}/env.db"
+
+
+@pytest.mark.parametrize("ref", ["abc\x00", "abc\udc80"])
+def test_a_reservation_id_that_cannot_exist_is_unknown_everywhere(ledger: Ledger, ref: str) -> None:
+    """Before: not found on SQLite, a StorageError on PostgreSQL (NUL), a raw
+    UnicodeEncodeError on both (a lone surrogate)."""
+    from datetime import timedelta
+
+    from kling_cost import ReservationError
+
+    ledger.set_budget("project:a", 100)
+    ledger.reserve(10, ["project:a"])
+    before = snapshot(ledger)
+    for call in (
+        lambda: ledger.commit(ref),
+        lambda: ledger.release(ref),
+        lambda: ledger.extend(ref, timedelta(minutes=1)),
+        lambda: ledger.attach_task(ref, "t-1"),
+    ):
+        with pytest.raises(ReservationError, match="does not exist"):
+            call()
+    assert ledger.get_reservation(ref) is None
+    assert snapshot(ledger) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,29 @@ def test_upgrading_an_sqlite_ledger_keeps_its_data_and_never_reuses_an_id(
         assert "REFERENCES budgets(" in sql.replace('"', "")
     finally:
         conn.close()
+
+
+def test_budget_changes_retry_when_they_lose_a_race(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A budget change that loses a race (PostgreSQL picks it as a deadlock victim when it
+    meets reservations in flight) is retried, like every money operation; before, the
+    ledger's internal ``Conflict`` escaped ``set_budget`` and ``delete_budget`` (no
+    KlingCostError: a traceback in the CLI)."""
+    from kling_cost.ledger._rows import Conflict
+
+    lost = {"set": 1, "delete": 1}
+
+    def loses_once(what: str, real: Any) -> Any:
+        def hook(*args: Any, **kwargs: Any) -> Any:
+            if lost[what]:
+                lost[what] -= 1
+                raise Conflict("deadlock detected")
+            return real(*args, **kwargs)
+
+        return hook
+
+    outbox = ledger.outbox
+    monkeypatch.setattr(outbox, "after_budget_set", loses_once("set", outbox.after_budget_set))
+    monkeypatch.setattr(outbox, "budget_deleted", loses_once("delete", outbox.budget_deleted))
+    assert ledger.set_budget("project:x", 10).limit == 10
+    assert ledger.delete_budget("project:x", "day") is True
+    assert lost == {"set": 0, "delete": 0} and ledger.budgets() == []

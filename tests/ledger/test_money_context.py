@@ -21,13 +21,17 @@ CATALOG = parse_catalog(
 )
 
 
-@pytest.fixture(params=["prec6", "prec3-floor-untrapped"])
+@pytest.fixture(params=["prec6", "prec3-floor-untrapped", "prec6-inexact-trapped"])
 def tiny_context(request: pytest.FixtureRequest) -> Iterator[decimal.Context]:
-    """The caller's context: a tiny precision (and, in one case, nothing trapped)."""
+    """The caller's context: a tiny precision (and, in one case, nothing trapped; in another,
+    every rounding trapped, as money code that wants to hear of any rounding sets it)."""
     saved = decimal.getcontext().copy()
     ctx = decimal.getcontext()
     if request.param == "prec6":
         ctx.prec = 6
+    elif request.param == "prec6-inexact-trapped":
+        ctx.prec = 6
+        ctx.traps[decimal.Inexact] = ctx.traps[decimal.Rounded] = True
     else:
         ctx.prec, ctx.rounding = 3, decimal.ROUND_FLOOR
         ctx.traps = dict.fromkeys(ctx.traps, False)
@@ -88,3 +92,29 @@ def test_storage_conversion_is_exact_whatever_the_precision(tiny_context: decima
         to_storage(Decimal("1." + "0" * 70 + "1"))  # 72 digits: no context may round it away
     with pytest.raises(ValidationError, match="too large"):
         to_storage(Decimal("1E+999999"))
+
+
+PRICEY = parse_catalog(
+    'name="pricey"\nunit="credits"\n[usd_per_unit]\nvideo="0.0137"\n'
+    '[[prices]]\nkind="video"\nper_second="123.457"\neffective_from=2026-01-01\nsource="s"\n'
+)
+
+
+def test_refusals_and_plans_never_round_in_the_callers_context(
+    ledger: Ledger, tiny_context: decimal.Context
+) -> None:
+    """Before: the guard's per-request refusal and a plan's USD figures were rounded (or, with
+    rounding trapped, raised a raw ``decimal.Inexact``) in the caller's context."""
+    from datetime import timedelta
+
+    from kling_cost import BudgetExceeded
+    from kling_cost.guard._core import GuardCore
+
+    core = GuardCore(
+        ledger, catalog=PRICEY, scopes=[], ttl=timedelta(minutes=5), cache=False, max_per_request="1234.569"
+    )
+    req = core.prepare("text2video", {"prompt": "a fox", "duration": "10"})
+    with pytest.raises(BudgetExceeded, match=r"1234\.57 credits exceeds .* 1234\.569 credits"):
+        core.check_max(req)
+    plan = plan_batch([{"kind": "text2video", "duration": 10}], catalog=PRICEY)
+    assert plan.to_dict()["usd"] == "16.913609"

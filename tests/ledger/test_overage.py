@@ -119,3 +119,29 @@ def test_reports_and_exports_show_the_overage(ledger: Ledger, ledger_url: str) -
         app, ["report", "--since", "2026-06-01", "--format", "json", "--ledger", ledger_url]
     )
     assert json.loads(as_json.stdout)["overage"] == {"units": "15.000"}
+
+
+def test_late_overages_in_an_ended_window_alert_once(ledger: Ledger, clock: FakeClock) -> None:
+    """Before: two tasks reserved before midnight and charged above their estimates after it
+    fired two overage alerts for the same (ended) day: the first was cleared when the new day
+    began, and the second overage re-armed it."""
+    clock.set(clock().replace(hour=23, minute=58))
+    ledger.set_budget("account", 10)
+    first = ledger.reserve(5, ttl=timedelta(hours=1))
+    second = ledger.reserve(5, ttl=timedelta(hours=1))
+    clock.advance(minutes=3)  # the next day
+    ledger.commit(first, 8, task_id="t1")
+    [alert] = _overage_alerts(ledger)
+    assert (alert.window_key, alert.details["task_id"], alert.details.get("window_ended")) == (
+        "2026-06-15",
+        "t1",
+        True,
+    )
+    ledger.reserve(1)  # the new day's first reservation clears the ended day's alerts
+    [cleared] = _overage_alerts(ledger)
+    assert cleared.cleared_at is not None
+    ledger.commit(second, 9, task_id="t2")  # another overage in the ended day
+    assert [c.overage for c in ledger.charges()] == [3, 4]
+    [after] = _overage_alerts(ledger)
+    assert (after.id, after.cleared_at, after.details["task_id"]) == (alert.id, cleared.cleared_at, "t1")
+    assert (after.created_at, after.used) == (alert.created_at, alert.used)

@@ -78,3 +78,38 @@ def test_an_idempotency_key_that_cannot_be_stored_is_refused(ledger: Ledger, key
     with pytest.raises(ValidationError, match="idempotency_key"):
         ledger.reserve(1, ["project:a"], idempotency_key=key)
     assert ledger.reservations() == [] and ledger.charges() == []
+
+
+@pytest.mark.parametrize("catalog", ["kling\x00api", "kling-\udc80"])
+def test_a_catalog_name_that_cannot_be_stored_is_refused_alike(ledger: Ledger, catalog: str) -> None:
+    """Before: SQLite stored a NUL catalog name that PostgreSQL refused (a StorageError), and a
+    lone surrogate raised a raw UnicodeEncodeError on both."""
+    ledger.set_budget("account", 10)
+    for call in (ledger.reserve, ledger.charge):
+        with pytest.raises(ValidationError, match="catalog"):
+            call(1, catalog=catalog)
+    with pytest.raises(ValidationError, match="catalog"):
+        ledger.record_cache_hit(1, catalog=catalog)
+    assert ledger.reservations() == [] and ledger.usage("account").reserved == 0
+
+
+def test_lookups_by_text_that_cannot_be_stored_never_fail(ledger: Ledger) -> None:
+    """A task id is stored cleaned (U+FFFD for NUL): looking it up with the id as Kling sent it
+    finds it on both backends (before: None on SQLite, a StorageError on PostgreSQL)."""
+    ledger.set_budget("account", 10)
+    res = ledger.attach_task(ledger.reserve(1), "task\x001")
+    found = ledger.reservation_for_task("task\x001")
+    assert found is not None and found.id == res.id
+    assert ledger.get_reservation("job\x00-1") is None
+    assert ledger.get_reservation("job-\ud800") is None
+
+
+def test_metadata_nested_too_deep_is_a_clear_error(ledger: Ledger) -> None:
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(5000):
+        node["a"] = {}
+        node = node["a"]  # type: ignore[assignment]
+    with pytest.raises(ValidationError, match="metadata"):
+        ledger.reserve(1, metadata=deep)
+    assert ledger.reservations() == []

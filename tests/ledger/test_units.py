@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -10,6 +13,7 @@ from kling_cost import UnitMismatch, ValidationError
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.ledger.base import Ledger as _Ledger
 from kling_cost.ledger.schema import MIGRATIONS
+from tests.helpers import FakeClock
 
 
 def test_budgets_default_to_units_and_keep_their_unit(ledger: Ledger) -> None:
@@ -164,3 +168,122 @@ def test_totals_are_per_unit_never_added_together(ledger: Ledger) -> None:
         "credits": {"charged": Decimal(70), "reserved": Decimal(35)},
         "units": {"charged": Decimal("2.5"), "reserved": Decimal(0)},
     }
+
+
+def test_a_late_charge_never_counts_in_a_budget_that_switched_unit(ledger: Ledger, clock: FakeClock) -> None:
+    """Before: a units reservation whose lease lapsed (its hold freed, so the budget could
+    switch to credits) was committed later with force=True (Kling charged it): its 9 units
+    were added to the credits budget's used."""
+    ledger.set_budget("account", 100)
+    res = ledger.reserve(7, idempotency_key="k1", ttl=timedelta(minutes=1))
+    ledger.attach_task(res, "task-1")
+    clock.advance(minutes=2)
+    assert ledger.sweep() == 1
+    ledger.set_budget("account", 50, unit="credits")  # empty now: allowed
+    ledger.commit(res, 9, force=True)
+    u = ledger.usage("account")
+    assert (u.unit, u.used, u.reserved) == ("credits", 0, 0)
+    [charge] = ledger.charges()
+    assert (charge.unit, charge.actual, charge.overage) == ("units", 9, 0)  # recorded, in its unit
+    assert [a for a in ledger.alerts() if a.kind == "overage"] == []
+    assert ledger.totals() == {"units": {"charged": 9, "reserved": 0}}
+
+
+def _paused_reservation(ledger: Ledger, meanwhile: Any) -> dict[str, Any]:
+    """Reserve 5 on ``account``, pausing right after the budgets were read while ``meanwhile``
+    runs in another thread (given half a second to finish first, as it did before the lock)."""
+    read, go = threading.Event(), threading.Event()
+    real_hold = ledger._hold
+
+    def paused_hold(*args: Any, **kwargs: Any) -> Any:
+        read.set()
+        go.wait(10)
+        return real_hold(*args, **kwargs)
+
+    ledger._hold = paused_hold  # type: ignore[method-assign]
+    outcome: dict[str, Any] = {}
+
+    def reserve() -> None:
+        try:
+            outcome["reservation"] = ledger.reserve(5)
+        except Exception as exc:  # the assertion names it
+            outcome["reserve_error"] = exc
+
+    def other() -> None:
+        try:
+            outcome["other"] = meanwhile()
+        except ValidationError as exc:
+            outcome["refused"] = str(exc)
+
+    first = threading.Thread(target=reserve)
+    first.start()
+    assert read.wait(10)
+    second = threading.Thread(target=other)
+    second.start()
+    second.join(0.5)  # it must wait for the reservation (a lock), not decide before it
+    go.set()
+    first.join(10)
+    second.join(10)
+    ledger._hold = real_hold  # type: ignore[method-assign]
+    return outcome
+
+
+def test_a_unit_switch_racing_a_reservation_never_leaves_a_hold_of_another_unit(ledger: Ledger) -> None:
+    """Before (PostgreSQL): the switch checked for holds while a reservation that had read the
+    budget as `units` was about to hold; both committed: a units hold (then used) in a credits
+    budget. A reservation now holds the budget row it read until it commits."""
+    ledger.set_budget("account", 100)
+    outcome = _paused_reservation(ledger, lambda: ledger.set_budget("account", 100, unit="credits"))
+    assert "other" not in outcome and "cannot switch to credits" in outcome["refused"]
+    u = ledger.usage("account")
+    assert (u.unit, u.reserved) == ("units", 5)
+
+
+def test_a_budget_deleted_while_a_reservation_holds_on_it(ledger: Ledger) -> None:
+    """Before (PostgreSQL): the reservation's hold failed with a raw foreign-key StorageError
+    when the budget it had read was deleted before it held; the deletion now waits for it."""
+    ledger.set_budget("account", 100)
+    outcome = _paused_reservation(ledger, lambda: ledger.delete_budget("account", "day"))
+    assert outcome["other"] is True and "reserve_error" not in outcome
+    assert ledger.budgets() == []
+    ledger.release(outcome["reservation"])  # its budget is gone: nothing to give back, no error
+    assert ledger.set_budget("account", 100).id != outcome["reservation"].windows[0][0]
+
+
+def test_a_limit_change_never_switches_a_unit_back(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before (PostgreSQL): `set_budget(scope, limit)` read the unit (units), a concurrent
+    switch to credits committed and a credits reservation held; the limit change then wrote
+    the unit it had read: a units budget holding credits, switched without any check."""
+    from kling_cost.ledger import core
+
+    ledger.set_budget("account", 100)
+    read, go = threading.Event(), threading.Event()
+    real = core.budget_from_row
+    changer = threading.current_thread()
+
+    def paused(row: Any) -> Any:
+        if threading.current_thread() is not changer and not read.is_set():
+            read.set()  # the limit change read the budget (as units)...
+            go.wait(10)  # ...while the switch and a credits hold commit
+        return real(row)
+
+    monkeypatch.setattr(core, "budget_from_row", paused)
+    changed: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: changed.update(budget=ledger.set_budget("account", 200)))
+    worker.start()
+    assert read.wait(10)
+    switched: dict[str, Any] = {}
+
+    def switch_and_hold() -> None:
+        switched["budget"] = ledger.set_budget("account", 100, unit="credits")
+        switched["hold"] = ledger.reserve(5, unit="credits")
+
+    other = threading.Thread(target=switch_and_hold)
+    other.start()
+    other.join(0.5)  # PostgreSQL: done; SQLite: waits for the limit change to commit
+    go.set()
+    worker.join(10)
+    other.join(10)
+    assert changed["budget"].limit == 200 and switched["hold"].unit == "credits"
+    u = ledger.usage("account")
+    assert (u.unit, u.reserved) == ("credits", 5)

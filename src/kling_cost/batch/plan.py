@@ -11,7 +11,7 @@ from typing import Any
 from ..budgets import Usage, normalise_scopes
 from ..errors import PricingError
 from ..ledger import Ledger
-from ..money import exact, format_amount
+from ..money import MONEY, exact, format_amount
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
 
 __all__ = ["Alternative", "BatchPlan", "plan_batch", "to_price_request"]
@@ -37,7 +37,7 @@ class Alternative:
             "description": self.description,
             "total": format_amount(self.total),
             "saving": format_amount(self.saving),
-            "saving_usd": None if self.saving_usd is None else format(self.saving_usd.normalize(), "f"),
+            "saving_usd": None if self.saving_usd is None else format(self.saving_usd.normalize(MONEY), "f"),
             "saving_percent": str(self.saving_percent),
             "changed_items": self.changed_items,
         }
@@ -98,7 +98,7 @@ class BatchPlan:
             "total": format_amount(self.total),
             "unit": self.unit,
             "catalog": self.catalog,
-            "usd": None if self.usd is None else format(self.usd.normalize(), "f"),
+            "usd": None if self.usd is None else format(self.usd.normalize(MONEY), "f"),
             "remaining": None if self.remaining is None else format_amount(self.remaining),
             "fits": self.fits,
             "fit_count": self.fit_count,

@@ -69,24 +69,56 @@ class BatchResult:
 
 @dataclass
 class BatchSummary:
-    """Counts and money of one run (rows settled by an earlier run count as ``earlier``)."""
+    """Counts and money of one run (rows settled by an earlier run count as ``earlier``).
+
+    Amounts are summed per unit and never across units: a re-run may resume rows reserved
+    in credits and send new ones in units. ``spent``/``saved`` are the totals when every
+    amount counts one ``unit`` (``None`` when the run mixed units: read ``*_by_unit``)."""
 
     results: list[BatchResult] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
 
-    @property
-    def spent(self) -> Decimal:
+    def _by_unit(self, amount: Callable[[BatchResult], Decimal]) -> dict[str, Decimal]:
+        out: dict[str, Decimal] = {}
         with money_context():
-            return sum((r.charged for r in self.results if r.status != EARLIER), Decimal(0))
+            for r in self.results:
+                if r.status != EARLIER and r.unit is not None:
+                    out[r.unit] = out.get(r.unit, Decimal(0)) + amount(r)
+        return dict(sorted(out.items()))
 
     @property
-    def saved(self) -> Decimal:
-        with money_context():
-            return sum((r.saved for r in self.results if r.status != EARLIER), Decimal(0))
+    def spent_by_unit(self) -> dict[str, Decimal]:
+        """What this run charged, per unit."""
+        return self._by_unit(lambda r: r.charged)
+
+    @property
+    def saved_by_unit(self) -> dict[str, Decimal]:
+        """What this run saved (dedup cache), per unit."""
+        return self._by_unit(lambda r: r.saved)
+
+    @property
+    def unit(self) -> str | None:
+        """The one unit of this run's amounts; ``None`` when it had none or mixed units."""
+        units = {r.unit for r in self.results if r.status != EARLIER and r.unit is not None}
+        return units.pop() if len(units) == 1 else None
+
+    def _single(self, by_unit: dict[str, Decimal]) -> Decimal | None:
+        if len(by_unit) > 1:
+            return None
+        return next(iter(by_unit.values()), Decimal(0))
+
+    @property
+    def spent(self) -> Decimal | None:
+        return self._single(self.spent_by_unit)
+
+    @property
+    def saved(self) -> Decimal | None:
+        return self._single(self.saved_by_unit)
 
     def to_dict(self) -> dict[str, Any]:
+        spent, saved = self.spent, self.saved
         return {
             "rows": len(self.results),
             "done": self.count(DONE),
@@ -97,8 +129,11 @@ class BatchSummary:
             "skipped": self.count(SKIPPED),
             "errors": self.count(ERROR),
             "earlier": self.count(EARLIER),
-            "spent": format_amount(self.spent),
-            "saved": format_amount(self.saved),
+            "unit": self.unit,
+            "spent": None if spent is None else format_amount(spent),
+            "saved": None if saved is None else format_amount(saved),
+            "spent_by_unit": {u: format_amount(v) for u, v in self.spent_by_unit.items()},
+            "saved_by_unit": {u: format_amount(v) for u, v in self.saved_by_unit.items()},
         }
 
 
@@ -170,9 +205,10 @@ class BatchRunner:
                     unit=earlier.unit,
                 )
             )
-        if earlier is not None and earlier.status == "reserved" and earlier.task_id:
-            # Sent by an earlier run and still held: resume that task (never create it again,
-            # whatever this run's catalog says; it settles in the unit it recorded).
+        if earlier is not None and earlier.status in ("reserved", "expired") and earlier.task_id:
+            # Sent by an earlier run, held or lapsed while it ran: resume that task (never
+            # create it again, whatever this run's catalog says; it settles in the unit it
+            # recorded, a lapsed one as a charge Kling made anyway).
             try:
                 task = self.guard.get_task(row.endpoint, earlier.task_id)
             except KlingCostError as exc:

@@ -206,7 +206,9 @@ def run_command(
                 guard, rows, concurrency=concurrency, poll=poll, results_path=results, on_result=advance
             )
             summary = runner.run()
-        summary_dict = {**summary.to_dict(), "unit": plan.unit}
+        summary_dict = summary.to_dict()
+        if summary_dict["unit"] is None and summary_dict["spent"] is not None:
+            summary_dict["unit"] = plan.unit  # nothing charged or saved: the plan's unit
         if runner.stop_reason:
             summary_dict["stopped"] = runner.stop_reason
     if json_out:
@@ -220,12 +222,20 @@ def run_command(
             str(summary_dict[k])
             for k in ("done", "failed", "cached", "refused", "skipped", "errors", "earlier")
         ),
-        *(f"{summary_dict[k]} {plan.unit}" for k in ("spent", "saved")),
+        *(_per_unit(summary_dict, k) for k in ("spent", "saved")),
     )
     console.print(table)
     if runner.stop_reason:
         console.print(f"[yellow]stopped submitting: {runner.stop_reason}[/yellow]")
     console.print(f"results: {results}")
+
+
+def _per_unit(summary: dict[str, Any], key: str) -> str:
+    """``spent``/``saved`` beside its unit; one figure per unit when the run mixed units (a
+    re-run resuming rows reserved in another unit): never one sum of units and credits."""
+    if summary[key] is not None:
+        return f"{summary[key]} {summary['unit']}"
+    return " + ".join(f"{amount} {unit}" for unit, amount in summary[f"{key}_by_unit"].items())
 
 
 def settle_command(

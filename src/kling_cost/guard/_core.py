@@ -17,7 +17,7 @@ from ..kling._core import endpoint_kind, normalise_body, validate_create
 from ..kling.models import KlingRequest, KlingTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..ledger.cache_store import ABANDONED
-from ..money import parse_amount
+from ..money import format_amount, parse_amount
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
 from ..text import check_storable
 
@@ -38,6 +38,16 @@ WAIT, CHECK, GONE = "wait", "check", "gone"
 
 PENDING_GRACE = timedelta(minutes=2)
 """A reservation without a task this old whose request Kling does not know was never sent."""
+
+
+def sent_by_key(res: Reservation) -> bool:
+    """Whether ``res`` paid for a Kling request sent under its idempotency key (the guard
+    records the endpoint and the ``external_task_id``). Only then does Kling's "no task under
+    this key" prove that nothing was accepted: a hold made another way (the seed's
+    ``BudgetGuard.check``, a plain ``ledger.reserve``) is not Kling's to judge; its lease or
+    its owner ends it."""
+    meta = res.metadata
+    return isinstance(meta.get("endpoint"), str) or meta.get("external_task_id") == res.idempotency_key
 
 
 def is_unknown_task(exc: KlingAPIError) -> bool:
@@ -223,8 +233,8 @@ class GuardCore:
     def check_max(self, req: GuardedRequest) -> None:
         if self.max_per_request is not None and req.amount > self.max_per_request:
             raise BudgetExceeded(
-                f"Request of {req.amount.normalize()} {req.unit} exceeds this client's "
-                f"per-request maximum of {self.max_per_request.normalize()} {req.unit}",
+                f"Request of {format_amount(req.amount)} {req.unit} exceeds this client's "
+                f"per-request maximum of {format_amount(self.max_per_request)} {req.unit}",
                 scope="client",
                 window="request",
                 requested=req.amount,
@@ -344,7 +354,7 @@ class GuardCore:
     ) -> None:
         """One step of ``settle_pending`` once Kling was asked about ``res``."""
         if task is None:  # Kling has no task under this key: it was never accepted
-            if res.status == "reserved" and res.created_at < now - PENDING_GRACE:
+            if res.status == "reserved" and res.created_at < now - PENDING_GRACE and sent_by_key(res):
                 self.ledger.release(res)
                 report.released.append(res.id)
             elif res.status == "reserved":

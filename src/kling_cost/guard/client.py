@@ -361,8 +361,10 @@ class CostAwareClient:
     def settle_pending(self, *, lookback: timedelta = timedelta(days=2)) -> SettleReport:
         """Finish the job for every unsettled reservation (after a crash, or periodically):
         poll its task, commit or release what has ended, keep running leases alive, free
-        holds whose request Kling never accepted, and find tasks Kling accepted for holds
-        that expired before their task was attached (within ``lookback``)."""
+        holds whose request Kling never accepted (only holds of requests sent under their key,
+        as this client sends them: a ``BudgetGuard`` hold is left to its owner and its lease),
+        and find tasks Kling accepted for holds that expired before their task was attached
+        (within ``lookback``)."""
         report = SettleReport()
         now = self.ledger.clock()
         for res in self.core.unsettled(now - lookback):

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from ..budgets import Budget
-from ..errors import BudgetExceeded, ValidationError
+from ..errors import BudgetExceeded, ReservationError, ValidationError
 from ..money import from_storage
 from ..text import bad_text, clean_json, clean_text
 from .models import AlertRecord, Charge, Reservation
@@ -149,6 +149,8 @@ def reservation_id_of(ref: Reservation | str) -> str:
     if isinstance(ref, Reservation):
         return ref.id
     if isinstance(ref, str) and ref:
+        if bad_text(ref) is not None:  # no id holds it (ids are hex): the same answer everywhere
+            raise ReservationError(f"reservation {ref!r} does not exist in this ledger")
         return ref
     raise ValidationError(f"expected a Reservation or its id, not {ref!r}")
 
@@ -189,6 +191,8 @@ def clean_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
         cleaned = json.loads(text)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"metadata is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ValidationError("metadata is nested too deeply to be recorded; flatten it") from None
     if "\\u0000" in text or "\\ud" in text:  # a NUL or a surrogate escape: clean every string
         cleaned = clean_json(cleaned)
     return dict(cleaned)

@@ -17,6 +17,7 @@ from typing import Any
 from ..budgets import DEFAULT_UNIT, Budget, Window, normalise_scopes, validate_unit, window_at
 from ..errors import BudgetExceeded, ReservationError, StorageError, UnitMismatch, ValidationError
 from ..money import format_amount, from_storage, parse_amount, to_storage
+from ..text import bad_text
 from ._rows import (
     BUDGET_SELECT,
     RETRIES,
@@ -115,7 +116,10 @@ class Ledger(LedgerSettlement):
         enforce: bool = True,
     ) -> Reservation:
         marks = ",".join("?" * len(scopes))
-        cur.execute(BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id", scopes)
+        # Locked (shared) until this transaction ends: the unit checked below stays the unit
+        # of every budget held on (a unit switch waits), and no budget vanishes under a hold.
+        lock = self._lock_budgets_sql()
+        cur.execute(BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id" + lock, scopes)
         budgets = [budget_from_row(row) for row in cur.fetchall()]
         unit, catalog, catalog_date = priced
         for b in budgets:
@@ -540,6 +544,9 @@ def _priced(unit: str, catalog: str | None, catalog_date: str | None) -> tuple[s
     unit = validate_unit(unit)
     if catalog is not None and (not isinstance(catalog, str) or not catalog.strip() or len(catalog) > 200):
         raise ValidationError(f"catalog must be a catalog name of at most 200 characters, not {catalog!r}")
+    why = None if catalog is None else bad_text(catalog)
+    if why is not None:  # refused alike on every backend (PostgreSQL text cannot hold it)
+        raise ValidationError(f"catalog {catalog!r} {why}; use the catalog's name")
     if catalog_date is not None:
         try:
             catalog_date = date.fromisoformat(str(catalog_date)).isoformat()

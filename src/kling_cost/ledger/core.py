@@ -84,6 +84,13 @@ class LedgerCore(ABC):
     def _lock_reservation_sql(self) -> str:
         return ""
 
+    def _lock_budgets_sql(self, exclusive: bool = False) -> str:
+        """A suffix for a ``SELECT`` of budget rows that locks them until the transaction ends:
+        shared (a reservation holding on them: their unit and existence stay as read) or
+        ``exclusive`` (a unit switch, a deletion: waits for those reservations). SQLite needs
+        none: ``BEGIN IMMEDIATE`` already serialises every writer."""
+        return ""
+
     def _now(self, cur: Cursor) -> datetime:
         """The time every decision of the transaction of ``cur`` uses (lease expiry, sweeps,
         budget windows): the injected clock; else the backend's clock, the one shared by
@@ -184,41 +191,52 @@ class LedgerCore(ABC):
         tz = validate_tz(tz)
         marks = parse_thresholds(thresholds, alerts=alerts)
         mpr = None if max_per_request is None else parse_limit(max_per_request, "max_per_request")
-        with self._transaction() as cur:
-            moment = self._now(cur)
-            now = to_ms(moment)
-            cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (scope, window))
-            before = cur.fetchone()
-            previous = None if before is None else budget_from_row(before)
-            new_unit = wanted_unit or (previous.unit if previous is not None else DEFAULT_UNIT)
-            if previous is not None and new_unit != previous.unit:
-                self._check_unit_change(cur, previous, new_unit)
-            cur.execute(
-                "INSERT INTO budgets (scope, period, tz, limit_milli, max_per_request_milli, "
-                "thresholds, created_at, updated_at, unit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (scope, period) DO UPDATE SET tz = excluded.tz, "
-                "limit_milli = excluded.limit_milli, "
-                "max_per_request_milli = excluded.max_per_request_milli, "
-                "thresholds = excluded.thresholds, updated_at = excluded.updated_at, "
-                "unit = excluded.unit",
-                (
-                    scope,
-                    window,
-                    tz,
-                    to_storage(lim),
-                    None if mpr is None else to_storage(mpr),
-                    json.dumps([str(t) for t in marks]),
-                    now,
-                    now,
-                    new_unit,
-                ),
-            )
-            cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (scope, window))
-            budget = budget_from_row(cur.fetchone())
-            for hook in self.hooks:
-                hook.after_budget_set(cur, moment, budget, previous)
-        self._committed()
-        return budget
+
+        def run() -> Budget:
+            with self._transaction() as cur:
+                moment = self._now(cur)
+                now = to_ms(moment)
+                # Asked for a unit: the row is locked (exclusive) before it is checked, so a
+                # reservation that read the old unit has committed its hold and is seen by the
+                # check, never missed.
+                lock = self._lock_budgets_sql(True) if wanted_unit is not None else ""
+                cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?" + lock, (scope, window))
+                before = cur.fetchone()
+                previous = None if before is None else budget_from_row(before)
+                new_unit = wanted_unit or (previous.unit if previous is not None else DEFAULT_UNIT)
+                if previous is not None and new_unit != previous.unit:
+                    self._check_unit_change(cur, previous, new_unit)
+                checked = previous.unit if previous is not None else new_unit
+                cur.execute(
+                    "INSERT INTO budgets (scope, period, tz, limit_milli, max_per_request_milli, "
+                    "thresholds, created_at, updated_at, unit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (scope, period) DO UPDATE SET tz = excluded.tz, "
+                    "limit_milli = excluded.limit_milli, "
+                    "max_per_request_milli = excluded.max_per_request_milli, "
+                    "thresholds = excluded.thresholds, updated_at = excluded.updated_at, "
+                    "unit = excluded.unit WHERE budgets.unit = ?",
+                    (
+                        scope,
+                        window,
+                        tz,
+                        to_storage(lim),
+                        None if mpr is None else to_storage(mpr),
+                        json.dumps([str(t) for t in marks]),
+                        now,
+                        now,
+                        new_unit,
+                        checked,
+                    ),
+                )
+                if cur.rowcount != 1:  # its unit changed since it was read: read and check again
+                    raise Conflict(f"the {window} budget of {scope} changed unit meanwhile")
+                cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (scope, window))
+                budget = budget_from_row(cur.fetchone())
+                for hook in self.hooks:
+                    hook.after_budget_set(cur, moment, budget, previous)
+                return budget
+
+        return self._retrying(run)
 
     @staticmethod
     def _check_unit_change(cur: Cursor, budget: Budget, unit: str) -> None:
@@ -256,18 +274,23 @@ class LedgerCore(ABC):
     def delete_budget(self, scope: str, window: str) -> bool:
         """Remove a budget and its window counters; charges stay. True if one was deleted."""
         window = validate_window(window)
-        with self._transaction() as cur:
-            cur.execute(
-                "SELECT id FROM budgets WHERE scope = ? AND period = ?", (validate_scope(scope), window)
-            )
-            row = cur.fetchone()
-            if row is None:
-                return False
-            cur.execute("DELETE FROM budget_windows WHERE budget_id = ?", (row[0],))
-            cur.execute("DELETE FROM budgets WHERE id = ?", (row[0],))
-            self.outbox.budget_deleted(cur, self._now(cur), int(row[0]))
-        self._committed()
-        return True
+        scope = validate_scope(scope)
+
+        def run() -> bool:
+            with self._transaction() as cur:
+                cur.execute(  # the budget first, as reservations lock it: none is cut short
+                    "SELECT id FROM budgets WHERE scope = ? AND period = ?" + self._lock_budgets_sql(True),
+                    (scope, window),
+                )
+                row = cur.fetchone()
+                if row is None:
+                    return False
+                cur.execute("DELETE FROM budget_windows WHERE budget_id = ?", (row[0],))
+                cur.execute("DELETE FROM budgets WHERE id = ?", (row[0],))
+                self.outbox.budget_deleted(cur, self._now(cur), int(row[0]))
+                return True
+
+        return self._retrying(run)
 
     def _retrying(self, operation: Callable[[], T]) -> T:
         for _ in range(RETRIES - 1):

@@ -66,6 +66,12 @@ _UPSERT = (
     "WHERE alerts.cleared_at IS NOT NULL"
 )
 
+_INSERT_ONCE = _UPSERT[: _UPSERT.index(" ON CONFLICT")] + (
+    " ON CONFLICT (budget_id, window_key, threshold) DO NOTHING"
+)
+"""An alert for a window that has ended: written if the window never had it, never re-armed
+(its row was cleared because the window ended, not because the level went back down)."""
+
 _CLEAR = (
     "UPDATE alerts SET cleared_at = ?, resolved_status = 'pending', "
     "next_attempt_at = CASE WHEN claim IS NULL THEN ? ELSE next_attempt_at END "
@@ -284,9 +290,12 @@ class AlertOutbox:
             "actual": str(from_storage(charge.actual_milli)),
             "overage": str(from_storage(state.overage_milli)),
         }
-        if window.key != window_at(b.window, b.tz, now).key:
+        ended = window.key != window_at(b.window, b.tz, now).key
+        if ended:
             extra["window_ended"] = True
-        self._write(cur, now, state, KIND_OVERAGE, KIND_OVERAGE, extra, window, state.overage_milli)
+        self._write(
+            cur, now, state, KIND_OVERAGE, KIND_OVERAGE, extra, window, state.overage_milli, rearm=not ended
+        )
 
     def _cross(
         self,
@@ -313,7 +322,10 @@ class AlertOutbox:
         extra: dict[str, Any],
         window: Window,
         requested: int,
+        *,
+        rearm: bool = True,
     ) -> None:
+        """Write the alert, or re-arm its cleared row (``rearm=False``: only write a new one)."""
         b = state.budget
         limit = to_storage(b.limit)
         level = state.used_milli + state.reserved_milli
@@ -329,7 +341,7 @@ class AlertOutbox:
         }
         now_ms = to_ms(now)
         cur.execute(
-            _UPSERT,
+            _UPSERT if rearm else _INSERT_ONCE,
             (
                 b.id,
                 b.scope,

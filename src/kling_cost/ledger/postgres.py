@@ -192,6 +192,11 @@ class PostgresLedger(Ledger):
     def _lock_reservation_sql(self) -> str:
         return " FOR UPDATE"
 
+    def _lock_budgets_sql(self, exclusive: bool = False) -> str:
+        # KEY SHARE: the lightest lock (the one a foreign key takes); it never blocks another
+        # reservation or a limit change, only FOR UPDATE (a unit switch) and DELETE.
+        return " FOR UPDATE" if exclusive else " FOR KEY SHARE"
+
     def _scopes_contain(self, column: str, scope: str) -> tuple[str, str]:
         sql, value = super()._scopes_contain(column, scope)
         return sql.replace("instr(", "strpos(", 1), value

@@ -9,6 +9,7 @@ from typing import Any
 from ..budgets import Usage, validate_scope, validate_window, window_at
 from ..errors import ValidationError
 from ..money import from_storage
+from ..text import bad_text, clean_text
 from ._rows import (
     ALERT_SELECT,
     BUDGET_SELECT,
@@ -22,9 +23,17 @@ from ._rows import (
     to_ms,
 )
 from .core import LedgerCore
-from .models import RESERVED, AlertRecord, Charge, Reservation
+from .models import RESERVED, STATUSES, AlertRecord, Charge, Reservation
 
-__all__ = ["LedgerQueries"]
+__all__ = ["ALERT_STATUSES", "LedgerQueries"]
+
+ALERT_STATUSES = ("pending", "delivered")
+"""What an alert of the outbox can be: waiting for delivery, or delivered."""
+
+
+def _check_limit(limit: object) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
 
 
 class LedgerQueries(LedgerCore):
@@ -37,16 +46,22 @@ class LedgerQueries(LedgerCore):
 
     def get_reservation(self, ref: str) -> Reservation | None:
         """A reservation by id or by idempotency key."""
+        if isinstance(ref, str) and bad_text(ref) is not None:
+            return None  # no id or key holds text PostgreSQL cannot store (such keys are refused)
         with self._transaction() as cur:
             return self._reservation_by(cur, "id", ref) or self._reservation_by(cur, "idempotency_key", ref)
 
     def reservation_for_task(self, task_id: str) -> Reservation | None:
-        """The reservation a Kling task was attached to."""
+        """The reservation a Kling task was attached to (task ids are stored as
+        :meth:`attach_task` cleaned them, and looked up the same way)."""
         with self._transaction() as cur:
-            return self._reservation_by(cur, "task_id", task_id)
+            return self._reservation_by(cur, "task_id", clean_text(task_id))
 
     def reservations(self, status: str | None = None, limit: int = 1000) -> list[Reservation]:
         """Reservations, newest first, optionally of one status (``reserved`` = pending)."""
+        if status is not None and status not in STATUSES:
+            raise ValidationError(f"status {status!r} is unknown; allowed: {', '.join(STATUSES)}")
+        _check_limit(limit)
         with self._transaction() as cur:
             if status is None:
                 cur.execute(RES_SELECT + " ORDER BY created_at DESC, id LIMIT ?", (limit,))
@@ -159,8 +174,9 @@ class LedgerQueries(LedgerCore):
         limit: int = 500,
     ) -> list[AlertRecord]:
         """Alerts from the outbox, newest first (``status='pending'`` for the undelivered)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
+        _check_limit(limit)
+        if status is not None and status not in ALERT_STATUSES:
+            raise ValidationError(f"status {status!r} is unknown; allowed: {', '.join(ALERT_STATUSES)}")
         where: list[str] = []
         params: list[Any] = []
         if status is not None:

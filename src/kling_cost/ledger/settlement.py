@@ -56,14 +56,19 @@ class LedgerSettlement(RequestCacheStore):
         rise = spent - held if rise is None else rise
         counters: list[tuple[int, str, int, int]] = []
         for budget_id, window_key in res.windows:
+            # ``spent`` counts only where the budget still counts the reservation's unit: a
+            # budget may have switched unit once this hold was gone (a lapsed lease settled
+            # late); its counters never take another unit.
             cur.execute(
-                "UPDATE budget_windows SET reserved_milli = reserved_milli - ?, "
-                "used_milli = used_milli + ? WHERE budget_id = ? AND window_key = ? "
-                "RETURNING used_milli, reserved_milli",
-                (held, spent, budget_id, window_key),
+                "UPDATE budget_windows SET reserved_milli = reserved_milli - ?, used_milli = used_milli "
+                "+ CASE WHEN (SELECT unit FROM budgets WHERE id = ?) = ? THEN ? ELSE 0 END "
+                "WHERE budget_id = ? AND window_key = ? "
+                "RETURNING used_milli, reserved_milli, (SELECT unit FROM budgets WHERE id = ?)",
+                (held, budget_id, res.unit, spent, budget_id, window_key, budget_id),
             )
             row = cur.fetchone()
-            if row is not None:  # None: the budget was deleted since; nothing to keep counting
+            # None: the budget was deleted since; nothing to keep counting
+            if row is not None and row[2] == res.unit:
                 counters.append((budget_id, window_key, int(row[0]), int(row[1])))
         if not counters or (rise <= 0 and not self._wants_settle_states(held, spent)):
             return []
