@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from decimal import Decimal
 from typing import Annotated
@@ -192,9 +193,11 @@ def export_command(
         if output is None:
             export_charges(ledger, sys.stdout, fmt, since=since, until=until, scope=scope, tz=tz)
             return
+        buffer = io.StringIO(newline="")  # the file is touched only once the export succeeded
+        count = export_charges(ledger, buffer, fmt, since=since, until=until, scope=scope, tz=tz)
         try:
             with open(output, "w", encoding="utf-8", newline="") as fh:
-                count = export_charges(ledger, fh, fmt, since=since, until=until, scope=scope, tz=tz)
+                fh.write(buffer.getvalue())
         except OSError as exc:
             fail(f"cannot write {output}: {exc.strerror or exc}")
     console.print(f"exported {count} charge(s) to {output}", highlight=False)

@@ -26,6 +26,10 @@ from .models import RESERVED, AlertRecord, Charge, Reservation
 
 __all__ = ["LedgerQueries"]
 
+ALERT_STATUSES = ("pending", "delivered")
+MAX_SQL_INT = 2**63 - 1
+"""The largest integer both backends store; a larger row limit means every row."""
+
 
 class LedgerQueries(LedgerCore):
     """Queries; every one runs in a transaction so it sees one consistent state."""
@@ -158,9 +162,12 @@ class LedgerQueries(LedgerCore):
         include_cleared: bool = True,
         limit: int = 500,
     ) -> list[AlertRecord]:
-        """Alerts from the outbox, newest first (``status='pending'`` for the undelivered)."""
+        """Alerts from the outbox, newest first (``status='pending'`` for the undelivered,
+        ``'delivered'`` for the others). A ``limit`` larger than storage integers hold means all."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
+        if status is not None and status not in ALERT_STATUSES:
+            raise ValidationError(f"alert status {status!r} is unknown; allowed: {', '.join(ALERT_STATUSES)}")
         where: list[str] = []
         params: list[Any] = []
         if status is not None:
@@ -173,7 +180,7 @@ class LedgerQueries(LedgerCore):
             where.append("cleared_at IS NULL")
         sql = ALERT_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(int(limit))
+        params.append(min(limit, MAX_SQL_INT))
         with self._transaction() as cur:
             cur.execute(sql, params)
             return [alert_from_row(row) for row in cur.fetchall()]

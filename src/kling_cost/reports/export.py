@@ -8,7 +8,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
-from ..budgets import validate_scope
+from ..budgets import validate_scope, validate_tz
 from ..errors import ValidationError
 from ..ledger import Charge, Ledger
 from ..money import MONEY
@@ -114,6 +114,7 @@ def export_charges(
     """
     if fmt not in ("jsonl", "csv"):
         raise ValidationError(f"export format {fmt!r} is unknown; use jsonl or csv")
+    tz = validate_tz(tz)  # also when no date needs it: a mistyped zone is an error, not ignored
     moment = now or ledger.clock()
     start = _time.parse_since(since, tz, moment)
     end = _time.parse_until(until, tz)
