@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import sys
 from decimal import Decimal
@@ -14,6 +13,7 @@ from rich.table import Table
 from ..money import format_amount
 from ..reports import DailyUsage, Report, ReportRow, daily_usage, export_charges, parse_by, report
 from ..reports.aggregate import METRICS
+from ..reports.export import csv_row
 from ._common import LedgerOption, boundary, console, fail, print_json
 from ._serving import listen, require_uvicorn, run_server, url_host
 from .budget import opened
@@ -58,12 +58,13 @@ def report_command(
     if fmt == "json":
         print_json(rep.to_dict())
     elif fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
         columns = (*rep.by, "unit", *METRICS)
-        writer.writerow(columns)
+        sys.stdout.write(csv_row(columns))
         for row in rep.rows:
             data = row.to_dict()
-            writer.writerow(["" if data[k] is None else data[k] for k in columns])
+            sys.stdout.write(
+                csv_row(str(v) if isinstance(v, bool) else v for v in (data[k] for k in columns))
+            )
     else:
         console.print(_table(rep))
         _overages(rep)
