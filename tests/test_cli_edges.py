@@ -98,8 +98,8 @@ def test_a_report_since_1970_in_a_zone_with_summer_time_counts_everything(ledger
         )
         assert code == 0, err
         data = json.loads(out)
-        (total,) = data["totals"]
-        assert total["unit"] == "units" and total["actual"] == "91.000" and total["charges"] == 3
+        (total,) = data["totals"]  # one unit: one total
+        assert (total["unit"], total["actual"], total["charges"]) == ("units", "91.000", 3)
         assert [r["day"] for r in data["rows"]] == ["1975-06-15", "2000-06-15", "2026-06-15"]
 
 

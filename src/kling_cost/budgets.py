@@ -65,7 +65,7 @@ def validate_tz(tz: object) -> str:
         raise ValidationError(f"time zone {tz!r} is not an IANA zone name such as 'Europe/Paris'")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a path
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory ("Europe"), a name too long
         raise ValidationError(
             f"time zone {tz!r} is unknown; use an IANA name such as 'UTC' or 'America/New_York'"
         ) from None
@@ -146,7 +146,17 @@ def window_at(kind: str, tz: str, at: datetime) -> Window:
         raise ValidationError("times must be timezone-aware (UTC)")
     if kind == "lifetime":
         return Window(kind, "lifetime", None, None)
-    zone = ZoneInfo(tz)
+    if kind not in WINDOWS:
+        raise ValidationError(f"window {kind!r} is unknown; allowed: {', '.join(WINDOWS)}")
+    try:
+        return _window(kind, ZoneInfo(tz), at)
+    except (OverflowError, ValueError) as exc:  # a window reaching past year 9999 or before year 1
+        raise ValidationError(
+            f"{at.isoformat()} is out of range: its {kind} in {tz} does not fit between years 1 and 9999"
+        ) from exc
+
+
+def _window(kind: str, zone: ZoneInfo, at: datetime) -> Window:
     local = at.astimezone(zone)
     day = local.date()
     if kind == "day":
@@ -157,12 +167,10 @@ def window_at(kind: str, tz: str, at: datetime) -> Window:
         after = first + timedelta(days=7)
         iso = first.isocalendar()
         key = f"{iso.year}-W{iso.week:02d}"
-    elif kind == "month":
+    else:  # month
         first = day.replace(day=1)
         after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
         key = first.strftime("%Y-%m")
-    else:
-        raise ValidationError(f"window {kind!r} is unknown; allowed: {', '.join(WINDOWS)}")
     return Window(kind, key, _midnight(first, zone), _midnight(after, zone))
 
 

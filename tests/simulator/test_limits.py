@@ -207,3 +207,59 @@ def test_the_guard_as_a_library_piece() -> None:
     for bad in (0, -1, True, 1.5):
         with pytest.raises(ConfigurationError):
             BodyLimits(max_bytes=bad)  # type: ignore[arg-type]
+
+
+# Found by an outside review: a pack size beyond Decimal's range was accepted, and from then
+# on every request that moved a task on answered 500 (decimal.Overflow): the simulator was dead.
+
+
+@pytest.mark.parametrize("remaining", ["1e999999999", "1E+1000000", "1e13", "-5", "Infinity"])
+def test_an_absurd_pack_size_is_1201_and_the_simulator_keeps_working(remaining: str) -> None:
+    app = create_app(AK, SK, api_key=API_KEY, task_seconds=0)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    with serve(app) as url:
+        got = httpx.post(url + "/_simulator/packs/video", json={"remaining": remaining}, headers=auth)
+        assert answer(got)[:2] == (400, 1201), got.text
+        created = httpx.post(url + T2V, json={"prompt": "a fox"}, headers=auth)
+        assert created.status_code == 200, created.text
+        task_id = created.json()["data"]["task_id"]
+        polled = httpx.get(f"{url}{T2V}/{task_id}", headers=auth)
+        assert polled.status_code == 200 and polled.json()["data"]["task_status"] == "succeed", polled.text
+        costs = httpx.get(url + "/account/costs?start_time=0&end_time=9999999999999", headers=auth)
+        assert costs.status_code == 200, costs.text
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"video_units": "1e999999"},
+        {"image_units": "NaN"},
+        {"tryon_units": "-1"},
+        {"task_seconds": float("inf")},
+        {"task_seconds": float("nan")},
+    ],
+    ids=repr,
+)
+def test_a_simulator_built_with_absurd_settings_is_refused(settings: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        create_app(AK, SK, **settings)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--video-units", "1e999999"),
+        ("--image-units", "nan"),
+        ("--tryon-units", "-1"),
+        ("--task-seconds", "inf"),
+    ],
+)
+def test_simulate_with_absurd_settings_is_one_line(flag: str, value: str) -> None:
+    from typer.testing import CliRunner
+
+    from kling_cost.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["simulate", "--port", "0", flag, value])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "Kling simulator on" not in result.stdout

@@ -30,7 +30,7 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..ledger import Ledger
 from .base import AlertSink
-from .deliver import Backoff, Deliverer
+from .deliver import Backoff, Deliverer, check_seconds
 from .sinks import make_sinks
 
 __all__ = ["ENV_CONFIG", "AlertsConfig", "load_config"]
@@ -39,12 +39,7 @@ ENV_CONFIG = "KLING_COST_CONFIG"
 
 
 def _seconds(data: Mapping[str, Any], key: str, default: float, *, zero: bool = True) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"[alerts] {key} must be a number of seconds, not {value!r}")
-    if value < 0 or (value == 0 and not zero):
-        raise ConfigurationError(f"[alerts] {key} must be {'>= 0' if zero else 'positive'}, not {value!r}")
-    return float(value)
+    return check_seconds(data.get(key, default), f"[alerts] {key}", zero=zero)
 
 
 @dataclass(frozen=True)
@@ -106,8 +101,8 @@ class AlertsConfig:
             if key in data and not isinstance(data[key], str):
                 raise ConfigurationError(f"{source}: [alerts] {key} must be a string")
         factor = data.get("retry_factor", 2)
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
-            raise ConfigurationError(f"{source}: [alerts] retry_factor must be a number >= 1")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor <= 1000:
+            raise ConfigurationError(f"{source}: [alerts] retry_factor must be a number from 1 to 1000")
         try:
             return cls(
                 sinks=tuple(sinks),

@@ -17,6 +17,7 @@ alert, in the caller's thread), in a background thread (:meth:`start`), or as
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,9 +33,27 @@ from .message import AlertMessage, build_message
 from .redact import MAX_REASON
 from .sinks import SinkLike, make_sinks
 
-__all__ = ["Backoff", "Deliverer", "DeliveryReport", "failure_text"]
+__all__ = ["MAX_SECONDS", "Backoff", "Deliverer", "DeliveryReport", "check_seconds", "failure_text"]
 
 log = logging.getLogger("kling_cost.alerts")
+
+MAX_SECONDS = 365 * 86_400.0
+"""Longest interval, lease, timeout or retry delay a setting may give (a year), in seconds."""
+
+
+def check_seconds(value: object, what: str, *, zero: bool = False) -> float:
+    """``value`` as a finite number of seconds, positive (or ``>= 0`` with ``zero``) and at
+    most :data:`MAX_SECONDS`; NaN or an infinity would make a loop spin or a delay overflow."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{what} must be a number of seconds, not {value!r}")
+    seconds = float(value)
+    low_ok = seconds >= 0 if zero else seconds > 0
+    if not (math.isfinite(seconds) and low_ok and seconds <= MAX_SECONDS):
+        bound = ">= 0" if zero else "positive"
+        raise ConfigurationError(
+            f"{what} must be {bound} and at most {MAX_SECONDS:.0f} seconds, not {value!r}"
+        )
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -47,8 +66,9 @@ class Backoff:
     maximum: timedelta = timedelta(hours=1)
 
     def __post_init__(self) -> None:
-        if self.base < timedelta(0) or self.maximum < timedelta(0) or self.factor < 1:
-            raise ConfigurationError("backoff needs base >= 0, maximum >= 0 and factor >= 1")
+        factor_ok = isinstance(self.factor, (int, float)) and math.isfinite(self.factor) and self.factor >= 1
+        if self.base < timedelta(0) or self.maximum < timedelta(0) or not factor_ok:
+            raise ConfigurationError("backoff needs base >= 0, maximum >= 0 and a finite factor >= 1")
 
     @classmethod
     def none(cls) -> Backoff:
@@ -272,8 +292,7 @@ class Deliverer:
     def start(self, interval: float = 1.0) -> Deliverer:
         """Deliver in a background thread: every ``interval`` seconds, and at once after a
         transaction of this ledger object wrote an alert. Stop it with :meth:`stop`/:meth:`close`."""
-        if interval <= 0:
-            raise ConfigurationError("interval must be positive")
+        interval = check_seconds(interval, "interval")
         if self._thread is not None:
             return self
         self.attach(inline=self._inline)

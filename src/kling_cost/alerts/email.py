@@ -12,7 +12,7 @@ from ..errors import ConfigurationError
 from .base import AlertSink, SinkError
 from .message import AlertMessage
 from .redact import Scrubber, transport_reason
-from .webhook import redact_url
+from .webhook import redact_url, url_timeout
 
 __all__ = ["EmailSink"]
 
@@ -78,10 +78,7 @@ class EmailSink(AlertSink):
         self.sender = _addresses(sender, "from", url)[0]
         self.subject_prefix = options.get("subject_prefix", "[kling-cost]")
         if "timeout" in options:
-            try:
-                timeout = float(options["timeout"])
-            except ValueError:
-                raise ConfigurationError(f"timeout in {redact_url(url)!r} must be a number") from None
+            timeout = url_timeout(options["timeout"], url)
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.name = f"email:{parts.scheme}://{self.host}:{self.port}"

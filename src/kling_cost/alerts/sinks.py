@@ -31,7 +31,10 @@ def sink_from_url(url: str, *, secret: str | None = None, timeout: float | None 
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError(f"sink URL must be a non-empty string, not {url!r}")
     url = url.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)  # an unclosed IPv6 bracket raises here
+    except ValueError as exc:
+        raise ConfigurationError(f"sink URL {redact_url(url)!r} is malformed: {exc}") from None
     scheme = parts.scheme.lower()
     if "://" not in url or scheme not in SCHEMES:
         raise ConfigurationError(
@@ -43,13 +46,13 @@ def sink_from_url(url: str, *, secret: str | None = None, timeout: float | None 
         unknown = set(options) - {"level"}
         if unknown:
             raise ConfigurationError(
-                f"unknown option(s) {', '.join(sorted(unknown))} in {url!r}; allowed: level"
+                f"unknown option(s) {', '.join(sorted(unknown))} in {redact_url(url)!r}; allowed: level"
             )
         logger = (parts.netloc + parts.path).strip("/") or "kling_cost.alerts"
         return LogSink(logger, parse_level(options.get("level", "warning")))
     if scheme == "stderr":
         if parts.netloc or parts.path.strip("/") or parts.query:
-            raise ConfigurationError(f"sink URL {url!r}: stderr:// takes no host, path or options")
+            raise ConfigurationError("stderr:// takes no host, path or options: write it as stderr://")
         return StderrSink()
     if scheme in ("http", "https"):
         if (parts.hostname or "").lower() == SLACK_HOST:

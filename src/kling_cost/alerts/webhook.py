@@ -19,7 +19,7 @@ from .base import AlertSink, SinkError
 from .message import AlertMessage
 from .redact import Scrubber, origin, sink_label, transport_reason
 
-__all__ = ["SlackSink", "WebhookSink", "redact_url"]
+__all__ = ["SlackSink", "WebhookSink", "redact_url", "url_timeout"]
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -49,7 +49,8 @@ def _check_http_url(url: str, what: str) -> None:
         raise ConfigurationError(f"{what} URL {redact_url(url)!r} has an invalid port") from None
 
 
-def _timeout(value: object, url: str) -> float:
+def url_timeout(value: object, url: str) -> float:
+    """A sink URL's ``?timeout=`` in seconds: a number in (0, 600] (NaN and infinities refused)."""
     try:
         seconds = float(str(value))
     except ValueError:
@@ -144,10 +145,10 @@ class WebhookSink(_HttpSink):
         parts = urlsplit(url)
         query = []
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key == "secret":
-                secret = secret or value
-            elif key == "timeout":
-                timeout = timeout or _timeout(value, url)
+            if key == "secret":  # this URL's own secret wins over the configured webhook_secret
+                secret = value
+            elif key == "timeout":  # this sink's own timeout wins over the configured default
+                timeout = url_timeout(value, url)
             else:
                 query.append((key, value))
         if secret is not None:

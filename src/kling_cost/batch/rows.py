@@ -63,45 +63,35 @@ class BatchRow:
 
 
 def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> list[BatchRow]:
-    """Rows of ``path`` (``.jsonl``, ``.csv``, else one prompt per line; ``#`` comments and
-    blank lines skipped), each completed with ``defaults`` (``endpoint``, ``model_name``,
-    ``mode``, ``duration``, ``sound``, ``aspect_ratio``, ...).
+    """Rows of ``path`` (``.jsonl``/``.ndjson``: one JSON object per line; ``.json``: an array
+    of objects; ``.csv``: a header with a ``prompt`` column; else one prompt per line; ``#``
+    comments and blank lines skipped; a UTF-8 byte order mark before JSON or CSV is ignored),
+    each completed with ``defaults`` (``endpoint``, ``model_name``, ``mode``, ``duration``,
+    ``sound``, ``aspect_ratio``, ...).
 
     Each row gets a stable idempotency key (its ``external_task_id`` if given, else derived
     from its content and how many identical rows came before), so re-running the same file
     resumes instead of paying twice. Raises :class:`ConfigurationError` naming the line.
     """
     file = Path(path)
+    suffix = file.suffix.lower()
+    # Excel's "CSV UTF-8" and Notepad start files with a byte order mark; structured files
+    # were refused with one before, so ignoring it changes no row's key. A plain prompt file
+    # keeps reading it as before: its first row's key (and resume) must not change.
+    encoding = "utf-8" if suffix not in (".jsonl", ".ndjson", ".json", ".csv") else "utf-8-sig"
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding=encoding)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read batch file {file}: {exc}") from None
     base = {k: v for k, v in (defaults or {}).items() if v is not None}
-    raw_rows: list[tuple[int, dict[str, Any]]] = []
-    suffix = file.suffix.lower()
-    if suffix == ".jsonl":
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigurationError(f"{file}:{number}: not valid JSON: {exc.msg}") from None
-            if not isinstance(doc, dict):
-                raise ConfigurationError(f"{file}:{number}: each line must be a JSON object")
-            _check_fields(f"{file}:{number}", doc)
-            raw_rows.append((number, doc))
+    if suffix in (".jsonl", ".ndjson"):
+        raw_rows = _jsonl_rows(file, text)
+    elif suffix == ".json":
+        raw_rows = _json_array_rows(file, text)
     elif suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "prompt" not in reader.fieldnames:
-            raise ConfigurationError(f"{file}:1: a CSV batch needs a header row with a 'prompt' column")
-        _check_fields(f"{file}:1 (header)", (f for f in reader.fieldnames if f))
-        for number, record in enumerate(reader, 2):
-            raw_rows.append((number, {k: v for k, v in record.items() if k and v not in (None, "")}))
+        raw_rows = _csv_rows(file, text)
     else:
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                raw_rows.append((number, {"prompt": line.strip()}))
+        raw_rows = _prompt_rows(file, text)
     if not raw_rows:
         raise ConfigurationError(f"batch file {file} has no rows")
     seen: dict[str, int] = {}
@@ -126,6 +116,83 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
             body["external_task_id"] = key
         rows.append(BatchRow(number, endpoint, body, str(key)))
     return rows
+
+
+def _json(file: Path, where: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigurationError(f"{where}: JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{where}: not valid JSON: {exc.msg}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigurationError(f"{where}: not valid JSON: {exc}") from None
+
+
+def _row(where: str, doc: object, what: str) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise ConfigurationError(f"{where}: {what} must be a JSON object")
+    _check_fields(where, doc)
+    return doc
+
+
+def _jsonl_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            where = f"{file}:{number}"
+            rows.append((number, _row(where, _json(file, where, line), "each line")))
+    return rows
+
+
+def _json_array_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    """A ``.json`` file: an array of row objects, numbered from 1 in the order given."""
+    doc = _json(file, str(file), text)
+    if not isinstance(doc, list):
+        raise ConfigurationError(
+            f"{file}: a .json batch must be an array of row objects (or use .jsonl: one object per line)"
+        )
+    return [(i, _row(f"{file}: item {i}", item, "each item")) for i, item in enumerate(doc, 1)]
+
+
+def _csv_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or "prompt" not in reader.fieldnames:
+        raise ConfigurationError(f"{file}:1: a CSV batch needs a header row with a 'prompt' column")
+    _check_fields(f"{file}:1 (header)", (f for f in reader.fieldnames if f))
+    rows = []
+    for number, record in enumerate(reader, 2):
+        if None in record:  # more cells than the header names: an unquoted comma split a prompt
+            raise ConfigurationError(
+                f"{file}:{number}: {len(reader.fieldnames) + len(record[None])} cells but the header "
+                f'names {len(reader.fieldnames)}; quote cells that contain commas ("a fox, in snow")'
+            )
+        rows.append((number, {k: v for k, v in record.items() if k and v not in (None, "")}))
+    return rows
+
+
+def _prompt_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        prompt = line.strip()
+        if not prompt or prompt.startswith("#"):
+            continue
+        if prompt.startswith("{") and _is_json_object(prompt):
+            # A JSON row in a file read as plain prompts would be sent as the prompt text,
+            # its fields (mode, duration) ignored: say which format to use instead.
+            raise ConfigurationError(
+                f"{file}:{number}: this line is a JSON object, but {file.name} is read as one prompt "
+                "per line; name the file .jsonl to use per-row fields"
+            )
+        rows.append((number, {"prompt": prompt}))
+    return rows
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
 
 
 def _canonical(raw: Mapping[str, Any]) -> dict[str, Any]:

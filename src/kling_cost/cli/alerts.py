@@ -14,7 +14,7 @@ from rich.table import Table
 
 from ..alerts import AlertsConfig, Deliverer, load_config, sample_message, sink_from_url
 from ..alerts.config import ENV_CONFIG
-from ..alerts.deliver import failure_text
+from ..alerts.deliver import check_seconds, failure_text
 from ..alerts.redact import public_alert, scrub_urls
 from ..money import format_amount
 from ._common import EXIT_ERROR, JsonOption, LedgerOption, boundary, console, fail, print_json
@@ -147,9 +147,8 @@ def deliver_command(
 ) -> None:
     """Send pending alerts (and "resolved" messages) to the configured sinks, with retries."""
     config = _config(config_path, sink, dashboard)
-    pause = interval if interval is not None else config.interval
-    if pause <= 0:
-        fail("--interval must be positive")
+    with boundary():
+        pause = config.interval if interval is None else check_seconds(interval, "--interval")
     with opened(ledger_url, create=False) as ledger, boundary():
         deliverer: Deliverer = config.deliverer(ledger)
         try:

@@ -20,12 +20,12 @@ from ._common import JsonOption, LedgerOption, boundary, console, fail, print_js
 budget_app = typer.Typer(help="Set, list, show and delete budgets.", no_args_is_help=True)
 ledger_app = typer.Typer(help="Maintain the ledger database.", no_args_is_help=True)
 
-_NEGATIVE_NUMBER = re.compile(r"^-\.?[0-9]")
+_NEGATIVE_NUMBER = re.compile(r"^-(\.?[0-9]|inf|nan|snan)", re.IGNORECASE)  # -inf, -Infinity, -NaN too
 
 
 class NegativeNumbersAreValues(TyperCommand):
-    """Reads ``-100`` as an argument, not as the options ``-1 -0 -0`` (click's default), so a
-    negative limit gets the library's clear refusal instead of "No such option: -1"."""
+    """Reads ``-100`` (or ``-inf``) as an argument, not as the options ``-1 -0 -0`` (click's
+    default), so a negative limit gets the library's clear refusal instead of "No such option: -1"."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if any(_NEGATIVE_NUMBER.match(arg) for arg in args):
@@ -275,8 +275,9 @@ def copy_command(
     """Copy a whole ledger (budgets, usage, reservations, charges) into an empty one."""
     with opened(source, create=False) as src, opened(target) as dst, boundary():
         result = copy_ledger(src, dst)
+        shown = {"from": src.url, "to": dst.url}  # passwords as ***
     if json_out:
-        print_json({"from": source, "to": target, "rows": result.rows, "total": result.total})
+        print_json({**shown, "rows": result.rows, "total": result.total})
         return
     parts = ", ".join(f"{n} {t}" for t, n in result.rows.items())
     console.print(f"copied {result.total} rows: {parts}")

@@ -276,6 +276,10 @@ def settle_command(
         )
 
 
+MAX_ADVISE_COUNT = 10_000
+"""Most identical requests ``advise --count`` prices one by one (savings scale with the count)."""
+
+
 def advise_command(
     file: Annotated[Path | None, typer.Option("--file", help="Advise on a batch file instead.")] = None,
     kind: KindOption = "text2video",
@@ -296,6 +300,8 @@ def advise_command(
                 for r in rows
             ]
         else:
+            if count > MAX_ADVISE_COUNT:
+                fail(f"--count {count} is too many; advise on at most {MAX_ADVISE_COUNT} requests")
             one = {"kind": kind, "model": model, "mode": mode or "std", "duration": duration, "audio": audio}
             requests = [one] * count
         advice = advise(requests, catalog=catalog, duplicates=file is not None)

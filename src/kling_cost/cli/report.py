@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import io
 import sys
 from decimal import Decimal
 from typing import Annotated
@@ -13,6 +13,7 @@ from rich.table import Table
 from ..money import format_amount
 from ..reports import DailyUsage, Report, ReportRow, daily_usage, export_charges, parse_by, report
 from ..reports.aggregate import METRICS
+from ..reports.export import csv_row
 from ._common import LedgerOption, boundary, console, fail, print_json
 from ._serving import listen, require_uvicorn, run_server, url_host
 from .budget import opened
@@ -57,12 +58,13 @@ def report_command(
     if fmt == "json":
         print_json(rep.to_dict())
     elif fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
         columns = (*rep.by, "unit", *METRICS)
-        writer.writerow(columns)
+        sys.stdout.write(csv_row(columns))
         for row in rep.rows:
             data = row.to_dict()
-            writer.writerow(["" if data[k] is None else data[k] for k in columns])
+            sys.stdout.write(
+                csv_row(str(v) if isinstance(v, bool) else v for v in (data[k] for k in columns))
+            )
     else:
         console.print(_table(rep))
         _overages(rep)
@@ -192,9 +194,11 @@ def export_command(
         if output is None:
             export_charges(ledger, sys.stdout, fmt, since=since, until=until, scope=scope, tz=tz)
             return
+        buffer = io.StringIO(newline="")  # the file is touched only once the export succeeded
+        count = export_charges(ledger, buffer, fmt, since=since, until=until, scope=scope, tz=tz)
         try:
             with open(output, "w", encoding="utf-8", newline="") as fh:
-                count = export_charges(ledger, fh, fmt, since=since, until=until, scope=scope, tz=tz)
+                fh.write(buffer.getvalue())
         except OSError as exc:
             fail(f"cannot write {output}: {exc.strerror or exc}")
     console.print(f"exported {count} charge(s) to {output}", highlight=False)

@@ -57,14 +57,15 @@ def simulate_command(
         from ..simulator import create_app
     except ImportError:
         fail("the simulator needs the server extra: pip install 'klingai-cost-controls[server]'")
-    from decimal import Decimal, InvalidOperation
+    from ..simulator.state import pack_units
 
     try:
         units = {
-            k: Decimal(v) for k, v in (("video", video_units), ("image", image_units), ("tryon", tryon_units))
+            k: pack_units(v)
+            for k, v in (("video", video_units), ("image", image_units), ("tryon", tryon_units))
         }
-    except InvalidOperation:
-        fail("--video-units, --image-units and --tryon-units must be numbers")
+    except ValueError as exc:
+        fail(f"--video-units, --image-units and --tryon-units: {exc}")
     ak = access_key or os.environ.get("KLING_ACCESS_KEY")
     sk = secret_key or os.environ.get("KLING_SECRET_KEY")
     generated = not (ak and sk)
@@ -72,21 +73,24 @@ def simulate_command(
         ak = ak or f"ak-{secrets.token_hex(8)}"
         sk = sk or secrets.token_urlsafe(24)
     key = api_key or os.environ.get("KLING_API_KEY")
-    app = create_app(
-        ak,
-        sk,
-        api_key=key,
-        task_seconds=task_seconds,
-        failure_rate=failure_rate,
-        seed=seed,
-        video_units=units["video"],
-        image_units=units["image"],
-        tryon_units=units["tryon"],
-        concurrency=concurrency,
-        callback_secret=callback_secret,
-        rate_limit=rate_limit,
-        admin=admin,
-    )
+    try:
+        app = create_app(
+            ak,
+            sk,
+            api_key=key,
+            task_seconds=task_seconds,
+            failure_rate=failure_rate,
+            seed=seed,
+            video_units=units["video"],
+            image_units=units["image"],
+            tryon_units=units["tryon"],
+            concurrency=concurrency,
+            callback_secret=callback_secret,
+            rate_limit=rate_limit,
+            admin=admin,
+        )
+    except ValueError as exc:  # settings the simulator cannot run with (infinite task seconds)
+        fail(str(exc))
     sock = listen(host, port)
     console.print(f"Kling simulator on http://{url_host(host)}:{sock.getsockname()[1]}", markup=False)
     if generated:

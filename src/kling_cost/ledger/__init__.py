@@ -63,7 +63,12 @@ def open_ledger(url: str | None = None, *, create: bool = True, **options: Any) 
     target = url or default_ledger_url()
     if not isinstance(target, str):
         raise ConfigurationError(f"ledger URL must be a string, not {type(target).__name__}")
-    scheme = urlsplit(target).scheme.lower()
+    try:
+        scheme = urlsplit(target).scheme.lower()
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket; the URL may hold a password
+        raise ConfigurationError(
+            f"ledger URL is malformed ({exc}); check it, e.g. [::1] for IPv6 hosts"
+        ) from None
     if scheme in ("postgresql", "postgres"):
         from . import postgres  # noqa: F401 - registers the backend; fails clearly without the extra
     backend = Ledger.registry.get(scheme)

@@ -36,6 +36,10 @@ def _check_limit(limit: object) -> None:
         raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
 
 
+MAX_SQL_INT = 2**63 - 1
+"""The largest integer both backends store; a larger row limit means every row."""
+
+
 class LedgerQueries(LedgerCore):
     """Queries; every one runs in a transaction so it sees one consistent state."""
 
@@ -173,10 +177,12 @@ class LedgerQueries(LedgerCore):
         include_cleared: bool = True,
         limit: int = 500,
     ) -> list[AlertRecord]:
-        """Alerts from the outbox, newest first (``status='pending'`` for the undelivered)."""
-        _check_limit(limit)
+        """Alerts from the outbox, newest first (``status='pending'`` for the undelivered,
+        ``'delivered'`` for the others). A ``limit`` larger than storage integers hold means all."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
         if status is not None and status not in ALERT_STATUSES:
-            raise ValidationError(f"status {status!r} is unknown; allowed: {', '.join(ALERT_STATUSES)}")
+            raise ValidationError(f"alert status {status!r} is unknown; allowed: {', '.join(ALERT_STATUSES)}")
         where: list[str] = []
         params: list[Any] = []
         if status is not None:
@@ -189,7 +195,7 @@ class LedgerQueries(LedgerCore):
             where.append("cleared_at IS NULL")
         sql = ALERT_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(int(limit))
+        params.append(min(limit, MAX_SQL_INT))
         with self._transaction() as cur:
             cur.execute(sql, params)
             return [alert_from_row(row) for row in cur.fetchall()]

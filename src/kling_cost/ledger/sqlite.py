@@ -216,6 +216,10 @@ class SQLiteLedger(Ledger):
             self._closed = True
 
 
+MAX_TIMEOUT = 86_400.0
+"""Longest lock wait a ``?timeout=`` may ask for (a day), in seconds."""
+
+
 def _parse_url(url: str) -> tuple[str, str, float, str]:
     parts = urlsplit(url)
     if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
@@ -244,8 +248,8 @@ def _parse_url(url: str) -> tuple[str, str, float, str]:
         timeout = float(query.pop("timeout", ["30"])[-1])
     except ValueError:
         raise ConfigurationError(f"timeout in {url!r} must be a number of seconds") from None
-    if timeout <= 0:
-        raise ConfigurationError(f"timeout in {url!r} must be positive")
+    if not 0 < timeout <= MAX_TIMEOUT:  # also NaN and infinity
+        raise ConfigurationError(f"timeout in {url!r} must be between 0 and {MAX_TIMEOUT} seconds")
     checkpoint = query.pop("checkpoint", ["background"])[-1].lower()
     if checkpoint not in ("background", "auto"):
         raise ConfigurationError(f"checkpoint={checkpoint!r} in {url!r}; allowed: background, auto")

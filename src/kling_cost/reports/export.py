@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TextIO
 
-from ..budgets import validate_scope
+from ..budgets import validate_scope, validate_tz
 from ..errors import ValidationError
 from ..ledger import Charge, Ledger
 from ..money import MONEY
 from . import _time
 
-__all__ = ["EXPORT_FIELDS", "charge_record", "export_charges"]
+__all__ = ["EXPORT_FIELDS", "charge_record", "csv_cell", "csv_row", "export_charges"]
 
 EXPORT_FIELDS = (
     "timestamp",
@@ -94,6 +97,28 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"^[+-]?[0-9]+(\.[0-9]+)?$")
+
+
+def csv_cell(value: Any) -> str:
+    """``value`` as a CSV cell that no spreadsheet runs as a formula: text starting with ``=``,
+    ``+``, ``-``, ``@``, a tab or a carriage return (a prompt such as ``=HYPERLINK(...)``) gets a
+    leading ``'`` (OWASP's advice); numbers, negative ones included, are left as they are."""
+    text = _csv_value(value)
+    if text.startswith(_FORMULA_START) and not _NUMBER.match(text):
+        return "'" + text
+    return text
+
+
+def csv_row(values: Iterable[Any]) -> str:
+    """One CSV line ending in ``\\n``; cells through :func:`csv_cell`, and any cell holding a
+    line break (``\\r`` included, which a ``\\n``-terminated writer leaves bare) quoted."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow([csv_cell(v) for v in values])
+    return buffer.getvalue()[:-2] + "\n"
+
+
 def export_charges(
     ledger: Ledger,
     out: TextIO,
@@ -109,11 +134,13 @@ def export_charges(
 
     ``fmt``: ``jsonl`` (one JSON object per line; amounts are exact JSON numbers, read them
     with ``json.loads(line, parse_float=Decimal)``) or ``csv`` (a header, then one row per
-    charge; scopes joined by ``;``). Every record has the ``unit`` its amounts count.
+    charge; scopes joined by ``;``; text that a spreadsheet would run as a formula starts
+    with ``'``, see :func:`csv_cell`). Every record has the ``unit`` its amounts count.
     ``since``/``until`` as in :func:`kling_cost.reports.report`.
     """
     if fmt not in ("jsonl", "csv"):
         raise ValidationError(f"export format {fmt!r} is unknown; use jsonl or csv")
+    tz = validate_tz(tz)  # also when no date needs it: a mistyped zone is an error, not ignored
     moment = now or ledger.clock()
     start = _time.parse_since(since, tz, moment)
     end = _time.parse_until(until, tz)
@@ -122,9 +149,8 @@ def export_charges(
         for charge in charges:
             out.write(_jsonl(charge_record(charge)))
         return len(charges)
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(EXPORT_FIELDS)
+    out.write(csv_row(EXPORT_FIELDS))
     for charge in charges:
         record = charge_record(charge)
-        writer.writerow([_csv_value(record[f]) for f in EXPORT_FIELDS])
+        out.write(csv_row(record[f] for f in EXPORT_FIELDS))
     return len(charges)

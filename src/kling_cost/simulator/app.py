@@ -271,9 +271,12 @@ def _admin_routes(sim: Simulator) -> list[Route]:
             remaining = Decimal(str(raw)) if isinstance(raw, (int, float, str)) else None
         except ArithmeticError:
             remaining = None
-        if isinstance(raw, bool) or remaining is None or not remaining.is_finite() or remaining < 0:
+        if isinstance(raw, bool) or remaining is None:
             raise SimError(1201, usage)
-        state.set_remaining(pack_type, remaining)
+        try:
+            state.set_remaining(pack_type, remaining)
+        except ValueError as exc:
+            raise SimError(1201, f"{usage}: {exc}") from None
         return {"pack": pack_type, "remaining": state.packs[pack_type].remaining}
 
     async def snapshot(request: Request) -> object:

@@ -30,6 +30,24 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+MAX_PACK_UNITS = Decimal(10**12)
+"""Most units a simulated pack holds; larger sizes (or NaN, infinities) are refused, since
+amounts past Decimal's range would break every later request."""
+MAX_TASK_SECONDS = 86_400.0
+
+
+def pack_units(value: object) -> Decimal:
+    """``value`` as a pack size: a finite number of units from 0 to :data:`MAX_PACK_UNITS`;
+    raises ``ValueError`` otherwise."""
+    try:
+        units = Decimal(str(value)) if isinstance(value, (int, str, Decimal)) else None
+    except ArithmeticError:
+        units = None
+    if isinstance(value, bool) or units is None or not units.is_finite() or not 0 <= units <= MAX_PACK_UNITS:
+        raise ValueError(f"pack size {value!r} must be a number of units from 0 to {MAX_PACK_UNITS:,}")
+    return units
+
+
 @dataclass
 class Pack:
     """One resource pack: ``remaining`` units (exact), valid from ``effective_time`` to ``invalid_time``."""
@@ -153,8 +171,8 @@ class SimulatorState:
     ) -> None:
         if not 0 <= failure_rate <= 1:
             raise ValueError(f"failure_rate {failure_rate} must be between 0 and 1")
-        if task_seconds < 0:
-            raise ValueError("task_seconds must not be negative")
+        if not 0 <= task_seconds <= MAX_TASK_SECONDS:  # also NaN and infinity
+            raise ValueError(f"task_seconds {task_seconds} must be from 0 to {MAX_TASK_SECONDS:.0f}")
         limits = (
             dict.fromkeys(PACK_TYPES, concurrency)
             if isinstance(concurrency, int)
@@ -176,7 +194,7 @@ class SimulatorState:
         now = self.now_ms()
         self.packs: dict[str, Pack] = {}
         for index, pack_type in enumerate(PACK_TYPES, start=1):
-            amount = Decimal(units.get(pack_type, 0))
+            amount = pack_units(units.get(pack_type, 0))
             self.packs[pack_type] = Pack(
                 name=f"{pack_type} pack",
                 pack_id=f"sim-pack-{index}",
@@ -270,8 +288,9 @@ class SimulatorState:
             task.status_msg = message
 
     def set_remaining(self, pack_type: str, units: Decimal) -> None:
+        amount = pack_units(units)
         with self._lock:
-            self.packs[pack_type].remaining = units
+            self.packs[pack_type].remaining = amount
 
     def expire_pack(self, pack_type: str) -> None:
         with self._lock:

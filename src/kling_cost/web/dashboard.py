@@ -49,8 +49,13 @@ def plotly_js() -> Path:
     return path
 
 
+def _param(request: Request, name: str) -> str | None:
+    """A query parameter; an empty one (``?scope=``, as the README's examples write it) is absent."""
+    return request.query_params.get(name) or None
+
+
 def _int(request: Request, name: str, default: int) -> int:
-    raw = request.query_params.get(name)
+    raw = _param(request, name)
     if raw is None:
         return default
     try:
@@ -109,7 +114,7 @@ def create_dashboard_app(
         return endpoint
 
     def zone(request: Request) -> str:
-        return validate_tz(request.query_params.get("tz") or tz)
+        return validate_tz(_param(request, "tz") or tz)
 
     def index(request: Request) -> Response:
         html = page.render(refresh=refresh_seconds, tz=tz, days=days)
@@ -132,19 +137,18 @@ def create_dashboard_app(
         return overview(ledger, days=_int(request, "days", days), tz=zone(request), now=clock())
 
     def get_daily(request: Request) -> Any:
-        scope = request.query_params.get("scope")
+        scope = _param(request, "scope")
         return daily_usage(
             ledger, _int(request, "days", days), scope=scope, tz=zone(request), now=clock()
         ).to_dict()
 
     def get_report(request: Request) -> Any:
-        q = request.query_params
         rep = report(
             ledger,
-            q.get("by", "day"),
-            since=q.get("since", f"{days}d"),
-            until=q.get("until"),
-            scope=q.get("scope"),
+            _param(request, "by") or "day",
+            since=_param(request, "since") or f"{days}d",
+            until=_param(request, "until"),
+            scope=_param(request, "scope"),
             tz=zone(request),
             now=clock(),
         )
@@ -164,12 +168,13 @@ def create_dashboard_app(
         return rep.to_dict()
 
     def get_charges(request: Request) -> Any:
-        found = latest_charges(ledger, _limit(request, 50), scope=request.query_params.get("scope"))
+        found = latest_charges(ledger, _limit(request, 50), scope=_param(request, "scope"))
         return {"charges": [c.to_dict() for c in found]}
 
     def get_alerts(request: Request) -> Any:
-        q = request.query_params
-        found = ledger.alerts(status=q.get("status"), scope=q.get("scope"), limit=_limit(request, 100))
+        found = ledger.alerts(
+            status=_param(request, "status"), scope=_param(request, "scope"), limit=_limit(request, 100)
+        )
         return {"alerts": with_units([public_alert(a.to_dict()) for a in found])}
 
     def with_units(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -68,7 +68,11 @@ _ENDPOINTS: list[tuple[str, str, list[dict[str, Any]]]] = [
     (
         "/api/alerts",
         "Alerts from the outbox (pending, delivered, cleared), newest first.",
-        [{"name": "status", "in": "query", "schema": {"type": "string"}}, _SCOPE, _LIMIT],
+        [
+            {"name": "status", "in": "query", "schema": {"type": "string", "enum": ["pending", "delivered"]}},
+            _SCOPE,
+            _LIMIT,
+        ],
     ),
     ("/api/openapi.json", "This description.", []),
 ]

@@ -1,0 +1,82 @@
+"""Hostile query values on the JSON API (found by an outside review): 400 with one message,
+never a 500, never a silently empty answer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kling_cost import ValidationError
+from kling_cost.ledger import Ledger, open_ledger
+from kling_cost.web import create_dashboard_app
+from tests.helpers import FakeClock
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/overview?tz=Europe",
+        "/api/budgets?tz=America",
+        "/api/daily?tz=Etc",
+        "/api/report?tz=Europe",
+        "/api/drift?tz=" + "A" * 300,
+        "/api/breakdown/model?tz=Europe",
+    ],
+)
+def test_a_zone_directory_is_400_not_500(
+    known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any], path: str
+) -> None:
+    ledger, _ = known
+    with serve(create_dashboard_app(ledger)) as base:
+        answer = httpx.get(base + path)
+    assert answer.status_code == 400, answer.text
+    assert "time zone" in answer.json()["error"]
+
+
+def test_an_unknown_alert_status_is_400_not_an_empty_list(
+    known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any]
+) -> None:
+    ledger, _ = known
+    with serve(create_dashboard_app(ledger)) as base:
+        bad = httpx.get(f"{base}/api/alerts?status=Pending")
+        good = httpx.get(f"{base}/api/alerts?status=pending")
+    assert bad.status_code == 400 and "status" in bad.json()["error"], bad.text
+    assert good.status_code == 200 and good.json()["alerts"]
+
+
+def test_the_ledger_refuses_an_unknown_alert_status(ledger_url: str) -> None:
+    with open_ledger(ledger_url) as led:
+        led.set_budget("project:x", 10)
+        led.reserve(9, ["project:x"])
+        with pytest.raises(ValidationError, match="status 'sent' is unknown"):
+            led.alerts(status="sent")
+        assert len(led.alerts(status="pending")) == 2 and led.alerts(status="delivered") == []
+
+
+def test_a_dashboard_zone_directory_is_refused_when_built(known: tuple[Ledger, FakeClock]) -> None:
+    ledger, _ = known
+    with pytest.raises(ValidationError, match="time zone"):
+        create_dashboard_app(ledger, tz="Europe")
+
+
+def _readme_api_urls() -> list[str]:
+    """The JSON API table of the README, each endpoint with the query it documents."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    urls = re.findall(r"^\| `GET (/api/[^`]+)` \|", readme, flags=re.M)
+    assert len(urls) >= 8, urls
+    return [u.replace("{model,mode,project,key,...}", "model") for u in urls]
+
+
+@pytest.mark.parametrize("url", _readme_api_urls())
+def test_every_api_url_of_the_readme_answers_as_written(
+    known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any], url: str
+) -> None:
+    ledger, _ = known
+    with serve(create_dashboard_app(ledger)) as base:
+        answer = httpx.get(base + url)
+    assert answer.status_code == 200, (url, answer.text)
