@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ..budgets import Usage, validate_scope, validate_window, window_at
+from ..budgets import UNITS, Usage, validate_scope, validate_window, window_at
 from ..errors import ValidationError
 from ..money import from_storage
 from ._rows import (
@@ -22,7 +22,7 @@ from ._rows import (
     to_ms,
 )
 from .core import LedgerCore
-from .models import RESERVED, AlertRecord, Charge, Reservation
+from .models import RESERVED, AlertRecord, Charge, PromptCost, Reservation
 
 __all__ = ["LedgerQueries"]
 
@@ -128,6 +128,63 @@ class LedgerQueries(LedgerCore):
         with self._transaction() as cur:
             cur.execute(sql, params)
             return [charge_from_row(row) for row in cur.fetchall()]
+
+    def prompt_costs(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        scope: str | None = None,
+        limit: int = 5,
+    ) -> list[PromptCost]:
+        """The ``limit`` costliest prompts (grouped by prompt hash) of the charges reserved in
+        ``[since, until)``, per unit (units first, never ranked across units): what each cost,
+        how many charges carried it, its preview and its models. Prompts that cost nothing
+        (failed, cached) and charges without a prompt are left out."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise ValidationError(f"limit must be a whole number between 1 and 100, not {limit!r}")
+        where = ["prompt_hash IS NOT NULL", "unit = ?"]
+        params: list[Any] = []
+        if scope is not None:
+            cond, value = self._scopes_contain("scopes", validate_scope(scope))
+            where.append(cond)
+            params.append(value)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(to_ms(since))
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(to_ms(until))
+        cond = " AND ".join(where)
+        top_sql = (
+            f"SELECT prompt_hash, SUM(actual_milli), COUNT(*) FROM charges WHERE {cond} "
+            "GROUP BY prompt_hash HAVING SUM(actual_milli) > 0 "
+            "ORDER BY SUM(actual_milli) DESC, prompt_hash LIMIT ?"
+        )
+        out: list[PromptCost] = []
+        with self._transaction() as cur:
+            for unit in UNITS:
+                cur.execute(top_sql, [unit, *params, limit])
+                top = [(str(h), int(spent), int(n)) for h, spent, n in cur.fetchall()]
+                if not top:
+                    continue
+                marks = ", ".join("?" for _ in top)  # placeholders only; every value is bound
+                cur.execute(
+                    "SELECT prompt_hash, model, MAX(prompt_preview), SUM(actual_milli) FROM charges "
+                    f"WHERE {cond} AND prompt_hash IN ({marks}) GROUP BY prompt_hash, model",
+                    [unit, *params, *(h for h, _, _ in top)],
+                )
+                models: dict[str, list[tuple[int, str]]] = {}
+                previews: dict[str, str] = {}
+                for h, model, preview, spent in cur.fetchall():
+                    if model is not None:
+                        models.setdefault(str(h), []).append((-int(spent), str(model)))
+                    if preview is not None:
+                        previews[str(h)] = max(previews.get(str(h), ""), str(preview))
+                for h, spent, n in top:
+                    ranked = tuple(m for _, m in sorted(models.get(h, [])))
+                    out.append(PromptCost(h, previews.get(h), unit, from_storage(spent), n, ranked))
+        return out
 
     def totals(self) -> dict[str, dict[str, Decimal]]:
         """Sums over the whole ledger (a consistency check), per unit, never added across
