@@ -86,12 +86,10 @@ class Glance:
 
 @exact
 def closest_budget(usages: Sequence[Usage]) -> Usage | None:
-    """The budget whose window is the most used, ``(used + reserved) / limit`` (the first of
-    equals, in the order given); budgets with a limit of 0 are left out."""
+    """The budget whose window is the most used, ``(used + reserved) / limit`` (limits are
+    above 0), the first of equals in the order given; None for no budget."""
     best: tuple[Decimal, Usage] | None = None
     for u in usages:
-        if not u.limit:
-            continue
         ratio = (u.used + u.reserved) / u.limit
         if best is None or ratio > best[0]:
             best = (ratio, u)

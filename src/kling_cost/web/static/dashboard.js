@@ -98,7 +98,7 @@
         : arrow + amt(s.change, s.unit) + (s.change_pct === null ? "" : " (" + (change > 0 ? "+" : "") + pct(s.change_pct) + ")");
       const cls = change > 0 ? "up" : change < 0 ? "down" : "same";
       const then = el("div", "muted");
-      then.append("yesterday ", el("span", "amount yesterday", fmt(s.yesterday)), " " + s.unit,
+      then.append("all of yesterday ", el("span", "amount yesterday", fmt(s.yesterday)), " " + s.unit,
         " · " + s.today_charges + " generation" + (s.today_charges === 1 ? "" : "s") + " today");
       row.append(big, el("div", "change " + cls, delta), then);
       box.appendChild(row);
@@ -116,7 +116,7 @@
     box.dataset.unit = b.unit;
     const share = num(b.percent);
     const big = el("div", "big" + (share >= 100 ? " over" : share >= 80 ? " near" : ""));
-    big.append(el("span", "percent", pct(b.percent)), " used");
+    big.append(el("span", "percent", pct(b.percent)), " of its limit");
     const what = el("div", "what", b.scope + " · " + b.window + " budget (" + b.window_key + ")");
     const bar = el("div", "meter");
     const usedW = Math.min(100, (num(b.used) * 100) / num(b.limit));
@@ -250,11 +250,12 @@
       const rows = rep.rows.filter((r) => r.unit === u).sort((a, b) => num(b.actual) - num(a.actual));
       return { type: "bar", orientation: "h", name: u, offsetgroup: u, xaxis: "x" + axisRef(i),
         x: rows.map((r) => num(r.actual)), y: rows.map((r) => (r[dim] === null ? "(none)" : String(r[dim]))),
-        text: rows.map((r) => amt(r.actual, u)), textposition: "auto", hovertemplate: "%{y}: %{text}<extra></extra>",
+        text: rows.map((r) => amt(r.actual, u)), textposition: "outside", textangle: 0, cliponaxis: false,
+        hovertemplate: "%{y}: %{text}<extra></extra>",
         marker: { color: i === 0 ? "#72b7b2" : "#f58518" } };
     });
     // Each bar is labelled with its amount and unit, each value axis with its unit: no legend.
-    const layout = { margin: { t: units.length > 1 ? 40 : 10, l: 10, r: 20 }, yaxis: { autorange: "reversed", automargin: true },
+    const layout = { margin: { t: units.length > 1 ? 40 : 10, l: 10, r: 90 }, yaxis: { autorange: "reversed", automargin: true },
       barmode: "group", showlegend: false, ...unitAxes(units, true, "charged") };
     return Plotly.newPlot(id, traces, layout, cfg);
   }
