@@ -26,7 +26,16 @@ def header(out: str) -> list[str]:
 
 def test_advise_with_the_credits_catalog_never_prices_an_extension_at_0() -> None:
     code, out, err = run(
-        "advise", "--catalog", "kling-app-credits", "--mode", "pro", "--duration", "10", "--count", "40", "--json"
+        "advise",
+        "--catalog",
+        "kling-app-credits",
+        "--mode",
+        "pro",
+        "--duration",
+        "10",
+        "--count",
+        "40",
+        "--json",
     )
     assert code == 0, err
     advice = {a["strategy"]: a for a in json.loads(out)}
@@ -37,13 +46,17 @@ def test_advise_with_the_credits_catalog_never_prices_an_extension_at_0() -> Non
         "40 clips; catalog kling-app-credits has no video-extend price, so extending later is not priced"
     )
     assert all(a["unit"] == "credits" and a["saving_usd"] is None for a in advice.values())
-    code, out, _ = run("advise", "--catalog", "kling-app-credits", "--mode", "pro", "--duration", "10", "--count", "40")
+    code, out, _ = run(
+        "advise", "--catalog", "kling-app-credits", "--mode", "pro", "--duration", "10", "--count", "40"
+    )
     assert code == 0 and header(out) == ["strategy", "how", "saving", "%", "note"]  # no empty USD column
     assert "1400 credits" in out and "0 credits" in out and "would cost 0" not in out
 
 
 def test_advise_with_the_api_catalog_prices_the_extension_in_its_unit() -> None:
-    code, out, _ = run("advise", "--model", "kling-v1-6", "--mode", "pro", "--duration", "10", "--count", "4", "--json")
+    code, out, _ = run(
+        "advise", "--model", "kling-v1-6", "--mode", "pro", "--duration", "10", "--count", "4", "--json"
+    )
     later = next(a for a in json.loads(out) if a["strategy"] == "5s clips, extend later")
     assert code == 0 and later["note"] == "4 clips; extending every one of them later would cost 14 units"
     assert (later["saving"], later["unit"], later["saving_usd"]) == ("14", "units", "1.96")
@@ -75,7 +88,9 @@ def url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_batch_plan_shows_usd_saved_only_with_usd_rates(url: str, tmp_path: Path) -> None:
     file = tmp_path / "p.txt"
     file.write_text("one\ntwo\n")
-    code, out, err = run("batch", "plan", str(file), "--catalog", "kling-app-credits", "--mode", "pro", "--duration", "10")
+    code, out, err = run(
+        "batch", "plan", str(file), "--catalog", "kling-app-credits", "--mode", "pro", "--duration", "10"
+    )
     assert code == 0, err
     table = out[out.index("Cheaper alternatives (in credits)") :]
     assert header(table) == ["change", "total", "saving", "%"]

@@ -76,20 +76,29 @@ def test_exports_and_csv_write_the_same_exact_amounts(ledger_url: str) -> None:
     with open_ledger(url) as led:
         charges = led.charges()
     for line, record, row, charge in zip(lines, records, rows, charges, strict=True):
-        for field, value in (("credits", charge.actual), ("estimate", charge.estimate), ("overage", charge.overage)):
+        for field, value in (
+            ("credits", charge.actual),
+            ("estimate", charge.estimate),
+            ("overage", charge.overage),
+        ):
             shown = format_amount(value)
             assert row[field] == shown, (field, row[field], shown)  # CSV: 70, 2.5, 0.125
-            assert f'"{field}": {shown},' in line or line.endswith(f'"{field}": {shown}}}')  # JSONL: the same text
+            jsonl_text = f'"{field}": {shown}'  # JSONL: the same text
+            assert jsonl_text + "," in line or line.endswith(jsonl_text + "}")
             assert record[field] == value
     assert {r["credits"] for r in rows} >= {"20", "2.5", "12.5", "0.125", "0.1", "0"}
     assert not any(re.search(r"\.\d*0$", r[f]) for r in rows for f in ("credits", "estimate", "overage"))
     # report --format csv writes amounts the same way; its JSON keeps three-decimal strings.
-    code, text, _ = run("report", "--by", "model", "--since", "2026-06-01", "--format", "csv", "--ledger", url)
+    code, text, _ = run(
+        "report", "--by", "model", "--since", "2026-06-01", "--format", "csv", "--ledger", url
+    )
     assert code == 0
     report_rows = {r["model"]: r for r in csv.DictReader(io.StringIO(text))}
     assert (report_rows["kling-v2-1"]["actual"], report_rows["kling-v2-1"]["drift"]) == ("32.5", "2.5")
     assert report_rows["kling-v2-1"]["drift_pct"] == "8.33"
     assert (report_rows["kling-v1"]["actual"], report_rows["kling-v1"]["estimate"]) == ("0.225", "0.225")
     assert report_rows["kling-v1-6"]["refunded"] == "0"
-    code, text, _ = run("report", "--by", "model", "--since", "2026-06-01", "--format", "json", "--ledger", url)
+    code, text, _ = run(
+        "report", "--by", "model", "--since", "2026-06-01", "--format", "json", "--ledger", url
+    )
     assert {r["model"]: r["actual"] for r in json.loads(text)["rows"]}["kling-v2-1"] == "32.500"

@@ -70,4 +70,7 @@ def test_format_amount() -> None:
     # The form of every export: no sign on zero, no exponent, no trailing zeros.
     assert format_amount(Decimal("-0.000")) == "0" and format_amount(Decimal("-0")) == "0"
     assert format_amount(Decimal("1E+3")) == "1000" and format_amount(Decimal("-2.500")) == "-2.5"
-    assert format_amount(Decimal("0.125")) == "0.125" and format_amount(Decimal("1000000000000.000")) == "1000000000000"
+    assert (
+        format_amount(Decimal("0.125")) == "0.125"
+        and format_amount(Decimal("1000000000000.000")) == "1000000000000"
+    )

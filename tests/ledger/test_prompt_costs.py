@@ -45,7 +45,9 @@ def test_prompt_costs_rank_prompts_by_what_they_cost(ledger: Ledger, clock: Fake
     previews = {p.prompt_preview for p in ledger.prompt_costs(limit=100)}
     assert "storm at sea" not in previews and "a fox" not in previews and "a cat" in previews
     # The period and the scope narrow it.
-    june14 = ledger.prompt_costs(since=datetime(2026, 6, 14, tzinfo=UTC), until=datetime(2026, 6, 15, tzinfo=UTC))
+    june14 = ledger.prompt_costs(
+        since=datetime(2026, 6, 14, tzinfo=UTC), until=datetime(2026, 6, 15, tzinfo=UTC)
+    )
     assert [(p.prompt_preview, p.actual, p.charges) for p in june14] == [
         ("a red fox runs through snow", Decimal("20"), 1),
         ("city at night, rain", Decimal("12.5"), 1),

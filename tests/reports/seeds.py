@@ -73,7 +73,9 @@ def seed_glance(ledger: Ledger, clock: FakeClock) -> None:
         meta = {"model": model, "mode": "std", "duration": 5, "prompt": prompt}
         res = ledger.reserve(est, [scope], metadata=meta)
         ledger.commit(res, act, task_id=f"t-{day}-{hour}")
-    failed = ledger.reserve("15", ["project:film"], metadata={"model": "kling-v2-6", "prompt": "storm at sea"})
+    failed = ledger.reserve(
+        "15", ["project:film"], metadata={"model": "kling-v2-6", "prompt": "storm at sea"}
+    )
     ledger.attach_task(failed, "t-failed")
     ledger.release(failed)
     ledger.record_cache_hit("20", ["project:film"], metadata={"model": "kling-v2-1", "prompt": "a fox"})

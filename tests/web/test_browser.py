@@ -193,7 +193,9 @@ def test_dashboard_at_a_glance_1400x1000(tmp_path: Path, serve: Callable[[Any], 
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 failures: list[str] = []
                 page.on("pageerror", lambda exc: failures.append(str(exc)))
-                page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+                page.on(
+                    "response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None
+                )
                 page.goto(f"{base}/")
                 page.wait_for_function("document.body.dataset.rendered !== '0'", timeout=20_000)
                 icon = page.request.get(f"{base}/favicon.ico")
@@ -210,7 +212,9 @@ def test_dashboard_at_a_glance_1400x1000(tmp_path: Path, serve: Callable[[Any], 
                 closest = page.locator("#closest")
                 assert closest.locator(".percent").inner_text() == "83.3%"
                 assert "project:ads · day budget (2026-06-15)" in closest.inner_text()
-                assert closest.locator(".detail").inner_text() == "5 used + 0 reserved of 6 units · 1 units left"
+                assert (
+                    closest.locator(".detail").inner_text() == "5 used + 0 reserved of 6 units · 1 units left"
+                )
                 # The five costliest prompts, with model and amount in its unit.
                 rows = page.locator("#top-prompts tbody tr")
                 assert [rows.nth(i).locator("td").all_inner_texts() for i in range(rows.count())] == [

@@ -25,7 +25,11 @@ def spent_on(ledger: Ledger, day: str, tz: str, unit: str) -> Decimal:
     """What the charges of one local day cost, summed in Python from the raw rows."""
     zone = ZoneInfo(tz)
     return sum(
-        (c.actual for c in ledger.charges() if c.unit == unit and c.created_at.astimezone(zone).date().isoformat() == day),
+        (
+            c.actual
+            for c in ledger.charges()
+            if c.unit == unit and c.created_at.astimezone(zone).date().isoformat() == day
+        ),
         Decimal(0),
     )
 
@@ -49,7 +53,9 @@ def test_glance_api_today_yesterday_prompts_and_closest(
         }
         assert Decimal(units["today"]) == spent_on(ledger, "2026-06-15", "UTC", "units")
         assert Decimal(units["yesterday"]) == spent_on(ledger, "2026-06-14", "UTC", "units")
-        assert [(p["prompt_preview"], p["actual"], p["unit"], p["charges"], p["models"]) for p in g["top_prompts"]] == [
+        assert [
+            (p["prompt_preview"], p["actual"], p["unit"], p["charges"], p["models"]) for p in g["top_prompts"]
+        ] == [
             ("a red fox runs through snow", "35.000", "units", 2, ["kling-v2-1", "kling-v1-6"]),
             ("dragon over the mountains", "20.000", "units", 1, ["kling-v2-6"]),
             ("city at night, rain", "12.500", "units", 1, ["kling-v2-1"]),
@@ -122,7 +128,9 @@ def test_glance_keeps_units_apart_and_an_empty_ledger_shows_zeros(ledger: Ledger
     assert pick is not None and pick.scope == "project:b"
     clock.advance(days=1)  # a new day: today is empty, yesterday is what today was
     moved = glance(ledger).to_dict()
-    assert [(s["unit"], s["today"], s["yesterday"], s["change"], s["change_pct"]) for s in moved["spend"]] == [
+    assert [
+        (s["unit"], s["today"], s["yesterday"], s["change"], s["change_pct"]) for s in moved["spend"]
+    ] == [
         ("units", "0.000", "3.000", "-3.000", "-100.0"),
         ("credits", "0.000", "70.000", "-70.000", "-100.0"),
     ]

@@ -81,9 +81,9 @@ def _print_plan(plan: BatchPlan) -> None:
         console.print(f"[red]{plan.message}[/red]")
     if plan.alternatives:
         # A USD column only when the catalog has USD rates (the app's credits catalog has none).
-        usd = any(alt.saving_usd is not None for alt in plan.alternatives)
+        has_usd = any(alt.saving_usd is not None for alt in plan.alternatives)
         table = Table(title=f"Cheaper alternatives (in {plan.unit})")
-        for col in ("change", "total", "saving", *(("USD saved",) if usd else ()), "%"):
+        for col in ("change", "total", "saving", *(("USD saved",) if has_usd else ()), "%"):
             table.add_column(col, justify="left" if col == "change" else "right")
         for alt in plan.alternatives:
             usd_cell = "" if alt.saving_usd is None else format(alt.saving_usd.normalize(), "f")
@@ -91,7 +91,7 @@ def _print_plan(plan: BatchPlan) -> None:
                 alt.description,
                 format_amount(alt.total),
                 format_amount(alt.saving),
-                *((usd_cell,) if usd else ()),
+                *((usd_cell,) if has_usd else ()),
                 f"{alt.saving_percent}%",
             )
         console.print(table)

@@ -73,7 +73,9 @@ def charge_record(charge: Charge) -> dict[str, Any]:
 def _jsonl(record: dict[str, Any]) -> str:
     parts = []
     for key, value in record.items():
-        encoded = format_amount(value) if isinstance(value, Decimal) else json.dumps(value, ensure_ascii=False)
+        encoded = (
+            format_amount(value) if isinstance(value, Decimal) else json.dumps(value, ensure_ascii=False)
+        )
         parts.append(f"{json.dumps(key)}: {encoded}")
     return "{" + ", ".join(parts) + "}\n"
 

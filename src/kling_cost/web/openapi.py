@@ -92,7 +92,7 @@ _GLANCE = {
         "yesterday": {"type": "string", "format": "date"},
         "spend": {
             "type": "array",
-            "description": "One entry per unit (those of today's and yesterday's charges and of the budgets).",
+            "description": "One entry per unit (of today's and yesterday's charges and of the budgets).",
             "items": {
                 "type": "object",
                 "properties": {
@@ -146,9 +146,7 @@ def openapi_spec() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "JSON",
-                        "content": {
-                            "application/json": {"schema": _SCHEMAS.get(path, {"type": "object"})}
-                        },
+                        "content": {"application/json": {"schema": _SCHEMAS.get(path, {"type": "object"})}},
                     },
                     "400": {"description": 'Bad parameter: {"error": message}'},
                     "401": {"description": "Token required (non-loopback dashboard) or wrong"},
