@@ -69,3 +69,14 @@ def test_prompt_costs_never_rank_units_against_credits(ledger: Ledger, clock: Fa
     assert [(p.prompt_hash, p.actual, p.charges) for p in both if p.unit == "credits"] == want["credits"]
     assert [(p.prompt_hash, p.actual, p.charges) for p in both if p.unit == "units"] == want["units"]
     assert ledger.prompt_costs(since=datetime(2026, 7, 1, tzinfo=UTC)) == []
+    # The same prompt charged in both units: two entries, each counting only its own unit.
+    twice = ledger.reserve(
+        1, ["project:film"], unit="credits", metadata={"model": "kling-v1-6", "prompt": "owl 15"}
+    )
+    ledger.commit(twice, 1)
+    owl = [p for p in ledger.prompt_costs(limit=3) if p.prompt_preview == "owl 15"]
+    assert [(p.unit, p.actual, p.charges, p.models) for p in owl] == [
+        ("units", Decimal("3"), 1, ("kling-v2-1",)),
+        ("credits", Decimal("1"), 1, ("kling-v1-6",)),
+    ]
+    assert "owl 15" not in {p.prompt_preview for p in ledger.prompt_costs(limit=2) if p.unit == "credits"}
