@@ -61,6 +61,10 @@ def test_report_chart_folds_runs_of_empty_days(ledger_url: str) -> None:
     # Nothing at all in the period: one line.
     code, out, _ = run("report", "--since", "2026-05-01", "--until", "2026-05-20", "--ledger", url)
     assert code == 0 and "  no usage in this period (20 days)" in out and "█" not in out
+    # A period longer than the chart: its last 60 days, said in the title.
+    code, out, _ = run("report", "--since", "2026-01-01", "--until", "2026-06-15", "--ledger", url)
+    assert code == 0 and "(UTC; limit 40 units per day; the last 60 days of the period)" in out
+    assert "  2026-04-17 … 2026-06-02  47 days with no usage" in out
 
 
 def test_exports_and_csv_write_the_same_exact_amounts(ledger_url: str) -> None:

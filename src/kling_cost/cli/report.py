@@ -56,10 +56,11 @@ def report_command(
     with opened(ledger_url, create=False) as ledger, boundary():
         moment = ledger.clock()
         rep = report(ledger, dims, since=since, until=until, scope=scope, tz=tz, now=moment)
-        daily = None
+        daily, note = None, ""
         if fmt == "table":
-            days, last = _chart_period(rep, moment)
+            days, last, cut = _chart_period(rep, moment)
             daily = daily_usage(ledger, days, scope=scope, tz=tz, now=last)
+            note = f"; the last {days} days of the period" if cut else ""
     if fmt == "json":
         print_json(rep.to_dict())
     elif fmt == "csv":
@@ -72,7 +73,7 @@ def report_command(
         console.print(_table(rep))
         _overages(rep)
         if daily is not None:
-            _bar_chart(daily)
+            _bar_chart(daily, note)
 
 
 def _csv_row(row: ReportRow, columns: tuple[str, ...]) -> list[object]:
@@ -120,15 +121,16 @@ CHART_DAYS = 60
 """The text chart shows at most this many days: the last ones of the report's period."""
 
 
-def _chart_period(rep: Report, now: datetime) -> tuple[int, datetime]:
-    """How many days the chart shows and an instant of its last day: the report's period (the
-    last :data:`CHART_DAYS` days of it), up to ``--until`` or now; 30 days for all time."""
+def _chart_period(rep: Report, now: datetime) -> tuple[int, datetime, bool]:
+    """How many days the chart shows, an instant of its last day, and whether that cuts the
+    period: the report's period (its last :data:`CHART_DAYS` days), up to ``--until`` or now;
+    the last 30 days for all time."""
     zone = ZoneInfo(rep.tz)
     last = (rep.until - timedelta(microseconds=1)) if rep.until else now
     if rep.since is None:
-        return 30, last
+        return 30, last, True
     days = (last.astimezone(zone).date() - rep.since.astimezone(zone).date()).days + 1
-    return max(1, min(days, CHART_DAYS)), last
+    return max(1, min(days, CHART_DAYS)), last, days > CHART_DAYS
 
 
 def _table(rep: Report) -> Table:
@@ -170,7 +172,7 @@ def _cells(row: ReportRow) -> list[str]:
     ]
 
 
-def _bar_chart(daily: DailyUsage) -> None:
+def _bar_chart(daily: DailyUsage, note: str = "") -> None:
     """Daily actual usage as bars, one chart per unit; ``|`` marks the daily limit on the
     chart of the limit's unit. Runs of days with no usage are one line each."""
     for unit in daily.units:
@@ -183,7 +185,9 @@ def _bar_chart(daily: DailyUsage) -> None:
             limit_txt = f"the daily budget counts {daily.unit}"
         else:
             limit_txt = f"limit {format_amount(limit)} {unit} per day"
-        console.print(f"Daily usage of {daily.scope} in {unit} ({daily.tz}; {limit_txt})", highlight=False)
+        console.print(
+            f"Daily usage of {daily.scope} in {unit} ({daily.tz}; {limit_txt}{note})", highlight=False
+        )
         if not any(r.actual for r in days):
             console.print(f"  no usage in this period ({len(days)} days)", highlight=False)
             continue
