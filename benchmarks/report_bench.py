@@ -10,11 +10,13 @@ they imply (built exactly as the ledger's hook would; the generation is timed on
 Then times, p50 over ``--runs``:
 
 * ours: :func:`kling_cost.reports.report` with ``by=day,model, since=365d`` (what
-  ``kling-cost report`` calls), and ``GET /api/overview`` through the dashboard's ASGI app;
+  ``kling-cost report`` calls), and ``GET /api/overview`` and ``GET /api/glance`` (today
+  against yesterday, the 5 costliest of 5,000 prompts over 30 days, the closest budget)
+  through the dashboard's ASGI app;
 * the baseline: the same aggregation (local day x model: count, estimates, actuals) as one
   plain ``GROUP BY`` over the charges table with raw ``sqlite3``.
 
-Goal: report and overview under 200 ms p50. Prints the ratio baseline/ours (> 1: faster).
+Goal: report, overview and glance under 200 ms p50. Prints the ratio baseline/ours (> 1: faster).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ MODES = ["std", "pro"]
 PROJECTS = [f"project:p{i}" for i in range(5)]
 KEYS = [f"key:k{i}" for i in range(20)]
 GOAL_MS = 200.0
+PROMPTS = 5000
 
 
 def generate(path: str, n: int, seed: int = 7) -> float:
@@ -77,8 +80,8 @@ def generate(path: str, n: int, seed: int = 7) -> float:
                 mode,
                 duration,
                 0,
-                None,
-                f"prompt {i}",
+                f"hash-{i % PROMPTS}",
+                f"prompt {i % PROMPTS}",
                 "{}",
             )
         )
@@ -140,10 +143,13 @@ def main() -> None:
         ours = p50(lambda: report(ledger, "day,model", since="365d", now=NOW), args.runs)
         from starlette.testclient import TestClient
 
-        client = TestClient(create_dashboard_app(ledger))
+        client = TestClient(create_dashboard_app(ledger), base_url="http://127.0.0.1")  # the Host rule
         resp = client.get("/api/overview")
         resp.raise_for_status()
         overview_ms = p50(lambda: client.get("/api/overview").raise_for_status(), args.runs)
+        top = client.get("/api/glance").raise_for_status().json()["top_prompts"]
+        assert len(top) == 5 and all(p["prompt_hash"].startswith("hash-") for p in top), top
+        glance_ms = p50(lambda: client.get("/api/glance").raise_for_status(), args.runs)
         raw = sqlite3.connect(path)
 
         def baseline() -> list[Any]:
@@ -171,6 +177,8 @@ def main() -> None:
     print(f"GET /api/overview p50 {overview_ms:8.1f} ms   goal < {GOAL_MS:.0f} ms: ", end="")
     print("MET" if overview_ms < GOAL_MS else "NOT MET")
     print(f"  ratio baseline/overview {base / overview_ms:6.1f}x")
+    print(f"GET /api/glance p50   {glance_ms:8.1f} ms   goal < {GOAL_MS:.0f} ms: ", end="")
+    print("MET" if glance_ms < GOAL_MS else "NOT MET")
 
 
 if __name__ == "__main__":

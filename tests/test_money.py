@@ -67,3 +67,10 @@ def test_format_amount() -> None:
     assert format_amount(Decimal("10.000")) == "10"
     assert format_amount(Decimal("1.500")) == "1.5"
     assert format_amount(Decimal("0.001")) == "0.001"
+    # The form of every export: no sign on zero, no exponent, no trailing zeros.
+    assert format_amount(Decimal("-0.000")) == "0" and format_amount(Decimal("-0")) == "0"
+    assert format_amount(Decimal("1E+3")) == "1000" and format_amount(Decimal("-2.500")) == "-2.5"
+    assert (
+        format_amount(Decimal("0.125")) == "0.125"
+        and format_amount(Decimal("1000000000000.000")) == "1000000000000"
+    )

@@ -33,12 +33,15 @@ class Advice:
     saving_percent: Decimal
     saving_usd: Decimal | None
     note: str = ""
+    unit: str = "units"
+    """What ``saving`` counts: the catalog's unit (``units`` or ``credits``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "strategy": self.strategy,
             "how": self.how,
             "saving": format_amount(self.saving),
+            "unit": self.unit,
             "saving_percent": str(self.saving_percent),
             "saving_usd": None if self.saving_usd is None else format(self.saving_usd.normalize(MONEY), "f"),
             "note": self.note,
@@ -73,19 +76,21 @@ def advise(
                 alt.saving_percent,
                 alt.saving_usd,
                 f"{alt.changed_items} of {len(plan.items)} requests change",
+                cat.unit,
             )
         )
     out.extend(_extend_later(plan.items, total, cat))
     if duplicates:
-        out.extend(_dedup(requests, plan.items, total))
+        out.extend(_dedup(requests, plan.items, total, cat.unit))
     out.append(
         Advice(
             "Batch off-peak",
             "schedule large batches overnight",
             Decimal(0),
             Decimal(0),
-            Decimal(0),
+            Decimal(0) if cat.usd_per_unit else None,  # no USD figure from a catalog without rates
             "the catalog has no off-peak price: faster processing only, no saving",
+            cat.unit,
         )
     )
     return sorted(out, key=lambda a: a.saving, reverse=True)
@@ -99,7 +104,7 @@ def _extend_later(items: Sequence[Any], total: Decimal, cat: Catalog) -> list[Ad
     saving = Decimal(0)
     usd: Decimal | None = Decimal(0)
     extend_cost = Decimal(0)
-    changed = 0
+    changed = priced = 0
     for item in items:
         req: PriceRequest = item.request
         if req.kind != "video" or (req.duration or 0) <= 5:
@@ -111,6 +116,7 @@ def _extend_later(items: Sequence[Any], total: Decimal, cat: Catalog) -> list[Ad
         try:
             ext = estimate(PriceRequest.build("video-extend", model=req.model, mode=req.mode), catalog=cat)
             extend_cost += ext.amount
+            priced += 1
         except PricingError:
             pass
         changed += 1
@@ -118,7 +124,6 @@ def _extend_later(items: Sequence[Any], total: Decimal, cat: Catalog) -> list[Ad
         usd = None if usd is None or item.usd is None or short.usd is None else usd + item.usd - short.usd
     if not changed:
         return []
-    note = f"{changed} clips; extending every one of them later would cost {format_amount(extend_cost)}"
     return [
         Advice(
             "5s clips, extend later",
@@ -126,13 +131,28 @@ def _extend_later(items: Sequence[Any], total: Decimal, cat: Catalog) -> list[Ad
             saving,
             _pct(saving, total),
             usd,
-            note,
+            _extend_note(changed, priced, extend_cost, cat),
+            cat.unit,
         )
     ]
 
 
+def _extend_note(changed: int, priced: int, cost: Decimal, cat: Catalog) -> str:
+    """What extending the shortened clips would cost, or that the catalog does not say."""
+    clips = f"{changed} clip{'' if changed == 1 else 's'}"
+    if not priced:
+        return f"{clips}; catalog {cat.name} has no video-extend price, so extending later is not priced"
+    every = "every one of them" if changed > 1 else "it"
+    if priced == changed:
+        return f"{clips}; extending {every} later would cost {format_amount(cost)} {cat.unit}"
+    return (
+        f"{clips}; extending the {priced} the catalog prices later would cost {format_amount(cost)} "
+        f"{cat.unit} (catalog {cat.name} has no video-extend price for the other {changed - priced})"
+    )
+
+
 def _dedup(
-    requests: Sequence[PriceRequest | Mapping[str, Any]], items: Sequence[Any], total: Decimal
+    requests: Sequence[PriceRequest | Mapping[str, Any]], items: Sequence[Any], total: Decimal, unit: str
 ) -> list[Advice]:
     keys = [
         json.dumps(
@@ -158,5 +178,6 @@ def _dedup(
             _pct(saving, total),
             None,
             f"{repeats} repeated requests",
+            unit,
         )
     ]

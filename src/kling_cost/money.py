@@ -153,7 +153,10 @@ def from_storage(value: int) -> Decimal:
 
 
 def format_amount(value: Decimal) -> str:
-    """Shortest exact rendering: ``Decimal('10.000')`` -> ``'10'``, ``Decimal('1.500')`` -> ``'1.5'``."""
+    """Shortest exact rendering: ``Decimal('10.000')`` -> ``'10'``, ``Decimal('1.500')`` -> ``'1.5'``;
+    never an exponent, never ``-0``. The one form of amounts in exports, CSV and the CLI."""
+    if not value:
+        return "0"
     if value == value.to_integral_value(context=MONEY):
         return str(value.quantize(Decimal(1), context=MONEY))
     return format(value.normalize(MONEY), "f")

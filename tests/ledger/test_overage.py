@@ -107,7 +107,7 @@ def test_reports_and_exports_show_the_overage(ledger: Ledger, ledger_url: str) -
     csv_out = io.StringIO()
     export_charges(ledger, csv_out, "csv")
     header, *rows = csv_out.getvalue().splitlines()
-    assert header.endswith(",overage") and rows[1].endswith(",15.000")
+    assert header.endswith(",overage") and rows[1].endswith(",15")
     table = CliRunner().invoke(app, ["report", "--since", "2026-06-01", "--ledger", ledger_url])
     assert table.exit_code == 0, table.stderr
     assert "Over the limit: 1 charge took a budget past its limit, 15 units over in total" in table.stdout

@@ -42,3 +42,42 @@ def seed_mixed(ledger: Ledger, clock: FakeClock) -> None:
     ledger.release(failed)
     ledger.record_cache_hit("1.5", ["project:api"], unit="units", metadata={"model": "kling-v1-6"})
     clock.set(datetime(2026, 6, 15, 20, 0, tzinfo=UTC))
+
+
+def seed_glance(ledger: Ledger, clock: FakeClock) -> None:
+    """Two weeks with gaps, in units, no key scope: what "At a glance" and the text chart read.
+
+    Today (2026-06-15) 25 units against 32.725 yesterday; project:ads's day budget (6) is the
+    closest to its limit (5 used: 83.3 %), account's (40) at 75 % with 5 reserved; the five
+    costliest prompts of the period cost 35 (twice, on two models), 20, 12.5, 10 (four times)
+    and 0.125 (a sixth, 0.1, is left out; so are a failed and a cached prompt)."""
+    ledger.set_budget("account", 40, "day")
+    ledger.set_budget("project:film", 300, "month")
+    ledger.set_budget("project:ads", 6, "day")
+    plan = [
+        (3, "project:film", "kling-v1-6", "a red fox runs through snow", "15", "15"),
+        (10, "project:ads", "kling-v1-6", "product shot of a shoe", "2.5", "2.5"),
+        (10, "project:ads", "kling-v1-6", "product shot of a shoe", "2.5", "2.5"),
+        (14, "project:film", "kling-v2-1", "a red fox runs through snow", "20", "20"),
+        (14, "project:film", "kling-v2-1", "city at night, rain", "10", "12.5"),
+        (14, "project:ads", "kling-v1", "logo sketch", "0.125", "0.125"),
+        (14, "project:ads", "kling-v1", "a cat", "0.1", "0.1"),
+        (15, "project:film", "kling-v2-6", "dragon over the mountains", "20", "20"),
+        (15, "project:ads", "kling-v1-6", "product shot of a shoe", "2.5", "2.5"),
+        (15, "project:ads", "kling-v1-6", "product shot of a shoe", "2.5", "2.5"),
+    ]
+    hour = 8
+    for day, scope, model, prompt, est, act in plan:
+        hour = hour + 1 if clock().day == day else 8
+        clock.set(datetime(2026, 6, day, hour, 0, tzinfo=UTC))
+        meta = {"model": model, "mode": "std", "duration": 5, "prompt": prompt}
+        res = ledger.reserve(est, [scope], metadata=meta)
+        ledger.commit(res, act, task_id=f"t-{day}-{hour}")
+    failed = ledger.reserve(
+        "15", ["project:film"], metadata={"model": "kling-v2-6", "prompt": "storm at sea"}
+    )
+    ledger.attach_task(failed, "t-failed")
+    ledger.release(failed)
+    ledger.record_cache_hit("20", ["project:film"], metadata={"model": "kling-v2-1", "prompt": "a fox"})
+    clock.set(datetime(2026, 6, 15, 16, 0, tzinfo=UTC))
+    ledger.reserve("5", ["project:film"], metadata={"model": "kling-v2-6", "prompt": "still running"})

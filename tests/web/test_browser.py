@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
 from decimal import Decimal
@@ -12,9 +13,10 @@ from typing import Any
 import pytest
 
 from kling_cost.ledger import Ledger, open_ledger
+from kling_cost.money import format_amount
 from kling_cost.web import create_dashboard_app
 from tests.helpers import FakeClock, services_required
-from tests.reports.seeds import seed_mixed
+from tests.reports.seeds import seed_glance, seed_mixed
 
 CHROMIUM = os.environ.get("KLING_COST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -133,7 +135,7 @@ def test_dashboard_shows_each_unit_apart(tmp_path: Path, serve: Callable[[Any], 
                 legend = page.text_content("#daily .legend") or ""
                 assert "charged (units)" in legend and "charged (credits)" in legend
                 by_key = page.text_content("#by-key") or ""
-                assert "140.000 credits" in by_key and "6.000 units" in by_key
+                assert "140 credits" in by_key and "6 units" in by_key and ".000" not in by_key
                 drift = page.inner_text("#drift-table")
                 assert "credits" in drift and "units" in drift
                 units = page.locator("#charges td.unit").all_inner_texts()
@@ -142,6 +144,132 @@ def test_dashboard_shows_each_unit_apart(tmp_path: Path, serve: Callable[[Any], 
                 assert "146" not in page.inner_text("body")  # 140 credits + 6 units, never shown
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "dashboard-units.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        ledger.close()
+
+
+# Where an element's box leaves its chart (cut off) or overlaps the legend, as [label, why].
+CLIPPED_JS = """
+([chartSel, textSel]) => {
+  const out = [];
+  for (const chart of document.querySelectorAll(chartSel)) {
+    const box = chart.getBoundingClientRect();
+    const legend = chart.querySelector(".legend");
+    const lbox = legend ? legend.getBoundingClientRect() : null;
+    for (const t of chart.querySelectorAll(textSel)) {
+      const r = t.getBoundingClientRect();
+      if (r.width === 0) { continue; }
+      if (r.left < box.left || r.right > box.right || r.top < box.top || r.bottom > box.bottom) {
+        out.push([t.textContent, "outside its chart"]);
+      }
+      if (lbox && r.left < lbox.right && r.right > lbox.left && r.top < lbox.bottom && r.bottom > lbox.top) {
+        out.push([t.textContent, "under the legend"]);
+      }
+    }
+  }
+  return out;
+}
+"""
+TRAILING_ZEROS = re.compile(r"\d\.\d*0(?!\d)")  # 20.000, 2.50: amounts are shown 20, 2.5
+
+
+def test_dashboard_at_a_glance_1400x1000(tmp_path: Path, serve: Callable[[Any], Any]) -> None:
+    """What a person sees at 1400x1000: today against yesterday, the costliest prompts and the
+    budget closest to its limit, every amount with its unit and without trailing zeros; no label
+    cut off, "no data" on an empty chart, no 404 (favicon included)."""
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    clock = FakeClock()
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'glance.db'}", clock=clock)
+    seed_glance(ledger, clock)
+    app = create_dashboard_app(ledger, refresh_seconds=600)
+    try:
+        with serve(app) as base, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                failures: list[str] = []
+                page.on("pageerror", lambda exc: failures.append(str(exc)))
+                page.on(
+                    "response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None
+                )
+                page.goto(f"{base}/")
+                page.wait_for_function("document.body.dataset.rendered !== '0'", timeout=20_000)
+                icon = page.request.get(f"{base}/favicon.ico")
+                assert icon.status == 200 and icon.headers["content-type"] == "image/x-icon"
+                assert failures == [] and page.locator("#error").is_hidden()
+
+                # At a glance: today against yesterday, in its unit.
+                spend = page.locator("#spend .spend[data-unit='units']")
+                assert spend.locator(".amount.today").inner_text() == "25"
+                assert spend.locator(".amount.yesterday").inner_text() == "32.725"
+                assert spend.locator(".big").inner_text() == "25 units"
+                assert spend.locator(".change").inner_text() == "▼ -7.725 units (-23.6%)"
+                # The budget closest to its limit: project:ads (5 of 6), not the first listed.
+                closest = page.locator("#closest")
+                assert closest.locator(".percent").inner_text() == "83.3%"
+                assert "project:ads · day budget (2026-06-15)" in closest.inner_text()
+                assert (
+                    closest.locator(".detail").inner_text() == "5 used + 0 reserved of 6 units · 1 units left"
+                )
+                # The five costliest prompts, with model and amount in its unit.
+                rows = page.locator("#top-prompts tbody tr")
+                assert [rows.nth(i).locator("td").all_inner_texts() for i in range(rows.count())] == [
+                    ["a red fox runs through snow", "kling-v2-1, kling-v1-6", "35 units", "2"],
+                    ["dragon over the mountains", "kling-v2-6", "20 units", "1"],
+                    ["city at night, rain", "kling-v2-1", "12.5 units", "1"],
+                    ["product shot of a shoe", "kling-v1-6", "10 units", "4"],
+                    ["logo sketch", "kling-v1", "0.125 units", "1"],
+                ]
+                assert page.locator("#top-prompts-empty").is_hidden()
+
+                # Amounts for people: exact, no trailing zeros, each with its unit.
+                for u in ledger.usages():
+                    row = page.locator(f"tr[data-testid='budget-{u.scope}-{u.budget.window}']")
+                    assert row.locator(".unit").inner_text() == "units"
+                    assert row.locator(".used").inner_text() == format_amount(u.used)
+                    assert Decimal(row.locator(".used").inner_text()) == u.used
+                account = page.locator("tr[data-testid='budget-account-day']")
+                assert account.locator("td").all_inner_texts()[3:] == ["units", "40", "25", "5", "10", "75%"]
+                totals = page.locator("#totals .totals[data-unit='units']")
+                charged = sum(c.actual for c in ledger.charges())
+                assert charged == Decimal("77.725")
+                assert totals.locator(".value:has(.actual)").inner_text() == "77.725 units"
+                assert totals.locator(".value:has(.refunded)").inner_text() == "15 units"
+                gauges = page.locator("#gauges .gauge")
+                assert gauges.count() == 3
+                assert "25 units" in (page.text_content("#gauge-0") or "")
+                assert "reserved 5 units, remaining 10 units" in (page.text_content("#gauge-0") or "")
+                assert page.locator("#charges td.unit").all_inner_texts() == ["units"] * len(ledger.charges())
+                assert "12.5" in page.locator("#charges td.actual").all_inner_texts()
+                assert "0.125" in page.locator("#charges td.actual").all_inner_texts()
+                assert "2.5 + 2.5 / 6 units" in page.locator("#alerts td.level").all_inner_texts()
+                assert page.locator("#daily .ytitle").all_text_contents() == ["units"]
+                assert "daily limit 40 units" in (page.text_content("#daily .legend") or "")
+                by_model = page.text_content("#by-model") or ""
+                assert "32.5 units" in by_model and "0.225 units" in by_model
+                visible = page.inner_text("body")
+                assert TRAILING_ZEROS.findall(visible) == [], TRAILING_ZEROS.findall(visible)
+
+                # Nothing cut off: the gauges' end labels ("100%") and the year under the first date.
+                assert page.locator("#gauges text", has_text="100%").count() == 3
+                assert page.evaluate(CLIPPED_JS, ["#gauges .gauge", "text"]) == []
+                assert page.locator("#daily .xtick text", has_text="2026").count() == 1
+                assert page.evaluate(CLIPPED_JS, ["#daily", ".xtick text, .ytick text"]) == []
+                assert page.evaluate(CLIPPED_JS, [".grid .chart", "text.bartext"]) == []
+                # An empty chart says so, without axes.
+                by_key = page.locator("#by-key")
+                assert by_key.get_attribute("data-empty") == "1"
+                assert (by_key.text_content() or "").strip() == "no data in the last 30 days"
+                assert by_key.locator(".xtick, .ytick").count() == 0
+                assert page.locator("#by-model").get_attribute("data-empty") == "0"
+
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-1400x1000.png"))
+                page.screenshot(path=str(ARTIFACTS / "dashboard-1400x1000-full.png"), full_page=True)
             finally:
                 browser.close()
     finally:

@@ -80,15 +80,18 @@ def _print_plan(plan: BatchPlan) -> None:
     else:
         console.print(f"[red]{plan.message}[/red]")
     if plan.alternatives:
+        # A USD column only when the catalog has USD rates (the app's credits catalog has none).
+        has_usd = any(alt.saving_usd is not None for alt in plan.alternatives)
         table = Table(title=f"Cheaper alternatives (in {plan.unit})")
-        for col in ("change", "total", "saving", "USD saved", "%"):
+        for col in ("change", "total", "saving", *(("USD saved",) if has_usd else ()), "%"):
             table.add_column(col, justify="left" if col == "change" else "right")
         for alt in plan.alternatives:
+            usd_cell = "" if alt.saving_usd is None else format(alt.saving_usd.normalize(), "f")
             table.add_row(
                 alt.description,
                 format_amount(alt.total),
                 format_amount(alt.saving),
-                "" if alt.saving_usd is None else format(alt.saving_usd.normalize(), "f"),
+                *((usd_cell,) if has_usd else ()),
                 f"{alt.saving_percent}%",
             )
         console.print(table)
@@ -308,16 +311,19 @@ def advise_command(
     if json_out:
         print_json([a.to_dict() for a in advice])
         return
+    # A USD column only when the catalog has USD rates (the app's credits catalog has none).
+    usd = any(a.saving_usd is not None for a in advice)
     table = Table(title="Optimisation strategies, priced from the catalog")
-    for col in ("strategy", "how", "saving", "%", "USD", "note"):
+    for col in ("strategy", "how", "saving", "%", *(("USD",) if usd else ()), "note"):
         table.add_column(col, overflow="fold")
     for a in advice:
+        usd_cell = "" if a.saving_usd is None else format(a.saving_usd.normalize(), "f")
         table.add_row(
             a.strategy,
             a.how,
-            format_amount(a.saving),
+            f"{format_amount(a.saving)} {a.unit}",
             f"{a.saving_percent}%",
-            "" if a.saving_usd is None else format(a.saving_usd.normalize(), "f"),
+            *((usd_cell,) if usd else ()),
             a.note,
         )
     console.print(table)

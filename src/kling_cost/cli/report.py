@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import sys
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
@@ -53,25 +55,40 @@ def report_command(
     with boundary():
         dims = parse_by(by)
     with opened(ledger_url, create=False) as ledger, boundary():
-        rep = report(ledger, dims, since=since, until=until, scope=scope, tz=tz)
-        daily = daily_usage(ledger, _chart_days(rep), scope=scope, tz=tz) if fmt == "table" else None
+        moment = ledger.clock()
+        rep = report(ledger, dims, since=since, until=until, scope=scope, tz=tz, now=moment)
+        daily, note = None, ""
+        if fmt == "table":
+            days, last, cut = _chart_period(rep, moment)
+            daily = daily_usage(ledger, days, scope=scope, tz=tz, now=last)
+            note = f"; the last {days} days of the period" if cut else ""
     if fmt == "json":
         print_json(rep.to_dict())
     elif fmt == "csv":
         columns = (*rep.by, "unit", *METRICS)
         sys.stdout.write(csv_row(columns))
         for row in rep.rows:
-            data = row.to_dict()
-            sys.stdout.write(
-                csv_row(str(v) if isinstance(v, bool) else v for v in (data[k] for k in columns))
-            )
+            sys.stdout.write(csv_row(str(v) if isinstance(v, bool) else v for v in _csv_row(row, columns)))
     else:
         console.print(_table(rep))
         _overages(rep)
         if daily is not None:
-            _bar_chart(daily)
+            _bar_chart(daily, note)
 
 
+def _csv_row(row: ReportRow, columns: tuple[str, ...]) -> list[object]:
+    """Amounts and percentages in the exports' form (``70``, ``2.5``; see ``export``)."""
+    data = row.to_dict()
+    out: list[object] = []
+    for k in columns:
+        value = data[k]
+        if k in AMOUNT_METRICS or (k == "drift_pct" and value is not None):
+            value = format_amount(Decimal(value))
+        out.append("" if value is None else value)
+    return out
+
+
+AMOUNT_METRICS = ("estimate", "actual", "drift", "refunded", "saved")
 OVERAGE_LINES = 10
 
 
@@ -100,12 +117,20 @@ def _overages(rep: Report) -> None:
         console.print(f"  ... and {n - OVERAGE_LINES} earlier (--format json, or kling-cost export)")
 
 
-def _chart_days(rep: Report) -> int:
+CHART_DAYS = 60
+"""The text chart shows at most this many days: the last ones of the report's period."""
+
+
+def _chart_period(rep: Report, now: datetime) -> tuple[int, datetime, bool]:
+    """How many days the chart shows, an instant of its last day, and whether that cuts the
+    period: the report's period (its last :data:`CHART_DAYS` days), up to ``--until`` or now;
+    the last 30 days for all time."""
+    zone = ZoneInfo(rep.tz)
+    last = (rep.until - timedelta(microseconds=1)) if rep.until else now
     if rep.since is None:
-        return 30
-    end = rep.until or rep.since
-    days = (end - rep.since).days if rep.until else 30
-    return max(1, min(days, 60))
+        return 30, last, True
+    days = (last.astimezone(zone).date() - rep.since.astimezone(zone).date()).days + 1
+    return max(1, min(days, CHART_DAYS)), last, days > CHART_DAYS
 
 
 def _table(rep: Report) -> Table:
@@ -147,9 +172,9 @@ def _cells(row: ReportRow) -> list[str]:
     ]
 
 
-def _bar_chart(daily: DailyUsage) -> None:
+def _bar_chart(daily: DailyUsage, note: str = "") -> None:
     """Daily actual usage as bars, one chart per unit; ``|`` marks the daily limit on the
-    chart of the limit's unit."""
+    chart of the limit's unit. Runs of days with no usage are one line each."""
     for unit in daily.units:
         days = daily.series(unit)
         limit = daily.limit if daily.unit == unit else None
@@ -160,20 +185,41 @@ def _bar_chart(daily: DailyUsage) -> None:
             limit_txt = f"the daily budget counts {daily.unit}"
         else:
             limit_txt = f"limit {format_amount(limit)} {unit} per day"
-        console.print(f"Daily usage of {daily.scope} in {unit} ({daily.tz}; {limit_txt})", highlight=False)
-        if not peak:
-            console.print("  no usage in this period")
+        console.print(
+            f"Daily usage of {daily.scope} in {unit} ({daily.tz}; {limit_txt}{note})", highlight=False
+        )
+        if not any(r.actual for r in days):
+            console.print(f"  no usage in this period ({len(days)} days)", highlight=False)
             continue
         mark = None if limit is None else int(limit * BAR_WIDTH / peak)
-        for row in days:
-            filled = int(row.actual * BAR_WIDTH / peak)
-            cells = ["█" if i < filled else " " for i in range(BAR_WIDTH + 1)]
-            if mark is not None:
-                cells[min(mark, BAR_WIDTH)] = "|" if cells[min(mark, BAR_WIDTH)] == " " else "┃"
-            over = limit is not None and row.actual > limit
-            bar = "".join(cells)
-            line = f"  {row.key['day']} {bar} {format_amount(row.actual)} {unit}"
-            console.print(f"[red]{line}[/red]" if over else line, highlight=False)
+        for run in _runs(days):
+            if len(run) >= EMPTY_RUN:
+                first, last = run[0].key["day"], run[-1].key["day"]
+                console.print(f"  {first} … {last}  {len(run)} days with no usage", highlight=False)
+                continue
+            for row in run:
+                filled = int(row.actual * BAR_WIDTH / peak)
+                cells = ["█" if i < filled else " " for i in range(BAR_WIDTH + 1)]
+                if mark is not None:
+                    cells[min(mark, BAR_WIDTH)] = "|" if cells[min(mark, BAR_WIDTH)] == " " else "┃"
+                over = limit is not None and row.actual > limit
+                line = f"  {row.key['day']} {''.join(cells)} {format_amount(row.actual)} {unit}"
+                console.print(f"[red]{line}[/red]" if over else line, highlight=False)
+
+
+EMPTY_RUN = 2
+"""Days in a row with no usage that the text chart folds into one line."""
+
+
+def _runs(days: tuple[ReportRow, ...]) -> list[list[ReportRow]]:
+    """``days`` cut into runs: each day with usage alone, days without usage together."""
+    runs: list[list[ReportRow]] = []
+    for row in days:
+        if not row.actual and runs and not runs[-1][-1].actual:
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs
 
 
 def export_command(

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["AlertRecord", "Charge", "Reservation"]
+__all__ = ["AlertRecord", "Charge", "PromptCost", "Reservation"]
 
 RESERVED = "reserved"
 COMMITTED = "committed"
@@ -134,6 +134,31 @@ class Charge:
             "catalog_date": self.catalog_date,
             "metadata": self.metadata,
             "overage": str(self.overage),
+        }
+
+
+@dataclass(frozen=True)
+class PromptCost:
+    """What one prompt (by its hash) cost over a period, in one ``unit``."""
+
+    prompt_hash: str
+    prompt_preview: str | None
+    unit: str
+    actual: Decimal
+    """The sum of what its charges cost (failed tasks and cache hits count 0)."""
+    charges: int
+    """How many charges carried the prompt (every status)."""
+    models: tuple[str, ...]
+    """The models it was generated with, costliest first."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_hash": self.prompt_hash,
+            "prompt_preview": self.prompt_preview,
+            "unit": self.unit,
+            "actual": str(self.actual),
+            "charges": self.charges,
+            "models": list(self.models),
         }
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from ..budgets import Usage, validate_scope, validate_window, window_at
+from ..budgets import UNITS, Usage, validate_scope, validate_window, window_at
 from ..errors import ValidationError
 from ..money import from_storage
 from ..text import bad_text, clean_text
@@ -23,7 +23,7 @@ from ._rows import (
     to_ms,
 )
 from .core import LedgerCore
-from .models import RESERVED, STATUSES, AlertRecord, Charge, Reservation
+from .models import RESERVED, STATUSES, AlertRecord, Charge, PromptCost, Reservation
 
 __all__ = ["ALERT_STATUSES", "LedgerQueries"]
 
@@ -147,6 +147,79 @@ class LedgerQueries(LedgerCore):
         with self._transaction() as cur:
             cur.execute(sql, params)
             return [charge_from_row(row) for row in cur.fetchall()]
+
+    def prompt_costs(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        scope: str | None = None,
+        limit: int = 5,
+    ) -> list[PromptCost]:
+        """The ``limit`` costliest prompts (grouped by prompt hash) of the charges reserved in
+        ``[since, until)``, per unit (units first, never ranked across units): what each cost,
+        how many charges carried it, its preview and its models. Prompts that cost nothing
+        (failed, cached) and charges without a prompt are left out."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise ValidationError(f"limit must be a whole number between 1 and 100, not {limit!r}")
+        where = ["prompt_hash IS NOT NULL"]
+        params: list[Any] = []
+        if scope is not None:
+            cond, value = self._scopes_contain("scopes", validate_scope(scope))
+            where.append(cond)
+            params.append(value)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(to_ms(since))
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(to_ms(until))
+        cond = " AND ".join(where)
+        # The costliest prompts of each unit (one pass over the period), then the models and
+        # preview of those few (a second, narrower one); faster than one nested window query.
+        top_sql = (
+            "SELECT unit, prompt_hash, total, n FROM ("
+            " SELECT unit, prompt_hash, SUM(actual_milli) AS total, COUNT(*) AS n, ROW_NUMBER() OVER"
+            "  (PARTITION BY unit ORDER BY SUM(actual_milli) DESC, prompt_hash) AS rk"
+            f" FROM charges WHERE {cond} GROUP BY unit, prompt_hash HAVING SUM(actual_milli) > 0"
+            ") AS ranked WHERE rk <= ?"
+        )
+        with self._transaction() as cur:
+            cur.execute(top_sql, [*params, limit])
+            totals = {(str(u), str(h)): (int(total), int(n)) for u, h, total, n in cur.fetchall()}
+            if not totals:
+                return []
+            hashes = sorted({h for _, h in totals})
+            marks = ", ".join("?" for _ in hashes)  # placeholders only; every value is bound
+            cur.execute(
+                "SELECT unit, prompt_hash, model, MAX(prompt_preview), SUM(actual_milli) FROM charges "
+                f"WHERE {cond} AND prompt_hash IN ({marks}) GROUP BY unit, prompt_hash, model",
+                [*params, *hashes],
+            )
+            details = cur.fetchall()
+        models: dict[tuple[str, str], list[tuple[int, str]]] = {}
+        previews: dict[tuple[str, str], str] = {}
+        for unit, h, model, preview, spent in details:
+            key = (str(unit), str(h))
+            if key not in totals:
+                continue  # the same prompt, but not among the costliest in this unit
+            if model is not None:
+                models.setdefault(key, []).append((-int(spent), str(model)))
+            if preview is not None:
+                previews[key] = max(previews.get(key, ""), str(preview))
+        rank = {u: i for i, u in enumerate(UNITS)}
+        order = sorted(totals, key=lambda k: (rank.get(k[0], len(rank)), k[0], -totals[k][0], k[1]))
+        return [
+            PromptCost(
+                prompt_hash=h,
+                prompt_preview=previews.get((u, h)),
+                unit=u,
+                actual=from_storage(totals[(u, h)][0]),
+                charges=totals[(u, h)][1],
+                models=tuple(m for _, m in sorted(models.get((u, h), []))),
+            )
+            for u, h in order
+        ]
 
     def totals(self) -> dict[str, dict[str, Decimal]]:
         """Sums over the whole ledger (a consistency check), per unit, never added across

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 from ..budgets import validate_scope, validate_tz
 from ..errors import ValidationError
 from ..ledger import Charge, Ledger
-from ..money import MONEY
+from ..money import format_amount
 from . import _time
 
 __all__ = ["EXPORT_FIELDS", "charge_record", "csv_cell", "csv_row", "export_charges"]
@@ -73,16 +73,12 @@ def charge_record(charge: Charge) -> dict[str, Any]:
     }
 
 
-def _number(value: Decimal) -> str:
-    """A Decimal as an exact JSON number (``12``, ``1.5``), never through a float."""
-    text = format(value.normalize(MONEY), "f")
-    return text if text != "-0" else "0"
-
-
 def _jsonl(record: dict[str, Any]) -> str:
     parts = []
     for key, value in record.items():
-        encoded = _number(value) if isinstance(value, Decimal) else json.dumps(value, ensure_ascii=False)
+        encoded = (
+            format_amount(value) if isinstance(value, Decimal) else json.dumps(value, ensure_ascii=False)
+        )
         parts.append(f"{json.dumps(key)}: {encoded}")
     return "{" + ", ".join(parts) + "}\n"
 
@@ -94,6 +90,8 @@ def _csv_value(value: Any) -> str:
         return ";".join(str(v) for v in value)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format_amount(value)  # the same text as in JSON Lines: 70, 2.5, 0.125
     return str(value)
 
 
@@ -135,7 +133,9 @@ def export_charges(
     ``fmt``: ``jsonl`` (one JSON object per line; amounts are exact JSON numbers, read them
     with ``json.loads(line, parse_float=Decimal)``) or ``csv`` (a header, then one row per
     charge; scopes joined by ``;``; text that a spreadsheet would run as a formula starts
-    with ``'``, see :func:`csv_cell`). Every record has the ``unit`` its amounts count.
+    with ``'``, see :func:`csv_cell`). Both write every amount in the same shortest exact form
+    (:func:`~kling_cost.money.format_amount`: ``70``, ``2.5``, ``0.125``; no exponent, no
+    trailing zeros). Every record has the ``unit`` its amounts count.
     ``since``/``until`` as in :func:`kling_cost.reports.report`.
     """
     if fmt not in ("jsonl", "csv"):

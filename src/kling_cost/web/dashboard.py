@@ -13,7 +13,7 @@ from ..alerts.redact import public_alert
 from ..budgets import validate_tz
 from ..errors import ConfigurationError, KlingCostError, ValidationError
 from ..ledger import Ledger
-from ..reports import budget_status, daily_usage, latest_charges, overview, report
+from ..reports import budget_status, daily_usage, glance, latest_charges, overview, report
 from .access import COOKIE, HostGate, TokenGate
 
 try:
@@ -133,6 +133,13 @@ def create_dashboard_app(
             return JSONResponse({"error": "not found"}, status_code=404)
         return FileResponse(path)
 
+    def favicon(request: Request) -> Response:
+        return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon")
+
+    def get_glance(request: Request) -> Any:
+        n = _int(request, "days", days)
+        return glance(ledger, days=n, tz=zone(request), now=clock()).to_dict()
+
     def get_overview(request: Request) -> Any:
         return overview(ledger, days=_int(request, "days", days), tz=zone(request), now=clock())
 
@@ -195,8 +202,10 @@ def create_dashboard_app(
     routes = [
         Route("/", index),
         Route("/static/{name}", static),
+        Route("/favicon.ico", favicon),
         Route("/api/openapi.json", api(get_openapi)),
         Route("/api/overview", api(get_overview)),
+        Route("/api/glance", api(get_glance)),
         Route("/api/budgets", api(get_budgets)),
         Route("/api/daily", api(get_daily)),
         Route("/api/report", api(get_report)),

@@ -33,6 +33,13 @@ _ENDPOINTS: list[tuple[str, str, list[dict[str, Any]]]] = [
         [_DAYS, _TZ],
     ),
     (
+        "/api/glance",
+        "At a glance: today's spend so far against all of yesterday (local days of `tz`, one entry "
+        "per unit), the 5 costliest prompts of the last `days` days (grouped by prompt hash, per "
+        "unit, costliest first) and the budget closest to its limit ((used + reserved) / limit).",
+        [_DAYS, _TZ],
+    ),
+    (
         "/api/budgets",
         "Every budget in its current window: unit, limit, used, reserved, remaining, marks.",
         [_TZ],
@@ -78,6 +85,59 @@ _ENDPOINTS: list[tuple[str, str, list[dict[str, Any]]]] = [
 ]
 
 
+_AMOUNT = {"type": "string", "description": "Exact decimal, three decimals (e.g. 12.500)"}
+_GLANCE = {
+    "type": "object",
+    "properties": {
+        "generated_at": {"type": "string", "format": "date-time"},
+        "tz": {"type": "string"},
+        "days": {"type": "integer"},
+        "today": {"type": "string", "format": "date"},
+        "yesterday": {"type": "string", "format": "date"},
+        "spend": {
+            "type": "array",
+            "description": "One entry per unit (of today's and yesterday's charges and of the budgets).",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "unit": {"type": "string", "enum": ["units", "credits"]},
+                    "today": _AMOUNT,
+                    "yesterday": _AMOUNT,
+                    "change": {**_AMOUNT, "description": "today - yesterday (negative: less so far)"},
+                    "change_pct": {
+                        "type": ["string", "null"],
+                        "description": "change as % of yesterday, one decimal; null when yesterday was 0",
+                    },
+                    "today_charges": {"type": "integer"},
+                    "yesterday_charges": {"type": "integer"},
+                },
+            },
+        },
+        "top_prompts": {
+            "type": "array",
+            "description": "Up to 5 per unit, costliest first; prompts that cost nothing are left out.",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "prompt_hash": {"type": "string", "description": "SHA-256 of the prompt"},
+                    "prompt_preview": {"type": ["string", "null"]},
+                    "unit": {"type": "string", "enum": ["units", "credits"]},
+                    "actual": _AMOUNT,
+                    "charges": {"type": "integer", "description": "charges that carried the prompt"},
+                    "models": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+        "closest_budget": {
+            "type": ["object", "null"],
+            "description": "As an entry of /api/budgets (unit, limit, used, reserved, remaining, "
+            "percent of the limit used or reserved); null without a budget.",
+        },
+    },
+}
+_SCHEMAS = {"/api/glance": _GLANCE}
+
+
 def openapi_spec() -> dict[str, Any]:
     """Amounts are decimal strings (exact), times ISO 8601."""
     paths: dict[str, Any] = {}
@@ -90,7 +150,7 @@ def openapi_spec() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "JSON",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
+                        "content": {"application/json": {"schema": _SCHEMAS.get(path, {"type": "object"})}},
                     },
                     "400": {"description": 'Bad parameter: {"error": message}'},
                     "401": {"description": "Token required (non-loopback dashboard) or wrong"},

@@ -1,7 +1,9 @@
 // The dashboard page: reads the read-only JSON API and draws with plotly.js (served locally).
-// Amounts arrive as exact decimal strings; they become numbers only here, for drawing.
-// Every amount comes with its unit ("units" or "credits"): each is shown beside its amounts,
-// and amounts of different units are never added or drawn on the same axis.
+// Amounts arrive as exact decimal strings ("67.500"). They are shown for people by trimming the
+// string (fmt: "67.5", "20", "0.125"), never through a float; they become numbers only for
+// drawing bar lengths and axes. Every amount comes with its unit ("units" or "credits"): each
+// is shown beside its amounts, and amounts of different units are never added or drawn on the
+// same axis.
 "use strict";
 (function () {
   const body = document.body;
@@ -15,16 +17,36 @@
     return r.json();
   });
   const num = (s) => (s === null || s === undefined ? 0 : Number(s));
+  // An exact decimal string without its trailing zeros: "20.000" -> "20", "0.125" stays.
+  function fmt(s) {
+    if (s === null || s === undefined || s === "") { return ""; }
+    let t = String(s);
+    if (t.indexOf(".") >= 0) { t = t.replace(/0+$/, "").replace(/\.$/, ""); }
+    return t === "-0" ? "0" : t;
+  }
+  const amt = (s, unit) => fmt(s) + " " + unit;
+  const pct = (s) => (s === null || s === undefined ? "" : fmt(s) + "%");
+  // A threshold ratio ("0.8") as a percentage ("80%"): shift the decimal point of the string.
+  function ratioPct(s) {
+    const [whole, frac = ""] = String(s).split(".");
+    const digits = (frac + "00").slice(0, 2);
+    const rest = frac.slice(2);
+    return fmt(String(Number(whole + digits)) + (rest ? "." + rest : "")) + "%";
+  }
   const text = (id, value) => { document.getElementById(id).textContent = value; };
+  function el(tag, cls, content) {
+    const e = document.createElement(tag);
+    if (cls) { e.className = cls; }
+    if (content !== undefined) { e.textContent = content; }
+    return e;
+  }
   function unitsOf(rows) {
     const found = [...new Set(rows.map((r) => r.unit))];
     const rank = (u) => (UNIT_ORDER.indexOf(u) < 0 ? UNIT_ORDER.length : UNIT_ORDER.indexOf(u));
     return found.sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
   }
   function cell(tr, value, cls) {
-    const td = document.createElement("td");
-    td.textContent = value === null || value === undefined ? "" : String(value);
-    if (cls) { td.className = cls; }
+    const td = el("td", cls, value === null || value === undefined ? "" : String(value));
     tr.appendChild(td);
     return td;
   }
@@ -39,50 +61,137 @@
     const axis = horizontal ? "xaxis" : "yaxis";
     units.forEach((u, i) => {
       const name = i === 0 ? axis : axis + (i + 1);
-      layout[name] = { title: { text: title ? title + " (" + u + ")" : u }, rangemode: "tozero" };
+      layout[name] = { title: { text: title ? title + " (" + u + ")" : u }, rangemode: "tozero", automargin: true };
       if (i > 0) {
-        Object.assign(layout[name], { overlaying: horizontal ? "x" : "y", side: horizontal ? "top" : "right", showgrid: false });
+        Object.assign(layout[name], { overlaying: horizontal ? "x" : "y", side: horizontal ? "top" : "right",
+          showgrid: false, tickmode: "auto" });
       }
     });
     return layout;
   }
   const axisRef = (i) => (i === 0 ? "" : String(i + 1));
+  // A chart with nothing to draw says so, instead of showing empty axes.
+  function noData(id, message) {
+    const div = document.getElementById(id);
+    div.dataset.empty = "1";
+    return Plotly.newPlot(div, [], {
+      xaxis: { visible: false }, yaxis: { visible: false }, margin: { t: 10, b: 10, l: 10, r: 10 },
+      annotations: [{ text: message, showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
+        font: { size: 15, color: "#777" } }],
+    }, cfg);
+  }
+  const plotted = (id) => { document.getElementById(id).dataset.empty = "0"; };
+  const legendOnTop = { orientation: "h", x: 0, y: 1.02, xanchor: "left", yanchor: "bottom" };
 
+  // -- at a glance --------------------------------------------------------------------------
+  function drawSpend(g) {
+    const box = document.getElementById("spend");
+    box.replaceChildren();
+    g.spend.forEach((s) => {
+      const row = el("div", "spend");
+      row.dataset.testid = "spend-" + s.unit; row.dataset.unit = s.unit;
+      const big = el("div", "big");
+      big.append(el("span", "amount today", fmt(s.today)), el("span", "unit", " " + s.unit));
+      const change = num(s.change);
+      const arrow = change > 0 ? "▲ +" : change < 0 ? "▼ " : "";
+      const delta = change === 0 ? "same as yesterday"
+        : arrow + amt(s.change, s.unit) + (s.change_pct === null ? "" : " (" + (change > 0 ? "+" : "") + pct(s.change_pct) + ")");
+      const cls = change > 0 ? "up" : change < 0 ? "down" : "same";
+      const then = el("div", "muted");
+      then.append("all of yesterday ", el("span", "amount yesterday", fmt(s.yesterday)), " " + s.unit,
+        " · " + s.today_charges + " generation" + (s.today_charges === 1 ? "" : "s") + " today");
+      row.append(big, el("div", "change " + cls, delta), then);
+      box.appendChild(row);
+    });
+  }
+
+  function drawClosest(g) {
+    const box = document.getElementById("closest");
+    box.replaceChildren();
+    const b = g.closest_budget;
+    if (b === null) {
+      box.appendChild(el("p", "muted", "no budget yet: kling-cost budget set SCOPE AMOUNT --window day"));
+      return;
+    }
+    box.dataset.unit = b.unit;
+    const share = num(b.percent);
+    const big = el("div", "big" + (share >= 100 ? " over" : share >= 80 ? " near" : ""));
+    big.append(el("span", "percent", pct(b.percent)), " of its limit");
+    const what = el("div", "what", b.scope + " · " + b.window + " budget (" + b.window_key + ")");
+    const bar = el("div", "meter");
+    const usedW = Math.min(100, (num(b.used) * 100) / num(b.limit));
+    const heldW = Math.max(0, Math.min(100 - usedW, (num(b.reserved) * 100) / num(b.limit)));
+    const used = el("div", "used"); used.style.width = usedW + "%";
+    const held = el("div", "held"); held.style.width = heldW + "%";
+    bar.append(used, held);
+    const detail = el("div", "muted detail", fmt(b.used) + " used + " + fmt(b.reserved) + " reserved of " +
+      amt(b.limit, b.unit) + " · " + amt(b.remaining, b.unit) + " left");
+    box.append(big, what, bar, detail);
+  }
+
+  function drawTopPrompts(g) {
+    fill("top-prompts", g.top_prompts, (tr, p) => {
+      tr.dataset.unit = p.unit;
+      const prompt = cell(tr, p.prompt_preview || "(" + p.prompt_hash.slice(0, 12) + ")", "prompt");
+      prompt.title = "prompt hash " + p.prompt_hash;
+      cell(tr, p.models.join(", ") || "(none)");
+      cell(tr, amt(p.actual, p.unit), "num charged");
+      cell(tr, p.charges, "num");
+    });
+    document.getElementById("top-prompts").hidden = g.top_prompts.length === 0;
+    document.getElementById("top-prompts-empty").hidden = g.top_prompts.length !== 0;
+  }
+
+  // -- the period ---------------------------------------------------------------------------
   function drawTotals(o) {
     const box = document.getElementById("totals");
     box.replaceChildren();
     if (o.totals.length === 0) {
-      const p = document.createElement("p");
-      p.className = "muted"; p.textContent = "no generations in this period";
-      box.appendChild(p);
+      box.appendChild(el("p", "muted", "no generations in this period"));
       return;
     }
     const fields = [["charged", "actual"], ["estimated", "estimate"], ["generations", "charges"],
       ["failed (refunded)", "refunded"], ["saved by the cache", "saved"]];
     o.totals.forEach((t) => {
-      const row = document.createElement("div");
-      row.className = "totals"; row.dataset.testid = "totals-" + t.unit; row.dataset.unit = t.unit;
-      const head = document.createElement("div");
-      head.className = "unit-head";
-      head.innerHTML = "<span class='label'>unit</span><span class='value'></span>";
-      head.lastChild.textContent = t.unit;
+      const row = el("div", "totals");
+      row.dataset.testid = "totals-" + t.unit; row.dataset.unit = t.unit;
+      const head = el("div", "unit-head");
+      head.append(el("span", "label", "unit"), el("span", "value", t.unit));
       row.appendChild(head);
       fields.forEach(([label, key]) => {
-        const card = document.createElement("div");
-        const l = document.createElement("span"); l.className = "label"; l.textContent = label;
-        const v = document.createElement("span"); v.className = "value";
-        const amount = document.createElement("span"); amount.className = "amount " + key;
-        amount.textContent = String(t[key]);
-        v.appendChild(amount);
+        const card = el("div");
+        const v = el("span", "value");
+        v.appendChild(el("span", "amount " + key, key === "charges" ? String(t[key]) : fmt(t[key])));
         if (key !== "charges") {  // a count has no unit; every amount shows its own
-          const u = document.createElement("span"); u.className = "unit"; u.textContent = " " + t.unit;
-          v.appendChild(u);
+          v.appendChild(el("span", "unit", " " + t.unit));
         }
-        card.append(l, v);
+        card.append(el("span", "label", label), v);
         row.appendChild(card);
       });
       box.appendChild(row);
     });
+  }
+
+  function drawGauge(div, b) {
+    const used = num(b.used), held = num(b.reserved), limit = num(b.limit);
+    const marks = b.marks.map(num);
+    const next = marks.find((m) => m > used + held);
+    return Plotly.newPlot(div, [{
+      type: "indicator", mode: "gauge", value: used,
+      title: { text: b.scope + " · " + b.window + " · " + b.unit + "<br><span style='font-size:0.8em'>reserved " +
+        amt(b.reserved, b.unit) + ", remaining " + amt(b.remaining, b.unit) + "</span>" },
+      gauge: {
+        axis: { range: [0, limit], tickvals: marks, ticktext: b.thresholds.map(ratioPct) },
+        bar: { color: "#4c78a8" },
+        steps: [{ range: [used, Math.min(limit, used + held)], color: "#f5b971" }],
+        threshold: next === undefined ? undefined : { line: { color: "#d62728", width: 3 }, value: next },
+      },
+    }], {
+      // room on both sides for the end labels ("100%"), and the exact amount under the arc
+      margin: { t: 75, b: 10, l: 50, r: 50 },
+      annotations: [{ text: amt(b.used, b.unit), showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0,
+        yanchor: "bottom", font: { size: 26 } }],
+    }, cfg);
   }
 
   function drawOverview(o) {
@@ -90,28 +199,16 @@
     fill("budgets", o.budgets, (tr, b) => {
       tr.dataset.testid = "budget-" + b.scope + "-" + b.window;
       cell(tr, b.scope); cell(tr, b.window); cell(tr, b.window_key); cell(tr, b.unit, "unit");
-      cell(tr, b.limit, "num limit"); cell(tr, b.used, "num used"); cell(tr, b.reserved, "num reserved");
-      cell(tr, b.remaining, "num remaining"); cell(tr, b.percent === null ? "" : b.percent + "%", "num");
+      cell(tr, fmt(b.limit), "num limit"); cell(tr, fmt(b.used), "num used"); cell(tr, fmt(b.reserved), "num reserved");
+      cell(tr, fmt(b.remaining), "num remaining"); cell(tr, pct(b.percent), "num percent");
     });
     const gauges = document.getElementById("gauges");
     gauges.replaceChildren();
     const plots = o.budgets.map((b, i) => {
-      const div = document.createElement("div");
-      div.className = "gauge"; div.id = "gauge-" + i; div.dataset.unit = b.unit;
+      const div = el("div", "gauge");
+      div.id = "gauge-" + i; div.dataset.unit = b.unit;
       gauges.appendChild(div);
-      const used = num(b.used), held = num(b.reserved), limit = num(b.limit);
-      const marks = b.marks.map(num);
-      const next = marks.find((m) => m > used + held);
-      return Plotly.newPlot(div, [{
-        type: "indicator", mode: "gauge+number", value: used, number: { suffix: " " + b.unit },
-        title: { text: b.scope + " · " + b.window + " · " + b.unit + "<br><span style='font-size:0.8em'>reserved " + b.reserved + ", remaining " + b.remaining + " " + b.unit + "</span>" },
-        gauge: {
-          axis: { range: [0, limit], tickvals: marks, ticktext: b.thresholds.map((t) => Math.round(Number(t) * 100) + "%") },
-          bar: { color: "#4c78a8" },
-          steps: [{ range: [used, Math.min(limit, used + held)], color: "#f5b971" }],
-          threshold: next === undefined ? undefined : { line: { color: "#d62728", width: 3 }, value: next },
-        },
-      }], { margin: { t: 70, b: 10, l: 30, r: 30 } }, cfg);
+      return drawGauge(div, b);
     });
     plots.push(drawDaily(o.daily));
     return plots;
@@ -120,6 +217,9 @@
   function drawDaily(d) {
     // One pair of stacked bars per unit, each unit on its own axis; the limit on its unit's axis.
     const units = d.units;
+    const anything = d.days.some((r) => num(r.actual) !== 0 || num(r.saved) !== 0);
+    if (!anything && d.limit === null) { return noData("daily", "no usage in the last " + days + " days"); }
+    plotted("daily");
     const traces = [];
     const colours = [["#4c78a8", "#54a24b"], ["#e45756", "#b279a2"]];
     units.forEach((u, i) => {
@@ -127,60 +227,78 @@
       const x = rows.map((r) => r.day);
       const [charged, saved] = colours[i % colours.length];
       const common = { x: x, yaxis: "y" + axisRef(i), offsetgroup: u, legendgroup: u };
-      traces.push({ type: "bar", name: "charged (" + u + ")", y: rows.map((r) => num(r.actual)), marker: { color: charged }, ...common });
-      traces.push({ type: "bar", name: "saved by cache (" + u + ")", y: rows.map((r) => num(r.saved)), marker: { color: saved }, base: rows.map((r) => num(r.actual)), ...common });
+      traces.push({ type: "bar", name: "charged (" + u + ")", y: rows.map((r) => num(r.actual)), marker: { color: charged },
+        customdata: rows.map((r) => amt(r.actual, u)), hovertemplate: "%{x|%Y-%m-%d}: charged %{customdata}<extra></extra>", ...common });
+      traces.push({ type: "bar", name: "saved by cache (" + u + ")", y: rows.map((r) => num(r.saved)), marker: { color: saved },
+        base: rows.map((r) => num(r.actual)), customdata: rows.map((r) => amt(r.saved, u)),
+        hovertemplate: "%{x|%Y-%m-%d}: saved %{customdata}<extra></extra>", ...common });
       if (d.limit !== null && d.unit === u) {
-        traces.push({ type: "scatter", mode: "lines", name: "daily limit (" + u + ")", x: x, y: x.map(() => num(d.limit)), yaxis: "y" + axisRef(i), line: { color: "#d62728", dash: "dash" } });
+        traces.push({ type: "scatter", mode: "lines", name: "daily limit " + amt(d.limit, u), x: x, y: x.map(() => num(d.limit)),
+          yaxis: "y" + axisRef(i), line: { color: "#d62728", dash: "dash" }, hovertemplate: "limit " + amt(d.limit, u) + "<extra></extra>" });
       }
     });
-    const layout = { barmode: "group", margin: { t: 20 }, legend: { orientation: "h" }, ...unitAxes(units, false, "") };
+    const layout = { barmode: "group", margin: { t: 40, b: 60 }, legend: legendOnTop,
+      xaxis: { type: "date", automargin: true }, ...unitAxes(units, false, "") };
     return Plotly.newPlot("daily", traces, layout, cfg);
   }
 
   function drawBreakdown(id, dim, rep) {
+    if (rep.rows.length === 0) { return noData(id, "no data in the last " + days + " days"); }
+    plotted(id);
     const units = unitsOf(rep.rows);
     const traces = units.map((u, i) => {
       const rows = rep.rows.filter((r) => r.unit === u).sort((a, b) => num(b.actual) - num(a.actual));
       return { type: "bar", orientation: "h", name: u, offsetgroup: u, xaxis: "x" + axisRef(i),
         x: rows.map((r) => num(r.actual)), y: rows.map((r) => (r[dim] === null ? "(none)" : String(r[dim]))),
-        text: rows.map((r) => r.actual + " " + u), textposition: "auto", marker: { color: i === 0 ? "#72b7b2" : "#f58518" } };
+        text: rows.map((r) => amt(r.actual, u)), textposition: "outside", textangle: 0, cliponaxis: false,
+        hovertemplate: "%{y}: %{text}<extra></extra>",
+        marker: { color: i === 0 ? "#72b7b2" : "#f58518" } };
     });
     // Each bar is labelled with its amount and unit, each value axis with its unit: no legend.
-    const layout = { margin: { t: units.length > 1 ? 40 : 10, l: 140 }, yaxis: { autorange: "reversed" },
+    const layout = { margin: { t: units.length > 1 ? 40 : 10, l: 10, r: 90 }, yaxis: { autorange: "reversed", automargin: true },
       barmode: "group", showlegend: false, ...unitAxes(units, true, "charged") };
     return Plotly.newPlot(id, traces, layout, cfg);
   }
 
   function drawDrift(rep) {
     fill("drift-table", rep.rows, (tr, r) => {
-      cell(tr, r.model); cell(tr, r.mode); cell(tr, r.unit, "unit"); cell(tr, r.estimate, "num"); cell(tr, r.actual, "num");
-      cell(tr, r.drift, "num"); cell(tr, r.drift_pct === null ? "" : r.drift_pct + "%", "num");
+      cell(tr, r.model); cell(tr, r.mode); cell(tr, r.unit, "unit"); cell(tr, fmt(r.estimate), "num"); cell(tr, fmt(r.actual), "num");
+      cell(tr, fmt(r.drift), "num"); cell(tr, pct(r.drift_pct), "num");
     });
+    if (rep.rows.length === 0) { return noData("drift", "no data in the last " + days + " days"); }
+    plotted("drift");
     const units = unitsOf(rep.rows);
     const traces = [];
     units.forEach((u, i) => {
       const rows = rep.rows.filter((r) => r.unit === u);
       const labels = rows.map((r) => (r.model || "(none)") + " / " + (r.mode || "(none)") + (units.length > 1 ? " · " + u : ""));
       const axis = "y" + axisRef(i);
-      traces.push({ type: "bar", name: "estimate (" + u + ")", x: labels, y: rows.map((r) => num(r.estimate)), yaxis: axis, offsetgroup: u + "-estimate", marker: { color: i === 0 ? "#9ecae9" : "#ffbf79" } });
-      traces.push({ type: "bar", name: "actual (" + u + ")", x: labels, y: rows.map((r) => num(r.actual)), yaxis: axis, offsetgroup: u + "-actual", marker: { color: i === 0 ? "#4c78a8" : "#f58518" } });
+      traces.push({ type: "bar", name: "estimate (" + u + ")", x: labels, y: rows.map((r) => num(r.estimate)), yaxis: axis,
+        customdata: rows.map((r) => amt(r.estimate, u)), hovertemplate: "%{x}: estimated %{customdata}<extra></extra>",
+        offsetgroup: u + "-estimate", marker: { color: i === 0 ? "#9ecae9" : "#ffbf79" } });
+      traces.push({ type: "bar", name: "actual (" + u + ")", x: labels, y: rows.map((r) => num(r.actual)), yaxis: axis,
+        customdata: rows.map((r) => amt(r.actual, u)), hovertemplate: "%{x}: charged %{customdata}<extra></extra>",
+        offsetgroup: u + "-actual", marker: { color: i === 0 ? "#4c78a8" : "#f58518" } });
     });
-    return Plotly.newPlot("drift", traces, { barmode: "group", margin: { t: 20 }, legend: { orientation: "h" }, ...unitAxes(units, false, "") }, cfg);
+    return Plotly.newPlot("drift", traces, { barmode: "group", margin: { t: 40 }, legend: legendOnTop,
+      xaxis: { automargin: true }, ...unitAxes(units, false, "") }, cfg);
   }
 
   function drawCharges(data) {
     fill("charges", data.charges, (tr, c) => {
       cell(tr, c.created_at.replace("T", " ").slice(0, 19));
-      cell(tr, c.status, "status-" + c.status); cell(tr, c.model); cell(tr, c.mode); cell(tr, c.duration, "num");
-      cell(tr, c.unit, "unit"); cell(tr, c.estimate, "num"); cell(tr, c.actual, "num"); cell(tr, c.prompt_preview); cell(tr, c.task_id);
+      cell(tr, c.status, "status-" + c.status); cell(tr, c.model); cell(tr, c.mode);
+      cell(tr, c.duration === null ? "" : c.duration + " s", "num");
+      cell(tr, c.unit, "unit"); cell(tr, fmt(c.estimate), "num estimate"); cell(tr, fmt(c.actual), "num actual");
+      cell(tr, c.prompt_preview); cell(tr, c.task_id);
     });
   }
 
   function drawAlerts(data) {
     fill("alerts", data.alerts, (tr, a) => {
       cell(tr, a.created_at.replace("T", " ").slice(0, 19)); cell(tr, a.scope); cell(tr, a.window + " " + a.window_key);
-      cell(tr, a.kind); cell(tr, a.threshold);
-      cell(tr, a.used + " + " + a.reserved + " / " + a.limit + (a.unit ? " " + a.unit : ""), "num level");
+      cell(tr, a.kind); cell(tr, a.threshold === null || a.threshold === undefined ? "" : ratioPct(a.threshold));
+      cell(tr, fmt(a.used) + " + " + fmt(a.reserved) + " / " + fmt(a.limit) + (a.unit ? " " + a.unit : ""), "num level");
       cell(tr, a.cleared_at ? "cleared" : a.status); cell(tr, a.message);
     });
   }
@@ -188,11 +306,12 @@
   async function load() {
     const p = "?days=" + days + "&tz=" + encodeURIComponent(tz);
     try {
-      const [o, m, md, pr, k, drift, charges, alerts] = await Promise.all([
-        q("api/overview" + p), q("api/breakdown/model" + p), q("api/breakdown/mode" + p),
+      const [g, o, m, md, pr, k, drift, charges, alerts] = await Promise.all([
+        q("api/glance" + p), q("api/overview" + p), q("api/breakdown/model" + p), q("api/breakdown/mode" + p),
         q("api/breakdown/project" + p), q("api/breakdown/key" + p), q("api/drift" + p),
         q("api/charges?limit=50"), q("api/alerts?limit=100"),
       ]);
+      drawSpend(g); drawClosest(g); drawTopPrompts(g);
       const plots = drawOverview(o);
       plots.push(drawBreakdown("by-model", "model", m), drawBreakdown("by-mode", "mode", md),
         drawBreakdown("by-project", "project", pr), drawBreakdown("by-key", "key", k), drawDrift(drift));
