@@ -186,7 +186,13 @@ def run_demo(
             client, ledger, scopes=["project:demo"], cache=CachePolicy(wait_poll=0.1)
         ) as guard:
             runner = BatchRunner(
-                guard, rows, concurrency=3, poll=0.2, on_result=on_result, on_submitted=submitted
+                guard,
+                rows,
+                concurrency=3,
+                poll=0.2,
+                max_poll=0.25,
+                on_result=on_result,
+                on_submitted=submitted,
             )
             summary = runner.run()
         deliverer.stop()
