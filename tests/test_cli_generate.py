@@ -71,6 +71,10 @@ def test_batch_run_dry_run_and_approval(url: str, tmp_path: Path) -> None:
         (["batch", "plan", "{file}", "--model", "kling-v2-6", "--duration", "7"], "p.txt:2: duration 7"),
         (["advise", "--mode", "ultra"], "mode 'ultra'"),
         (["batch", "run", "{file}", "--approve-above", "-1"], "must not be negative"),
+        (
+            ["batch", "run", "{file}", "--yes", "--config", "no-such.toml"],
+            "cannot read the configuration file",
+        ),
     ],
 )
 def test_bad_input_is_one_line(url: str, tmp_path: Path, args: list[str], fragment: str) -> None:

@@ -298,3 +298,26 @@ def test_interrupt_stops_sending_and_settles_then_abandons(world: World, tmp_pat
         again = BatchRunner(guard, rows, concurrency=3, poll=0.01).run()  # resumes, sends the rest
     assert again.count("done") == 8 and len(world.tasks) == 8
     assert world.ledger.usage("project:film").used == Decimal("12")
+
+
+def test_plan_question_says_what_fits_with_the_unit_and_plurals(tmp_path: Path) -> None:
+    ten_s_pro = {"kind": "text2video", "mode": "pro", "duration": 10}  # 70 credits
+    with open_ledger(f"sqlite:///{tmp_path / 'q.db'}") as ledger:
+        ledger.set_budget("account", 500, unit="credits")
+        plan = plan_batch([ten_s_pro] * 40, ledger, [], catalog="kling-app-credits")
+        assert plan.question == (
+            "40 requests, 2800 credits; 7 fit in today's budget of 500 credits (account): run them?"
+        )
+        ledger.set_budget("project:film", 100, "week", unit="credits")
+        ledger.commit(ledger.reserve(20, ["project:film"], unit="credits"), 20)
+        plan = plan_batch([ten_s_pro] * 3, ledger, ["project:film"], catalog="kling-app-credits")
+        assert plan.question == (
+            "3 requests, 210 credits; 1 fits in the 80 credits left of this week's budget of "
+            "100 credits (project:film): run them?"
+        )
+        assert plan.message.endswith("Reduce to 1 video or lower mode.")
+        one = plan_batch([ten_s_pro], ledger, ["project:film"], catalog="kling-app-credits")
+        assert one.question.startswith("1 request, 70 credits; it fits in the 80 credits left")
+        assert one.question.endswith(": run it?")
+    free = plan_batch([{"kind": "text2video", "model": "kling-v2-6"}] * 2)
+    assert free.question == "2 requests, 3 units: run them?"

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..alerts import CallbackSink, Deliverer, DeliveryReport, load_config
+from ..alerts import AlertsConfig, CallbackSink, Deliverer, DeliveryReport, load_config
 from ..alerts.config import ENV_CONFIG
 from ..batch import BatchPlan, BatchResult, BatchRow, BatchRunner, BatchSummary
 from ..batch.plan import plural
@@ -73,15 +73,21 @@ class Outcome:
     alert_report: DeliveryReport
 
 
-def alert_deliverer(ledger: Ledger, config_path: str | None, printer: Any) -> Deliverer:
-    """The configured sinks (``--config`` / ``$KLING_COST_CONFIG``; none configured: only
-    the terminal, in place of the default ``log://``) plus the terminal, always."""
+def alert_config(config_path: str | None) -> AlertsConfig:
+    """The alerts configuration (``--config`` / ``$KLING_COST_CONFIG``), checked now (a bad
+    file or sink URL is one line before anything is sent). None configured: no sinks but the
+    terminal, which takes the place of the default ``log://``."""
     with boundary():
         config = load_config(config_path)
-        if config_path is None and not os.environ.get(ENV_CONFIG):
-            config = config.with_sinks([])
-        terminal = CallbackSink(printer, text=True, resolved=False, name="terminal")
-        return config.deliverer(ledger, [terminal])
+    if config_path is None and not os.environ.get(ENV_CONFIG):
+        config = config.with_sinks([])
+    return config
+
+
+def alert_deliverer(ledger: Ledger, config: AlertsConfig, printer: Any) -> Deliverer:
+    """The configured sinks plus the terminal, always."""
+    with boundary():
+        return config.deliverer(ledger, [CallbackSink(printer, text=True, resolved=False, name="terminal")])
 
 
 @contextmanager
@@ -110,7 +116,7 @@ def execute(
     concurrency: int,
     poll: float,
     results: Path,
-    config_path: str | None,
+    alerts_config: AlertsConfig,
     json_out: bool,
 ) -> Outcome:
     """Run the rows under a progress bar (on stderr), alerts printed above it as they are
@@ -158,7 +164,7 @@ def execute(
                 )
                 progress.update(bar, description="interrupted")
 
-        deliverer = alert_deliverer(guard.ledger, config_path, show_alert)
+        deliverer = alert_deliverer(guard.ledger, alerts_config, show_alert)
         runner = BatchRunner(
             guard,
             rows,
@@ -258,4 +264,4 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
     return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 
-__all__ = ["EXIT_INTERRUPTED", "Outcome", "command_line", "execute", "report"]
+__all__ = ["EXIT_INTERRUPTED", "Outcome", "alert_config", "command_line", "execute", "report"]

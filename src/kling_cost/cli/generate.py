@@ -191,9 +191,12 @@ def run_command(
     again; the run ends when nothing more fits. Alerts are printed (and sent to the configured
     sinks) as they fire. Ctrl-C stops submitting and settles what runs; Ctrl-C again leaves
     the running tasks to `kling-cost settle`. Either way it prints the command that resumes."""
+    from ._batchrun import alert_config, execute, report
+
     with boundary():
         rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
         threshold = parse_amount(approve_above, what="--approve-above", allow_zero=True)
+    alerts = alert_config(config_path)  # a bad file or sink URL: one line, before anything is sent
     with opened(ledger_url) as ledger, boundary():
         plan = _plan(rows, file, ledger, scope or [], catalog)
     if plan.mismatched:  # the ledger would refuse every row: say so before anything is sent
@@ -210,8 +213,6 @@ def run_command(
         if not typer.confirm(plan.question):
             raise typer.Exit(1)
     results = results or file.with_name(file.name + ".results.jsonl")
-    from ._batchrun import execute, report
-
     with _guard(ledger_url, base_url, catalog, scope or [], dedup) as guard:
         outcome = execute(
             guard,
@@ -219,7 +220,7 @@ def run_command(
             concurrency=concurrency,
             poll=poll,
             results=results,
-            config_path=config_path,
+            alerts_config=alerts,
             json_out=json_out,
         )
     code = report(outcome, plan, results, ctx, json_out)
