@@ -88,3 +88,35 @@ def test_batch_without_alert_configuration_prints_them_and_delivers_them(
     with open_ledger(ledger_url) as ledger:
         [alert] = ledger.alerts()
         assert alert.status == "delivered" and json.dumps(alert.sent_to) == '["alert:callback:terminal"]'
+
+
+def test_a_failing_sink_is_named_once_and_its_alerts_stay_pending(
+    ledger_url: str, hook: Hook, tmp_path: Path
+) -> None:
+    hook.fail = 1000  # the receiver answers 500 to everything
+    config = tmp_path / "kling-cost.toml"
+    config.write_text(f'[alerts]\nsinks = ["{hook.url}"]\nretry_base = 0\n')
+    with open_ledger(ledger_url) as ledger:
+        ledger.set_budget("account", 140, unit="credits", thresholds=["0.5", "1"])
+    prompts = tmp_path / "shots.txt"
+    prompts.write_text("one\ntwo\n")
+    with simulator("--task-seconds", "1.5", "--failure-rate", "0") as (base, env):
+        args = ["batch", "run", str(prompts), "--mode", "pro", "--duration", "10", "--config", str(config)]
+        args += ["--catalog", "kling-app-credits", "--yes", "--poll", "0.1", "--ledger", ledger_url]
+        with terminal([*args, "--base-url", base], env) as term:
+            assert term.wait() == 0
+            out = term.text
+    assert out.count("reached 50% of its limit") == 1 and out.count("reached 100% of its limit") == 1
+    host = hook.url.rsplit("/", 1)[0]  # sinks are named by scheme, host and port only
+    failing = (
+        f"alerts not delivered to webhook:{host}: HTTP 500 Internal Server Error (kept pending, retried)"
+    )
+    assert out.count(failing) == 1, out  # named once, however often it is retried
+    assert (
+        "2 alerts not delivered to every sink yet (kept pending; `kling-cost alerts deliver` retries them)"
+        in out
+    )
+    with open_ledger(ledger_url) as ledger:
+        alerts = ledger.alerts()
+        assert [a.status for a in alerts] == ["pending", "pending"]
+        assert all(a.sent_to == ("alert:callback:terminal",) for a in alerts)  # printed: not again

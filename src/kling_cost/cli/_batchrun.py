@@ -90,6 +90,16 @@ def alert_deliverer(ledger: Ledger, config: AlertsConfig, printer: Any) -> Deliv
         return config.deliverer(ledger, [CallbackSink(printer, text=True, resolved=False, name="terminal")])
 
 
+def _reasons(report: DeliveryReport) -> list[str]:
+    """The distinct ``<sink>: <reason>`` of a delivery report's errors (``alert 3: ...``)."""
+    out: list[str] = []
+    for error in report.errors:
+        for part in error.split(": ", 1)[-1].split("; "):
+            if part not in out:
+                out.append(part)
+    return out
+
+
 @contextmanager
 def _two_step_interrupt(runner: BatchRunner) -> Iterator[None]:
     """Ctrl-C (SIGINT) while the batch runs: the runner stops submitting, then stops waiting;
@@ -164,6 +174,19 @@ def execute(
                 )
                 progress.update(bar, description="interrupted")
 
+        seen: set[str] = set()
+
+        def failing_sinks(pass_report: DeliveryReport) -> None:
+            for reason in _reasons(pass_report):  # once per sink and reason, not per retry
+                if reason not in seen:
+                    seen.add(reason)
+                    out.print(
+                        f"alerts not delivered to {reason} (kept pending, retried)",
+                        markup=False,
+                        soft_wrap=True,
+                        style="red",
+                    )
+
         deliverer = alert_deliverer(guard.ledger, alerts_config, show_alert)
         runner = BatchRunner(
             guard,
@@ -175,7 +198,7 @@ def execute(
             on_stopping=stopping,
         )
         try:
-            deliverer.start(interval=1.0)
+            deliverer.start(interval=1.0, on_pass=failing_sinks)
             with _two_step_interrupt(runner):
                 summary = runner.run()
         finally:
@@ -226,9 +249,11 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
         table.add_column(key, justify="right")
     table.add_row(*(str(data[k]) for k in columns), *(f"{data[k]} {plan.unit}" for k in ("spent", "saved")))
     console.print(table)
-    for error in outcome.alert_report.errors:
+    if outcome.alert_report.errors:
         err_console.print(
-            f"alert not delivered (kept pending; `kling-cost alerts deliver` retries it): {error}",
+            f"{plural(len(outcome.alert_report.errors), 'alert')} not delivered to every sink yet "
+            f"(kept pending; `kling-cost alerts deliver` retries them): "
+            f"{'; '.join(_reasons(outcome.alert_report))}",
             markup=False,
             soft_wrap=True,
         )
