@@ -92,7 +92,11 @@ def test_demo_then_the_printed_report_shows_its_charges(ledger_url: str, tmp_pat
         assert answer.status_code == 200 and "a red fox trotting" in answer.text
     finally:
         serve.send_signal(signal.SIGINT)
-        serve.communicate(timeout=15)
+        try:
+            serve.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+            serve.communicate()
 
     with open_ledger(default) as real:  # the user's own ledger was not touched
         assert [c.actual for c in real.charges()] == [Decimal(7)]
