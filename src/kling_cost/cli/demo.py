@@ -6,16 +6,8 @@ import shlex
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
-from ..batch import BatchResult
-from ..batch.plan import plural
-from ..demo import demo_ledger_url, run_demo
-from ..ledger import open_ledger
-from ..money import format_amount, parse_amount
 from ._common import JsonOption, boundary, console, print_json
-from .budget import _usage_table
 
 
 def next_commands(ledger_url: str) -> list[str]:
@@ -44,6 +36,16 @@ def demo_command(
     """Run a batch against a simulated Kling with a small budget: estimate, reserve, refuse,
     refund a failed task, serve a duplicate from the cache, and report. Its ledger is kept:
     it ends with the commands that show it (report, dashboard, alerts)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from ..batch import BatchResult
+    from ..batch.plan import plural
+    from ..demo import demo_ledger_url, run_demo
+    from ..ledger import open_ledger
+    from ..money import format_amount, parse_amount
+    from .budget import _usage_table
+
     with boundary():
         limit = parse_amount(budget, what="--budget")
         url = ledger_url or demo_ledger_url(fresh=True)
