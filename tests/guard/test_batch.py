@@ -321,3 +321,14 @@ def test_plan_question_says_what_fits_with_the_unit_and_plurals(tmp_path: Path) 
         assert one.question.endswith(": run it?")
     free = plan_batch([{"kind": "text2video", "model": "kling-v2-6"}] * 2)
     assert free.question == "2 requests, 3 units: run them?"
+
+
+def test_a_long_batch_keeps_one_ledger_connection_per_worker(world: World, tmp_path: Path) -> None:
+    """Rows are run by ``concurrency`` long-lived workers, not a thread (and a SQLite
+    connection, kept until the ledger closes) per row."""
+    world.ledger.set_budget("project:film", 100)
+    rows = read_batch(_file(tmp_path, [f"shot {i}" for i in range(24)]), {"model_name": "kling-v1"})
+    before = len(world.ledger._connections)  # type: ignore[attr-defined]
+    summary, _ = _run(world, rows)  # concurrency 3
+    assert summary.count("done") == 24  # type: ignore[attr-defined]
+    assert len(world.ledger._connections) - before <= 3  # type: ignore[attr-defined]

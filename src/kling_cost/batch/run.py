@@ -4,6 +4,7 @@ when nothing more fits, and can be interrupted without losing or double-charging
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -195,7 +196,16 @@ class BatchRunner:
     def run(self) -> BatchSummary:
         ledger = self.guard.ledger
         self._results = [None] * len(self.rows)
-        workers: list[threading.Thread] = []
+        # ``concurrency`` long-lived workers (each keeps its ledger connection), fed one row at
+        # a time when a slot is free; daemons, so a worker stuck in a call never keeps an
+        # abandoned run's process alive (its row is a crash the ledger's leases cover).
+        jobs: queue.SimpleQueue[tuple[int, BatchRow, str | None] | None] = queue.SimpleQueue()
+        workers = [
+            threading.Thread(target=self._worker, args=(jobs,), name="kling-batch", daemon=True)
+            for _ in range(min(self.concurrency, len(self.rows)))
+        ]
+        for worker in workers:
+            worker.start()
         for index, row in enumerate(self.rows):
             self._notice_interrupts()
             earlier = ledger.get_reservation(row.key)
@@ -224,12 +234,10 @@ class BatchRunner:
                 reason = INTERRUPTED if self._stopping.is_set() else self.stop_reason
                 self._record(index, BatchResult(row.line, row.key, SKIPPED, error=reason))
                 continue
-            worker = threading.Thread(
-                target=self._work, args=(index, row, resume), name="kling-batch", daemon=True
-            )
-            workers.append(worker)
-            worker.start()
+            jobs.put((index, row, resume))
         self._wait_for_workers()
+        for _ in workers:
+            jobs.put(None)
         with self._lock:
             self._closed = True  # a worker still out (abandoned) records nothing any more
             for index, row in enumerate(self.rows):
@@ -292,6 +300,10 @@ class BatchRunner:
         )
 
     # -- workers --------------------------------------------------------------------------------
+
+    def _worker(self, jobs: queue.SimpleQueue[tuple[int, BatchRow, str | None] | None]) -> None:
+        while (job := jobs.get()) is not None:
+            self._work(*job)
 
     def _work(self, index: int, row: BatchRow, resume: str | None) -> None:
         try:
