@@ -23,6 +23,7 @@ from ..alerts import AlertsConfig, CallbackSink, Deliverer, DeliveryReport, load
 from ..alerts.config import ENV_CONFIG
 from ..batch import BatchPlan, BatchResult, BatchRow, BatchRunner, BatchSummary
 from ..batch.plan import plural
+from ..errors import KlingCostError
 from ..guard import CostAwareClient
 from ..ledger import Ledger
 from ._common import boundary, console, err_console, print_json
@@ -201,13 +202,20 @@ def execute(
             deliverer.start(interval=1.0, on_pass=failing_sinks)
             with _two_step_interrupt(runner):
                 summary = runner.run()
-        finally:
+        except BaseException:  # a third Ctrl-C, or a failure: leave now, the alerts stay pending
+            deliverer.stop(timeout=1.0)
+            deliverer.close()
+            raise
+        report = DeliveryReport()
+        if runner.interrupted >= 2:  # asked to leave: no last pass (a slow sink must not hold it)
+            deliverer.stop(timeout=1.0)
+        else:
             deliverer.stop()
             try:
                 report = deliverer.deliver_pending()  # what the last settlements crossed
-            except Exception as exc:  # a sink or the ledger failed: the alerts stay pending
-                report = DeliveryReport(failed=1, errors=[str(exc)])
-            deliverer.close()
+            except KlingCostError as exc:  # the ledger failed: the alerts stay pending
+                report = DeliveryReport(failed=1, errors=[f"delivery pass failed: {exc}"])
+        deliverer.close()
         finished = {0: "finished", 1: "interrupted (running tasks settled)", 2: "interrupted"}
         description = finished[runner.interrupted]
         if not runner.interrupted and runner.stop_reason:
