@@ -155,8 +155,6 @@ def test_second_ctrl_c_leaves_running_tasks_to_settle_and_exits_130(
             assert term.wait(10) == 130
             assert time.monotonic() - started < 3, "it left at once, without waiting for the tasks"
             out = term.text
-        running_at_kling = [t for t in kling_tasks(base) if t["task_status"] not in ("succeed", "failed")]
-        assert running_at_kling, "the tasks were left running, not waited for"
         assert "Batch summary" in out
         settle = re.search(r"Settle them with:\n +(kling-cost settle .+)\n", out)
         resume = re.search(r"sends the rest\) with:\n +(kling-cost batch run .+)\n", out)
