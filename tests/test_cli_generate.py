@@ -68,14 +68,18 @@ def test_batch_run_dry_run_and_approval(url: str, tmp_path: Path) -> None:
     ("args", "fragment"),
     [
         (["batch", "plan", "missing.txt"], "cannot read batch file"),
-        (["batch", "plan", "{file}", "--model", "kling-v2-6", "--duration", "7"], "item 1: duration 7"),
+        (["batch", "plan", "{file}", "--model", "kling-v2-6", "--duration", "7"], "p.txt:2: duration 7"),
         (["advise", "--mode", "ultra"], "mode 'ultra'"),
         (["batch", "run", "{file}", "--approve-above", "-1"], "must not be negative"),
+        (
+            ["batch", "run", "{file}", "--yes", "--config", "no-such.toml"],
+            "cannot read the configuration file",
+        ),
     ],
 )
 def test_bad_input_is_one_line(url: str, tmp_path: Path, args: list[str], fragment: str) -> None:
     file = tmp_path / "p.txt"
-    file.write_text("x\n")
+    file.write_text("# the first row is on line 2, as the progress bar and results say\nx\n")
     code, _, err = run(*[a.replace("{file}", str(file)) for a in args])
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
 

@@ -1,4 +1,10 @@
-"""The demo: a simulated Kling, a fresh ledger, a small budget, a batch that meets its ceiling."""
+"""The demo: a simulated Kling, a fresh ledger, a small budget, a batch that meets its ceiling.
+
+Its ledger is a file of its own, ``demo.db`` beside the default ledger in the user data
+directory (:func:`demo_ledger_url`), replaced by each demo and kept afterwards, so ``kling-cost
+report --ledger <that URL>`` and ``kling-cost serve --ledger <that URL>`` show what it did. It
+never writes into the default ledger, where a user's real spending is.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from .alerts import CallbackSink, Deliverer
@@ -18,15 +25,17 @@ from .cache import CachePolicy
 from .errors import ConfigurationError
 from .guard import CostAwareClient
 from .kling import KlingClient, RetryPolicy
+from .kling.models import KlingTask
 from .ledger import Ledger
 
-__all__ = ["DEMO_PROMPTS", "DemoResult", "run_demo", "simulated_kling"]
+__all__ = ["DEMO_PROMPTS", "DemoResult", "demo_ledger_path", "demo_ledger_url", "run_demo", "simulated_kling"]
 
 FAILING_PROMPT = "a glitching test pattern (Kling fails this one; it costs nothing)"
 
 DEMO_PROMPTS = [
     "a red fox trotting through fresh snow at dawn",
     "a lighthouse in a storm, waves crashing, cinematic",
+    FAILING_PROMPT,  # the simulator fails it: reserved, then released (Kling charges nothing)
     "a paper boat drifting down a rainy street",
     "a hummingbird hovering over a purple flower, macro",
     "a red fox trotting through fresh snow at dawn",  # a duplicate: served from the cache
@@ -40,6 +49,33 @@ DEMO_PROMPTS = [
 ]
 
 
+def demo_ledger_path() -> Path:
+    """``demo.db`` in the user data directory (beside the default ledger, never it)."""
+    import platformdirs
+
+    folder = Path(platformdirs.user_data_dir("kling-cost", appauthor=False))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the demo's ledger directory {folder}: {exc}; pass --ledger"
+        ) from None
+    return folder / "demo.db"
+
+
+def demo_ledger_url(*, fresh: bool = False) -> str:
+    """The demo's own SQLite ledger; ``fresh=True`` first removes what an earlier demo left
+    there (only that file and its WAL companions)."""
+    path = demo_ledger_path()
+    if fresh:
+        for extra in ("", "-wal", "-shm", "-journal"):
+            try:
+                path.with_name(path.name + extra).unlink(missing_ok=True)
+            except OSError as exc:
+                raise ConfigurationError(f"cannot replace the demo's ledger {path}: {exc}") from None
+    return f"sqlite:///{path}"
+
+
 @dataclass
 class DemoResult:
     """What the demo did, for the CLI to show."""
@@ -47,6 +83,7 @@ class DemoResult:
     ledger_url: str
     kling_url: str
     plan_total: Decimal
+    """What the planned clips cost (in units), all of them."""
     summary: BatchSummary
     stop_reason: str | None
     failed_lines: list[int] = field(default_factory=list)
@@ -97,10 +134,12 @@ def run_demo(
     task_seconds: float = 1.0,
     on_result: Callable[[BatchResult], None] | None = None,
     on_plan: Callable[[Any], None] | None = None,
+    on_alert: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Set a small daily budget, run a batch of ``kling-v2-6`` 5 s clips against a simulated
-    Kling until the budget refuses; one task fails (and is refunded) and one prompt repeats
-    (and is served from the cache)."""
+    Kling until nothing more fits: the task of :data:`FAILING_PROMPT` fails (and is
+    refunded, which lets one more clip in) and one prompt repeats (and is served from the
+    cache). Alerts go to ``on_alert`` as they fire."""
     texts = prompts or DEMO_PROMPTS
     ledger.set_budget("project:demo", budget, "day", thresholds=["0.5", "0.8", "1"], unit="units")
     rows = [
@@ -118,33 +157,45 @@ def run_demo(
         )
         for i, p in enumerate(texts)
     ]
-    plan = plan_batch([{"endpoint": r.endpoint, **r.body} for r in rows], ledger, ["project:demo"])
+    plan = plan_batch(
+        [{"endpoint": r.endpoint, **r.body} for r in rows],
+        ledger,
+        ["project:demo"],
+        labels=[f"line {r.line}" for r in rows],
+    )
     if on_plan is not None:
         on_plan(plan)
+    alerts: list[str] = []
+
+    def alert(text: str) -> None:
+        alerts.append(text)
+        if on_alert is not None:
+            on_alert(text)
+
     settings = {"task_seconds": task_seconds, "failure_rate": 0, "concurrency": 5, "seed": 7}
-    with simulated_kling(**settings) as (url, sim, ak, sk):
+    sink = CallbackSink(alert, text=True, resolved=False, name="demo")
+    with simulated_kling(**settings) as (url, sim, ak, sk), Deliverer(ledger, sink) as deliverer:
+
+        def submitted(row: BatchRow, task: KlingTask) -> None:
+            if row.prompt == FAILING_PROMPT:
+                sim.state.fail_task(task.task_id, "the simulator failed this task on purpose")
+
         client = KlingClient(ak, sk, base_url=url, retry=RetryPolicy(base_delay=0.2))
+        deliverer.start(interval=0.5)
         with CostAwareClient(
             client, ledger, scopes=["project:demo"], cache=CachePolicy(wait_poll=0.1)
         ) as guard:
-            # one task that Kling fails: reserved, then released (Kling charges nothing)
-            doomed = guard.text_to_video(
-                FAILING_PROMPT,
-                model_name="kling-v2-6",
-                mode="std",
-                duration=5,
-                external_task_id="demo-failing",
+            runner = BatchRunner(
+                guard,
+                rows,
+                concurrency=3,
+                poll=0.2,
+                max_poll=0.25,
+                on_result=on_result,
+                on_submitted=submitted,
             )
-            sim.state.fail_task(doomed.task_id, "the simulator failed this task on purpose")
-            ended = guard.wait(doomed, poll=0.2, timeout=60)
-            failed = BatchResult(0, "demo-failing", "failed", ended.task_id, error=ended.task_status_msg)
-            if on_result is not None:
-                on_result(failed)
-            runner = BatchRunner(guard, rows, concurrency=3, poll=0.2, on_result=on_result)
             summary = runner.run()
-            summary.results.insert(0, failed)
-    alerts: list[str] = []
-    with Deliverer(ledger, CallbackSink(alerts.append, text=True, resolved=False)) as deliverer:
+        deliverer.stop()
         deliverer.deliver_pending()
     return DemoResult(
         ledger_url=ledger.url,

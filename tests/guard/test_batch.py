@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -209,3 +210,125 @@ def test_read_batch_refuses_a_repeated_external_task_id(tmp_path: Path) -> None:
     path.write_text('{"prompt": "a", "external_task_id": "k"}\n{"prompt": "b", "external_task_id": "k"}\n')
     with pytest.raises(ConfigurationError, match=r"dup\.jsonl:2: external_task_id .k. is also on line 1"):
         read_batch(path)
+
+
+def test_refunds_free_room_that_waiting_rows_use(any_world: World, tmp_path: Path) -> None:
+    """Five rows fill the budget (7.5 units) while their tasks run; two of them fail. The
+    sixth row is refused then, and waits: the two refunds let two more rows in, so the budget
+    is filled in one run; only then are rows refused for good and the rest not sent."""
+    world = any_world
+    world.ledger.set_budget("project:film", Decimal("7.5"))  # five 1.5-unit clips
+    rows = read_batch(_file(tmp_path, [f"shot {i}" for i in range(10)]), {"model_name": "kling-v2-6"})
+    world.sim.state.fail_next(2)
+    with world.guard() as guard:
+        runner = BatchRunner(guard, rows, concurrency=6, poll=0.01, backoff=0.01)
+        worker = threading.Thread(target=lambda: setattr(runner, "summary", runner.run()))
+        worker.start()
+        deadline = time.monotonic() + 10  # Kling's clock stands still until a row is refused
+        while not any(a.kind == "refused" for a in world.ledger.alerts()):
+            assert time.monotonic() < deadline and worker.is_alive()
+            time.sleep(0.01)
+        assert world.ledger.usage("project:film").reserved == Decimal("7.5")
+        with ticking(world):
+            worker.join(20)
+    summary = runner.summary  # type: ignore[attr-defined]
+    counts = summary.to_dict()
+    usage = world.ledger.usage("project:film")
+    assert (usage.used, usage.reserved) == (Decimal("7.5"), 0)
+    assert (counts["done"], counts["failed"], counts["spent"]) == (5, 2, "7.5")
+    assert counts["refused"] >= 1 and counts["refused"] + counts["skipped"] == 3
+    assert runner.stop_reason and "budget exceeded" in runner.stop_reason.lower()
+    assert len(world.tasks) == 7 and world.ledger.reservations(status="reserved") == []
+
+
+def test_a_row_above_the_whole_limit_is_refused_without_waiting(world: World, tmp_path: Path) -> None:
+    """No settlement can make room for a row costing more than the whole limit: it is refused
+    at once, while the row before it still runs (Kling's clock does not move until then)."""
+    world.ledger.set_budget("project:film", 2)
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": "b", "duration": 10}\n')  # 1.5, then 3 units
+    rows = read_batch(path, {"model_name": "kling-v2-6"})
+    refused = threading.Event()
+    with world.guard() as guard:
+        runner = BatchRunner(
+            guard,
+            rows,
+            concurrency=2,
+            poll=0.01,
+            on_result=lambda r: refused.set() if r.status == "refused" else None,
+        )
+        worker = threading.Thread(target=lambda: setattr(runner, "summary", runner.run()))
+        worker.start()
+        assert refused.wait(10), "the row waited for a settlement that cannot help"
+        with ticking(world):
+            worker.join(10)
+    assert [r.status for r in runner.summary.results] == ["done", "refused"]  # type: ignore[attr-defined]
+    assert world.ledger.usage("project:film").used == Decimal("1.5")
+
+
+def test_interrupt_stops_sending_and_settles_then_abandons(world: World, tmp_path: Path) -> None:
+    """interrupt() once: rows not sent are skipped, running ones settle; twice: the runner
+    returns at once, rows still running are ``running`` and keep their holds."""
+    world.ledger.set_budget("project:film", 100)
+    rows = read_batch(_file(tmp_path, [f"shot {i}" for i in range(8)]), {"model_name": "kling-v2-6"})
+    levels: list[tuple[int, int]] = []
+    with world.guard() as guard:
+        runner = BatchRunner(
+            guard, rows, concurrency=3, poll=0.01, on_stopping=lambda lvl, n: levels.append((lvl, n))
+        )
+        seen = threading.Event()
+        runner.on_submitted = lambda row, task: seen.set()
+        worker = threading.Thread(target=lambda: setattr(runner, "summary", runner.run()))
+        worker.start()
+        assert seen.wait(10)
+        while runner.in_flight < 3:
+            time.sleep(0.01)
+        runner.interrupt()
+        runner.interrupt()
+        worker.join(10)
+        assert not worker.is_alive()
+    summary = runner.summary  # type: ignore[attr-defined]
+    assert levels == [(1, 3), (2, 3)]
+    statuses = [r.status for r in summary.results]
+    assert statuses.count("running") == 3 and statuses.count("skipped") == 5
+    held = world.ledger.reservations(status="reserved")
+    assert len(held) == 3 and all(r.task_id for r in held)
+    world.finish()
+    with world.guard() as guard, ticking(world):
+        again = BatchRunner(guard, rows, concurrency=3, poll=0.01).run()  # resumes, sends the rest
+    assert again.count("done") == 8 and len(world.tasks) == 8
+    assert world.ledger.usage("project:film").used == Decimal("12")
+
+
+def test_plan_question_says_what_fits_with_the_unit_and_plurals(tmp_path: Path) -> None:
+    ten_s_pro = {"kind": "text2video", "mode": "pro", "duration": 10}  # 70 credits
+    with open_ledger(f"sqlite:///{tmp_path / 'q.db'}") as ledger:
+        ledger.set_budget("account", 500, unit="credits")
+        plan = plan_batch([ten_s_pro] * 40, ledger, [], catalog="kling-app-credits")
+        assert plan.question == (
+            "40 requests, 2800 credits; 7 fit in today's budget of 500 credits (account): run them?"
+        )
+        ledger.set_budget("project:film", 100, "week", unit="credits")
+        ledger.commit(ledger.reserve(20, ["project:film"], unit="credits"), 20)
+        plan = plan_batch([ten_s_pro] * 3, ledger, ["project:film"], catalog="kling-app-credits")
+        assert plan.question == (
+            "3 requests, 210 credits; 1 fits in the 80 credits left of this week's budget of "
+            "100 credits (project:film): run them?"
+        )
+        assert plan.message.endswith("Reduce to 1 video or lower mode.")
+        one = plan_batch([ten_s_pro], ledger, ["project:film"], catalog="kling-app-credits")
+        assert one.question.startswith("1 request, 70 credits; it fits in the 80 credits left")
+        assert one.question.endswith(": run it?")
+    free = plan_batch([{"kind": "text2video", "model": "kling-v2-6"}] * 2)
+    assert free.question == "2 requests, 3 units: run them?"
+
+
+def test_a_long_batch_keeps_one_ledger_connection_per_worker(world: World, tmp_path: Path) -> None:
+    """Rows are run by ``concurrency`` long-lived workers, not a thread (and a SQLite
+    connection, kept until the ledger closes) per row."""
+    world.ledger.set_budget("project:film", 100)
+    rows = read_batch(_file(tmp_path, [f"shot {i}" for i in range(24)]), {"model_name": "kling-v1"})
+    before = len(world.ledger._connections)  # type: ignore[attr-defined]
+    summary, _ = _run(world, rows)  # concurrency 3
+    assert summary.count("done") == 24  # type: ignore[attr-defined]
+    assert len(world.ledger._connections) - before <= 3  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ from ..ledger.models import AlertRecord
 from ..ledger.outbox_store import PHASE_ALERT, PHASE_RESOLVED, Consumer, OutboxStore
 from .base import AlertSink
 from .message import AlertMessage, build_message
-from .redact import MAX_REASON
+from .redact import MAX_REASON, scrub_urls
 from .sinks import SinkLike, make_sinks
 
 __all__ = ["MAX_SECONDS", "Backoff", "Deliverer", "DeliveryReport", "check_seconds", "failure_text"]
@@ -289,30 +289,43 @@ class Deliverer:
         finally:
             self._local.busy = False
 
-    def start(self, interval: float = 1.0) -> Deliverer:
+    def start(
+        self, interval: float = 1.0, *, on_pass: Callable[[DeliveryReport], None] | None = None
+    ) -> Deliverer:
         """Deliver in a background thread: every ``interval`` seconds, and at once after a
-        transaction of this ledger object wrote an alert. Stop it with :meth:`stop`/:meth:`close`."""
+        transaction of this ledger object wrote an alert. Stop it with :meth:`stop`/:meth:`close`.
+
+        Each pass's report goes to ``on_pass`` when given (a pass that failed as a whole is a
+        report with one error); otherwise its errors are logged as warnings."""
         interval = check_seconds(interval, "interval")
         if self._thread is not None:
             return self
         self.attach(inline=self._inline)
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self._run, args=(interval,), name="kling-cost-alerts", daemon=True
+            target=self._run, args=(interval, on_pass), name="kling-cost-alerts", daemon=True
         )
         self._thread.start()
         return self
 
-    def _run(self, interval: float) -> None:
+    def _run(self, interval: float, on_pass: Callable[[DeliveryReport], None] | None) -> None:
         while not self._stop.is_set():
             self._wake.clear()
             try:
                 report = self.deliver_pending()
-            except Exception:
-                log.exception("alert delivery pass failed; retrying in %s s", interval)
+            except Exception as exc:
+                if on_pass is None:
+                    log.exception("alert delivery pass failed; retrying in %s s", interval)
+                reason = scrub_urls(str(exc) or type(exc).__name__)
+                report = DeliveryReport(errors=[f"delivery pass failed: {reason}"])
             else:
-                if report.errors:
+                if report.errors and on_pass is None:
                     log.warning("alert delivery: %s", "; ".join(report.errors))
+            if on_pass is not None:
+                try:
+                    on_pass(report)
+                except Exception:
+                    log.exception("the on_pass callback of an alert deliverer failed")
             self._wake.wait(interval)
 
     def stop(self, timeout: float = 10.0) -> None:

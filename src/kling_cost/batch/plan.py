@@ -14,9 +14,16 @@ from ..ledger import Ledger
 from ..money import MONEY, exact, format_amount
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
 
-__all__ = ["Alternative", "BatchPlan", "plan_batch", "to_price_request"]
+__all__ = ["Alternative", "BatchPlan", "plan_batch", "plural", "to_price_request"]
 
 TURBO_MODEL = "kling-v2-5-turbo"
+
+_WINDOW_NAMES = {"day": "today's", "week": "this week's", "month": "this month's", "lifetime": "the lifetime"}
+
+
+def plural(count: int, word: str) -> str:
+    """``1 request``, ``2 requests``, ``0 videos``."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 @dataclass(frozen=True)
@@ -89,8 +96,41 @@ class BatchPlan:
         return (
             f"Batch needs {format_amount(self.total)} {self.unit} but only "
             f"{format_amount(self.remaining)} remaining. "
-            f"Reduce to {self.fit_count} videos or lower mode."
+            f"Reduce to {plural(self.fit_count, 'video')} or lower mode."
         )
+
+    @property
+    def limiting(self) -> Usage | None:
+        """The budget with the least room left (the one that decides what fits), if any."""
+        return min(self.budgets, key=lambda u: u.remaining, default=None)
+
+    @property
+    def fit_text(self) -> str:
+        """What the batch costs and what fits: "40 requests, 2800 credits; 7 fit in today's
+        budget of 500 credits (account)" (the budget with the least room, in its unit)."""
+        head = f"{plural(len(self.items), 'request')}, {format_amount(self.total)} {self.unit}"
+        u = self.limiting
+        if u is None:
+            return head
+        budget = (
+            f"{_WINDOW_NAMES.get(u.budget.window, u.budget.window)} budget of "
+            f"{format_amount(u.limit)} {u.unit} ({u.scope})"
+        )
+        if u.remaining != u.limit:
+            budget = f"the {format_amount(u.remaining)} {u.unit} left of {budget}"
+        if self.fits:
+            return f"{head}; {'it fits' if len(self.items) == 1 else 'all fit'} in {budget}"
+        if self.fit_count == 0:
+            return f"{head}; none fits in {budget} now"
+        return f"{head}; {self.fit_count} {'fits' if self.fit_count == 1 else 'fit'} in {budget}"
+
+    @property
+    def question(self) -> str:
+        """The approval question: "40 requests, 2800 credits; 7 fit in today's budget of 500
+        credits (account): run them?"."""
+        if self.fit_count == 0 and self.limiting is not None:
+            return f"{self.fit_text}: run anyway?"
+        return f"{self.fit_text}: run {'it' if len(self.items) == 1 else 'them'}?"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,6 +208,7 @@ def plan_batch(
     *,
     catalog: Catalog | str | None = None,
     as_of: date | None = None,
+    labels: Sequence[str] | None = None,
 ) -> BatchPlan:
     """Price every item, compare the total with what remains in each budget of ``scopes``
     (plus ``account``), count how many items fit in order, and price cheaper alternatives.
@@ -176,7 +217,8 @@ def plan_batch(
     another unit lands in :attr:`BatchPlan.mismatched` (nothing fits: the ledger would refuse
     every item) and :attr:`BatchPlan.message` says which catalog or ``--unit`` to use.
 
-    Raises :class:`PricingError` (naming the item) if an item cannot be priced.
+    Raises :class:`PricingError` naming the item (``item 2``, or its label from ``labels``,
+    e.g. ``prompts.txt:3`` for a batch file's line) if an item cannot be priced.
     """
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
     day = as_of or (ledger.clock().date() if ledger is not None else date.today())
@@ -185,8 +227,9 @@ def plan_batch(
         try:
             items.append(estimate(to_price_request(raw), catalog=cat, as_of=day))
         except PricingError as exc:
+            where = labels[index] if labels is not None else f"item {index + 1}"
             raise PricingError(
-                f"item {index + 1}: {exc}", field=exc.field, value=exc.value, allowed=exc.allowed
+                f"{where}: {exc}", field=exc.field, value=exc.value, allowed=exc.allowed
             ) from None
     total = sum((e.amount for e in items), Decimal("0.000"))
     usd = _usd(items)

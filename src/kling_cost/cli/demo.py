@@ -2,34 +2,53 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-from typing import Annotated
+import shlex
+from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
-from ..batch import BatchResult
-from ..demo import DEMO_PROMPTS, run_demo
-from ..ledger import open_ledger
-from ..money import format_amount, parse_amount
 from ._common import JsonOption, boundary, console, print_json
-from .budget import _usage_table
+
+
+def next_commands(ledger_url: str) -> list[str]:
+    """What to try on the demo's ledger next: the report, the dashboard, the alerts."""
+    ledger = shlex.quote(ledger_url)
+    return [
+        f"kling-cost report --ledger {ledger}",
+        f"kling-cost serve --ledger {ledger}",
+        f"kling-cost alerts list --ledger {ledger}",
+    ]
 
 
 def demo_command(
     ledger_url: Annotated[
-        str | None, typer.Option("--ledger", help="Ledger URL (default: a fresh file in a temp dir).")
+        str | None,
+        typer.Option(
+            "--ledger",
+            help="Ledger URL. Default: the demo's own file, demo.db in the user data directory "
+            "(replaced by each demo, kept afterwards; never the default ledger).",
+            show_default=False,
+        ),
     ] = None,
     budget: Annotated[str, typer.Option("--budget", help="Daily budget of project:demo, in units.")] = "12",
     json_out: JsonOption = False,
 ) -> None:
     """Run a batch against a simulated Kling with a small budget: estimate, reserve, refuse,
-    refund a failed task, serve a duplicate from the cache, and report."""
-    with tempfile.TemporaryDirectory(prefix="kling-cost-demo-") as tmp, boundary():
-        url = ledger_url or f"sqlite:///{Path(tmp) / 'demo.db'}"
+    refund a failed task, serve a duplicate from the cache, and report. Its ledger is kept:
+    it ends with the commands that show it (report, dashboard, alerts)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from ..batch import BatchResult
+    from ..batch.plan import plural
+    from ..demo import demo_ledger_url, run_demo
+    from ..ledger import open_ledger
+    from ..money import format_amount, parse_amount
+    from .budget import _usage_table
+
+    with boundary():
         limit = parse_amount(budget, what="--budget")
+        url = ledger_url or demo_ledger_url(fresh=True)
         ledger = open_ledger(url)
         try:
             with Progress(
@@ -39,35 +58,47 @@ def demo_command(
                 console=console,
                 disable=json_out,
             ) as progress:
-                bar = progress.add_task("batch", total=len(DEMO_PROMPTS) + 1)
+                bar = progress.add_task("batch", total=None)
+
+                def planned(plan: Any) -> None:
+                    if not json_out:
+                        progress.console.print(
+                            f"planned {plural(len(plan.items), 'clip')} = {format_amount(plan.total)} units "
+                            f"against a daily budget of {format_amount(limit)} units",
+                            markup=False,
+                        )
+                    progress.update(bar, total=len(plan.items))
 
                 def advance(result: BatchResult) -> None:
                     progress.update(bar, advance=1, description=f"line {result.line:>2}: {result.status}")
 
-                result = run_demo(ledger, budget=limit, on_result=advance)
+                def alert(text: str) -> None:
+                    if not json_out:
+                        progress.console.print(f"ALERT: {text}", markup=False, soft_wrap=True)
+
+                result = run_demo(ledger, budget=limit, on_result=advance, on_plan=planned, on_alert=alert)
+                progress.update(bar, description="finished")
             usages = ledger.usages()
             charges = ledger.charges()
         finally:
             ledger.close()
     summary = result.summary.to_dict()
+    commands = next_commands(url)
     if json_out:
         print_json(
             {
+                "ledger": url,
                 "summary": summary,
                 "stopped": result.stop_reason,
+                "alerts": result.alerts,
                 "budgets": [u.to_dict() for u in usages],
                 "charges": [c.to_dict() for c in charges],
+                "next": commands,
             }
         )
         return
-    console.print(
-        f"planned {len(DEMO_PROMPTS)} clips = {format_amount(result.plan_total)} units "
-        f"against a budget of {format_amount(limit)} units"
-    )
     if result.stop_reason:
         console.print(f"[yellow]the budget refused: {result.stop_reason}[/yellow]")
-    for text in result.alerts:
-        console.print(f"ALERT: {text}", markup=False)
     console.print(_usage_table(usages, "Budgets after the demo"))
     table = Table(title="Generations")
     for col in ("task", "status", "unit", "estimate", "charged", "saved", "prompt"):
@@ -88,7 +119,7 @@ def demo_command(
         f"{summary['cached']}, refused {summary['refused']}, skipped {summary['skipped']}; "
         f"spent {summary['spent']} units, saved {summary['saved']} units"
     )
-    console.print(
-        "Explore further: kling-cost estimate --help | kling-cost budget set account 100 | "
-        "kling-cost batch plan prompts.txt | kling-cost simulate"
-    )
+    kept = "kept" if ledger_url else "kept (the next demo replaces it)"
+    console.print(f"\nThe demo's ledger is {kept}: {url}\nTry next:", markup=False, soft_wrap=True)
+    for command in commands:
+        console.print(f"  {command}", markup=False, soft_wrap=True)

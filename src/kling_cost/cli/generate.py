@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ..advisor import advise
-from ..batch import BatchPlan, BatchResult, BatchRunner, plan_batch, read_batch
+from ..batch import BatchPlan, BatchRow, plan_batch, read_batch
+from ..batch.plan import plural
 from ..cache import CachePolicy
 from ..guard import CostAwareClient
 from ..kling import KlingClient
@@ -57,10 +57,33 @@ def _defaults(
     return out
 
 
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        envvar="KLING_COST_CONFIG",
+        help="TOML file with an [alerts] table: alerts also go to its sinks while the batch runs "
+        "(they are always printed). Default: $KLING_COST_CONFIG.",
+        show_default=False,
+    ),
+]
+
+
+def _plan(rows: list[BatchRow], file: Path, ledger: Any, scopes: list[str], catalog: str | None) -> BatchPlan:
+    """Price the rows; an item that cannot be priced is named by its file and line."""
+    return plan_batch(
+        [{"endpoint": r.endpoint, **r.body} for r in rows],
+        ledger,
+        scopes,
+        catalog=catalog,
+        labels=[f"{file}:{r.line}" for r in rows],
+    )
+
+
 def _print_plan(plan: BatchPlan) -> None:
     usd = "" if plan.usd is None else f" (USD {format(plan.usd.normalize(), 'f')})"
     console.print(
-        f"Batch estimate: {len(plan.items)} requests = "
+        f"Batch estimate: {plural(len(plan.items), 'request')} = "
         f"[bold]{format_amount(plan.total)} {plan.unit}[/bold]{usd}"
     )
     for u in plan.budgets:
@@ -114,9 +137,7 @@ def plan_command(
     with boundary():
         rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
     with opened(ledger_url, create=False) as ledger, boundary():
-        plan = plan_batch(
-            [{"endpoint": r.endpoint, **r.body} for r in rows], ledger, scope or [], catalog=catalog
-        )
+        plan = _plan(rows, file, ledger, scope or [], catalog)
     if json_out:
         print_json(plan.to_dict())
     else:
@@ -137,6 +158,7 @@ def _guard(
 
 @batch_app.command("run")
 def run_command(
+    ctx: typer.Context,
     file: FileArg,
     kind: KindOption = "text2video",
     model: ModelOption = None,
@@ -160,19 +182,26 @@ def run_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; send nothing.")] = False,
     dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Reuse identical requests.")] = True,
     poll: Annotated[float, typer.Option("--poll", min=0.01, help="Seconds between task polls.")] = 2.0,
+    config_path: ConfigOption = None,
     base_url: BaseUrlOption = None,
     catalog: CatalogOption = None,
     ledger_url: LedgerOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Run a batch within budget: progress, bounded concurrency, resumable, stops at the ceiling."""
+    """Run a batch within budget: progress, bounded concurrency, resumable, fills the budget.
+
+    A row a budget refuses waits while tasks still run (a refund may free room) and is tried
+    again; the run ends when nothing more fits. Alerts are printed (and sent to the configured
+    sinks) as they fire. Ctrl-C stops submitting and settles what runs; Ctrl-C again leaves
+    the running tasks to `kling-cost settle`. Either way it prints the command that resumes."""
+    from ._batchrun import alert_config, execute, report
+
     with boundary():
         rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
         threshold = parse_amount(approve_above, what="--approve-above", allow_zero=True)
+    alerts = alert_config(config_path)  # a bad file or sink URL: one line, before anything is sent
     with opened(ledger_url) as ledger, boundary():
-        plan = plan_batch(
-            [{"endpoint": r.endpoint, **r.body} for r in rows], ledger, scope or [], catalog=catalog
-        )
+        plan = _plan(rows, file, ledger, scope or [], catalog)
     if plan.mismatched:  # the ledger would refuse every row: say so before anything is sent
         fail(plan.unit_problem)
     if not json_out:
@@ -183,62 +212,23 @@ def run_command(
         return
     if plan.total > threshold and not yes:
         if not sys.stdin.isatty():
-            fail(
-                f"the plan costs {format_amount(plan.total)} {plan.unit}; pass --yes to run it "
-                "(or raise --approve-above)"
-            )
-        if not typer.confirm(f"Run {len(rows)} requests for {format_amount(plan.total)} {plan.unit}?"):
+            fail(f"{plan.fit_text}: pass --yes to run the batch (or raise --approve-above)")
+        if not typer.confirm(plan.question):
             raise typer.Exit(1)
     results = results or file.with_name(file.name + ".results.jsonl")
-    summary_dict: dict[str, Any]
     with _guard(ledger_url, base_url, catalog, scope or [], dedup) as guard:
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            disable=json_out,
-        ) as progress:
-            bar = progress.add_task("generating", total=len(rows))
-
-            def advance(result: BatchResult) -> None:
-                progress.update(bar, advance=1, description=f"line {result.line}: {result.status}")
-
-            runner = BatchRunner(
-                guard, rows, concurrency=concurrency, poll=poll, results_path=results, on_result=advance
-            )
-            summary = runner.run()
-        summary_dict = summary.to_dict()
-        if summary_dict["unit"] is None and summary_dict["spent"] is not None:
-            summary_dict["unit"] = plan.unit  # nothing charged or saved: the plan's unit
-        if runner.stop_reason:
-            summary_dict["stopped"] = runner.stop_reason
-    if json_out:
-        print_json({"plan": plan.to_dict(), "summary": summary_dict, "results": str(results)})
-        return
-    table = Table(title="Batch summary")
-    for key in ("done", "failed", "cached", "refused", "skipped", "errors", "earlier", "spent", "saved"):
-        table.add_column(key, justify="right")
-    table.add_row(
-        *(
-            str(summary_dict[k])
-            for k in ("done", "failed", "cached", "refused", "skipped", "errors", "earlier")
-        ),
-        *(_per_unit(summary_dict, k) for k in ("spent", "saved")),
-    )
-    console.print(table)
-    if runner.stop_reason:
-        console.print(f"[yellow]stopped submitting: {runner.stop_reason}[/yellow]")
-    console.print(f"results: {results}")
-
-
-def _per_unit(summary: dict[str, Any], key: str) -> str:
-    """``spent``/``saved`` beside its unit; one figure per unit when the run mixed units (a
-    re-run resuming rows reserved in another unit): never one sum of units and credits."""
-    if summary[key] is not None:
-        return f"{summary[key]} {summary['unit']}"
-    return " + ".join(f"{amount} {unit}" for unit, amount in summary[f"{key}_by_unit"].items())
+        outcome = execute(
+            guard,
+            rows,
+            concurrency=concurrency,
+            poll=poll,
+            results=results,
+            alerts_config=alerts,
+            json_out=json_out,
+        )
+    code = report(outcome, plan, results, ctx, json_out)
+    if code:
+        raise typer.Exit(code)
 
 
 def settle_command(
