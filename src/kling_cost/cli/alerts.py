@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from ..alerts import AlertsConfig, Deliverer, load_config, sample_message, sink_from_url
-from ..alerts.config import ENV_CONFIG
-from ..alerts.deliver import failure_text
-from ..alerts.redact import public_alert, scrub_urls
 from ..money import format_amount
 from ._common import EXIT_ERROR, JsonOption, LedgerOption, boundary, console, fail, print_json
+from ._typer import App
 from .budget import opened
 
-alerts_app = typer.Typer(help="List, test and deliver budget alerts.", no_args_is_help=True)
+if TYPE_CHECKING:
+    import threading
+
+    from ..alerts import AlertsConfig, Deliverer
+
+# alerts.config.ENV_CONFIG, spelt out so `kling-cost --help` need not import the alerts package
+# (tests/test_cli_startup.py checks that the two agree)
+ENV_CONFIG = "KLING_COST_CONFIG"
+
+alerts_app = App(help="List, test and deliver budget alerts.", no_args_is_help=True)
 
 ConfigOption = Annotated[
     str | None,
@@ -40,6 +43,8 @@ DashboardOption = Annotated[
 
 
 def _config(path: str | None, sinks: list[str] | None, dashboard: str | None) -> AlertsConfig:
+    from ..alerts import load_config
+
     with boundary():
         config = load_config(path)
         if sinks:
@@ -59,6 +64,10 @@ def list_command(
     json_out: JsonOption = False,
 ) -> None:
     """List alerts from the outbox, newest first (delivery state, attempts, last error)."""
+    from rich.table import Table
+
+    from ..alerts.redact import public_alert, scrub_urls
+
     with opened(ledger_url, create=False) as ledger:
         alerts = ledger.alerts(
             status="pending" if pending else None, scope=scope, include_cleared=not active, limit=limit
@@ -113,6 +122,9 @@ def test_command(
     json_out: JsonOption = False,
 ) -> None:
     """Send a sample alert to one sink, to check that it arrives."""
+    from ..alerts import sample_message, sink_from_url
+    from ..alerts.deliver import failure_text
+
     config = _config(config_path, None, dashboard)
     with boundary():
         sink = sink_from_url(sink_url, secret=secret or config.webhook_secret, timeout=config.timeout)
@@ -155,6 +167,8 @@ def deliver_command(
         try:
             report = deliverer.deliver_pending()
             if loop:
+                import threading
+
                 stop = threading.Event()
                 with _stopping_on_signals(stop):
                     while not stop.wait(pause):
@@ -177,6 +191,7 @@ def deliver_command(
 @contextmanager
 def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
     """Ctrl-C or SIGTERM end the loop between passes, never in the middle of a delivery."""
+    import signal
 
     def handler(signum: int, frame: object) -> None:
         stop.set()

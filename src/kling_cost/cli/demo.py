@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
-from ..batch import BatchResult
-from ..demo import DEMO_PROMPTS, run_demo
-from ..ledger import open_ledger
 from ..money import format_amount, parse_amount
 from ._common import JsonOption, boundary, console, print_json
 from .budget import _usage_table
+
+if TYPE_CHECKING:  # imported where used: `kling-cost --help` must not load the simulator
+    from ..batch import BatchResult
 
 
 def demo_command(
@@ -27,6 +24,14 @@ def demo_command(
 ) -> None:
     """Run a batch against a simulated Kling with a small budget: estimate, reserve, refuse,
     refund a failed task, serve a duplicate from the cache, and report."""
+    import tempfile
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.table import Table
+
+    from ..demo import DEMO_PROMPTS, run_demo
+    from ..ledger import open_ledger
+
     with tempfile.TemporaryDirectory(prefix="kling-cost-demo-") as tmp, boundary():
         url = ledger_url or f"sqlite:///{Path(tmp) / 'demo.db'}"
         limit = parse_amount(budget, what="--budget")

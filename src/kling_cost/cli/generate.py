@@ -6,17 +6,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from ..advisor import advise
-from ..batch import BatchPlan, BatchResult, BatchRunner, plan_batch, read_batch
-from ..cache import CachePolicy
-from ..guard import CostAwareClient
-from ..kling import KlingClient
 from ..money import format_amount, parse_amount
 from ._common import (
     EXIT_ERROR,
@@ -29,9 +22,14 @@ from ._common import (
     fail,
     print_json,
 )
+from ._typer import App
 from .budget import opened
 
-batch_app = typer.Typer(help="Plan and run batches of generations within budget.", no_args_is_help=True)
+if TYPE_CHECKING:  # imported where used: `kling-cost --help` must not load the HTTP client
+    from ..batch import BatchPlan, BatchResult
+    from ..guard import CostAwareClient
+
+batch_app = App(help="Plan and run batches of generations within budget.", no_args_is_help=True)
 
 FileArg = Annotated[Path, typer.Argument(help="One prompt per line, or .jsonl / .csv rows with fields.")]
 KindOption = Annotated[str, typer.Option("--kind", help="Default endpoint (text2video, image, ...).")]
@@ -58,6 +56,8 @@ def _defaults(
 
 
 def _print_plan(plan: BatchPlan) -> None:
+    from rich.table import Table
+
     usd = "" if plan.usd is None else f" (USD {format(plan.usd.normalize(), 'f')})"
     console.print(
         f"Batch estimate: {len(plan.items)} requests = "
@@ -108,6 +108,8 @@ def plan_command(
     json_out: JsonOption = False,
 ) -> None:
     """Price a batch file: total, what remains in each budget, how many fit, cheaper options."""
+    from ..batch import plan_batch, read_batch
+
     with boundary():
         rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
     with opened(ledger_url, create=False) as ledger, boundary():
@@ -124,6 +126,10 @@ def plan_command(
 def _guard(
     ledger_url: str | None, base_url: str | None, catalog: str | None, scopes: list[str], dedup: bool
 ) -> Iterator[CostAwareClient]:
+    from ..cache import CachePolicy
+    from ..guard import CostAwareClient
+    from ..kling import KlingClient
+
     with opened(ledger_url) as ledger, boundary():
         client = KlingClient(base_url=base_url)
         with CostAwareClient(
@@ -163,6 +169,11 @@ def run_command(
     json_out: JsonOption = False,
 ) -> None:
     """Run a batch within budget: progress, bounded concurrency, resumable, stops at the ceiling."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from ..batch import BatchRunner, plan_batch, read_batch
+
     with boundary():
         rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
         threshold = parse_amount(approve_above, what="--approve-above", allow_zero=True)
@@ -278,6 +289,11 @@ def advise_command(
     json_out: JsonOption = False,
 ) -> None:
     """What the seed's optimisation strategies would save on your request or batch."""
+    from rich.table import Table
+
+    from ..advisor import advise
+    from ..batch import read_batch
+
     with boundary():
         if file is not None:
             rows = read_batch(file, _defaults(kind, model, mode, duration, audio))

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from decimal import Decimal
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from ..money import format_amount
-from ..reports import DailyUsage, Report, ReportRow, daily_usage, export_charges, parse_by, report
-from ..reports.aggregate import METRICS
 from ._common import LedgerOption, boundary, console, fail, print_json
-from ._serving import listen, require_uvicorn, run_server, url_host
 from .budget import opened
+
+if TYPE_CHECKING:  # imported where used: `kling-cost --help` must not load the reports
+    from rich.table import Table
+
+    from ..reports import DailyUsage, Report, ReportRow
 
 SinceOption = Annotated[
     str | None,
@@ -47,6 +47,11 @@ def report_command(
 ) -> None:
     """Usage grouped by time, model, mode, scope, status...: estimate vs actual, refunds, cache
     savings; every amount with its unit (units or credits), one total per unit."""
+    import csv
+
+    from ..reports import daily_usage, parse_by, report
+    from ..reports.aggregate import METRICS
+
     if fmt not in ("table", "json", "csv"):
         fail(f"--format {fmt!r} is unknown; use table, json or csv")
     with boundary():
@@ -109,6 +114,8 @@ def _chart_days(rep: Report) -> int:
 def _table(rep: Report) -> Table:
     """One row per group and unit, then one total per unit: amounts of different units are
     never added together."""
+    from rich.table import Table
+
     period = f"since {rep.since:%Y-%m-%d %H:%M} UTC" if rep.since else "all time"
     table = Table(
         title=f"Usage by {', '.join(rep.by) or 'total'} ({period}, {rep.tz}; from the {rep.source})",
@@ -186,6 +193,8 @@ def export_command(
     ledger_url: LedgerOption = None,
 ) -> None:
     """Export raw charges (timestamp, task_id, credits, unit, model, duration, mode, prompt_preview, ...)."""
+    from ..reports import export_charges
+
     if fmt not in ("jsonl", "csv"):
         fail(f"--format {fmt!r} is unknown; use jsonl or csv")
     with opened(ledger_url, create=False) as ledger, boundary():
@@ -226,6 +235,8 @@ def serve_command(
     ledger_url: LedgerOption = None,
 ) -> None:
     """Serve the read-only web dashboard and its JSON API (/api/...)."""
+    from ._serving import listen, require_uvicorn, run_server, url_host
+
     with boundary():
         from ..web import create_dashboard_app, is_loopback
 
