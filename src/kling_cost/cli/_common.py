@@ -71,6 +71,7 @@ LedgerOption = Annotated[
     typer.Option(
         "--ledger",
         envvar="KLING_COST_LEDGER",
+        metavar="URL",
         help="Ledger URL (sqlite:///path.db or postgresql://...). Default: $KLING_COST_LEDGER, "
         "else a file in the user data directory.",
         show_default=False,
@@ -81,6 +82,7 @@ CatalogOption = Annotated[
     typer.Option(
         "--catalog",
         envvar="KLING_COST_CATALOG",
+        metavar="CATALOG",
         help="Price catalog: kling-api, kling-app-credits, or a TOML file. Default: kling-api.",
         show_default=False,
     ),

@@ -30,6 +30,7 @@ ConfigOption = Annotated[
     typer.Option(
         "--config",
         envvar=ENV_CONFIG,
+        metavar="FILE",
         help="TOML file with an [alerts] table (sinks, dashboard_url, retries). Default: $KLING_COST_CONFIG.",
         show_default=False,
     ),
@@ -37,7 +38,10 @@ ConfigOption = Annotated[
 DashboardOption = Annotated[
     str | None,
     typer.Option(
-        "--dashboard-url", help="Link put in every message (overrides the config file).", show_default=False
+        "--dashboard-url",
+        metavar="URL",
+        help="Link put in every message (overrides the config file).",
+        show_default=False,
     ),
 ]
 
@@ -145,7 +149,9 @@ def test_command(
 def deliver_command(
     sink: Annotated[
         list[str] | None,
-        typer.Option("--sink", help="Sink URL (repeat for several); replaces the config file's sinks."),
+        typer.Option(
+            "--sink", metavar="URL", help="Sink URL (repeat for several); replaces the config file's sinks."
+        ),
     ] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Keep delivering until interrupted.")] = False,
     interval: Annotated[

@@ -174,7 +174,9 @@ def list_command(
 def show_command(
     scope: Annotated[str, typer.Argument(help="The scope to show.")],
     window: Annotated[str | None, typer.Option("--window", "-w", help="Which of its budgets.")] = None,
-    at: Annotated[str | None, typer.Option("--at", help="A past moment (ISO 8601 with offset).")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", metavar="TIME", help="A past moment (ISO 8601 with offset).")
+    ] = None,
     ledger_url: LedgerOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -210,7 +212,9 @@ def delete_command(
 
 def usage_command(
     scope: Annotated[str | None, typer.Option("--scope", help="Only this scope.")] = None,
-    at: Annotated[str | None, typer.Option("--at", help="A past moment (ISO 8601 with offset).")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", metavar="TIME", help="A past moment (ISO 8601 with offset).")
+    ] = None,
     charges: Annotated[int, typer.Option("--charges", help="Also list the N latest charges.")] = 0,
     ledger_url: LedgerOption = None,
     json_out: JsonOption = False,

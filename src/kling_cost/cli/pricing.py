@@ -40,7 +40,8 @@ def estimate_command(
     count: Annotated[int, typer.Option("--count", help="How many such requests.", min=1)] = 1,
     catalog: CatalogOption = None,
     as_of: Annotated[
-        str | None, typer.Option("--as-of", help="Price with the entries in force on this date.")
+        str | None,
+        typer.Option("--as-of", metavar="DATE", help="Price with the entries in force on this date."),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -113,7 +114,7 @@ def show_command(
         bool, typer.Option("--all", help="Every dated version of every price, not just today's.")
     ] = False,
     as_of: Annotated[
-        str | None, typer.Option("--as-of", help="Show the prices in force on this date.")
+        str | None, typer.Option("--as-of", metavar="DATE", help="Show the prices in force on this date.")
     ] = None,
     sources: Annotated[bool, typer.Option("--sources", help="Add each price's source.")] = False,
     json_out: JsonOption = False,
@@ -165,7 +166,7 @@ def show_command(
 
 @pricing_app.command("validate")
 def validate_command(
-    path: Annotated[str, typer.Argument(help="Catalog TOML file to check.")],
+    path: Annotated[str, typer.Argument(metavar="FILE", help="Catalog TOML file to check (- for stdin).")],
     json_out: JsonOption = False,
 ) -> None:
     """Check a catalog file; prints what is wrong (file, line/key) or a summary."""
