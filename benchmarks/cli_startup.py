@@ -12,8 +12,9 @@ spawning a process to its exit, and the CPU time it used (user + system):
 * ``kling-cost --help``;
 * ``kling-cost estimate --model kling-v2-6 --mode std --duration 5``;
 * ``kling-cost usage`` on an empty SQLite ledger (created before the runs);
-* with ``--libraries``, the floor under the CLI: ``import typer``, ``import rich.console``
-  and ``import pydantic`` on their own.
+* with ``--libraries``, the floor under the CLI: ``import typer``, ``import click``,
+  ``import rich.console`` and ``import pydantic`` on their own (Typer 0.2x carries its own
+  copy of Click; rich and pydantic are what its rich help and its value checks would load).
 
 The commands run round-robin (one run of each, then the next round), so a machine shared with
 other work slows them alike and the ratios to the baseline stay meaningful; the minimum is
@@ -80,6 +81,7 @@ def cases(libraries: bool) -> list[Case]:
     if libraries:
         out += [
             Case("import typer", [py, "-c", "import typer"]),
+            Case("import click", [py, "-c", "import click"]),
             Case("import rich.console", [py, "-c", "import rich.console"]),
             Case("import pydantic", [py, "-c", "import pydantic"]),
         ]
@@ -160,7 +162,9 @@ def print_table(rows: list[dict[str, object]], runs: int, load: tuple[float, flo
 def main() -> int:
     parser = argparse.ArgumentParser(description="Startup time of kling_cost and kling-cost.")
     parser.add_argument("--runs", type=int, default=30, help="runs of each command (default 30)")
-    parser.add_argument("--libraries", action="store_true", help="also time typer, rich and pydantic alone")
+    parser.add_argument(
+        "--libraries", action="store_true", help="also time typer, click, rich and pydantic alone"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 if a goal is missed")
     args = parser.parse_args()
@@ -169,7 +173,7 @@ def main() -> int:
     todo = cases(args.libraries)
     before = os.getloadavg()[0]
     times = measure(todo, args.runs)
-    load = (before, os.getloadavg()[0])
+    load = (round(before, 2), round(os.getloadavg()[0], 2))
     rows = summarise(todo, times)
     if args.json:
         info = {"runs": args.runs, "cpus": os.cpu_count(), "python": sys.version.split()[0]}
