@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,33 @@ def test_alerts_config_variable_is_spelt_alike() -> None:
     from kling_cost.cli.alerts import ENV_CONFIG as CLI_ENV_CONFIG
 
     assert CLI_ENV_CONFIG == ENV_CONFIG
+
+
+def test_a_lazy_group_also_runs_commands_added_the_usual_way() -> None:
+    """Commands registered with app.command() (built at once) sit beside the lazy ones."""
+    from typing import ClassVar
+
+    from typer.testing import CliRunner
+
+    from kling_cost.cli._typer import App, LazyGroup
+
+    class Group(LazyGroup):
+        lazy_package: ClassVar[str] = "kling_cost.cli"
+        lazy_commands: ClassVar[dict[str, str]] = {"estimate": "pricing:estimate_command"}
+
+    tool = App(cls=Group, name="tool", no_args_is_help=True)
+    tool.callback()(lambda: None)  # a group, not a single command (as kling_cost.cli's _root)
+
+    @tool.command("hello")
+    def hello(name: str = "you") -> None:
+        """Say hello."""
+        print(f"hello {name}")
+
+    runner = CliRunner()
+    result = runner.invoke(tool, ["--help"])
+    assert result.exit_code == 0
+    assert re.search(r"^  estimate\s+Estimate what", result.stdout, re.M)
+    assert re.search(r"^  hello\s+Say hello\.$", result.stdout, re.M)
+    assert runner.invoke(tool, ["hello", "--name", "Ada"]).stdout == "hello Ada\n"
+    result = runner.invoke(tool, ["estimate", "--model", "kling-v2-6", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["amount"] == "1.5"

@@ -205,7 +205,8 @@ class _LazyCommands(MutableMapping[str, Any]):
 class LazyGroup(Group):
     """A group whose ``lazy_commands`` (``name -> "module:attribute"``, modules relative to
     ``lazy_package``) are imported and built on first use; commands added the usual way
-    (``app.command()``, ``app.add_typer()``) are listed after them."""
+    (``app.command()``, ``app.add_typer()``) are listed after them. Its Typer app needs a
+    callback (``@app.callback()``): without one, Typer makes an app of one command that command."""
 
     lazy_package: ClassVar[str] = ""
     lazy_commands: ClassVar[dict[str, str]] = {}
