@@ -4,6 +4,7 @@
 
     KlingCostError
      ├── ConfigurationError        bad settings: catalog file, ledger URL, sink URL, missing extra
+     │    └── MissingCredentials   no (or half a) Kling key pair: missing names the variables to set
      ├── PricingError (ValueError)  a request the catalog cannot price (field, value, allowed)
      ├── ValidationError (ValueError)  an invalid amount, scope, window, time zone or argument
      │    ├── UnitMismatch          a request priced in one unit met a budget counting another
@@ -43,6 +44,7 @@ __all__ = [
     "KlingAPIError",
     "KlingCostError",
     "LedgerClosed",
+    "MissingCredentials",
     "PermissionDenied",
     "PricingError",
     "RateLimited",
@@ -61,6 +63,16 @@ class KlingCostError(Exception):
 
 class ConfigurationError(KlingCostError):
     """A setting is wrong: a catalog file, a ledger URL, a sink URL, a missing optional extra."""
+
+
+class MissingCredentials(ConfigurationError):
+    """No usable Kling credentials. ``missing`` names the environment variables whose absence
+    is the problem: ``("KLING_ACCESS_KEY", "KLING_SECRET_KEY")`` when there are none (an API
+    key in ``KLING_API_KEY`` would also do), or the half of the pair that was not given."""
+
+    def __init__(self, message: str, *, missing: Sequence[str]) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
 
 
 class ValidationError(KlingCostError, ValueError):

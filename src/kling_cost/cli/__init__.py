@@ -1,41 +1,52 @@
-"""The ``kling-cost`` command line: a thin layer over the library."""
+"""The ``kling-cost`` command line: a thin layer over the library.
+
+Each command's module is imported, and the command built, only when it runs (or its help is
+shown): ``kling-cost estimate`` never loads the HTTP client, the ledger or the dashboard. Add a
+command to ``_Commands.lazy_commands`` as ``"name": "module:attribute"`` (a command function,
+or a ``typer.Typer`` for a group of commands); the list of commands in ``--help`` follows it.
+"""
 
 from __future__ import annotations
 
-import typer
+from typing import ClassVar
 
 from ._common import run_main
-from .alerts import alerts_app
-from .budget import budget_app, ledger_app, usage_command
-from .demo import demo_command
-from .generate import advise_command, batch_app, settle_command
-from .pricing import estimate_command, pricing_app
-from .report import export_command, report_command, serve_command
-from .simulate import simulate_command
+from ._typer import App, LazyGroup
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+
+class _Commands(LazyGroup):
+    lazy_package: ClassVar[str] = __name__
+    lazy_commands: ClassVar[dict[str, str]] = {
+        "estimate": "pricing:estimate_command",
+        "usage": "budget:usage_command",
+        "simulate": "simulate:simulate_command",
+        "settle": "generate:settle_command",
+        "advise": "generate:advise_command",
+        "demo": "demo:demo_command",
+        "report": "report:report_command",
+        "export": "report:export_command",
+        "serve": "report:serve_command",
+        "pricing": "pricing:pricing_app",
+        "budget": "budget:budget_app",
+        "ledger": "budget:ledger_app",
+        "batch": "generate:batch_app",
+        "alerts": "alerts:alerts_app",
+    }
+
+
+app = App(
+    cls=_Commands,
     name="kling-cost",
     help="Cost estimates, hard budgets, alerts and usage tracking for the Kling AI API.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
 )
-app.command("estimate")(estimate_command)
-app.add_typer(pricing_app, name="pricing")
-app.add_typer(budget_app, name="budget")
-app.command("usage")(usage_command)
-app.add_typer(ledger_app, name="ledger")
-app.command("simulate")(simulate_command)
-app.add_typer(batch_app, name="batch")
-app.command("settle")(settle_command)
-app.command("advise")(advise_command)
-app.command("demo")(demo_command)
-app.command("report")(report_command)
-app.command("export")(export_command)
-app.command("serve")(serve_command)
-app.add_typer(alerts_app, name="alerts")
+
+
+@app.callback()
+def _root() -> None:
+    """Cost estimates, hard budgets, alerts and usage tracking for the Kling AI API."""
 
 
 def main() -> None:

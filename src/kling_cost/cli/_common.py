@@ -2,31 +2,60 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar, cast
 
 import typer
-from rich.console import Console
 
 from ..errors import (
     BudgetExceeded,
     ConfigurationError,
     KlingAPIError,
     KlingCostError,
+    MissingCredentials,
     PricingError,
     ReservationError,
     StorageError,
     ValidationError,
 )
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+class _LazyConsole:
+    """A rich ``Console`` made on first use: `kling-cost --help` and a usage error print
+    without importing rich. Everything (``print``, ``file``, ``capture()``, ``with``, and
+    ``Progress(console=...)``) reaches the real console."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def _real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real(), name)
+
+    def __enter__(self) -> Console:
+        return self._real().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._real().__exit__(*exc)
+
+
+console = cast("Console", _LazyConsole(highlight=False))
+err_console = cast("Console", _LazyConsole(stderr=True, highlight=False))
 
 EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
@@ -42,6 +71,7 @@ LedgerOption = Annotated[
     typer.Option(
         "--ledger",
         envvar="KLING_COST_LEDGER",
+        metavar="URL",
         help="Ledger URL (sqlite:///path.db or postgresql://...). Default: $KLING_COST_LEDGER, "
         "else a file in the user data directory.",
         show_default=False,
@@ -52,6 +82,7 @@ CatalogOption = Annotated[
     typer.Option(
         "--catalog",
         envvar="KLING_COST_CATALOG",
+        metavar="CATALOG",
         help="Price catalog: kling-api, kling-app-credits, or a TOML file. Default: kling-api.",
         show_default=False,
     ),
@@ -70,10 +101,33 @@ def exit_code_for(exc: KlingCostError) -> int:
     return EXIT_ERROR
 
 
+def say_error(line: str) -> None:
+    """``line`` on stderr as it is: no markup, no wrapping (and no rich to import)."""
+    typer.echo(line, err=True)
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     """Print one line on stderr and exit with ``code``."""
-    err_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    say_error(f"error: {message}")
     raise typer.Exit(code)
+
+
+def error_text(exc: KlingCostError) -> str:
+    """What a library error means to someone at the command line. The library speaks of its
+    Python arguments; here missing credentials are named by what a shell can set."""
+    if isinstance(exc, MissingCredentials):
+        if len(exc.missing) == 1:
+            given = "KLING_SECRET_KEY" if exc.missing == ("KLING_ACCESS_KEY",) else "KLING_ACCESS_KEY"
+            return (
+                f"{given} is set but {exc.missing[0]} is not: set {exc.missing[0]} too "
+                f"(or unset {given} and set KLING_API_KEY)"
+            )
+        return (
+            "no Kling credentials: set KLING_ACCESS_KEY and KLING_SECRET_KEY (or KLING_API_KEY) in "
+            "the environment; for the simulator, the keys `kling-cost simulate` prints, with "
+            "--base-url http://127.0.0.1:8790"
+        )
+    return str(exc)
 
 
 @contextmanager
@@ -82,7 +136,7 @@ def boundary() -> Iterator[None]:
     try:
         yield
     except KlingCostError as exc:
-        fail(str(exc), exit_code_for(exc))
+        fail(error_text(exc), exit_code_for(exc))
 
 
 def parse_date(value: str | None, option: str) -> date | None:
@@ -103,6 +157,8 @@ def _default(obj: object) -> Any:
 
 
 def print_json(data: object) -> None:
+    import json
+
     sys.stdout.write(json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n")
 
 
@@ -111,17 +167,13 @@ def run_main(app: Callable[[], T]) -> T:
     try:
         return app()
     except KlingCostError as exc:
-        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+        say_error(f"error: {error_text(exc)}")
         sys.exit(exit_code_for(exc))
     except KeyboardInterrupt:
-        err_console.print("interrupted", markup=False)
+        say_error("interrupted")
         sys.exit(130)
     except Exception as exc:  # an internal error: still one line, unless debugging
         if os.environ.get("KLING_COST_DEBUG"):
             raise
-        err_console.print(
-            f"internal error: {type(exc).__name__}: {exc} (set KLING_COST_DEBUG=1 for the traceback)",
-            markup=False,
-            soft_wrap=True,
-        )
+        say_error(f"internal error: {type(exc).__name__}: {exc} (set KLING_COST_DEBUG=1 for the traceback)")
         sys.exit(EXIT_ERROR)

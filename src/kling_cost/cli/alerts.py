@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from ..alerts import AlertsConfig, Deliverer, load_config, sample_message, sink_from_url
-from ..alerts.config import ENV_CONFIG
-from ..alerts.deliver import check_seconds, failure_text
-from ..alerts.redact import public_alert, scrub_urls
 from ..money import format_amount
 from ._common import EXIT_ERROR, JsonOption, LedgerOption, boundary, console, fail, print_json
+from ._typer import App
 from .budget import opened
 
-alerts_app = typer.Typer(help="List, test and deliver budget alerts.", no_args_is_help=True)
+if TYPE_CHECKING:
+    import threading
+
+    from ..alerts import AlertsConfig, Deliverer
+
+# alerts.config.ENV_CONFIG, spelt out so `kling-cost --help` need not import the alerts package
+# (tests/test_cli_startup.py checks that the two agree)
+ENV_CONFIG = "KLING_COST_CONFIG"
+
+alerts_app = App(help="List, test and deliver budget alerts.", no_args_is_help=True)
 
 ConfigOption = Annotated[
     str | None,
     typer.Option(
         "--config",
         envvar=ENV_CONFIG,
+        metavar="FILE",
         help="TOML file with an [alerts] table (sinks, dashboard_url, retries). Default: $KLING_COST_CONFIG.",
         show_default=False,
     ),
@@ -34,12 +38,17 @@ ConfigOption = Annotated[
 DashboardOption = Annotated[
     str | None,
     typer.Option(
-        "--dashboard-url", help="Link put in every message (overrides the config file).", show_default=False
+        "--dashboard-url",
+        metavar="URL",
+        help="Link put in every message (overrides the config file).",
+        show_default=False,
     ),
 ]
 
 
 def _config(path: str | None, sinks: list[str] | None, dashboard: str | None) -> AlertsConfig:
+    from ..alerts import load_config
+
     with boundary():
         config = load_config(path)
         if sinks:
@@ -59,6 +68,10 @@ def list_command(
     json_out: JsonOption = False,
 ) -> None:
     """List alerts from the outbox, newest first (delivery state, attempts, last error)."""
+    from rich.table import Table
+
+    from ..alerts.redact import public_alert, scrub_urls
+
     with opened(ledger_url, create=False) as ledger:
         alerts = ledger.alerts(
             status="pending" if pending else None, scope=scope, include_cleared=not active, limit=limit
@@ -113,6 +126,9 @@ def test_command(
     json_out: JsonOption = False,
 ) -> None:
     """Send a sample alert to one sink, to check that it arrives."""
+    from ..alerts import sample_message, sink_from_url
+    from ..alerts.deliver import failure_text
+
     config = _config(config_path, None, dashboard)
     with boundary():
         sink = sink_from_url(sink_url, secret=secret or config.webhook_secret, timeout=config.timeout)
@@ -133,7 +149,9 @@ def test_command(
 def deliver_command(
     sink: Annotated[
         list[str] | None,
-        typer.Option("--sink", help="Sink URL (repeat for several); replaces the config file's sinks."),
+        typer.Option(
+            "--sink", metavar="URL", help="Sink URL (repeat for several); replaces the config file's sinks."
+        ),
     ] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Keep delivering until interrupted.")] = False,
     interval: Annotated[
@@ -146,6 +164,8 @@ def deliver_command(
     json_out: JsonOption = False,
 ) -> None:
     """Send pending alerts (and "resolved" messages) to the configured sinks, with retries."""
+    from ..alerts.deliver import check_seconds
+
     config = _config(config_path, sink, dashboard)
     with boundary():
         pause = config.interval if interval is None else check_seconds(interval, "--interval")
@@ -154,6 +174,8 @@ def deliver_command(
         try:
             report = deliverer.deliver_pending()
             if loop:
+                import threading
+
                 stop = threading.Event()
                 with _stopping_on_signals(stop):
                     while not stop.wait(pause):
@@ -176,6 +198,7 @@ def deliver_command(
 @contextmanager
 def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
     """Ctrl-C or SIGTERM end the loop between passes, never in the middle of a delivery."""
+    import signal
 
     def handler(signum: int, frame: object) -> None:
         stop.set()

@@ -6,24 +6,27 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from typer.core import TyperCommand
 
-from ..budgets import Usage
-from ..ledger import Ledger, copy_ledger, open_ledger
 from ..money import format_amount
 from ._common import JsonOption, LedgerOption, boundary, console, fail, print_json
+from ._typer import App, Command
 
-budget_app = typer.Typer(help="Set, list, show and delete budgets.", no_args_is_help=True)
-ledger_app = typer.Typer(help="Maintain the ledger database.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ..budgets import Usage
+    from ..ledger import Ledger
+
+budget_app = App(help="Set, list, show and delete budgets.", no_args_is_help=True)
+ledger_app = App(help="Maintain the ledger database.", no_args_is_help=True)
 
 _NEGATIVE_NUMBER = re.compile(r"^-(\.?[0-9]|inf|nan|snan)", re.IGNORECASE)  # -inf, -Infinity, -NaN too
 
 
-class NegativeNumbersAreValues(TyperCommand):
+class NegativeNumbersAreValues(Command):
     """Reads ``-100`` (or ``-inf``) as an argument, not as the options ``-1 -0 -0`` (click's
     default), so a negative limit gets the library's clear refusal instead of "No such option: -1"."""
 
@@ -40,6 +43,8 @@ WindowOption = Annotated[str, typer.Option("--window", "-w", help="day, week, mo
 def opened(url: str | None, *, create: bool = True) -> Iterator[Ledger]:
     """The ledger at ``url``; commands that only read pass ``create=False``, so a missing
     SQLite file is one line and exit 4 instead of a new, empty ledger reporting nothing spent."""
+    from ..ledger import open_ledger
+
     with boundary():
         ledger = open_ledger(url, create=create)
         try:
@@ -61,6 +66,8 @@ def _parse_at(value: str | None) -> datetime | None:
 
 
 def _usage_table(usages: list[Usage], title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=title)
     for col in ("scope", "window", "period", "limit", "used", "reserved", "remaining", "used %"):
         left = col in ("scope", "window", "period")
@@ -167,7 +174,9 @@ def list_command(
 def show_command(
     scope: Annotated[str, typer.Argument(help="The scope to show.")],
     window: Annotated[str | None, typer.Option("--window", "-w", help="Which of its budgets.")] = None,
-    at: Annotated[str | None, typer.Option("--at", help="A past moment (ISO 8601 with offset).")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", metavar="TIME", help="A past moment (ISO 8601 with offset).")
+    ] = None,
     ledger_url: LedgerOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -203,7 +212,9 @@ def delete_command(
 
 def usage_command(
     scope: Annotated[str | None, typer.Option("--scope", help="Only this scope.")] = None,
-    at: Annotated[str | None, typer.Option("--at", help="A past moment (ISO 8601 with offset).")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", metavar="TIME", help="A past moment (ISO 8601 with offset).")
+    ] = None,
     charges: Annotated[int, typer.Option("--charges", help="Also list the N latest charges.")] = 0,
     ledger_url: LedgerOption = None,
     json_out: JsonOption = False,
@@ -228,6 +239,8 @@ def usage_command(
     else:
         console.print("no budgets yet; add one with: kling-cost budget set account 1000 --window day")
     if latest:
+        from rich.table import Table
+
         table = Table(title="Latest charges")
         for col in ("when", "task", "status", "model", "mode", "s", "estimate", "actual", "unit", "prompt"):
             table.add_column(col, overflow="fold")
@@ -273,6 +286,8 @@ def copy_command(
     json_out: JsonOption = False,
 ) -> None:
     """Copy a whole ledger (budgets, usage, reservations, charges) into an empty one."""
+    from ..ledger import copy_ledger
+
     with opened(source, create=False) as src, opened(target) as dst, boundary():
         result = copy_ledger(src, dst)
         shown = {"from": src.url, "to": dst.url}  # passwords as ***

@@ -6,17 +6,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from ..advisor import advise
-from ..batch import BatchPlan, BatchRow, plan_batch, read_batch
-from ..batch.plan import plural
-from ..cache import CachePolicy
-from ..guard import CostAwareClient
-from ..kling import KlingClient
 from ..money import format_amount, parse_amount
 from ._common import (
     EXIT_ERROR,
@@ -29,9 +22,14 @@ from ._common import (
     fail,
     print_json,
 )
+from ._typer import App
 from .budget import opened
 
-batch_app = typer.Typer(help="Plan and run batches of generations within budget.", no_args_is_help=True)
+if TYPE_CHECKING:  # imported where used: `kling-cost --help` must not load the HTTP client
+    from ..batch import BatchPlan, BatchRow
+    from ..guard import CostAwareClient
+
+batch_app = App(help="Plan and run batches of generations within budget.", no_args_is_help=True)
 
 FileArg = Annotated[Path, typer.Argument(help="One prompt per line, or .jsonl / .csv rows with fields.")]
 KindOption = Annotated[str, typer.Option("--kind", help="Default endpoint (text2video, image, ...).")]
@@ -71,6 +69,8 @@ ConfigOption = Annotated[
 
 def _plan(rows: list[BatchRow], file: Path, ledger: Any, scopes: list[str], catalog: str | None) -> BatchPlan:
     """Price the rows; an item that cannot be priced is named by its file and line."""
+    from ..batch import plan_batch
+
     return plan_batch(
         [{"endpoint": r.endpoint, **r.body} for r in rows],
         ledger,
@@ -81,6 +81,10 @@ def _plan(rows: list[BatchRow], file: Path, ledger: Any, scopes: list[str], cata
 
 
 def _print_plan(plan: BatchPlan) -> None:
+    from rich.table import Table
+
+    from ..batch.plan import plural
+
     usd = "" if plan.usd is None else f" (USD {format(plan.usd.normalize(), 'f')})"
     console.print(
         f"Batch estimate: {plural(len(plan.items), 'request')} = "
@@ -134,6 +138,8 @@ def plan_command(
     json_out: JsonOption = False,
 ) -> None:
     """Price a batch file: total, what remains in each budget, how many fit, cheaper options."""
+    from ..batch import read_batch
+
     with boundary():
         rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
     with opened(ledger_url, create=False) as ledger, boundary():
@@ -148,6 +154,10 @@ def plan_command(
 def _guard(
     ledger_url: str | None, base_url: str | None, catalog: str | None, scopes: list[str], dedup: bool
 ) -> Iterator[CostAwareClient]:
+    from ..cache import CachePolicy
+    from ..guard import CostAwareClient
+    from ..kling import KlingClient
+
     with opened(ledger_url) as ledger, boundary():
         client = KlingClient(base_url=base_url)
         with CostAwareClient(
@@ -194,6 +204,7 @@ def run_command(
     again; the run ends when nothing more fits. Alerts are printed (and sent to the configured
     sinks) as they fire. Ctrl-C stops submitting and settles what runs; Ctrl-C again leaves
     the running tasks to `kling-cost settle`. Either way it prints the command that resumes."""
+    from ..batch import read_batch
     from ._batchrun import alert_config, execute, report
 
     with boundary():
@@ -285,6 +296,11 @@ def advise_command(
     json_out: JsonOption = False,
 ) -> None:
     """What the seed's optimisation strategies would save on your request or batch."""
+    from rich.table import Table
+
+    from ..advisor import advise
+    from ..batch import read_batch
+
     with boundary():
         if file is not None:
             rows = read_batch(file, _defaults(kind, model, mode, duration, audio))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from ..money import format_amount
-from ..pricing import Catalog, PriceEntry, estimate, load_catalog, parse_catalog
 from ._common import CatalogOption, JsonOption, boundary, console, parse_date, print_json
+from ._typer import App
 
-pricing_app = typer.Typer(help="Show and validate price catalogs.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from ..pricing import Catalog, PriceEntry
+
+pricing_app = App(help="Show and validate price catalogs.", no_args_is_help=True)
 
 
 def estimate_command(
@@ -38,11 +40,14 @@ def estimate_command(
     count: Annotated[int, typer.Option("--count", help="How many such requests.", min=1)] = 1,
     catalog: CatalogOption = None,
     as_of: Annotated[
-        str | None, typer.Option("--as-of", help="Price with the entries in force on this date.")
+        str | None,
+        typer.Option("--as-of", metavar="DATE", help="Price with the entries in force on this date."),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Estimate what a request will cost, before anything is sent."""
+    from ..pricing import estimate
+
     day = parse_date(as_of, "--as-of")
     with boundary():
         est = estimate(
@@ -67,19 +72,19 @@ def estimate_command(
             data["total_usd"] = None if usd_total is None else format(usd_total.normalize(), "f")
         print_json(data)
         return
+    # Plain lines (bold on a terminal): run in loops, estimate answers without loading rich.
     line = est.breakdown[0]
     usd = "" if est.usd is None else f" (USD {format(est.usd.normalize(), 'f')})"
-    console.print(
-        f"[bold]{format_amount(est.amount)} {est.unit}[/bold]{usd}  "
-        f"{est.request.endpoint} {est.request.label()}"
-    )
-    console.print(
+    amount = typer.style(f"{format_amount(est.amount)} {est.unit}", bold=True)
+    typer.echo(f"{amount}{usd}  {est.request.endpoint} {est.request.label()}")
+    typer.echo(
         f"  {line.rate} x {line.quantity} ({line.basis}) from {est.catalog}, "
         f"in force since {line.effective_from}: {line.source}"
     )
     if count != 1:
         usd_t = "" if usd_total is None else f" (USD {format(usd_total.normalize(), 'f')})"
-        console.print(f"  x {count} requests = [bold]{format_amount(total)} {est.unit}[/bold]{usd_t}")
+        total_text = typer.style(f"{format_amount(total)} {est.unit}", bold=True)
+        typer.echo(f"  x {count} requests = {total_text}{usd_t}")
 
 
 def _entry_row(cat: Catalog, entry: PriceEntry) -> dict[str, Any]:
@@ -109,12 +114,16 @@ def show_command(
         bool, typer.Option("--all", help="Every dated version of every price, not just today's.")
     ] = False,
     as_of: Annotated[
-        str | None, typer.Option("--as-of", help="Show the prices in force on this date.")
+        str | None, typer.Option("--as-of", metavar="DATE", help="Show the prices in force on this date.")
     ] = None,
     sources: Annotated[bool, typer.Option("--sources", help="Add each price's source.")] = False,
     json_out: JsonOption = False,
 ) -> None:
     """Show a catalog's prices (those in force today, or --all versions)."""
+    from rich.table import Table
+
+    from ..pricing import load_catalog
+
     day = parse_date(as_of, "--as-of") or date.today()
     with boundary():
         cat = load_catalog(catalog)
@@ -157,10 +166,12 @@ def show_command(
 
 @pricing_app.command("validate")
 def validate_command(
-    path: Annotated[str, typer.Argument(help="Catalog TOML file to check.")],
+    path: Annotated[str, typer.Argument(metavar="FILE", help="Catalog TOML file to check (- for stdin).")],
     json_out: JsonOption = False,
 ) -> None:
     """Check a catalog file; prints what is wrong (file, line/key) or a summary."""
+    from ..pricing import load_catalog, parse_catalog
+
     with boundary():
         if path == "-":
             cat = parse_catalog(typer.get_text_stream("stdin").read(), origin="<stdin>")

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from ..money import format_amount
-from ..reports import DailyUsage, Report, ReportRow, daily_usage, export_charges, parse_by, report
-from ..reports.aggregate import METRICS
-from ..reports.export import csv_row
 from ._common import LedgerOption, boundary, console, fail, print_json
-from ._serving import listen, require_uvicorn, run_server, url_host
 from .budget import opened
+
+if TYPE_CHECKING:  # imported where used: `kling-cost --help` must not load the reports
+    from rich.table import Table
+
+    from ..reports import DailyUsage, Report, ReportRow
 
 SinceOption = Annotated[
     str | None,
@@ -50,6 +48,10 @@ def report_command(
 ) -> None:
     """Usage grouped by time, model, mode, scope, status...: estimate vs actual, refunds, cache
     savings; every amount with its unit (units or credits), one total per unit."""
+    from ..reports import daily_usage, parse_by, report
+    from ..reports.aggregate import METRICS
+    from ..reports.export import csv_row
+
     if fmt not in ("table", "json", "csv"):
         fail(f"--format {fmt!r} is unknown; use table, json or csv")
     with boundary():
@@ -125,6 +127,8 @@ def _chart_period(rep: Report, now: datetime) -> tuple[int, datetime, bool]:
     """How many days the chart shows, an instant of its last day, and whether that cuts the
     period: the report's period (its last :data:`CHART_DAYS` days), up to ``--until`` or now;
     the last 30 days for all time."""
+    from zoneinfo import ZoneInfo
+
     zone = ZoneInfo(rep.tz)
     last = (rep.until - timedelta(microseconds=1)) if rep.until else now
     if rep.since is None:
@@ -136,6 +140,8 @@ def _chart_period(rep: Report, now: datetime) -> tuple[int, datetime, bool]:
 def _table(rep: Report) -> Table:
     """One row per group and unit, then one total per unit: amounts of different units are
     never added together."""
+    from rich.table import Table
+
     period = f"since {rep.since:%Y-%m-%d %H:%M} UTC" if rep.since else "all time"
     table = Table(
         title=f"Usage by {', '.join(rep.by) or 'total'} ({period}, {rep.tz}; from the {rep.source})",
@@ -234,6 +240,10 @@ def export_command(
     ledger_url: LedgerOption = None,
 ) -> None:
     """Export raw charges (timestamp, task_id, credits, unit, model, duration, mode, prompt_preview, ...)."""
+    import io
+
+    from ..reports import export_charges
+
     if fmt not in ("jsonl", "csv"):
         fail(f"--format {fmt!r} is unknown; use jsonl or csv")
     with opened(ledger_url, create=False) as ledger, boundary():
@@ -276,6 +286,8 @@ def serve_command(
     ledger_url: LedgerOption = None,
 ) -> None:
     """Serve the read-only web dashboard and its JSON API (/api/...)."""
+    from ._serving import listen, require_uvicorn, run_server, url_host
+
     with boundary():
         from ..web import create_dashboard_app, is_loopback
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Annotated
 
 import typer
 
 from ._common import console, fail
-from ._serving import listen, run_server, url_host
 
 
 def simulate_command(
@@ -51,6 +49,10 @@ def simulate_command(
     ] = True,
 ) -> None:
     """Run a Kling-compatible API simulator (endpoints, auth, packs, billing, callbacks)."""
+    import secrets
+
+    from ._serving import listen, run_server, url_host
+
     try:
         import uvicorn  # noqa: F401 - checked here so a missing extra is one line
 

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import jwt
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, MissingCredentials
 
 __all__ = ["ApiKeyAuth", "Auth", "JWTAuth", "resolve_auth"]
 
@@ -114,14 +114,16 @@ def resolve_auth(
     if ak and sk:
         return JWTAuth(ak, sk, ttl=token_ttl, refresh_margin=token_refresh_margin)
     if ak or sk:
-        raise ConfigurationError(
+        raise MissingCredentials(
             "a Kling access key needs its secret key (and the other way round): "
-            "give both, or set KLING_ACCESS_KEY and KLING_SECRET_KEY"
+            "give both, or set KLING_ACCESS_KEY and KLING_SECRET_KEY",
+            missing=("KLING_SECRET_KEY",) if ak else ("KLING_ACCESS_KEY",),
         )
     key = api_key or os.environ.get("KLING_API_KEY")
     if key:
         return ApiKeyAuth(key)
-    raise ConfigurationError(
+    raise MissingCredentials(
         "no Kling credentials: pass access_key and secret_key (or api_key), "
-        "or set KLING_ACCESS_KEY and KLING_SECRET_KEY (or KLING_API_KEY)"
+        "or set KLING_ACCESS_KEY and KLING_SECRET_KEY (or KLING_API_KEY)",
+        missing=("KLING_ACCESS_KEY", "KLING_SECRET_KEY"),
     )
