@@ -174,3 +174,26 @@ def test_the_library_keeps_its_own_wording_and_says_what_is_missing() -> None:
     with pytest.raises(MissingCredentials) as caught:
         resolve_auth(access_key="ak")
     assert caught.value.missing == ("KLING_SECRET_KEY",)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["estimate", "--duration", "abc"],
+        ["estimate", "--bogus"],
+        ["no-such-command"],
+        ["budget", "set", "account"],
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str]) -> None:
+    """Click's usage block (Usage / Try / blank / Error) is one line like every other error."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "kling_cost", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr

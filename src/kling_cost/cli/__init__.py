@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ._common import run_main
+from ._common import one_line_usage_errors, run_main
 from ._typer import App, LazyGroup
 
 __all__ = ["app", "main"]
+
+one_line_usage_errors()  # typer's click prints a four-line usage block; ours is one line
 
 
 class _Commands(LazyGroup):

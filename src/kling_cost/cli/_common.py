@@ -162,6 +162,20 @@ def print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=_default, ensure_ascii=False) + "\n")
 
 
+def one_line_usage_errors() -> None:
+    """Usage errors (an unknown option, a bad value) as one line on stderr, like every other
+    error of the CLI: ``error: <what is wrong> (see: kling-cost CMD --help)``, exit 2. Click
+    prints a usage block of four lines; its ``show`` is replaced for this process only."""
+    from typer import _click
+
+    def show(self: Any, file: Any = None) -> None:
+        ctx = getattr(self, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+        say_error(f"error: {self.format_message()}{hint}")
+
+    _click.exceptions.UsageError.show = show  # type: ignore[method-assign]
+
+
 def run_main(app: Callable[[], T]) -> T:
     """Run the typer app; anything that escapes becomes one line, not a traceback."""
     try:
