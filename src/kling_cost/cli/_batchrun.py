@@ -26,15 +26,20 @@ from ..batch.plan import plural
 from ..errors import KlingCostError
 from ..guard import CostAwareClient
 from ..ledger import Ledger
+from ..ledger._urls import redact_url
 from ._common import boundary, console, err_console, print_json
 
 EXIT_INTERRUPTED = 130
+_URLS = ("ledger_url", "base_url")
+"""Parameters holding a URL that may carry a password."""
 
 
 def command_line(ctx: typer.Context, command: Sequence[str] | None = None, only: Sequence[str] = ()) -> str:
     """The command as typed: ``kling-cost`` + the sub-command names (or ``command``) + every
     parameter given on the command line (not those from the environment or defaults; with
-    ``only``, just those), quoted for a POSIX shell."""
+    ``only``, just those), quoted for a POSIX shell. A URL's password (``--ledger``,
+    ``--base-url``) is shown as ``***``: the command is printed, and terminals and CI logs
+    keep what they print."""
     if command is None:
         names: list[str] = []
         current: Any = ctx
@@ -49,6 +54,8 @@ def command_line(ctx: typer.Context, command: Sequence[str] | None = None, only:
         if (only and name not in only) or source is None or source.name != "COMMANDLINE":
             continue
         value = ctx.params.get(name)
+        if name in _URLS and isinstance(value, str):
+            value = redact_url(value)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if param.param_type_name == "argument":
             words.extend(str(v) for v in values)
@@ -242,6 +249,11 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
         data["resume"] = resume
     if left:
         data["settle"] = settle
+    hidden = any(
+        isinstance(ctx.params.get(name), str) and redact_url(ctx.params[name]) != ctx.params[name]
+        for name in _URLS
+        if (source := ctx.get_parameter_source(name)) is not None and source.name == "COMMANDLINE"
+    )
     if json_out:
         print_json(
             {
@@ -296,6 +308,13 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
             soft_wrap=True,
         )
         console.print(f"  {resume}", markup=False, soft_wrap=True)
+    if hidden and (not_sent or left):
+        console.print(
+            "(the URL's password is shown as ***: put it back, or give the URL in $KLING_COST_LEDGER "
+            "/ $KLING_BASE_URL and leave the option out)",
+            markup=False,
+            soft_wrap=True,
+        )
     return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 
