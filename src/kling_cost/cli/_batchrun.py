@@ -127,6 +127,46 @@ def _two_step_interrupt(runner: BatchRunner) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _last_alerts(deliverer: Deliverer, runner: BatchRunner, out: Console) -> DeliveryReport:
+    """Stop the background deliverer and send what the last settlements crossed, in a
+    thread this one waits for while watching for Ctrl-C: a slow sink may hold the pass (its
+    timeout per alert), never the summary. Asked to leave (a Ctrl-C now, or twice during the
+    run), the alerts stay pending (leased, then retried by `kling-cost alerts deliver`)."""
+    asked = runner.interrupt_requests
+    if runner.interrupted >= 2:  # asked to leave: no last pass (a slow sink must not hold it)
+        deliverer.stop(timeout=1.0)
+        deliverer.detach()
+        return DeliveryReport()
+    result: list[DeliveryReport] = []
+
+    def last_pass() -> None:
+        deliverer.stop()
+        try:
+            result.append(deliverer.deliver_pending())
+        except KlingCostError as exc:  # the ledger failed: the alerts stay pending
+            result.append(DeliveryReport(failed=1, errors=[f"delivery pass failed: {exc}"]))
+        except Exception as exc:  # pragma: no cover - a sink's failure is in the report already
+            result.append(DeliveryReport(failed=1, errors=[f"delivery pass failed: {exc}"]))
+
+    thread = threading.Thread(target=last_pass, name="kling-batch-alerts", daemon=True)
+    thread.start()
+    thread.join(1.0)
+    if thread.is_alive():
+        out.print(
+            "delivering the last alerts (a sink is slow); Ctrl-C leaves them pending for "
+            "`kling-cost alerts deliver`",
+            markup=False,
+            soft_wrap=True,
+        )
+    while thread.is_alive():
+        if runner.interrupt_requests > asked:
+            deliverer.detach()  # the thread may still be sending: the sinks are left to it
+            return DeliveryReport(failed=1, errors=["last alert pass: left by Ctrl-C"])
+        thread.join(0.1)
+    deliverer.close()
+    return result[0] if result else DeliveryReport()
+
+
 def execute(
     guard: CostAwareClient,
     rows: list[BatchRow],
@@ -209,20 +249,13 @@ def execute(
             deliverer.start(interval=1.0, on_pass=failing_sinks)
             with _two_step_interrupt(runner):
                 summary = runner.run()
+                # Ctrl-C during the last alert pass (a slow sink) leaves the alerts pending and
+                # still prints the summary and the resume command
+                report = _last_alerts(deliverer, runner, out)
         except BaseException:  # a third Ctrl-C, or a failure: leave now, the alerts stay pending
             deliverer.stop(timeout=1.0)
             deliverer.close()
             raise
-        report = DeliveryReport()
-        if runner.interrupted >= 2:  # asked to leave: no last pass (a slow sink must not hold it)
-            deliverer.stop(timeout=1.0)
-        else:
-            deliverer.stop()
-            try:
-                report = deliverer.deliver_pending()  # what the last settlements crossed
-            except KlingCostError as exc:  # the ledger failed: the alerts stay pending
-                report = DeliveryReport(failed=1, errors=[f"delivery pass failed: {exc}"])
-        deliverer.close()
         finished = {0: "finished", 1: "interrupted (running tasks settled)", 2: "interrupted"}
         description = finished[runner.interrupted]
         if not runner.interrupted and runner.stop_reason:
