@@ -222,6 +222,11 @@ class BatchRunner:
         return self._requested
 
     @property
+    def interrupt_requests(self) -> int:
+        """How many times :meth:`interrupt` was called (during the run or after it)."""
+        return self._requested
+
+    @property
     def in_flight(self) -> int:
         """Rows sent (or being sent) whose task has not ended yet."""
         return self._in_flight

@@ -26,15 +26,20 @@ from ..batch.plan import plural
 from ..errors import KlingCostError
 from ..guard import CostAwareClient
 from ..ledger import Ledger
+from ..ledger._urls import redact_url
 from ._common import boundary, console, err_console, print_json
 
 EXIT_INTERRUPTED = 130
+_URLS = ("ledger_url", "base_url")
+"""Parameters holding a URL that may carry a password."""
 
 
 def command_line(ctx: typer.Context, command: Sequence[str] | None = None, only: Sequence[str] = ()) -> str:
     """The command as typed: ``kling-cost`` + the sub-command names (or ``command``) + every
     parameter given on the command line (not those from the environment or defaults; with
-    ``only``, just those), quoted for a POSIX shell."""
+    ``only``, just those), quoted for a POSIX shell. A URL's password (``--ledger``,
+    ``--base-url``) is shown as ``***``: the command is printed, and terminals and CI logs
+    keep what they print."""
     if command is None:
         names: list[str] = []
         current: Any = ctx
@@ -49,6 +54,8 @@ def command_line(ctx: typer.Context, command: Sequence[str] | None = None, only:
         if (only and name not in only) or source is None or source.name != "COMMANDLINE":
             continue
         value = ctx.params.get(name)
+        if name in _URLS and isinstance(value, str):
+            value = redact_url(value)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if param.param_type_name == "argument":
             words.extend(str(v) for v in values)
@@ -118,6 +125,46 @@ def _two_step_interrupt(runner: BatchRunner) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _last_alerts(deliverer: Deliverer, runner: BatchRunner, out: Console) -> DeliveryReport:
+    """Stop the background deliverer and send what the last settlements crossed, in a
+    thread this one waits for while watching for Ctrl-C: a slow sink may hold the pass (its
+    timeout per alert), never the summary. Asked to leave (a Ctrl-C now, or twice during the
+    run), the alerts stay pending (leased, then retried by `kling-cost alerts deliver`)."""
+    asked = runner.interrupt_requests
+    if runner.interrupted >= 2:  # asked to leave: no last pass (a slow sink must not hold it)
+        deliverer.stop(timeout=1.0)
+        deliverer.detach()
+        return DeliveryReport()
+    result: list[DeliveryReport] = []
+
+    def last_pass() -> None:
+        deliverer.stop()
+        try:
+            result.append(deliverer.deliver_pending())
+        except KlingCostError as exc:  # the ledger failed: the alerts stay pending
+            result.append(DeliveryReport(failed=1, errors=[f"delivery pass failed: {exc}"]))
+        except Exception as exc:  # pragma: no cover - a sink's failure is in the report already
+            result.append(DeliveryReport(failed=1, errors=[f"delivery pass failed: {exc}"]))
+
+    thread = threading.Thread(target=last_pass, name="kling-batch-alerts", daemon=True)
+    thread.start()
+    thread.join(1.0)
+    if thread.is_alive():
+        out.print(
+            "delivering the last alerts (a sink is slow); Ctrl-C leaves them pending for "
+            "`kling-cost alerts deliver`",
+            markup=False,
+            soft_wrap=True,
+        )
+    while thread.is_alive():
+        if runner.interrupt_requests > asked:
+            deliverer.detach()  # the thread may still be sending: the sinks are left to it
+            return DeliveryReport(failed=1, errors=["last alert pass: left by Ctrl-C"])
+        thread.join(0.1)
+    deliverer.close()
+    return result[0] if result else DeliveryReport()
 
 
 def execute(
@@ -202,20 +249,13 @@ def execute(
             deliverer.start(interval=1.0, on_pass=failing_sinks)
             with _two_step_interrupt(runner):
                 summary = runner.run()
+                # Ctrl-C during the last alert pass (a slow sink) leaves the alerts pending and
+                # still prints the summary and the resume command
+                report = _last_alerts(deliverer, runner, out)
         except BaseException:  # a third Ctrl-C, or a failure: leave now, the alerts stay pending
             deliverer.stop(timeout=1.0)
             deliverer.close()
             raise
-        report = DeliveryReport()
-        if runner.interrupted >= 2:  # asked to leave: no last pass (a slow sink must not hold it)
-            deliverer.stop(timeout=1.0)
-        else:
-            deliverer.stop()
-            try:
-                report = deliverer.deliver_pending()  # what the last settlements crossed
-            except KlingCostError as exc:  # the ledger failed: the alerts stay pending
-                report = DeliveryReport(failed=1, errors=[f"delivery pass failed: {exc}"])
-        deliverer.close()
         finished = {0: "finished", 1: "interrupted (running tasks settled)", 2: "interrupted"}
         description = finished[runner.interrupted]
         if not runner.interrupted and runner.stop_reason:
@@ -242,6 +282,11 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
         data["resume"] = resume
     if left:
         data["settle"] = settle
+    hidden = any(
+        isinstance(ctx.params.get(name), str) and redact_url(ctx.params[name]) != ctx.params[name]
+        for name in _URLS
+        if (source := ctx.get_parameter_source(name)) is not None and source.name == "COMMANDLINE"
+    )
     if json_out:
         print_json(
             {
@@ -296,6 +341,13 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
             soft_wrap=True,
         )
         console.print(f"  {resume}", markup=False, soft_wrap=True)
+    if hidden and (not_sent or left):
+        console.print(
+            "(the URL's password is shown as ***: put it back, or give the URL in $KLING_COST_LEDGER "
+            "/ $KLING_BASE_URL and leave the option out)",
+            markup=False,
+            soft_wrap=True,
+        )
     return EXIT_INTERRUPTED if outcome.interrupted else 0
 
 

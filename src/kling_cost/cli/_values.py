@@ -83,19 +83,27 @@ if RuntimeParam is not None:
 
 
 def _number(value: Any, kind: type, param: Any, ctx: Any) -> int | float:
-    """``value`` as an ``int`` (``"5"``, ``" 5 "``, ``"5.0"``, ``"1_000"``) or a finite ``float``."""
+    """``value`` as an ``int`` (``"5"``, ``" 5 "``, ``"5.0"``, ``"1_000"``) or a finite ``float``,
+    read as pydantic reads text: ASCII digits only (``"５"`` or ``"٥"`` are refused, though
+    Python's ``int`` takes them) and a whole number written without an exponent or a bare
+    point (``"1e5"``, ``"5."`` and ``"1e-400"`` are refused, not read as 100000, 5 and 0)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number: int | float = value
     else:
         text = str(value).strip()
+        what = "a number" if kind is float else "a whole number"
+        whole, point, fraction = text.partition(".")
         try:
-            number = float(text) if kind is float else int(text)
+            if not text.isascii():
+                raise ValueError(text)
+            if kind is float:
+                number = float(text)
+            elif point and (not fraction.isdigit() or fraction.strip("0")):
+                raise ValueError(text)  # "5.0" is the whole number 5, as with pydantic; "5.5" is not
+            else:
+                number = int(whole)
         except ValueError:
-            try:
-                number = float(text)  # "5.0" is the whole number 5, as with pydantic
-            except ValueError:
-                what = "a number" if kind is float else "a whole number"
-                raise typer.BadParameter(f"{text!r} is not {what}", ctx, param) from None
+            raise typer.BadParameter(f"{text!r} is not {what}", ctx, param) from None
     if kind is float:
         if not math.isfinite(number):
             raise typer.BadParameter(f"{value!r} is not a finite number", ctx, param)
