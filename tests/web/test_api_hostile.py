@@ -80,3 +80,15 @@ def test_every_api_url_of_the_readme_answers_as_written(
     with serve(create_dashboard_app(ledger)) as base:
         answer = httpx.get(base + url)
     assert answer.status_code == 200, (url, answer.text)
+
+
+@pytest.mark.parametrize("path", ["/api/breakdown/model", "/api/drift"])
+@pytest.mark.parametrize("days", ["0", "-5", "3661", "99999999999999"])
+def test_days_out_of_range_is_named_as_days(
+    known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any], path: str, days: str
+) -> None:
+    ledger, _ = known
+    with serve(create_dashboard_app(ledger)) as base:
+        answer = httpx.get(f"{base}{path}?days={days}")
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"days must be between 1 and 3660, not {days}"
