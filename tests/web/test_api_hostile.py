@@ -3,18 +3,23 @@ never a 500, never a silently empty answer."""
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from kling_cost import ValidationError
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.web import create_dashboard_app
 from tests.helpers import FakeClock
+from tests.web.conftest import free_port
 
 
 @pytest.mark.parametrize(
@@ -92,3 +97,34 @@ def test_days_out_of_range_is_named_as_days(
         answer = httpx.get(f"{base}{path}?days={days}")
     assert answer.status_code == 400
     assert answer.json()["error"] == f"days must be between 1 and 3660, not {days}"
+
+
+def test_the_access_log_never_keeps_the_dashboard_token(known: tuple[Ledger, FakeClock]) -> None:
+    # Found by an outside review: with KLING_COST_LOG_LEVEL=info, uvicorn logged
+    # 'GET /?token=<the token> HTTP/1.1' for the documented "open /?token=T once".
+    ledger, _ = known
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    app = create_dashboard_app(ledger, token="sekrit-token-123")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="info"))
+    access = logging.getLogger("uvicorn.access")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        access.addHandler(handler)
+        base = f"http://127.0.0.1:{server.config.port}"
+        assert httpx.get(f"{base}/?token=sekrit-token-123").status_code == 200
+        assert httpx.get(f"{base}/api/budgets?days=1&token=sekrit-token-123").status_code == 200
+    finally:
+        access.removeHandler(handler)
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert len(seen) == 2, seen
+    assert all("sekrit-token-123" not in line and "token=***" in line for line in seen), seen

@@ -14,7 +14,7 @@ from ..budgets import validate_tz
 from ..errors import ConfigurationError, KlingCostError, ValidationError
 from ..ledger import Ledger
 from ..reports import budget_status, daily_usage, latest_charges, overview, report
-from .access import COOKIE, HostGate, TokenGate
+from .access import COOKIE, HostGate, TokenGate, hide_tokens_in_access_log
 
 try:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -97,6 +97,8 @@ def create_dashboard_app(
     ledger's clock.
     """
     tz = validate_tz(tz)
+    if token is not None:
+        hide_tokens_in_access_log()  # ?token=T opens the page; the access log must not keep T
     if refresh_seconds < 1:
         raise ValidationError("refresh_seconds must be at least 1")
     clock = now or ledger.clock
