@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ..advisor import advise
 from ..batch import BatchPlan, BatchResult, BatchRunner, plan_batch, read_batch
+from ..batch.run import ERROR
 from ..cache import CachePolicy
 from ..guard import CostAwareClient
 from ..kling import KlingClient
@@ -211,6 +212,7 @@ def run_command(
             summary_dict["stopped"] = runner.stop_reason
     if json_out:
         print_json({"plan": plan.to_dict(), "summary": summary_dict, "results": str(results)})
+        _fail_on_errors(summary.results, results, show=False)
         return
     table = Table(title="Batch summary")
     for key in ("done", "failed", "cached", "refused", "skipped", "errors", "earlier", "spent", "saved"):
@@ -226,6 +228,24 @@ def run_command(
     if runner.stop_reason:
         console.print(f"[yellow]stopped submitting: {runner.stop_reason}[/yellow]")
     console.print(f"results: {results}")
+    _fail_on_errors(summary.results, results, show=True)
+
+
+def _fail_on_errors(outcomes: list[BatchResult], results: Path, *, show: bool) -> None:
+    """Rows that could not be sent or settled (not refusals: a budget stopping a batch is its
+    job) make the run exit 1, each named (``show``), so a half-done batch never looks done."""
+    errors = [r for r in outcomes if r.status == ERROR]
+    if not errors:
+        return
+    if show:
+        for r in errors:
+            err_console.print(f"  line {r.line}: {r.error}", markup=False, soft_wrap=True)
+    n = len(errors)
+    fail(
+        f"{n} row{'' if n == 1 else 's'} could not be sent or settled (see {results}); fix "
+        f"{'it' if n == 1 else 'them'} and run the same command again: rows already done are skipped",
+        EXIT_ERROR,
+    )
 
 
 def settle_command(
