@@ -53,3 +53,17 @@ def test_rows_in_error_make_batch_run_exit_1_and_are_named(
         assert [c.prompt_preview for c in led.charges()] == ["a good fox"]
     again = runner.invoke(app, args)  # the good row is not paid twice; the bad one still fails
     assert again.exit_code == 1 and len(sim.state.tasks) == 1
+
+
+def test_results_into_the_batch_file_itself_is_refused_before_anything(tmp_path: Path) -> None:
+    # Result lines appended to the prompt file would be read back as rows by the next run.
+    file = tmp_path / "p.txt"
+    file.write_text("a fox\n")
+    ledger = tmp_path / "l.db"
+    for results in (str(file), str(tmp_path / "." / "p.txt")):
+        result = runner.invoke(
+            app, ["batch", "run", str(file), "--yes", "--results", results, "--ledger", f"sqlite:///{ledger}"]
+        )
+        assert result.exit_code == 2, result.output
+        assert "is the batch file itself" in result.stderr
+    assert file.read_text() == "a fox\n" and not ledger.exists()

@@ -167,6 +167,9 @@ def run_command(
     with boundary():
         rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
         threshold = parse_amount(approve_above, what="--approve-above", allow_zero=True)
+    results = results or file.with_name(file.name + ".results.jsonl")
+    if results.resolve() == file.resolve():  # results appended to the rows would be re-read as rows
+        fail(f"--results {results} is the batch file itself; give another file")
     with opened(ledger_url) as ledger, boundary():
         plan = plan_batch(
             [{"endpoint": r.endpoint, **r.body} for r in rows], ledger, scope or [], catalog=catalog
@@ -187,7 +190,6 @@ def run_command(
             )
         if not typer.confirm(f"Run {len(rows)} requests for {format_amount(plan.total)} {plan.unit}?"):
             raise typer.Exit(1)
-    results = results or file.with_name(file.name + ".results.jsonl")
     summary_dict: dict[str, Any]
     with _guard(ledger_url, base_url, catalog, scope or [], dedup) as guard:
         with Progress(
