@@ -178,3 +178,25 @@ def test_a_failed_export_leaves_the_output_file_as_it_was(tmp_path: Path, ledger
     code, _, err = run("export", "--format", "csv", "--output", str(out_file), "--ledger", ledger_url)
     assert code == 0, err
     assert out_file.read_text().startswith("timestamp,")
+
+
+@pytest.mark.parametrize(
+    "period",
+    [
+        ("--since", "2026-12-01", "--until", "2026-01-01"),
+        ("--until", "2020-01-01"),  # before the default --since 30d
+    ],
+    ids=["swapped", "until-before-30d"],
+)
+def test_a_period_that_ends_before_it_starts_is_an_error_not_nothing_spent(
+    ledger_url: str, period: tuple[str, ...]
+) -> None:
+    with open_ledger(ledger_url) as led:
+        led.commit(led.reserve(5, ["project:x"]))
+    commands = [("report",), ("report", "--format", "json"), ("export", "--format", "csv")]
+    if "--since" not in period:  # export has no default --since: all charges until then
+        commands.pop()
+    for command in commands:
+        code, out, err = run(*command, *period, "--ledger", ledger_url)
+        assert code == 2 and out == "", (command, out)
+        assert one_line(err) and "is before since" in err, err

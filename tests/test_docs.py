@@ -27,6 +27,22 @@ def test_readme_python_blocks_run(code: str, tmp_path: Path, monkeypatch: pytest
     exec(compile(code, str(README), "exec"), {})
 
 
+def test_readme_python_blocks_run_in_order_on_one_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new user runs the examples one after the other on the default ledger: no example may
+    leave budgets that make a later one fail (a budget of one unit refuses the other's)."""
+    monkeypatch.setenv("KLING_COST_LEDGER", f"sqlite:///{tmp_path / 'default.db'}")
+    monkeypatch.chdir(tmp_path)
+    for i, code in enumerate(BLOCKS):
+        try:
+            exec(compile(code, f"{README}:block{i}", "exec"), {})
+        except Exception as exc:  # pragma: no cover - the message says which block broke
+            raise AssertionError(
+                f"README python block {i} fails after the blocks before it: {exc!r}"
+            ) from exc
+
+
 def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     out = []
     for name, cmd in group.commands.items():

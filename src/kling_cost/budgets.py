@@ -22,6 +22,7 @@ __all__ = [
     "Window",
     "normalise_scopes",
     "parse_thresholds",
+    "unit_advice",
     "validate_scope",
     "validate_tz",
     "validate_unit",
@@ -246,6 +247,21 @@ class Usage:
             "reserved": str(self.reserved),
             "remaining": str(self.remaining),
         }
+
+
+def unit_advice(budget: Budget, unit: str) -> str:
+    """What to do when something priced in ``unit`` meets ``budget`` of another unit. Another
+    scope is no way out of ``account``: every reservation counts on it."""
+    if budget.scope == "account":
+        return (
+            f"every reservation counts on account, so change that budget's unit (kling-cost budget "
+            f"set account LIMIT --window {budget.window} --unit {unit}, while nothing is used or held "
+            f"in it) or delete it (kling-cost budget delete account --window {budget.window})"
+        )
+    return (
+        f"give {unit} a budget of their own (kling-cost budget set SCOPE LIMIT --unit {unit} "
+        "on another scope)"
+    )
 
 
 def parse_limit(value: object, what: str = "limit") -> Decimal:

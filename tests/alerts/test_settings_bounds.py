@@ -138,3 +138,13 @@ def test_a_sink_urls_own_secret_wins_over_the_configured_webhook_secret(hook: Ho
     assert verify_webhook(shared, h2, b2) is None
     with pytest.raises(AuthError):
         verify_webhook(shared, h1, b1)
+
+
+def test_an_apprise_failure_is_a_reason_not_a_log_line() -> None:
+    sink = sink_from_url("apprise://json://127.0.0.1:9/hook/SECRETTOKEN")
+    with pytest.raises(Exception) as info:
+        sink.send(sample_message(None))
+    text = str(info.value)
+    assert text.startswith("apprise:json: ") and "SECRETTOKEN" not in text
+    reason = text.removeprefix("apprise:json: ")
+    assert not reason[:4].isdigit() and " - WARNING - " not in reason, reason

@@ -3,18 +3,23 @@ never a 500, never a silently empty answer."""
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from kling_cost import ValidationError
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.web import create_dashboard_app
 from tests.helpers import FakeClock
+from tests.web.conftest import free_port
 
 
 @pytest.mark.parametrize(
@@ -80,3 +85,46 @@ def test_every_api_url_of_the_readme_answers_as_written(
     with serve(create_dashboard_app(ledger)) as base:
         answer = httpx.get(base + url)
     assert answer.status_code == 200, (url, answer.text)
+
+
+@pytest.mark.parametrize("path", ["/api/breakdown/model", "/api/drift"])
+@pytest.mark.parametrize("days", ["0", "-5", "3661", "99999999999999"])
+def test_days_out_of_range_is_named_as_days(
+    known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any], path: str, days: str
+) -> None:
+    ledger, _ = known
+    with serve(create_dashboard_app(ledger)) as base:
+        answer = httpx.get(f"{base}{path}?days={days}")
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"days must be between 1 and 3660, not {days}"
+
+
+def test_the_access_log_never_keeps_the_dashboard_token(known: tuple[Ledger, FakeClock]) -> None:
+    # Found by an outside review: with KLING_COST_LOG_LEVEL=info, uvicorn logged
+    # 'GET /?token=<the token> HTTP/1.1' for the documented "open /?token=T once".
+    ledger, _ = known
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    app = create_dashboard_app(ledger, token="sekrit-token-123")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="info"))
+    access = logging.getLogger("uvicorn.access")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        access.addHandler(handler)
+        base = f"http://127.0.0.1:{server.config.port}"
+        assert httpx.get(f"{base}/?token=sekrit-token-123").status_code == 200
+        assert httpx.get(f"{base}/api/budgets?days=1&token=sekrit-token-123").status_code == 200
+    finally:
+        access.removeHandler(handler)
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert len(seen) == 2, seen
+    assert all("sekrit-token-123" not in line and "token=***" in line for line in seen), seen

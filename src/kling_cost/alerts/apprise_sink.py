@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import warnings
 from typing import Any
@@ -17,6 +18,7 @@ from .webhook import redact_url
 __all__ = ["AppriseSink"]
 
 PREFIX = "apprise://"
+_LOG_PREFIX = re.compile(r"^\s*\d{4}-\d\d-\d\d[ T][\d:.,]+\s+-\s+[A-Z]+\s+-\s+")
 
 
 def _apprise() -> Any:
@@ -68,5 +70,6 @@ class AppriseSink(AlertSink):
             ok = self._apobj.notify(body=message.body(), title=message.title, notify_type=kind)
         if not ok:
             first = next((line for line in captured.getvalue().splitlines() if line.strip()), "")
+            first = _LOG_PREFIX.sub("", first)  # Apprise's "2026-11-30 11:28:28,176 - WARNING - "
             detail = self.redact(" ".join(first.split()))[:MAX_REASON] or "notification failed"
             raise SinkError(f"{self.name}: {detail}")

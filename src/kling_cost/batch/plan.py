@@ -8,7 +8,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from ..budgets import Usage, normalise_scopes
+from ..budgets import Usage, normalise_scopes, unit_advice
 from ..errors import PricingError
 from ..ledger import Ledger
 from ..money import MONEY, exact, format_amount
@@ -80,8 +80,8 @@ class BatchPlan:
         hint = "--catalog kling-app-credits" if other == "credits" else "--catalog kling-api"
         return (
             f"the {u.budget.window} budget of {u.scope} counts {other} but this batch is priced in "
-            f"{self.unit} (catalog {self.catalog}): price it in {other} ({hint}), or give {self.unit} "
-            f"a budget of their own (kling-cost budget set SCOPE LIMIT --unit {self.unit} on another scope)"
+            f"{self.unit} (catalog {self.catalog}): price it in {other} ({hint}), or "
+            f"{unit_advice(u.budget, self.unit)}"
         )
 
     @property

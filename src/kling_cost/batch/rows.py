@@ -118,7 +118,7 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
     return rows
 
 
-def _json(file: Path, where: str, text: str) -> Any:
+def _json(where: str, text: str) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
@@ -141,13 +141,13 @@ def _jsonl_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip() and not line.lstrip().startswith("#"):
             where = f"{file}:{number}"
-            rows.append((number, _row(where, _json(file, where, line), "each line")))
+            rows.append((number, _row(where, _json(where, line), "each line")))
     return rows
 
 
 def _json_array_rows(file: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     """A ``.json`` file: an array of row objects, numbered from 1 in the order given."""
-    doc = _json(file, str(file), text)
+    doc = _json(str(file), text)
     if not isinstance(doc, list):
         raise ConfigurationError(
             f"{file}: a .json batch must be an array of row objects (or use .jsonl: one object per line)"

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..money import format_amount
-from ._common import JsonOption, LedgerOption, boundary, console, fail, print_json
+from ._common import JsonOption, LedgerOption, boundary, console, err_console, fail, print_json
 from ._typer import App, Command
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from ..budgets import Usage
+    from ..budgets import Budget, Usage
     from ..ledger import Ledger
 
 budget_app = App(help="Set, list, show and delete budgets.", no_args_is_help=True)
@@ -136,6 +136,9 @@ def set_command(
             unit=unit,
             alerts=not no_alerts,
         )
+        clash = _account_clash(budget, ledger.budgets())
+    if clash:
+        err_console.print(f"note: {clash}", markup=False, soft_wrap=True)
     if json_out:
         print_json(budget.to_dict())
         return
@@ -150,6 +153,28 @@ def set_command(
         f"budget {budget.scope} {budget.window}: {format_amount(budget.limit)} {budget.unit} per "
         f"{budget.window} ({budget.tz}){extra}"
     )
+
+
+def _account_clash(budget: Budget, budgets: list[Budget]) -> str:
+    """Why budgets of another unit than ``account``'s can never be charged (every reservation
+    also counts on ``account``), or ``""``: a budget that is accepted but can never be used
+    deserves a word when it is set."""
+    accounts = [b for b in budgets if b.scope == "account" and b.unit != budget.unit]
+    if budget.scope != "account" and accounts:
+        acc = accounts[0]
+        return (
+            f"every reservation also counts on account, whose {acc.window} budget counts {acc.unit}: "
+            f"reservations in {budget.unit} on {budget.scope} will be refused until that budget counts "
+            f"{budget.unit} or is deleted (kling-cost budget delete account --window {acc.window})"
+        )
+    others = sorted({b.scope for b in budgets if b.scope != "account" and b.unit != budget.unit})
+    if budget.scope == "account" and others:
+        shown = ", ".join(others[:3]) + (" ..." if len(others) > 3 else "")
+        return (
+            f"every reservation also counts on account, which now counts {budget.unit}: the budgets of "
+            f"{shown} in another unit can no longer be charged"
+        )
+    return ""
 
 
 @budget_app.command("list")

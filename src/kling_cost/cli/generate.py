@@ -26,7 +26,7 @@ from ._typer import App
 from .budget import opened
 
 if TYPE_CHECKING:  # imported where used: `kling-cost --help` must not load the HTTP client
-    from ..batch import BatchPlan, BatchRow
+    from ..batch import BatchPlan, BatchResult, BatchRow
     from ..guard import CostAwareClient
 
 batch_app = App(help="Plan and run batches of generations within budget.", no_args_is_help=True)
@@ -210,6 +210,9 @@ def run_command(
     with boundary():
         rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
         threshold = parse_amount(approve_above, what="--approve-above", allow_zero=True)
+    results = results or file.with_name(file.name + ".results.jsonl")
+    if results.resolve() == file.resolve():  # results appended to the rows would be re-read as rows
+        fail(f"--results {results} is the batch file itself; give another file")
     alerts = alert_config(config_path)  # a bad file or sink URL: one line, before anything is sent
     with opened(ledger_url) as ledger, boundary():
         plan = _plan(rows, file, ledger, scope or [], catalog)
@@ -226,7 +229,6 @@ def run_command(
             fail(f"{plan.fit_text}: pass --yes to run the batch (or raise --approve-above)")
         if not typer.confirm(plan.question):
             raise typer.Exit(1)
-    results = results or file.with_name(file.name + ".results.jsonl")
     with _guard(ledger_url, base_url, catalog, scope or [], dedup) as guard:
         outcome = execute(
             guard,
@@ -240,6 +242,26 @@ def run_command(
     code = report(outcome, plan, results, ctx, json_out)
     if code:
         raise typer.Exit(code)
+    _fail_on_errors(outcome.summary.results, results, show=not json_out)
+
+
+def _fail_on_errors(outcomes: list[BatchResult], results: Path, *, show: bool) -> None:
+    """Rows that could not be sent or settled (not refusals: a budget stopping a batch is its
+    job) make the run exit 1, each named (``show``), so a half-done batch never looks done."""
+    from ..batch.run import ERROR
+
+    errors = [r for r in outcomes if r.status == ERROR]
+    if not errors:
+        return
+    if show:
+        for r in errors:
+            err_console.print(f"  line {r.line}: {r.error}", markup=False, soft_wrap=True)
+    n = len(errors)
+    fail(
+        f"{n} row{'' if n == 1 else 's'} could not be sent or settled (see {results}); fix "
+        f"{'it' if n == 1 else 'them'} and run the same command again: rows already done are skipped",
+        EXIT_ERROR,
+    )
 
 
 def settle_command(

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from ..budgets import DEFAULT_UNIT, Budget, Window, normalise_scopes, validate_unit, window_at
+from ..budgets import DEFAULT_UNIT, Budget, Window, normalise_scopes, unit_advice, validate_unit, window_at
 from ..errors import BudgetExceeded, ReservationError, StorageError, UnitMismatch, ValidationError
 from ..money import format_amount, from_storage, parse_amount, to_storage
 from ..text import bad_text
@@ -559,8 +559,8 @@ def _unit_mismatch(budget: Budget, unit: str) -> UnitMismatch:
     other = "kling-app-credits" if budget.unit == "credits" else "kling-api"
     return UnitMismatch(
         f"the {budget.window} budget of {budget.scope} counts {budget.unit} but this request is priced "
-        f"in {unit}; price it with a catalog in {budget.unit} (--catalog {other}), or give {unit} a "
-        f"budget of their own (kling-cost budget set SCOPE LIMIT --unit {unit} on another scope)",
+        f"in {unit}; price it with a catalog in {budget.unit} (--catalog {other}), or "
+        f"{unit_advice(budget, unit)}",
         scope=budget.scope,
         window=budget.window,
         budget_unit=budget.unit,

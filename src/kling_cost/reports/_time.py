@@ -12,7 +12,7 @@ from ..ledger._rows import from_ms
 from ..ledger.rollup import BUCKET_MS, DAY_MS
 from ..ledger.rollup_read import Segment
 
-__all__ = ["Segment", "day_key", "local_midnight", "parse_since", "parse_until", "segments"]
+__all__ = ["Segment", "day_key", "local_midnight", "parse_period", "parse_since", "parse_until", "segments"]
 
 _DAYS = re.compile(r"^(\d{1,5})d$")
 _ONE_MS = timedelta(milliseconds=1)
@@ -68,6 +68,19 @@ def parse_since(value: datetime | date | str | None, tz: str, now: datetime) -> 
             raise ValidationError(f"since {value!r} reaches back before {FIRST_DAY}; {_RANGE}")
         return local_midnight(first, tz)
     return _parse_moment(text, tz, "since", inclusive_end=False)
+
+
+def parse_period(
+    since: datetime | date | str | None, until: datetime | date | str | None, tz: str, now: datetime
+) -> tuple[datetime | None, datetime | None]:
+    """:func:`parse_since` and :func:`parse_until` together; a period that ends before it starts
+    (``--since`` and ``--until`` swapped) is an error, not a report of nothing spent."""
+    start, end = parse_since(since, tz, now), parse_until(until, tz)
+    if start is not None and end is not None and end < start:
+        raise ValidationError(
+            f"until {until!s} is before since {since!s}: the period ends before it starts; did you swap them?"
+        )
+    return start, end
 
 
 def parse_until(value: datetime | date | str | None, tz: str) -> datetime | None:

@@ -248,8 +248,7 @@ def report(
     dims = parse_by(by)
     zone = _time.zone(tz)
     moment = now or ledger.clock()
-    start = _time.parse_since(since, tz, moment)
-    end = _time.parse_until(until, tz)
+    start, end = _time.parse_period(since, until, tz, moment)
     if scope is not None:
         scope = validate_scope(scope)
     if source not in ("auto", "rollup", "charges"):

@@ -142,8 +142,7 @@ def export_charges(
         raise ValidationError(f"export format {fmt!r} is unknown; use jsonl or csv")
     tz = validate_tz(tz)  # also when no date needs it: a mistyped zone is an error, not ignored
     moment = now or ledger.clock()
-    start = _time.parse_since(since, tz, moment)
-    end = _time.parse_until(until, tz)
+    start, end = _time.parse_period(since, until, tz, moment)
     charges = ledger.charges(None if scope is None else validate_scope(scope), since=start, until=end)
     if fmt == "jsonl":
         for charge in charges:

@@ -19,13 +19,22 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConfigurationError
 
-__all__ = ["COOKIE", "HostGate", "TokenGate", "host_name", "is_loopback", "normalise_host"]
+__all__ = [
+    "COOKIE",
+    "HostGate",
+    "TokenGate",
+    "hide_tokens_in_access_log",
+    "host_name",
+    "is_loopback",
+    "normalise_host",
+]
 
 COOKIE = "kling_cost_token"
 
@@ -204,3 +213,28 @@ class TokenGate:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#\s]*", re.IGNORECASE)
+
+
+class _HideTokens(logging.Filter):
+    """uvicorn's access log writes each request's path with its query (``GET /?token=T``, at
+    INFO): the dashboard token is a credential, so it is logged as ``token=***``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(a, str) and "token=" in a.lower() for a in record.args
+        ):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+_ACCESS_FILTER = _HideTokens()
+
+
+def hide_tokens_in_access_log() -> None:
+    """Install the filter on ``uvicorn.access`` (once: a logger keeps one copy of a filter)."""
+    logging.getLogger("uvicorn.access").addFilter(_ACCESS_FILTER)

@@ -14,7 +14,7 @@ from ..budgets import validate_tz
 from ..errors import ConfigurationError, KlingCostError, ValidationError
 from ..ledger import Ledger
 from ..reports import budget_status, daily_usage, glance, latest_charges, overview, report
-from .access import COOKIE, HostGate, TokenGate
+from .access import COOKIE, HostGate, TokenGate, hide_tokens_in_access_log
 
 try:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -64,6 +64,8 @@ def _int(request: Request, name: str, default: int) -> int:
         raise ValidationError(f"{name} must be an integer, not {raw!r}") from None
 
 
+MAX_DAYS = 3660
+"""Most days one ``?days=`` covers (the same bound as :func:`~kling_cost.reports.daily_usage`)."""
 MAX_ROWS = 1000
 """Most rows one ``/api/charges`` or ``/api/alerts`` call returns."""
 
@@ -95,6 +97,8 @@ def create_dashboard_app(
     ledger's clock.
     """
     tz = validate_tz(tz)
+    if token is not None:
+        hide_tokens_in_access_log()  # ?token=T opens the page; the access log must not keep T
     if refresh_seconds < 1:
         raise ValidationError("refresh_seconds must be at least 1")
     clock = now or ledger.clock
@@ -112,6 +116,13 @@ def create_dashboard_app(
                 return JSONResponse({"error": str(exc)}, status_code=503)
 
         return endpoint
+
+    def _days(request: Request) -> int:
+        """``?days=`` as ``/api/overview`` and ``/api/daily`` take it: 1 to 3660."""
+        n = _int(request, "days", days)
+        if not 1 <= n <= MAX_DAYS:
+            raise ValidationError(f"days must be between 1 and {MAX_DAYS}, not {n}")
+        return n
 
     def zone(request: Request) -> str:
         return validate_tz(_param(request, "tz") or tz)
@@ -165,13 +176,11 @@ def create_dashboard_app(
         dim = request.path_params["dim"]
         if dim not in BREAKDOWNS:
             raise ValidationError(f"no breakdown by {dim!r}; choose from: {', '.join(BREAKDOWNS)}")
-        n = _int(request, "days", days)
-        rep = report(ledger, (dim,), since=f"{n}d", tz=zone(request), now=clock())
+        rep = report(ledger, (dim,), since=f"{_days(request)}d", tz=zone(request), now=clock())
         return rep.to_dict()
 
     def get_drift(request: Request) -> Any:
-        n = _int(request, "days", days)
-        rep = report(ledger, ("model", "mode"), since=f"{n}d", tz=zone(request), now=clock())
+        rep = report(ledger, ("model", "mode"), since=f"{_days(request)}d", tz=zone(request), now=clock())
         return rep.to_dict()
 
     def get_charges(request: Request) -> Any:
