@@ -346,8 +346,8 @@ class GuardCore:
     def unsettled(self, since: datetime) -> list[Reservation]:
         """Reservations whose outcome is not in the ledger yet: held ones, and expired ones
         (made after ``since``) whose task may still have been accepted and charged."""
-        expired = [r for r in self.ledger.reservations(status="expired") if r.created_at >= since]
-        return self.ledger.reservations(status="reserved") + expired
+        held = self.ledger.reservations(status="reserved", limit=None)
+        return held + self.ledger.reservations(status="expired", limit=None, since=since)
 
     def settle_found(
         self, res: Reservation, task: KlingTask | None, now: datetime, report: SettleReport

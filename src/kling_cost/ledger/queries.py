@@ -36,6 +36,9 @@ def _check_limit(limit: object) -> None:
         raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
 
 
+_PAGE = 1000
+"""Rows read per query when every reservation is asked for (``limit=None``)."""
+
 MAX_SQL_INT = 2**63 - 1
 """The largest integer both backends store; a larger row limit means every row."""
 
@@ -61,20 +64,42 @@ class LedgerQueries(LedgerCore):
         with self._transaction() as cur:
             return self._reservation_by(cur, "task_id", clean_text(task_id))
 
-    def reservations(self, status: str | None = None, limit: int = 1000) -> list[Reservation]:
-        """Reservations, newest first, optionally of one status (``reserved`` = pending)."""
+    def reservations(
+        self, status: str | None = None, limit: int | None = 1000, *, since: datetime | None = None
+    ) -> list[Reservation]:
+        """Reservations, newest first, optionally of one status (``reserved`` = pending) and
+        made at or after ``since``. ``limit=None`` reads every one, a page at a time."""
         if status is not None and status not in STATUSES:
             raise ValidationError(f"status {status!r} is unknown; allowed: {', '.join(STATUSES)}")
-        _check_limit(limit)
-        with self._transaction() as cur:
-            if status is None:
-                cur.execute(RES_SELECT + " ORDER BY created_at DESC, id LIMIT ?", (limit,))
-            else:
-                cur.execute(
-                    RES_SELECT + " WHERE status = ? ORDER BY created_at DESC, id LIMIT ?",
-                    (status, limit),
-                )
-            return [reservation_from_row(row) for row in cur.fetchall()]
+        if limit is not None:
+            _check_limit(limit)
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(to_ms(since))
+        out: list[Reservation] = []
+        after: tuple[int, str] | None = None  # keyset: (created_at, id) of the last row read
+        while True:
+            conds = list(where)
+            page_params = list(params)
+            if after is not None:
+                conds.append("(created_at < ? OR (created_at = ? AND id < ?))")
+                page_params += [after[0], after[0], after[1]]
+            want = _PAGE if limit is None else min(_PAGE, limit - len(out))
+            sql = RES_SELECT + (" WHERE " + " AND ".join(conds) if conds else "")
+            sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+            with self._transaction() as cur:
+                cur.execute(sql, [*page_params, want])
+                rows = cur.fetchall()
+            out.extend(reservation_from_row(row) for row in rows)
+            if len(rows) < want or (limit is not None and len(out) >= limit):
+                return out
+            last = out[-1]
+            after = (to_ms(last.created_at), last.id)
 
     def usage(self, scope: str, window: str | None = None, *, at: datetime | None = None) -> Usage:
         """Limit, used, reserved and remaining of one budget in the window containing ``at``."""
