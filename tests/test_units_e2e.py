@@ -11,24 +11,20 @@ simulator ran, never above the limit.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from kling_cost.kling.auth import JWTAuth
 from kling_cost.ledger import open_ledger
 from tests.ledger.conftest import ledger_url  # noqa: F401 - the backend matrix
-from tests.servers import AK, SK, free_port
+from tests.terminal import simulator as run_simulator
+from tests.terminal import wait_all_ended
 
 pytestmark = pytest.mark.slow
 
@@ -54,54 +50,10 @@ def _done(env: dict[str, str], *args: str, timeout: float = 60) -> str:
 
 
 @pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def simulator() -> Iterator[tuple[str, dict[str, str]]]:
     """``kling-cost simulate`` in its own process, on a free loopback port."""
-    port = free_port()
-    env = {**os.environ, "KLING_ACCESS_KEY": AK, "KLING_SECRET_KEY": SK}
-    for name in ("KLING_COST_LEDGER", "KLING_COST_CATALOG", "KLING_BASE_URL"):
-        env.pop(name, None)
-    args = ["simulate", "--port", str(port), "--task-seconds", "1.5", "--failure-rate", "0"]
-    proc = _cli(env, *args, "--concurrency", "5")
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"the simulator did not start: {proc.communicate()}") from None
-            time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", env
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-
-
-def _kling_tasks(base: str) -> list[dict[str, Any]]:
-    """What the simulator (Kling) knows: every task it accepted, with its status."""
-    auth = JWTAuth(AK, SK)
-    answer = httpx.get(
-        f"{base}/_simulator/state", headers={"Authorization": auth.authorization()}, timeout=10
-    )
-    answer.raise_for_status()
-    tasks: list[dict[str, Any]] = answer.json()["data"]["tasks"]
-    return tasks
-
-
-def _wait_all_ended(base: str, timeout: float = 30) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        tasks = _kling_tasks(base)
-        if all(t["task_status"] in ("succeed", "failed") for t in tasks):
-            return tasks
-        assert time.monotonic() < deadline, tasks
-        time.sleep(0.1)
+    with run_simulator("--task-seconds", "1.5", "--failure-rate", "0", "--concurrency", "5") as running:
+        yield running
 
 
 def test_interrupted_credit_batch_settled_without_flags_never_overspends(
@@ -146,7 +98,7 @@ def test_interrupted_credit_batch_settled_without_flags_never_overspends(
         left = ledger.reservations(status="reserved")
         assert left, "the interrupted run left holds for its running tasks"
         assert {(r.unit, r.catalog, r.amount) for r in left} == {("credits", "kling-app-credits", PER_CLIP)}
-    _wait_all_ended(base)
+    wait_all_ended(base)
 
     # `kling-cost settle` with no flags: the ledger and Kling's URL come from the environment.
     settle_env = {**env, "KLING_COST_LEDGER": ledger_url, "KLING_BASE_URL": base}
@@ -158,7 +110,7 @@ def test_interrupted_credit_batch_settled_without_flags_never_overspends(
         assert settled.used % PER_CLIP == 0 and settled.used > 0  # 70 per clip, not Kling's units
 
     _done(env, *batch)  # the re-run: settled rows are skipped, the rest stop at the ceiling
-    tasks = _wait_all_ended(base)
+    tasks = wait_all_ended(base)
     ran = [t for t in tasks if t["task_status"] == "succeed"]
     externals = [t["task_info"]["external_task_id"] for t in tasks]
     assert len(externals) == len(set(externals))  # no row sent twice

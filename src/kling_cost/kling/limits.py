@@ -70,6 +70,9 @@ async def read_json_body(
 
 
 def _finite(text: str) -> float:
+    """A JSON number with a fraction in a Kling request body (``cfg_scale``, ``strength``), read
+    as Kling's own JSON does: a float, refused when not finite. Never an amount of money: prices
+    come from the catalog (integer durations and counts), exact Decimals from there on."""
     value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"number {text[:20]} is out of range")
