@@ -3,7 +3,11 @@ error in the terms of the command line (issue 12, item 6)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ from typer.testing import CliRunner
 
 from kling_cost import MissingCredentials
 from kling_cost.cli import app
+from kling_cost.cli._help import HELP_FILE, live_help, rendered_help, terminal_columns
 from kling_cost.kling import resolve_auth
 
 runner = CliRunner()
@@ -197,3 +202,76 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str]) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- `kling-cost --help` from the stored text (cli/_help.py) -------------------------------
+
+SCRIPT = Path(sys.executable).with_name("kling-cost")
+TYPER_HELP = "import sys\nfrom kling_cost.cli._app import app\napp(sys.argv[1:], prog_name='kling-cost')\n"
+
+
+def _script(*argv: str, columns: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = columns
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", MAIN_AS_SCRIPT]
+    return subprocess.run([*command, *argv], capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def _typer(*argv: str, columns: str) -> str:
+    env = {**os.environ, "COLUMNS": columns}
+    proc = subprocess.run(
+        [sys.executable, "-c", TYPER_HELP, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    return proc.stdout
+
+
+MAIN_AS_SCRIPT = "import sys\nsys.argv[0] = 'kling-cost'\nfrom kling_cost.cli import main\nmain()\n"
+
+
+def test_stored_root_help_is_what_typer_renders() -> None:
+    assert HELP_FILE.read_text(encoding="utf-8") == live_help(), (
+        "the stored root help is out of date: run python -m kling_cost.cli._help --write"
+    )
+
+
+@pytest.mark.parametrize("columns", [None, "80", "200"])
+def test_root_help_on_a_wide_terminal_is_the_stored_text_and_typers(columns: str | None) -> None:
+    proc = _script("--help", columns=columns)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == HELP_FILE.read_text(encoding="utf-8")
+    assert proc.stdout == _typer("--help", columns=columns or "80")
+
+
+def test_root_help_on_a_narrow_terminal_is_rendered_by_typer() -> None:
+    proc = _script("--help", columns="60")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == _typer("--help", columns="60")
+    assert proc.stdout != HELP_FILE.read_text(encoding="utf-8")  # wrapped at 58, not 78
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 60
+
+
+def test_only_exactly_root_help_takes_the_stored_text() -> None:
+    assert rendered_help(["/x/kling-cost", "--help"]) == HELP_FILE.read_text(encoding="utf-8")
+    for argv in (
+        ["/x/kling-cost"],
+        ["/x/kling-cost", "estimate", "--help"],
+        ["/x/kling-cost", "--help", "extra"],
+        ["/x/kling_cost/__main__.py", "--help"],  # python -m kling_cost: usage says so
+    ):
+        assert rendered_help(argv) is None, argv
+
+
+@pytest.mark.parametrize(("value", "expected"), [("100", 100), ("0", 80), ("-3", 80), ("wide", 80)])
+def test_terminal_columns_reads_columns_as_shutil_does(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: int
+) -> None:
+    monkeypatch.setenv("COLUMNS", value)
+    if expected == 80:  # no usable $COLUMNS: the terminal, else 80, exactly as shutil says
+        expected = shutil.get_terminal_size().columns
+    assert terminal_columns() == expected

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import kling_cost
-from kling_cost.cli import _Commands, app
+from kling_cost.cli import app
+from kling_cost.cli._app import _Commands
 
 SRC = Path(kling_cost.__file__).resolve().parent
 HEAVY = ("pydantic", "httpx", "starlette", "uvicorn", "jinja2", "plotly", "jwt", "psycopg", "anyio")
@@ -70,6 +71,20 @@ def test_from_kling_cost_import_loads_only_what_it_names(tmp_path: Path) -> None
 def test_help_loads_no_heavy_library(tmp_path: Path) -> None:
     modules = cli_modules(tmp_path, "--help")
     assert present(modules, (*HEAVY, *LIBRARY, "rich", "sqlite3", "kling_cost.pricing")) == []
+
+
+def test_root_help_is_answered_without_typer(tmp_path: Path) -> None:
+    modules = cli_modules(tmp_path, "--help")
+    assert "kling_cost.cli._help" in modules
+    assert present(modules, ("typer", "click", "kling_cost.cli._app", "kling_cost.cli._common")) == []
+    # anything else builds the Typer application
+    modules = cli_modules(tmp_path, "estimate", "--help")
+    assert {"typer", "kling_cost.cli._app"} <= modules
+
+
+def test_importing_the_cli_package_builds_nothing(tmp_path: Path) -> None:
+    modules = loaded_modules(tmp_path, "import kling_cost.cli\n")
+    assert present(modules, ("typer", "click", "kling_cost.cli._app")) == []
 
 
 def test_estimate_loads_only_its_own_command(tmp_path: Path) -> None:

@@ -1,56 +1,42 @@
 """The ``kling-cost`` command line: a thin layer over the library.
 
-Each command's module is imported, and the command built, only when it runs (or its help is
-shown): ``kling-cost estimate`` never loads the HTTP client, the ledger or the dashboard. Add a
-command to ``_Commands.lazy_commands`` as ``"name": "module:attribute"`` (a command function,
-or a ``typer.Typer`` for a group of commands); the list of commands in ``--help`` follows it.
+The application (``app``, a Typer group) lives in :mod:`._app` and each command's module is
+imported only when that command runs or its help is shown. Importing this package loads none of
+it: :func:`main`, the script's entry point, answers ``kling-cost --help`` from the root help
+rendered ahead of time (:mod:`._help`, kept identical to Typer's own output by a test), and
+otherwise builds the application and runs it. ``from kling_cost.cli import app`` still works
+(PEP 562), for tests and for embedding the CLI.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import sys
+from typing import TYPE_CHECKING, Any
 
-from ._common import one_line_usage_errors, run_main
-from ._typer import App, LazyGroup
+if TYPE_CHECKING:
+    from ._app import app
 
 __all__ = ["app", "main"]
 
-one_line_usage_errors()  # typer's click prints a four-line usage block; ours is one line
 
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        from . import _app
 
-class _Commands(LazyGroup):
-    lazy_package: ClassVar[str] = __name__
-    lazy_commands: ClassVar[dict[str, str]] = {
-        "estimate": "pricing:estimate_command",
-        "usage": "budget:usage_command",
-        "simulate": "simulate:simulate_command",
-        "settle": "generate:settle_command",
-        "advise": "generate:advise_command",
-        "demo": "demo:demo_command",
-        "report": "report:report_command",
-        "export": "report:export_command",
-        "serve": "report:serve_command",
-        "pricing": "pricing:pricing_app",
-        "budget": "budget:budget_app",
-        "ledger": "budget:ledger_app",
-        "batch": "generate:batch_app",
-        "alerts": "alerts:alerts_app",
-    }
-
-
-app = App(
-    cls=_Commands,
-    name="kling-cost",
-    help="Cost estimates, hard budgets, alerts and usage tracking for the Kling AI API.",
-    no_args_is_help=True,
-)
-
-
-@app.callback()
-def _root() -> None:
-    """Cost estimates, hard budgets, alerts and usage tracking for the Kling AI API."""
+        return getattr(_app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
     """Entry point of the ``kling-cost`` script."""
+    from ._help import rendered_help
+
+    text = rendered_help(sys.argv)
+    if text is not None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from ._app import app
+    from ._common import run_main
+
     run_main(app)
