@@ -15,6 +15,7 @@ twice) in any of them.
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -202,3 +203,74 @@ def test_refunded_failures_make_room_and_the_budget_fills_in_one_run(
     assert re.search(r"\d+ rows? not sent; run the same command when the budget has room", proc.stdout)
     # item 6: the finished bar says how the run ended, not the last row's status
     assert "stopped: nothing more fits" in proc.stderr and "line " not in proc.stderr.splitlines()[-1]
+
+
+def test_sigterm_stops_like_a_first_ctrl_c_and_a_second_leaves(
+    ledger_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A service manager's SIGTERM (``docker stop``, systemd) is the same two-step stop as
+    Ctrl-C, named as what it was, and the exit code is 143 as a shell reports SIGTERM."""
+    with simulator("--task-seconds", "2", "--failure-rate", "0", "--concurrency", "5") as (base, env):
+        _budget(ledger_url)
+        prompts = _prompts(tmp_path, 12)
+        with terminal(_batch(prompts, base, ledger_url, "--yes"), env) as term:
+            _wait_running(ledger_url, 3, term.proc)
+            term.proc.send_signal(signal.SIGTERM)
+            term.expect(
+                r"stopping \(SIGTERM\): \d+ tasks? still running at Kling, waiting for (?:them|it) to "
+                r"settle; SIGTERM again to leave (?:them|it) to `kling-cost settle`",
+                timeout=2,
+            )
+            assert term.wait() == 143
+            out = term.text
+        assert "Batch summary" in out and "interrupted (running tasks settled)" in out
+        assert re.search(r"Resume with:\n +kling-cost batch run ", out), out
+        sent = len(kling_tasks(base))
+        with open_ledger(ledger_url) as led:  # every task that ran was settled before the exit
+            assert led.reservations(status="reserved") == []
+            assert led.usage("account").used == PER_CLIP * sent
+
+        (tmp_path / "again").mkdir()
+        prompts2 = _prompts(tmp_path / "again", 12)
+        with terminal(_batch(prompts2, base, ledger_url, "--yes"), env) as term:
+            _wait_running(ledger_url, 1, term.proc)
+            term.proc.send_signal(signal.SIGTERM)
+            term.expect(r"stopping \(SIGTERM\)", timeout=2)
+            term.proc.send_signal(signal.SIGTERM)
+            term.expect(r"leaving \d+ tasks? running at Kling", timeout=2)
+            assert term.wait(10) == 143
+            assert re.search(r"Settle them with:\n +kling-cost settle ", term.text), term.text
+
+
+def test_task_timeout_leaves_slow_tasks_to_settle_and_exits_1(
+    ledger_url: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """``--task-timeout``: a task that has not ended in time makes its row an error (exit 1,
+    the line named), its hold stays for ``kling-cost settle``, which charges it once."""
+    with simulator("--task-seconds", "3", "--failure-rate", "0", "--concurrency", "5") as (base, env):
+        _budget(ledger_url)
+        prompts = _prompts(tmp_path, 2)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kling_cost",
+                *_batch(prompts, base, ledger_url, "--yes", "--task-timeout", "1"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert re.search(r"line 2: task \S+ did not end within 1 s", proc.stderr), proc.stderr
+        with open_ledger(ledger_url) as led:
+            held = led.reservations(status="reserved")
+            assert len(held) == 2 and all(r.task_id for r in held)
+        wait_all_ended(base)
+        assert "errors 0" in cli(env, "settle", "--base-url", base, "--ledger", ledger_url)
+        ran = _no_loss_no_double(base, ledger_url)
+        assert len(ran) == 2

@@ -30,6 +30,7 @@ from ..ledger._urls import redact_url
 from ._common import boundary, console, err_console, print_json
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 _URLS = ("ledger_url", "base_url")
 """Parameters holding a URL that may carry a password."""
 
@@ -79,6 +80,14 @@ class Outcome:
     stop_reason: str | None
     alerts: list[str]
     alert_report: DeliveryReport
+    stopped_by: str | None = None  # "Ctrl-C" or "SIGTERM", the first signal that stopped the run
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 130 (interrupted by Ctrl-C) / 143 (by SIGTERM), as a shell reports a signal."""
+        if not self.interrupted:
+            return 0
+        return EXIT_TERMINATED if self.stopped_by == "SIGTERM" else EXIT_INTERRUPTED
 
 
 def alert_config(config_path: str | None) -> AlertsConfig:
@@ -109,22 +118,27 @@ def _reasons(report: DeliveryReport) -> list[str]:
 
 
 @contextmanager
-def _two_step_interrupt(runner: BatchRunner) -> Iterator[None]:
-    """Ctrl-C (SIGINT) while the batch runs: the runner stops submitting, then stops waiting;
-    a third Ctrl-C is an ordinary KeyboardInterrupt."""
+def _two_step_interrupt(runner: BatchRunner, received: list[str]) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM (a service manager, ``docker stop``, ``kill``) while the batch
+    runs: the first stops submitting and settles what runs, the second stops waiting; a third
+    Ctrl-C is an ordinary KeyboardInterrupt and a third SIGTERM ends the process (the ledger's
+    leases cover what is left). ``received`` gets each signal's name, for the messages."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: object) -> None:
+        received.append("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
         if runner.interrupt() >= 2:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 def _last_alerts(deliverer: Deliverer, runner: BatchRunner, out: Console) -> DeliveryReport:
@@ -176,6 +190,7 @@ def execute(
     results: Path,
     alerts_config: AlertsConfig,
     json_out: bool,
+    task_timeout: float = 1800.0,
 ) -> Outcome:
     """Run the rows under a progress bar (on stderr), alerts printed above it as they are
     delivered, Ctrl-C in two steps."""
@@ -198,19 +213,23 @@ def execute(
         def advance(result: BatchResult) -> None:
             progress.update(bar, advance=1, description=f"line {result.line}: {result.status}")
 
+        received: list[str] = []
+
         def stopping(level: int, in_flight: int) -> None:
             tasks = plural(in_flight, "task")
             them = "it" if in_flight == 1 else "them"
             if level == 1:
+                by = received[0] if received else "Ctrl-C"
+                stop = "stopping" if by == "Ctrl-C" else f"stopping ({by})"
                 if in_flight:
                     out.print(
-                        f"stopping: {tasks} still running at Kling, waiting for {them} to settle; "
-                        f"Ctrl-C again to leave {them} to `kling-cost settle`",
+                        f"{stop}: {tasks} still running at Kling, waiting for {them} to settle; "
+                        f"{by} again to leave {them} to `kling-cost settle`",
                         markup=False,
                         soft_wrap=True,
                     )
                 else:
-                    out.print("stopping: nothing is running; no more rows are sent", markup=False)
+                    out.print(f"{stop}: nothing is running; no more rows are sent", markup=False)
                 progress.update(bar, description=f"stopping: waiting for {tasks}")
             else:
                 out.print(
@@ -241,13 +260,14 @@ def execute(
             rows,
             concurrency=concurrency,
             poll=poll,
+            timeout=task_timeout,
             results_path=results,
             on_result=advance,
             on_stopping=stopping,
         )
         try:
             deliverer.start(interval=1.0, on_pass=failing_sinks)
-            with _two_step_interrupt(runner):
+            with _two_step_interrupt(runner, received):
                 summary = runner.run()
                 # Ctrl-C during the last alert pass (a slow sink) leaves the alerts pending and
                 # still prints the summary and the resume command
@@ -261,11 +281,13 @@ def execute(
         if not runner.interrupted and runner.stop_reason:
             description = "stopped: nothing more fits"
         progress.update(bar, description=description)
-    return Outcome(summary, runner.interrupted, runner.stop_reason, alerts, report)
+    stopped_by = received[0] if received and runner.interrupted else None
+    return Outcome(summary, runner.interrupted, runner.stop_reason, alerts, report, stopped_by)
 
 
 def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context, json_out: bool) -> int:
-    """Print the summary and what to do next; returns the exit code (130 when interrupted)."""
+    """Print the summary and what to do next; returns the exit code (130 when interrupted by
+    Ctrl-C, 143 by SIGTERM)."""
     summary = outcome.summary
     data: dict[str, Any] = summary.to_dict()
     if data["unit"] is None and data["spent"] is not None:
@@ -297,7 +319,7 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
                 "alerts_undelivered": outcome.alert_report.errors,
             }
         )
-        return EXIT_INTERRUPTED if outcome.interrupted else 0
+        return outcome.exit_code
     columns = ("done", "failed", "cached", "refused", "skipped", "errors", "earlier", "running")
     table = Table(title="Batch summary")
     for key in (*columns, "spent", "saved"):
@@ -348,10 +370,18 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
             markup=False,
             soft_wrap=True,
         )
-    return EXIT_INTERRUPTED if outcome.interrupted else 0
+    return outcome.exit_code
 
 
-__all__ = ["EXIT_INTERRUPTED", "Outcome", "alert_config", "command_line", "execute", "report"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+    "Outcome",
+    "alert_config",
+    "command_line",
+    "execute",
+    "report",
+]
 
 
 def _per_unit(summary: dict[str, Any], key: str) -> str:

@@ -192,6 +192,15 @@ def run_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; send nothing.")] = False,
     dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Reuse identical requests.")] = True,
     poll: Annotated[float, typer.Option("--poll", min=0.01, help="Seconds between task polls.")] = 2.0,
+    task_timeout: Annotated[
+        float,
+        typer.Option(
+            "--task-timeout",
+            min=1,
+            help="Seconds to wait for one task to end; then its row is an error and its hold is "
+            "left to `kling-cost settle`.",
+        ),
+    ] = 1800.0,
     config_path: ConfigOption = None,
     base_url: BaseUrlOption = None,
     catalog: CatalogOption = None,
@@ -238,6 +247,7 @@ def run_command(
             results=results,
             alerts_config=alerts,
             json_out=json_out,
+            task_timeout=task_timeout,
         )
     code = report(outcome, plan, results, ctx, json_out)
     if code:
