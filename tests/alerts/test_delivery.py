@@ -334,3 +334,43 @@ def test_a_config_file_with_a_bad_sink_fails_when_loaded(tmp_path: pytest.TempPa
     with pytest.raises(ConfigurationError, match="cannot read"):
         load_config(tmp_path / "missing.toml")  # type: ignore[operator]
     assert AlertsConfig().sinks == ("log://",)
+
+
+def test_a_slow_webhook_does_not_hold_back_the_terminal(ledger: Ledger) -> None:
+    """``batch run`` prints alerts through a callback added to the configured sinks: it gets
+    each alert while a slow webhook is still answering, not after it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from tests.servers import serve
+
+    arrived, release = threading.Event(), threading.Event()
+
+    async def slow(request: Request) -> Response:
+        import anyio.to_thread
+
+        await request.body()
+        arrived.set()
+        await anyio.to_thread.run_sync(release.wait, 10)
+        return Response("ok")
+
+    printed: list[str] = []
+    ledger.set_budget("account", 10, thresholds=["1"])
+    ledger.reserve(10)
+    with serve(Starlette(routes=[Route("/hook", slow, methods=["POST"])])) as base:
+        config = AlertsConfig.from_mapping({"sinks": [f"{base}/hook"], "timeout": 20})
+        deliverer = config.deliverer(ledger, [CallbackSink(printed.append, text=True, name="terminal")])
+        deliverer.backoff = Backoff.none()
+        passes: list[int] = []
+        worker = threading.Thread(target=lambda: passes.append(deliverer.deliver_pending().delivered))
+        worker.start()
+        try:
+            assert arrived.wait(10), "the webhook never got the alert"
+            assert len(printed) == 1 and "account" in printed[0], "the terminal waited for the webhook"
+        finally:
+            release.set()
+            worker.join(20)
+            deliverer.close()
+    assert passes == [1] and ledger.alerts()[0].status == "delivered"

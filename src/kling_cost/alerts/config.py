@@ -58,7 +58,8 @@ class AlertsConfig:
         self.build_sinks()  # every URL is checked now, not at the first alert
 
     def build_sinks(self, extra: Iterable[AlertSink] = ()) -> list[AlertSink]:
-        return make_sinks([*self.sinks, *extra], secret=self.webhook_secret, timeout=self.timeout)
+        # the extra (local) sinks first: a slow webhook never delays the terminal
+        return make_sinks([*extra, *self.sinks], secret=self.webhook_secret, timeout=self.timeout)
 
     def with_sinks(self, sinks: Iterable[str]) -> AlertsConfig:
         """The same settings with other sink URLs (``--sink`` flags replace the file's)."""
