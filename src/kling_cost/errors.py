@@ -13,7 +13,7 @@
      ├── ReservationError          commit/release of a reservation in the wrong state, or unknown
      ├── StorageError              the ledger's database failed or is unreachable
      │    └── LedgerClosed         an operation on a ledger after close()
-     ├── SinkError                 an alert sink could not deliver a message (receiver failed or unreachable)
+     ├── SinkError                 an alert sink could not deliver (the receiver failed or is unreachable)
      ├── TaskTimeout               a Kling task did not end in time (keeps the task id)
      └── KlingAPIError             an error answer from Kling (code, message, request_id)
           ├── AuthError            1000-1004
