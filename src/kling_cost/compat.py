@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from .errors import BudgetExceeded
+from .errors import BudgetExceeded, ValidationError
 from .ledger import Ledger, Reservation, open_ledger
 from .money import MONEY, exact, parse_amount
 from .pricing import Estimate, estimate, load_catalog
@@ -36,6 +36,17 @@ __all__ = ["BudgetGuard", "CostAwareKlingClient", "UsageTracker", "pre_batch_che
 def _plain(value: Decimal) -> int | Decimal:
     """The seed deals in whole credits: give ints back where the value is whole."""
     return int(value) if value == value.to_integral_value(context=MONEY) else value.normalize(MONEY)
+
+
+def _fraction(value: object) -> Decimal:
+    """``alert_threshold`` as a Decimal in (0, 1]; else :class:`ValidationError` (a ``ValueError``)."""
+    try:
+        fraction = None if isinstance(value, bool) else Decimal(str(value))
+    except ArithmeticError:  # "eighty", "0.8.1"
+        fraction = None
+    if fraction is None or not fraction.is_finite() or not 0 < fraction <= 1:
+        raise ValidationError(f"alert_threshold must be a fraction in (0, 1], e.g. 0.8, not {value!r}")
+    return fraction
 
 
 class BudgetGuard:
@@ -53,9 +64,7 @@ class BudgetGuard:
         catalog: str = "kling-app-credits",
     ) -> None:
         self.daily_limit = parse_amount(daily_limit, what="daily_limit")
-        self.alert_threshold = Decimal(str(alert_threshold))
-        if not 0 < self.alert_threshold <= 1:
-            raise ValueError(f"alert_threshold must be in (0, 1], not {alert_threshold!r}")
+        self.alert_threshold = _fraction(alert_threshold)
         self.ledger = ledger if isinstance(ledger, Ledger) else open_ledger(ledger)
         self.scope = scope
         self.ttl = ttl

@@ -104,9 +104,11 @@ def simulated_kling(**settings: Any) -> Iterator[tuple[str, Any, str, str]]:
         import uvicorn
 
         from .simulator import create_app
-    except ImportError as exc:
+    except ImportError as exc:  # uvicorn and starlette are dependencies: a damaged environment
+        name = (exc.name or "uvicorn").partition(".")[0]
         raise ConfigurationError(
-            "the demo needs the server extra: pip install 'klingai-cost-controls[server]'"
+            f"the demo needs {name}, a dependency of klingai-cost-controls missing from this "
+            f"environment: pip install {name}"
         ) from exc
     ak, sk = "demo-access-key", "demo-secret-key-0123456789-abcdefghijklmnop"
     app = create_app(ak, sk, **settings)

@@ -13,6 +13,7 @@
      ├── ReservationError          commit/release of a reservation in the wrong state, or unknown
      ├── StorageError              the ledger's database failed or is unreachable
      │    └── LedgerClosed         an operation on a ledger after close()
+     ├── SinkError                 an alert sink could not deliver (the receiver failed or is unreachable)
      ├── TaskTimeout               a Kling task did not end in time (keeps the task id)
      └── KlingAPIError             an error answer from Kling (code, message, request_id)
           ├── AuthError            1000-1004
@@ -50,6 +51,7 @@ __all__ = [
     "RateLimited",
     "ReservationError",
     "ServerError",
+    "SinkError",
     "StorageError",
     "TaskTimeout",
     "UnitMismatch",
@@ -171,6 +173,11 @@ class StorageError(KlingCostError):
 
 class LedgerClosed(StorageError):
     """The ledger was closed (``close()``, or its ``with`` block ended); open it again to use it."""
+
+
+class SinkError(KlingCostError):
+    """An alert sink could not deliver a message (the receiver failed or is unreachable); the
+    alert stays pending and is retried. Raised by the sinks of :mod:`kling_cost.alerts`."""
 
 
 class TaskTimeout(KlingCostError, TimeoutError):

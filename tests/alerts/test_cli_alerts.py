@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kling_cost.cli import app
-from kling_cost.kling.webhooks import verify_webhook
 from kling_cost.ledger import open_ledger
+from kling_cost.signing import verify_webhook
 from tests.alerts.conftest import Hook
 
 runner = CliRunner()

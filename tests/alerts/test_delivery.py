@@ -19,9 +19,9 @@ from kling_cost.alerts import (
     load_config,
     sink_from_url,
 )
-from kling_cost.kling.webhooks import verify_webhook
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.ledger.outbox_store import OutboxStore
+from kling_cost.signing import verify_webhook
 from tests.alerts.conftest import Hook, Mailbox
 from tests.helpers import FakeClock
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from kling_cost import AuthError, ConfigurationError
 from kling_cost.alerts import AlertsConfig, Backoff, Deliverer, load_config, sample_message, sink_from_url
 from kling_cost.cli import app
-from kling_cost.kling import verify_webhook
 from kling_cost.ledger import Ledger, open_ledger
+from kling_cost.signing import verify_webhook
 from tests.alerts.conftest import Hook
 from tests.ledger.conftest import clock, ledger, ledger_url
 

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,27 @@ from typing import Any
 import pytest
 
 from kling_cost.ledger import open_ledger
-from kling_cost.simulator import create_app
+from kling_cost.simulator import ManualClock, create_app
 from tests.servers import AK, SK, serve
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def sim_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Any, str]]:
-    app = create_app(AK, SK, task_seconds=2.0, failure_rate=0.2, seed=3, concurrency=20, video_units=10_000)
+TASK_SECONDS = 2.0
+
+
+@contextmanager
+def simulated(tmp_path: Path, clock: ManualClock | None = None) -> Iterator[tuple[dict[str, str], Any, str]]:
+    app = create_app(
+        AK,
+        SK,
+        clock=clock,
+        task_seconds=TASK_SECONDS,
+        failure_rate=0.2,
+        seed=3,
+        concurrency=20,
+        video_units=10_000,
+    )
     ledger_url = f"sqlite:///{tmp_path / 'shared.db'}"
     with serve(app) as url:
         env = {
@@ -34,6 +47,29 @@ def sim_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Any, str]]:
             "KLING_COST_LEDGER": ledger_url,
         }
         yield env, app.state.simulator, ledger_url
+
+
+@pytest.fixture
+def sim_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Any, str]]:
+    """Kling on the real clock: tasks end on their own, as the processes poll them."""
+    with simulated(tmp_path) as made:
+        yield made
+
+
+@pytest.fixture
+def still_sim_env(tmp_path: Path) -> Iterator[tuple[dict[str, str], Any, str, ManualClock]]:
+    """Kling on a clock the test moves: a task runs until the test says its time has come."""
+    clock = ManualClock()
+    with simulated(tmp_path, clock) as (env, sim, ledger_url):
+        yield env, sim, ledger_url, clock
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Wait for another process (or the server thread) to make ``condition`` true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -91,9 +127,11 @@ def test_two_batch_processes_share_one_budget(
 
 
 def test_sigkill_midway_then_settle_and_rerun(
-    sim_env: tuple[dict[str, str], Any, str], tmp_path: Path
+    still_sim_env: tuple[dict[str, str], Any, str, ManualClock], tmp_path: Path
 ) -> None:
-    env, sim, ledger_url = sim_env
+    """The run is killed with three rows settled, three running at Kling and three never sent;
+    the tasks it left end at Kling; ``settle`` and a re-run finish every row exactly once."""
+    env, sim, ledger_url, clock = still_sim_env
     file = shots(tmp_path, "k", 9)
     args = [
         "batch",
@@ -109,21 +147,26 @@ def test_sigkill_midway_then_settle_and_rerun(
         "--json",
     ]
     proc = cli(env, *args)
-    deadline = time.monotonic() + 60
     with open_ledger(ledger_url) as ledger:
-        while time.monotonic() < deadline:
-            if sum(1 for r in ledger.reservations() if r.task_id) >= 4:
-                break
-            time.sleep(0.05)
+
+        def attached() -> int:
+            return sum(1 for r in ledger.reservations() if r.task_id)
+
+        wait_until(lambda: attached() == 3, "the first three rows run at Kling")
+        clock.advance(TASK_SECONDS)  # they end; the run settles them and sends the next three
+        wait_until(lambda: attached() == 6, "the next three rows run at Kling")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     submitted_before = len(sim.state.tasks)
-    assert 0 < submitted_before < 9
-    time.sleep(2.5)  # the tasks the dead process left end on Kling's side
+    assert submitted_before == 6  # Kling's clock stood still: three still run there
+    assert sum(1 for t in sim.state.tasks.values() if t.status in ("submitted", "processing")) == 3
+    clock.advance(TASK_SECONDS)  # the tasks the dead process left end on Kling's side
     settle = cli(env, "settle", "--json")
     _, err = settle.communicate(timeout=60)
     assert settle.returncode == 0, err
     again = cli(env, *args)
+    wait_until(lambda: len(sim.state.tasks) == 9, "the re-run sends the three rows never sent")
+    clock.advance(TASK_SECONDS)  # and they end
     _out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     externals = [t.external_task_id for t in sim.state.tasks.values()]

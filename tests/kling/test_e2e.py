@@ -26,7 +26,8 @@ from kling_cost.errors import (
     ServerError,
 )
 from kling_cost.kling import JWTAuth, KlingClient, KlingTask, RetryPolicy
-from tests.servers import AK, API_KEY, SK, free_port
+from kling_cost.simulator import ManualClock, create_app
+from tests.servers import AK, API_KEY, SK, free_port, serve
 
 pytestmark = pytest.mark.slow
 TASK_SECONDS = 0.3
@@ -161,18 +162,35 @@ def test_expired_and_future_tokens_are_refused(remote: Remote) -> None:
         assert info.value.code == code
 
 
-def test_token_is_renewed_before_it_expires(remote: Remote) -> None:
-    with remote.client(token_ttl=2, token_refresh_margin=1) as client:
+def test_token_is_renewed_before_it_expires() -> None:
+    """The client signs a new token ``refresh_margin`` seconds before the old one expires, and
+    Kling refuses the old one once it has. Time is moved, not waited for: the client and Kling
+    (in process here, as only it can share the test's clock) read one clock the test moves."""
+    clock = ManualClock(start=1_800_000_000)
+    auth = JWTAuth(AK, SK, ttl=2, refresh_margin=1, clock=clock.now)
+    app = create_app(AK, SK, clock=clock, auth_clock=clock.now)
+    with serve(app) as url, KlingClient(base_url=url, auth=auth) as client, httpx.Client() as http:
+
+        def answer(token: str) -> int:
+            response = http.get(url + "/v1/videos/text2video", headers={"Authorization": f"Bearer {token}"})
+            return int(response.json()["code"])
+
         client.list_tasks("text2video")
-        assert isinstance(client.auth, JWTAuth)
-        first = client.auth.token()
-        time.sleep(1.05)
+        first = auth.token()
+        clock.advance(0.5)
         client.list_tasks("text2video")
-        assert client.auth.token() != first
-    with httpx.Client() as http:
-        time.sleep(1.0)
-        stale = http.get(remote.url + "/v1/videos/text2video", headers={"Authorization": f"Bearer {first}"})
-    assert stale.json()["code"] == 1004
+        assert auth.token() == first  # more than refresh_margin before it expires: reused
+        clock.advance(0.5)  # refresh_margin before it expires
+        client.list_tasks("text2video")
+        renewed = auth.token()
+        assert renewed != first
+        assert answer(first) == 0  # renewed while the old one was still good
+        clock.advance(1)  # the first token's exp
+        assert answer(first) == 1004
+        assert answer(renewed) == 0
+    with KlingClient(AK, SK, token_ttl=2, token_refresh_margin=1) as configured:  # the same, from settings
+        assert isinstance(configured.auth, JWTAuth)
+        assert (configured.auth.ttl, configured.auth.refresh_margin) == (2, 1)
 
 
 def test_retries_on_1302_and_1303_make_no_duplicate_task(remote: Remote) -> None:

@@ -13,7 +13,7 @@ import httpx
 import jwt
 import pytest
 
-from kling_cost import ConfigurationError, InvalidRequest
+from kling_cost import ConfigurationError, InvalidRequest, ValidationError
 from kling_cost.kling import JWTAuth
 from kling_cost.kling.limits import MAX_BODY_BYTES, BodyLimits, parse_json_body
 from kling_cost.simulator import SimulatorState, create_app
@@ -241,7 +241,7 @@ def test_an_absurd_pack_size_is_1201_and_the_simulator_keeps_working(remaining: 
     ids=repr,
 )
 def test_a_simulator_built_with_absurd_settings_is_refused(settings: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValidationError):  # a ValueError too
         create_app(AK, SK, **settings)
 
 

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigurationError, KlingCostError
+from ..errors import ConfigurationError, SinkError
 from .message import AlertMessage
 from .redact import scrub_urls
 
@@ -16,10 +16,6 @@ __all__ = ["AlertSink", "CallbackSink", "LogSink", "SinkError", "StderrSink"]
 
 LOGGER = "kling_cost.alerts"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-
-
-class SinkError(KlingCostError):
-    """A sink could not deliver a message (the receiver failed or is unreachable)."""
 
 
 class AlertSink(ABC):

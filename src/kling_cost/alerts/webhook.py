@@ -12,9 +12,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from ..errors import ConfigurationError
-from ..kling.webhooks import sign_webhook, webhook_key
 from ..ledger.outbox_store import PHASE_RESOLVED
 from ..money import format_amount
+from ..signing import sign_webhook, webhook_key
 from .base import AlertSink, SinkError
 from .message import AlertMessage
 from .redact import Scrubber, origin, sink_label, transport_reason

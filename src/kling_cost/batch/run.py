@@ -19,6 +19,7 @@ from ..errors import (
     KlingCostError,
     RateLimited,
     UnitMismatch,
+    ValidationError,
 )
 from ..guard import CostAwareClient
 from ..kling.models import KlingTask
@@ -182,8 +183,8 @@ class BatchRunner:
         on_submitted: Callable[[BatchRow, KlingTask], None] | None = None,
         on_stopping: Callable[[int, int], None] | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValidationError(f"concurrency must be a whole number of at least 1, not {concurrency!r}")
         self.guard = guard
         self.rows = list(rows)
         self.concurrency = concurrency

@@ -10,15 +10,22 @@ from typing import Any
 
 from ._common import EXIT_ERROR, fail
 
-__all__ = ["listen", "require_uvicorn", "run_server", "url_host"]
+__all__ = ["listen", "require_server", "run_server", "url_host"]
 
 
-def require_uvicorn(extra: str) -> None:
-    """One line and exit 2 when uvicorn is not installed."""
+def require_server(what: str) -> None:
+    """One line and exit 2 when uvicorn or starlette is missing. Both are dependencies of
+    klingai-cost-controls (the demo, the simulator and the dashboard serve HTTP), so only a
+    damaged environment lacks them; the line says which one and how to put it back."""
     try:
+        import starlette  # noqa: F401
         import uvicorn  # noqa: F401
-    except ImportError:
-        fail(f"this command needs uvicorn: pip install 'klingai-cost-controls[{extra}]'")
+    except ImportError as exc:
+        name = (exc.name or "uvicorn").partition(".")[0]
+        fail(
+            f"{what} needs {name}, a dependency of klingai-cost-controls missing from this "
+            f"environment: pip install {name}"
+        )
 
 
 def listen(host: str, port: int) -> socket.socket:

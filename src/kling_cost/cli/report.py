@@ -286,14 +286,14 @@ def serve_command(
     ledger_url: LedgerOption = None,
 ) -> None:
     """Serve the read-only web dashboard and its JSON API (/api/...)."""
-    from ._serving import listen, require_uvicorn, run_server, url_host
+    from ._serving import listen, require_server, run_server, url_host
 
     with boundary():
         from ..web import create_dashboard_app, is_loopback
 
         if not is_loopback(host) and not token:
             fail(f"binding {host} (not loopback) needs --token or KLING_COST_DASHBOARD_TOKEN")
-        require_uvicorn("dashboard")
+        require_server("the dashboard")
 
     with opened(ledger_url, create=False) as ledger, boundary():
         app = create_dashboard_app(

@@ -51,14 +51,11 @@ def simulate_command(
     """Run a Kling-compatible API simulator (endpoints, auth, packs, billing, callbacks)."""
     import secrets
 
-    from ._serving import listen, run_server, url_host
+    from ..errors import ValidationError
+    from ._serving import listen, require_server, run_server, url_host
 
-    try:
-        import uvicorn  # noqa: F401 - checked here so a missing extra is one line
-
-        from ..simulator import create_app
-    except ImportError:
-        fail("the simulator needs the server extra: pip install 'klingai-cost-controls[server]'")
+    require_server("the simulator")
+    from ..simulator import create_app
     from ..simulator.state import pack_units
 
     try:
@@ -66,7 +63,7 @@ def simulate_command(
             k: pack_units(v)
             for k, v in (("video", video_units), ("image", image_units), ("tryon", tryon_units))
         }
-    except ValueError as exc:
+    except ValidationError as exc:
         fail(f"--video-units, --image-units and --tryon-units: {exc}")
     ak = access_key or os.environ.get("KLING_ACCESS_KEY")
     sk = secret_key or os.environ.get("KLING_SECRET_KEY")
@@ -91,7 +88,7 @@ def simulate_command(
             rate_limit=rate_limit,
             admin=admin,
         )
-    except ValueError as exc:  # settings the simulator cannot run with (infinite task seconds)
+    except ValidationError as exc:  # settings the simulator cannot run with (infinite task seconds)
         fail(str(exc))
     sock = listen(host, port)
     console.print(f"Kling simulator on http://{url_host(host)}:{sock.getsockname()[1]}", markup=False)

@@ -172,10 +172,6 @@ class PreparedCall:
     retry_safe: bool = True
     external_task_id: str | None = None
 
-    @property
-    def is_create(self) -> bool:
-        return self.method == "POST"
-
 
 def is_duplicate_external_id(exc: KlingAPIError) -> bool:
     text = exc.message.lower()

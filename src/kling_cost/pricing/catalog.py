@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
+from ..errors import PricingError
 from ..money import MONEY
 
 __all__ = ["KINDS", "PACKS", "Catalog", "PriceEntry"]
@@ -68,7 +69,12 @@ class PriceEntry:
         if self.basis == "per_image":
             return n
         if duration is None:
-            raise ValueError("duration is required for a duration-based price")
+            raise PricingError(
+                f"duration is required: {self.describe()} is priced {self.rate_text()}",
+                field="duration",
+                value=None,
+                allowed=self.durations or (),
+            )
         if self.basis == "per_second":
             return duration
         block = self.block_seconds or 1  # the loader requires block_seconds for per_block
@@ -138,19 +144,6 @@ class Catalog:
         return [
             e for e in live if not any(f.effective_from > e.effective_from and covers(f, e) for f in live)
         ]
-
-    def with_entries(self, extra: Iterable[PriceEntry], *, name: str | None = None) -> Catalog:
-        """A copy with ``extra`` entries added; on a tie they win over the existing ones."""
-        return Catalog(
-            name=name or self.name,
-            unit=self.unit,
-            entries=self.entries + tuple(extra),
-            models=dict(self.models),
-            usd_per_unit=dict(self.usd_per_unit),
-            description=self.description,
-            path=self.path,
-            defaults=dict(self.defaults),
-        )
 
     def usd(self, amount: Decimal, pack: str) -> Decimal | None:
         rate = self.usd_per_unit.get(pack)

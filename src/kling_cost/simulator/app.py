@@ -27,7 +27,7 @@ from .auth import Authenticator
 from .callbacks import CallbackSender
 from .clock import Clock, SystemClock
 from .errors import SimError
-from .state import PACK_TYPES, SimulatorState
+from .state import PACK_TYPES, SimulatorState, pack_units
 
 __all__ = ["ENDPOINT_ROUTES", "Simulator", "create_app"]
 
@@ -99,9 +99,9 @@ class Simulator:
             failure_rate=failure_rate,
             seed=seed,
             units={
-                "video": Decimal(video_units),
-                "image": Decimal(image_units),
-                "tryon": Decimal(tryon_units),
+                "video": pack_units(video_units),
+                "image": pack_units(image_units),
+                "tryon": pack_units(tryon_units),
             },
             concurrency=concurrency,
             pack_days=pack_days,

@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Protocol
 
+from ..errors import ValidationError
+
 __all__ = ["Clock", "ManualClock", "SystemClock"]
 
 
@@ -33,6 +35,6 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         if seconds < 0:
-            raise ValueError("a clock does not go back")
+            raise ValidationError(f"a clock does not go back: advance({seconds!r})")
         with self._lock:
             self._now += seconds

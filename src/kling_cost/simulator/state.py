@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from ..errors import PricingError
+from ..errors import PricingError, ValidationError
 from ..money import format_amount
 from ..pricing import Catalog, PriceRequest, estimate, load_catalog
 from .clock import Clock
@@ -38,13 +38,13 @@ MAX_TASK_SECONDS = 86_400.0
 
 def pack_units(value: object) -> Decimal:
     """``value`` as a pack size: a finite number of units from 0 to :data:`MAX_PACK_UNITS`;
-    raises ``ValueError`` otherwise."""
+    raises :class:`~kling_cost.errors.ValidationError` (a ``ValueError``) otherwise."""
     try:
         units = Decimal(str(value)) if isinstance(value, (int, str, Decimal)) else None
     except ArithmeticError:
         units = None
     if isinstance(value, bool) or units is None or not units.is_finite() or not 0 <= units <= MAX_PACK_UNITS:
-        raise ValueError(f"pack size {value!r} must be a number of units from 0 to {MAX_PACK_UNITS:,}")
+        raise ValidationError(f"pack size {value!r} must be a number of units from 0 to {MAX_PACK_UNITS:,}")
     return units
 
 
@@ -170,9 +170,9 @@ class SimulatorState:
         catalog: Catalog | str,
     ) -> None:
         if not 0 <= failure_rate <= 1:
-            raise ValueError(f"failure_rate {failure_rate} must be between 0 and 1")
+            raise ValidationError(f"failure_rate {failure_rate} must be between 0 and 1")
         if not 0 <= task_seconds <= MAX_TASK_SECONDS:  # also NaN and infinity
-            raise ValueError(f"task_seconds {task_seconds} must be from 0 to {MAX_TASK_SECONDS:.0f}")
+            raise ValidationError(f"task_seconds {task_seconds} must be from 0 to {MAX_TASK_SECONDS:.0f}")
         limits = (
             dict.fromkeys(PACK_TYPES, concurrency)
             if isinstance(concurrency, int)
@@ -269,7 +269,7 @@ class SimulatorState:
 
     def inject(self, code: int, *, times: int = 1, scope: str = "create", message: str | None = None) -> None:
         if scope not in ("create", "query", "any"):
-            raise ValueError(f"fault scope {scope!r}: use create, query or any")
+            raise ValidationError(f"fault scope {scope!r}: use create, query or any")
         with self._lock:
             self._faults.append(Fault(code, times, scope, message or f"injected fault {code}"))
 
@@ -283,7 +283,7 @@ class SimulatorState:
         with self._lock:
             task = self.tasks.get(task_id)
             if task is None or task.status not in ACTIVE:
-                raise KeyError(f"no running task {task_id}")
+                raise ValidationError(f"no running task {task_id}")
             task.will_fail = True
             task.status_msg = message
 

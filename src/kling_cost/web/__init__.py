@@ -1,4 +1,4 @@
-"""The read-only web dashboard and its JSON API (``pip install 'klingai-cost-controls[dashboard]'``)."""
+"""The read-only web dashboard and its JSON API (``kling-cost serve``)."""
 
 from __future__ import annotations
 

@@ -22,10 +22,11 @@ try:
     from starlette.requests import Request
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
+except ImportError as exc:  # dependencies of the package: only a damaged environment lacks them
+    _missing = (exc.name or "jinja2").partition(".")[0]
     raise ConfigurationError(
-        "the dashboard needs starlette, uvicorn, jinja2 and plotly: "
-        "pip install 'klingai-cost-controls[dashboard]'"
+        f"the dashboard needs {_missing}, a dependency of klingai-cost-controls missing from this "
+        f"environment: pip install {_missing}"
     ) from exc
 
 from .openapi import openapi_spec
@@ -42,7 +43,8 @@ def plotly_js() -> Path:
         path = Path(str(resources.files("plotly") / "package_data" / "plotly.min.js"))
     except ModuleNotFoundError as exc:
         raise ConfigurationError(
-            "the dashboard needs plotly: pip install 'klingai-cost-controls[dashboard]'"
+            "the dashboard needs plotly, a dependency of klingai-cost-controls missing from this "
+            "environment: pip install plotly"
         ) from exc
     if not path.is_file():
         raise ConfigurationError(f"plotly.min.js is missing from the plotly package ({path})")
