@@ -23,6 +23,7 @@ word boundaries keep ``aclose`` from matching inside ``maclose``. The rules:
     AsyncIterator AsyncIterable          Iterator Iterable
     asynccontextmanager                  contextmanager
     aclose() aread()                     close() read()
+    aiter_bytes/_text/_lines/_raw        iter_bytes/_text/_lines/_raw   (httpx streams)
     httpx.AsyncClient                    httpx.Client
     httpx.AsyncHTTPTransport             httpx.HTTPTransport
     anyio.sleep                          time.sleep
@@ -76,6 +77,7 @@ SUBS: list[tuple[str, str]] = [
     (r"\basynccontextmanager\b", "contextmanager"),
     (r"\baclose\b", "close"),
     (r"\baread\b", "read"),
+    (r"\baiter_(bytes|text|lines|raw)\b", r"iter_\1"),
     # libraries
     (r"\bhttpx\.AsyncClient\b", "httpx.Client"),
     (r"\bhttpx\.AsyncHTTPTransport\b", "httpx.HTTPTransport"),
