@@ -20,6 +20,12 @@ from tests.guard.conftest import World
 from tests.servers import AK, SK, serve
 
 
+@pytest.fixture
+def twin() -> str:
+    """Batches run on the sync guard: one run per test."""
+    return "sync"
+
+
 def test_plan_total_fit_and_seed_message(tmp_path: Path) -> None:
     with open_ledger(f"sqlite:///{tmp_path / 'p.db'}") as ledger:
         ledger.set_budget("project:film", 100, unit="credits")

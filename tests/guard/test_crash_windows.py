@@ -1,5 +1,6 @@
 """The windows between reserve, send, accept and settle: Kling's charge is never lost,
-a hold is never freed while Kling may have accepted, and nothing is paid twice."""
+a hold is never freed while Kling may have accepted, and nothing is paid twice (both guards,
+through ``world.guard()``)."""
 
 from __future__ import annotations
 
@@ -13,29 +14,28 @@ import httpx
 import pytest
 
 from kling_cost import BudgetExceeded, RateLimited
-from kling_cost.guard import CostAwareClient
-from kling_cost.kling import KlingClient, RetryPolicy
 from kling_cost.ledger import open_ledger
 from tests.guard.conftest import World
-from tests.servers import AK, SK
 
 BODY = {"model_name": "kling-v1", "prompt": "a cat", "mode": "std", "duration": "5"}
+
+
+@pytest.fixture
+def world(any_world: World) -> World:
+    """Every test of this module runs on both ledger backends (and with both guards)."""
+    return any_world
 
 
 def test_a_second_caller_with_the_same_key_never_frees_the_first_ones_hold(world: World) -> None:
     world.ledger.set_budget("account", 100)
     accepted, answer = threading.Event(), threading.Event()
 
-    class SlowAnswer(KlingClient):
-        def create(self, endpoint: str, body: Any) -> Any:
-            task = super().create(endpoint, body)  # Kling accepted...
+    def slow_answer(request: httpx.Request) -> None:
+        if request.method == "POST":  # Kling accepted...
             accepted.set()
             answer.wait(10)  # ...but the answer arrives late
-            return task
 
-    first = CostAwareClient(
-        SlowAnswer(AK, SK, base_url=world.url, retry=RetryPolicy(base_delay=0)), world.ledger, cache=False
-    )
+    first = world.guard(on_answer=slow_answer, cache=False, scopes=())
     second = world.guard(cache=False, scopes=())  # the same request: the same scopes
     body = {**BODY, "external_task_id": "job-1"}
     out: dict[str, Any] = {}
@@ -56,33 +56,21 @@ def test_a_second_caller_with_the_same_key_never_frees_the_first_ones_hold(world
 
 def test_lost_answer_followed_by_another_error_keeps_and_later_commits(world: World) -> None:
     world.ledger.set_budget("account", 100)
-    sim = world.sim
+    lost: list[str] = []
 
-    class LoseFirstAnswer(httpx.HTTPTransport):
-        lost = False
+    def lose_first_answer(request: httpx.Request) -> None:
+        if request.method == "POST" and not lost:
+            lost.append(request.url.path)
+            world.sim.state.inject(1302, times=5, scope="create")  # then Kling says "too fast"
+            raise httpx.ReadTimeout("answer lost", request=request)
 
-        def handle_request(self, request: httpx.Request) -> httpx.Response:
-            response = super().handle_request(request)
-            if request.method == "POST" and not self.lost:
-                self.lost = True
-                response.read()
-                sim.state.inject(1302, times=5, scope="create")  # then Kling says "too fast"
-                raise httpx.ReadTimeout("answer lost", request=request)
-            return response
-
-    http = httpx.Client(transport=LoseFirstAnswer())
-    guard = CostAwareClient(
-        KlingClient(AK, SK, base_url=world.url, retry=RetryPolicy(base_delay=0), http_client=http),
-        world.ledger,
-        cache=False,
-    )
+    guard = world.guard(on_answer=lose_first_answer, cache=False, scopes=())
     task = guard.create("text2video", {**BODY, "external_task_id": "job-3"})  # found, not refused
-    assert world.ledger.get_reservation("job-3").task_id == task.task_id  # type: ignore[union-attr]
+    assert lost and world.ledger.get_reservation("job-3").task_id == task.task_id  # type: ignore[union-attr]
     world.finish()
     guard.wait(task, poll=0.01)
     assert world.ledger.usage("account").used == 1
     guard.close()
-    http.close()
 
 
 def test_settle_pending_keeps_holds_it_cannot_check(world: World, tmp_path: Path) -> None:
@@ -111,7 +99,7 @@ def test_orphan_expired_before_attach_is_found_and_committed(tmp_path: Path, wor
         clock.advance(minutes=2)
         assert ledger.sweep() == 1
         world.finish()
-        with CostAwareClient(world.kling(), ledger, cache=False) as guard:
+        with world.guard(ledger=ledger, cache=False, scopes=()) as guard:
             report = guard.settle_pending()
         assert len(report.committed) == 1
         assert ledger.usage("account").used == 1 and ledger.get_reservation("job-5").status == "committed"  # type: ignore[union-attr]
@@ -124,7 +112,7 @@ def test_a_running_task_keeps_its_hold_past_the_reservation_lease(world: World) 
     clock.set(world.ledger.clock())
     with open_ledger(world.ledger_url, clock=clock) as ledger:
         ledger.set_budget("account", 1)
-        with CostAwareClient(world.kling(), ledger, cache=False, ttl=timedelta(minutes=30)) as guard:
+        with world.guard(ledger=ledger, cache=False, scopes=(), ttl=timedelta(minutes=30)) as guard:
             task = guard.create("text2video", {**BODY, "external_task_id": "long-1"})
             clock.advance(minutes=31)  # longer than the reservation's lease: still rendering
             with pytest.raises(BudgetExceeded):
@@ -142,7 +130,7 @@ def test_settle_pending_extends_a_lapsed_but_unswept_lease(world: World) -> None
     clock.set(world.ledger.clock())
     with open_ledger(world.ledger_url, clock=clock, sweep_interval=timedelta(days=1)) as ledger:
         ledger.set_budget("account", 100)
-        with CostAwareClient(world.kling(), ledger, cache=False, task_ttl=timedelta(minutes=5)) as guard:
+        with world.guard(ledger=ledger, cache=False, scopes=(), task_ttl=timedelta(minutes=5)) as guard:
             guard.create("text2video", {**BODY, "external_task_id": "slow-1"})
             clock.advance(minutes=6)
             report = guard.settle_pending()

@@ -9,6 +9,12 @@ from kling_cost import BudgetExceeded, InsufficientBalance, PricingError
 from tests.guard.conftest import World
 
 
+@pytest.fixture
+def world(any_world: World) -> World:
+    """Every test of this module runs on both ledger backends (and with both guards)."""
+    return any_world
+
+
 def test_create_wait_commits_what_kling_charged(world: World) -> None:
     world.ledger.set_budget("project:film", 100)
     with world.guard() as guard:
@@ -161,7 +167,9 @@ def test_same_external_task_id_is_never_paid_twice(world: World) -> None:
     assert world.ledger.usage("project:film").reserved == 1
 
 
+@pytest.mark.parametrize("twin", ["async"])
 def test_async_client_same_flow(world: World) -> None:
+    """The async guard as an application uses it: ``async with``, awaited calls."""
     import asyncio
 
     from kling_cost.guard import AsyncCostAwareClient

@@ -9,6 +9,12 @@ from kling_cost import IdempotencyConflict
 from tests.guard.conftest import World
 
 
+@pytest.fixture
+def world(any_world: World) -> World:
+    """Every test of this module runs on both ledger backends (and with both guards)."""
+    return any_world
+
+
 def test_an_external_task_id_reused_for_another_request_is_refused(world: World) -> None:
     world.ledger.set_budget("project:film", 100)
     world.ledger.set_budget("project:small", 100)

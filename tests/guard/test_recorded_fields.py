@@ -3,7 +3,6 @@ refused before anything is held, and every charge records the fields its estimat
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,8 @@ import pytest
 
 from kling_cost import BudgetGuard, CostAwareKlingClient, ValidationError
 from kling_cost.batch import BatchRunner, read_batch
-from kling_cost.guard import AsyncCostAwareClient
-from kling_cost.kling import AsyncKlingClient, RetryPolicy
-from tests.guard.conftest import World
+from tests.guard.conftest import SYNC_ONLY, World
 from tests.guard.test_batch import ticking
-from tests.servers import AK, SK
 
 BAD_TEXT = [
     pytest.param({"prompt": "a fox\x00 in snow"}, "prompt", id="nul-prompt"),
@@ -44,17 +40,7 @@ def test_text_no_ledger_can_store_is_refused_before_anything_is_held(
     _nothing_held(any_world)
 
 
-def test_the_async_client_refuses_nul_before_anything_is_held(any_world: World) -> None:
-    async def main() -> None:
-        kling = AsyncKlingClient(AK, SK, base_url=any_world.url, retry=RetryPolicy(base_delay=0))
-        async with AsyncCostAwareClient(kling, any_world.ledger, scopes=["project:film"]) as guard:
-            await guard.text_to_video("a fox\x00", model_name="kling-v1")
-
-    with pytest.raises(ValidationError, match="prompt contains a NUL"):
-        asyncio.run(main())
-    _nothing_held(any_world)
-
-
+@SYNC_ONLY
 def test_seed_client_refuses_nul_before_anything_is_held(any_world: World) -> None:
     budget = BudgetGuard(daily_limit=100, ledger=any_world.ledger)
     with any_world.kling() as kling, pytest.raises(ValidationError, match="prompt"):
@@ -71,6 +57,7 @@ def test_hints_with_nul_are_refused(any_world: World) -> None:
 @pytest.mark.parametrize(
     ("catalog", "actual"), [("kling-app-credits", 70), ("kling-api", 7)], ids=["credits", "units"]
 )
+@SYNC_ONLY
 def test_a_batch_without_model_records_the_model_kling_ran(
     any_world: World, tmp_path: Path, catalog: str, actual: int
 ) -> None:
@@ -105,6 +92,7 @@ def test_guarded_create_records_normalised_fields(any_world: World) -> None:
     assert charge.actual == 20 and charge.prompt_preview == "a fox"
 
 
+@SYNC_ONLY
 def test_seed_client_records_what_it_estimated(any_world: World) -> None:
     budget = BudgetGuard(daily_limit=100, ledger=any_world.ledger)
     with any_world.kling() as kling:

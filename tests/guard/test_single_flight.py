@@ -4,7 +4,6 @@ fails with a clear error, within a bound (both ledger backends, sync and async c
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +17,9 @@ from typer.testing import CliRunner
 from kling_cost import ServerError
 from kling_cost.cache import CachePolicy
 from kling_cost.cli import app
-from kling_cost.guard import AsyncCostAwareClient, CostAwareClient
+from kling_cost.guard import CostAwareClient
 from kling_cost.kling import AsyncKlingClient, KlingClient, RetryPolicy
-from tests.guard.conftest import World
+from tests.guard.conftest import SYNC_ONLY, World
 from tests.guard.test_batch import ticking
 from tests.servers import AK, SK, free_port
 
@@ -54,10 +53,8 @@ def closed_url() -> str:
 
 
 def guard_at(world: World, url: str, **cache: Any) -> CostAwareClient:
-    kling = KlingClient(AK, SK, base_url=url, retry=RetryPolicy(base_delay=0))
-    return CostAwareClient(
-        kling, world.ledger, scopes=["project:film"], cache=CachePolicy(wait_poll=0.01, **cache)
-    )
+    """A guard of the world's twin talking to ``url``."""
+    return world.guard(url=url, cache=CachePolicy(wait_poll=0.01, **cache))
 
 
 def test_a_holder_that_never_reached_kling_is_not_waited_for(any_world: World) -> None:
@@ -80,25 +77,6 @@ def test_a_holder_that_never_reached_kling_is_not_waited_for(any_world: World) -
     assert any_world.ledger.usage("project:film").used == 1
 
 
-def test_the_async_client_does_not_wait_for_a_holder_that_never_reached_kling(any_world: World) -> None:
-    any_world.ledger.set_budget("project:film", 100)
-    unreachable = closed_url()
-
-    async def create(url: str) -> Any:
-        kling = AsyncKlingClient(AK, SK, base_url=url, retry=RetryPolicy(base_delay=0))
-        async with AsyncCostAwareClient(
-            kling, any_world.ledger, scopes=["project:film"], cache=CachePolicy(wait_poll=0.01)
-        ) as guard:
-            return await guard.create("text2video", BODY)
-
-    with pytest.raises(ServerError):
-        asyncio.run(create(unreachable))
-    with pytest.raises(ServerError, match="could not reach Kling"):
-        within(10, lambda: asyncio.run(create(unreachable)))
-    task = within(10, lambda: asyncio.run(create(any_world.url)))
-    assert task.task_id and len(any_world.tasks) == 1
-
-
 def _claim_without_sending(world: World, guard: CostAwareClient, key: str) -> Any:
     """What a holder killed between reserving and sending leaves: a claim and a held reservation."""
     req = guard.core.prepare("text2video", BODY)
@@ -116,7 +94,9 @@ def test_a_silent_holder_is_given_up_on_after_the_wait_bound(any_world: World) -
         started = time.monotonic()
         task = within(15, lambda: guard.create("text2video", BODY))
         elapsed = time.monotonic() - started
-    assert 1 <= elapsed < 10  # waited for the holder, but only CachePolicy.wait
+    # waited for the holder, but only CachePolicy.wait (measured by the ledger's clock: on
+    # PostgreSQL the server's, known here to within a round trip, hence the 50 ms of slack)
+    assert 0.95 <= elapsed < 10
     assert len(any_world.tasks) == 1 and any_world.tasks[0].external_task_id == task.external_task_id
 
 
@@ -156,6 +136,7 @@ def test_cache_policy_wait_must_be_positive() -> None:
         CachePolicy(wait=timedelta(0))
 
 
+@SYNC_ONLY  # both Kling clients, no guard
 def test_kling_client_reads_the_base_url_from_the_environment(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,6 +153,7 @@ def test_kling_client_reads_the_base_url_from_the_environment(
     assert len(world.tasks) == 1
 
 
+@SYNC_ONLY  # the CLI
 def test_settle_exits_non_zero_when_something_failed_to_settle(
     world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

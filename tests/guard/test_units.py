@@ -1,9 +1,9 @@
 """The guard records what priced every reservation and settles in that unit, whatever catalog
-the settling client was built with (the overspend of issue 11, item 1)."""
+the settling client was built with (the overspend of issue 11, item 1). Both guards, both
+ledger backends; batches run on the sync guard."""
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,11 +12,8 @@ import pytest
 from kling_cost import UnitMismatch
 from kling_cost.batch import BatchRunner, read_batch
 from kling_cost.cache import CachePolicy
-from kling_cost.guard import AsyncCostAwareClient
-from kling_cost.kling import AsyncKlingClient, RetryPolicy
-from tests.guard.conftest import World
+from tests.guard.conftest import SYNC_ONLY, World
 from tests.guard.test_batch import ticking
-from tests.servers import AK, SK
 
 PRO_10S = {"mode": "pro", "duration": 10}
 CREDITS = "kling-app-credits"
@@ -124,33 +121,7 @@ def test_a_cache_hit_records_the_hitters_unit_and_estimate(any_world: World) -> 
     assert world.ledger.usage("account").used == 70
 
 
-def test_the_async_twin_records_the_unit_too(any_world: World) -> None:
-    world = any_world
-    world.ledger.set_budget("account", 500, unit="credits")
-
-    async def run() -> str:
-        kling = AsyncKlingClient(AK, SK, base_url=world.url, retry=RetryPolicy(base_delay=0))
-        async with AsyncCostAwareClient(kling, world.ledger, catalog=CREDITS) as guard:
-            task = await guard.text_to_video("a fox", **PRO_10S)
-            with pytest.raises(UnitMismatch):
-                async with AsyncCostAwareClient(
-                    AsyncKlingClient(AK, SK, base_url=world.url), world.ledger
-                ) as units_guard:
-                    await units_guard.text_to_video("another fox", **PRO_10S)
-            return task.external_task_id or ""
-
-    key = asyncio.run(run())
-    res = world.ledger.get_reservation(key)
-    assert res is not None
-    assert (res.unit, res.catalog, res.catalog_date, res.amount) == (
-        "credits",
-        CREDITS,
-        CREDIT_TABLE_DATE,
-        Decimal(70),
-    )
-    assert len(world.tasks) == 1
-
-
+@SYNC_ONLY
 def test_a_batch_in_another_unit_stops_before_sending_anything(any_world: World, tmp_path: Path) -> None:
     world = any_world
     world.ledger.set_budget("account", 500, unit="credits")
@@ -164,6 +135,7 @@ def test_a_batch_in_another_unit_stops_before_sending_anything(any_world: World,
     assert world.tasks == [] and world.ledger.reservations() == []
 
 
+@SYNC_ONLY
 def test_a_resumed_batch_settles_in_the_recorded_unit(any_world: World, tmp_path: Path) -> None:
     """Rows reserved and sent in credits, resumed by a runner whose client prices in units
     (no budget on these scopes refuses it): every row is settled as the 70 credits it held."""
@@ -182,6 +154,7 @@ def test_a_resumed_batch_settles_in_the_recorded_unit(any_world: World, tmp_path
     assert len(world.tasks) == 2
 
 
+@SYNC_ONLY
 def test_a_batch_resumed_after_its_holds_lapsed_settles_in_the_recorded_unit(
     any_world: World, tmp_path: Path
 ) -> None:
@@ -217,6 +190,7 @@ def test_a_batch_resumed_after_its_holds_lapsed_settles_in_the_recorded_unit(
     assert len(world.tasks) == 2
 
 
+@SYNC_ONLY
 def test_a_batch_summary_never_adds_units_and_credits(any_world: World, tmp_path: Path) -> None:
     """A re-run that resumes a row sent in credits and sends a new one in units: before, the
     summary's `spent` added 70 credits and the units into one figure (shown in the plan's unit)."""
@@ -237,6 +211,7 @@ def test_a_batch_summary_never_adds_units_and_credits(any_world: World, tmp_path
     assert (data["unit"], data["spent"], summary.spent) == (None, None, None)  # no single figure
 
 
+@SYNC_ONLY
 def test_a_batch_summary_in_one_unit_keeps_its_total(any_world: World, tmp_path: Path) -> None:
     world = any_world
     path = tmp_path / "rows.txt"

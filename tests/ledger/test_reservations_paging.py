@@ -36,6 +36,7 @@ def test_settle_pending_sees_holds_beyond_the_first_page(
 ) -> None:
     """The guard asks for every held reservation: with pages of 2, all 5 holds are listed."""
     from kling_cost.guard._core import GuardCore
+    from kling_cost.guard.settle import Settler
 
     monkeypatch.setattr(queries, "_PAGE", 2)
     for i in range(5):
@@ -44,4 +45,4 @@ def test_settle_pending_sees_holds_beyond_the_first_page(
     core = GuardCore(
         ledger, catalog=None, scopes=(), ttl=timedelta(minutes=30), cache=False, max_per_request=None
     )
-    assert len(core.unsettled(clock() - timedelta(days=2))) == 5
+    assert len(Settler(ledger, core).unsettled(clock() - timedelta(days=2))) == 5

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..kling import models
-from ..kling._core import endpoint_kind
+from ..kling.endpoints import endpoint_kind
 from ..pricing.request import normalise_mode
 
 __all__ = ["FIELDS", "BatchRow", "read_batch"]

@@ -455,7 +455,7 @@ class BatchRunner:
                 task = self.guard.get_task(row.endpoint, task.task_id)  # settles it once ended
                 interval = min(self.max_poll, interval * 1.5)
                 if time.monotonic() - renewed > renew_every:
-                    self.guard.core.renew(task)  # keep the hold leased while we wait
+                    self.guard.settler.renew(task)  # keep the hold leased while we wait
                     renewed = time.monotonic()
         except KlingCostError as exc:  # Kling's error, or the ledger's: settle it later
             return BatchResult(row.line, row.key, ERROR, task.task_id, error=str(exc))

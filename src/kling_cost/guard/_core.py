@@ -1,19 +1,23 @@
-"""What the sync and async cost-aware clients share: preparing a guarded request, and
-settling a task in the ledger once it has ended."""
+"""What the sync and async cost-aware clients share without I/O: preparing and pricing a
+guarded request, the single-flight verdict, and what an ended task costs.
+
+The steps that touch the ledger are in ``async_settle.py`` (``settle.py`` is generated from
+it), the flow around Kling in ``async_client.py`` (``client.py`` is generated from it).
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from ..budgets import normalise_scopes
 from ..cache import CachePolicy, fingerprint
 from ..errors import BudgetExceeded, KlingAPIError, PricingError
-from ..kling._core import endpoint_kind, normalise_body, validate_create
+from ..kling.endpoints import endpoint_kind, normalise_body, validate_create
 from ..kling.models import KlingRequest, KlingTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..ledger.cache_store import ABANDONED
@@ -31,6 +35,7 @@ __all__ = [
     "SettleReport",
     "catalog_date_of",
     "is_unknown_task",
+    "sent_by_key",
 ]
 
 WAIT, CHECK, GONE = "wait", "check", "gone"
@@ -95,7 +100,7 @@ def catalog_date_of(est: Estimate) -> str:
 
 @dataclass
 class SettleReport:
-    """What :meth:`CostAwareClient.settle_pending` did."""
+    """What ``settle_pending`` did (either guard)."""
 
     committed: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
@@ -114,7 +119,8 @@ class SettleReport:
 
 
 class GuardCore:
-    """Pricing, fingerprints, budget checks and ledger settlement for one guarded client."""
+    """Pricing, fingerprints, budget checks and settlement decisions for one guarded client
+    (the ledger's clock only: no ledger call)."""
 
     def __init__(
         self,
@@ -127,7 +133,7 @@ class GuardCore:
         max_per_request: Decimal | int | str | None,
         task_ttl: timedelta = timedelta(hours=2),
     ) -> None:
-        self.ledger = ledger
+        self.clock: Callable[[], datetime] = ledger.clock
         self.task_ttl = task_ttl
         self.catalog = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
         self.scopes = normalise_scopes(list(scopes))
@@ -227,8 +233,8 @@ class GuardCore:
             )
         return best
 
-    def _today(self) -> Any:
-        return self.ledger.clock().date()
+    def _today(self) -> date:
+        return self.clock().date()
 
     def check_max(self, req: GuardedRequest) -> None:
         if self.max_per_request is not None and req.amount > self.max_per_request:
@@ -248,25 +254,12 @@ class GuardCore:
 
     # -- single-flight: waiting for an identical request in flight ----------------------------
 
-    def give_up(self, req: GuardedRequest) -> None:
-        """The caller that claimed ``req``'s fingerprint failed: forget the claim when its hold
-        was freed, else mark it abandoned (Kling may have it) so waiters ask Kling at once."""
-        found = self.ledger.get_reservation(req.key)
-        if found is not None and found.status == "reserved":
-            self.ledger.cache_abandon(req.fingerprint, found.id)
-        else:
-            self.ledger.cache_drop(req.fingerprint)
-
-    def holder(self, entry: CacheEntry) -> Reservation | None:
-        """The reservation paying for an in-flight fingerprint (None before it reserved)."""
-        return None if entry.reservation_id is None else self.ledger.get_reservation(entry.reservation_id)
-
     def verdict(self, entry: CacheEntry, holder: Reservation | None) -> str:
         """What a caller waiting for an in-flight ``entry`` without a task does next:
         ``WAIT``; ``CHECK`` (ask Kling for the holder's key: the holder gave up, its hold
         lapsed, or Kling has not accepted it within ``CachePolicy.wait``); ``GONE`` (Kling
         never got it: forget the claim and send our own)."""
-        overdue = self.ledger.clock() >= entry.created_at + self.cache.wait
+        overdue = self.clock() >= entry.created_at + self.cache.wait
         if holder is None:  # nothing reserved yet, so nothing sent yet
             return GONE if overdue or entry.status == ABANDONED else WAIT
         if holder.status == "released":  # freed only when Kling surely did not accept it
@@ -275,102 +268,17 @@ class GuardCore:
             return CHECK
         return WAIT
 
-    def adopt(self, entry: CacheEntry, holder: Reservation, task: KlingTask) -> None:
-        """Kling accepted the request of a holder that gave up: attach the task to the holder's
-        reservation (it is settled when the task ends) and let every waiter wait for it."""
-        if holder.task_id is None:
-            self.ledger.attach_task(holder, task.task_id, ttl=self.task_ttl)
-        self.ledger.cache_adopt(entry, task.task_id)
-
     # -- after the task ended -----------------------------------------------------------------
 
-    def settle(self, reservation: Reservation, task: KlingTask) -> Reservation:
-        """Commit what Kling charged for a succeeded task; release a failed one (free)."""
-        if not task.done:
-            return reservation
-        fp = reservation.metadata.get("fingerprint")
-        if task.failed:
-            settled = self.ledger.release(reservation, failed=True)
-            if isinstance(fp, str):
-                self.ledger.cache_drop(fp, task_id=task.task_id)
-            return settled
-        actual, source = self.actual(task, reservation)
-        extra = self._result_metadata(task, source)
-        # Kling confirmed the charge: record it even if the lease lapsed meanwhile (actuals win)
-        settled = self.ledger.commit(reservation, actual, task_id=task.task_id, force=True, metadata=extra)
-        if isinstance(fp, str) and self.cache.enabled:
-            self.ledger.cache_complete(fp, task.model_dump(mode="json"), self.cache.ttl)
-        return settled
-
-    def _result_metadata(self, task: KlingTask, source: str) -> dict[str, Any]:
+    @staticmethod
+    def result_metadata(task: KlingTask, source: str) -> dict[str, Any]:
+        """What a settled charge records of the ended task beside its cost."""
         extra: dict[str, Any] = {"actual_source": source}
         if task.final_unit_deduction is not None:
             extra["kling_units"] = str(task.final_unit_deduction)
         if task.videos:
             extra["videos"] = [v.id for v in task.videos if v.id]
         return extra
-
-    def settle_task(self, reservation: Reservation | None, task: KlingTask) -> None:
-        """Settle an ended task's reservation, whatever state the ledger left it in."""
-        if reservation is None or not task.done:
-            return
-        if reservation.status in ("reserved", "expired"):
-            self.settle(reservation, task)
-        elif (
-            reservation.status == "released"
-            and task.succeeded
-            and reservation.task_id in (None, task.task_id)
-        ):
-            # the hold was freed, yet Kling accepted and charged it: record the charge anyway
-            actual, source = self.actual(task, reservation)
-            self.ledger.charge(
-                actual,
-                reservation.scopes,
-                idempotency_key=f"{reservation.idempotency_key}:late",
-                task_id=task.task_id,
-                metadata={**reservation.metadata, **self._result_metadata(task, source), "late": True},
-                unit=reservation.unit,
-                catalog=reservation.catalog,
-                catalog_date=reservation.catalog_date,
-            )
-
-    def renew(self, task: KlingTask | None) -> None:
-        """Keep a running task's reservation held while someone waits for it."""
-        if task is None:
-            return
-        ref = task.external_task_id
-        found = self.ledger.get_reservation(ref) if ref else self.ledger.reservation_for_task(task.task_id)
-        if found is not None and found.status == "reserved":
-            self.ledger.extend(found, self.task_ttl)
-
-    def unsettled(self, since: datetime) -> list[Reservation]:
-        """Reservations whose outcome is not in the ledger yet: held ones, and expired ones
-        (made after ``since``) whose task may still have been accepted and charged."""
-        held = self.ledger.reservations(status="reserved", limit=None)
-        return held + self.ledger.reservations(status="expired", limit=None, since=since)
-
-    def settle_found(
-        self, res: Reservation, task: KlingTask | None, now: datetime, report: SettleReport
-    ) -> None:
-        """One step of ``settle_pending`` once Kling was asked about ``res``."""
-        if task is None:  # Kling has no task under this key: it was never accepted
-            if res.status == "reserved" and res.created_at < now - PENDING_GRACE and sent_by_key(res):
-                self.ledger.release(res)
-                report.released.append(res.id)
-            elif res.status == "reserved":
-                report.running.append(res.id)
-            return
-        if res.task_id is None:
-            res = self.ledger.attach_task(res, task.task_id, ttl=self.task_ttl)
-        if not task.done:
-            if res.status == "reserved":
-                self.ledger.extend(res, self.task_ttl)
-            else:
-                report.abandoned.append(res.id)  # expired before it could be attached
-            report.running.append(res.id)
-            return
-        settled = self.settle(res, task)
-        (report.committed if settled.status == "committed" else report.released).append(res.id)
 
     @staticmethod
     def actual(task: KlingTask, reservation: Reservation) -> tuple[Decimal, str]:

@@ -1,9 +1,14 @@
-"""A plain Kling AI API client (sync and async), its models, auth, errors and retries."""
+"""A plain Kling AI API client (sync and async), its models, auth, errors and retries.
 
-from ._core import BASE_URLS, CREATE_PATHS, validate_create
+``async_client.py`` is the one source of the client; ``client.py`` is generated from it by
+``python scripts/unasync.py`` (CI runs it with ``--check``). :mod:`.endpoints` and :mod:`.bodies`
+are public: the guard validates, prices and builds create bodies with them.
+"""
+
 from .async_client import AsyncKlingClient
 from .auth import ApiKeyAuth, Auth, JWTAuth, resolve_auth
 from .client import KlingClient
+from .endpoints import BASE_URLS, CREATE_PATHS, validate_create
 from .errors import error_class, error_for
 from .models import (
     AccountCosts,

@@ -1,4 +1,10 @@
-"""The asynchronous Kling client: the same calls as :class:`KlingClient`, awaited."""
+"""The Kling API client (httpx + PyJWT).
+
+One source for both clients: ``async_client.py`` is written by hand and ``client.py`` is
+generated from it by ``python scripts/unasync.py`` (edit the first, then run the script; CI
+runs it with ``--check``). What involves no I/O lives in ``_core.py``, :mod:`.endpoints` and
+:mod:`.bodies`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import httpx
 
 from ..errors import KlingAPIError, TaskTimeout
 from ..pricing import Catalog
-from . import _bodies
+from . import bodies
 from ._core import (
     ClientCore,
     PreparedCall,
@@ -30,7 +36,7 @@ __all__ = ["AsyncKlingClient"]
 
 
 class AsyncKlingClient(ClientCore):
-    """The asyncio/trio twin of :class:`KlingClient`: every endpoint, typed answers and errors, safe retries.
+    """A plain Kling API client: every endpoint, typed answers, typed errors, safe retries.
 
     Credentials come from the arguments, else ``KLING_ACCESS_KEY``/``KLING_SECRET_KEY``, else
     ``KLING_API_KEY``. Create bodies are checked with the estimator's rules before anything
@@ -119,18 +125,18 @@ class AsyncKlingClient(ClientCore):
         return task
 
     async def text_to_video(self, prompt: str, **fields: Any) -> KlingTask:
-        return await self.create("text2video", _bodies.text_to_video_body(prompt, fields))
+        return await self.create("text2video", bodies.text_to_video_body(prompt, fields))
 
     async def image_to_video(self, image: str, prompt: str | None = None, **fields: Any) -> KlingTask:
-        return await self.create("image2video", _bodies.image_to_video_body(image, prompt, fields))
+        return await self.create("image2video", bodies.image_to_video_body(image, prompt, fields))
 
     async def multi_image_to_video(
         self, images: Sequence[str | Mapping[str, Any]], prompt: str, **fields: Any
     ) -> KlingTask:
-        return await self.create("multi-image2video", _bodies.multi_image_body(images, prompt, fields))
+        return await self.create("multi-image2video", bodies.multi_image_body(images, prompt, fields))
 
     async def extend_video(self, video_id: str, prompt: str | None = None, **fields: Any) -> KlingTask:
-        return await self.create("video-extend", _bodies.extend_body(video_id, prompt, fields))
+        return await self.create("video-extend", bodies.extend_body(video_id, prompt, fields))
 
     async def lip_sync(
         self,
@@ -140,7 +146,7 @@ class AsyncKlingClient(ClientCore):
         external_task_id: str | None = None,
         **input_fields: Any,
     ) -> KlingTask:
-        body = _bodies.lip_sync_body(input, callback_url, external_task_id, input_fields)
+        body = bodies.lip_sync_body(input, callback_url, external_task_id, input_fields)
         return await self.create("lip-sync", body)
 
     async def effects(
@@ -152,14 +158,14 @@ class AsyncKlingClient(ClientCore):
         external_task_id: str | None = None,
         **input_fields: Any,
     ) -> KlingTask:
-        body = _bodies.effects_body(effect_scene, input, callback_url, external_task_id, input_fields)
+        body = bodies.effects_body(effect_scene, input, callback_url, external_task_id, input_fields)
         return await self.create("effects", body)
 
     async def generate_images(self, prompt: str, **fields: Any) -> KlingTask:
-        return await self.create("image", _bodies.images_body(prompt, fields))
+        return await self.create("image", bodies.images_body(prompt, fields))
 
     async def virtual_try_on(self, human_image: str, cloth_image: str, **fields: Any) -> KlingTask:
-        return await self.create("tryon", _bodies.tryon_body(human_image, cloth_image, fields))
+        return await self.create("tryon", bodies.tryon_body(human_image, cloth_image, fields))
 
     # ------------------------------------------------------------------ queries
 

@@ -1,4 +1,4 @@
-"""Create bodies from the clients' keyword arguments (one place for both clients)."""
+"""Create bodies from the clients' keyword arguments (one place for the Kling clients and the guards)."""
 
 from __future__ import annotations
 
