@@ -1,25 +1,28 @@
 """The durable credit ledger, chosen by URL: ``sqlite:///...`` (default) or ``postgresql://...``.
 
-How it is put together (each file is one part; everything shares one transaction seam):
+How it is put together (one job per file; everything goes through one transaction seam):
 
 * :class:`Ledger` (``ledger.py``) is what callers use: budgets and the money operations
   (reserve, commit, release, charge, extend, attach_task, sweep, usage). It checks each call,
-  converts amounts to integer thousandths at its edge, and runs the operation as one
-  transaction of :meth:`Ledger.transaction`, the seam. The bodies of those transactions are
-  its parts: ``holds.py`` (reserving: the conditional update that keeps ``used + reserved <=
-  limit``), ``settle.py`` (commit, release, sweep, leases, charge rows), ``limits.py``
-  (setting and deleting budgets). They work on the rows of ``records.py``, in thousandths.
-* It *has* a backend (``backend.py``: the contract; ``sqlite.py``, ``postgres.py``): connections,
+  converts amounts to integer thousandths at its edge, and runs it as one transaction of
+  :meth:`Ledger.transaction` (the seam: a cursor, committed or rolled back). The bodies of
+  those transactions are its parts: ``holds.py`` (reserving: the conditional update that
+  keeps ``used + reserved <= limit``), ``settle.py`` (commit, release, sweep, leases, charge
+  rows), ``limits.py`` (setting and deleting budgets), ``idempotency.py`` (one key, one
+  request). They work on the rows of ``records.py``, in thousandths, never ``Decimal``.
+* It *has* a backend (``backend.py``, the contract; ``sqlite.py``, ``postgres.py``): connections,
   transactions, the few SQL fragments that differ, driver errors translated. Nothing else.
-* It *has* four stores, each its own object over the same seam: ``ledger.cache``
-  (``cache_store.py``, the dedup cache), ``ledger.outbox`` (``outbox_store.py``; its writer
-  hook ``outbox.py`` records threshold crossings), ``ledger.rollup`` (``rollup_store.py``; its
-  writer hook ``rollup.py``, its read planner ``rollup_read.py``) and ``ledger.queries``
-  (``queries.py``, read-only questions). The ledger's ``cache_*``, ``charges()``, ``alerts()``,
-  ... delegate to them.
-* Hooks (``hooks.py``) run inside the ledger's transactions: the outbox's and the rollup's
-  writers, and any you add to ``ledger.hooks``. ``schema.py`` holds the numbered migrations,
-  ``copy.py`` moves a ledger to another backend, ``models.py`` what the ledger hands out.
+* It *has* four stores, each its own object on the same seam: ``ledger.cache``
+  (``cache_store.py``: the dedup cache), ``ledger.outbox`` (``outbox_store.py``: alerts; its
+  writer hook, ``outbox.py``, records threshold crossings), ``ledger.rollup``
+  (``rollup_store.py``: report sums; its writer hook ``rollup.py``, its read planner
+  ``rollup_read.py``) and ``ledger.queries`` (``queries.py``: read-only questions). The
+  ledger's ``cache_*()``, ``charges()``, ``alerts()``, ``usage()``, ... delegate to them.
+* Hooks (``hooks.py``) run inside the ledger's transactions: the two writers above and any
+  you append to ``ledger.hooks``; they see the rows in thousandths.
+* Also: ``models.py`` (what the ledger hands out), ``schema.py`` and ``schema_steps.py``
+  (numbered migrations), ``copy.py`` (move a ledger to another backend, a page at a time),
+  ``urls.py`` (URLs shown without their password).
 """
 
 from __future__ import annotations

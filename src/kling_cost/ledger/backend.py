@@ -13,12 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
+from types import TracebackType
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from ..errors import StorageError
 from ..timestamps import utc_now
 
-__all__ = ["RETRIES", "Backend", "Clock", "Conflict", "Cursor", "retrying"]
+__all__ = ["RETRIES", "AfterCommit", "Backend", "Clock", "Conflict", "Cursor", "retrying"]
 
 Clock = Callable[[], datetime]
 """A function returning the current time as an aware UTC datetime."""
@@ -67,6 +68,27 @@ def retrying(operation: Callable[[], T]) -> T:
         return operation()
     except Conflict as exc:
         raise StorageError(f"gave up after {RETRIES} conflicting attempts: {exc}") from None
+
+
+class AfterCommit:
+    """A transaction (a backend's) that calls ``after`` once it has committed."""
+
+    __slots__ = ("_after", "_inner")
+
+    def __init__(self, inner: AbstractContextManager[Cursor], after: Callable[[], None]) -> None:
+        self._inner = inner
+        self._after = after
+
+    def __enter__(self) -> Cursor:
+        return self._inner.__enter__()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        swallowed = self._inner.__exit__(kind, exc, tb)
+        if kind is None:
+            self._after()
+        return swallowed
 
 
 class Backend(ABC):

@@ -8,8 +8,8 @@ throughout, with the hooks (:mod:`.hooks`) inside the same transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Self
@@ -25,7 +25,7 @@ from ..errors import StorageError, ValidationError
 from ..money import parse_amount, to_storage
 from ..text import clean_text
 from . import schema
-from .backend import RETRIES, Backend, Conflict, Cursor, retrying
+from .backend import RETRIES, AfterCommit, Backend, Conflict, Cursor, retrying
 from .cache_store import CacheEntry, RequestCache
 from .holds import Holds, Refused, check_ttl, exceeded, request
 from .hooks import LedgerHook
@@ -85,8 +85,7 @@ class Ledger:
 
     # -- the seam ------------------------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def transaction(self) -> AbstractContextManager[Cursor]:
         """A cursor inside one transaction, committed when the block ends, rolled back when it
         raises: the one way into the ledger's tables, for its parts and stores alike.
 
@@ -94,9 +93,7 @@ class Ledger:
         by. Driver errors raise :class:`~kling_cost.errors.StorageError`, a lost race
         :class:`~.backend.Conflict` (:func:`~.backend.retrying` runs the block again). After
         the commit the outbox wakes its listeners if the transaction wrote an alert."""
-        with self.backend.transaction() as cur:
-            yield cur
-        self.outbox.after_commit()
+        return AfterCommit(self.backend.transaction(), self.outbox.after_commit)
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the schema version. Safe to run concurrently."""
@@ -150,8 +147,7 @@ class Ledger:
 
     def delete_budget(self, scope: str, window: str) -> bool:
         """Remove a budget and its window counters; charges stay. True if one was deleted."""
-        window = validate_window(window)
-        scope = validate_scope(scope)
+        window, scope = validate_window(window), validate_scope(scope)
 
         def run() -> bool:
             with self.transaction() as cur:
@@ -391,8 +387,7 @@ class Ledger:
     def extend(self, reservation: Reservation | str, ttl: timedelta) -> Reservation:
         """Push a reservation's lease to ``now + ttl`` (for tasks that run long). Works while
         it is still held, even if its lease lapsed and no sweep has reclaimed it yet."""
-        res_id = reservation_id_of(reservation)
-        lease = check_ttl(ttl)
+        res_id, lease = reservation_id_of(reservation), check_ttl(ttl)
         with self.transaction() as cur:
             row = self._settle.extend(cur, cur.now, res_id, lease)
         return row.to_reservation()

@@ -102,7 +102,7 @@ class Settlement:
             current = replace(current, metadata={**current.metadata, **extra})
         settled = self.mark(cur, current, COMMITTED, now, spent, final_task, metadata_changed=bool(extra))
         self.insert_charge(cur, now, current, SUCCEEDED, spent, final_task, states)
-        return replace(settled, actual_milli=spent, task_id=final_task)
+        return settled
 
     def release(
         self, cur: Cursor, now: datetime, current: ReservationRow, failed: bool | None
@@ -228,8 +228,9 @@ class Settlement:
         *,
         metadata_changed: bool = False,
     ) -> ReservationRow:
-        """Move the reservation row from its current status to ``status`` (or Conflict);
-        the metadata column is rewritten only when the caller changed it."""
+        """Move the reservation row from its current status to ``status`` (or Conflict), with
+        its actual and task; the metadata column is rewritten only when the caller changed it.
+        Returns the row as written."""
         settled = to_ms(now)
         sets = "status = ?, actual_milli = ?, settled_at = ?, task_id = ?"
         params: list[Any] = [status, actual_milli, settled, task_id]
@@ -241,7 +242,7 @@ class Settlement:
         )
         if cur.rowcount != 1:  # settled concurrently: retry and report the settled state
             raise Conflict(f"reservation {res.id} changed while settling")
-        return replace(res, status=status, settled_at_ms=settled)
+        return replace(res, status=status, settled_at_ms=settled, actual_milli=actual_milli, task_id=task_id)
 
     def insert_charge(
         self,

@@ -378,9 +378,19 @@ def _from_charges(
     totals: dict[str, _Sums] = {}
     time_dim = next((d for d in dims if d in TIME_DIMS), None)
     scope_dim, _ = _group_spec(dims)
-    for created, status, est_raw, act_raw, scopes, model, mode, duration, audio, kind, unit in ledger.queries.charge_facts(
-        since=lo, until=hi, scope=scope
-    ):
+    for (
+        created,
+        status,
+        est_raw,
+        act_raw,
+        scopes,
+        model,
+        mode,
+        duration,
+        audio,
+        kind,
+        unit,
+    ) in ledger.queries.charge_facts(since=lo, until=hi, scope=scope):
         est, act = int(est_raw), int(act_raw)
         totals.setdefault(unit, _Sums()).add_one(status, est, act)
         base: dict[str, Key] = {
