@@ -88,10 +88,7 @@ def test_a_copy_in_pages_moves_every_row_both_ways(
 ) -> None:
     """Source on one backend, target on the other: SQLite -> PostgreSQL and back."""
     need_postgres()
-    if ledger_url.startswith("sqlite"):
-        other = fresh_postgres_url()
-    else:
-        other = f"sqlite:///{tmp_path / 'target.db'}"
+    other = fresh_postgres_url() if ledger_url.startswith("sqlite") else f"sqlite:///{tmp_path / 'target.db'}"
     with open_ledger(ledger_url, clock=clock) as source, open_ledger(other, clock=clock) as target:
         try:
             _fill(source, clock)

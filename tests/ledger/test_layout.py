@@ -56,7 +56,7 @@ def violations(source: str, *, in_ledger: bool, privates: set[str]) -> list[str]
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             parts = module.split(".")
-            ledger_module = in_ledger and node.level == 1 or "ledger" in parts
+            ledger_module = (in_ledger and node.level == 1) or "ledger" in parts
             if not ledger_module:
                 continue
             after = parts[parts.index("ledger") + 1 :] if "ledger" in parts else parts
@@ -74,7 +74,9 @@ def test_the_check_finds_what_it_looks_for() -> None:
     assert violations("self.ledger._scopes_contain('x', 'y')", in_ledger=True, privates=privates)
     assert violations("from ._rows import Cursor", in_ledger=True, privates=privates)
     assert not violations("self._transaction()\nsuper()._x()", in_ledger=True, privates=privates)
-    assert not violations("ledger.transaction()\nfrom ..kling._core import x", in_ledger=False, privates=privates)
+    assert not violations(
+        "ledger.transaction()\nfrom ..kling._core import x", in_ledger=False, privates=privates
+    )
 
 
 def test_no_module_reaches_into_the_ledgers_privates() -> None:

@@ -50,8 +50,9 @@ __all__ = [
 ]
 
 MAX_KEY = 200
+"""Longest idempotency key, in characters."""
 PREVIEW = 100
-
+"""Characters of a prompt kept as its preview (the rest only as its SHA-256)."""
 
 BUDGET_SELECT = (
     "SELECT id, scope, period, tz, limit_milli, max_per_request_milli, thresholds, unit FROM budgets"
