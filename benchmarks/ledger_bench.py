@@ -187,7 +187,7 @@ def _ledger_pair(job: Job) -> tuple[Pair, Closer]:
 
 
 def _sqlite_connect(path: str) -> sqlite3.Connection:
-    """A connection set up exactly as SQLiteLedger sets up its own."""
+    """A connection set up exactly as SQLiteBackend sets up its own."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -568,11 +568,12 @@ def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
     if why:
         report.skipped = f"{_redact(server)}: {why}"
         return report
-    from kling_cost.ledger.postgres import PostgresLedger
+    from kling_cost.ledger.postgres import PostgresBackend
 
     most = max(PG_PROCS)
     admin = open_ledger(ledger_url)
-    assert isinstance(admin, PostgresLedger)
+    backend = admin.backend
+    assert isinstance(backend, PostgresBackend)
     base_created = False
     try:
         admin.set_budget(SHARED_SCOPE, limit=GENEROUS_LIMIT, window=WINDOW)
@@ -615,7 +616,7 @@ def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
             if base_created:
                 _pg_baseline_schema(conninfo, base_schema, 0, drop=True)
         finally:
-            admin.drop_schema()
+            backend.drop_schema()
             admin.close()
 
     target = next(r for r in report.rows if r.config == f"{most} proc, independent budgets")

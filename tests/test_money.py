@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kling_cost import ValidationError, format_amount, from_storage, parse_amount, to_storage
+from kling_cost import ValidationError, format_amount, parse_amount
+from kling_cost.money import from_storage, to_storage
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def test_resume_and_settle_commands_never_print_the_ledger_password(tmp_path: Pa
                     assert "password is shown as ***" in proc.stdout
     finally:
         with open_ledger(url) as cleanup:
-            cleanup.drop_schema()  # type: ignore[attr-defined]
+            cleanup.backend.drop_schema()  # type: ignore[attr-defined]
 
 
 @contextmanager

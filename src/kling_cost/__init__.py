@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
     from .guard import AsyncCostAwareClient, CostAwareClient, SettleReport
     from .kling import AccountCosts, AsyncKlingClient, KlingClient, KlingTask, RetryPolicy
     from .ledger import AlertRecord, Charge, Ledger, Reservation, default_ledger_url, open_ledger
-    from .money import format_amount, from_storage, parse_amount, to_storage
+    from .money import format_amount, parse_amount
     from .pricing import Catalog, Estimate, PriceEntry, PriceRequest, estimate, load_catalog, parse_catalog
     from .reports import Report, ReportRow, export_charges, report
 
@@ -124,7 +124,6 @@ __all__ = [
     "export_charges",
     "fingerprint",
     "format_amount",
-    "from_storage",
     "load_catalog",
     "load_config",
     "open_ledger",
@@ -135,7 +134,6 @@ __all__ = [
     "read_batch",
     "report",
     "sink_from_url",
-    "to_storage",
 ]
 
 # Which submodule defines each public name (kept in step with the imports above by a test).
@@ -183,7 +181,7 @@ _SUBMODULES: dict[str, tuple[str, ...]] = {
     "guard": ("AsyncCostAwareClient", "CostAwareClient", "SettleReport"),
     "kling": ("AccountCosts", "AsyncKlingClient", "KlingClient", "KlingTask", "RetryPolicy"),
     "ledger": ("AlertRecord", "Charge", "Ledger", "Reservation", "default_ledger_url", "open_ledger"),
-    "money": ("format_amount", "from_storage", "parse_amount", "to_storage"),
+    "money": ("format_amount", "parse_amount"),
     "pricing": (
         "Catalog",
         "Estimate",

@@ -3,6 +3,10 @@
 No float ever enters a money path: :func:`parse_amount` refuses floats, NaN, infinities and
 anything finer than 0.001, so what is stored is exactly what was asked for.
 
+The storage form (:func:`to_storage`, :func:`from_storage`) is not public: the ledger converts
+at its edge (a ``Decimal`` in, a ``Decimal`` out) and keeps thousandths inside; reports convert
+the ledger's integer sums. Neither is in ``__all__`` nor in :mod:`kling_cost`'s API.
+
 Decimal arithmetic rounds to the *current* context's precision, which belongs to the caller
 (``getcontext().prec = 6`` turns 1236.067 into 1236.07). Every amount computation in this
 package therefore runs in :data:`MONEY`, its own context: through its methods here, and
@@ -35,10 +39,8 @@ __all__ = [
     "SCALE",
     "exact",
     "format_amount",
-    "from_storage",
     "money_context",
     "parse_amount",
-    "to_storage",
 ]
 
 P = ParamSpec("P")

@@ -20,7 +20,6 @@ from kling_cost.alerts import (
     sink_from_url,
 )
 from kling_cost.ledger import Ledger, open_ledger
-from kling_cost.ledger.outbox_store import OutboxStore
 from kling_cost.signing import verify_webhook
 from tests.alerts.conftest import Hook, Mailbox
 from tests.helpers import FakeClock
@@ -96,7 +95,7 @@ def test_a_deliverer_that_dies_mid_send_leaves_the_alert_due_after_its_lease(
 ) -> None:
     ledger.set_budget("account", 10, thresholds=["0.5"])
     ledger.reserve(5)
-    _token, claimed = OutboxStore(ledger).claim(clock(), timedelta(minutes=2), 10)
+    _token, claimed = ledger.outbox.claim(clock(), timedelta(minutes=2), 10)
     assert len(claimed) == 1  # ... and the process dies before sending
     got: list[AlertMessage] = []
     other = Deliverer(ledger, [got.append], backoff=Backoff.none())

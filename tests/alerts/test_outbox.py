@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,7 @@ from kling_cost import BudgetExceeded, ValidationError
 from kling_cost.alerts import AlertMessage, Backoff, Deliverer
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.ledger.hooks import WindowState
+from kling_cost.ledger.records import BUDGET_SELECT, budget_row, reservation_by
 from tests.helpers import FakeClock
 
 
@@ -179,9 +183,17 @@ def test_a_late_commit_in_an_ended_window_does_not_alert(ledger: Ledger, clock: 
     assert ledger.alerts() == []
 
 
-def test_the_common_path_runs_no_sql(ledger: Ledger, clock: FakeClock) -> None:
-    budget = ledger.set_budget("account", 1000)
-    reservation = ledger.reserve(10)  # the first sight of the window clears older ones, once
+def test_the_common_path_runs_no_sql(
+    ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger.set_budget("account", 1000)
+    reserved = ledger.reserve(10)  # the first sight of the window clears older ones, once
+    with ledger.transaction() as cur:  # the rows the hooks see: amounts in thousandths
+        cur.execute(BUDGET_SELECT)
+        [budget] = [budget_row(row) for row in cur.fetchall()]
+        reservation = reservation_by(cur, "id", reserved.id)
+    assert reservation is not None
+    assert (budget.limit_milli, reservation.amount_milli) == (1_000_000, 10_000)
 
     class NoSQL:
         rowcount = 0
@@ -193,14 +205,42 @@ def test_the_common_path_runs_no_sql(ledger: Ledger, clock: FakeClock) -> None:
             self.executed.append(sql)
 
     cur = NoSQL()
+    writer = ledger.outbox.writer
     below = [WindowState(budget, "2026-06-15", 300_000, 100_000)]  # 30 % -> 40 %: nothing crossed
     for _ in range(100):
-        ledger.outbox.after_reserve(cur, clock(), reservation, below)  # type: ignore[arg-type]
+        writer.after_reserve(cur, clock(), reservation, below)  # type: ignore[arg-type]
     assert cur.executed == []
-    assert ledger._wants_settle_states(10_000, 10_000) is False  # a plain commit looks nothing up
     crossing = [WindowState(budget, "2026-06-15", 400_000, 100_000)]  # 49 % -> 50 %
-    ledger.outbox.after_reserve(cur, clock(), reservation, crossing)  # type: ignore[arg-type]
+    writer.after_reserve(cur, clock(), reservation, crossing)  # type: ignore[arg-type]
     assert len(cur.executed) == 1 and cur.executed[0].startswith("INSERT INTO alerts")
+    # A plain commit (the actual is what was held) does not read the budgets back for the hooks.
+    executed: list[str] = []
+    real = ledger.backend.transaction
+
+    @contextmanager
+    def spied() -> Iterator[Any]:
+        with real() as inner:
+            yield _Spy(inner, executed)
+
+    monkeypatch.setattr(ledger.backend, "transaction", spied)
+    ledger.commit(ledger.reserve(10), 10)
+    assert executed and not [sql for sql in executed if sql.startswith(BUDGET_SELECT + " WHERE id IN")]
+    ledger.commit(ledger.reserve(10), 11)  # above what was held: the level rose, the outbox looks
+    assert [sql for sql in executed if sql.startswith(BUDGET_SELECT + " WHERE id IN")]
+
+
+class _Spy:
+    """A cursor that notes every statement it runs."""
+
+    def __init__(self, cur: Any, executed: list[str]) -> None:
+        self._cur, self._executed = cur, executed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self._executed.append(sql)
+        return self._cur.execute(sql, params)
 
 
 def test_deleting_a_budget_clears_its_alerts(ledger: Ledger) -> None:

@@ -80,7 +80,7 @@ def test_no_token_or_password_reaches_the_table_the_api_the_cli_or_the_logs(
         origin = hook.url.removesuffix("/hook")
         assert f'HTTP Request: POST {origin} "HTTP/1.0 500' in caplog.text  # httpx's log, shortened
 
-        with led._transaction() as cur:  # every column of every row of the outbox
+        with led.transaction() as cur:  # every column of every row of the outbox
             cur.execute("SELECT * FROM alerts")
             rows = repr(cur.fetchall())
         assert TOKEN not in rows and PASSWORD not in rows and not leaks(rows), rows

@@ -195,5 +195,5 @@ def any_world(request: pytest.FixtureRequest, tmp_path: Path, twin: str) -> Iter
             yield made
     finally:
         cleanup = open_ledger(url)
-        cleanup.drop_schema()  # type: ignore[attr-defined]
+        cleanup.backend.drop_schema()  # type: ignore[attr-defined]
         cleanup.close()

@@ -334,7 +334,7 @@ def test_a_long_batch_keeps_one_ledger_connection_per_worker(world: World, tmp_p
     connection, kept until the ledger closes) per row."""
     world.ledger.set_budget("project:film", 100)
     rows = read_batch(_file(tmp_path, [f"shot {i}" for i in range(24)]), {"model_name": "kling-v1"})
-    before = len(world.ledger._connections)  # type: ignore[attr-defined]
+    before = world.ledger.backend.connection_count  # type: ignore[attr-defined]
     summary, _ = _run(world, rows)  # concurrency 3
     assert summary.count("done") == 24  # type: ignore[attr-defined]
-    assert len(world.ledger._connections) - before <= 3  # type: ignore[attr-defined]
+    assert world.ledger.backend.connection_count - before <= 3  # type: ignore[attr-defined]

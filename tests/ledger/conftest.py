@@ -23,7 +23,7 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     url = fresh_postgres_url()
     yield url
     cleanup = open_ledger(url)
-    cleanup.drop_schema()  # type: ignore[attr-defined]
+    cleanup.backend.drop_schema()  # type: ignore[attr-defined]
     cleanup.close()
 
 

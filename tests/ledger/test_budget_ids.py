@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from kling_cost.ledger import Ledger, copy_ledger, open_ledger
-from kling_cost.ledger.outbox_store import OutboxStore
 from tests.helpers import FakeClock, fresh_postgres_url, need_postgres
 
 
@@ -58,7 +57,7 @@ def test_alerts_of_a_deleted_budget_stay_its_own(ledger: Ledger) -> None:
     assert rows["project:old"].id == alert.id and rows["project:old"].budget_id == old.id
     assert rows["project:old"].cleared_at is not None
     assert rows["project:new"].budget_id == new.id and rows["project:new"].cleared_at is None
-    assert OutboxStore(ledger).budget(old.id) is None  # a "resolved" message names no other budget
+    assert ledger.outbox.budget(old.id) is None  # a "resolved" message names no other budget
 
 
 def _pg() -> str:
@@ -89,7 +88,7 @@ def test_a_copied_ledger_never_reuses_a_deleted_budgets_id(tmp_path: Path, targe
     finally:
         if target_kind == "postgres":
             with open_ledger(target_url) as dst:
-                dst.drop_schema()  # type: ignore[attr-defined]
+                dst.backend.drop_schema()  # type: ignore[attr-defined]
 
 
 def test_upgrading_an_sqlite_ledger_keeps_its_data_and_never_reuses_an_id(
@@ -97,11 +96,11 @@ def test_upgrading_an_sqlite_ledger_keeps_its_data_and_never_reuses_an_id(
 ) -> None:
     import sqlite3
 
-    from kling_cost.ledger import core, schema
+    from kling_cost.ledger import schema
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     clock = FakeClock()
-    monkeypatch.setattr(core, "MIGRATIONS", [m for m in schema.MIGRATIONS if m[0] < 7])
+    monkeypatch.setattr(schema, "MIGRATIONS", [m for m in schema.MIGRATIONS if m[0] < 7])
     with open_ledger(url, clock=clock) as old:  # a ledger from before the upgrade
         old.set_budget("account", 100)
         kept = old.set_budget("project:a", 10)
@@ -137,7 +136,7 @@ def test_budget_changes_retry_when_they_lose_a_race(ledger: Ledger, monkeypatch:
     meets reservations in flight) is retried, like every money operation; before, the
     ledger's internal ``Conflict`` escaped ``set_budget`` and ``delete_budget`` (no
     KlingCostError: a traceback in the CLI)."""
-    from kling_cost.ledger._rows import Conflict
+    from kling_cost.ledger.backend import Conflict
 
     lost = {"set": 1, "delete": 1}
 
@@ -150,7 +149,7 @@ def test_budget_changes_retry_when_they_lose_a_race(ledger: Ledger, monkeypatch:
 
         return hook
 
-    outbox = ledger.outbox
+    outbox = ledger.outbox.writer
     monkeypatch.setattr(outbox, "after_budget_set", loses_once("set", outbox.after_budget_set))
     monkeypatch.setattr(outbox, "budget_deleted", loses_once("delete", outbox.budget_deleted))
     assert ledger.set_budget("project:x", 10).limit == 10

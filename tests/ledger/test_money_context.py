@@ -83,7 +83,8 @@ def test_no_raw_invalid_operation_escapes(ledger: Ledger, tiny_context: decimal.
 
 
 def test_storage_conversion_is_exact_whatever_the_precision(tiny_context: decimal.Context) -> None:
-    from kling_cost import ValidationError, from_storage, to_storage
+    from kling_cost import ValidationError
+    from kling_cost.money import from_storage, to_storage
 
     assert to_storage(Decimal("1234.567")) == 1234567
     assert to_storage(Decimal("-0.5")) == -500 and to_storage(Decimal("7E+2")) == 700000

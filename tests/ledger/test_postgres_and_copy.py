@@ -12,6 +12,7 @@ from kling_cost import StorageError
 from kling_cost.cli import app
 from kling_cost.ledger import Ledger, copy_ledger, open_ledger
 from kling_cost.ledger.schema import SCHEMA_VERSION
+from kling_cost.ledger.settle import Settlement
 from tests.helpers import POSTGRES_URL, FakeClock, fresh_postgres_url, need_postgres
 
 pytestmark = pytest.mark.postgres
@@ -23,7 +24,7 @@ def pg_url() -> Any:
     url = fresh_postgres_url()
     yield url
     with open_ledger(url) as led:
-        led.drop_schema()  # type: ignore[attr-defined]
+        led.backend.drop_schema()  # type: ignore[attr-defined]
 
 
 def state(led: Ledger) -> tuple[Any, ...]:
@@ -79,19 +80,19 @@ def test_killed_backend_mid_transaction_loses_and_doubles_nothing(
     led = open_ledger(pg_url)
     led.set_budget("account", 100)
     r = led.reserve(10, metadata={"model": "kling-v1"})
-    original = Ledger._insert_charge
+    original = Settlement.insert_charge
 
-    def kill_then_continue(self: Ledger, cur: Any, *args: Any) -> None:
+    def kill_then_continue(self: Settlement, cur: Any, *args: Any) -> None:
         cur.execute("SELECT pg_backend_pid()")
         pid = cur.fetchone()[0]
         with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
         original(self, cur, *args)
 
-    monkeypatch.setattr(Ledger, "_insert_charge", kill_then_continue)
+    monkeypatch.setattr(Settlement, "insert_charge", kill_then_continue)
     with pytest.raises(StorageError):
         led.commit(r, 10)
-    monkeypatch.setattr(Ledger, "_insert_charge", original)
+    monkeypatch.setattr(Settlement, "insert_charge", original)
     u = led.usage("account")
     assert (u.used, u.reserved) == (0, 10)  # the half-done commit left nothing behind
     assert led.charges() == []

@@ -37,7 +37,7 @@ def schema() -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
     with open_ledger(_url(name)) as led:
-        led.drop_schema()  # type: ignore[attr-defined]
+        led.backend.drop_schema()  # type: ignore[attr-defined]
 
 
 def _url(schema: str, *, netloc: str | None = None, **params: str) -> str:
@@ -227,11 +227,11 @@ def test_a_postgres_password_never_shows_in_repr_messages_or_output(schema: str)
 def skewed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     """Make this machine's clock (the ledger's default clock) run ``delta`` ahead for the
     ledgers opened afterwards: another machine with a wrong clock."""
-    from kling_cost.ledger import core
-    from kling_cost.ledger._rows import utc_now
+    from kling_cost.ledger import backend
+    from kling_cost.timestamps import utc_now
 
     def skew(delta: timedelta) -> None:
-        monkeypatch.setattr(core, "utc_now", lambda: utc_now() + delta)
+        monkeypatch.setattr(backend, "utc_now", lambda: utc_now() + delta)
         # The skew is real: SQLite (one machine) keeps this machine's clock, wrong as it is.
         with open_ledger(f"sqlite:///{tmp_path / 'local.db'}") as local:
             assert abs(local.clock() - delta - _server_now()) < timedelta(seconds=30)

@@ -13,7 +13,7 @@ from tests.helpers import FakeClock
 def test_every_reservation_is_read_a_page_at_a_time(
     ledger: Ledger, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(queries, "_PAGE", 4)
+    monkeypatch.setattr(queries, "PAGE", 4)
     made = []
     for i in range(11):
         made.append(ledger.reserve(1, idempotency_key=f"k{i}", ttl=timedelta(hours=5)))
@@ -38,7 +38,7 @@ def test_settle_pending_sees_holds_beyond_the_first_page(
     from kling_cost.guard._core import GuardCore
     from kling_cost.guard.settle import Settler
 
-    monkeypatch.setattr(queries, "_PAGE", 2)
+    monkeypatch.setattr(queries, "PAGE", 2)
     for i in range(5):
         ledger.reserve(1, idempotency_key=f"h{i}")
         clock.advance(milliseconds=1)

@@ -12,7 +12,6 @@ import pytest
 from kling_cost import ValidationError
 from kling_cost.budgets import validate_scope
 from kling_cost.ledger import Ledger
-from kling_cost.ledger.outbox_store import OutboxStore
 from kling_cost.reports import export_charges, latest_charges, report
 
 
@@ -56,7 +55,7 @@ def test_scope_filters_are_case_sensitive_everywhere(ledger: Ledger) -> None:
     out = io.StringIO()
     assert export_charges(ledger, out, scope="project:Film") == 1
     assert json.loads(out.getvalue(), parse_float=Decimal)["credits"] == 7
-    consumers = OutboxStore(ledger).top_consumers("project:Film", None, None)
+    consumers = ledger.outbox.top_consumers("project:Film", None, None)
     assert [(c.by, c.name, c.amount) for c in consumers] == [
         ("model", "kling-v2-1/-", 7),
         ("scope", "key:Film", 7),

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from kling_cost import BudgetExceeded
-from kling_cost.budgets import Budget
 from kling_cost.ledger import Ledger
-from kling_cost.ledger.hooks import SettledCharge, WindowState
+from kling_cost.ledger.hooks import Refusal, SettledCharge, WindowState
+from kling_cost.ledger.records import BudgetRow, ReservationRow
 
 
 def test_failed_task_is_recorded_as_a_refunded_charge(ledger: Ledger) -> None:
@@ -46,8 +46,13 @@ class Recorder:
         if name == self.fail_on:
             raise RuntimeError(f"hook failed on {name}")
 
-    def after_reserve(self, cur: Any, now: datetime, reservation: Any, states: Sequence[WindowState]) -> None:
-        self._note("reserve", [(s.budget.scope, s.used_milli, s.reserved_milli) for s in states])
+    def after_reserve(
+        self, cur: Any, now: datetime, reservation: ReservationRow, states: Sequence[WindowState]
+    ) -> None:
+        self._note(
+            "reserve",
+            (reservation.amount_milli, [(s.budget.scope, s.used_milli, s.reserved_milli) for s in states]),
+        )
 
     def after_settle(
         self, cur: Any, now: datetime, charge: SettledCharge, states: Sequence[WindowState]
@@ -56,11 +61,15 @@ class Recorder:
             "settle", (charge.status, charge.actual_milli, [(s.used_milli, s.reserved_milli) for s in states])
         )
 
-    def after_budget_set(self, cur: Any, now: datetime, budget: Budget, previous: Budget | None) -> None:
-        self._note("budget", (budget.limit, None if previous is None else previous.limit))
+    def after_budget_set(
+        self, cur: Any, now: datetime, budget: BudgetRow, previous: BudgetRow | None
+    ) -> None:
+        self._note("budget", (budget.limit_milli, None if previous is None else previous.limit_milli))
 
-    def after_refusal(self, cur: Any, now: datetime, refusal: Any, scopes: Sequence[str]) -> None:
-        self._note("refusal", (refusal.scope, refusal.reason))
+    def after_refusal(self, cur: Any, now: datetime, refusal: Refusal, scopes: Sequence[str]) -> None:
+        self._note(
+            "refusal", (refusal.scope, refusal.reason, refusal.requested_milli, refusal.available_milli)
+        )
 
 
 def test_hooks_see_every_change_with_the_counters(ledger: Ledger) -> None:
@@ -73,11 +82,11 @@ def test_hooks_see_every_change_with_the_counters(ledger: Ledger) -> None:
     with pytest.raises(BudgetExceeded):
         ledger.reserve(14)
     assert rec.events == [
-        ("budget", (Decimal(10), None)),
-        ("budget", (Decimal(20), Decimal(10))),
-        ("reserve", [("account", 0, 8000)]),
+        ("budget", (10_000, None)),
+        ("budget", (20_000, 10_000)),
+        ("reserve", (8000, [("account", 0, 8000)])),
         ("settle", ("succeeded", 7000, [(7000, 0)])),
-        ("refusal", ("account", "limit")),
+        ("refusal", ("account", "limit", 14_000, 13_000)),
     ]
 
 

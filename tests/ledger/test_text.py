@@ -62,7 +62,7 @@ def test_a_reservation_stored_with_nul_before_the_fix_still_commits(ledger: Ledg
     for them must still count."""
     ledger.set_budget("project:a", 10)
     res = ledger.reserve(3, ["project:a"], metadata={"model": "clean"})
-    with ledger._transaction() as cur:
+    with ledger.transaction() as cur:
         cur.execute(
             "UPDATE reservations SET metadata = ? WHERE id = ?",
             (json.dumps({"model": "kling-v1\x00", "prompt_preview": "p\x00"}), res.id),

@@ -11,7 +11,7 @@ import pytest
 
 from kling_cost import UnitMismatch, ValidationError
 from kling_cost.ledger import Ledger, open_ledger
-from kling_cost.ledger.base import Ledger as _Ledger
+from kling_cost.ledger.holds import Holds
 from kling_cost.ledger.schema import MIGRATIONS
 from tests.helpers import FakeClock
 
@@ -119,7 +119,7 @@ def test_budget_exceeded_names_the_unit(ledger: Ledger) -> None:
 def test_existing_ledgers_migrate_to_units(tmp_path: pytest.TempPathFactory) -> None:
     path = f"{tmp_path}/old.db"
     old = open_ledger(f"sqlite:///{path}")
-    assert isinstance(old, _Ledger)
+    assert isinstance(old, Ledger)
     old.close()
     # Rebuild the ledger as it was before migration 6, with one budget and one charge.
     import sqlite3
@@ -193,14 +193,14 @@ def _paused_reservation(ledger: Ledger, meanwhile: Any) -> dict[str, Any]:
     """Reserve 5 on ``account``, pausing right after the budgets were read while ``meanwhile``
     runs in another thread (given half a second to finish first, as it did before the lock)."""
     read, go = threading.Event(), threading.Event()
-    real_hold = ledger._hold
+    real_hold = Holds.hold
 
     def paused_hold(*args: Any, **kwargs: Any) -> Any:
         read.set()
         go.wait(10)
         return real_hold(*args, **kwargs)
 
-    ledger._hold = paused_hold  # type: ignore[method-assign]
+    Holds.hold = staticmethod(paused_hold)  # type: ignore[method-assign,assignment]
     outcome: dict[str, Any] = {}
 
     def reserve() -> None:
@@ -224,7 +224,7 @@ def _paused_reservation(ledger: Ledger, meanwhile: Any) -> dict[str, Any]:
     go.set()
     first.join(10)
     second.join(10)
-    ledger._hold = real_hold  # type: ignore[method-assign]
+    Holds.hold = staticmethod(real_hold)  # type: ignore[method-assign,assignment]
     return outcome
 
 
@@ -254,11 +254,11 @@ def test_a_limit_change_never_switches_a_unit_back(ledger: Ledger, monkeypatch: 
     """Before (PostgreSQL): `set_budget(scope, limit)` read the unit (units), a concurrent
     switch to credits committed and a credits reservation held; the limit change then wrote
     the unit it had read: a units budget holding credits, switched without any check."""
-    from kling_cost.ledger import core
+    from kling_cost.ledger import limits
 
     ledger.set_budget("account", 100)
     read, go = threading.Event(), threading.Event()
-    real = core.budget_from_row
+    real = limits.budget_row
     changer = threading.current_thread()
 
     def paused(row: Any) -> Any:
@@ -267,7 +267,7 @@ def test_a_limit_change_never_switches_a_unit_back(ledger: Ledger, monkeypatch: 
             go.wait(10)  # ...while the switch and a credits hold commit
         return real(row)
 
-    monkeypatch.setattr(core, "budget_from_row", paused)
+    monkeypatch.setattr(limits, "budget_row", paused)
     changed: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: changed.update(budget=ledger.set_budget("account", 200)))
     worker.start()

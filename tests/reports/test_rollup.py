@@ -86,7 +86,7 @@ def test_old_ledgers_are_backfilled_once(tmp_path: Path) -> None:
     led = open_ledger(url, clock=clock)
     led.hooks.clear()  # a ledger written before the rollup existed
     seed(led, clock)
-    with led._transaction() as cur:
+    with led.transaction() as cur:
         cur.execute("DELETE FROM report_rollup")
         cur.execute(
             "INSERT INTO report_rollup_meta (name, value) SELECT 'backfill_upto', MAX(id) FROM charges"

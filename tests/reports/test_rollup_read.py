@@ -106,7 +106,7 @@ def seed_year(ledger: Ledger, clock: FakeClock) -> None:
 
 def test_both_grains_on_both_backends(ledger: Ledger, clock: FakeClock) -> None:
     seed_year(ledger, clock)
-    with ledger._transaction() as cur:
+    with ledger.transaction() as cur:
         cur.execute(
             "SELECT grain, COUNT(*), SUM(s_n + f_n + c_n) FROM report_rollup GROUP BY grain ORDER BY grain"
         )
@@ -126,13 +126,13 @@ def rerun_migrations(ledger: Ledger, *versions: int) -> None:
     """Run these migrations' statements again, in one transaction, on a ledger whose rollup
     tables were put back in the shape they had before them (the other tables stay as they are:
     rerunning every later migration would add their columns twice)."""
-    with ledger._transaction() as cur:
+    with ledger.transaction() as cur:
         for version, statements in MIGRATIONS:
             if version in versions:
                 for statement in statements:
                     cur.execute(
-                        statement.replace("{id}", ledger.id_column).replace(
-                            "{without_rowid}", ledger.without_rowid
+                        statement.replace("{id}", ledger.backend.id_column).replace(
+                            "{without_rowid}", ledger.backend.without_rowid
                         )
                     )
 
@@ -142,7 +142,7 @@ def test_migration_5_derives_the_day_rows(
 ) -> None:
     seed_year(ledger, clock)
     sums = "s_n, s_est, s_act, f_n, f_est, f_act, c_n, c_est, c_act"
-    with ledger._transaction() as cur:  # back to the schema 4 table: hour rows only
+    with ledger.transaction() as cur:  # back to the schema 4 table: hour rows only
         cur.execute(
             f"CREATE TABLE report_rollup_v4 AS SELECT scope, bucket, model, mode, {sums} "
             "FROM report_rollup WHERE grain = 0"
@@ -165,13 +165,13 @@ def test_sqlite_plans_use_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     path = tmp_path / "plan.db"
     ledger = open_ledger(f"sqlite:///{path}", clock=clock)
     captured: list[tuple[str, list[Any]]] = []
-    real_query = rollup_read._query
+    real_query = rollup_read.sums_query
 
     def spy(*args: Any, **kwargs: Any) -> tuple[str, list[Any]]:
         captured.append(real_query(*args, **kwargs))
         return captured[-1]
 
-    monkeypatch.setattr(rollup_read, "_query", spy)
+    monkeypatch.setattr(rollup_read, "sums_query", spy)
     try:
         seed_year(ledger, clock)
         now = clock()

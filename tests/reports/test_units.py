@@ -144,7 +144,7 @@ def test_the_rollup_refuses_an_unknown_unit() -> None:
 
 def _back_to_schema_7(ledger: Ledger) -> None:
     """The rollup as it was before migration 8: no unit, so every unit summed in one row."""
-    with ledger._transaction() as cur:
+    with ledger.transaction() as cur:
         cur.execute(
             "CREATE TABLE report_rollup_v7 AS SELECT scope, grain, bucket, model, mode, "
             + ", ".join(f"SUM({c}) AS {c}" for c in SUMS.split(", "))
@@ -163,7 +163,7 @@ def test_migration_8_keeps_the_rows_of_a_units_ledger_as_units(
         ledger.commit(ledger.reserve(2, ["project:a"], metadata={"model": "kling-v2-1"}), "1.5")
         clock.advance(hours=7)
     _back_to_schema_7(ledger)
-    with ledger._transaction() as cur:
+    with ledger.transaction() as cur:
         cur.execute("DELETE FROM charges")  # proof that the rows are kept, not rebuilt
     rerun_migrations(ledger, 8)
     again = open_ledger(ledger_url, clock=clock)
@@ -171,7 +171,7 @@ def test_migration_8_keeps_the_rows_of_a_units_ledger_as_units(
         rep = report(again, "model", since="30d", source="rollup")  # no charge left to span days
         assert rep.units == ("units",) and [(r.unit, r.charges) for r in rep.rows] == [("units", 5)]
         assert rep.total_for("units").actual == Decimal("7.5")
-        with again._transaction() as cur:
+        with again.transaction() as cur:
             cur.execute("SELECT DISTINCT unit FROM report_rollup")
             assert [r[0] for r in cur.fetchall()] == ["units"]
             cur.execute("SELECT COUNT(*) FROM report_rollup_meta WHERE name = 'backfill_upto'")

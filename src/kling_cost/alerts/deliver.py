@@ -152,7 +152,7 @@ class Deliverer:
         self.batch_size = batch_size
         self.top = top
         self.clock = clock or ledger.clock
-        self.store = OutboxStore(ledger)
+        self.store: OutboxStore = ledger.outbox
         self._pass_lock = threading.Lock()
         self._inline = False
         self._attached = False

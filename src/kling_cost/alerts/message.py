@@ -9,11 +9,11 @@ from typing import Any
 from urllib.parse import quote
 
 from ..budgets import Budget, window_at
-from ..ledger._rows import to_ms
 from ..ledger.models import AlertRecord
 from ..ledger.outbox import KIND_MAX_PER_REQUEST, KIND_OVERAGE, KIND_REFUSED, KIND_THRESHOLD, percent
 from ..ledger.outbox_store import PHASE_ALERT, PHASE_RESOLVED, Consumer
 from ..money import MONEY, format_amount
+from ..timestamps import to_ms
 
 __all__ = ["AlertMessage", "Consumer", "build_message", "sample_message"]
 

@@ -25,8 +25,7 @@ from ..batch import BatchPlan, BatchResult, BatchRow, BatchRunner, BatchSummary
 from ..batch.plan import plural
 from ..errors import KlingCostError
 from ..guard import CostAwareClient
-from ..ledger import Ledger
-from ..ledger._urls import redact_url
+from ..ledger import Ledger, redact_url
 from ._common import boundary, console, err_console, print_json
 
 EXIT_INTERRUPTED = 130

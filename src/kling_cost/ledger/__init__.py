@@ -1,4 +1,29 @@
-"""The durable credit ledger, chosen by URL: ``sqlite:///...`` (default) or ``postgresql://...``."""
+"""The durable credit ledger, chosen by URL: ``sqlite:///...`` (default) or ``postgresql://...``.
+
+How it is put together (one job per file; everything goes through one transaction seam):
+
+* :class:`Ledger` (``ledger.py``) is what callers use: budgets and the money operations
+  (reserve, commit, release, charge, extend, attach_task, sweep, usage). It checks each call,
+  converts amounts to integer thousandths at its edge, and runs it as one transaction of
+  :meth:`Ledger.transaction` (the seam: a cursor, committed or rolled back). The bodies of
+  those transactions are its parts: ``holds.py`` (reserving: the conditional update that
+  keeps ``used + reserved <= limit``), ``settle.py`` (commit, release, sweep, leases, charge
+  rows), ``limits.py`` (setting and deleting budgets), ``idempotency.py`` (one key, one
+  request). They work on the rows of ``records.py``, in thousandths, never ``Decimal``.
+* It *has* a backend (``backend.py``, the contract; ``sqlite.py``, ``postgres.py``): connections,
+  transactions, the few SQL fragments that differ, driver errors translated. Nothing else.
+* It *has* four stores, each its own object on the same seam: ``ledger.cache``
+  (``cache_store.py``: the dedup cache), ``ledger.outbox`` (``outbox_store.py``: alerts; its
+  writer hook, ``outbox.py``, records threshold crossings), ``ledger.rollup``
+  (``rollup_store.py``: report sums; its writer hook ``rollup.py``, its read planner
+  ``rollup_read.py``) and ``ledger.queries`` (``queries.py``: read-only questions). The
+  ledger's ``cache_*()``, ``charges()``, ``alerts()``, ``usage()``, ... delegate to them.
+* Hooks (``hooks.py``) run inside the ledger's transactions: the two writers above and any
+  you append to ``ledger.hooks``; they see the rows in thousandths.
+* Also: ``models.py`` (what the ledger hands out), ``schema.py`` and ``schema_steps.py``
+  (numbered migrations), ``copy.py`` (move a ledger to another backend, a page at a time),
+  ``urls.py`` (URLs shown without their password).
+"""
 
 from __future__ import annotations
 
@@ -8,28 +33,34 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
-from ._urls import redact_url
-from .base import Clock, Ledger
+from .backend import Backend, Clock
 from .cache_store import CacheEntry
 from .copy import CopyResult, copy_ledger
+from .ledger import Ledger
 from .models import AlertRecord, Charge, Reservation
-from .sqlite import SQLiteLedger
+from .sqlite import SQLiteBackend
+from .urls import redact_url
 
 __all__ = [
     "AlertRecord",
+    "Backend",
     "CacheEntry",
     "Charge",
     "Clock",
     "CopyResult",
     "Ledger",
     "Reservation",
-    "SQLiteLedger",
+    "SQLiteBackend",
     "copy_ledger",
     "default_ledger_url",
     "open_ledger",
+    "redact_url",
 ]
 
 ENV_LEDGER = "KLING_COST_LEDGER"
+
+_LEDGER_OPTIONS = ("default_ttl", "sweep_interval")
+"""Options of :func:`open_ledger` that belong to the :class:`Ledger`; the others go to the backend."""
 
 
 def default_ledger_url() -> str:
@@ -57,8 +88,9 @@ def open_ledger(url: str | None = None, *, create: bool = True, **options: Any) 
     a mistyped path is an error, not "nothing spent"). A PostgreSQL database is never created
     by this package, only its tables.
 
-    ``options`` go to the backend: ``clock`` (a function returning an aware UTC datetime),
-    ``default_ttl``, ``sweep_interval``, and backend-specific ones.
+    ``options``: ``clock`` (a function returning an aware UTC datetime), ``default_ttl``,
+    ``sweep_interval``, and backend-specific ones (PostgreSQL: ``pool``, ``min_size``,
+    ``max_size``, ``connect_timeout``).
     """
     target = url or default_ledger_url()
     if not isinstance(target, str):
@@ -71,16 +103,13 @@ def open_ledger(url: str | None = None, *, create: bool = True, **options: Any) 
         ) from None
     if scheme in ("postgresql", "postgres"):
         from . import postgres  # noqa: F401 - registers the backend; fails clearly without the extra
-    backend = Ledger.registry.get(scheme)
-    if backend is None:
-        known = ", ".join(sorted({*Ledger.registry, "postgresql", "postgres"}))
+    backend_class = Backend.registry.get(scheme)
+    if backend_class is None:
+        known = ", ".join(sorted({*Backend.registry, "postgresql", "postgres"}))
         raise ConfigurationError(
             f"ledger URL {redact_url(target)!r} has an unknown scheme {scheme!r}; use one of: {known} "
             "(e.g. sqlite:///credits.db)"
         )
-    if not create and issubclass(backend, SQLiteLedger):
-        options["create"] = False
-    ledger = backend(target, **options)
-    if not isinstance(ledger, Ledger):
-        raise ConfigurationError(f"backend {backend.__name__} is not a Ledger")
-    return ledger
+    ledger_options = {name: options.pop(name) for name in _LEDGER_OPTIONS if name in options}
+    backend = backend_class(target, create=create, **options)
+    return Ledger(backend, **ledger_options)

@@ -1,4 +1,9 @@
-"""The dedup cache's table: which request fingerprints succeeded, and which are in flight."""
+"""The dedup cache as a store of the ledger (``ledger.cache``): the ``request_cache`` table,
+which request fingerprints succeeded and which are in flight.
+
+The guard (:mod:`kling_cost.guard`) drives it through the ledger's ``cache_*`` methods, which
+delegate here.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,17 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ValidationError
 from ..money import from_storage, parse_amount, to_storage
-from ._rows import Cursor, from_ms, to_ms
-from .queries import LedgerQueries
+from ..timestamps import from_ms, to_ms
+from .backend import Cursor, retrying
 
-__all__ = ["ABANDONED", "INFLIGHT", "SUCCEEDED", "CacheEntry", "RequestCacheStore"]
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+__all__ = ["ABANDONED", "INFLIGHT", "SUCCEEDED", "CacheEntry", "RequestCache"]
 
 INFLIGHT = "inflight"
 SUCCEEDED = "succeeded"
@@ -58,22 +66,26 @@ def _entry(row: Any) -> CacheEntry:
     )
 
 
-class RequestCacheStore(LedgerQueries):
+def _read(cur: Cursor, fingerprint: str) -> CacheEntry | None:
+    cur.execute(_SELECT + " WHERE fingerprint = ?", (fingerprint,))
+    row = cur.fetchone()
+    return None if row is None else _entry(row)
+
+
+class RequestCache:
     """Fingerprint rows: claimed in flight under a lease, then succeeded for a TTL."""
 
-    def _cache_row(self, cur: Cursor, fingerprint: str) -> CacheEntry | None:
-        cur.execute(_SELECT + " WHERE fingerprint = ?", (fingerprint,))
-        row = cur.fetchone()
-        return None if row is None else _entry(row)
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
 
-    def cache_lookup(self, fingerprint: str) -> CacheEntry | None:
+    def lookup(self, fingerprint: str) -> CacheEntry | None:
         """The live entry for ``fingerprint`` (in flight, or succeeded within its TTL)."""
-        with self._transaction() as cur:
-            now = self._now(cur)
-            entry = self._cache_row(cur, fingerprint)
+        with self.ledger.transaction() as cur:
+            now = cur.now
+            entry = _read(cur, fingerprint)
         return entry if entry is not None and entry.expires_at > now else None
 
-    def cache_claim(
+    def claim(
         self, fingerprint: str, endpoint: str, estimate: Decimal, lease: timedelta
     ) -> tuple[bool, CacheEntry]:
         """Claim ``fingerprint`` as in flight for ``lease`` unless a live entry exists.
@@ -86,8 +98,8 @@ class RequestCacheStore(LedgerQueries):
             raise ValidationError("lease must be positive")
 
         def run() -> tuple[bool, CacheEntry]:
-            with self._transaction() as cur:
-                now = self._now(cur)
+            with self.ledger.transaction() as cur:
+                now = cur.now
                 now_ms = to_ms(now)
                 cur.execute(
                     "INSERT INTO request_cache (fingerprint, status, endpoint, estimate_milli, "
@@ -100,14 +112,14 @@ class RequestCacheStore(LedgerQueries):
                     (fingerprint, INFLIGHT, endpoint, milli, now_ms, now_ms, to_ms(now + lease), now_ms),
                 )
                 claimed = cur.rowcount == 1
-                entry = self._cache_row(cur, fingerprint)
+                entry = _read(cur, fingerprint)
                 if entry is None:  # pragma: no cover - the row was just written or read
                     raise ValidationError(f"cache entry {fingerprint} vanished")
                 return claimed, entry
 
-        return self._retrying(run)
+        return retrying(run)
 
-    def cache_attach(
+    def attach(
         self,
         fingerprint: str,
         *,
@@ -117,8 +129,8 @@ class RequestCacheStore(LedgerQueries):
     ) -> None:
         """Note the reservation and Kling task paying for an in-flight fingerprint (and
         optionally push its lease to ``now + lease``)."""
-        with self._transaction() as cur:
-            now = self._now(cur)
+        with self.ledger.transaction() as cur:
+            now = cur.now
             sets = ["updated_at = ?"]
             params: list[Any] = [to_ms(now)]
             if reservation_id is not None:
@@ -136,27 +148,27 @@ class RequestCacheStore(LedgerQueries):
                 params,
             )
 
-    def cache_abandon(self, fingerprint: str, reservation_id: str) -> None:
+    def abandon(self, fingerprint: str, reservation_id: str) -> None:
         """The caller holding ``reservation_id`` gave up on its in-flight fingerprint without
         knowing whether Kling accepted it: waiters stop waiting for it and ask Kling."""
-        with self._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute(
                 "UPDATE request_cache SET status = ?, updated_at = ? WHERE fingerprint = ? "
                 "AND status = ? AND reservation_id = ? AND task_id IS NULL",
-                (ABANDONED, to_ms(self._now(cur)), fingerprint, INFLIGHT, reservation_id),
+                (ABANDONED, to_ms(cur.now), fingerprint, INFLIGHT, reservation_id),
             )
 
-    def cache_adopt(self, entry: CacheEntry, task_id: str) -> None:
+    def adopt(self, entry: CacheEntry, task_id: str) -> None:
         """Kling accepted the request of an in-flight or abandoned ``entry`` as ``task_id``:
         waiters now wait for that task."""
-        with self._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute(
                 "UPDATE request_cache SET status = ?, task_id = ?, updated_at = ? WHERE fingerprint = ? "
                 "AND status IN (?, ?) AND created_at = ? AND task_id IS NULL",
                 (
                     INFLIGHT,
                     task_id,
-                    to_ms(self._now(cur)),
+                    to_ms(cur.now),
                     entry.fingerprint,
                     INFLIGHT,
                     ABANDONED,
@@ -164,10 +176,10 @@ class RequestCacheStore(LedgerQueries):
                 ),
             )
 
-    def cache_forget(self, entry: CacheEntry) -> bool:
+    def forget(self, entry: CacheEntry) -> bool:
         """Delete the claim ``entry`` (its caller is gone and Kling never accepted its request)
         unless it changed since it was read; True if it was deleted."""
-        with self._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute(
                 "DELETE FROM request_cache WHERE fingerprint = ? AND status IN (?, ?) "
                 "AND created_at = ? AND task_id IS NULL",
@@ -175,10 +187,10 @@ class RequestCacheStore(LedgerQueries):
             )
             return bool(cur.rowcount == 1)
 
-    def cache_complete(self, fingerprint: str, task: dict[str, Any], ttl: timedelta) -> None:
+    def complete(self, fingerprint: str, task: dict[str, Any], ttl: timedelta) -> None:
         """The request succeeded: identical requests within ``ttl`` reuse ``task`` for free."""
-        with self._transaction() as cur:
-            now = self._now(cur)
+        with self.ledger.transaction() as cur:
+            now = cur.now
             cur.execute(
                 "UPDATE request_cache SET status = ?, task_id = ?, result = ?, updated_at = ?, "
                 "expires_at = ? WHERE fingerprint = ?",
@@ -192,9 +204,9 @@ class RequestCacheStore(LedgerQueries):
                 ),
             )
 
-    def cache_drop(self, fingerprint: str, *, task_id: str | None = None) -> None:
+    def drop(self, fingerprint: str, *, task_id: str | None = None) -> None:
         """Forget a fingerprint (its request failed); with ``task_id``, only if still that task's."""
-        with self._transaction() as cur:
+        with self.ledger.transaction() as cur:
             if task_id is None:
                 cur.execute(
                     "DELETE FROM request_cache WHERE fingerprint = ? AND status = ?", (fingerprint, INFLIGHT)

@@ -4,6 +4,10 @@ A hook sees every change to money in the same transaction that makes it, so what
 (an alert in the outbox, a report rollup) commits or rolls back together with the change.
 Hooks must not call back into the ledger's public methods (they would open a second
 transaction); they use the cursor they are given.
+
+Hooks see the ledger's own rows: every amount in integer thousandths (``*_milli``), as
+stored (:class:`~.records.BudgetRow`, :class:`~.records.ReservationRow`, the records below);
+nothing is converted to ``Decimal`` and back on the way.
 """
 
 from __future__ import annotations
@@ -13,20 +17,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..budgets import Budget
-
 if TYPE_CHECKING:
-    from ._rows import Cursor
-    from .models import Reservation
+    from .backend import Cursor
+    from .records import BudgetRow, ReservationRow
 
-__all__ = ["LedgerHook", "SettledCharge", "WindowState"]
+__all__ = ["LedgerHook", "Refusal", "SettledCharge", "WindowState"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WindowState:
     """A budget window's counters right after a change (integer thousandths)."""
 
-    budget: Budget
+    budget: BudgetRow
     window_key: str
     used_milli: int
     reserved_milli: int
@@ -35,7 +37,30 @@ class WindowState:
     ``max(0, used + reserved - limit)``); 0 when the window stayed within it."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A reservation one budget refused: over its limit (``reason="limit"``) or above its
+    ``max_per_request`` (``"max_per_request"``). The caller gets a
+    :class:`~kling_cost.errors.BudgetExceeded` made from it."""
+
+    budget: BudgetRow
+    window_key: str
+    reason: str
+    requested_milli: int
+    available_milli: int
+    level_milli: int = 0
+    """``used + reserved`` of the window when it refused (0 for ``max_per_request``)."""
+
+    @property
+    def scope(self) -> str:
+        return self.budget.scope
+
+    @property
+    def window(self) -> str:
+        return self.budget.window
+
+
+@dataclass(frozen=True, slots=True)
 class SettledCharge:
     """The charge row just written: a succeeded task, a failed (refunded) one, or a cache hit."""
 
@@ -62,11 +87,13 @@ class LedgerHook(Protocol):
     """What the ledger calls; implement the methods you need (all are required by the type).
 
     A hook may set ``watches_budgets = False`` when it never reads the ``states`` of
-    ``after_settle`` (the ledger then skips reading the budgets back).
+    ``after_settle`` (the ledger then skips reading the budgets back), or
+    ``watches_rises_only = True`` when it reads them only for settlements that raised a
+    window's level (an actual above what was held).
     """
 
     def after_reserve(
-        self, cur: Cursor, now: datetime, reservation: Reservation, states: Sequence[WindowState]
+        self, cur: Cursor, now: datetime, reservation: ReservationRow, states: Sequence[WindowState]
     ) -> None: ...
 
     def after_settle(
@@ -74,7 +101,7 @@ class LedgerHook(Protocol):
     ) -> None: ...
 
     def after_budget_set(
-        self, cur: Cursor, now: datetime, budget: Budget, previous: Budget | None
+        self, cur: Cursor, now: datetime, budget: BudgetRow, previous: BudgetRow | None
     ) -> None: ...
 
-    def after_refusal(self, cur: Cursor, now: datetime, refusal: Any, scopes: Sequence[str]) -> None: ...
+    def after_refusal(self, cur: Cursor, now: datetime, refusal: Refusal, scopes: Sequence[str]) -> None: ...

@@ -6,7 +6,7 @@ second process racing the first). The same key with a different request raises
 must never stand in for another one (a different amount or unit, or other budgets to charge).
 
 A key whose reservation was released or expired before Kling accepted a task was never
-charged; it may be reserved again, with new values (see ``Ledger._reserve``).
+charged; it may be reserved again, with new values (see :meth:`.holds.Holds.reserve`).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import IdempotencyConflict
-from ..money import format_amount
-from .models import Reservation
+from ..money import format_amount, from_storage
+from .records import ReservationRow
 
 __all__ = ["IDEMPOTENT_FIELDS", "check_same_request", "differences"]
 
-IDEMPOTENT_FIELDS: tuple[tuple[str, Callable[[Reservation], str]], ...] = (
-    ("amount", lambda r: format_amount(r.amount)),
+IDEMPOTENT_FIELDS: tuple[tuple[str, Callable[[ReservationRow], str]], ...] = (
+    ("amount", lambda r: format_amount(from_storage(r.amount_milli))),
     ("scopes", lambda r: ", ".join(r.scopes)),
     ("unit", lambda r: r.unit),
 )
@@ -28,7 +28,7 @@ IDEMPOTENT_FIELDS: tuple[tuple[str, Callable[[Reservation], str]], ...] = (
 that must match (a unit, a catalog) is one more line here."""
 
 
-def differences(first: Reservation, this: Reservation) -> list[tuple[str, str, str]]:
+def differences(first: ReservationRow, this: ReservationRow) -> list[tuple[str, str, str]]:
     """``(field, first value, this value)`` for every field of :data:`IDEMPOTENT_FIELDS` that differs."""
     out = []
     for name, read in IDEMPOTENT_FIELDS:
@@ -38,7 +38,7 @@ def differences(first: Reservation, this: Reservation) -> list[tuple[str, str, s
     return out
 
 
-def check_same_request(first: Reservation, this: Reservation, key: str) -> None:
+def check_same_request(first: ReservationRow, this: ReservationRow, key: str) -> None:
     """Raise :class:`IdempotencyConflict` when ``this`` request differs from the ``first`` one
     made under ``key``."""
     found = differences(first, this)

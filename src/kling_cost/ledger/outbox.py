@@ -1,6 +1,8 @@
-"""The alert outbox: threshold crossings written inside the ledger's own transactions.
+"""The writing side of the alert outbox: threshold crossings written inside the ledger's own
+transactions (the reading and delivery side is :class:`~.outbox_store.OutboxStore`).
 
-:class:`AlertOutbox` is a :class:`~.hooks.LedgerHook` that every ledger installs. After a
+:class:`AlertOutbox` is a :class:`~.hooks.LedgerHook` that every ledger installs (as
+``ledger.outbox.writer``). After a
 reservation, a settlement, a budget change or a refusal it compares the window's counters
 *before* and *after* the change with each threshold of the budget (a few integer comparisons;
 no SQL at all unless a threshold was crossed) and, on a crossing, writes one row into the
@@ -14,6 +16,9 @@ level below the threshold (a raised limit). The ledger never sends anything: the
 in :mod:`kling_cost.alerts` read the outbox. Listeners registered in
 :attr:`AlertOutbox.listeners` are called after a transaction that wrote or cleared an alert
 has committed (a deliverer uses this to wake up).
+
+Every amount here is integer thousandths, as the ledger hands them over; ``Decimal`` appears
+only in the text and details of an alert.
 """
 
 from __future__ import annotations
@@ -26,12 +31,12 @@ from datetime import datetime
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from ..budgets import Budget, Window, window_at
-from ..errors import BudgetExceeded
-from ..money import MONEY, format_amount, from_storage, to_storage
-from ._rows import BUDGET_SELECT, Cursor, budget_from_row, from_ms, to_ms
-from .hooks import SettledCharge, WindowState
-from .models import Reservation
+from ..budgets import Window, window_at
+from ..money import MONEY, format_amount, from_storage
+from ..timestamps import from_ms, to_ms
+from .backend import Cursor
+from .hooks import Refusal, SettledCharge, WindowState
+from .records import BUDGET_SELECT, BudgetRow, ReservationRow, budget_row
 
 __all__ = [
     "KIND_MAX_PER_REQUEST",
@@ -97,7 +102,7 @@ def clear_alerts(cur: Cursor, now_ms: int, budget_id: int, which: str, params: S
 
 
 def describe(
-    kind: str, budget: Budget, window_key: str, threshold: str, level: int, limit: int, requested: int = 0
+    kind: str, budget: BudgetRow, window_key: str, threshold: str, level: int, limit: int, requested: int = 0
 ) -> str:
     """The one-line text of an alert (amounts in storage thousandths), every amount with the
     budget's unit."""
@@ -112,10 +117,10 @@ def describe(
             f"{format_amount(from_storage(level))} of {lim} used or reserved, {remaining} remaining"
         )
     if kind == KIND_MAX_PER_REQUEST:
-        mpr = budget.max_per_request if budget.max_per_request is not None else from_storage(limit)
+        mpr = budget.max_per_request_milli if budget.max_per_request_milli is not None else limit
         return (
             f"{where} refused a request of {asked}: above the per-request maximum of "
-            f"{format_amount(mpr)} {unit}"
+            f"{format_amount(from_storage(mpr))} {unit}"
         )
     if kind == KIND_OVERAGE:
         return (
@@ -130,7 +135,12 @@ def describe(
 
 
 class AlertOutbox:
-    """Evaluates thresholds and writes the outbox; installed on every ledger as ``ledger.outbox``."""
+    """Evaluates thresholds and writes the outbox; installed on every ledger as
+    ``ledger.outbox.writer`` (one of ``ledger.hooks``)."""
+
+    watches_rises_only = True
+    """A settlement that did not raise a window's level crosses nothing: the ledger reads the
+    windows back for this hook only when the actual was above what was held."""
 
     def __init__(self) -> None:
         self._marks: dict[tuple[int, tuple[Decimal, ...]], tuple[tuple[str, int], ...]] = {}
@@ -142,9 +152,9 @@ class AlertOutbox:
 
     # -- the cheap path --------------------------------------------------------------------
 
-    def marks(self, budget: Budget) -> tuple[tuple[str, int], ...]:
+    def marks(self, budget: BudgetRow) -> tuple[tuple[str, int], ...]:
         """(threshold label, level in thousandths at which it is crossed), lowest first."""
-        limit = to_storage(budget.limit)
+        limit = budget.limit_milli
         key = (limit, budget.thresholds)
         found = self._marks.get(key)
         if found is None:
@@ -158,9 +168,9 @@ class AlertOutbox:
         return found
 
     def after_reserve(
-        self, cur: Cursor, now: datetime, reservation: Reservation, states: Sequence[WindowState]
+        self, cur: Cursor, now: datetime, reservation: ReservationRow, states: Sequence[WindowState]
     ) -> None:
-        amount = to_storage(reservation.amount)
+        amount = reservation.amount_milli
         for state in states:
             if self._seen.get(state.budget.id) != state.window_key:
                 self._window_seen(cur, now, state.budget.id, state.window_key)
@@ -200,7 +210,9 @@ class AlertOutbox:
 
     # -- slower paths (rare: budget changes, refusals, crossings) ------------------------
 
-    def after_budget_set(self, cur: Cursor, now: datetime, budget: Budget, previous: Budget | None) -> None:
+    def after_budget_set(
+        self, cur: Cursor, now: datetime, budget: BudgetRow, previous: BudgetRow | None
+    ) -> None:
         window = window_at(budget.window, budget.tz, now)
         self._window_seen(cur, now, budget.id, window.key)
         cur.execute(
@@ -209,7 +221,7 @@ class AlertOutbox:
         )
         used, reserved = cur.fetchone() or (0, 0)
         level = int(used) + int(reserved)
-        limit = to_storage(budget.limit)
+        limit = budget.limit_milli
         marks = dict(self.marks(budget))
         cur.execute(
             "SELECT threshold, kind, limit_milli FROM alerts "
@@ -234,14 +246,12 @@ class AlertOutbox:
             if level >= mark and label not in active:
                 self._cross(cur, now, state, label, {"trigger": "budget_set"}, window)
 
-    def after_refusal(self, cur: Cursor, now: datetime, refusal: Any, scopes: Sequence[str]) -> None:
-        if not isinstance(refusal, BudgetExceeded):
-            return
+    def after_refusal(self, cur: Cursor, now: datetime, refusal: Refusal, scopes: Sequence[str]) -> None:
         cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (refusal.scope, refusal.window))
         row = cur.fetchone()
         if row is None:
             return
-        budget = budget_from_row(row)
+        budget = budget_row(row)
         window = window_at(budget.window, budget.tz, now)
         self._window_seen(cur, now, budget.id, window.key)
         cur.execute(
@@ -252,12 +262,12 @@ class AlertOutbox:
         kind = KIND_MAX_PER_REQUEST if refusal.reason == "max_per_request" else KIND_REFUSED
         extra = {
             "trigger": "refusal",
-            "requested": str(refusal.requested),
-            "available": str(refusal.available),
+            "requested": str(from_storage(refusal.requested_milli)),
+            "available": str(from_storage(refusal.available_milli)),
             "scopes": list(scopes),
         }
         state = WindowState(budget, window.key, int(used), int(reserved))
-        self._write(cur, now, state, kind, kind, extra, window, to_storage(refusal.requested))
+        self._write(cur, now, state, kind, kind, extra, window, refusal.requested_milli)
 
     def budget_deleted(self, cur: Cursor, now: datetime, budget_id: int) -> None:
         """A deleted budget's alerts no longer apply: clear them all (a "resolved" follows)."""
@@ -327,7 +337,7 @@ class AlertOutbox:
     ) -> None:
         """Write the alert, or re-arm its cleared row (``rearm=False``: only write a new one)."""
         b = state.budget
-        limit = to_storage(b.limit)
+        limit = b.limit_milli
         level = state.used_milli + state.reserved_milli
         details = {
             **extra,
@@ -337,7 +347,9 @@ class AlertOutbox:
             "tz": b.tz,
             "window_start": None if window.start is None else window.start.isoformat(),
             "window_end": None if window.end is None else window.end.isoformat(),
-            "max_per_request": None if b.max_per_request is None else str(b.max_per_request),
+            "max_per_request": (
+                None if b.max_per_request_milli is None else str(from_storage(b.max_per_request_milli))
+            ),
         }
         now_ms = to_ms(now)
         cur.execute(
@@ -362,7 +374,8 @@ class AlertOutbox:
             self._local.changed = True
 
 
-def _mpr_raised(previous: Budget, budget: Budget) -> bool:
-    if budget.max_per_request is None:
-        return previous.max_per_request is not None
-    return previous.max_per_request is not None and budget.max_per_request > previous.max_per_request
+def _mpr_raised(previous: BudgetRow, budget: BudgetRow) -> bool:
+    before, now = previous.max_per_request_milli, budget.max_per_request_milli
+    if now is None:
+        return before is not None
+    return before is not None and now > before

@@ -1,6 +1,9 @@
-"""The delivery side of the alert outbox: claim due rows, record results, clear ended windows.
+"""The alert outbox as a store of the ledger (``ledger.outbox``): the ``alerts`` table.
 
-All of it is SQL on the ``alerts`` table, so it lives with the ledger (one place for SQL);
+Writing: its :attr:`OutboxStore.writer` (:class:`~.outbox.AlertOutbox`) is one of the
+ledger's hooks and writes threshold crossings inside the ledger's own transactions.
+Reading and delivery: list alerts, claim due rows, record results, clear ended windows. All
+of it is SQL on the ``alerts`` table, so it lives with the ledger (one place for SQL);
 :mod:`kling_cost.alerts` drives it and never runs SQL itself. A claim is a short transaction
 that stamps due rows with a random token and pushes ``next_attempt_at`` one lease ahead:
 other deliverers (threads, processes, machines, on SQLite or PostgreSQL) skip claimed rows,
@@ -12,22 +15,30 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..budgets import DEFAULT_UNIT, Budget, window_at
+from ..budgets import DEFAULT_UNIT, Budget, validate_scope, window_at
+from ..errors import ValidationError
 from ..money import from_storage
-from ._rows import ALERT_SELECT, BUDGET_SELECT, alert_from_row, budget_from_row, to_ms
+from ..timestamps import to_ms
 from .models import AlertRecord
-from .outbox import clear_alerts
+from .outbox import AlertOutbox, clear_alerts
+from .records import ALERT_SELECT, BUDGET_SELECT, alert_from_row, budget_row
 
 if TYPE_CHECKING:
-    from .core import LedgerCore
+    from .ledger import Ledger
 
-__all__ = ["Consumer", "OutboxStore"]
+__all__ = ["ALERT_STATUSES", "PHASE_ALERT", "PHASE_RESOLVED", "Consumer", "OutboxStore"]
+
+ALERT_STATUSES = ("pending", "delivered")
+"""What an alert of the outbox can be: waiting for delivery, or delivered."""
+
+MAX_SQL_INT = 2**63 - 1
+"""The largest integer both backends store; a larger row limit means every row."""
 
 PHASE_ALERT = "alert"
 PHASE_RESOLVED = "resolved"
@@ -53,17 +64,60 @@ class Consumer:
 
 
 class OutboxStore:
-    """Delivery-side access to one ledger's outbox."""
+    """One ledger's alert outbox: its writer hook, its listeners, its reads and deliveries."""
 
-    def __init__(self, ledger: LedgerCore) -> None:
+    def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        self.writer = AlertOutbox()
+        """The hook that writes crossings (installed in ``ledger.hooks`` by the ledger)."""
+
+    @property
+    def listeners(self) -> list[Callable[[], None]]:
+        """Called (in the committing thread) after a transaction that wrote or cleared an
+        alert has committed; a deliverer appends itself to wake up."""
+        return self.writer.listeners
+
+    def after_commit(self) -> None:
+        """Called by the ledger after each committed transaction (see :attr:`listeners`)."""
+        self.writer.after_commit()
+
+    def alerts(
+        self,
+        *,
+        status: str | None = None,
+        scope: str | None = None,
+        include_cleared: bool = True,
+        limit: int = 500,
+    ) -> list[AlertRecord]:
+        """Alerts, newest first (``status='pending'`` for the undelivered, ``'delivered'``
+        for the others). A ``limit`` larger than storage integers hold means all."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
+        if status is not None and status not in ALERT_STATUSES:
+            raise ValidationError(f"alert status {status!r} is unknown; allowed: {', '.join(ALERT_STATUSES)}")
+        where: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        if scope is not None:
+            where.append("scope = ?")
+            params.append(validate_scope(scope))
+        if not include_cleared:
+            where.append("cleared_at IS NULL")
+        sql = ALERT_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(min(limit, MAX_SQL_INT))
+        with self.ledger.transaction() as cur:
+            cur.execute(sql, params)
+            return [alert_from_row(row) for row in cur.fetchall()]
 
     def claim(self, now: datetime, lease: timedelta, limit: int) -> tuple[str, list[AlertRecord]]:
         """Claim up to ``limit`` due rows for one lease; returns the claim token and the rows."""
         token = secrets.token_hex(12)
         now_ms = to_ms(now)
         until = to_ms(now + lease)
-        with self.ledger._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute(
                 "UPDATE alerts SET claim = ?, next_attempt_at = ?, attempts = attempts + 1 "
                 f"WHERE id IN (SELECT id FROM alerts WHERE {_DUE} ORDER BY next_attempt_at, id "
@@ -90,7 +144,7 @@ class OutboxStore:
         """Record the outcome of a claimed row and release the claim. False if the claim was
         lost meanwhile (the row was re-armed by a new crossing, or the lease ran out)."""
         now_ms = to_ms(now)
-        with self.ledger._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute(
                 "UPDATE alerts SET status = ?, delivered_at = COALESCE(delivered_at, ?), "
                 "resolved_status = COALESCE(?, resolved_status), "
@@ -116,7 +170,7 @@ class OutboxStore:
         """Clear the open alerts of windows that have ended (or of deleted budgets)."""
         now_ms = to_ms(now)
         cleared = 0
-        with self.ledger._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute("SELECT DISTINCT budget_id FROM alerts WHERE cleared_at IS NULL")
             ids = [int(row[0]) for row in cur.fetchall()]
             for budget_id in ids:
@@ -125,16 +179,17 @@ class OutboxStore:
                 if row is None:  # the budget was deleted: nothing of it can still apply
                     cleared += clear_alerts(cur, now_ms, budget_id, "all", ())
                     continue
-                budget = budget_from_row(row)
+                budget = budget_row(row)
                 key = window_at(budget.window, budget.tz, now).key
                 cleared += clear_alerts(cur, now_ms, budget_id, "older", (key,))
         return cleared
 
     def budget(self, budget_id: int) -> Budget | None:
-        with self.ledger._transaction() as cur:
+        """The budget an alert names, or None when it was deleted since."""
+        with self.ledger.transaction() as cur:
             cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
             row = cur.fetchone()
-            return None if row is None else budget_from_row(row)
+        return None if row is None else budget_row(row).to_budget()
 
     def top_consumers(
         self,
@@ -148,7 +203,7 @@ class OutboxStore:
         """The biggest consumers of ``scope`` between ``start`` and ``end`` (charges by their
         reservation time): by model and mode, then by the other scopes the charges named.
         Only charges counted in ``unit`` (the budget's) are summed: units never mix."""
-        cond, value = self.ledger._scopes_contain("scopes", scope)
+        cond, value = self.ledger.backend.scopes_contain("scopes", scope)
         where = ["status = 'succeeded'", "unit = ?", cond]
         params: list[object] = [unit, value]
         if start is not None:
@@ -158,7 +213,7 @@ class OutboxStore:
             where.append("created_at < ?")
             params.append(to_ms(end))
         cond = " WHERE " + " AND ".join(where)
-        with self.ledger._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute(
                 "SELECT model, mode, COUNT(*), SUM(actual_milli) FROM charges"
                 + cond

@@ -1,34 +1,38 @@
-"""Read-only questions to the ledger: reservations, usage, charges, totals."""
+"""Read-only questions to the ledger as a store (``ledger.queries``): budgets and their usage,
+reservations, charges, prompt costs, totals, and the raw charges reports read when the rollup
+cannot answer.
+
+Every query runs in a transaction of the ledger's seam, so it sees one consistent state.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..budgets import UNITS, Usage, validate_scope, validate_window, window_at
+from ..budgets import UNITS, Budget, Usage, validate_scope, validate_window, window_at
 from ..errors import ValidationError
 from ..money import from_storage
 from ..text import bad_text, clean_text
-from ._rows import (
-    ALERT_SELECT,
+from ..timestamps import to_ms
+from .backend import Cursor
+from .models import RESERVED, STATUSES, Charge, PromptCost, Reservation
+from .records import (
     BUDGET_SELECT,
     CHARGE_SELECT,
     RES_SELECT,
-    Cursor,
-    alert_from_row,
-    budget_from_row,
+    BudgetRow,
+    budget_row,
     charge_from_row,
-    reservation_from_row,
-    to_ms,
+    reservation_by,
+    reservation_row,
 )
-from .core import LedgerCore
-from .models import RESERVED, STATUSES, AlertRecord, Charge, PromptCost, Reservation
 
-__all__ = ["ALERT_STATUSES", "LedgerQueries"]
+if TYPE_CHECKING:
+    from .ledger import Ledger
 
-ALERT_STATUSES = ("pending", "delivered")
-"""What an alert of the outbox can be: waiting for delivery, or delivered."""
+__all__ = ["Queries"]
 
 
 def _check_limit(limit: object) -> None:
@@ -36,33 +40,91 @@ def _check_limit(limit: object) -> None:
         raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
 
 
-_PAGE = 1000
+PAGE = 1000
 """Rows read per query when every reservation is asked for (``limit=None``)."""
 
-MAX_SQL_INT = 2**63 - 1
-"""The largest integer both backends store; a larger row limit means every row."""
+
+def _budget_rows(cur: Cursor, scope: str | None = None, window: str | None = None) -> list[BudgetRow]:
+    if scope is None:
+        cur.execute(BUDGET_SELECT + " ORDER BY scope, id")
+    elif window is None:
+        cur.execute(BUDGET_SELECT + " WHERE scope = ? ORDER BY id", (scope,))
+    else:
+        cur.execute(BUDGET_SELECT + " WHERE scope = ? AND period = ?", (scope, window))
+    return [budget_row(row) for row in cur.fetchall()]
 
 
-class LedgerQueries(LedgerCore):
-    """Queries; every one runs in a transaction so it sees one consistent state."""
+class Queries:
+    """One ledger's read-only questions."""
 
-    def _reservation_by(self, cur: Cursor, column: str, value: str) -> Reservation | None:
-        cur.execute(RES_SELECT + f" WHERE {column} = ?", (value,))  # fixed column names only
-        row = cur.fetchone()
-        return None if row is None else reservation_from_row(row)
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    # -- budgets ---------------------------------------------------------------------------------
+
+    def budgets(self, scope: str | None = None) -> list[Budget]:
+        """Every budget, or those of one scope, in a stable order."""
+        wanted = None if scope is None else validate_scope(scope)
+        with self.ledger.transaction() as cur:
+            rows = _budget_rows(cur, wanted)
+        return [row.to_budget() for row in rows]
+
+    def get_budget(self, scope: str, window: str) -> Budget | None:
+        """The ``window`` budget of ``scope``, or None."""
+        window = validate_window(window)
+        with self.ledger.transaction() as cur:
+            rows = _budget_rows(cur, validate_scope(scope), window)
+        return rows[0].to_budget() if rows else None
+
+    def usage(self, scope: str, window: str | None = None, *, at: datetime | None = None) -> Usage:
+        """Limit, used, reserved and remaining of one budget in the window containing ``at``."""
+        scope = validate_scope(scope)
+        if window is not None:
+            window = validate_window(window)
+        found = [u for u in self.usages(scope, at=at) if window is None or u.budget.window == window]
+        if not found:
+            what = f"{window} budget" if window else "budget"
+            raise ValidationError(f"scope {scope} has no {what}; set one with set_budget()")
+        if len(found) > 1:
+            kinds = ", ".join(u.budget.window for u in found)
+            raise ValidationError(f"scope {scope} has several budgets ({kinds}); pass window=")
+        return found[0]
+
+    def usages(self, scope: str | None = None, *, at: datetime | None = None) -> list[Usage]:
+        """Usage of every budget (or of one scope's budgets) at ``at`` (default: now)."""
+        if at is not None and at.tzinfo is None:
+            raise ValidationError("at must be timezone-aware")
+        wanted = None if scope is None else validate_scope(scope)
+        out = []
+        with self.ledger.transaction() as cur:
+            moment = at or cur.now
+            for b in _budget_rows(cur, wanted):
+                w = window_at(b.window, b.tz, moment)
+                cur.execute(
+                    "SELECT used_milli, reserved_milli FROM budget_windows "
+                    "WHERE budget_id = ? AND window_key = ?",
+                    (b.id, w.key),
+                )
+                row = cur.fetchone() or (0, 0)
+                out.append(Usage(b.to_budget(), w, from_storage(row[0]), from_storage(row[1])))
+        return out
+
+    # -- reservations ----------------------------------------------------------------------------
 
     def get_reservation(self, ref: str) -> Reservation | None:
         """A reservation by id or by idempotency key."""
         if isinstance(ref, str) and bad_text(ref) is not None:
             return None  # no id or key holds text PostgreSQL cannot store (such keys are refused)
-        with self._transaction() as cur:
-            return self._reservation_by(cur, "id", ref) or self._reservation_by(cur, "idempotency_key", ref)
+        with self.ledger.transaction() as cur:
+            found = reservation_by(cur, "id", ref) or reservation_by(cur, "idempotency_key", ref)
+        return None if found is None else found.to_reservation()
 
     def reservation_for_task(self, task_id: str) -> Reservation | None:
         """The reservation a Kling task was attached to (task ids are stored as
-        :meth:`attach_task` cleaned them, and looked up the same way)."""
-        with self._transaction() as cur:
-            return self._reservation_by(cur, "task_id", clean_text(task_id))
+        :meth:`~.ledger.Ledger.attach_task` cleaned them, and looked up the same way)."""
+        with self.ledger.transaction() as cur:
+            found = reservation_by(cur, "task_id", clean_text(task_id))
+        return None if found is None else found.to_reservation()
 
     def reservations(
         self, status: str | None = None, limit: int | None = 1000, *, since: datetime | None = None
@@ -89,53 +151,16 @@ class LedgerQueries(LedgerCore):
             if after is not None:
                 conds.append("(created_at < ? OR (created_at = ? AND id < ?))")
                 page_params += [after[0], after[0], after[1]]
-            want = _PAGE if limit is None else min(_PAGE, limit - len(out))
+            want = PAGE if limit is None else min(PAGE, limit - len(out))
             sql = RES_SELECT + (" WHERE " + " AND ".join(conds) if conds else "")
             sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-            with self._transaction() as cur:
+            with self.ledger.transaction() as cur:
                 cur.execute(sql, [*page_params, want])
-                rows = cur.fetchall()
-            out.extend(reservation_from_row(row) for row in rows)
+                rows = [reservation_row(row) for row in cur.fetchall()]
+            out.extend(row.to_reservation() for row in rows)
             if len(rows) < want or (limit is not None and len(out) >= limit):
                 return out
-            last = out[-1]
-            after = (to_ms(last.created_at), last.id)
-
-    def usage(self, scope: str, window: str | None = None, *, at: datetime | None = None) -> Usage:
-        """Limit, used, reserved and remaining of one budget in the window containing ``at``."""
-        scope = validate_scope(scope)
-        if window is not None:
-            window = validate_window(window)
-        found = [u for u in self.usages(scope, at=at) if window is None or u.budget.window == window]
-        if not found:
-            what = f"{window} budget" if window else "budget"
-            raise ValidationError(f"scope {scope} has no {what}; set one with set_budget()")
-        if len(found) > 1:
-            kinds = ", ".join(u.budget.window for u in found)
-            raise ValidationError(f"scope {scope} has several budgets ({kinds}); pass window=")
-        return found[0]
-
-    def usages(self, scope: str | None = None, *, at: datetime | None = None) -> list[Usage]:
-        """Usage of every budget (or of one scope's budgets) at ``at`` (default: now)."""
-        if at is not None and at.tzinfo is None:
-            raise ValidationError("at must be timezone-aware")
-        out = []
-        with self._transaction() as cur:
-            moment = at or self._now(cur)
-            if scope is None:
-                cur.execute(BUDGET_SELECT + " ORDER BY scope, id")
-            else:
-                cur.execute(BUDGET_SELECT + " WHERE scope = ? ORDER BY id", (validate_scope(scope),))
-            for b in [budget_from_row(row) for row in cur.fetchall()]:
-                w = window_at(b.window, b.tz, moment)
-                cur.execute(
-                    "SELECT used_milli, reserved_milli FROM budget_windows "
-                    "WHERE budget_id = ? AND window_key = ?",
-                    (b.id, w.key),
-                )
-                row = cur.fetchone() or (0, 0)
-                out.append(Usage(b, w, from_storage(row[0]), from_storage(row[1])))
-        return out
+            after = (rows[-1].created_at_ms, rows[-1].id)
 
     def charges(
         self,
@@ -154,7 +179,7 @@ class LedgerQueries(LedgerCore):
         if over_limit:
             where.append("c.overage_milli > 0")
         if scope is not None:
-            cond, value = self._scopes_contain("c.scopes", validate_scope(scope))
+            cond, value = self.ledger.backend.scopes_contain("c.scopes", validate_scope(scope))
             where.append(cond)
             params.append(value)
         if since is not None:
@@ -169,7 +194,7 @@ class LedgerQueries(LedgerCore):
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        with self._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute(sql, params)
             return [charge_from_row(row) for row in cur.fetchall()]
 
@@ -190,7 +215,7 @@ class LedgerQueries(LedgerCore):
         where = ["prompt_hash IS NOT NULL"]
         params: list[Any] = []
         if scope is not None:
-            cond, value = self._scopes_contain("scopes", validate_scope(scope))
+            cond, value = self.ledger.backend.scopes_contain("scopes", validate_scope(scope))
             where.append(cond)
             params.append(value)
         if since is not None:
@@ -209,7 +234,7 @@ class LedgerQueries(LedgerCore):
             f" FROM charges WHERE {cond} GROUP BY unit, prompt_hash HAVING SUM(actual_milli) > 0"
             ") AS ranked WHERE rk <= ?"
         )
-        with self._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute(top_sql, [*params, limit])
             totals = {(str(u), str(h)): (int(total), int(n)) for u, h, total, n in cur.fetchall()}
             if not totals:
@@ -251,7 +276,7 @@ class LedgerQueries(LedgerCore):
         units: ``{"credits": {"charged": ..., "reserved": ...}, "units": {...}}`` with the
         committed actuals and the live holds of each unit that has any row."""
         out: dict[str, dict[str, Decimal]] = {}
-        with self._transaction() as cur:
+        with self.ledger.transaction() as cur:
             cur.execute("SELECT unit, COALESCE(SUM(actual_milli), 0) FROM charges GROUP BY unit")
             charged = {str(u): int(v) for u, v in cur.fetchall()}
             cur.execute(
@@ -267,33 +292,52 @@ class LedgerQueries(LedgerCore):
             }
         return out
 
-    def alerts(
-        self,
-        *,
-        status: str | None = None,
-        scope: str | None = None,
-        include_cleared: bool = True,
-        limit: int = 500,
-    ) -> list[AlertRecord]:
-        """Alerts from the outbox, newest first (``status='pending'`` for the undelivered,
-        ``'delivered'`` for the others). A ``limit`` larger than storage integers hold means all."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
-        if status is not None and status not in ALERT_STATUSES:
-            raise ValidationError(f"alert status {status!r} is unknown; allowed: {', '.join(ALERT_STATUSES)}")
+    # -- for reports ---------------------------------------------------------------------------
+
+    def charge_span(self) -> tuple[int, int] | None:
+        """(first, last) ``created_at`` (ms) of all charges, or None for an empty ledger."""
+        with self.ledger.transaction() as cur:
+            # Two subqueries: each is one index probe (MIN and MAX together would scan it).
+            cur.execute("SELECT (SELECT MIN(created_at) FROM charges), (SELECT MAX(created_at) FROM charges)")
+            row = cur.fetchone()
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
+
+    def recent_charges(self, *, limit: int, scope: str | None = None) -> list[Charge]:
+        """The ``limit`` latest charges (by reservation time), newest first."""
+        sql = CHARGE_SELECT
+        params: list[Any] = []
+        if scope is not None:
+            cond, value = self.ledger.backend.scopes_contain("c.scopes", scope)
+            sql += " WHERE " + cond
+            params.append(value)
+        sql += " ORDER BY c.created_at DESC, c.id DESC LIMIT ?"
+        params.append(int(limit))
+        with self.ledger.transaction() as cur:
+            cur.execute(sql, params)
+            return [charge_from_row(row) for row in cur.fetchall()]
+
+    def charge_facts(
+        self, *, since: int | None, until: int | None, scope: str | None
+    ) -> list[tuple[Any, ...]]:
+        """Raw charges for reports that the rollup cannot answer, reserved in ``[since, until)``
+        (ms): (created_at, status, estimate, actual, scopes JSON, model, mode, duration, audio,
+        kind, unit), amounts in thousandths."""
         where: list[str] = []
         params: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
         if scope is not None:
-            where.append("scope = ?")
-            params.append(validate_scope(scope))
-        if not include_cleared:
-            where.append("cleared_at IS NULL")
-        sql = ALERT_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(min(limit, MAX_SQL_INT))
-        with self._transaction() as cur:
+            cond, value = self.ledger.backend.scopes_contain("scopes", scope)
+            where.append(cond)
+            params.append(value)
+        if since is not None:
+            where.append("created_at >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("created_at < ?")
+            params.append(until)
+        sql = (
+            "SELECT created_at, status, estimate_milli, actual_milli, scopes, model, mode, duration, "
+            "audio, kind, unit FROM charges" + (" WHERE " + " AND ".join(where) if where else "")
+        )
+        with self.ledger.transaction() as cur:
             cur.execute(sql, params)
-            return [alert_from_row(row) for row in cur.fetchall()]
+            return list(cur.fetchall())

@@ -26,32 +26,29 @@ any grouping by status can be unfolded from it exactly. The ``unit`` (``units`` 
 ``credits``: what the charge's reservation counted) is part of the key, so amounts in
 different units are never summed together; it comes last in the key, so a read of a grain,
 a scope and a bucket range is one index range as before. :class:`RollupHook` upserts the rows
-of a charge in one statement, inside the ledger's own transaction.
+of a charge in one statement, inside the ledger's own transaction; the store that reads them
+is :class:`~.rollup_store.RollupStore` (``ledger.rollup``).
 
 Ledgers created before this table existed: migration 3 leaves a ``backfill_upto`` marker (the
-last charge id then); the first read rolls those charges up (:func:`ensure_backfilled`).
+last charge id then); the first read rolls those charges up
+(:meth:`~.rollup_store.RollupStore.ensure_backfilled`).
 Migration 5 derived the day rows of existing ledgers from their hour rows; migration 8 added
 the unit (rows written before it are ``units``, as were all charges then).
 """
 
 from __future__ import annotations
 
-import json
-import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..budgets import UNITS
 from ..errors import StorageError
-from ._rows import CHARGE_SELECT, Cursor, charge_from_row
-from .hooks import SettledCharge, WindowState
-from .models import Charge
+from .hooks import Refusal, SettledCharge, WindowState
 
 if TYPE_CHECKING:
-    from ..budgets import Budget
-    from .core import LedgerCore
-    from .models import Reservation
+    from .backend import Cursor
+    from .records import BudgetRow, ReservationRow
 
 __all__ = [
     "BUCKET_MS",
@@ -62,12 +59,9 @@ __all__ = [
     "STATUSES",
     "SUM_COLUMNS",
     "RollupHook",
-    "charge_facts",
-    "charge_span",
-    "ensure_backfilled",
-    "recent_charges",
     "rollup_rows",
     "rollup_values",
+    "upsert",
 ]
 
 BUCKET_MS = 3_600_000
@@ -147,7 +141,7 @@ class RollupHook:
     """It needs the charge, not the budget windows' counters (saves a query per settle)."""
 
     def after_reserve(
-        self, cur: Cursor, now: datetime, reservation: Reservation, states: Sequence[WindowState]
+        self, cur: Cursor, now: datetime, reservation: ReservationRow, states: Sequence[WindowState]
     ) -> None:
         return None
 
@@ -165,86 +159,10 @@ class RollupHook:
         )
         upsert(cur, charge.scopes, values)
 
-    def after_budget_set(self, cur: Cursor, now: datetime, budget: Budget, previous: Budget | None) -> None:
+    def after_budget_set(
+        self, cur: Cursor, now: datetime, budget: BudgetRow, previous: BudgetRow | None
+    ) -> None:
         return None
 
-    def after_refusal(self, cur: Cursor, now: datetime, refusal: Any, scopes: Sequence[str]) -> None:
+    def after_refusal(self, cur: Cursor, now: datetime, refusal: Refusal, scopes: Sequence[str]) -> None:
         return None
-
-
-_backfilled: weakref.WeakSet[LedgerCore] = weakref.WeakSet()
-
-
-def ensure_backfilled(ledger: LedgerCore) -> None:
-    """Roll up the charges recorded before the rollup existed (once; a no-op afterwards)."""
-    if ledger in _backfilled:
-        return
-    with ledger._transaction() as cur:
-        cur.execute("SELECT value FROM report_rollup_meta WHERE name = 'backfill_upto'")
-        row = cur.fetchone()
-        if row is not None:
-            cur.execute("DELETE FROM report_rollup_meta WHERE name = 'backfill_upto'")
-            if cur.rowcount == 1:  # this transaction claimed it (PostgreSQL: concurrent readers)
-                cur.execute(
-                    "SELECT status, created_at, estimate_milli, actual_milli, model, mode, unit, "
-                    "scopes FROM charges WHERE id <= ?",
-                    (int(row[0]),),
-                )
-                for status, created, est, act, model, mode, unit, scopes in cur.fetchall():
-                    values = rollup_values(status, int(created), int(est), int(act), model, mode, unit)
-                    upsert(cur, _scopes(scopes), values)
-    _backfilled.add(ledger)
-
-
-def _scopes(raw: str) -> list[str]:
-    return [str(s) for s in json.loads(raw)]
-
-
-def charge_span(ledger: LedgerCore) -> tuple[int, int] | None:
-    """(first, last) ``created_at`` of all charges, or None for an empty ledger."""
-    with ledger._transaction() as cur:
-        # Two subqueries: each is one index probe (MIN and MAX together would scan it).
-        cur.execute("SELECT (SELECT MIN(created_at) FROM charges), (SELECT MAX(created_at) FROM charges)")
-        row = cur.fetchone()
-    return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
-
-
-def recent_charges(ledger: LedgerCore, *, limit: int, scope: str | None = None) -> list[Charge]:
-    """The ``limit`` latest charges (by reservation time), newest first."""
-    sql = CHARGE_SELECT
-    params: list[Any] = []
-    if scope is not None:
-        cond, value = ledger._scopes_contain("c.scopes", scope)
-        sql += " WHERE " + cond
-        params.append(value)
-    sql += " ORDER BY c.created_at DESC, c.id DESC LIMIT ?"
-    params.append(int(limit))
-    with ledger._transaction() as cur:
-        cur.execute(sql, params)
-        return [charge_from_row(row) for row in cur.fetchall()]
-
-
-def charge_facts(
-    ledger: LedgerCore, *, since: int | None, until: int | None, scope: str | None
-) -> list[tuple[Any, ...]]:
-    """Raw charges for reports that the rollup cannot answer: (created_at, status, estimate,
-    actual, scopes JSON, model, mode, duration, audio, kind, unit)."""
-    where: list[str] = []
-    params: list[Any] = []
-    if scope is not None:
-        cond, value = ledger._scopes_contain("scopes", scope)
-        where.append(cond)
-        params.append(value)
-    if since is not None:
-        where.append("created_at >= ?")
-        params.append(since)
-    if until is not None:
-        where.append("created_at < ?")
-        params.append(until)
-    sql = (
-        "SELECT created_at, status, estimate_milli, actual_milli, scopes, model, mode, duration, "
-        "audio, kind, unit FROM charges" + (" WHERE " + " AND ".join(where) if where else "")
-    )
-    with ledger._transaction() as cur:
-        cur.execute(sql, params)
-        return list(cur.fetchall())

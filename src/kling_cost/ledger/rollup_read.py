@@ -1,4 +1,5 @@
-"""Reading the report rollup: sums per (local day, scope, unit, model, mode) from its two grains.
+"""Planning reads of the report rollup: sums per (local day, scope, unit, model, mode) from its
+two grains, as one SQL statement (run by :meth:`~.rollup_store.RollupStore.sums`).
 
 Every read groups by ``unit``: amounts in units and in credits are never added together.
 
@@ -34,17 +35,13 @@ days reads 4,380 day rows in UTC instead of 105,000 hour rows; Paris adds 1-2 ho
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import StorageError
-from .rollup import BUCKET_MS, DAY_MS, GRAIN_DAY, GRAIN_HOUR, SUM_COLUMNS, ensure_backfilled
+from .rollup import BUCKET_MS, DAY_MS, GRAIN_DAY, GRAIN_HOUR, SUM_COLUMNS
 
-if TYPE_CHECKING:
-    from .core import LedgerCore
-
-__all__ = ["Read", "Segment", "plan_reads", "rollup_sums"]
+__all__ = ["Read", "Segment", "plan_reads", "sums_query"]
 
 
 @dataclass(frozen=True)
@@ -111,44 +108,7 @@ def plan_reads(start: int | None, end: int | None, offset: int | None) -> list[R
     return reads
 
 
-def rollup_sums(
-    ledger: LedgerCore,
-    segments: Sequence[Segment] | None,
-    *,
-    since: int | None,
-    until: int | None,
-    scope: str | None,
-    scope_group: str | None,
-    dims: Sequence[str],
-) -> list[tuple[Any, ...]]:
-    """Rollup sums grouped by (local day number | None, scope | None, unit, *dims), then the 9
-    sums. The unit is always a group: amounts of different units are never added.
-
-    ``segments`` (constant-offset spans, on UTC hours) make the first column the local day
-    number ``(t + offset) // day``; without them there is no time column and ``since`` /
-    ``until`` (UTC hours) bound the period. ``scope_group``: ``"*"`` groups by every scope, a
-    kind (``project``) by the scopes of that kind; otherwise the one ``scope`` (default
-    ``account``: every charge) is read. ``dims``: ``model`` and/or ``mode``.
-    """
-    for dim in dims:
-        if dim not in ("model", "mode"):
-            raise StorageError(f"the rollup has no {dim!r} column")
-    if segments is None:
-        reads = plan_reads(since, until, None)
-    else:
-        reads = [r for s in segments for r in plan_reads(s.start, s.end, s.offset)]
-    if not reads:
-        return []
-    sql, params = _query(reads, scope, scope_group, list(dims), timed=segments is not None)
-    ensure_backfilled(ledger)
-    with ledger._transaction() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall()
-    s_n, f_n, c_n = 3 + len(dims), 6 + len(dims), 9 + len(dims)  # counts: never negative
-    return [row for row in rows if row[s_n] is not None and (row[s_n] or row[f_n] or row[c_n])]
-
-
-def _query(
+def sums_query(
     reads: list[Read], scope: str | None, scope_group: str | None, dims: list[str], *, timed: bool
 ) -> tuple[str, list[Any]]:
     """One statement: the reads as ``UNION ALL`` branches under one ``GROUP BY``."""

@@ -1,16 +1,18 @@
-"""Numbered schema migrations, shared by every backend (``{id}`` is the dialect's id column)."""
+"""Numbered schema migrations, shared by every backend (``{id}`` is the dialect's id column),
+and the list of data tables (what a copy moves, and by which key it pages through them)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..timestamps import to_ms
 from .schema_steps import never_reuse_budget_ids
 
 if TYPE_CHECKING:
-    from ._rows import Cursor
+    from .backend import Backend, Cursor
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES", "Step"]
+__all__ = ["KEYS", "MIGRATIONS", "SCHEMA_VERSION", "TABLES", "Step", "migrate"]
 
 Step = Callable[["Cursor", str], None]
 """A migration step SQL alone cannot express: called with the cursor and the dialect."""
@@ -428,3 +430,41 @@ TABLES.append(
 )
 TABLES.append(("report_rollup_meta", ("name", "value"), None))
 """Every data table, in an order that respects foreign keys: (name, columns, identity column)."""
+
+KEYS: dict[str, tuple[str, ...]] = {
+    "budgets": ("id",),
+    "budget_windows": ("budget_id", "window_key"),
+    "reservations": ("id",),
+    "charges": ("id",),
+    "alerts": ("id",),
+    "report_rollup": ("grain", "scope", "bucket", "model", "mode", "unit"),
+    "request_cache": ("fingerprint",),
+    "report_rollup_meta": ("name",),
+}
+"""The primary key of every data table: a copy reads a table a page at a time in its order."""
+
+
+def migrate(cur: Cursor, backend: Backend) -> int:
+    """Create or upgrade the schema in the transaction of ``cur``; returns the schema version.
+    Safe to run concurrently (the backend serialises migrations)."""
+    backend.lock_schema(cur)
+    cur.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+    )
+    cur.execute("SELECT MAX(version) FROM schema_version")
+    current = cur.fetchone()[0] or 0
+    for version, statements in MIGRATIONS:
+        if version <= current:
+            continue
+        for statement in statements:
+            if callable(statement):
+                statement(cur, backend.dialect)
+                continue
+            cur.execute(
+                statement.replace("{id}", backend.id_column).replace("{without_rowid}", backend.without_rowid)
+            )
+        cur.execute(
+            "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (version, to_ms(cur.now))
+        )
+        current = version
+    return int(current)

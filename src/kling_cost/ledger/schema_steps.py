@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import StorageError
 
 if TYPE_CHECKING:
-    from ._rows import Cursor
+    from .backend import Cursor
 
 __all__ = ["never_reuse_budget_ids"]
 

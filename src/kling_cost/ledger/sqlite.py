@@ -1,4 +1,9 @@
-"""The embedded default: a SQLite file in WAL mode, safe for many threads and processes."""
+"""The embedded default backend: a SQLite file in WAL mode, safe for many threads and processes.
+
+A connection per thread (and process), ``BEGIN IMMEDIATE`` transactions (one writer at a
+time: the conditional updates need no row locks), a background WAL checkpointer, and
+sqlite3's errors translated at the boundary.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +12,39 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigurationError, LedgerClosed, StorageError
-from ._rows import Conflict, Cursor
-from .base import Ledger
+from .backend import Backend, Clock, Conflict, Cursor
 
-__all__ = ["SQLiteLedger"]
+__all__ = ["SQLiteBackend"]
 
 _SYNC = {"normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
 
 
 class _SQLiteCursor:
-    """Translates sqlite3 errors at the boundary (unique violations -> Conflict)."""
+    """Translates sqlite3 errors at the boundary (unique violations -> Conflict); ``now`` is
+    read from the clock the first time the transaction asks for it."""
 
-    __slots__ = ("_cur",)
+    __slots__ = ("_clock", "_cur", "_now")
 
-    def __init__(self, cur: sqlite3.Cursor) -> None:
+    def __init__(self, cur: sqlite3.Cursor, clock: Clock) -> None:
         self._cur = cur
+        self._clock = clock
+        self._now: datetime | None = None
 
     @property
     def rowcount(self) -> int:
         return self._cur.rowcount
+
+    @property
+    def now(self) -> datetime:
+        if self._now is None:
+            self._now = self._clock()
+        return self._now
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         try:
@@ -49,7 +63,7 @@ class _SQLiteCursor:
         return self._cur.fetchall()
 
 
-class SQLiteLedger(Ledger):
+class SQLiteBackend(Backend):
     """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``.
 
     URL options: ``?synchronous=full`` (power-loss durability; default ``normal``, which
@@ -67,8 +81,8 @@ class SQLiteLedger(Ledger):
     dialect = "sqlite"
     without_rowid = " WITHOUT ROWID"
 
-    def __init__(self, url: str, *, create: bool = True, **options: Any) -> None:
-        super().__init__(url, **options)
+    def __init__(self, url: str, *, clock: Clock | None = None, create: bool = True) -> None:
+        super().__init__(url, clock=clock, create=create)
         self.path, self.synchronous, self.timeout, self.checkpoint = _parse_url(url)
         if not create and not Path(self.path).is_file():
             raise StorageError(
@@ -82,7 +96,6 @@ class SQLiteLedger(Ledger):
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_pid = 0
-        self.migrate()
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -159,15 +172,21 @@ class SQLiteLedger(Ledger):
         finally:
             conn.close()
 
+    @property
+    def connection_count(self) -> int:
+        """Connections opened (one per thread that used the ledger) and not closed yet."""
+        with self._lock:
+            return len(self._connections)
+
     @contextmanager
-    def _transaction(self) -> Iterator[Cursor]:
+    def transaction(self) -> Iterator[Cursor]:
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite ledger {self.path}: cannot start a transaction: {exc}") from exc
         try:
-            yield _SQLiteCursor(conn.cursor())
+            yield _SQLiteCursor(conn.cursor(), self.clock)
         except BaseException:
             with suppress(sqlite3.Error):  # a failed transaction may already be gone
                 conn.execute("ROLLBACK")
@@ -179,12 +198,12 @@ class SQLiteLedger(Ledger):
                 conn.execute("ROLLBACK")
             raise StorageError(f"SQLite ledger {self.path}: commit failed: {exc}") from exc
 
-    def _id_high_water(self, cur: Cursor, table: str, column: str) -> int:
+    def id_high_water(self, cur: Cursor, table: str, column: str) -> int:
         cur.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
         row = cur.fetchone()
-        return max(super()._id_high_water(cur, table, column), 0 if row is None else int(row[0]))
+        return max(super().id_high_water(cur, table, column), 0 if row is None else int(row[0]))
 
-    def _after_bulk_insert(self, cur: Cursor, table: str, column: str, high_water: int) -> None:
+    def after_bulk_insert(self, cur: Cursor, table: str, column: str, high_water: int) -> None:
         # Only AUTOINCREMENT tables (budgets) keep a counter; the others take MAX(id) + 1,
         # which is enough for rows that are never deleted.
         cur.execute(

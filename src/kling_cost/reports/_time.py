@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 from ..budgets import validate_tz
 from ..errors import ValidationError
-from ..ledger._rows import from_ms
 from ..ledger.rollup import BUCKET_MS, DAY_MS
 from ..ledger.rollup_read import Segment
+from ..timestamps import from_ms
 
 __all__ = ["Segment", "day_key", "local_midnight", "parse_period", "parse_since", "parse_until", "segments"]
 

@@ -23,10 +23,9 @@ from typing import Any
 from ..budgets import UNITS, validate_scope
 from ..errors import ValidationError
 from ..ledger import Charge, Ledger
-from ..ledger._rows import to_ms
-from ..ledger.rollup import BUCKET_MS, DAY_MS, STATUSES, charge_facts, charge_span
-from ..ledger.rollup_read import rollup_sums
+from ..ledger.rollup import BUCKET_MS, DAY_MS, STATUSES
 from ..money import from_storage, money_context, to_storage
+from ..timestamps import to_ms
 from . import _time
 
 __all__ = ["DIMENSIONS", "Report", "ReportRow", "parse_by", "report", "sort_units"]
@@ -283,7 +282,7 @@ def _rollup_plan(
         return None
     if not any(d in TIME_DIMS for d in dims):
         return []
-    span = charge_span(ledger)
+    span = ledger.queries.charge_span()
     if span is None:
         return []
     # Only where charges lie, widened to UTC midnights (day rows cover it): a period since
@@ -319,8 +318,7 @@ def _from_rollup(
     time_dim = next((d for d in dims if d in TIME_DIMS), None)
     scope_dim, cols = _group_spec(dims)
     group = None if scope_dim is None else ("*" if scope_dim == "scope" else scope_dim)
-    raw = rollup_sums(
-        ledger,
+    raw = ledger.rollup.sums(
         spans if time_dim else None,
         since=lo,
         until=hi,
@@ -366,7 +364,7 @@ def _from_rollup(
         for (_, unit), sums in groups.items():
             _add(totals, unit, sums)
     else:  # a charge may count in several scopes: read the totals on their own
-        for row in rollup_sums(ledger, None, since=lo, until=hi, scope=scope, scope_group=None, dims=[]):
+        for row in ledger.rollup.sums(None, since=lo, until=hi, scope=scope, scope_group=None, dims=[]):
             _add(totals, str(row[2]), [int(x) for x in row[3:]])
     return _rows(dims, groups), _totals(totals)
 
@@ -380,9 +378,19 @@ def _from_charges(
     totals: dict[str, _Sums] = {}
     time_dim = next((d for d in dims if d in TIME_DIMS), None)
     scope_dim, _ = _group_spec(dims)
-    for created, status, est_raw, act_raw, scopes, model, mode, duration, audio, kind, unit in charge_facts(
-        ledger, since=lo, until=hi, scope=scope
-    ):
+    for (
+        created,
+        status,
+        est_raw,
+        act_raw,
+        scopes,
+        model,
+        mode,
+        duration,
+        audio,
+        kind,
+        unit,
+    ) in ledger.queries.charge_facts(since=lo, until=hi, scope=scope):
         est, act = int(est_raw), int(act_raw)
         totals.setdefault(unit, _Sums()).add_one(status, est, act)
         base: dict[str, Key] = {

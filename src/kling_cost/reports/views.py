@@ -10,7 +10,6 @@ from typing import Any
 from ..budgets import DEFAULT_UNIT, Usage, validate_scope
 from ..errors import ValidationError
 from ..ledger import Charge, Ledger
-from ..ledger.rollup import recent_charges
 from ..money import exact
 from . import _time
 from .aggregate import Report, ReportRow, report, sort_units
@@ -105,7 +104,7 @@ def latest_charges(ledger: Ledger, limit: int = 50, *, scope: str | None = None)
     """The latest charges, newest first."""
     if limit < 1 or limit > 1000:
         raise ValidationError(f"limit must be between 1 and 1000, not {limit}")
-    return recent_charges(ledger, limit=limit, scope=None if scope is None else validate_scope(scope))
+    return ledger.queries.recent_charges(limit=limit, scope=None if scope is None else validate_scope(scope))
 
 
 def overview(

@@ -1,4 +1,15 @@
-"""Row <-> model conversions, ids, times and metadata: shared by every ledger module."""
+"""The ledger's rows as the ledger works with them, and the public models made from them.
+
+Inside the ledger, amounts stay integer thousandths (``*_milli``) and times integer
+milliseconds (``*_ms``), as stored: :class:`BudgetRow` and :class:`ReservationRow` are read
+from SQL, handed to the hooks and written back without a single conversion. The public
+:class:`~kling_cost.budgets.Budget` and :class:`~.models.Reservation` (``Decimal`` amounts,
+datetimes) are made from them only where the ledger hands something out
+(:meth:`BudgetRow.to_budget`, :meth:`ReservationRow.to_reservation`). Read-only models
+(charges, alerts) are made straight from their rows.
+
+Also here: the ``SELECT`` heads shared by the parts, ids, idempotency keys and metadata.
+"""
 
 from __future__ import annotations
 
@@ -6,60 +17,42 @@ import hashlib
 import json
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from ..budgets import Budget
-from ..errors import BudgetExceeded, ReservationError, ValidationError
+from ..errors import ReservationError, ValidationError
 from ..money import from_storage
 from ..text import bad_text, clean_json, clean_text
+from ..timestamps import from_ms, to_ms
+from .backend import Cursor
 from .models import AlertRecord, Charge, Reservation
 
+__all__ = [
+    "ALERT_SELECT",
+    "BUDGET_SELECT",
+    "CHARGE_SELECT",
+    "RES_SELECT",
+    "BudgetRow",
+    "ReservationRow",
+    "alert_from_row",
+    "budget_row",
+    "charge_from_row",
+    "check_key",
+    "clean_metadata",
+    "new_id",
+    "reservation_by",
+    "reservation_id_of",
+    "reservation_row",
+    "text_or_none",
+]
+
 MAX_KEY = 200
+"""Longest idempotency key, in characters."""
 PREVIEW = 100
-RETRIES = 8
-
-
-class Cursor(Protocol):
-    """The part of a DB-API cursor the ledger uses (qmark placeholders)."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
-
-
-class Conflict(Exception):
-    """A concurrent transaction won (unique key, deadlock, serialization): retry the operation."""
-
-
-class Refused(Exception):
-    def __init__(self, error: BudgetExceeded) -> None:
-        self.error = error
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_MS = timedelta(milliseconds=1)
-
-
-def to_ms(at: datetime) -> int:
-    """Aware datetime -> integer milliseconds since the epoch (exact, no float)."""
-    if at.tzinfo is None:
-        raise ValidationError("times must be timezone-aware")
-    return (at - EPOCH) // ONE_MS
-
-
-def from_ms(ms: int) -> datetime:
-    return EPOCH + ms * ONE_MS
-
+"""Characters of a prompt kept as its preview (the rest only as its SHA-256)."""
 
 BUDGET_SELECT = (
     "SELECT id, scope, period, tz, limit_milli, max_per_request_milli, thresholds, unit FROM budgets"
@@ -76,30 +69,108 @@ CHARGE_SELECT = (
 )
 
 
-def budget_from_row(row: Sequence[Any]) -> Budget:
-    return Budget(
+@dataclass(frozen=True, slots=True)
+class BudgetRow:
+    """A budget as stored: its limits in integer thousandths."""
+
+    id: int
+    scope: str
+    window: str
+    tz: str
+    limit_milli: int
+    max_per_request_milli: int | None
+    thresholds: tuple[Decimal, ...]
+    unit: str
+
+    def to_budget(self) -> Budget:
+        return Budget(
+            id=self.id,
+            scope=self.scope,
+            window=self.window,
+            tz=self.tz,
+            limit=from_storage(self.limit_milli),
+            max_per_request=(
+                None if self.max_per_request_milli is None else from_storage(self.max_per_request_milli)
+            ),
+            thresholds=self.thresholds,
+            unit=self.unit,
+        )
+
+
+def budget_row(row: Sequence[Any]) -> BudgetRow:
+    """A :class:`BudgetRow` from a row of :data:`BUDGET_SELECT`."""
+    return BudgetRow(
         id=int(row[0]),
         scope=row[1],
         window=row[2],
         tz=row[3],
-        limit=from_storage(int(row[4])),
-        max_per_request=None if row[5] is None else from_storage(int(row[5])),
+        limit_milli=int(row[4]),
+        max_per_request_milli=None if row[5] is None else int(row[5]),
         thresholds=tuple(Decimal(t) for t in json.loads(row[6])),
         unit=row[7],
     )
 
 
-def reservation_from_row(row: Sequence[Any]) -> Reservation:
-    return Reservation(
+@dataclass(frozen=True, slots=True)
+class ReservationRow:
+    """A reservation as stored: amounts in thousandths, times in milliseconds.
+
+    ``idempotency_key`` is None when the caller gave none (the public reservation shows its
+    id instead). ``revived`` and ``fresh`` describe the call that returned it (see
+    :class:`~.models.Reservation`)."""
+
+    id: str
+    idempotency_key: str | None
+    amount_milli: int
+    status: str
+    scopes: tuple[str, ...]
+    created_at_ms: int
+    expires_at_ms: int
+    actual_milli: int | None = None
+    settled_at_ms: int | None = None
+    task_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    windows: tuple[tuple[int, str], ...] = ()
+    unit: str = "units"
+    catalog: str | None = None
+    catalog_date: str | None = None
+    revived: bool = False
+    fresh: bool = False
+
+    def to_reservation(self) -> Reservation:
+        return Reservation(
+            id=self.id,
+            idempotency_key=self.idempotency_key or self.id,
+            amount=from_storage(self.amount_milli),
+            status=self.status,
+            scopes=self.scopes,
+            created_at=from_ms(self.created_at_ms),
+            expires_at=from_ms(self.expires_at_ms),
+            actual=None if self.actual_milli is None else from_storage(self.actual_milli),
+            settled_at=None if self.settled_at_ms is None else from_ms(self.settled_at_ms),
+            task_id=self.task_id,
+            metadata=self.metadata,
+            windows=self.windows,
+            revived=self.revived,
+            fresh=self.fresh,
+            unit=self.unit,
+            catalog=self.catalog,
+            catalog_date=self.catalog_date,
+        )
+
+
+def reservation_row(row: Sequence[Any]) -> ReservationRow:
+    """A :class:`ReservationRow` from a row of :data:`RES_SELECT`."""
+    return ReservationRow(
         id=row[0],
-        idempotency_key=row[1] or row[0],
-        amount=from_storage(int(row[2])),
+        idempotency_key=row[1],
+        amount_milli=int(row[2]),
         status=row[3],
         scopes=tuple(json.loads(row[4])),
-        created_at=from_ms(int(row[5])),
-        expires_at=from_ms(int(row[6])),
-        actual=None if row[7] is None else from_storage(int(row[7])),
-        settled_at=None if row[8] is None else from_ms(int(row[8])),
+        created_at_ms=int(row[5]),
+        expires_at_ms=int(row[6]),
+        actual_milli=None if row[7] is None else int(row[7]),
+        settled_at_ms=None if row[8] is None else int(row[8]),
         task_id=row[9],
         metadata=json.loads(row[10]),
         windows=tuple((int(b), str(k)) for b, k in json.loads(row[11])),
@@ -107,6 +178,14 @@ def reservation_from_row(row: Sequence[Any]) -> Reservation:
         catalog=row[13],
         catalog_date=row[14],
     )
+
+
+def reservation_by(cur: Cursor, column: str, value: str, lock: str = "") -> ReservationRow | None:
+    """The reservation whose ``column`` (``id``, ``idempotency_key`` or ``task_id``: fixed
+    names only) is ``value``; ``lock``: the backend's row-lock suffix, if any."""
+    cur.execute(RES_SELECT + f" WHERE {column} = ?" + lock, (value,))
+    row = cur.fetchone()
+    return None if row is None else reservation_row(row)
 
 
 def charge_from_row(row: Sequence[Any]) -> Charge:
@@ -136,17 +215,13 @@ def charge_from_row(row: Sequence[Any]) -> Charge:
     )
 
 
-def replace_reservation(res: Reservation, **changes: Any) -> Reservation:
-    return replace(res, **changes)
-
-
 def new_id(now: datetime) -> str:
     """Time-ordered id (48-bit milliseconds + 80 random bits): inserts append, pages stay hot."""
     return f"{to_ms(now):012x}{secrets.token_hex(10)}"
 
 
-def reservation_id_of(ref: Reservation | str) -> str:
-    if isinstance(ref, Reservation):
+def reservation_id_of(ref: Reservation | ReservationRow | str) -> str:
+    if isinstance(ref, (Reservation, ReservationRow)):
         return ref.id
     if isinstance(ref, str) and ref:
         if bad_text(ref) is not None:  # no id holds it (ids are hex): the same answer everywhere

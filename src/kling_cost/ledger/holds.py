@@ -1,0 +1,272 @@
+"""Reserving: the conditional update that makes the ceiling hold, and refusals.
+
+:meth:`Holds.reserve` is the body of the transaction of a reservation (the
+:class:`~.ledger.Ledger` opens it and retries it): it locks the scopes' budgets (shared, in
+id order), writes the reservation row (or finds the one an idempotency key already names),
+then holds the amount on every budget window with one conditional statement each::
+
+    INSERT INTO budget_windows ... ON CONFLICT DO UPDATE SET reserved = reserved + :a
+        WHERE used + reserved + :a <= :limit
+
+A window without room refuses (:class:`Refused`, carrying a :class:`~.hooks.Refusal`) and
+the whole transaction rolls back: nothing is held anywhere. Amounts are thousandths here; the
+caller's :class:`~kling_cost.errors.BudgetExceeded` is made by :func:`exceeded`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from ..budgets import Window, normalise_scopes, unit_advice, validate_unit, window_at
+from ..errors import BudgetExceeded, UnitMismatch, ValidationError
+from ..money import format_amount, from_storage, parse_amount, to_storage
+from ..text import bad_text
+from ..timestamps import to_ms
+from .backend import Backend, Conflict, Cursor
+from .hooks import LedgerHook, Refusal, WindowState
+from .idempotency import check_same_request
+from .models import EXPIRED, RELEASED, RESERVED
+from .records import (
+    BUDGET_SELECT,
+    BudgetRow,
+    ReservationRow,
+    budget_row,
+    check_key,
+    clean_metadata,
+    new_id,
+    reservation_by,
+)
+
+__all__ = ["NO_LIMIT", "Holds", "Refused", "Request", "check_ttl", "exceeded", "request"]
+
+NO_LIMIT = 1 << 62
+"""The limit of a hold that no budget may refuse (a charge that already happened)."""
+
+
+class Refused(Exception):
+    """A budget refused the reservation being made (the transaction must roll back)."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+class Holds:
+    """The reserving steps of one ledger: they share its backend (for row locks) and hooks."""
+
+    def __init__(self, backend: Backend, hooks: list[LedgerHook]) -> None:
+        self.backend = backend
+        self.hooks = hooks
+
+    def reserve(
+        self, cur: Cursor, now: datetime, req: Request, ttl: timedelta, *, enforce: bool = True
+    ) -> ReservationRow:
+        """Hold ``req.milli`` on every budget of its scopes, all or nothing (:class:`Refused`);
+        ``enforce=False`` holds beyond any limit. Returns the new (or revived) reservation, or
+        the one its idempotency key already names for the same request."""
+        milli, scopes, key, meta, unit = req.milli, req.scopes, req.key, req.meta, req.unit
+        marks = ",".join("?" * len(scopes))
+        # Locked (shared) until this transaction ends: the unit checked below stays the unit
+        # of every budget held on (a unit switch waits), and no budget vanishes under a hold.
+        lock = self.backend.lock_budgets()
+        cur.execute(BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id" + lock, scopes)
+        budgets = [budget_row(row) for row in cur.fetchall()]
+        for b in budgets:
+            if b.unit != unit:
+                raise unit_mismatch(b, unit)
+        windows = [(b, window_at(b.window, b.tz, now)) for b in budgets]
+        refs = tuple((b.id, w.key) for b, w in windows)
+        asked = ReservationRow(
+            id=new_id(now),
+            idempotency_key=key,
+            amount_milli=milli,
+            status=RESERVED,
+            scopes=scopes,
+            created_at_ms=to_ms(now),
+            expires_at_ms=to_ms(now + ttl),
+            metadata=meta,
+            windows=refs,
+            unit=unit,
+            catalog=req.catalog,
+            catalog_date=req.catalog_date,
+            fresh=True,
+        )
+        values = (
+            milli,
+            RESERVED,
+            json.dumps(scopes),
+            asked.created_at_ms,
+            asked.expires_at_ms,
+            json.dumps(refs),
+            json.dumps(meta),
+            unit,
+            req.catalog,
+            req.catalog_date,
+        )
+        cur.execute(
+            "INSERT INTO reservations (id, idempotency_key, amount_milli, status, scopes, "
+            "created_at, expires_at, windows, metadata, unit, catalog, catalog_date) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+            (asked.id, key, *values),
+        )
+        if cur.rowcount != 1:
+            if key is None:
+                raise Conflict(f"reservation id {asked.id} collided")
+            existing = reservation_by(cur, "idempotency_key", key)  # reserved before
+            if existing is None:
+                raise Conflict(f"idempotency key {key!r} vanished while reserving")
+            if existing.status not in (RELEASED, EXPIRED) or existing.task_id is not None:
+                # The same request again gets the first one's reservation (it holds nothing
+                # new); a different request under this key is refused (see .idempotency).
+                check_same_request(existing, asked, key)
+                return existing
+            # Released or expired before Kling accepted anything: nothing was ever charged
+            # under this key, so it may be reserved again (a retried submission), with this
+            # call's amount and scopes (no conflict: the first request never cost anything).
+            cur.execute(
+                "UPDATE reservations SET amount_milli = ?, status = ?, scopes = ?, created_at = ?, "
+                "expires_at = ?, windows = ?, metadata = ?, settled_at = NULL, actual_milli = NULL, "
+                "unit = ?, catalog = ?, catalog_date = ? WHERE id = ? AND status = ?",
+                (*values, existing.id, existing.status),
+            )
+            if cur.rowcount != 1:
+                raise Conflict(f"reservation {existing.id} changed while being reserved again")
+            asked = replace(asked, id=existing.id, revived=True)
+        for b, w in windows:
+            mpr = b.max_per_request_milli
+            if enforce and mpr is not None and milli > mpr:
+                raise Refused(Refusal(b, w.key, "max_per_request", milli, mpr))
+        states = [self.hold(cur, b, w, milli, NO_LIMIT if not enforce else b.limit_milli) for b, w in windows]
+        for hook in self.hooks:
+            hook.after_reserve(cur, now, asked, states)
+        return asked
+
+    def record_refusal(self, cur: Cursor, refusal: Refusal, scopes: tuple[str, ...]) -> None:
+        """Let the hooks record a refusal (a "refused" alert), in a transaction of its own."""
+        for hook in self.hooks:
+            hook.after_refusal(cur, cur.now, refusal, scopes)
+
+    @staticmethod
+    def hold(cur: Cursor, b: BudgetRow, w: Window, milli: int, limit: int) -> WindowState:
+        """The conditional update that makes the ceiling hold: ``used + reserved <= limit``."""
+        row = None
+        if milli <= limit:
+            cur.execute(
+                "INSERT INTO budget_windows (budget_id, window_key, used_milli, reserved_milli) "
+                "VALUES (?, ?, 0, ?) ON CONFLICT (budget_id, window_key) DO UPDATE "
+                "SET reserved_milli = budget_windows.reserved_milli + excluded.reserved_milli "
+                "WHERE budget_windows.used_milli + budget_windows.reserved_milli "
+                "+ excluded.reserved_milli <= ? "
+                "RETURNING used_milli, reserved_milli",
+                (b.id, w.key, milli, limit),
+            )
+            row = cur.fetchone()
+        if row is not None:
+            return WindowState(b, w.key, int(row[0]), int(row[1]))
+        cur.execute(
+            "SELECT used_milli, reserved_milli FROM budget_windows WHERE budget_id = ? AND window_key = ?",
+            (b.id, w.key),
+        )
+        used, reserved = cur.fetchone() or (0, 0)
+        level = int(used) + int(reserved)
+        raise Refused(Refusal(b, w.key, "limit", milli, max(0, limit - level), level))
+
+
+def exceeded(refusal: Refusal) -> BudgetExceeded:
+    """The error a caller gets for ``refusal`` (amounts as ``Decimal``, in the budget's unit)."""
+    b = refusal.budget
+    amount = from_storage(refusal.requested_milli)
+    available = from_storage(refusal.available_milli)
+    limit = from_storage(b.limit_milli)
+    if refusal.reason == "max_per_request":
+        message = (
+            f"Request of {format_amount(amount)} {b.unit} exceeds the per-request maximum "
+            f"of {format_amount(available)} {b.unit} on {b.scope} ({b.window} budget)"
+        )
+    else:
+        message = (
+            f"{b.window.capitalize()} budget exceeded on {b.scope}: "
+            f"{format_amount(from_storage(refusal.level_milli))} + {format_amount(amount)} "
+            f"> {format_amount(limit)} {b.unit} ({refusal.window_key}; {format_amount(available)} available)"
+        )
+    return BudgetExceeded(
+        message,
+        scope=b.scope,
+        window=b.window,
+        requested=amount,
+        available=available,
+        limit=limit,
+        reason=refusal.reason,
+        unit=b.unit,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a reservation (or a charge, or a cache hit) asks for, checked, in thousandths."""
+
+    milli: int
+    scopes: tuple[str, ...]
+    key: str | None
+    meta: dict[str, Any]
+    unit: str
+    catalog: str | None
+    catalog_date: str | None
+
+
+def request(
+    amount: Decimal | int | str,
+    scopes: Iterable[str] | str,
+    idempotency_key: str | None,
+    metadata: Mapping[str, Any] | None,
+    unit: str,
+    catalog: str | None,
+    catalog_date: str | None,
+    *,
+    saved: bool = False,
+) -> Request:
+    """Check a caller's request and convert its amount to thousandths (the ledger's edge);
+    ``saved``: the amount is what a cache hit saved (zero allowed)."""
+    unit = validate_unit(unit)
+    if catalog is not None and (not isinstance(catalog, str) or not catalog.strip() or len(catalog) > 200):
+        raise ValidationError(f"catalog must be a catalog name of at most 200 characters, not {catalog!r}")
+    why = None if catalog is None else bad_text(catalog)
+    if why is not None:  # refused alike on every backend (PostgreSQL text cannot hold it)
+        raise ValidationError(f"catalog {catalog!r} {why}; use the catalog's name")
+    if catalog_date is not None:
+        try:
+            catalog_date = date.fromisoformat(str(catalog_date)).isoformat()
+        except ValueError:
+            raise ValidationError(f"catalog_date {catalog_date!r} is not an ISO date (YYYY-MM-DD)") from None
+    what = "saved" if saved else "amount"
+    milli = to_storage(parse_amount(amount, what=what, allow_zero=saved))
+    scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
+    key = None if idempotency_key is None else check_key(idempotency_key)
+    meta = clean_metadata(metadata)
+    return Request(milli, scope_list, key, meta, unit, catalog, catalog_date)
+
+
+def unit_mismatch(budget: BudgetRow, unit: str) -> UnitMismatch:
+    other = "kling-app-credits" if budget.unit == "credits" else "kling-api"
+    return UnitMismatch(
+        f"the {budget.window} budget of {budget.scope} counts {budget.unit} but this request is priced "
+        f"in {unit}; price it with a catalog in {budget.unit} (--catalog {other}), or "
+        f"{unit_advice(budget.to_budget(), unit)}",
+        scope=budget.scope,
+        window=budget.window,
+        budget_unit=budget.unit,
+        request_unit=unit,
+    )
+
+
+def check_ttl(ttl: object) -> timedelta:
+    """A lease length: a positive timedelta."""
+    if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+        raise ValidationError(f"ttl must be a positive timedelta, not {ttl!r}")
+    return ttl

@@ -1,0 +1,91 @@
+"""The report rollup as a store of the ledger (``ledger.rollup``): the ``report_rollup`` table.
+
+Writing: its :attr:`RollupStore.writer` (:class:`~.rollup.RollupHook`) is one of the ledger's
+hooks and adds every settled charge to the rollup inside the ledger's own transaction.
+Reading: :meth:`RollupStore.sums` answers a report's sums in one statement (planned by
+:mod:`.rollup_read`), after rolling up, once, the charges of a ledger older than the rollup.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StorageError
+from . import rollup_read
+from .rollup import RollupHook, rollup_values, upsert
+from .rollup_read import Segment
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+__all__ = ["RollupStore"]
+
+
+class RollupStore:
+    """One ledger's report rollup: its writer hook and its reads."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.writer = RollupHook()
+        """The hook that keeps the rollup in step (installed in ``ledger.hooks`` by the ledger)."""
+        self._backfilled = False
+
+    def ensure_backfilled(self) -> None:
+        """Roll up the charges recorded before the rollup existed (once; a no-op afterwards)."""
+        if self._backfilled:
+            return
+        with self.ledger.transaction() as cur:
+            cur.execute("SELECT value FROM report_rollup_meta WHERE name = 'backfill_upto'")
+            row = cur.fetchone()
+            if row is not None:
+                cur.execute("DELETE FROM report_rollup_meta WHERE name = 'backfill_upto'")
+                if cur.rowcount == 1:  # this transaction claimed it (PostgreSQL: concurrent readers)
+                    cur.execute(
+                        "SELECT status, created_at, estimate_milli, actual_milli, model, mode, unit, "
+                        "scopes FROM charges WHERE id <= ?",
+                        (int(row[0]),),
+                    )
+                    for status, created, est, act, model, mode, unit, scopes in cur.fetchall():
+                        values = rollup_values(status, int(created), int(est), int(act), model, mode, unit)
+                        upsert(cur, [str(s) for s in json.loads(scopes)], values)
+        self._backfilled = True
+
+    def sums(
+        self,
+        segments: Sequence[Segment] | None,
+        *,
+        since: int | None,
+        until: int | None,
+        scope: str | None,
+        scope_group: str | None,
+        dims: Sequence[str],
+    ) -> list[tuple[Any, ...]]:
+        """Rollup sums grouped by (local day number | None, scope | None, unit, *dims), then the 9
+        sums. The unit is always a group: amounts of different units are never added.
+
+        ``segments`` (constant-offset spans, on UTC hours) make the first column the local day
+        number ``(t + offset) // day``; without them there is no time column and ``since`` /
+        ``until`` (UTC hours) bound the period. ``scope_group``: ``"*"`` groups by every scope, a
+        kind (``project``) by the scopes of that kind; otherwise the one ``scope`` (default
+        ``account``: every charge) is read. ``dims``: ``model`` and/or ``mode``.
+        """
+        for dim in dims:
+            if dim not in ("model", "mode"):
+                raise StorageError(f"the rollup has no {dim!r} column")
+        if segments is None:
+            reads = rollup_read.plan_reads(since, until, None)
+        else:
+            reads = [r for s in segments for r in rollup_read.plan_reads(s.start, s.end, s.offset)]
+        if not reads:
+            return []
+        sql, params = rollup_read.sums_query(
+            reads, scope, scope_group, list(dims), timed=segments is not None
+        )
+        self.ensure_backfilled()
+        with self.ledger.transaction() as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        s_n, f_n, c_n = 3 + len(dims), 6 + len(dims), 9 + len(dims)  # counts: never negative
+        return [row for row in rows if row[s_n] is not None and (row[s_n] or row[f_n] or row[c_n])]

@@ -1,0 +1,125 @@
+"""``copy_ledger`` reads every table a page at a time, in the order of its primary key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from kling_cost import ConfigurationError
+from kling_cost.ledger import Ledger, copy_ledger, open_ledger
+from kling_cost.ledger.schema import KEYS, TABLES
+from tests.helpers import FakeClock, fresh_postgres_url, need_postgres
+
+
+def test_keys_are_the_primary_keys(ledger: Ledger) -> None:
+    """A keyset page is only exact on a unique key: each table's is its primary key."""
+    with ledger.transaction() as cur:
+        for table, _columns, _identity in TABLES:
+            if ledger.backend.dialect == "sqlite":
+                cur.execute(f"SELECT name, pk FROM pragma_table_info('{table}') WHERE pk > 0 ORDER BY pk")
+            else:
+                cur.execute(
+                    "SELECT a.attname, k.n FROM pg_index i CROSS JOIN LATERAL "
+                    "unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) "
+                    "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+                    "WHERE i.indrelid = CAST(? AS regclass) AND i.indisprimary ORDER BY k.n",
+                    (table,),
+                )
+            assert tuple(str(row[0]) for row in cur.fetchall()) == KEYS[table], table
+    assert set(KEYS) == {table for table, _, _ in TABLES}
+
+
+def _fill(led: Ledger, clock: FakeClock) -> None:
+    """A few rows more than a page (3) in every table, composite keys included."""
+    led.set_budget("account", 1000, "month")
+    for i in range(4):
+        led.set_budget(f"project:p{i}", 100, "day", thresholds=["0.01", "0.02", "0.05", "0.1"])
+    led.delete_budget("project:p3", "day")  # an id that must never come back
+    for i in range(7):
+        scopes = [f"project:p{i % 3}"]
+        r = led.reserve(Decimal(i + 1), scopes, metadata={"model": f"kling-v{i % 3}", "mode": "std"})
+        if i % 3 == 2:
+            led.release(led.attach_task(r, f"t-{i}"))
+        else:
+            led.commit(r, Decimal(i + 1), task_id=f"t-{i}")
+        clock.advance(hours=7)  # other hours and days: more rollup rows
+    led.reserve(2, ["project:p0"], idempotency_key="still-held")
+    for i in range(5):
+        claimed, _ = led.cache_claim(f"fp-{i}", "text2video", Decimal(1), timedelta(minutes=5))
+        assert claimed
+        if i % 2:
+            led.cache_complete(f"fp-{i}", {"task_id": f"c-{i}"}, timedelta(hours=1))
+    with led.transaction() as cur:  # the rollup's bookkeeping table (one row in real ledgers)
+        for i in range(4):
+            cur.execute("INSERT INTO report_rollup_meta (name, value) VALUES (?, ?)", (f"copy-test-{i}", i))
+
+
+def _tables(led: Ledger) -> dict[str, list[tuple[Any, ...]]]:
+    out = {}
+    with led.transaction() as cur:
+        for table, columns, _identity in TABLES:
+            cur.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {', '.join(KEYS[table])}")
+            out[table] = sorted((tuple(row) for row in cur.fetchall()), key=repr)  # collations differ
+    return out
+
+
+class _Pages:
+    """Notes how many rows each read of the source returned."""
+
+    def __init__(self, cur: Any, sizes: list[int]) -> None:
+        self._cur, self._sizes = cur, sizes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def fetchall(self) -> list[Any]:
+        rows: list[Any] = self._cur.fetchall()
+        self._sizes.append(len(rows))
+        return rows
+
+
+def test_a_copy_in_pages_moves_every_row_both_ways(
+    ledger_url: str, clock: FakeClock, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Source on one backend, target on the other: SQLite -> PostgreSQL and back."""
+    need_postgres()
+    other = fresh_postgres_url() if ledger_url.startswith("sqlite") else f"sqlite:///{tmp_path / 'target.db'}"
+    with open_ledger(ledger_url, clock=clock) as source, open_ledger(other, clock=clock) as target:
+        try:
+            _fill(source, clock)
+            expected = _tables(source)
+            assert all(len(rows) > 3 for rows in expected.values()), {t: len(r) for t, r in expected.items()}
+            sizes: list[int] = []
+            real = source.backend.transaction
+
+            @contextmanager
+            def paged() -> Iterator[Any]:
+                with real() as cur:
+                    yield _Pages(cur, sizes)
+
+            monkeypatch.setattr(source.backend, "transaction", paged)
+            result = copy_ledger(source, target, batch=3)
+            monkeypatch.undo()
+            assert max(sizes) == 3 and len(sizes) > 2 * len(TABLES)  # every table took several pages
+            assert result.rows == {table: len(rows) for table, rows in expected.items()}
+            assert _tables(target) == expected
+            # The copy goes on as the source would: ids continue, holds settle, budgets hold.
+            assert target.set_budget("project:p9", 5).id > max(row[0] for row in expected["budgets"])
+            held = target.get_reservation("still-held")
+            assert held is not None and target.commit(held, 2).status == "committed"
+            assert target.usage("project:p0").used == source.usage("project:p0").used + 2
+        finally:
+            if other.startswith("postgresql"):
+                target.backend.drop_schema()  # type: ignore[attr-defined]
+
+
+def test_a_batch_is_a_whole_number_of_rows(ledger: Ledger, tmp_path: Any) -> None:
+    with open_ledger(f"sqlite:///{tmp_path / 'other.db'}") as target:
+        for bad in (0, -1, True, "500"):
+            with pytest.raises(ConfigurationError, match="batch"):
+                copy_ledger(ledger, target, batch=bad)  # type: ignore[arg-type]
