@@ -94,7 +94,7 @@ def test_sink_error_is_one_class_wherever_it_is_imported_from() -> None:
 SOURCE_RAISES = re.compile(r"^\s*raise (ValueError|TypeError|KeyError)\(", re.M)
 PROTOCOL_RAISES = {
     # json.dumps(default=...) must raise TypeError for an object it cannot write; caught inside
-    ("ledger/_rows.py", "TypeError"),
+    ("ledger/records.py", "TypeError"),
     ("cli/_common.py", "TypeError"),
     ("simulator/app.py", "TypeError"),
     # a Mapping's __getitem__/__delitem__ raise KeyError (the CLI's lazy command table)
