@@ -69,9 +69,11 @@ CHARGE_SELECT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BudgetRow:
-    """A budget as stored: its limits in integer thousandths."""
+    """A budget as stored: its limits in integer thousandths. Read-only by convention, like
+    :class:`ReservationRow` (not ``frozen``: these rows are made several times per operation,
+    and a frozen dataclass costs five times as much to build)."""
 
     id: int
     scope: str
@@ -111,9 +113,10 @@ def budget_row(row: Sequence[Any]) -> BudgetRow:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReservationRow:
-    """A reservation as stored: amounts in thousandths, times in milliseconds.
+    """A reservation as stored: amounts in thousandths, times in milliseconds. Read-only by
+    convention: a change makes a new row (``dataclasses.replace``), never mutates one.
 
     ``idempotency_key`` is None when the caller gave none (the public reservation shows its
     id instead). ``revived`` and ``fresh`` describe the call that returned it (see
