@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -92,13 +93,16 @@ def _black_hole() -> Iterator[str]:
         server.close()
 
 
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM"])
 def test_ctrl_c_while_a_slow_sink_holds_the_last_alert_pass_still_prints_summary_and_resume(
     ledger_url: str,  # noqa: F811
     tmp_path: Path,
+    stop: str,
 ) -> None:
     """Every row has ended; the last alert pass waits on a webhook that never answers. A
-    Ctrl-C then leaves the alerts pending (nothing lost) and still prints the summary and the
-    command that resumes (before: exit 130 with neither, the issue's very complaint)."""
+    Ctrl-C (or a SIGTERM, named as such) then leaves the alerts pending (nothing lost) and
+    still prints the summary and the command that resumes (before: exit 130 with neither, the
+    issue's very complaint)."""
     with open_ledger(ledger_url) as led:
         led.set_budget("account", Decimal(100), unit="credits")
     prompts = tmp_path / "shots.txt"
@@ -117,11 +121,15 @@ def test_ctrl_c_while_a_slow_sink_holds_the_last_alert_pass_still_prints_summary
                 time.sleep(0.05)
             time.sleep(1.5)  # the run is over; the last alert pass waits on the sink
             assert term.proc.poll() is None, term.text
-            term.ctrl_c()
+            if stop == "SIGTERM":
+                term.proc.send_signal(signal.SIGTERM)
+            else:
+                term.ctrl_c()
             term.expect(r"Batch summary", timeout=3)
             term.expect(r"rows? not sent; run the same command when the budget has room:", timeout=3)
             assert term.wait(5) == 0
             assert "kling-cost batch run" in term.text
+            assert f"retries them): left by {stop}" in term.text, term.text
     with open_ledger(ledger_url) as led:
         assert led.usage("account").used == 70 and led.reservations(status="reserved") == []
         assert led.alerts(status="pending"), "the alerts the sink did not take stay pending"
