@@ -320,3 +320,12 @@ def test_root_help_fails_on_stdout_as_typer_does(stdout: str) -> None:
     assert (code, err) == {"closed": (0, ""), "gone": (1, "")}.get(stdout, (1, err))
     if stdout == "full":
         assert err.startswith("internal error: OSError") and len(err.splitlines()) == 1, err
+
+
+def test_batch_run_help_says_how_to_stop_it() -> None:
+    """README: SIGTERM (a service manager) is the same two-step stop as Ctrl-C, exit 143; the
+    command's own help says so too."""
+    code, out, _ = run("batch", "run", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "Ctrl-C" in text and "(exit 130)" in text and "SIGTERM" in text and "(exit 143)" in text, out
