@@ -133,3 +133,32 @@ def test_ctrl_c_while_a_slow_sink_holds_the_last_alert_pass_still_prints_summary
     with open_ledger(ledger_url) as led:
         assert led.usage("account").used == 70 and led.reservations(status="reserved") == []
         assert led.alerts(status="pending"), "the alerts the sink did not take stay pending"
+
+
+def test_a_signal_as_the_run_ends_still_cuts_a_slow_last_alert_pass(ledger_url: str) -> None:  # noqa: F811
+    """A SIGTERM (or Ctrl-C) that lands after the run's last look at its signals, just before
+    the last alert pass, is not lost: a sink that does not answer is left (the alert stays
+    pending) as for a signal during the pass, instead of holding the process for its timeout."""
+    import io
+
+    from rich.console import Console
+
+    from kling_cost.alerts import CallbackSink, Deliverer
+    from kling_cost.batch import BatchRunner
+    from kling_cost.cli._batchrun import _last_alerts
+
+    release = threading.Event()
+    with open_ledger(ledger_url) as led:
+        led.set_budget("account", 10, thresholds=["1"])
+        led.reserve(10)
+        deliverer = Deliverer(led, [CallbackSink(lambda text: release.wait(8), text=True, name="slow")])
+        runner = BatchRunner(None, [])  # type: ignore[arg-type] # only its signal counts are read
+        runner.interrupt()  # the handler ran; run() had returned without noticing it
+        started = time.monotonic()
+        try:
+            report = _last_alerts(deliverer, runner, Console(file=io.StringIO()), ["SIGTERM"])
+        finally:
+            release.set()
+        assert time.monotonic() - started < 5, "the last pass waited for the sink"
+        assert report.errors == ["last alert pass: left by SIGTERM"]
+        assert led.alerts()[0].status == "pending"

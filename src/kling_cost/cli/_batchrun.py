@@ -149,8 +149,9 @@ def _last_alerts(
     signals so far): a slow sink may hold the pass (its timeout per alert), never the summary.
     Asked to leave (a signal now, or two during the run), the alerts stay pending (leased,
     then retried by `kling-cost alerts deliver`)."""
-    asked = runner.interrupt_requests
-    if runner.interrupted >= 2:  # asked to leave: no last pass (a slow sink must not hold it)
+    # a signal the run did not notice (it came as the run ended) counts as one during the pass
+    asked = runner.interrupted
+    if runner.interrupt_requests >= 2:  # asked to leave: no last pass (a slow sink must not hold it)
         deliverer.stop(timeout=1.0)
         deliverer.detach()
         return DeliveryReport()
