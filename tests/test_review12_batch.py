@@ -137,8 +137,9 @@ def test_ctrl_c_while_a_slow_sink_holds_the_last_alert_pass_still_prints_summary
 
 def test_a_signal_as_the_run_ends_still_cuts_a_slow_last_alert_pass(ledger_url: str) -> None:  # noqa: F811
     """A SIGTERM (or Ctrl-C) that lands after the run's last look at its signals, just before
-    the last alert pass, is not lost: a sink that does not answer is left (the alert stays
-    pending) as for a signal during the pass, instead of holding the process for its timeout."""
+    the last alert pass, is not lost: a sink that does not answer is left to its thread (the
+    alert stays pending unless it answers) as for a signal during the pass, instead of holding
+    the process for its timeout."""
     import io
 
     from rich.console import Console
@@ -157,8 +158,11 @@ def test_a_signal_as_the_run_ends_still_cuts_a_slow_last_alert_pass(ledger_url: 
         started = time.monotonic()
         try:
             report = _last_alerts(deliverer, runner, Console(file=io.StringIO()), ["SIGTERM"])
+            elapsed = time.monotonic() - started
         finally:
             release.set()
-        assert time.monotonic() - started < 5, "the last pass waited for the sink"
+            for thread in threading.enumerate():  # the pass left behind ends before the ledger closes
+                if thread.name == "kling-batch-alerts":
+                    thread.join(20)
+        assert elapsed < 5, "the last pass waited for the sink"
         assert report.errors == ["last alert pass: left by SIGTERM"]
-        assert led.alerts()[0].status == "pending"
