@@ -302,13 +302,16 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
     settle = command_line(ctx, ["settle"], only=("ledger_url", "base_url"))
     not_sent = summary.count("skipped") + summary.count("refused")
     left = summary.count("running")
+    # rows whose task sent but not seen to end (--task-timeout, Kling unreachable while polling):
+    # their holds stay until `kling-cost settle` finds the tasks
+    unsettled = sum(1 for r in summary.results if r.status == "error" and r.task_id)
     if outcome.stop_reason:
         data["stopped"] = outcome.stop_reason
     if outcome.interrupted:
         data["interrupted"] = True
     if not_sent or left:
         data["resume"] = resume
-    if left:
+    if left or unsettled:
         data["settle"] = settle
     hidden = any(
         isinstance(ctx.params.get(name), str) and redact_url(ctx.params[name]) != ctx.params[name]
@@ -369,7 +372,15 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
             soft_wrap=True,
         )
         console.print(f"  {resume}", markup=False, soft_wrap=True)
-    if hidden and (not_sent or left):
+    if unsettled and not left:
+        console.print(
+            f"{plural(unsettled, 'task')} sent but not seen to end (held until settled); "
+            "settle when Kling has finished with:",
+            markup=False,
+            soft_wrap=True,
+        )
+        console.print(f"  {settle}", markup=False, soft_wrap=True)
+    if hidden and (not_sent or left or unsettled):
         console.print(
             "(the URL's password is shown as ***: put it back, or give the URL in $KLING_COST_LEDGER "
             "/ $KLING_BASE_URL and leave the option out)",
