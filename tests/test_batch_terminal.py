@@ -270,7 +270,14 @@ def test_task_timeout_leaves_slow_tasks_to_settle_and_exits_1(
         with open_ledger(ledger_url) as led:
             held = led.reservations(status="reserved")
             assert len(held) == 2 and all(r.task_id for r in held)
+        settle = re.search(
+            r"2 tasks sent but not seen to end \(held until settled\); settle when Kling has finished "
+            r"with:\n +(kling-cost settle .+)\n",
+            proc.stdout,
+        )
+        assert settle, proc.stdout
+        assert command_args(settle[1]) == ["settle", "--base-url", base, "--ledger", ledger_url]
         wait_all_ended(base)
-        assert "errors 0" in cli(env, "settle", "--base-url", base, "--ledger", ledger_url)
+        assert "errors 0" in cli(env, *command_args(settle[1]))
         ran = _no_loss_no_double(base, ledger_url)
         assert len(ran) == 2

@@ -3,6 +3,7 @@ error in the terms of the command line (issue 12, item 6)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -275,3 +276,56 @@ def test_terminal_columns_reads_columns_as_shutil_does(
     if expected == 80:  # no usable $COLUMNS: the terminal, else 80, exactly as shutil says
         expected = shutil.get_terminal_size().columns
     assert terminal_columns() == expected
+
+
+def _help_to(stdout: str, columns: str) -> tuple[int, str]:
+    """``kling-cost --help`` with its stdout ``closed``, a pipe whose reader is ``gone``, or
+    ``full`` (/dev/full): exit code and stderr. COLUMNS=100 takes the stored text, 60 makes
+    Typer render the help."""
+    env = {**os.environ, "COLUMNS": columns}
+    env.pop("KLING_COST_DEBUG", None)
+    command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", MAIN_AS_SCRIPT]
+    with contextlib.ExitStack() as stack:
+        target: int | None = None
+        if stdout == "closed":  # as a shell's `kling-cost --help >&-`
+            command = ["/bin/sh", "-c", 'exec "$@" >&-', "sh", *command]
+        elif stdout == "gone":  # the reader of the pipe has exited
+            read, target = os.pipe()
+            os.close(read)
+            stack.callback(os.close, target)
+        else:
+            target = stack.enter_context(open("/dev/full", "wb")).fileno()
+        proc = subprocess.run(
+            [*command, "--help"],
+            stdout=target,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    return proc.returncode, proc.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("stdout", ["closed", "gone", "full"])
+def test_root_help_fails_on_stdout_as_typer_does(stdout: str) -> None:
+    """The stored text and Typer's rendering end alike when stdout cannot take the help: no
+    stdout (``>&-``), nothing and exit 0; a reader gone (``| head -1`` before it read), exit 1
+    and no traceback; a full disk, the CLI's one line ``internal error: ...``, exit 1."""
+    stored, typer_rendered = _help_to(stdout, "100"), _help_to(stdout, "60")
+    assert stored == typer_rendered
+    code, err = stored
+    assert "Traceback" not in err
+    assert (code, err) == {"closed": (0, ""), "gone": (1, "")}.get(stdout, (1, err))
+    if stdout == "full":
+        assert err.startswith("internal error: OSError") and len(err.splitlines()) == 1, err
+
+
+def test_batch_run_help_says_how_to_stop_it() -> None:
+    """README: SIGTERM (a service manager) is the same two-step stop as Ctrl-C, exit 143; the
+    command's own help says so too."""
+    code, out, _ = run("batch", "run", "--help")
+    assert code == 0
+    text = " ".join(out.split())
+    assert "Ctrl-C" in text and "(exit 130)" in text and "SIGTERM" in text and "(exit 143)" in text, out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -92,13 +93,16 @@ def _black_hole() -> Iterator[str]:
         server.close()
 
 
+@pytest.mark.parametrize("stop", ["Ctrl-C", "SIGTERM"])
 def test_ctrl_c_while_a_slow_sink_holds_the_last_alert_pass_still_prints_summary_and_resume(
     ledger_url: str,  # noqa: F811
     tmp_path: Path,
+    stop: str,
 ) -> None:
     """Every row has ended; the last alert pass waits on a webhook that never answers. A
-    Ctrl-C then leaves the alerts pending (nothing lost) and still prints the summary and the
-    command that resumes (before: exit 130 with neither, the issue's very complaint)."""
+    Ctrl-C (or a SIGTERM, named as such) then leaves the alerts pending (nothing lost) and
+    still prints the summary and the command that resumes (before: exit 130 with neither, the
+    issue's very complaint)."""
     with open_ledger(ledger_url) as led:
         led.set_budget("account", Decimal(100), unit="credits")
     prompts = tmp_path / "shots.txt"
@@ -117,11 +121,48 @@ def test_ctrl_c_while_a_slow_sink_holds_the_last_alert_pass_still_prints_summary
                 time.sleep(0.05)
             time.sleep(1.5)  # the run is over; the last alert pass waits on the sink
             assert term.proc.poll() is None, term.text
-            term.ctrl_c()
+            if stop == "SIGTERM":
+                term.proc.send_signal(signal.SIGTERM)
+            else:
+                term.ctrl_c()
             term.expect(r"Batch summary", timeout=3)
             term.expect(r"rows? not sent; run the same command when the budget has room:", timeout=3)
             assert term.wait(5) == 0
             assert "kling-cost batch run" in term.text
+            assert f"retries them): left by {stop}" in term.text, term.text
     with open_ledger(ledger_url) as led:
         assert led.usage("account").used == 70 and led.reservations(status="reserved") == []
         assert led.alerts(status="pending"), "the alerts the sink did not take stay pending"
+
+
+def test_a_signal_as_the_run_ends_still_cuts_a_slow_last_alert_pass(ledger_url: str) -> None:  # noqa: F811
+    """A SIGTERM (or Ctrl-C) that lands after the run's last look at its signals, just before
+    the last alert pass, is not lost: a sink that does not answer is left to its thread (the
+    alert stays pending unless it answers) as for a signal during the pass, instead of holding
+    the process for its timeout."""
+    import io
+
+    from rich.console import Console
+
+    from kling_cost.alerts import CallbackSink, Deliverer
+    from kling_cost.batch import BatchRunner
+    from kling_cost.cli._batchrun import _last_alerts
+
+    release = threading.Event()
+    with open_ledger(ledger_url) as led:
+        led.set_budget("account", 10, thresholds=["1"])
+        led.reserve(10)
+        deliverer = Deliverer(led, [CallbackSink(lambda text: release.wait(8), text=True, name="slow")])
+        runner = BatchRunner(None, [])  # type: ignore[arg-type] # only its signal counts are read
+        runner.interrupt()  # the handler ran; run() had returned without noticing it
+        started = time.monotonic()
+        try:
+            report = _last_alerts(deliverer, runner, Console(file=io.StringIO()), ["SIGTERM"])
+            elapsed = time.monotonic() - started
+        finally:
+            release.set()
+            for thread in threading.enumerate():  # the pass left behind ends before the ledger closes
+                if thread.name == "kling-batch-alerts":
+                    thread.join(20)
+        assert elapsed < 5, "the last pass waited for the sink"
+        assert report.errors == ["last alert pass: left by SIGTERM"]

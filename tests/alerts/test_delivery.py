@@ -373,3 +373,43 @@ def test_a_slow_webhook_does_not_hold_back_the_terminal(ledger: Ledger) -> None:
             worker.join(20)
             deliverer.close()
     assert passes == [1] and ledger.alerts()[0].status == "delivered"
+
+
+def test_an_extra_sink_never_takes_a_configured_sinks_name(ledger: Ledger) -> None:
+    """Each alert remembers the sinks that took it by name (``sent_to``), and ``kling-cost alerts
+    deliver`` builds the configured sinks alone. A sink added to them (the batch's terminal, an
+    application's own webhook to the same host) is sent first but named after them: had it taken
+    a configured sink's name, an alert that sink never got would count as sent to it."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from tests.servers import serve
+
+    down = threading.Event()
+    down.set()
+    got: list[str] = []
+
+    async def receive(request: Request) -> Response:
+        await request.body()
+        name = request.path_params["name"]
+        if name == "configured" and down.is_set():
+            return Response("down", status_code=500)
+        got.append(name)
+        return Response("ok")
+
+    ledger.set_budget("account", 10, thresholds=["1"])
+    ledger.reserve(10)
+    with serve(Starlette(routes=[Route("/{name}", receive, methods=["POST"])])) as base:
+        config = AlertsConfig.from_mapping({"sinks": [f"{base}/configured"], "retry_base": 0})
+        extra = sink_from_url(f"{base}/extra")
+        names = [s.name for s in config.build_sinks()]
+        assert [s.name for s in config.build_sinks([extra])][-len(names) :] == names
+        with config.deliverer(ledger, [extra]) as first:  # the extra takes it; the configured is down
+            assert first.deliver_pending().failed == 1
+        down.clear()
+        with config.deliverer(ledger) as later:  # `kling-cost alerts deliver`
+            assert later.deliver_pending().delivered == 1
+    assert got == ["extra", "configured"]
+    assert ledger.alerts()[0].status == "delivered"

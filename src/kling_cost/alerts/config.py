@@ -58,8 +58,15 @@ class AlertsConfig:
         self.build_sinks()  # every URL is checked now, not at the first alert
 
     def build_sinks(self, extra: Iterable[AlertSink] = ()) -> list[AlertSink]:
-        # the extra (local) sinks first: a slow webhook never delays the terminal
-        return make_sinks([*extra, *self.sinks], secret=self.webhook_secret, timeout=self.timeout)
+        """The configured sinks and ``extra`` ones (the batch's terminal), the extra ones first
+        so that a slow webhook never delays them. Names are given in the other order: a
+        configured sink is named as without extras (``sent_to`` remembers sinks by name, and
+        ``kling-cost alerts deliver`` builds the configured ones alone); an extra sink sharing
+        its name gets the ``#2``."""
+        extra = list(extra)
+        named = make_sinks([*self.sinks, *extra], secret=self.webhook_secret, timeout=self.timeout)
+        configured = len(named) - len(extra)
+        return [*named[configured:], *named[:configured]]
 
     def with_sinks(self, sinks: Iterable[str]) -> AlertsConfig:
         """The same settings with other sink URLs (``--sink`` flags replace the file's)."""

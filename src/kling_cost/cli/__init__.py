@@ -29,12 +29,11 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     """Entry point of the ``kling-cost`` script."""
-    from ._help import rendered_help
+    from ._help import rendered_help, write_help
 
     text = rendered_help(sys.argv)
     if text is not None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_help(text)
         return
     from ._app import app
     from ._common import run_main

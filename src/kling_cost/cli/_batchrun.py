@@ -140,13 +140,17 @@ def _two_step_interrupt(runner: BatchRunner, received: list[str]) -> Iterator[No
             signal.signal(signum, before)
 
 
-def _last_alerts(deliverer: Deliverer, runner: BatchRunner, out: Console) -> DeliveryReport:
+def _last_alerts(
+    deliverer: Deliverer, runner: BatchRunner, out: Console, received: Sequence[str]
+) -> DeliveryReport:
     """Stop the background deliverer and send what the last settlements crossed, in a
-    thread this one waits for while watching for Ctrl-C: a slow sink may hold the pass (its
-    timeout per alert), never the summary. Asked to leave (a Ctrl-C now, or twice during the
-    run), the alerts stay pending (leased, then retried by `kling-cost alerts deliver`)."""
-    asked = runner.interrupt_requests
-    if runner.interrupted >= 2:  # asked to leave: no last pass (a slow sink must not hold it)
+    thread this one waits for while watching for Ctrl-C or SIGTERM (``received`` names the
+    signals so far): a slow sink may hold the pass (its timeout per alert), never the summary.
+    Asked to leave (a signal now, or two during the run), the alerts stay pending (leased,
+    then retried by `kling-cost alerts deliver`)."""
+    # a signal the run did not notice (it came as the run ended) counts as one during the pass
+    asked = runner.interrupted
+    if runner.interrupt_requests >= 2:  # asked to leave: no last pass (a slow sink must not hold it)
         deliverer.stop(timeout=1.0)
         deliverer.detach()
         return DeliveryReport()
@@ -165,8 +169,9 @@ def _last_alerts(deliverer: Deliverer, runner: BatchRunner, out: Console) -> Del
     thread.start()
     thread.join(1.0)
     if thread.is_alive():
+        by = received[0] if received else "Ctrl-C"
         out.print(
-            "delivering the last alerts (a sink is slow); Ctrl-C leaves them pending for "
+            f"delivering the last alerts (a sink is slow); {by} leaves them pending for "
             "`kling-cost alerts deliver`",
             markup=False,
             soft_wrap=True,
@@ -174,7 +179,8 @@ def _last_alerts(deliverer: Deliverer, runner: BatchRunner, out: Console) -> Del
     while thread.is_alive():
         if runner.interrupt_requests > asked:
             deliverer.detach()  # the thread may still be sending: the sinks are left to it
-            return DeliveryReport(failed=1, errors=["last alert pass: left by Ctrl-C"])
+            left_by = received[-1] if received else "Ctrl-C"
+            return DeliveryReport(failed=1, errors=[f"last alert pass: left by {left_by}"])
         thread.join(0.1)
     deliverer.close()
     return result[0] if result else DeliveryReport()
@@ -268,9 +274,9 @@ def execute(
             deliverer.start(interval=1.0, on_pass=failing_sinks)
             with _two_step_interrupt(runner, received):
                 summary = runner.run()
-                # Ctrl-C during the last alert pass (a slow sink) leaves the alerts pending and
+                # a signal during the last alert pass (a slow sink) leaves the alerts pending and
                 # still prints the summary and the resume command
-                report = _last_alerts(deliverer, runner, out)
+                report = _last_alerts(deliverer, runner, out, received)
         except BaseException:  # a third Ctrl-C, or a failure: leave now, the alerts stay pending
             deliverer.stop(timeout=1.0)
             deliverer.close()
@@ -295,13 +301,16 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
     settle = command_line(ctx, ["settle"], only=("ledger_url", "base_url"))
     not_sent = summary.count("skipped") + summary.count("refused")
     left = summary.count("running")
+    # rows whose task sent but not seen to end (--task-timeout, Kling unreachable while polling):
+    # their holds stay until `kling-cost settle` finds the tasks
+    unsettled = sum(1 for r in summary.results if r.status == "error" and r.task_id)
     if outcome.stop_reason:
         data["stopped"] = outcome.stop_reason
     if outcome.interrupted:
         data["interrupted"] = True
     if not_sent or left:
         data["resume"] = resume
-    if left:
+    if left or unsettled:
         data["settle"] = settle
     hidden = any(
         isinstance(ctx.params.get(name), str) and redact_url(ctx.params[name]) != ctx.params[name]
@@ -362,7 +371,15 @@ def report(outcome: Outcome, plan: BatchPlan, results: Path, ctx: typer.Context,
             soft_wrap=True,
         )
         console.print(f"  {resume}", markup=False, soft_wrap=True)
-    if hidden and (not_sent or left):
+    if unsettled and not left:
+        console.print(
+            f"{plural(unsettled, 'task')} sent but not seen to end (held until settled); "
+            "settle when Kling has finished with:",
+            markup=False,
+            soft_wrap=True,
+        )
+        console.print(f"  {settle}", markup=False, soft_wrap=True)
+    if hidden and (not_sent or left or unsettled):
         console.print(
             "(the URL's password is shown as ***: put it back, or give the URL in $KLING_COST_LEDGER "
             "/ $KLING_BASE_URL and leave the option out)",

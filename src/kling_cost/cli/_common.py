@@ -187,7 +187,13 @@ def run_main(app: Callable[[], T]) -> T:
         say_error("interrupted")
         sys.exit(130)
     except Exception as exc:  # an internal error: still one line, unless debugging
-        if os.environ.get("KLING_COST_DEBUG"):
-            raise
-        say_error(f"internal error: {type(exc).__name__}: {exc} (set KLING_COST_DEBUG=1 for the traceback)")
-        sys.exit(EXIT_ERROR)
+        internal_error(exc)
+
+
+def internal_error(exc: Exception) -> NoReturn:
+    """An error nobody planned for: one line on stderr and exit 1; with ``KLING_COST_DEBUG``
+    set, ``exc`` is raised again for its traceback."""
+    if os.environ.get("KLING_COST_DEBUG"):
+        raise exc
+    say_error(f"internal error: {type(exc).__name__}: {exc} (set KLING_COST_DEBUG=1 for the traceback)")
+    sys.exit(EXIT_ERROR)

@@ -11,12 +11,13 @@ when the stored text differs; refresh it with::
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["HELP_FILE", "live_help", "rendered_help", "terminal_columns"]
+__all__ = ["HELP_FILE", "live_help", "rendered_help", "terminal_columns", "write_help"]
 
 HELP_FILE = Path(__file__).with_name("root_help.txt")
 _FULL_WIDTH = 80  # Click's default max_width: from here on the help no longer changes
@@ -51,6 +52,28 @@ def rendered_help(argv: Sequence[str]) -> str | None:
         return HELP_FILE.read_text(encoding="utf-8")
     except OSError:
         return None
+
+
+def write_help(text: str) -> None:
+    """Print ``text`` on stdout and end as the Typer path does when stdout cannot take it: no
+    stdout (``kling-cost --help >&-``), nothing is printed (exit 0, as ``click.echo``); the
+    reader has gone (a closed pipe), exit 1 without a traceback (as Click's ``main``); any
+    other failure (a full disk), the CLI's one line ``internal error: ...`` and exit 1."""
+    out = sys.stdout
+    if out is None:
+        return
+    try:
+        out.write(text)
+        out.flush()
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+            # what is still buffered would fail again at exit: let it go to /dev/null
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            sys.exit(1)
+        from ._common import internal_error
+
+        internal_error(exc)
 
 
 def live_help() -> str:

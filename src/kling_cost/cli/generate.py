@@ -212,7 +212,8 @@ def run_command(
     A row a budget refuses waits while tasks still run (a refund may free room) and is tried
     again; the run ends when nothing more fits. Alerts are printed (and sent to the configured
     sinks) as they fire. Ctrl-C stops submitting and settles what runs; Ctrl-C again leaves
-    the running tasks to `kling-cost settle`. Either way it prints the command that resumes."""
+    the running tasks to `kling-cost settle`. Either way it prints the command that resumes
+    (exit 130). SIGTERM (docker stop, systemd) stops it the same way (exit 143)."""
     from ..batch import read_batch
     from ._batchrun import alert_config, execute, report
 
