@@ -92,6 +92,10 @@ class SQLiteBackend(Backend):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        # connections inside a transaction right now: close() leaves them to their own thread,
+        # which closes each as its transaction ends (closing a connection another thread is
+        # executing on crashes the interpreter)
+        self._busy: set[int] = set()
         self._closed = False
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
@@ -181,22 +185,38 @@ class SQLiteBackend(Backend):
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
         conn = self._conn()
+        with self._lock:
+            if self._closed:
+                raise self._closed_error()
+            self._busy.add(id(conn))
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"SQLite ledger {self.path}: cannot start a transaction: {exc}") from exc
-        try:
-            yield _SQLiteCursor(conn.cursor(), self.clock)
-        except BaseException:
-            with suppress(sqlite3.Error):  # a failed transaction may already be gone
-                conn.execute("ROLLBACK")
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise StorageError(f"SQLite ledger {self.path}: commit failed: {exc}") from exc
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(f"SQLite ledger {self.path}: cannot start a transaction: {exc}") from exc
+            try:
+                yield _SQLiteCursor(conn.cursor(), self.clock)
+            except BaseException:
+                with suppress(sqlite3.Error):  # a failed transaction may already be gone
+                    conn.execute("ROLLBACK")
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise StorageError(f"SQLite ledger {self.path}: commit failed: {exc}") from exc
+        finally:
+            self._release(conn)
+
+    def _release(self, conn: sqlite3.Connection) -> None:
+        """The transaction on ``conn`` ended: if the ledger was closed meanwhile, close it now."""
+        with self._lock:
+            self._busy.discard(id(conn))
+            if self._closed and conn in self._connections:
+                self._connections.remove(conn)
+                conn.close()
+                self._local.__dict__.pop("conn", None)
 
     def id_high_water(self, cur: Cursor, table: str, column: str) -> int:
         cur.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
@@ -229,10 +249,11 @@ class SQLiteBackend(Backend):
         if thread is not None and thread.is_alive() and self._checkpointer_pid == os.getpid():
             thread.join(timeout=10)
         with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
             self._closed = True
+            for conn in list(self._connections):
+                if id(conn) not in self._busy:  # a busy one is closed by its thread, at its end
+                    conn.close()
+                    self._connections.remove(conn)
 
 
 MAX_TIMEOUT = 86_400.0
