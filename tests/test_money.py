@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kling_cost import ValidationError, format_amount, parse_amount
-from kling_cost.money import from_storage, to_storage
+from kling_cost.money import format_quantity, from_storage, to_storage
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,19 @@ def test_format_amount() -> None:
         format_amount(Decimal("0.125")) == "0.125"
         and format_amount(Decimal("1000000000000.000")) == "1000000000000"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [
+        ("1", "units", "1 unit"),
+        ("1.000", "credits", "1 credit"),
+        ("0.5", "units", "0.5 units"),
+        ("70", "credits", "70 credits"),
+        ("0", "units", "0 units"),
+        ("1.001", "units", "1.001 units"),
+        ("1", "USD", "1 USD"),
+    ],
+)
+def test_format_quantity_says_one_unit_in_the_singular(value: str, unit: str, text: str) -> None:
+    assert format_quantity(Decimal(value), unit) == text

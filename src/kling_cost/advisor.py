@@ -11,7 +11,7 @@ from typing import Any
 
 from .batch.plan import plan_batch, to_price_request
 from .errors import PricingError
-from .money import MONEY, exact, format_amount
+from .money import MONEY, exact, format_amount, format_quantity
 from .pricing import Catalog, PriceRequest, estimate, load_catalog
 
 __all__ = ["Advice", "advise"]
@@ -144,7 +144,7 @@ def _extend_note(changed: int, priced: int, cost: Decimal, cat: Catalog) -> str:
         return f"{clips}; catalog {cat.name} has no video-extend price, so extending later is not priced"
     every = "every one of them" if changed > 1 else "it"
     if priced == changed:
-        return f"{clips}; extending {every} later would cost {format_amount(cost)} {cat.unit}"
+        return f"{clips}; extending {every} later would cost {format_quantity(cost, cat.unit)}"
     return (
         f"{clips}; extending the {priced} the catalog prices later would cost {format_amount(cost)} "
         f"{cat.unit} (catalog {cat.name} has no video-extend price for the other {changed - priced})"

@@ -39,6 +39,7 @@ __all__ = [
     "SCALE",
     "exact",
     "format_amount",
+    "format_quantity",
     "money_context",
     "parse_amount",
 ]
@@ -162,3 +163,12 @@ def format_amount(value: Decimal) -> str:
     if value == value.to_integral_value(context=MONEY):
         return str(value.quantize(Decimal(1), context=MONEY))
     return format(value.normalize(MONEY), "f")
+
+
+def format_quantity(value: Decimal, unit: str) -> str:
+    """An amount with its unit, in the singular for exactly one: ``1 unit``, ``1 credit``,
+    ``0.5 units``, ``70 credits`` (units are named in the plural: ``units``, ``credits``)."""
+    text = format_amount(value)
+    if text == "1" and unit.endswith("s"):
+        unit = unit[:-1]
+    return f"{text} {unit}"

@@ -68,7 +68,7 @@ def test_refusals_alert_once_per_window(ledger: Ledger, clock: FakeClock) -> Non
     assert kinds["max_per_request"].details["requested"] == "36.000"
     assert "above the per-request maximum of 35" in kinds["max_per_request"].message
     assert (
-        "refused a request of 1 units: 100 of 100 units used or reserved, 0 units remaining"
+        "refused a request of 1 unit: 100 of 100 units used or reserved, 0 units remaining"
         in kinds["refused"].message
     )
     clock.advance(days=1)

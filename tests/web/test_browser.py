@@ -213,7 +213,7 @@ def test_dashboard_at_a_glance_1400x1000(tmp_path: Path, serve: Callable[[Any], 
                 assert closest.locator(".percent").inner_text() == "83.3%"
                 assert "project:ads · day budget (2026-06-15)" in closest.inner_text()
                 assert (
-                    closest.locator(".detail").inner_text() == "5 used + 0 reserved of 6 units · 1 units left"
+                    closest.locator(".detail").inner_text() == "5 used + 0 reserved of 6 units · 1 unit left"
                 )
                 # The five costliest prompts, with model and amount in its unit.
                 rows = page.locator("#top-prompts tbody tr")

@@ -12,7 +12,7 @@ from ..budgets import Budget, window_at
 from ..ledger.models import AlertRecord
 from ..ledger.outbox import KIND_MAX_PER_REQUEST, KIND_OVERAGE, KIND_REFUSED, KIND_THRESHOLD, percent
 from ..ledger.outbox_store import PHASE_ALERT, PHASE_RESOLVED, Consumer
-from ..money import MONEY, format_amount
+from ..money import MONEY, format_amount, format_quantity
 from ..timestamps import to_ms
 
 __all__ = ["AlertMessage", "Consumer", "build_message", "sample_message"]
@@ -52,7 +52,7 @@ class AlertMessage:
 
     def amount(self, value: Decimal) -> str:
         """``value`` with the unit: ``"400 credits"``."""
-        return f"{format_amount(value)} {self.unit}"
+        return f"{format_quantity(value, self.unit)}"
 
     @property
     def level(self) -> Decimal:
@@ -189,7 +189,7 @@ def resolution_reason(alert: AlertRecord, budget: Budget | None, now: datetime) 
         return f"the {alert.window} window {alert.window_key} ended"
     if budget.limit > alert.limit:
         before = format_amount(alert.limit) + ("" if alert.unit == budget.unit else f" {alert.unit}")
-        return f"the limit was raised from {before} to {format_amount(budget.limit)} {budget.unit}"
+        return f"the limit was raised from {before} to {format_quantity(budget.limit, budget.unit)}"
     if alert.kind == KIND_MAX_PER_REQUEST:
         return "the per-request maximum was raised"
     return "the level is back below the threshold"

@@ -11,7 +11,7 @@ from typing import Any
 from ..budgets import Usage, normalise_scopes, unit_advice
 from ..errors import PricingError
 from ..ledger import Ledger
-from ..money import MONEY, exact, format_amount
+from ..money import MONEY, exact, format_amount, format_quantity
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
 
 __all__ = ["Alternative", "BatchPlan", "plan_batch", "plural", "to_price_request"]
@@ -94,7 +94,7 @@ class BatchPlan:
         if self.fits or self.remaining is None:
             return ""
         return (
-            f"Batch needs {format_amount(self.total)} {self.unit} but only "
+            f"Batch needs {format_quantity(self.total, self.unit)} but only "
             f"{format_amount(self.remaining)} remaining. "
             f"Reduce to {plural(self.fit_count, 'video')} or lower mode."
         )
@@ -108,16 +108,16 @@ class BatchPlan:
     def fit_text(self) -> str:
         """What the batch costs and what fits: "40 requests, 2800 credits; 7 fit in today's
         budget of 500 credits (account)" (the budget with the least room, in its unit)."""
-        head = f"{plural(len(self.items), 'request')}, {format_amount(self.total)} {self.unit}"
+        head = f"{plural(len(self.items), 'request')}, {format_quantity(self.total, self.unit)}"
         u = self.limiting
         if u is None:
             return head
         budget = (
             f"{_WINDOW_NAMES.get(u.budget.window, u.budget.window)} budget of "
-            f"{format_amount(u.limit)} {u.unit} ({u.scope})"
+            f"{format_quantity(u.limit, u.unit)} ({u.scope})"
         )
         if u.remaining != u.limit:
-            budget = f"the {format_amount(u.remaining)} {u.unit} left of {budget}"
+            budget = f"the {format_quantity(u.remaining, u.unit)} left of {budget}"
         if self.fits:
             return f"{head}; {'it fits' if len(self.items) == 1 else 'all fit'} in {budget}"
         if self.fit_count == 0:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..money import format_amount
+from ..money import format_amount, format_quantity
 from ._common import EXIT_ERROR, JsonOption, LedgerOption, boundary, console, fail, print_json
 from ._typer import App
 from .budget import opened
@@ -104,7 +104,7 @@ def list_command(
             a.scope,
             f"{a.window} {a.window_key}",
             what,
-            f"{format_amount(a.used + a.reserved)} / {format_amount(a.limit)} {a.unit}",
+            f"{format_amount(a.used + a.reserved)} / {format_quantity(a.limit, a.unit)}",
             a.status,
             str(a.attempts),
             "" if a.cleared_at is None else f"yes ({a.resolved_status or '-'})",

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..money import format_amount
+from ..money import format_amount, format_quantity
 from ._common import JsonOption, LedgerOption, boundary, console, err_console, fail, print_json
 from ._typer import App, Command
 
@@ -78,7 +78,7 @@ def _usage_table(usages: list[Usage], title: str) -> Table:
             u.scope,
             u.budget.window,
             u.window.key,
-            f"{format_amount(u.limit)} {u.unit}",  # the unit of every amount of the row
+            f"{format_quantity(u.limit, u.unit)}",  # the unit of every amount of the row
             format_amount(u.used),
             format_amount(u.reserved),
             format_amount(u.remaining),
@@ -145,12 +145,12 @@ def set_command(
     extra = (
         ""
         if budget.max_per_request is None
-        else f", max {format_amount(budget.max_per_request)} {budget.unit} per request"
+        else f", max {format_quantity(budget.max_per_request, budget.unit)} per request"
     )
     if not budget.thresholds:
         extra += ", no threshold alerts"
     console.print(
-        f"budget {budget.scope} {budget.window}: {format_amount(budget.limit)} {budget.unit} per "
+        f"budget {budget.scope} {budget.window}: {format_quantity(budget.limit, budget.unit)} per "
         f"{budget.window} ({budget.tz}){extra}"
     )
 
@@ -287,8 +287,8 @@ def usage_command(
         console.print("nothing charged or held yet")
     for unit, sums in totals.items():  # one line per unit: amounts of different units never add up
         console.print(
-            f"charged in all: {format_amount(sums['charged'])} {unit}; held by open reservations: "
-            f"{format_amount(sums['reserved'])} {unit}"
+            f"charged in all: {format_quantity(sums['charged'], unit)}; held by open reservations: "
+            f"{format_quantity(sums['reserved'], unit)}"
         )
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..money import format_amount, parse_amount
+from ..money import format_amount, format_quantity, parse_amount
 from ._common import (
     EXIT_ERROR,
     CatalogOption,
@@ -88,17 +88,17 @@ def _print_plan(plan: BatchPlan) -> None:
     usd = "" if plan.usd is None else f" (USD {format(plan.usd.normalize(), 'f')})"
     console.print(
         f"Batch estimate: {plural(len(plan.items), 'request')} = "
-        f"[bold]{format_amount(plan.total)} {plan.unit}[/bold]{usd}"
+        f"[bold]{format_quantity(plan.total, plan.unit)}[/bold]{usd}"
     )
     for u in plan.budgets:
         console.print(
             f"  {u.scope} {u.budget.window} budget: {format_amount(u.remaining)} of "
-            f"{format_amount(u.limit)} {u.unit} remaining ({u.window.key})"
+            f"{format_quantity(u.limit, u.unit)} remaining ({u.window.key})"
         )
     for u in plan.mismatched:
         console.print(
             f"  {u.scope} {u.budget.window} budget: counts {u.unit}, not {plan.unit} "
-            f"({format_amount(u.remaining)} of {format_amount(u.limit)} {u.unit} remaining)"
+            f"({format_amount(u.remaining)} of {format_quantity(u.limit, u.unit)} remaining)"
         )
     if plan.mismatched:
         console.print(f"[red]cannot run: {plan.unit_problem}[/red]", soft_wrap=True)
@@ -360,7 +360,7 @@ def advise_command(
         table.add_row(
             a.strategy,
             a.how,
-            f"{format_amount(a.saving)} {a.unit}",
+            f"{format_quantity(a.saving, a.unit)}",
             f"{a.saving_percent}%",
             *((usd_cell,) if usd else ()),
             a.note,

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..money import format_amount
+from ..money import format_amount, format_quantity
 from ._common import CatalogOption, JsonOption, boundary, console, parse_date, print_json
 from ._typer import App
 
@@ -75,7 +75,7 @@ def estimate_command(
     # Plain lines (bold on a terminal): run in loops, estimate answers without loading rich.
     line = est.breakdown[0]
     usd = "" if est.usd is None else f" (USD {format(est.usd.normalize(), 'f')})"
-    amount = typer.style(f"{format_amount(est.amount)} {est.unit}", bold=True)
+    amount = typer.style(f"{format_quantity(est.amount, est.unit)}", bold=True)
     typer.echo(f"{amount}{usd}  {est.request.endpoint} {est.request.label()}")
     typer.echo(
         f"  {line.rate} x {line.quantity} ({line.basis}) from {est.catalog}, "
@@ -83,7 +83,7 @@ def estimate_command(
     )
     if count != 1:
         usd_t = "" if usd_total is None else f" (USD {format(usd_total.normalize(), 'f')})"
-        total_text = typer.style(f"{format_amount(total)} {est.unit}", bold=True)
+        total_text = typer.style(f"{format_quantity(total, est.unit)}", bold=True)
         typer.echo(f"  x {count} requests = {total_text}{usd_t}")
 
 

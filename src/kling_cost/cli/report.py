@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..money import format_amount
+from ..money import format_amount, format_quantity
 from ._common import LedgerOption, boundary, console, fail, print_json
 from .budget import opened
 
@@ -110,8 +110,8 @@ def _overages(rep: Report) -> None:
         scopes = ", ".join(s for s in c.scopes if s != "account") or "account"
         console.print(
             f"  {c.created_at:%Y-%m-%d %H:%M} UTC  task {c.task_id or '-'} ({scopes}): charged "
-            f"{format_amount(c.actual)} {c.unit} on an estimate of {format_amount(c.estimate)}, "
-            f"{format_amount(c.overage)} {c.unit} over the limit",
+            f"{format_quantity(c.actual, c.unit)} on an estimate of {format_amount(c.estimate)}, "
+            f"{format_quantity(c.overage, c.unit)} over the limit",
             highlight=False,
             soft_wrap=True,
         )
@@ -190,7 +190,7 @@ def _bar_chart(daily: DailyUsage, note: str = "") -> None:
         elif limit is None:
             limit_txt = f"the daily budget counts {daily.unit}"
         else:
-            limit_txt = f"limit {format_amount(limit)} {unit} per day"
+            limit_txt = f"limit {format_quantity(limit, unit)} per day"
         console.print(
             f"Daily usage of {daily.scope} in {unit} ({daily.tz}; {limit_txt}{note})", highlight=False
         )
@@ -209,7 +209,7 @@ def _bar_chart(daily: DailyUsage, note: str = "") -> None:
                 if mark is not None:
                     cells[min(mark, BAR_WIDTH)] = "|" if cells[min(mark, BAR_WIDTH)] == " " else "┃"
                 over = limit is not None and row.actual > limit
-                line = f"  {row.key['day']} {''.join(cells)} {format_amount(row.actual)} {unit}"
+                line = f"  {row.key['day']} {''.join(cells)} {format_quantity(row.actual, unit)}"
                 console.print(f"[red]{line}[/red]" if over else line, highlight=False)
 
 

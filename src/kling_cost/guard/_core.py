@@ -21,7 +21,7 @@ from ..kling.endpoints import endpoint_kind, normalise_body, validate_create
 from ..kling.models import KlingRequest, KlingTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..ledger.cache_store import ABANDONED
-from ..money import format_amount, parse_amount
+from ..money import format_quantity, parse_amount
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
 from ..text import check_storable
 
@@ -239,8 +239,8 @@ class GuardCore:
     def check_max(self, req: GuardedRequest) -> None:
         if self.max_per_request is not None and req.amount > self.max_per_request:
             raise BudgetExceeded(
-                f"Request of {format_amount(req.amount)} {req.unit} exceeds this client's "
-                f"per-request maximum of {format_amount(self.max_per_request)} {req.unit}",
+                f"Request of {format_quantity(req.amount, req.unit)} exceeds this client's "
+                f"per-request maximum of {format_quantity(self.max_per_request, req.unit)}",
                 scope="client",
                 window="request",
                 requested=req.amount,

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..budgets import Window, normalise_scopes, unit_advice, validate_unit, window_at
 from ..errors import BudgetExceeded, UnitMismatch, ValidationError
-from ..money import format_amount, from_storage, parse_amount, to_storage
+from ..money import format_amount, format_quantity, from_storage, parse_amount, to_storage
 from ..text import bad_text
 from ..timestamps import to_ms
 from .backend import Backend, Conflict, Cursor
@@ -186,14 +186,14 @@ def exceeded(refusal: Refusal) -> BudgetExceeded:
     limit = from_storage(b.limit_milli)
     if refusal.reason == "max_per_request":
         message = (
-            f"Request of {format_amount(amount)} {b.unit} exceeds the per-request maximum "
-            f"of {format_amount(available)} {b.unit} on {b.scope} ({b.window} budget)"
+            f"Request of {format_quantity(amount, b.unit)} exceeds the per-request maximum "
+            f"of {format_quantity(available, b.unit)} on {b.scope} ({b.window} budget)"
         )
     else:
         message = (
             f"{b.window.capitalize()} budget exceeded on {b.scope}: "
             f"{format_amount(from_storage(refusal.level_milli))} + {format_amount(amount)} "
-            f"> {format_amount(limit)} {b.unit} ({refusal.window_key}; {format_amount(available)} available)"
+            f"> {format_quantity(limit, b.unit)} ({refusal.window_key}; {format_amount(available)} available)"
         )
     return BudgetExceeded(
         message,

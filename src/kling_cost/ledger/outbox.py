@@ -32,7 +32,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from ..budgets import Window, window_at
-from ..money import MONEY, format_amount, from_storage
+from ..money import MONEY, format_amount, format_quantity, from_storage
 from ..timestamps import from_ms, to_ms
 from .backend import Cursor
 from .hooks import Refusal, SettledCharge, WindowState
@@ -108,9 +108,9 @@ def describe(
     budget's unit."""
     unit = budget.unit
     where = f"{budget.scope} {budget.window} budget ({window_key})"
-    remaining = f"{format_amount(from_storage(max(0, limit - level)))} {unit}"
-    lim = f"{format_amount(from_storage(limit))} {unit}"
-    asked = f"{format_amount(from_storage(requested))} {unit}"
+    remaining = f"{format_quantity(from_storage(max(0, limit - level)), unit)}"
+    lim = f"{format_quantity(from_storage(limit), unit)}"
+    asked = f"{format_quantity(from_storage(requested), unit)}"
     if kind == KIND_REFUSED:
         return (
             f"{where} refused a request of {asked}: "
@@ -120,7 +120,7 @@ def describe(
         mpr = budget.max_per_request_milli if budget.max_per_request_milli is not None else limit
         return (
             f"{where} refused a request of {asked}: above the per-request maximum of "
-            f"{format_amount(from_storage(mpr))} {unit}"
+            f"{format_quantity(from_storage(mpr), unit)}"
         )
     if kind == KIND_OVERAGE:
         return (

@@ -24,7 +24,11 @@
     if (t.indexOf(".") >= 0) { t = t.replace(/0+$/, "").replace(/\.$/, ""); }
     return t === "-0" ? "0" : t;
   }
-  const amt = (s, unit) => fmt(s) + " " + unit;
+  // An amount with its unit, singular for exactly one ("1 unit", "0.5 units"), as the CLI says it.
+  const amt = (s, unit) => {
+    const text = fmt(s);
+    return text + " " + (text === "1" && unit.endsWith("s") ? unit.slice(0, -1) : unit);
+  };
   const pct = (s) => (s === null || s === undefined ? "" : fmt(s) + "%");
   // A threshold ratio ("0.8") as a percentage ("80%"): shift the decimal point of the string.
   function ratioPct(s) {
