@@ -110,7 +110,7 @@ def split_new_path(endpoint: str) -> tuple[str, str] | None:
 
 
 def _fail(
-    field: str, message: str, value: object = None, allowed: tuple[str, ...] | None = None
+    field: str, message: str, value: object = None, allowed: tuple[str, ...] = ()
 ) -> PricingError:
     return PricingError(message, field=field, value=value, allowed=allowed)
 
