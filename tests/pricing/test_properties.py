@@ -38,6 +38,8 @@ def entry_requests(draw: st.DrawFn) -> tuple[object, PriceEntry, dict[str, objec
     if entry.kind not in NO_MODEL:
         if entry.models is None and entry.kind not in cat.defaults:
             fields["model"] = None
+            if fields["kind"] == "omni-video":  # Kling names no default omni model
+                fields["kind"] = "text2video"
         else:
             fields["model"] = draw(st.sampled_from(models))
     fields["mode"] = draw(st.sampled_from(entry.modes or ("std", "pro")))

@@ -116,6 +116,7 @@ def estimate(
         req = PriceRequest.build(**merged)
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
     day = as_of or date.today()
+    req.check_model()
     if req.model is None and req.kind in cat.defaults:
         req = req.with_(model=cat.defaults[req.kind])
     entry = select_entry(cat, req, day)

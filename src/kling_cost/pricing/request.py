@@ -253,6 +253,21 @@ def _mode_for(price_kind: str, endpoint: str, mode: object, resolution: object) 
     return from_resolution, None
 
 
+def _path_model(kind: str, model: str | None) -> str | None:
+    """The model of a new-standard path given as the kind (``/motion-control/kling-3.0``)."""
+    new = split_new_path(kind) if isinstance(kind, str) else None
+    if new is None:
+        return model
+    if model is not None and model != new[1]:
+        raise PricingError(
+            f"model {model} and the path's model {new[1]} disagree; give one of them",
+            field="model",
+            value=model,
+            allowed=(new[1],),
+        )
+    return new[1]
+
+
 @dataclass(frozen=True)
 class PriceRequest:
     """The cost-relevant fields of one Kling request, normalised and checked for shape.
@@ -295,6 +310,19 @@ class PriceRequest:
             return self.image_resolution or "1k"
         return _RESOLUTION_OF.get(self.mode) if self.kind in _MODED else None
 
+    def check_model(self) -> None:
+        """Omni video and motion control have no default model (the new standard's path names
+        it): without one, raise :class:`PricingError` listing the models."""
+        if self.model is None and self.endpoint in ("omni-video", "motion-control"):
+            models = NEW_FAMILIES[self.endpoint][1]
+            raise PricingError(
+                f"{self.endpoint} needs a model (Kling has no default); allowed: {', '.join(models)} "
+                "(or their legacy model_name)",
+                field="model",
+                value=None,
+                allowed=models,
+            )
+
     @property
     def billed_on_output(self) -> bool:
         """Whether Kling bills the output's length rather than a requested duration (motion
@@ -329,6 +357,7 @@ class PriceRequest:
             model = None
         elif model is not None and not isinstance(model, str):
             raise PricingError(f"model {model!r} must be a string", field="model", value=model)
+        model = _path_model(kind, model)
         if price_kind in _NO_MODEL:
             model = None
         dur = _duration_for(price_kind, endpoint, duration)

@@ -109,9 +109,7 @@ def split_new_path(endpoint: str) -> tuple[str, str] | None:
     return family, model
 
 
-def _fail(
-    field: str, message: str, value: object = None, allowed: tuple[str, ...] = ()
-) -> PricingError:
+def _fail(field: str, message: str, value: object = None, allowed: tuple[str, ...] = ()) -> PricingError:
     return PricingError(message, field=field, value=value, allowed=allowed)
 
 
