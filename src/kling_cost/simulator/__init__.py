@@ -4,7 +4,8 @@ from .app import ENDPOINT_ROUTES, Simulator, create_app
 from .callbacks import CallbackSender, Delivery, signature
 from .clock import Clock, ManualClock, SystemClock
 from .errors import SimError
-from .state import Fault, Pack, SimTask, SimulatorState
+from .state import SimulatorState
+from .tasks import Fault, Pack, SimTask
 
 __all__ = [
     "ENDPOINT_ROUTES",
