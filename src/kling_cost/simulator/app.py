@@ -167,7 +167,10 @@ def _balance(amount: Decimal | int | str | None, currency: str, discount: Decima
     """The account's cash balance, or ``None`` (packs only: an empty pack answers 1102)."""
     if amount is None:
         return None
-    value, off = Decimal(amount), Decimal(discount)
+    try:
+        value, off = Decimal(amount), Decimal(discount)
+    except ArithmeticError:
+        raise ValueError(f"balance {amount!r} and balance_discount {discount!r} must be numbers") from None
     if not value.is_finite() or value < 0 or not off.is_finite() or not 0 <= off < 1:
         raise ValueError(f"balance {amount} must be >= 0 and balance_discount {discount} from 0 to below 1")
     return Balance(value, currency, off)

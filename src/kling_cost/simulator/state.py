@@ -486,7 +486,10 @@ def model_version(model: str) -> str:
 
 
 def _motion_seconds(value: Decimal | str) -> Decimal:
-    seconds = Decimal(value)
+    try:
+        seconds = Decimal(value)
+    except ArithmeticError:
+        raise ValueError(f"motion_seconds {value!r} must be a number of seconds") from None
     if not seconds.is_finite() or not 0 < seconds <= 30:
         raise ValueError(f"motion_seconds {value} must be more than 0 and at most 30")
     return seconds
