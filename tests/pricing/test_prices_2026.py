@@ -342,3 +342,42 @@ def test_motion_control_commits_on_the_output_length(seconds: object, billed: in
     for bad in ("-1", "abc", "NaN", True, 1.5):
         with pytest.raises(PricingError):
             reserved.for_output(bad)
+
+
+# Fingerprints of legacy bodies computed by the code before the 2026 fields existed: the dedup
+# cache keys them, so a new field must not change them (a cached request would be paid again).
+FINGERPRINTS = [
+    (
+        "text2video",
+        {"prompt": "a fox", "model_name": "kling-v2-6", "mode": "pro", "duration": "5", "sound": "on"},
+        "cf861d15211f2a906470987d73491aae1f33b71d823405ab970ce71ddf374e55",
+    ),
+    ("text2video", {"prompt": "a fox"}, "e5c093cd546cff8dc20d62d153cff7ded7b166d73065b09b0cce62f818fae83a"),
+    (
+        "multi-image2video",
+        {"image_list": [{"image": "a"}], "prompt": "p", "model_name": "kling-v1-6"},
+        "8a07ae18c680f24e2289bbeb97d72aa4a6dde036b16236aecf785f0ecfc9b55b",
+    ),
+    (
+        "image",
+        {"prompt": "p", "model_name": "kling-v1-5", "n": 3, "image": "r.png"},
+        "a340e415729c2ed8c63a5f1ea7c87e8f9fb59d7b7dc8e1286ecbfbb046e5216d",
+    ),
+    (
+        "image",
+        {"prompt": "p", "resolution": "2k"},
+        "2c439d49b60decdaf06bed3101e3b46b5dcab70e5e4dba20800243fbd92ea4b8",
+    ),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "body", "expected"), FINGERPRINTS)
+def test_legacy_requests_keep_their_dedup_fingerprint(
+    endpoint: str, body: dict[str, Any], expected: str
+) -> None:
+    from kling_cost.cache import fingerprint
+
+    assert fingerprint(endpoint, body) == expected
+    assert set(PriceRequest.from_kling(endpoint, body).to_dict()) == {
+        "kind", "model", "mode", "duration", "audio", "n", "image_input", "effect"
+    }  # fmt: skip

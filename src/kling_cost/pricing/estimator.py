@@ -80,7 +80,7 @@ class Estimate:
             "catalog": self.catalog,
             "as_of": self.as_of.isoformat(),
             "pack": self.pack,
-            "request": self.request.to_dict(),
+            "request": self.request.to_dict() | {"resolution": self.request.resolution},
             "breakdown": [line.to_dict() for line in self.breakdown],
         }
 

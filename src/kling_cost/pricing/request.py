@@ -418,7 +418,9 @@ class PriceRequest:
             audio = source["audio"]
         price_kind = ENDPOINTS[kind]
         videos = source.get("video_list") if kind == "omni-video" else None
-        images = source.get("image") or source.get("image_reference") or source.get("image_list")
+        images = source.get("image") or source.get("image_reference")
+        if price_kind == "image":  # omni-image takes its references as image_list
+            images = images or source.get("image_list") or source.get("subject_image_list")
         return cls.build(
             kind,
             model=source.get("model_name") or source.get("model") or None,
@@ -426,7 +428,7 @@ class PriceRequest:
             duration=source.get("duration"),
             audio=audio,
             n=source.get("n", 1),
-            image_input=bool(images) or bool(source.get("subject_image_list")),
+            image_input=bool(images),
             effect=body.get("effect_scene") if kind == "effects" else None,
             resolution=source.get("resolution") if price_kind == "image" else None,
             video_input=isinstance(videos, list) and bool(videos),
@@ -471,20 +473,25 @@ class PriceRequest:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The request as JSON, as the dedup fingerprint hashes it: the 2026 flags
+        (``video_input``, ``voice_control``, ``multi_image``) appear only when set, and an
+        image's resolution not at all (the body's own ``resolution`` is hashed with its
+        content), so a request without them keeps the fingerprint it had before they existed.
+        :meth:`Estimate.to_dict` adds the resolution."""
+        data: dict[str, Any] = {
             "kind": self.endpoint,
             "model": self.model,
             "mode": self.mode,
-            "resolution": self.resolution,
             "duration": self.duration,
             "audio": self.audio,
             "n": self.n,
             "image_input": self.image_input,
             "effect": self.effect,
-            "video_input": self.video_input,
-            "voice_control": self.voice_control,
-            "multi_image": self.multi_image,
         }
+        for name in ("video_input", "voice_control", "multi_image"):
+            if getattr(self, name):
+                data[name] = True
+        return data
 
 
 def check_prompts(endpoint: str, body: Mapping[str, Any]) -> None:
