@@ -13,6 +13,7 @@ from kling_cost import PricingError, estimate, load_catalog
 from kling_cost.pricing import PriceEntry
 from kling_cost.pricing.catalog import choose
 from kling_cost.pricing.request import ENDPOINTS
+from kling_cost.pricing.standard import ALWAYS_AUDIO
 
 CATALOGS = [load_catalog("kling-api"), load_catalog("kling-app-credits")]
 ENTRIES = [(cat, entry) for cat in CATALOGS for entry in cat.entries]
@@ -40,8 +41,9 @@ def entry_requests(draw: st.DrawFn) -> tuple[object, PriceEntry, dict[str, objec
             fields["model"] = None
             if fields["kind"] == "omni-video":  # Kling names no default omni model
                 fields["kind"] = "text2video"
-        else:
-            fields["model"] = draw(st.sampled_from(models))
+        else:  # a 3.0 Turbo video always has sound: it is no request of an entry without audio
+            usable = [m for m in models if entry.audio or entry.kind != "video" or m not in ALWAYS_AUDIO]
+            fields["model"] = draw(st.sampled_from(usable))
     fields["mode"] = draw(st.sampled_from(entry.modes or ("std", "pro")))
     if entry.durations:
         fields["duration"] = draw(st.sampled_from(entry.durations))

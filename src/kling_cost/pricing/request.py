@@ -7,16 +7,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import PricingError
-from .catalog import IMAGE_RESOLUTIONS
-from .standard import (
-    ALWAYS_AUDIO,
-    MOTION_CONTROL_MAX_SECONDS,
-    NEW_FAMILIES,
-    RESOLUTIONS,
-    new_standard_fields,
-    output_seconds,
-    split_new_path,
-)
+from .fields import MODED, NO_MODEL, RESOLUTION_OF, as_audio, as_int, duration_for, mode_for, normalise_mode
+from .standard import ALWAYS_AUDIO, NEW_FAMILIES, new_standard_fields, output_seconds, split_new_path
 
 __all__ = ["ENDPOINTS", "MAX_PROMPT", "PriceRequest", "normalise_endpoint", "normalise_mode"]
 
@@ -63,60 +55,8 @@ _ENDPOINT_ALIASES = {
     "multi-image-to-image": "multi-image2image",
 }
 
-_MODE_ALIASES = {
-    "std": "std",
-    "standard": "std",
-    "pro": "pro",
-    "professional": "pro",
-    "4k": "4k",
-    **RESOLUTIONS,
-}
-_RESOLUTION_OF = {mode: res for res, mode in RESOLUTIONS.items()}
-_NO_MODEL = ("lipsync", "avatar", "audio")
-_MODED = ("video", "extend", "effects", "motion", "avatar")
-"""Price kinds whose ``mode`` (video resolution) matters."""
-
 MAX_PROMPT = 2500
 MAX_IMAGES = 9
-
-
-def normalise_mode(mode: object) -> str:
-    """``std``/``pro``/``4k``, accepting ``standard``/``professional`` and the resolutions
-    ``720p``/``1080p`` as aliases. Which model offers which mode is the catalog's business."""
-    key = str(mode).strip().lower()
-    if key not in _MODE_ALIASES:
-        raise PricingError(
-            f"mode {mode!r} is not offered; allowed: std, pro (or standard, professional; "
-            "720p, 1080p), and 4k on kling-3.0 and kling-3.0-omni",
-            field="mode",
-            value=mode,
-            allowed=("std", "pro"),
-        )
-    return _MODE_ALIASES[key]
-
-
-def _image_resolution(value: object) -> str:
-    key = str(value).strip().lower()
-    if key not in IMAGE_RESOLUTIONS:
-        raise PricingError(
-            f"resolution {value!r} is not offered for images; allowed: {', '.join(IMAGE_RESOLUTIONS)}",
-            field="resolution",
-            value=value,
-            allowed=IMAGE_RESOLUTIONS,
-        )
-    return key
-
-
-def _video_resolution(value: object) -> str:
-    key = str(value).strip().lower()
-    if key not in RESOLUTIONS:
-        raise PricingError(
-            f"resolution {value!r} is not offered; allowed: {', '.join(RESOLUTIONS)}",
-            field="resolution",
-            value=value,
-            allowed=tuple(RESOLUTIONS),
-        )
-    return RESOLUTIONS[key]
 
 
 def _endpoint_key(value: object) -> str:
@@ -154,103 +94,6 @@ def _normalise_endpoint(value: object) -> str:
             allowed=tuple(ENDPOINTS),
         )
     return key
-
-
-def _as_int(value: object, field: str) -> int:
-    if isinstance(value, bool):
-        raise PricingError(f"{field} must be a whole number, not {value!r}", field=field, value=value)
-    if isinstance(value, int):
-        return value
-    text = value.strip() if isinstance(value, str) else ""
-    if text.isascii() and text.isdigit():  # ASCII: "²".isdigit() is True but int("²") fails
-        if len(text) > 18:
-            raise PricingError(f"{field} {text[:20]}... is far too large", field=field, value=text[:20])
-        return int(text)
-    shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "..."
-    raise PricingError(f"{field} must be a whole number, not {shown!r}", field=field, value=shown)
-
-
-def _as_audio(value: object) -> bool:
-    """Generated sound on or off: ``sound`` on/off (legacy), ``audio`` native/original/off
-    (new standard; ``original`` keeps an input video's sound, nothing is generated)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("on", "true", "yes", "1", "native"):
-        return True
-    if text in ("off", "false", "no", "0", "", "original"):
-        return False
-    raise PricingError(
-        f"sound {value!r} is not offered; allowed: on, off (audio: native, original, off)",
-        field="sound",
-        value=value,
-        allowed=("on", "off"),
-    )
-
-
-def _positive_duration(duration: object) -> int:
-    dur = _as_int(duration, "duration")
-    if dur <= 0:
-        raise PricingError(
-            f"duration {dur} must be a positive number of seconds",
-            field="duration",
-            value=dur,
-        )
-    return dur
-
-
-def _duration_for(price_kind: str, endpoint: str, duration: object) -> int | None:
-    """The request's duration, with the kind's default and limits."""
-    if duration is None or duration == "":
-        if price_kind == "motion":
-            return MOTION_CONTROL_MAX_SECONDS  # reserved at its longest, committed on the output
-        if price_kind in ("lipsync", "avatar"):
-            what = "per 5 s of video" if price_kind == "lipsync" else "per second of video"
-            name = "lip-sync" if price_kind == "lipsync" else endpoint
-            raise PricingError(
-                f"{name} is priced {what}: give the video's duration in seconds",
-                field="duration",
-                value=None,
-            )
-        return 5 if price_kind in ("video", "effects") else None
-    dur = _positive_duration(duration)
-    if price_kind == "motion" and dur > MOTION_CONTROL_MAX_SECONDS:
-        raise PricingError(
-            f"duration {dur} is longer than a motion-control output can be; "
-            f"allowed: 1 to {MOTION_CONTROL_MAX_SECONDS}",
-            field="duration",
-            value=dur,
-            allowed=tuple(str(d) for d in range(1, MOTION_CONTROL_MAX_SECONDS + 1)),
-        )
-    return dur
-
-
-def _mode_for(price_kind: str, endpoint: str, mode: object, resolution: object) -> tuple[str, str | None]:
-    """``(mode, image resolution)`` from ``mode`` and ``resolution`` (720p/1080p/4k is the
-    mode of a video; 1k/2k/4k is an image's own field)."""
-    given = mode not in (None, "")
-    final = normalise_mode(mode) if given else "std"
-    if resolution in (None, ""):
-        return final, None
-    if price_kind == "image":
-        return final, _image_resolution(resolution)
-    if price_kind not in _MODED:
-        raise PricingError(
-            f"resolution is not a price field of {endpoint}",
-            field="resolution",
-            value=resolution,
-            allowed=(),
-        )
-    from_resolution = _video_resolution(resolution)
-    if given and final != from_resolution:
-        raise PricingError(
-            f"mode {final} and resolution {resolution} disagree ({_RESOLUTION_OF[final]} is {final}); "
-            "give one of them",
-            field="resolution",
-            value=resolution,
-            allowed=(_RESOLUTION_OF[final],),
-        )
-    return from_resolution, None
 
 
 def _path_model(kind: str, model: str | None) -> str | None:
@@ -308,7 +151,7 @@ class PriceRequest:
         """``720p``/``1080p``/``4k`` of a video, ``1k``/``2k``/``4k`` of an image, else ``None``."""
         if self.kind == "image":
             return self.image_resolution or "1k"
-        return _RESOLUTION_OF.get(self.mode) if self.kind in _MODED else None
+        return RESOLUTION_OF.get(self.mode) if self.kind in MODED else None
 
     def check_model(self) -> None:
         """Omni video and motion control have no default model (the new standard's path names
@@ -358,10 +201,10 @@ class PriceRequest:
         elif model is not None and not isinstance(model, str):
             raise PricingError(f"model {model!r} must be a string", field="model", value=model)
         model = _path_model(kind, model)
-        if price_kind in _NO_MODEL:
+        if price_kind in NO_MODEL:
             model = None
-        dur = _duration_for(price_kind, endpoint, duration)
-        count = _as_int(n, "n")
+        dur = duration_for(price_kind, endpoint, duration)
+        count = as_int(n, "n")
         if price_kind == "image":
             if not 1 <= count <= MAX_IMAGES:
                 raise PricingError(
@@ -377,14 +220,14 @@ class PriceRequest:
                 value=count,
                 allowed=(1,),
             )
-        final_mode, image_res = _mode_for(price_kind, endpoint, mode, resolution)
+        final_mode, image_res = mode_for(price_kind, endpoint, mode, resolution)
         multi = bool(multi_image) or endpoint == "multi-image2image"
         return cls(
             endpoint=endpoint,
             model=model,
             mode=final_mode,
             duration=dur,
-            audio=_as_audio(audio) or model in ALWAYS_AUDIO,
+            audio=as_audio(audio) or (price_kind == "video" and model in ALWAYS_AUDIO),
             n=count,
             image_input=bool(image_input) or multi,
             effect=effect,

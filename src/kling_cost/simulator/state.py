@@ -1,5 +1,5 @@
 """The simulator's account: resource packs, tasks of both API standards and their lifecycle,
-faults to inject. Money (packs, balance, the bill) is :class:`~.billing.Accounts`'."""
+faults to inject. Money (packs, balance, the bill) is :class:`~.billing.Accounts`."""
 
 from __future__ import annotations
 
