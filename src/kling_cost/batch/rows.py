@@ -14,7 +14,8 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..kling import models
 from ..kling.endpoints import endpoint_kind
-from ..pricing.request import normalise_mode
+from ..pricing.request import ENDPOINTS, normalise_mode
+from ..pricing.standard import RESOLUTIONS
 
 __all__ = ["FIELDS", "BatchRow", "read_batch"]
 
@@ -29,8 +30,12 @@ _REQUESTS = (
     models.ImageGenerationRequest,
     models.VirtualTryOnRequest,
 )
-FIELDS = frozenset({"endpoint", *_ALIASES}.union(*(r.model_fields for r in _REQUESTS)))
+_NEW_STANDARD = frozenset({"resolution", "multi_shot"})
+"""Price fields of Kling's new standard a row may name (``audio`` is an alias of ``sound``)."""
+FIELDS = frozenset({"endpoint", *_ALIASES, *_NEW_STANDARD}.union(*(r.model_fields for r in _REQUESTS)))
 """The fields a JSONL / CSV row may have: Kling's create fields and our aliases."""
+_SOUND_ON = ("on", "true", "yes", "1", "native")
+_SOUND_OFF = ("off", "false", "no", "0", "", "original")
 
 
 def _check_fields(where: str, names: Iterable[str]) -> None:
@@ -208,13 +213,44 @@ def _body(file: Path, number: int, raw: dict[str, Any]) -> tuple[str, dict[str, 
         raise ConfigurationError(f"{file}:{number}: {exc}") from None
     if "duration" in raw:
         raw["duration"] = str(raw["duration"])
+    _new_standard_fields(file, number, endpoint, raw)
     if "sound" in raw and not isinstance(raw["sound"], str):
         raw["sound"] = "on" if raw["sound"] else "off"
     elif "sound" in raw:
-        raw["sound"] = "on" if raw["sound"].strip().lower() in ("on", "true", "yes", "1") else "off"
+        sound = raw["sound"].strip().lower()
+        if sound not in _SOUND_ON + _SOUND_OFF:
+            raise ConfigurationError(
+                f"{file}:{number}: sound/audio {raw['sound']!r} is not offered; allowed: on, off "
+                "(or native, original, off)"
+            )
+        raw["sound"] = "on" if sound in _SOUND_ON else "off"
     if "n" in raw:
         try:
             raw["n"] = int(raw["n"])
         except (TypeError, ValueError):
             raise ConfigurationError(f"{file}:{number}: n must be a whole number") from None
     return endpoint, raw
+
+
+def _new_standard_fields(file: Path, number: int, endpoint: str, raw: dict[str, Any]) -> None:
+    """Rows are sent as legacy bodies: a video's ``resolution`` (720p/1080p/4k) becomes its
+    ``mode`` (an image keeps ``resolution``, Kling's own image field), ``audio`` native/
+    original/off becomes ``sound`` on/off (``original`` keeps an input video's sound: nothing
+    is generated), ``multi_shot`` a JSON boolean (a CSV cell says true or false)."""
+    if "resolution" in raw and ENDPOINTS.get(endpoint) != "image":
+        value = str(raw.pop("resolution")).strip().lower()
+        if value not in RESOLUTIONS:
+            raise ConfigurationError(
+                f"{file}:{number}: resolution {value!r} is not offered; allowed: {', '.join(RESOLUTIONS)}"
+            )
+        mode = RESOLUTIONS[value]
+        if "mode" in raw and raw["mode"] != mode:
+            raise ConfigurationError(
+                f"{file}:{number}: mode {raw['mode']} and resolution {value} disagree; give one of them"
+            )
+        raw["mode"] = mode
+    if "multi_shot" in raw and not isinstance(raw["multi_shot"], bool):
+        text = str(raw["multi_shot"]).strip().lower()
+        if text not in ("true", "false"):
+            raise ConfigurationError(f"{file}:{number}: multi_shot must be true or false")
+        raw["multi_shot"] = text == "true"
