@@ -170,9 +170,13 @@ def _balance(amount: Decimal | int | str | None, currency: str, discount: Decima
     try:
         value, off = Decimal(amount), Decimal(discount)
     except ArithmeticError:
-        raise ValidationError(f"balance {amount!r} and balance_discount {discount!r} must be numbers") from None
+        raise ValidationError(
+            f"balance {amount!r} and balance_discount {discount!r} must be numbers"
+        ) from None
     if not value.is_finite() or value < 0 or not off.is_finite() or not 0 <= off < 1:
-        raise ValidationError(f"balance {amount} must be >= 0 and balance_discount {discount} from 0 to below 1")
+        raise ValidationError(
+            f"balance {amount} must be >= 0 and balance_discount {discount} from 0 to below 1"
+        )
     return Balance(value, currency, off)
 
 
