@@ -21,6 +21,7 @@ word boundaries keep ``aclose`` from matching inside ``maclose``. The rules:
     __aiter__ __anext__                  __iter__ __next__
     StopAsyncIteration                   StopIteration
     AsyncIterator AsyncIterable          Iterator Iterable
+    Iterator, Iterable (an import list)  Iterable, Iterator   (kept in isort's order)
     asynccontextmanager                  contextmanager
     aclose() aread()                     close() read()
     aiter_bytes/_text/_lines/_raw        iter_bytes/_text/_lines/_raw   (httpx streams)
@@ -74,6 +75,7 @@ SUBS: list[tuple[str, str]] = [
     (r"\bStopAsyncIteration\b", "StopIteration"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAsyncIterable\b", "Iterable"),
+    (r"\bIterator, Iterable\b", "Iterable, Iterator"),
     (r"\basynccontextmanager\b", "contextmanager"),
     (r"\baclose\b", "close"),
     (r"\baread\b", "read"),
