@@ -13,9 +13,10 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..kling import models
-from ..kling.endpoints import endpoint_kind
+from ..kling.endpoints import endpoint_kind, external_task_id_of, new_path, with_external_task_id
 from ..pricing.request import ENDPOINTS, normalise_mode
 from ..pricing.standard import RESOLUTIONS
+from .standards import choose_standard, new_row_body
 
 __all__ = ["FIELDS", "BatchRow", "read_batch"]
 
@@ -30,8 +31,11 @@ _REQUESTS = (
     models.ImageGenerationRequest,
     models.VirtualTryOnRequest,
 )
-_NEW_STANDARD = frozenset({"resolution", "multi_shot"})
-"""Price fields of Kling's new standard a row may name (``audio`` is an alias of ``sound``)."""
+_NEW_STANDARD = frozenset(
+    {"resolution", "multi_shot", "standard", "contents", "video", "character_orientation", "watermark"}
+)
+"""Fields of Kling's new standard a row may name (``audio`` is an alias of ``sound``), and
+``standard`` (``legacy``/``new``: see :mod:`.standards`)."""
 FIELDS = frozenset({"endpoint", *_ALIASES, *_NEW_STANDARD}.union(*(r.model_fields for r in _REQUESTS)))
 """The fields a JSONL / CSV row may have: Kling's create fields and our aliases."""
 _SOUND_ON = ("on", "true", "yes", "1", "native")
@@ -64,7 +68,18 @@ class BatchRow:
 
     @property
     def prompt(self) -> str:
-        return str(self.body.get("prompt") or "")
+        """The row's prompt (a new-standard body may carry it as a ``contents`` item)."""
+        if self.body.get("prompt"):
+            return str(self.body["prompt"])
+        for item in self.body.get("contents") or ():
+            if isinstance(item, Mapping) and item.get("type") == "prompt":
+                return str(item.get("text") or "")
+        return ""
+
+    @property
+    def standard(self) -> str:
+        """``new`` when the row goes to a new-standard path (model in the path), else ``legacy``."""
+        return "new" if new_path(self.endpoint) else "legacy"
 
 
 def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> list[BatchRow]:
@@ -72,7 +87,8 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
     of objects; ``.csv``: a header with a ``prompt`` column; else one prompt per line; ``#``
     comments and blank lines skipped; a UTF-8 byte order mark before JSON or CSV is ignored),
     each completed with ``defaults`` (``endpoint``, ``model_name``, ``mode``, ``duration``,
-    ``sound``, ``aspect_ratio``, ...).
+    ``sound``, ``aspect_ratio``, ...). A row goes out on the API standard :mod:`.standards`
+    chooses (a new-standard model id, path or ``standard: new``: the new one; else legacy).
 
     Each row gets a stable idempotency key (its ``external_task_id`` if given, else derived
     from its content and how many identical rows came before), so re-running the same file
@@ -104,7 +120,7 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
     rows = []
     for number, raw in raw_rows:
         endpoint, body = _body(file, number, {**base, **_canonical(raw)})
-        key = body.get("external_task_id")
+        key = external_task_id_of(endpoint, body)
         if key:
             if str(key) in explicit:
                 raise ConfigurationError(
@@ -118,7 +134,7 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
             ).hexdigest()[:24]
             seen[digest] = seen.get(digest, 0) + 1
             key = f"b-{digest}-{seen[digest]}"
-            body["external_task_id"] = key
+            with_external_task_id(endpoint, body, key)
         rows.append(BatchRow(number, endpoint, body, str(key)))
     return rows
 
@@ -205,12 +221,17 @@ def _canonical(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _body(file: Path, number: int, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    where = f"{file}:{number}"
     try:
-        endpoint = endpoint_kind(str(raw.pop("endpoint", "text2video")))
+        named = str(raw.pop("endpoint", "text2video"))
+        path = new_path(named)
+        endpoint = endpoint_kind(named)
         if "mode" in raw:
             raw["mode"] = normalise_mode(raw["mode"])
     except ValueError as exc:
-        raise ConfigurationError(f"{file}:{number}: {exc}") from None
+        raise ConfigurationError(f"{where}: {exc}") from None
+    if choose_standard(where, endpoint, None if path is None else path.rsplit("/", 1)[1], raw) == "new":
+        return new_row_body(where, endpoint, raw)
     if "duration" in raw:
         raw["duration"] = str(raw["duration"])
     _new_standard_fields(file, number, endpoint, raw)
