@@ -33,7 +33,14 @@ batch_app = App(help="Plan and run batches of generations within budget.", no_ar
 
 FileArg = Annotated[Path, typer.Argument(help="One prompt per line, or .jsonl / .csv rows with fields.")]
 KindOption = Annotated[str, typer.Option("--kind", help="Default endpoint (text2video, image, ...).")]
-ModelOption = Annotated[str | None, typer.Option("--model", help="Default model_name.")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Default model: a legacy model_name (kling-v3), or a new-standard id (kling-3.0): "
+        "rows with one go out on the new standard.",
+    ),
+]
 ModeOption = Annotated[str | None, typer.Option("--mode", help="Default mode: std/pro/4k.")]
 ResolutionOption = Annotated[
     str | None,
