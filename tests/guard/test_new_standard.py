@@ -5,9 +5,11 @@ never counted as units), motion control commits on its output, failed tasks are 
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 
 from kling_cost.kling import KlingTask, NewStandardTask
@@ -205,3 +207,52 @@ def test_a_credits_budget_commits_its_estimate(any_world: World) -> None:
         guard.wait(task, poll=0.01)
     charge = _only_charge(any_world)
     assert (charge.unit, charge.actual, charge.metadata["kling_units"]) == ("credits", Decimal(70), "8")
+
+
+def test_identical_new_requests_in_flight_share_one_task(any_world: World) -> None:
+    """Single-flight on the new standard: four callers, one task, three cache hits."""
+    any_world.ledger.set_budget("project:film", 20)
+    results: list[str] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def worker() -> None:
+        try:
+            with any_world.guard() as guard:
+                start.wait()
+                task = guard.new_text_to_video("kling-3.0", PROMPT, resolution="1080p", duration=10)
+                results.append(guard.wait(task, poll=0.01).task_id)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    pause = threading.Event()
+    while len(any_world.tasks) < 1 and not pause.wait(0.01):
+        pass
+    pause.wait(0.3)
+    any_world.finish()
+    for t in threads:
+        t.join(20)
+    assert not errors, errors
+    assert len(any_world.tasks) == 1 and len(set(results)) == 1 and len(results) == 4
+    assert sorted(c.status for c in any_world.ledger.charges()) == ["cache_hit"] * 3 + ["succeeded"]
+    assert any_world.ledger.usage("project:film").used == 8
+
+
+def test_a_lost_create_answer_is_found_by_external_id_not_paid_twice(any_world: World) -> None:
+    lost: list[str] = []
+
+    def lose_first_answer(request: httpx.Request) -> None:
+        if request.method == "POST" and not lost:
+            lost.append(request.url.path)
+            raise httpx.ReadTimeout("answer lost", request=request)
+
+    with any_world.guard(on_answer=lose_first_answer, cache=False) as guard:
+        body = {**KLING_3_NEW, "options": {"external_task_id": "lost-1"}}
+        task = guard.create("/text-to-video/kling-3.0", body)  # asked GET /tasks, found it
+        any_world.finish()
+        guard.wait(task, poll=0.01)
+    assert lost == ["/text-to-video/kling-3.0"] and len(any_world.tasks) == 1
+    assert _only_charge(any_world).actual == Decimal(8)
