@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
@@ -41,18 +40,15 @@ from ..kling.new_standard import (
     NewStandardTask,
     PackageDeduction,
 )
-from ..ledger import CacheEntry, Ledger, Reservation
+from ..ledger import Ledger, Reservation
 from ..pricing import Catalog
 from ._core import (
-    CHECK,
-    GONE,
     PENDING_GRACE,
     GuardCore,
     GuardedRequest,
     SettleReport,
-    is_unknown_task,
-    task_document,
 )
+from .flight import SingleFlight
 from .settle import Settler
 
 __all__ = ["CostAwareClient"]
@@ -95,6 +91,7 @@ class CostAwareClient:
             task_ttl=task_ttl,
         )
         self.settler = Settler(ledger, self.core)
+        self.flight = SingleFlight(client, self.settler)
         self._ledger = self.settler.ledger  # the ledger as this client calls it
 
     def close(self) -> None:
@@ -165,7 +162,7 @@ class CostAwareClient:
         if earlier is not None:
             use_cache = False  # this key has its own history: resume it, never pay twice
         if use_cache:
-            reused = self._claim_or_reuse(req, all_scopes)
+            reused = self.flight.claim_or_reuse(req, all_scopes)
             if reused is not None:
                 return reused
         try:
@@ -174,67 +171,6 @@ class CostAwareClient:
             if use_cache:  # identical requests waiting for this one must not wait in vain
                 self.settler.give_up(req)
             raise
-
-    def _claim_or_reuse(self, req: GuardedRequest, scopes: Sequence[str]) -> AnyTask | None:
-        """Claim the fingerprint, or return the task of an identical request (free)."""
-        policy = self.core.cache
-        while True:
-            claimed, entry = self._ledger.cache_claim(
-                req.fingerprint,
-                req.endpoint,
-                req.amount,
-                policy.lease,
-            )
-            if claimed:
-                return None
-            task = self._reuse(entry)
-            if task is not None and task.succeeded:
-                self._ledger.record_cache_hit(
-                    req.amount,
-                    scopes,
-                    idempotency_key=req.key,
-                    task_id=task.task_id,
-                    metadata={**req.metadata, "cache": entry.status},
-                    unit=req.unit,
-                    catalog=req.catalog,
-                    catalog_date=req.catalog_date,
-                )
-                return task
-            # the identical request failed or vanished: claim again and pay for ours
-
-    def _reuse(self, entry: CacheEntry) -> AnyTask | None:
-        """A succeeded entry's task, or wait for an in-flight one to end (single-flight).
-
-        None when the identical request is gone (failed, freed, past its lease, or never
-        received by Kling within ``CachePolicy.wait``): the caller claims it and pays for its own.
-        """
-        policy = self.core.cache
-        while True:
-            if entry.status == "succeeded" and entry.result is not None:
-                return task_document(entry.endpoint, entry.result)
-            holder = self.settler.holder(entry)
-            task_id = entry.task_id or (holder.task_id if holder is not None else None)
-            if task_id is not None:
-                task = self.client.wait(task_id, endpoint=entry.endpoint, poll=policy.wait_poll)
-                self.settler.settle_by_task(task)
-                return task
-            verdict = self.core.verdict(entry, holder)
-            if verdict == CHECK and holder is not None:
-                # ask Kling about the holder's key; if it cannot be asked, raise (never pay twice)
-                known = self._find(entry.endpoint, holder.idempotency_key, strict=True)
-                if known is not None:
-                    self.settler.adopt(entry, holder, known)
-                    entry = replace(entry, task_id=known.task_id)
-                    continue
-                verdict = GONE
-            if verdict == GONE:
-                self._ledger.cache_forget(entry)
-                return None
-            time.sleep(policy.wait_poll)
-            current = self._ledger.cache_lookup(entry.fingerprint)
-            if current is None:
-                return None
-            entry = current
 
     def _reserve_and_submit(
         self,
@@ -265,7 +201,7 @@ class CostAwareClient:
             if taken is not None:
                 return taken
         elif reservation.revived:  # an earlier attempt may have reached Kling after all
-            known = self._find(req.endpoint, req.key, strict=True)
+            known = self.flight.find(req.endpoint, req.key, strict=True)
             if known is not None:
                 return self._accepted(reservation, known, req)
         return self._submit(req, reservation)
@@ -274,7 +210,7 @@ class CostAwareClient:
         """Wait for the caller holding this key; None if it died before sending (take over)."""
         deadline = reservation.created_at + PENDING_GRACE
         while True:
-            known = self._find(req.endpoint, req.key, strict=True)
+            known = self.flight.find(req.endpoint, req.key, strict=True)
             if known is not None:
                 return self._accepted(reservation, known, req)
             current = self._ledger.get_reservation(reservation.id)
@@ -299,7 +235,7 @@ class CostAwareClient:
         except Exception as exc:
             # Kling refused it, or an earlier attempt's answer was lost: ask before freeing
             try:
-                known = self._find(req.endpoint, req.key, strict=True)
+                known = self.flight.find(req.endpoint, req.key, strict=True)
             except KlingAPIError:
                 raise exc from None  # cannot tell: keep the hold (its lease or settle decides)
             if known is None:
@@ -307,18 +243,6 @@ class CostAwareClient:
                 raise
             task = known
         return self._accepted(reservation, task, req)
-
-    def _find(self, endpoint: str, key: str, *, strict: bool = False) -> AnyTask | None:
-        """The task Kling knows under ``external_task_id=key``; None when Kling says it has
-        none. Other errors: raised with ``strict``, else None."""
-        try:
-            return self.client.get_task(endpoint, external_task_id=key)
-        except KlingAPIError as exc:
-            if is_unknown_task(exc):
-                return None
-            if strict:
-                raise
-            return None
 
     def _accepted(self, reservation: Reservation, task: AnyTask, req: GuardedRequest) -> AnyTask:
         reservation = self._ledger.attach_task(reservation, task.task_id, ttl=self.core.task_ttl)
@@ -546,7 +470,7 @@ class CostAwareClient:
             endpoint = str(res.metadata.get("endpoint") or "text2video")  # a new-standard path too
             try:
                 if res.task_id is None:
-                    task = self._find(endpoint, res.idempotency_key, strict=True)
+                    task = self.flight.find(endpoint, res.idempotency_key, strict=True)
                 else:
                     task = self.client.get_task(endpoint, res.task_id)
                 self.settler.settle_found(res, task, now, report)
