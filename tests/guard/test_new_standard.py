@@ -256,3 +256,17 @@ def test_a_lost_create_answer_is_found_by_external_id_not_paid_twice(any_world: 
         guard.wait(task, poll=0.01)
     assert lost == ["/text-to-video/kling-3.0"] and len(any_world.tasks) == 1
     assert _only_charge(any_world).actual == Decimal(8)
+
+
+def test_a_body_of_the_other_standard_is_refused_before_anything_is_held(world: World) -> None:
+    from kling_cost.errors import ConfigurationError, PricingError
+    from kling_cost.kling import NewStandardRequest, TextToVideoRequest
+
+    with world.guard() as guard:
+        with pytest.raises(PricingError, match="mode is not a field of a new-standard body"):
+            guard.create("/text-to-video/kling-3.0", {"prompt": PROMPT, "mode": "pro", "duration": "10"})
+        with pytest.raises(ConfigurationError, match="NewStandardRequest"):
+            guard.create("/text-to-video/kling-3.0", TextToVideoRequest(prompt=PROMPT))
+        with pytest.raises(ConfigurationError, match="model in it"):
+            guard.create("text2video", NewStandardRequest(prompt=PROMPT))
+    assert world.ledger.reservations() == [] and world.tasks == []

@@ -318,3 +318,12 @@ async def test_the_async_twin_speaks_the_new_standard(running: Running) -> None:
         rows = [row async for page in kling.billing_package_pages() for row in page.result]
     assert done.units == again.units == Decimal(8) == rows[0].deduction_amount
     assert [t.id for p in pages for t in p.result] == [task.id]
+
+
+def test_a_legacy_field_in_a_new_body_is_refused_naming_it(running: Running) -> None:
+    with counting(running) as (kling, seen):
+        for field, value in (("model_name", "kling-v3"), ("duration", "10"), ("external_task_id", "top")):
+            with pytest.raises(PricingError, match=f"{field} is not a field of a new-standard body") as info:
+                kling.create("/text-to-video/kling-3.0", {"prompt": "a fox", field: value})
+            assert info.value.field == field
+    assert seen == []

@@ -17,12 +17,10 @@ from typing import Any
 from ..budgets import normalise_scopes
 from ..cache import CachePolicy, fingerprint
 from ..errors import BudgetExceeded, KlingAPIError, PricingError
-from ..kling._core import AnyTask, is_new_task_ref
+from ..kling._core import AnyTask, create_body, is_new_task_ref
 from ..kling.endpoints import (
     endpoint_kind,
     external_task_id_of,
-    new_path,
-    normalise_body,
     validate_create,
     with_external_task_id,
 )
@@ -182,11 +180,9 @@ class GuardCore:
         ``hints`` price what the body alone cannot: ``model``/``mode`` of a video-extend's
         source video, ``duration`` (seconds) of a lip-sync's source video.
         """
-        raw = body.to_body() if isinstance(body, (KlingRequest, NewStandardRequest)) else dict(body)
-        path = new_path(endpoint)
+        path, data = create_body(endpoint, body)
         kind = endpoint_kind(endpoint)
         target = path or kind  # where it is sent, and queried again
-        data = raw if path is not None else normalise_body(raw)
         check_storable(data)  # NUL or lone surrogates: refused before anything is held
         check_storable(dict(hints or {}), "hints")
         price = validate_create(target, data, None)

@@ -50,6 +50,7 @@ __all__ = [
     "ClientCore",
     "PreparedCall",
     "Returns",
+    "create_body",
     "is_duplicate_external_id",
     "is_new_task_ref",
     "page_body",
@@ -277,25 +278,14 @@ class ClientCore:
     ) -> PreparedCall:
         """A create on either standard: a new-standard path (``/text-to-video/kling-3.0``)
         takes a ``prompt``/``contents`` + ``settings`` + ``options`` body and the API key."""
-        raw = body.to_body() if isinstance(body, (KlingRequest, NewStandardRequest)) else dict(body)
-        path = new_path(endpoint)
+        path, data = create_body(endpoint, body)
         if path is None:
-            if isinstance(body, NewStandardRequest):
-                raise ConfigurationError(
-                    f"a new-standard body goes to a path with the model in it (/text-to-video/kling-3.0), "
-                    f"not {endpoint}"
-                )
             kind = endpoint_kind(endpoint)
-            target, data = legacy_path(kind), normalise_body(raw)
+            target = legacy_path(kind)
             returns: Returns = "task"
         else:
-            if isinstance(body, KlingRequest):
-                raise ConfigurationError(
-                    f"{path} is on Kling's new standard: its body is prompt/contents + settings + options "
-                    "(NewStandardRequest), not a legacy request model"
-                )
             kind = target = path
-            data, returns = raw, "new_task"
+            returns = "new_task"
         if self.validate:
             validate_create(kind, data, self.catalog)
         external = external_task_id_of(kind, data)
@@ -405,6 +395,28 @@ class ClientCore:
         if kind is None:
             raise ConfigurationError("wait() needs the endpoint of a task given by id")
         return (kind if is_new_task_ref(kind) else endpoint_kind(kind)), task_id
+
+
+def create_body(
+    endpoint: str, body: Mapping[str, Any] | KlingRequest | NewStandardRequest
+) -> tuple[str | None, dict[str, Any]]:
+    """``(new-standard path or None, JSON body)`` of a create: a legacy body is spelt as Kling
+    expects (:func:`normalise_body`); a request model of the other standard is refused."""
+    raw = body.to_body() if isinstance(body, (KlingRequest, NewStandardRequest)) else dict(body)
+    path = new_path(endpoint)
+    if path is None:
+        if isinstance(body, NewStandardRequest):
+            raise ConfigurationError(
+                f"a new-standard body goes to a path with the model in it (/text-to-video/kling-3.0), "
+                f"not {endpoint}"
+            )
+        return None, normalise_body(raw)
+    if isinstance(body, KlingRequest):
+        raise ConfigurationError(
+            f"{path} is on Kling's new standard: its body is prompt/contents + settings + options "
+            "(NewStandardRequest), not a legacy request model"
+        )
+    return path, raw
 
 
 def pick_task(call: PreparedCall, tasks: Sequence[NewStandardTask]) -> NewStandardTask:

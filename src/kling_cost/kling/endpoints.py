@@ -170,6 +170,26 @@ def check_shape(endpoint: str, body: Mapping[str, Any]) -> None:
         check_face_choose(body)
 
 
+NEW_BODY_FIELDS = ("prompt", "contents", "settings", "options")
+"""The top-level fields of a new-standard create body (KLING_API.md's addendum)."""
+
+
+def check_new_fields(body: Mapping[str, Any]) -> None:
+    """A new-standard body has only :data:`NEW_BODY_FIELDS`: a legacy field (``model_name``,
+    ``mode``, ``duration``, a top-level ``external_task_id``...) would be ignored by Kling and
+    the request priced and sent as something else, so it is refused, naming the field."""
+    extra = [str(name) for name in body if name not in NEW_BODY_FIELDS]
+    if extra:
+        raise PricingError(
+            f"{extra[0]} is not a field of a new-standard body; it has {', '.join(NEW_BODY_FIELDS)} "
+            "(the model is in the path; resolution, duration, audio go in settings; "
+            "external_task_id, callback_url in options)",
+            field=extra[0],
+            value=body[extra[0]],
+            allowed=NEW_BODY_FIELDS,
+        )
+
+
 def check_face_choose(body: Mapping[str, Any]) -> None:
     """Advanced lip-sync: a ``session_id`` from identify-face and a non-empty ``face_choose``,
     each item a ``face_id`` with exactly one of ``audio_id`` and ``sound_file``."""
@@ -226,6 +246,7 @@ def validate_create(
     """
     path = new_path(endpoint)
     if path is not None:
+        check_new_fields(body)
         request = PriceRequest.from_kling(path, body)
         if catalog is not None:
             estimate(request, catalog=catalog)
