@@ -276,7 +276,7 @@ def test_two_step_lip_sync(running: Running) -> None:
         done = kling.wait(task, poll=0.01)
         with pytest.raises(PricingError, match="exactly one of audio_id and sound_file"):
             kling.advanced_lip_sync(faces.session_id, [{"face_id": "0"}])
-        with pytest.raises(ConfigurationError, match="video_id or video_url"):
+        with pytest.raises(PricingError, match="video_id or video_url is required"):
             kling.identify_face()
     assert isinstance(done, KlingTask) and done.endpoint == "advanced-lip-sync"
     assert done.final_unit_deduction == Decimal("0.5") and done.external_task_id == "ls-2"

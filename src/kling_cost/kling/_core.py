@@ -16,7 +16,14 @@ from typing import Any, Literal
 import httpx
 from pydantic import ValidationError as PydanticValidationError
 
-from ..errors import ConfigurationError, InvalidRequest, KlingAPIError, MissingCredentials, ServerError
+from ..errors import (
+    ConfigurationError,
+    InvalidRequest,
+    KlingAPIError,
+    MissingCredentials,
+    PricingError,
+    ServerError,
+)
 from ..pricing import Catalog, load_catalog
 from .auth import ApiKeyAuth, Auth, resolve_auth
 from .endpoints import (
@@ -352,7 +359,11 @@ class ClientCore:
     def prepare_identify_face(self, body: dict[str, Any]) -> PreparedCall:
         has_video = any(isinstance(body.get(k), str) and body[k].strip() for k in ("video_id", "video_url"))
         if self.validate and not has_video:
-            raise ConfigurationError("identify_face needs video_id or video_url")
+            raise PricingError(
+                "video_id or video_url is required for identify-face",
+                field="video_id or video_url",
+                value=None,
+            )
         # synchronous and free: safe to retry
         return PreparedCall(method="POST", path=IDENTIFY_FACE_PATH, returns="faces", body=body)
 
