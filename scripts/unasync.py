@@ -13,6 +13,8 @@ word boundaries keep ``aclose`` from matching inside ``maclose``. The rules:
     async source                         sync twin
     ----------------------------------   ----------------------------------
     import anyio (its whole line)        (removed: the sync code sleeps with time.sleep)
+    import anyio  # sync twin: import time
+                                         import time (first of the standard library's imports)
     from .ledger_view import ... (line)  (removed: the sync guard calls the ledger itself)
     AsyncLedgerView(x)                   x
     async def / async with / async for   def / with / for
@@ -21,6 +23,7 @@ word boundaries keep ``aclose`` from matching inside ``maclose``. The rules:
     __aiter__ __anext__                  __iter__ __next__
     StopAsyncIteration                   StopIteration
     AsyncIterator AsyncIterable          Iterator Iterable
+    Iterator, Iterable (an import list)  Iterable, Iterator   (kept in isort's order)
     asynccontextmanager                  contextmanager
     aclose() aread()                     close() read()
     aiter_bytes/_text/_lines/_raw        iter_bytes/_text/_lines/_raw   (httpx streams)
@@ -30,7 +33,8 @@ word boundaries keep ``aclose`` from matching inside ``maclose``. The rules:
     AsyncKlingClient                     KlingClient
     AsyncCostAwareClient                 CostAwareClient
     AsyncSettler                         Settler
-    .async_client .async_settle          .client .settle   (module paths)
+    AsyncSingleFlight                    SingleFlight
+    .async_client .async_settle          .client .settle   (module paths; .async_flight too)
 
 Where the twins genuinely differ (a name, an import), add a rule here, never an edit in a
 generated file. The generated files must pass ``ruff format --check`` as generated: where
@@ -50,11 +54,19 @@ ROOT = Path(__file__).resolve().parent.parent
 FILES: list[tuple[str, str]] = [
     ("src/kling_cost/kling/async_client.py", "src/kling_cost/kling/client.py"),
     ("src/kling_cost/guard/async_settle.py", "src/kling_cost/guard/settle.py"),
+    ("src/kling_cost/guard/async_flight.py", "src/kling_cost/guard/flight.py"),
     ("src/kling_cost/guard/async_client.py", "src/kling_cost/guard/client.py"),
 ]
 """(async source, generated sync file), relative to the repository root."""
 
 SUBS: list[tuple[str, str]] = [
+    # a module that imports time only to sleep: its sync twin imports time (first in the
+    # standard library's group, where isort puts it) instead of anyio
+    (
+        r"^from __future__ import annotations\n\n(?=(?:.*\n)*?import anyio  # sync twin: import time\n)",
+        "from __future__ import annotations\n\nimport time\n",
+    ),
+    (r"\n\nimport anyio  # sync twin: import time\n\n", "\n\n"),
     # lines only the async code needs (an import group of its own goes with its blank line)
     (r"\n\nimport anyio\n\n", "\n\n"),
     (r"^import anyio\n", ""),
@@ -74,6 +86,7 @@ SUBS: list[tuple[str, str]] = [
     (r"\bStopAsyncIteration\b", "StopIteration"),
     (r"\bAsyncIterator\b", "Iterator"),
     (r"\bAsyncIterable\b", "Iterable"),
+    (r"\bIterator, Iterable\b", "Iterable, Iterator"),
     (r"\basynccontextmanager\b", "contextmanager"),
     (r"\baclose\b", "close"),
     (r"\baread\b", "read"),
@@ -86,7 +99,8 @@ SUBS: list[tuple[str, str]] = [
     (r"\bAsyncKlingClient\b", "KlingClient"),
     (r"\bAsyncCostAwareClient\b", "CostAwareClient"),
     (r"\bAsyncSettler\b", "Settler"),
-    (r"\.async_(client|settle)\b", r".\1"),
+    (r"\bAsyncSingleFlight\b", "SingleFlight"),
+    (r"\.async_(client|settle|flight)\b", r".\1"),
 ]
 
 COMPILED = [(re.compile(pattern, re.MULTILINE), repl) for pattern, repl in SUBS]

@@ -149,3 +149,56 @@ def test_the_alerts_never_import_the_kling_client() -> None:
     code = "import sys, kling_cost.alerts; print(sorted(m for m in sys.modules if m.startswith('kling_cost.kling')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+# Kling's own test vector (KLING_API.md's addendum; tests/fixtures/kling/new/callback.json)
+VECTOR_SECRET = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="
+VECTOR_BODY = (
+    b'{"id":"1234567890","status":"succeeded","message":"","create_time":1781080778802,'
+    b'"update_time":1781080794151}'
+)
+VECTOR_HEADERS = {
+    "webhook-id": "9876543210",
+    "webhook-timestamp": "1781080794",
+    "webhook-signature": "v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ4=",
+}
+
+
+def test_klings_test_vector_signs_and_verifies() -> None:
+    assert (
+        sign_webhook(VECTOR_SECRET, "9876543210", 1781080794, VECTOR_BODY)
+        == VECTOR_HEADERS["webhook-signature"]
+    )
+    verify_webhook(VECTOR_SECRET, VECTOR_HEADERS, VECTOR_BODY, now=1781080794)
+    with pytest.raises(AuthError, match="more than 300 s off"):
+        verify_webhook(VECTOR_SECRET, VECTOR_HEADERS, VECTOR_BODY, now=1781080794 + 301)
+
+
+@pytest.mark.parametrize("position", ["first", "last", "middle"])
+def test_during_a_secret_rotation_any_one_valid_signature_is_enough(position: str) -> None:
+    old = sign_webhook("whsec_b2xkLXNlY3JldC0wMQ==", "9876543210", 1781080794, VECTOR_BODY)
+    new = VECTOR_HEADERS["webhook-signature"]
+    order = {"first": [new, old], "last": [old, new], "middle": [old, new, "v1,AAAA"]}[position]
+    headers = dict(VECTOR_HEADERS, **{"webhook-signature": " ".join(order)})
+    verify_webhook(VECTOR_SECRET, headers, VECTOR_BODY, now=1781080794)
+    verify_webhook("whsec_b2xkLXNlY3JldC0wMQ==", headers, VECTOR_BODY, now=1781080794)  # the old secret too
+    headers["webhook-signature"] = f"{old}  v1,AAAA"  # neither is the new secret's
+    with pytest.raises(AuthError, match="does not match"):
+        verify_webhook(VECTOR_SECRET, headers, VECTOR_BODY, now=1781080794)
+
+
+def test_parse_callback_reads_both_standards() -> None:
+    from decimal import Decimal
+
+    from kling_cost.kling import KlingTask, NewStandardTask, parse_callback
+
+    new = parse_callback(VECTOR_BODY)
+    assert isinstance(new, NewStandardTask) and new.succeeded and new.task_id == "1234567890"
+    billed = parse_callback(
+        b'{"id":"1","status":"succeeded","billing":[{"charge_type":"unit","amount":0.1}]}'
+    )
+    assert isinstance(billed, NewStandardTask) and billed.units == Decimal("0.1")
+    legacy = parse_callback(BODY)
+    assert isinstance(legacy, KlingTask) and legacy.succeeded
+    with pytest.raises(ServerError, match="callback body"):
+        parse_callback(b'{"id":"1","status":"succeeded","billing":[{"charge_type":"gift","amount":"1"}]}')

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ b
         ValidationError,
     )
     from .guard import AsyncCostAwareClient, CostAwareClient, SettleReport
-    from .kling import AccountCosts, AsyncKlingClient, KlingClient, KlingTask, RetryPolicy
+    from .kling import AccountCosts, AsyncKlingClient, KlingClient, KlingTask, NewStandardTask, RetryPolicy
     from .ledger import AlertRecord, Charge, Ledger, Reservation, default_ledger_url, open_ledger
     from .money import format_amount, parse_amount
     from .pricing import Catalog, Estimate, PriceEntry, PriceRequest, estimate, load_catalog, parse_catalog
@@ -97,6 +97,7 @@ __all__ = [
     "Ledger",
     "LedgerClosed",
     "MissingCredentials",
+    "NewStandardTask",
     "PermissionDenied",
     "PriceEntry",
     "PriceRequest",
@@ -179,7 +180,14 @@ _SUBMODULES: dict[str, tuple[str, ...]] = {
         "ValidationError",
     ),
     "guard": ("AsyncCostAwareClient", "CostAwareClient", "SettleReport"),
-    "kling": ("AccountCosts", "AsyncKlingClient", "KlingClient", "KlingTask", "RetryPolicy"),
+    "kling": (
+        "AccountCosts",
+        "AsyncKlingClient",
+        "KlingClient",
+        "KlingTask",
+        "NewStandardTask",
+        "RetryPolicy",
+    ),
     "ledger": ("AlertRecord", "Charge", "Ledger", "Reservation", "default_ledger_url", "open_ledger"),
     "money": ("format_amount", "parse_amount"),
     "pricing": (

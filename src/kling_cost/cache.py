@@ -12,12 +12,15 @@ from typing import Any
 
 from .errors import ValidationError
 from .pricing.request import PriceRequest
+from .pricing.standard import split_new_path
 
 __all__ = ["CachePolicy", "fingerprint"]
 
 # Fields that identify a delivery, not the content: two requests differing only here are
-# the same generation.
+# the same generation (top-level on the legacy standard, in ``options`` on the new one).
 _IGNORED = frozenset({"external_task_id", "callback_url"})
+_PRICED_SETTINGS = ("resolution", "duration")
+"""New-standard settings that the price fields already hash, normalised (``720p`` = absent)."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +75,43 @@ def fingerprint(endpoint: str, body: Mapping[str, Any], price: PriceRequest | No
     ``price`` is the request as priced (with the catalog's default model filled in), so a
     request naming Kling's default model matches one that names none.
     """
-    content = {k: v for k, v in body.items() if k not in _IGNORED and v is not None}
     if price is None:
         try:
             price = PriceRequest.from_kling(endpoint, body)
         except ValueError:
             price = None
     priced = {} if price is None else price.to_dict()
-    for field in ("mode", "duration", "model_name", "sound", "n"):
-        content.pop(field, None)
+    if _is_new(endpoint):
+        content = _new_content(body)
+    else:
+        content = {k: v for k, v in body.items() if k not in _IGNORED and v is not None}
+        for field in ("mode", "duration", "model_name", "sound", "n"):
+            content.pop(field, None)
     doc = {"endpoint": endpoint, "price": priced, "content": _normal(content)}
     text = json.dumps(doc, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_new(endpoint: str) -> bool:
+    try:
+        return split_new_path(endpoint) is not None
+    except ValueError:
+        return False
+
+
+def _new_content(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A new-standard body without what identifies its delivery (``options.external_task_id``,
+    ``options.callback_url``) or is hashed as a price field (``settings.resolution``,
+    ``settings.duration``); ``settings.audio`` stays (``original`` and ``off`` price alike but
+    are different videos)."""
+    content = {k: v for k, v in body.items() if v is not None}
+    options = content.get("options")
+    if isinstance(options, Mapping):
+        content["options"] = {k: v for k, v in options.items() if k not in _IGNORED}
+    settings = content.get("settings")
+    if isinstance(settings, Mapping):
+        content["settings"] = {k: v for k, v in settings.items() if k not in _PRICED_SETTINGS}
+    for name in ("options", "settings"):
+        if not content.get(name):
+            content.pop(name, None)
+    return content

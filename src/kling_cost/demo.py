@@ -25,7 +25,7 @@ from .cache import CachePolicy
 from .errors import ConfigurationError
 from .guard import CostAwareClient
 from .kling import KlingClient, RetryPolicy
-from .kling.models import KlingTask
+from .kling._core import AnyTask
 from .ledger import Ledger
 
 __all__ = ["DEMO_PROMPTS", "DemoResult", "demo_ledger_path", "demo_ledger_url", "run_demo", "simulated_kling"]
@@ -178,7 +178,7 @@ def run_demo(
     sink = CallbackSink(alert, text=True, resolved=False, name="demo")
     with simulated_kling(**settings) as (url, sim, ak, sk), Deliverer(ledger, sink) as deliverer:
 
-        def submitted(row: BatchRow, task: KlingTask) -> None:
+        def submitted(row: BatchRow, task: AnyTask) -> None:
             if row.prompt == FAILING_PROMPT:
                 sim.state.fail_task(task.task_id, "the simulator failed this task on purpose")
 

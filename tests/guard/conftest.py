@@ -1,5 +1,5 @@
 """A world for guard tests: the simulator on loopback, a ledger, and guarded clients of either
-twin. ``world`` and ``any_world`` run each test with the sync guard and with the async one
+twin (with AK/SK for the legacy standard and an API key for the new one). ``world`` and ``any_world`` run each test with the sync guard and with the async one
 (driven from the test's thread through an anyio blocking portal); a test or module about the
 sync guard only (batches, the CLI, the seed's API) overrides ``twin`` with ``SYNC_ONLY``."""
 
@@ -24,7 +24,7 @@ from kling_cost.kling import AsyncKlingClient, KlingClient, RetryPolicy
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.simulator import ManualClock, Simulator, create_app
 from tests.helpers import fresh_postgres_url, need_postgres
-from tests.servers import AK, SK, serve
+from tests.servers import AK, API_KEY, SK, serve
 
 TWINS = ("sync", "async")
 SYNC_ONLY = pytest.mark.parametrize("twin", ["sync"])
@@ -109,7 +109,7 @@ class World:
 
     def kling(self) -> KlingClient:
         """A plain sync Kling client (whatever the twin): what a test does behind the guard."""
-        return KlingClient(AK, SK, base_url=self.url, retry=RetryPolicy(base_delay=0))
+        return KlingClient(AK, SK, api_key=API_KEY, base_url=self.url, retry=RetryPolicy(base_delay=0))
 
     def guard(
         self,
@@ -129,14 +129,17 @@ class World:
                 options["http_client"] = self.cleanup.enter_context(
                     httpx.Client(transport=_HookedTransport(on_answer))
                 )
-            return CostAwareClient(KlingClient(AK, SK, **options), ledger or self.ledger, **kwargs)
+            return CostAwareClient(
+                KlingClient(AK, SK, api_key=API_KEY, **options), ledger or self.ledger, **kwargs
+            )
         portal = self.portal
         assert portal is not None
         if on_answer is not None:
             http = httpx.AsyncClient(transport=_AsyncHookedTransport(on_answer))
             self.cleanup.callback(portal.call, http.aclose)
             options["http_client"] = http
-        guard = AsyncCostAwareClient(AsyncKlingClient(AK, SK, **options), ledger or self.ledger, **kwargs)
+        kling = AsyncKlingClient(AK, SK, api_key=API_KEY, **options)
+        guard = AsyncCostAwareClient(kling, ledger or self.ledger, **kwargs)
         return cast(CostAwareClient, Blocking(guard, portal))
 
     def finish(self, seconds: float = 11) -> None:
@@ -152,7 +155,7 @@ class World:
 @contextmanager
 def make_world(url: str, twin: str = "sync") -> Iterator[World]:
     clock = ManualClock()
-    app = create_app(AK, SK, clock=clock, task_seconds=10, failure_rate=0, concurrency=20)
+    app = create_app(AK, SK, api_key=API_KEY, clock=clock, task_seconds=10, failure_rate=0, concurrency=20)
     ledger = open_ledger(url)
     try:
         with serve(app) as base, ExitStack() as stack:

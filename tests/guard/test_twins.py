@@ -63,12 +63,19 @@ def test_the_twins_have_the_same_methods_and_parameters(async_cls: type, sync_cl
 def test_every_method_of_the_async_twin_is_awaitable_and_none_of_the_sync_one(
     async_cls: type, sync_cls: type
 ) -> None:
-    """Methods a twin defines itself (shared ones, e.g. ``ClientCore.prepare_create``, do no I/O)."""
+    """Methods a twin defines itself (shared ones, e.g. ``ClientCore.prepare_create``, do no I/O).
+    A cursor listing (``task_pages``) is a plain method returning an ``AsyncIterator`` in the
+    async twin (its pages are awaited as they are iterated) and an ``Iterator`` in the sync one."""
     mine = own(async_cls) | {"__aenter__", "__aexit__"}
-    assert {"create", "aclose"} <= mine
+    assert {"create", "aclose", "task_pages"} <= mine
     for name in mine:
-        assert inspect.iscoroutinefunction(getattr(async_cls, name)), name
-        assert not inspect.iscoroutinefunction(getattr(sync_cls, SYNC_NAMES.get(name, name))), name
+        method, twin = getattr(async_cls, name), getattr(sync_cls, SYNC_NAMES.get(name, name))
+        assert not inspect.iscoroutinefunction(twin), name
+        if name.endswith("_pages"):
+            assert str(inspect.signature(method).return_annotation).startswith("AsyncIterator["), name
+            assert str(inspect.signature(twin).return_annotation).startswith("Iterator["), name
+            continue
+        assert inspect.iscoroutinefunction(method), name
 
 
 def test_each_guard_has_every_method_of_its_kling_client() -> None:

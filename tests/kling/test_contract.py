@@ -12,10 +12,30 @@ from typing import Any
 import httpx
 import pytest
 
-from kling_cost.kling import CREATE_PATHS, JWTAuth, KlingResponse, KlingTask, validate_create
+from kling_cost.kling import (
+    CREATE_PATHS,
+    AudioOutput,
+    BalanceDeduction,
+    CashCharge,
+    CursorPage,
+    ImageOutput,
+    JWTAuth,
+    KlingResponse,
+    KlingTask,
+    NewStandardRequest,
+    NewStandardTask,
+    PackageDeduction,
+    UnitCharge,
+    VideoOutput,
+    parse_callback,
+    validate_create,
+    verify_webhook,
+)
 from kling_cost.kling.models import (
     AccountCosts,
+    AdvancedLipSyncRequest,
     EffectsRequest,
+    FaceIdentification,
     ImageGenerationRequest,
     ImageToVideoRequest,
     KlingRequest,
@@ -117,3 +137,136 @@ def test_account_costs_document(sim: Running, http: httpx.Client) -> None:
     body = json.loads(answer.content, parse_float=Decimal)
     assert shape(body) == shape(doc["response"])
     AccountCosts.model_validate(body["data"])
+
+
+# --------------------------------------------------------------------------- the new standard
+
+NEW_FIXTURES = FIXTURES / "new"
+
+
+def _new_task(data: Any) -> NewStandardTask:
+    return NewStandardTask.model_validate(json.loads(json.dumps(data, default=str)))
+
+
+def _check_new_request(doc: dict[str, Any]) -> None:
+    request = json.loads(json.dumps(doc["request"], default=str))
+    assert NewStandardRequest.model_validate(request).to_body() == request
+    validate_create(doc["path"], request, load_catalog("kling-api"))
+
+
+def _check_create(doc: dict[str, Any]) -> None:
+    _check_new_request(doc)
+    task = _new_task(KlingResponse.model_validate(doc["response"]).data)
+    assert (task.status, task.done) == ("submitted", False)
+    assert task.external_task_id == doc["request"]["options"]["external_task_id"]
+    assert task.outputs == [] and task.billing == []
+
+
+def _check_tasks(doc: dict[str, Any]) -> None:
+    _check_new_request(doc)
+    data = KlingResponse.model_validate(doc["response"]).data
+    [task] = [_new_task(item) for item in data]
+    [raw] = doc["response"]["data"]
+    assert task.external_task_id == doc["request"]["options"]["external_task_id"]
+    assert task.task_id == raw["id"] and task.done
+    units = sum((Decimal(b["amount"]) for b in raw["billing"] if b["charge_type"] == "unit"), Decimal(0))
+    assert task.units == units and isinstance(task.units, Decimal)
+    if task.failed:
+        assert task.billing == [] and task.outputs == [] and task.charged == 0
+    else:
+        assert task.succeeded and [v.duration for v in task.videos] == [o["duration"] for o in raw["outputs"]]
+    for entry, given in zip(task.billing, raw["billing"], strict=True):
+        assert entry.charge_type == given["charge_type"] and entry.amount == Decimal(given["amount"])
+        if isinstance(entry, CashCharge):
+            assert (entry.currency, entry.list_price) == (given["currency"], Decimal(given["list_price"]))
+            assert task.cash() == {given["currency"]: Decimal(given["amount"])}
+
+
+def _check_listing(doc: dict[str, Any]) -> None:
+    page = CursorPage[NewStandardTask].model_validate(KlingResponse.model_validate(doc["response"]).data)
+    assert page.count == len(page.result) == 1 and page.has_more and page.next_cursor == "opaque-cursor"
+    assert page.result[0].units == Decimal("8")
+    assert {f["key"] for f in doc["request"]["filters"]} == {"status", "product_type"}
+
+
+def _check_billing_package(doc: dict[str, Any]) -> None:
+    page = CursorPage[PackageDeduction].model_validate(KlingResponse.model_validate(doc["response"]).data)
+    [row] = page.result
+    assert (row.unit_before_deduction, row.deduction_amount, row.unit_after_deduction) == (
+        Decimal(1000),
+        Decimal(8),
+        Decimal(992),
+    )
+    assert row.unit_before_deduction - row.deduction_amount == row.unit_after_deduction
+
+
+def _check_billing_balance(doc: dict[str, Any]) -> None:
+    page = CursorPage[BalanceDeduction].model_validate(KlingResponse.model_validate(doc["response"]).data)
+    [row] = page.result
+    assert (row.deduction_amount, row.list_price, row.currency) == (Decimal("0.672"), Decimal("0.84"), "USD")
+    assert row.balance_before_deduction - row.deduction_amount == row.balance_after_deduction  # type: ignore[operator]
+
+
+def _check_callback(doc: dict[str, Any]) -> None:
+    _check_new_request(doc)
+    task = parse_callback(json.dumps(doc["body"], default=str))
+    assert isinstance(task, NewStandardTask) and task.units == Decimal("1.5")
+    vector = doc["webhook_vector"]
+    now = int(vector["headers"]["webhook-timestamp"])
+    verify_webhook(vector["secret"], vector["headers"], vector["body"], now=now)
+    rotated = dict(vector["headers"])
+    rotated["webhook-signature"] = "v1,b2xkLXNlY3JldA== " + rotated["webhook-signature"]  # rotation
+    verify_webhook(vector["secret"], rotated, vector["body"].encode(), now=now)
+    signed = parse_callback(vector["body"])
+    assert isinstance(signed, NewStandardTask) and signed.succeeded and signed.billing == []
+
+
+def _check_outputs(doc: dict[str, Any]) -> None:
+    task = _new_task({"id": "t", "status": "succeeded", "outputs": doc["outputs"], "billing": doc["billing"]})
+    assert [type(o) for o in task.outputs] == [VideoOutput, ImageOutput, AudioOutput]
+    assert task.videos[0].duration == "5.04" and task.images[0].group_id == "g-1"
+    assert task.audios[0].wav_url and task.units == Decimal(8) and task.cash() == {"USD": Decimal("1.12")}
+    assert [type(b) for b in task.billing] == [UnitCharge, CashCharge]
+
+
+def _check_legacy_cash(doc: dict[str, Any]) -> None:
+    request = doc["request"]
+    assert TextToVideoRequest.model_validate(request).to_body() == request
+    task = KlingTask.model_validate(KlingResponse.model_validate(doc["query_response"]).data)
+    assert task.final_unit_deduction == 0 and task.paid_in_cash and task.charged == 0
+    paid = task.final_balance_deduction
+    assert paid is not None and (paid.quota, paid.list_price) == (Decimal("0.896"), Decimal("1.12"))
+
+
+def _check_lip_sync(doc: dict[str, Any]) -> None:
+    faces = FaceIdentification.model_validate(KlingResponse.model_validate(doc["identify_response"]).data)
+    assert faces.session_id == "sess-1" and faces.face_data[0].end_time == 5000
+    request = doc["create_request"]
+    assert AdvancedLipSyncRequest.model_validate(request).to_body() == request
+    validate_create("advanced-lip-sync", request, load_catalog("kling-api"))
+    task = KlingTask.model_validate(KlingResponse.model_validate(doc["query_response"]).data)
+    assert task.final_unit_deduction == Decimal("0.5") and not task.paid_in_cash
+
+
+NEW_CHECKS = {
+    "create": _check_create,
+    "tasks": _check_tasks,
+    "task_failed": _check_tasks,
+    "billing_cash": _check_tasks,
+    "listing": _check_listing,
+    "billing_package": _check_billing_package,
+    "billing_balance": _check_billing_balance,
+    "callback": _check_callback,
+    "outputs": _check_outputs,
+    "legacy_cash": _check_legacy_cash,
+    "lip_sync": _check_lip_sync,
+}
+
+
+def test_every_new_standard_document_has_a_check() -> None:
+    assert sorted(p.stem for p in NEW_FIXTURES.glob("*.json")) == sorted(NEW_CHECKS)
+
+
+@pytest.mark.parametrize("path", sorted(NEW_FIXTURES.glob("*.json")), ids=lambda p: p.stem)
+def test_client_models_speak_the_new_documents(path: Path) -> None:
+    NEW_CHECKS[path.stem](load(path))

@@ -13,38 +13,55 @@ from kling_cost import PricingError, estimate, load_catalog
 from kling_cost.pricing import PriceEntry
 from kling_cost.pricing.catalog import choose
 from kling_cost.pricing.request import ENDPOINTS
+from kling_cost.pricing.standard import ALWAYS_AUDIO
 
 CATALOGS = [load_catalog("kling-api"), load_catalog("kling-app-credits")]
 ENTRIES = [(cat, entry) for cat in CATALOGS for entry in cat.entries]
 ENDPOINT_FOR = {
-    "video": ["text2video", "image2video", "multi-image2video"],
+    "video": ["text2video", "image2video", "multi-image2video", "omni-video"],
     "extend": ["video-extend"],
     "lipsync": ["lip-sync"],
     "effects": ["effects"],
     "image": ["image"],
     "tryon": ["tryon"],
+    "motion": ["motion-control"],
+    "avatar": ["avatar"],
+    "audio": ["text-to-audio", "video-to-audio"],
 }
+NO_MODEL = ("lipsync", "avatar", "audio")
 
 
 @st.composite
 def entry_requests(draw: st.DrawFn) -> tuple[object, PriceEntry, dict[str, object]]:
     cat, entry = draw(st.sampled_from(ENTRIES))
     fields: dict[str, object] = {"kind": draw(st.sampled_from(ENDPOINT_FOR[entry.kind]))}
-    models = entry.models or (cat.known_models(entry.kind) if entry.kind != "lipsync" else ())
-    if entry.kind != "lipsync":
+    models = entry.models or (cat.known_models(entry.kind) if entry.kind not in NO_MODEL else ())
+    if entry.kind not in NO_MODEL:
         if entry.models is None and entry.kind not in cat.defaults:
             fields["model"] = None
-        else:
-            fields["model"] = draw(st.sampled_from(models))
+            if fields["kind"] == "omni-video":  # Kling names no default omni model
+                fields["kind"] = "text2video"
+        else:  # a 3.0 Turbo video always has sound: it is no request of an entry without audio
+            usable = [m for m in models if entry.audio or entry.kind != "video" or m not in ALWAYS_AUDIO]
+            fields["model"] = draw(st.sampled_from(usable))
     fields["mode"] = draw(st.sampled_from(entry.modes or ("std", "pro")))
     if entry.durations:
         fields["duration"] = draw(st.sampled_from(entry.durations))
     elif entry.basis in ("per_second", "per_block"):
-        fields["duration"] = draw(st.integers(min_value=1, max_value=600))
+        longest = 30 if entry.kind == "motion" else 600  # a motion-control output lasts at most 30 s
+        fields["duration"] = draw(st.integers(min_value=1, max_value=longest))
     fields["audio"] = entry.audio
+    for flag in ("video_input", "voice_control"):  # an entry that does not care prices the plain request
+        fields[flag] = bool(getattr(entry, flag))
     if entry.kind == "image":
         fields["n"] = draw(st.integers(min_value=1, max_value=9))
-        fields["image_input"] = entry.image_input if entry.image_input is not None else draw(st.booleans())
+        fields["multi_image"] = bool(entry.multi_image)
+        if entry.image_input is not None:
+            fields["image_input"] = entry.image_input
+        else:
+            fields["image_input"] = fields["multi_image"] or draw(st.booleans())
+        if entry.resolutions:
+            fields["resolution"] = draw(st.sampled_from(entry.resolutions))
     return cat, entry, fields
 
 

@@ -167,7 +167,21 @@ def to_price_request(item: PriceRequest | Mapping[str, Any]) -> PriceRequest:
     return PriceRequest.from_kling(endpoint, data)
 
 
-_BUILD_FIELDS = frozenset({"model", "mode", "duration", "audio", "n", "image_input", "effect"})
+_BUILD_FIELDS = frozenset(
+    {
+        "model",
+        "mode",
+        "duration",
+        "audio",
+        "n",
+        "image_input",
+        "effect",
+        "resolution",
+        "video_input",
+        "voice_control",
+        "multi_image",
+    }
+)
 
 
 def _turbo(r: PriceRequest) -> PriceRequest | None:

@@ -13,8 +13,10 @@ from typing import Any
 
 from ..errors import ConfigurationError
 from ..kling import models
-from ..kling.endpoints import endpoint_kind
-from ..pricing.request import normalise_mode
+from ..kling.endpoints import endpoint_kind, external_task_id_of, new_path, with_external_task_id
+from ..pricing.request import ENDPOINTS, normalise_mode
+from ..pricing.standard import RESOLUTIONS
+from .standards import choose_standard, new_row_body
 
 __all__ = ["FIELDS", "BatchRow", "read_batch"]
 
@@ -29,8 +31,15 @@ _REQUESTS = (
     models.ImageGenerationRequest,
     models.VirtualTryOnRequest,
 )
-FIELDS = frozenset({"endpoint", *_ALIASES}.union(*(r.model_fields for r in _REQUESTS)))
+_NEW_STANDARD = frozenset(
+    {"resolution", "multi_shot", "standard", "contents", "video", "character_orientation", "watermark"}
+)
+"""Fields of Kling's new standard a row may name (``audio`` is an alias of ``sound``), and
+``standard`` (``legacy``/``new``: see :mod:`.standards`)."""
+FIELDS = frozenset({"endpoint", *_ALIASES, *_NEW_STANDARD}.union(*(r.model_fields for r in _REQUESTS)))
 """The fields a JSONL / CSV row may have: Kling's create fields and our aliases."""
+_SOUND_ON = ("on", "true", "yes", "1", "native")
+_SOUND_OFF = ("off", "false", "no", "0", "", "original")
 
 
 def _check_fields(where: str, names: Iterable[str]) -> None:
@@ -59,7 +68,18 @@ class BatchRow:
 
     @property
     def prompt(self) -> str:
-        return str(self.body.get("prompt") or "")
+        """The row's prompt (a new-standard body may carry it as a ``contents`` item)."""
+        if self.body.get("prompt"):
+            return str(self.body["prompt"])
+        for item in self.body.get("contents") or ():
+            if isinstance(item, Mapping) and item.get("type") == "prompt":
+                return str(item.get("text") or "")
+        return ""
+
+    @property
+    def standard(self) -> str:
+        """``new`` when the row goes to a new-standard path (model in the path), else ``legacy``."""
+        return "new" if new_path(self.endpoint) else "legacy"
 
 
 def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> list[BatchRow]:
@@ -67,7 +87,8 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
     of objects; ``.csv``: a header with a ``prompt`` column; else one prompt per line; ``#``
     comments and blank lines skipped; a UTF-8 byte order mark before JSON or CSV is ignored),
     each completed with ``defaults`` (``endpoint``, ``model_name``, ``mode``, ``duration``,
-    ``sound``, ``aspect_ratio``, ...).
+    ``sound``, ``aspect_ratio``, ...). A row goes out on the API standard :mod:`.standards`
+    chooses (a new-standard model id, path or ``standard: new``: the new one; else legacy).
 
     Each row gets a stable idempotency key (its ``external_task_id`` if given, else derived
     from its content and how many identical rows came before), so re-running the same file
@@ -99,7 +120,7 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
     rows = []
     for number, raw in raw_rows:
         endpoint, body = _body(file, number, {**base, **_canonical(raw)})
-        key = body.get("external_task_id")
+        key = external_task_id_of(endpoint, body)
         if key:
             if str(key) in explicit:
                 raise ConfigurationError(
@@ -113,7 +134,7 @@ def read_batch(path: str | Path, defaults: Mapping[str, Any] | None = None) -> l
             ).hexdigest()[:24]
             seen[digest] = seen.get(digest, 0) + 1
             key = f"b-{digest}-{seen[digest]}"
-            body["external_task_id"] = key
+            with_external_task_id(endpoint, body, key)
         rows.append(BatchRow(number, endpoint, body, str(key)))
     return rows
 
@@ -200,21 +221,57 @@ def _canonical(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _body(file: Path, number: int, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    where = f"{file}:{number}"
     try:
-        endpoint = endpoint_kind(str(raw.pop("endpoint", "text2video")))
+        named = str(raw.pop("endpoint", "text2video"))
+        path = new_path(named)
+        endpoint = endpoint_kind(named)
         if "mode" in raw:
             raw["mode"] = normalise_mode(raw["mode"])
     except ValueError as exc:
-        raise ConfigurationError(f"{file}:{number}: {exc}") from None
+        raise ConfigurationError(f"{where}: {exc}") from None
+    if choose_standard(where, endpoint, None if path is None else path.rsplit("/", 1)[1], raw) == "new":
+        return new_row_body(where, endpoint, raw)
     if "duration" in raw:
         raw["duration"] = str(raw["duration"])
+    _new_standard_fields(file, number, endpoint, raw)
     if "sound" in raw and not isinstance(raw["sound"], str):
         raw["sound"] = "on" if raw["sound"] else "off"
     elif "sound" in raw:
-        raw["sound"] = "on" if raw["sound"].strip().lower() in ("on", "true", "yes", "1") else "off"
+        sound = raw["sound"].strip().lower()
+        if sound not in _SOUND_ON + _SOUND_OFF:
+            raise ConfigurationError(
+                f"{file}:{number}: sound/audio {raw['sound']!r} is not offered; allowed: on, off "
+                "(or native, original, off)"
+            )
+        raw["sound"] = "on" if sound in _SOUND_ON else "off"
     if "n" in raw:
         try:
             raw["n"] = int(raw["n"])
         except (TypeError, ValueError):
             raise ConfigurationError(f"{file}:{number}: n must be a whole number") from None
     return endpoint, raw
+
+
+def _new_standard_fields(file: Path, number: int, endpoint: str, raw: dict[str, Any]) -> None:
+    """Rows are sent as legacy bodies: a video's ``resolution`` (720p/1080p/4k) becomes its
+    ``mode`` (an image keeps ``resolution``, Kling's own image field), ``audio`` native/
+    original/off becomes ``sound`` on/off (``original`` keeps an input video's sound: nothing
+    is generated), ``multi_shot`` a JSON boolean (a CSV cell says true or false)."""
+    if "resolution" in raw and ENDPOINTS.get(endpoint) != "image":
+        value = str(raw.pop("resolution")).strip().lower()
+        if value not in RESOLUTIONS:
+            raise ConfigurationError(
+                f"{file}:{number}: resolution {value!r} is not offered; allowed: {', '.join(RESOLUTIONS)}"
+            )
+        mode = RESOLUTIONS[value]
+        if "mode" in raw and raw["mode"] != mode:
+            raise ConfigurationError(
+                f"{file}:{number}: mode {raw['mode']} and resolution {value} disagree; give one of them"
+            )
+        raw["mode"] = mode
+    if "multi_shot" in raw and not isinstance(raw["multi_shot"], bool):
+        text = str(raw["multi_shot"]).strip().lower()
+        if text not in ("true", "false"):
+            raise ConfigurationError(f"{file}:{number}: multi_shot must be true or false")
+        raw["multi_shot"] = text == "true"

@@ -22,7 +22,7 @@ from ..errors import (
     ValidationError,
 )
 from ..guard import CostAwareClient
-from ..kling.models import KlingTask
+from ..kling._core import AnyTask
 from ..money import format_amount, money_context
 from .rows import BatchRow
 
@@ -180,7 +180,7 @@ class BatchRunner:
         max_poll: float = 30.0,
         results_path: str | Path | None = None,
         on_result: Callable[[BatchResult], None] | None = None,
-        on_submitted: Callable[[BatchRow, KlingTask], None] | None = None,
+        on_submitted: Callable[[BatchRow, AnyTask], None] | None = None,
         on_stopping: Callable[[int, int], None] | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
@@ -433,7 +433,7 @@ class BatchRunner:
                 self._waiting -= 1
                 self._in_flight += 1
 
-    def _finish(self, row: BatchRow, task: KlingTask) -> BatchResult:
+    def _finish(self, row: BatchRow, task: AnyTask) -> BatchResult:
         ledger = self.guard.ledger
         deadline = time.monotonic() + self.timeout
         interval = self.poll

@@ -33,8 +33,21 @@ batch_app = App(help="Plan and run batches of generations within budget.", no_ar
 
 FileArg = Annotated[Path, typer.Argument(help="One prompt per line, or .jsonl / .csv rows with fields.")]
 KindOption = Annotated[str, typer.Option("--kind", help="Default endpoint (text2video, image, ...).")]
-ModelOption = Annotated[str | None, typer.Option("--model", help="Default model_name.")]
-ModeOption = Annotated[str | None, typer.Option("--mode", help="Default mode: std/pro.")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Default model: a legacy model_name (kling-v3), or a new-standard id (kling-3.0): "
+        "rows with one go out on the new standard.",
+    ),
+]
+ModeOption = Annotated[str | None, typer.Option("--mode", help="Default mode: std/pro/4k.")]
+ResolutionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--resolution", help="Default resolution instead of --mode: 720p, 1080p, 4k (images: 1k, 2k, 4k)."
+    ),
+]
 DurationOption = Annotated[int | None, typer.Option("--duration", help="Default duration (s).")]
 AudioOption = Annotated[bool, typer.Option("--audio/--no-audio", help="Default: generate sound.")]
 ScopeOption = Annotated[
@@ -47,9 +60,20 @@ BaseUrlOption = Annotated[
 
 
 def _defaults(
-    kind: str, model: str | None, mode: str | None, duration: int | None, audio: bool
+    kind: str,
+    model: str | None,
+    mode: str | None,
+    duration: int | None,
+    audio: bool,
+    resolution: str | None = None,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"endpoint": kind, "model_name": model, "mode": mode, "duration": duration}
+    out: dict[str, Any] = {
+        "endpoint": kind,
+        "model_name": model,
+        "mode": mode,
+        "duration": duration,
+        "resolution": resolution,
+    }
     if audio:
         out["sound"] = "on"
     return out
@@ -130,6 +154,7 @@ def plan_command(
     kind: KindOption = "text2video",
     model: ModelOption = None,
     mode: ModeOption = None,
+    resolution: ResolutionOption = None,
     duration: DurationOption = None,
     audio: AudioOption = False,
     scope: ScopeOption = None,
@@ -141,7 +166,7 @@ def plan_command(
     from ..batch import read_batch
 
     with boundary():
-        rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
+        rows = read_batch(file, _defaults(kind, model, mode, duration, audio, resolution))
     with opened(ledger_url, create=False) as ledger, boundary():
         plan = _plan(rows, file, ledger, scope or [], catalog)
     if json_out:
@@ -173,6 +198,7 @@ def run_command(
     kind: KindOption = "text2video",
     model: ModelOption = None,
     mode: ModeOption = None,
+    resolution: ResolutionOption = None,
     duration: DurationOption = None,
     audio: AudioOption = False,
     scope: ScopeOption = None,
@@ -218,7 +244,7 @@ def run_command(
     from ._batchrun import alert_config, execute, report
 
     with boundary():
-        rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
+        rows = read_batch(file, _defaults(kind, model, mode, duration, audio, resolution))
         threshold = parse_amount(approve_above, what="--approve-above", allow_zero=True)
     results = results or file.with_name(file.name + ".results.jsonl")
     if results.resolve() == file.resolve():  # results appended to the rows would be re-read as rows
@@ -322,6 +348,7 @@ def advise_command(
     kind: KindOption = "text2video",
     model: ModelOption = None,
     mode: ModeOption = None,
+    resolution: ResolutionOption = None,
     duration: DurationOption = None,
     audio: AudioOption = False,
     count: Annotated[int, typer.Option("--count", min=1, help="How many such requests.")] = 1,
@@ -336,7 +363,7 @@ def advise_command(
 
     with boundary():
         if file is not None:
-            rows = read_batch(file, _defaults(kind, model, mode, duration, audio))
+            rows = read_batch(file, _defaults(kind, model, mode, duration, audio, resolution))
             requests: list[Any] = [
                 {"endpoint": r.endpoint, **{k: v for k, v in r.body.items() if k != "external_task_id"}}
                 for r in rows
@@ -344,7 +371,14 @@ def advise_command(
         else:
             if count > MAX_ADVISE_COUNT:
                 fail(f"--count {count} is too many; advise on at most {MAX_ADVISE_COUNT} requests")
-            one = {"kind": kind, "model": model, "mode": mode or "std", "duration": duration, "audio": audio}
+            one = {
+                "kind": kind,
+                "model": model,
+                "mode": mode,
+                "resolution": resolution,
+                "duration": duration,
+                "audio": audio,
+            }
             requests = [one] * count
         advice = advise(requests, catalog=catalog, duplicates=file is not None)
     if json_out:

@@ -22,16 +22,46 @@ def estimate_command(
         str,
         typer.Option(
             "--kind",
-            help="Endpoint: text2video, image2video, multi-image2video, video-extend, lip-sync, "
-            "effects, image, tryon.",
+            help="Endpoint: text2video, image2video, multi-image2video, omni-video, motion-control, "
+            "video-extend, lip-sync, advanced-lip-sync, effects, avatar, text-to-audio, video-to-audio, "
+            "image, multi-image2image, omni-image, tryon; or a new-standard path such as "
+            "/text-to-video/kling-3.0 (its model is the path's).",
         ),
     ] = "text2video",
     model: Annotated[
-        str | None, typer.Option("--model", help="model_name (default: the catalog's default).")
+        str | None,
+        typer.Option("--model", help="model_name or new-standard model id (default: the catalog's default)."),
     ] = None,
-    mode: Annotated[str, typer.Option("--mode", help="std/pro (or standard/professional).")] = "std",
-    duration: Annotated[int | None, typer.Option("--duration", help="Seconds (video default 5).")] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="std/pro/4k (or standard/professional). Default std.")
+    ] = None,
+    resolution: Annotated[
+        str | None,
+        typer.Option(
+            "--resolution",
+            help="Instead of --mode: 720p (std), 1080p (pro) or 4k; images: 1k, 2k or 4k.",
+        ),
+    ] = None,
+    duration: Annotated[
+        int | None,
+        typer.Option("--duration", help="Seconds (video default 5; motion control: the output, at most 30)."),
+    ] = None,
     audio: Annotated[bool, typer.Option("--audio/--no-audio", help="Generate sound (sound=on).")] = False,
+    sound: Annotated[
+        str | None,
+        typer.Option(
+            "--sound",
+            metavar="native|original|off",
+            help="The new standard's settings.audio (native = --audio; original keeps an input "
+            "video's sound, which is not generated sound).",
+        ),
+    ] = None,
+    video_input: Annotated[
+        bool, typer.Option("--video-input", help="A reference video (omni-video: 3.0 Omni, O1).")
+    ] = False,
+    voice_control: Annotated[
+        bool, typer.Option("--voice-control", help="Voices given to kling-2.6 (with --audio).")
+    ] = False,
     n: Annotated[int, typer.Option("--n", help="Number of images (image generation).")] = 1,
     image_input: Annotated[
         bool, typer.Option("--image-input", help="Image generation from a reference image.")
@@ -54,10 +84,13 @@ def estimate_command(
             kind=kind,
             model=model,
             mode=mode,
+            resolution=resolution,
             duration=duration,
-            audio=audio,
+            audio=_audio(audio, sound),
             n=n,
             image_input=image_input,
+            video_input=video_input,
+            voice_control=voice_control,
             effect=effect,
             catalog=catalog,
             as_of=day,
@@ -87,6 +120,48 @@ def estimate_command(
         typer.echo(f"  x {count} requests = {total_text}{usd_t}")
 
 
+def _audio(flag: bool, sound: str | None) -> object:
+    """``--audio`` or ``--sound VALUE``; both given must agree."""
+    if sound is None:
+        return flag
+    from ..errors import PricingError
+    from ..pricing.request import PriceRequest
+
+    value = PriceRequest.build(audio=sound).audio  # checks the value: on, off, native, original
+    if flag and not value:
+        raise PricingError(
+            f"--audio and --sound {sound} disagree; give one of them",
+            field="sound",
+            value=sound,
+            allowed=("native",),
+        )
+    return value
+
+
+def _with(entry: PriceEntry) -> str:
+    """The entry's other match fields, in a few words: ``1k/2k``, ``video input``, ``no voice control``."""
+    parts = ["/".join(entry.resolutions)] if entry.resolutions else []
+    for flag, text in (
+        (entry.image_input, "image input"),
+        (entry.video_input, "video input"),
+        (entry.voice_control, "voice control"),
+        (entry.multi_image, "multi-image"),
+    ):
+        if flag is not None:
+            parts.append(text if flag else f"no {text}")
+    return ", ".join(parts)
+
+
+def _seconds(durations: tuple[int, ...] | None) -> str:
+    """``5/10``, or a run of whole seconds as ``3-15``."""
+    if not durations:
+        return ""
+    run = list(range(durations[0], durations[-1] + 1))
+    if len(durations) > 2 and list(durations) == run:
+        return f"{durations[0]}-{durations[-1]}"
+    return "/".join(map(str, durations))
+
+
 def _entry_row(cat: Catalog, entry: PriceEntry) -> dict[str, Any]:
     usd = cat.usd_per_unit.get(entry.pack)
     return {
@@ -95,6 +170,10 @@ def _entry_row(cat: Catalog, entry: PriceEntry) -> dict[str, Any]:
         "modes": list(entry.modes) if entry.modes else None,
         "audio": entry.audio,
         "image_input": entry.image_input,
+        "resolutions": list(entry.resolutions) if entry.resolutions else None,
+        "video_input": entry.video_input,
+        "voice_control": entry.voice_control,
+        "multi_image": entry.multi_image,
         "durations": list(entry.durations) if entry.durations else None,
         "basis": entry.basis,
         "rate": str(entry.rate),
@@ -143,7 +222,7 @@ def show_command(
         return
     title = f"{cat.name} ({cat.unit})" + ("" if all_versions else f" in force on {day}")
     table = Table(title=title)
-    columns = ["kind", "model", "mode", "audio", "seconds", "price", "USD", "from"]
+    columns = ["kind", "model", "mode", "audio", "with", "seconds", "price", "USD", "from"]
     for col in [*columns, "source"] if sources else columns:
         table.add_column(col, overflow="fold", no_wrap=col == "from")
     for entry, row in zip(entries, rows, strict=True):
@@ -152,7 +231,8 @@ def show_command(
             ", ".join(entry.models) if entry.models else "any",
             "/".join(entry.modes) if entry.modes else "any",
             "yes" if entry.audio else "",
-            "/".join(map(str, entry.durations)) if entry.durations else "",
+            _with(entry),
+            _seconds(entry.durations),
             entry.rate_text(),
             row["usd_rate"] or "",
             row["effective_from"],

@@ -36,7 +36,7 @@ def simulate_command(
     image_units: Annotated[str, typer.Option("--image-units", help="Units in the image pack.")] = "1000",
     tryon_units: Annotated[str, typer.Option("--tryon-units", help="Units in the try-on pack.")] = "100",
     concurrency: Annotated[
-        int, typer.Option("--concurrency", help="Parallel tasks per pack type.", min=1)
+        int, typer.Option("--concurrency", help="Parallel tasks per model version and pack type.", min=1)
     ] = 5,
     callback_secret: Annotated[
         str | None, typer.Option("--callback-secret", help="Sign callbacks (Standard Webhooks) with this.")
@@ -47,6 +47,13 @@ def simulate_command(
     admin: Annotated[
         bool, typer.Option("--admin/--no-admin", help="Serve /_simulator/ fault injection routes.")
     ] = True,
+    balance: Annotated[
+        str | None,
+        typer.Option(
+            "--balance",
+            help="A cash balance (USD) that pays tasks their pack cannot; default: none (1102 instead).",
+        ),
+    ] = None,
 ) -> None:
     """Run a Kling-compatible API simulator (endpoints, auth, packs, billing, callbacks)."""
     import secrets
@@ -87,6 +94,7 @@ def simulate_command(
             callback_secret=callback_secret,
             rate_limit=rate_limit,
             admin=admin,
+            balance=balance,
         )
     except ValidationError as exc:  # settings the simulator cannot run with (infinite task seconds)
         fail(str(exc))

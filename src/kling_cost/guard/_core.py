@@ -17,13 +17,21 @@ from typing import Any
 from ..budgets import normalise_scopes
 from ..cache import CachePolicy, fingerprint
 from ..errors import BudgetExceeded, KlingAPIError, PricingError
-from ..kling.endpoints import endpoint_kind, normalise_body, validate_create
+from ..kling._core import AnyTask, create_body, is_new_task_ref
+from ..kling.endpoints import (
+    endpoint_kind,
+    external_task_id_of,
+    validate_create,
+    with_external_task_id,
+)
 from ..kling.models import KlingRequest, KlingTask
+from ..kling.new_standard import NewStandardRequest, NewStandardTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..ledger.cache_store import ABANDONED
 from ..money import format_quantity, parse_amount
 from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
 from ..text import check_storable
+from . import actuals
 
 __all__ = [
     "CHECK",
@@ -36,6 +44,7 @@ __all__ = [
     "catalog_date_of",
     "is_unknown_task",
     "sent_by_key",
+    "task_document",
 ]
 
 WAIT, CHECK, GONE = "wait", "check", "gone"
@@ -53,6 +62,16 @@ def sent_by_key(res: Reservation) -> bool:
     its owner ends it."""
     meta = res.metadata
     return isinstance(meta.get("endpoint"), str) or meta.get("external_task_id") == res.idempotency_key
+
+
+def task_document(endpoint: str, doc: Mapping[str, Any]) -> AnyTask:
+    """A task stored as JSON (the dedup cache's result) as the model of its standard."""
+    model: type[KlingTask] | type[NewStandardTask] = (
+        NewStandardTask if is_new_task_ref(endpoint) else KlingTask
+    )
+    task = model.model_validate(doc)
+    task.endpoint = endpoint
+    return task
 
 
 def is_unknown_task(exc: KlingAPIError) -> bool:
@@ -150,29 +169,29 @@ class GuardCore:
     def prepare(
         self,
         endpoint: str,
-        body: Mapping[str, Any] | KlingRequest,
+        body: Mapping[str, Any] | KlingRequest | NewStandardRequest,
         *,
         hints: Mapping[str, Any] | None = None,
     ) -> GuardedRequest:
         """Validate and price a create body; give it an ``external_task_id`` if it has none.
 
+        A new-standard path (``/text-to-video/kling-3.0``) keeps its body as Kling's new
+        standard spells it; its ``external_task_id`` is ``options.external_task_id``.
         ``hints`` price what the body alone cannot: ``model``/``mode`` of a video-extend's
         source video, ``duration`` (seconds) of a lip-sync's source video.
         """
+        path, data = create_body(endpoint, body)
         kind = endpoint_kind(endpoint)
-        data = normalise_body(body.to_body() if isinstance(body, KlingRequest) else dict(body))
+        target = path or kind  # where it is sent, and queried again
         check_storable(data)  # NUL or lone surrogates: refused before anything is held
         check_storable(dict(hints or {}), "hints")
-        price = validate_create(kind, data, None)
+        price = validate_create(target, data, None)
         est, source = self._estimate(kind, data, price, dict(hints or {}))
-        key = str(data.get("external_task_id") or f"kc-{uuid.uuid4().hex}")
-        data["external_task_id"] = key
+        key = external_task_id_of(target, data) or f"kc-{uuid.uuid4().hex}"
+        with_external_task_id(target, data, key)
         req = est.request
-        prompt = data.get("prompt")
-        if not isinstance(prompt, str) and isinstance(data.get("input"), Mapping):
-            prompt = data["input"].get("text")
         meta: dict[str, Any] = {
-            "endpoint": kind,
+            "endpoint": target,
             "kind": kind,
             **est.charge_fields(),  # as priced: default model filled in, mode/duration normalised
             "external_task_id": key,
@@ -180,13 +199,14 @@ class GuardCore:
             "catalog": est.catalog,
             "unit": est.unit,
         }
-        if isinstance(prompt, str):
+        prompt = _prompt_of(data)
+        if prompt is not None:
             meta["prompt"] = prompt
-        fp = fingerprint(kind, data, req)
+        fp = fingerprint(target, data, req)
         if self.cache.enabled:
             meta["fingerprint"] = fp
         return GuardedRequest(
-            endpoint=kind,
+            endpoint=target,
             body=data,
             key=key,
             amount=est.amount,
@@ -271,22 +291,35 @@ class GuardCore:
     # -- after the task ended -----------------------------------------------------------------
 
     @staticmethod
-    def result_metadata(task: KlingTask, source: str) -> dict[str, Any]:
+    def result_metadata(task: AnyTask, source: str) -> dict[str, Any]:
         """What a settled charge records of the ended task beside its cost."""
-        extra: dict[str, Any] = {"actual_source": source}
-        if task.final_unit_deduction is not None:
-            extra["kling_units"] = str(task.final_unit_deduction)
-        if task.videos:
-            extra["videos"] = [v.id for v in task.videos if v.id]
-        return extra
+        return actuals.result_metadata(task, source)
+
+    def actual(self, task: AnyTask, reservation: Reservation) -> tuple[Decimal, str]:
+        """What to commit, in the unit the reservation recorded (see :mod:`.actuals`)."""
+        return actuals.actual(task, reservation, self.catalog)
 
     @staticmethod
-    def actual(task: KlingTask, reservation: Reservation) -> tuple[Decimal, str]:
-        """What to commit, in the unit the reservation recorded (never this client's catalog):
-        Kling's ``final_unit_deduction`` for a reservation in Kling's units; else the reserved
-        estimate (flagged as such: Kling reports units, the budget counts credits)."""
-        if task.final_unit_deduction is not None and reservation.unit == "units":
-            return task.final_unit_deduction, "kling"
-        if task.final_unit_deduction is not None:
-            return reservation.amount, f"estimate (reserved in {reservation.unit})"
-        return reservation.amount, "estimate (Kling reported no final_unit_deduction)"
+    def charged(task: AnyTask) -> bool:
+        """Whether Kling reports a charge for ``task`` (a failed task normally has none)."""
+        return actuals.billed(task)
+
+
+def _prompt_of(data: Mapping[str, Any]) -> str | None:
+    """The prompt of a create body of either standard (legacy ``prompt`` or ``input.text``;
+    new ``prompt`` or the ``contents`` prompt item)."""
+    prompt = data.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(data.get("input"), Mapping) and isinstance(data["input"].get("text"), str):
+        return str(data["input"]["text"])
+    contents = data.get("contents")
+    if isinstance(contents, list):
+        for item in contents:
+            if (
+                isinstance(item, Mapping)
+                and item.get("type") == "prompt"
+                and isinstance(item.get("text"), str)
+            ):
+                return str(item["text"])
+    return None

@@ -10,12 +10,11 @@ never waits on the database; the sync guard calls both directly.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
-from datetime import timedelta
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, overload
 
 import anyio
 
@@ -29,19 +28,27 @@ from ..errors import (
     ValidationError,
 )
 from ..kling import bodies
+from ..kling._core import IDS_PER_CALL, AnyTask
 from ..kling.async_client import AsyncKlingClient
-from ..kling.models import AccountCosts, KlingRequest, KlingTask
-from ..ledger import CacheEntry, Ledger, Reservation
+from ..kling.endpoints import LegacyEndpoint
+from ..kling.models import AccountCosts, FaceIdentification, KlingRequest, KlingTask
+from ..kling.new_standard import (
+    BalanceDeduction,
+    ContentItem,
+    CursorPage,
+    NewStandardRequest,
+    NewStandardTask,
+    PackageDeduction,
+)
+from ..ledger import Ledger, Reservation
 from ..pricing import Catalog
 from ._core import (
-    CHECK,
-    GONE,
     PENDING_GRACE,
     GuardCore,
     GuardedRequest,
     SettleReport,
-    is_unknown_task,
 )
+from .async_flight import AsyncSingleFlight
 from .async_settle import AsyncSettler
 
 __all__ = ["AsyncCostAwareClient"]
@@ -53,8 +60,11 @@ class AsyncCostAwareClient:
     validate -> estimate -> per-request maximum -> dedup lookup -> reserve on every scope
     (idempotency key = the request's ``external_task_id``, generated when absent) -> submit
     -> release on an error before Kling accepted -> attach the task id -> when the task ends
-    (:meth:`wait`, :meth:`get_task` or :meth:`settle_pending`): commit Kling's
-    ``final_unit_deduction`` for ``succeed``, release for ``failed``.
+    (:meth:`wait`, :meth:`get_task` or :meth:`settle_pending`): commit what Kling charged
+    (``final_unit_deduction``, or the ``unit`` entries of a new-standard task's ``billing[]``),
+    release a failed task. Both API standards: a new-standard path
+    (``/text-to-video/kling-3.0``) carries the idempotency key as ``options.external_task_id``
+    and is found again with ``GET /tasks?external_task_ids=``.
     """
 
     def __init__(
@@ -81,6 +91,7 @@ class AsyncCostAwareClient:
             task_ttl=task_ttl,
         )
         self.settler = AsyncSettler(ledger, self.core)
+        self.flight = AsyncSingleFlight(client, self.settler)
         self._ledger = self.settler.ledger  # the ledger as this client calls it
 
     async def aclose(self) -> None:
@@ -96,17 +107,51 @@ class AsyncCostAwareClient:
 
     # -- creates ------------------------------------------------------------------------------
 
+    @overload
     async def create(
         self,
         endpoint: str,
-        body: Mapping[str, Any] | KlingRequest,
+        body: KlingRequest,
         *,
         scopes: Sequence[str] | None = None,
         dedup: bool | None = None,
         hints: Mapping[str, Any] | None = None,
-    ) -> KlingTask:
-        """Create a task within budget. Raises :class:`BudgetExceeded` before anything is sent
-        when a budget lacks room; an identical earlier request is reused at zero cost."""
+    ) -> KlingTask: ...
+
+    @overload
+    async def create(
+        self,
+        endpoint: str,
+        body: NewStandardRequest,
+        *,
+        scopes: Sequence[str] | None = None,
+        dedup: bool | None = None,
+        hints: Mapping[str, Any] | None = None,
+    ) -> NewStandardTask: ...
+
+    @overload
+    async def create(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        scopes: Sequence[str] | None = None,
+        dedup: bool | None = None,
+        hints: Mapping[str, Any] | None = None,
+    ) -> AnyTask: ...
+
+    async def create(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any] | KlingRequest | NewStandardRequest,
+        *,
+        scopes: Sequence[str] | None = None,
+        dedup: bool | None = None,
+        hints: Mapping[str, Any] | None = None,
+    ) -> AnyTask:
+        """Create a task within budget (a legacy kind or path, or a new-standard path).
+        Raises :class:`BudgetExceeded` before anything is sent when a budget lacks room; an
+        identical earlier request is reused at zero cost."""
         req = self.core.prepare(endpoint, body, hints=hints)
         self.core.check_max(req)
         use_cache = self.core.cache.enabled if dedup is None else dedup
@@ -117,7 +162,7 @@ class AsyncCostAwareClient:
         if earlier is not None:
             use_cache = False  # this key has its own history: resume it, never pay twice
         if use_cache:
-            reused = await self._claim_or_reuse(req, all_scopes)
+            reused = await self.flight.claim_or_reuse(req, all_scopes)
             if reused is not None:
                 return reused
         try:
@@ -127,75 +172,12 @@ class AsyncCostAwareClient:
                 await self.settler.give_up(req)
             raise
 
-    async def _claim_or_reuse(self, req: GuardedRequest, scopes: Sequence[str]) -> KlingTask | None:
-        """Claim the fingerprint, or return the task of an identical request (free)."""
-        policy = self.core.cache
-        while True:
-            claimed, entry = await self._ledger.cache_claim(
-                req.fingerprint,
-                req.endpoint,
-                req.amount,
-                policy.lease,
-            )
-            if claimed:
-                return None
-            task = await self._reuse(entry)
-            if task is not None and task.succeeded:
-                await self._ledger.record_cache_hit(
-                    req.amount,
-                    scopes,
-                    idempotency_key=req.key,
-                    task_id=task.task_id,
-                    metadata={**req.metadata, "cache": entry.status},
-                    unit=req.unit,
-                    catalog=req.catalog,
-                    catalog_date=req.catalog_date,
-                )
-                return task
-            # the identical request failed or vanished: claim again and pay for ours
-
-    async def _reuse(self, entry: CacheEntry) -> KlingTask | None:
-        """A succeeded entry's task, or wait for an in-flight one to end (single-flight).
-
-        None when the identical request is gone (failed, freed, past its lease, or never
-        received by Kling within ``CachePolicy.wait``): the caller claims it and pays for its own.
-        """
-        policy = self.core.cache
-        while True:
-            if entry.status == "succeeded" and entry.result is not None:
-                task = KlingTask.model_validate(entry.result)
-                task.endpoint = entry.endpoint
-                return task
-            holder = await self.settler.holder(entry)
-            task_id = entry.task_id or (holder.task_id if holder is not None else None)
-            if task_id is not None:
-                task = await self.client.wait(task_id, endpoint=entry.endpoint, poll=policy.wait_poll)
-                await self.settler.settle_by_task(task)
-                return task
-            verdict = self.core.verdict(entry, holder)
-            if verdict == CHECK and holder is not None:
-                # ask Kling about the holder's key; if it cannot be asked, raise (never pay twice)
-                known = await self._find(entry.endpoint, holder.idempotency_key, strict=True)
-                if known is not None:
-                    await self.settler.adopt(entry, holder, known)
-                    entry = replace(entry, task_id=known.task_id)
-                    continue
-                verdict = GONE
-            if verdict == GONE:
-                await self._ledger.cache_forget(entry)
-                return None
-            await anyio.sleep(policy.wait_poll)
-            current = await self._ledger.cache_lookup(entry.fingerprint)
-            if current is None:
-                return None
-            entry = current
-
     async def _reserve_and_submit(
         self,
         req: GuardedRequest,
         scopes: Sequence[str],
         cached: bool,
-    ) -> KlingTask:
+    ) -> AnyTask:
         reservation = await self._ledger.reserve(
             req.amount,
             scopes,
@@ -219,16 +201,16 @@ class AsyncCostAwareClient:
             if taken is not None:
                 return taken
         elif reservation.revived:  # an earlier attempt may have reached Kling after all
-            known = await self._find(req.endpoint, req.key, strict=True)
+            known = await self.flight.find(req.endpoint, req.key, strict=True)
             if known is not None:
                 return await self._accepted(reservation, known, req)
         return await self._submit(req, reservation)
 
-    async def _await_holder(self, req: GuardedRequest, reservation: Reservation) -> KlingTask | None:
+    async def _await_holder(self, req: GuardedRequest, reservation: Reservation) -> AnyTask | None:
         """Wait for the caller holding this key; None if it died before sending (take over)."""
         deadline = reservation.created_at + PENDING_GRACE
         while True:
-            known = await self._find(req.endpoint, req.key, strict=True)
+            known = await self.flight.find(req.endpoint, req.key, strict=True)
             if known is not None:
                 return await self._accepted(reservation, known, req)
             current = await self._ledger.get_reservation(reservation.id)
@@ -243,7 +225,7 @@ class AsyncCostAwareClient:
                 return None
             await anyio.sleep(self.core.cache.wait_poll)
 
-    async def _submit(self, req: GuardedRequest, reservation: Reservation) -> KlingTask:
+    async def _submit(self, req: GuardedRequest, reservation: Reservation) -> AnyTask:
         """Send the request; free the hold only when Kling surely did not accept it."""
         try:
             task = await self.client.create(req.endpoint, req.body)
@@ -253,7 +235,7 @@ class AsyncCostAwareClient:
         except Exception as exc:
             # Kling refused it, or an earlier attempt's answer was lost: ask before freeing
             try:
-                known = await self._find(req.endpoint, req.key, strict=True)
+                known = await self.flight.find(req.endpoint, req.key, strict=True)
             except KlingAPIError:
                 raise exc from None  # cannot tell: keep the hold (its lease or settle decides)
             if known is None:
@@ -262,19 +244,7 @@ class AsyncCostAwareClient:
             task = known
         return await self._accepted(reservation, task, req)
 
-    async def _find(self, endpoint: str, key: str, *, strict: bool = False) -> KlingTask | None:
-        """The task Kling knows under ``external_task_id=key``; None when Kling says it has
-        none. Other errors: raised with ``strict``, else None."""
-        try:
-            return await self.client.get_task(endpoint, external_task_id=key)
-        except KlingAPIError as exc:
-            if is_unknown_task(exc):
-                return None
-            if strict:
-                raise
-            return None
-
-    async def _accepted(self, reservation: Reservation, task: KlingTask, req: GuardedRequest) -> KlingTask:
+    async def _accepted(self, reservation: Reservation, task: AnyTask, req: GuardedRequest) -> AnyTask:
         reservation = await self._ledger.attach_task(reservation, task.task_id, ttl=self.core.task_ttl)
         if self.core.cache.enabled and "fingerprint" in req.metadata:
             await self._ledger.cache_attach(req.fingerprint, task_id=task.task_id)
@@ -336,15 +306,118 @@ class AsyncCostAwareClient:
     async def virtual_try_on(self, human_image: str, cloth_image: str, **fields: Any) -> KlingTask:
         return await self.create("tryon", bodies.tryon_body(human_image, cloth_image, fields))
 
+    async def identify_face(
+        self, video_id: str | None = None, video_url: str | None = None, **fields: Any
+    ) -> FaceIdentification:
+        """Two-step lip-sync, step 1: free (no task), so nothing is reserved."""
+        return await self.client.identify_face(video_id, video_url, **fields)
+
+    async def advanced_lip_sync(
+        self,
+        session_id: str,
+        face_choose: Sequence[Mapping[str, Any]],
+        *,
+        hints: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> KlingTask:
+        """Two-step lip-sync, step 2. ``hints={"duration": seconds}`` of the video prices it
+        exactly (e.g. the last ``end_time`` of identify-face's ``face_data``, in ms / 1000);
+        else a 10 s video is reserved. The commit is what Kling charged."""
+        body = bodies.advanced_lip_sync_body(session_id, face_choose, fields)
+        return await self.create("advanced-lip-sync", body, hints=hints)
+
+    # -- new-standard creates -----------------------------------------------------------------
+
+    async def new_text_to_video(self, model: str, prompt: str, **fields: Any) -> NewStandardTask:
+        """``POST /text-to-video/{model}`` within budget (fields as the Kling client's)."""
+        body = bodies.new_body(prompt=prompt, fields=fields)
+        return await self.create(f"/text-to-video/{model}", body)
+
+    async def new_image_to_video(
+        self,
+        model: str,
+        image: str | None = None,
+        prompt: str | None = None,
+        *,
+        last_frame: str | None = None,
+        contents: Sequence[Mapping[str, Any] | ContentItem] | None = None,
+        **fields: Any,
+    ) -> NewStandardTask:
+        items = bodies.image_contents(image, prompt, last_frame, contents)
+        return await self.create(f"/image-to-video/{model}", bodies.new_body(contents=items, fields=fields))
+
+    async def omni_video(
+        self,
+        model: str,
+        contents: Sequence[Mapping[str, Any] | ContentItem] | None = None,
+        prompt: str | None = None,
+        **fields: Any,
+    ) -> NewStandardTask:
+        items = bodies.omni_contents(prompt, contents)
+        return await self.create(f"/omni-video/{model}", bodies.new_body(contents=items, fields=fields))
+
+    async def motion_control(
+        self, model: str, image: str, video: str, *, prompt: str | None = None, **fields: Any
+    ) -> NewStandardTask:
+        """Reserved at the longest output (30 s); committed on the output's length."""
+        body = bodies.motion_control_body(image, video, prompt, fields)
+        return await self.create(f"/motion-control/{model}", body)
+
     # -- queries and settlement ---------------------------------------------------------------
+
+    @overload
+    async def get_task(
+        self, endpoint: LegacyEndpoint, task_id: str | None = None, *, external_task_id: str | None = None
+    ) -> KlingTask: ...
+
+    @overload
+    async def get_task(
+        self, endpoint: str, task_id: str | None = None, *, external_task_id: str | None = None
+    ) -> AnyTask: ...
 
     async def get_task(
         self, endpoint: str, task_id: str | None = None, *, external_task_id: str | None = None
-    ) -> KlingTask:
+    ) -> AnyTask:
         """Query a task; one that has ended is settled in the ledger on the way."""
         task = await self.client.get_task(endpoint, task_id, external_task_id=external_task_id)
         await self.settler.settle_by_task(task)
         return task
+
+    async def get_tasks(
+        self,
+        task_ids: Sequence[str] | None = None,
+        *,
+        external_task_ids: Sequence[str] | None = None,
+        per_call: int = IDS_PER_CALL,
+    ) -> list[NewStandardTask]:
+        """``GET /tasks`` (batched); each task that has ended is settled on the way."""
+        tasks = await self.client.get_tasks(task_ids, external_task_ids=external_task_ids, per_call=per_call)
+        for task in tasks:
+            await self.settler.settle_by_task(task)
+        return tasks
+
+    def task_pages(
+        self,
+        start_time: int | datetime | None = None,
+        end_time: int | datetime | None = None,
+        **options: Any,
+    ) -> AsyncIterator[CursorPage[NewStandardTask]]:
+        """The Kling client's ``task_pages`` (a listing: nothing is settled)."""
+        return self.client.task_pages(start_time, end_time, **options)
+
+    def billing_package_pages(
+        self,
+        *args: Any,
+        **options: Any,
+    ) -> AsyncIterator[CursorPage[PackageDeduction]]:
+        return self.client.billing_package_pages(*args, **options)
+
+    def billing_balance_pages(
+        self,
+        *args: Any,
+        **options: Any,
+    ) -> AsyncIterator[CursorPage[BalanceDeduction]]:
+        return self.client.billing_balance_pages(*args, **options)
 
     async def list_tasks(self, endpoint: str, page: int = 1, page_size: int = 30) -> list[KlingTask]:
         return await self.client.list_tasks(endpoint, page, page_size)
@@ -352,7 +425,22 @@ class AsyncCostAwareClient:
     async def account_costs(self, *args: Any, **kwargs: Any) -> AccountCosts:
         return await self.client.account_costs(*args, **kwargs)
 
-    async def wait(self, task: KlingTask | str, *, timeout: float = 600.0, **options: Any) -> KlingTask:
+    @overload
+    async def wait(self, task: KlingTask, *, timeout: float = 600.0, **options: Any) -> KlingTask: ...
+
+    @overload
+    async def wait(
+        self,
+        task: NewStandardTask,
+        *,
+        timeout: float = 600.0,
+        **options: Any,
+    ) -> NewStandardTask: ...
+
+    @overload
+    async def wait(self, task: str, *, timeout: float = 600.0, **options: Any) -> AnyTask: ...
+
+    async def wait(self, task: AnyTask | str, *, timeout: float = 600.0, **options: Any) -> AnyTask:
         """The Kling client's ``wait``, keeping the reservation's lease alive, then settle the
         ended task in the ledger."""
         deadline = time.monotonic() + timeout
@@ -365,7 +453,7 @@ class AsyncCostAwareClient:
             except TaskTimeout:
                 if time.monotonic() >= deadline:
                     raise
-                await self.settler.renew(task if isinstance(task, KlingTask) else None)
+                await self.settler.renew(None if isinstance(task, str) else task)
         await self.settler.settle_by_task(done)
         return done
 
@@ -379,10 +467,10 @@ class AsyncCostAwareClient:
         report = SettleReport()
         now = self._ledger.clock()
         for res in await self.settler.unsettled(now - lookback):
-            endpoint = str(res.metadata.get("endpoint") or "text2video")
+            endpoint = str(res.metadata.get("endpoint") or "text2video")  # a new-standard path too
             try:
                 if res.task_id is None:
-                    task = await self._find(endpoint, res.idempotency_key, strict=True)
+                    task = await self.flight.find(endpoint, res.idempotency_key, strict=True)
                 else:
                     task = await self.client.get_task(endpoint, res.task_id)
                 await self.settler.settle_found(res, task, now, report)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ..kling.models import KlingTask
+from ..kling._core import AnyTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ._core import PENDING_GRACE, GuardCore, GuardedRequest, SettleReport, sent_by_key
 
@@ -44,7 +44,7 @@ class Settler:
             return None
         return self.ledger.get_reservation(entry.reservation_id)
 
-    def adopt(self, entry: CacheEntry, holder: Reservation, task: KlingTask) -> None:
+    def adopt(self, entry: CacheEntry, holder: Reservation, task: AnyTask) -> None:
         """Kling accepted the request of a holder that gave up: attach the task to the holder's
         reservation (it is settled when the task ends) and let every waiter wait for it."""
         if holder.task_id is None:
@@ -53,12 +53,13 @@ class Settler:
 
     # -- after the task ended -----------------------------------------------------------------
 
-    def settle(self, reservation: Reservation, task: KlingTask) -> Reservation:
-        """Commit what Kling charged for a succeeded task; release a failed one (free)."""
+    def settle(self, reservation: Reservation, task: AnyTask) -> Reservation:
+        """Commit what Kling charged for a succeeded task; release a failed one (free) unless
+        Kling billed it anyway (actuals win)."""
         if not task.done:
             return reservation
         fp = reservation.metadata.get("fingerprint")
-        if task.failed:
+        if task.failed and not self.core.charged(task):
             settled = self.ledger.release(reservation, failed=True)
             if isinstance(fp, str):
                 self.ledger.cache_drop(fp, task_id=task.task_id)
@@ -73,11 +74,13 @@ class Settler:
             force=True,
             metadata=extra,
         )
-        if isinstance(fp, str) and self.core.cache.enabled:
+        if isinstance(fp, str) and self.core.cache.enabled and task.succeeded:
             self.ledger.cache_complete(fp, task.model_dump(mode="json"), self.core.cache.ttl)
+        elif isinstance(fp, str) and not task.succeeded:  # billed, yet failed: nothing to reuse
+            self.ledger.cache_drop(fp, task_id=task.task_id)
         return settled
 
-    def settle_task(self, reservation: Reservation | None, task: KlingTask) -> None:
+    def settle_task(self, reservation: Reservation | None, task: AnyTask) -> None:
         """Settle an ended task's reservation, whatever state the ledger left it in."""
         if reservation is None or not task.done:
             return
@@ -85,7 +88,7 @@ class Settler:
             self.settle(reservation, task)
         elif (
             reservation.status == "released"
-            and task.succeeded
+            and (task.succeeded or self.core.charged(task))
             and reservation.task_id in (None, task.task_id)
         ):
             # the hold was freed, yet Kling accepted and charged it: record the charge anyway
@@ -101,7 +104,7 @@ class Settler:
                 catalog_date=reservation.catalog_date,
             )
 
-    def reservation_for(self, task: KlingTask) -> Reservation | None:
+    def reservation_for(self, task: AnyTask) -> Reservation | None:
         """The reservation that paid for ``task``: by its ``external_task_id``, else its id."""
         ref = task.external_task_id
         found = self.ledger.get_reservation(ref) if ref else None
@@ -109,12 +112,12 @@ class Settler:
             found = self.ledger.reservation_for_task(task.task_id)
         return found
 
-    def settle_by_task(self, task: KlingTask) -> None:
+    def settle_by_task(self, task: AnyTask) -> None:
         """Settle ``task``'s reservation once the task has ended (nothing while it runs)."""
         if task.done:
             self.settle_task(self.reservation_for(task), task)
 
-    def renew(self, task: KlingTask | None) -> None:
+    def renew(self, task: AnyTask | None) -> None:
         """Keep a running task's reservation held while someone waits for it."""
         found = None if task is None else self.reservation_for(task)
         if found is not None and found.status == "reserved":
@@ -129,7 +132,7 @@ class Settler:
         return held + self.ledger.reservations(status="expired", limit=None, since=since)
 
     def settle_found(
-        self, res: Reservation, task: KlingTask | None, now: datetime, report: SettleReport
+        self, res: Reservation, task: AnyTask | None, now: datetime, report: SettleReport
     ) -> None:
         """One step of ``settle_pending`` once Kling was asked about ``res``."""
         if task is None:  # Kling has no task under this key: it was never accepted

@@ -1,18 +1,27 @@
-"""A plain Kling AI API client (sync and async), its models, auth, errors and retries.
+"""A plain Kling AI API client (sync and async) for both API standards, its models, auth,
+errors and retries. :mod:`.models` holds the legacy documents, :mod:`.new_standard` the 2026
+"new design standard" ones (the task object with ``outputs[]`` and ``billing[]``, cursor pages,
+billing rows).
 
 ``async_client.py`` is the one source of the client; ``client.py`` is generated from it by
 ``python scripts/unasync.py`` (CI runs it with ``--check``). :mod:`.endpoints` and :mod:`.bodies`
 are public: the guard validates, prices and builds create bodies with them.
 """
 
+from ._core import IDS_PER_CALL, AnyTask
 from .async_client import AsyncKlingClient
 from .auth import ApiKeyAuth, Auth, JWTAuth, resolve_auth
 from .client import KlingClient
-from .endpoints import BASE_URLS, CREATE_PATHS, validate_create
+from .endpoints import BASE_URLS, CREATE_PATHS, TASKS_PATH, validate_create
 from .errors import error_class, error_for
 from .models import (
     AccountCosts,
+    AdvancedLipSyncRequest,
     EffectsRequest,
+    FaceChoice,
+    FaceData,
+    FaceIdentification,
+    FinalBalanceDeduction,
     ImageGenerationRequest,
     ImageToVideoRequest,
     KlingImage,
@@ -30,18 +39,51 @@ from .models import (
     VideoExtendRequest,
     VirtualTryOnRequest,
 )
+from .new_standard import (
+    AudioOutput,
+    BalanceDeduction,
+    BillingEntry,
+    CashCharge,
+    ContentItem,
+    CursorPage,
+    ImageOutput,
+    NewStandardRequest,
+    NewStandardTask,
+    OtherOutput,
+    Output,
+    PackageDeduction,
+    TaskOptions,
+    UnitCharge,
+    VideoOutput,
+    VideoSettings,
+)
 from .retry import RetryPolicy
 from .webhooks import parse_callback, sign_webhook, verify_webhook
 
 __all__ = [
     "BASE_URLS",
     "CREATE_PATHS",
+    "IDS_PER_CALL",
+    "TASKS_PATH",
     "AccountCosts",
+    "AdvancedLipSyncRequest",
+    "AnyTask",
     "ApiKeyAuth",
     "AsyncKlingClient",
+    "AudioOutput",
     "Auth",
+    "BalanceDeduction",
+    "BillingEntry",
+    "CashCharge",
+    "ContentItem",
+    "CursorPage",
     "EffectsRequest",
+    "FaceChoice",
+    "FaceData",
+    "FaceIdentification",
+    "FinalBalanceDeduction",
     "ImageGenerationRequest",
+    "ImageOutput",
     "ImageToVideoRequest",
     "JWTAuth",
     "KlingClient",
@@ -52,13 +94,22 @@ __all__ = [
     "KlingVideo",
     "LipSyncRequest",
     "MultiImageToVideoRequest",
+    "NewStandardRequest",
+    "NewStandardTask",
+    "OtherOutput",
+    "Output",
+    "PackageDeduction",
     "ResourcePack",
     "RetryPolicy",
     "TaskInfo",
+    "TaskOptions",
     "TaskResult",
     "TaskStatus",
     "TextToVideoRequest",
+    "UnitCharge",
     "VideoExtendRequest",
+    "VideoOutput",
+    "VideoSettings",
     "VirtualTryOnRequest",
     "error_class",
     "error_for",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -16,31 +16,110 @@ from typing import Any, Literal
 import httpx
 from pydantic import ValidationError as PydanticValidationError
 
-from ..errors import ConfigurationError, InvalidRequest, KlingAPIError, ServerError
+from ..errors import (
+    ConfigurationError,
+    InvalidRequest,
+    KlingAPIError,
+    MissingCredentials,
+    PricingError,
+    ServerError,
+)
 from ..pricing import Catalog, load_catalog
-from .auth import Auth, resolve_auth
+from .auth import ApiKeyAuth, Auth, resolve_auth
 from .endpoints import (
     ACCOUNT_COSTS_PATH,
     BASE_URLS,
-    CREATE_PATHS,
     ENV_BASE_URL,
+    IDENTIFY_FACE_PATH,
+    TASKS_PATH,
     endpoint_kind,
+    external_task_id_of,
+    legacy_path,
+    new_path,
     normalise_body,
     validate_create,
 )
 from .errors import error_for
-from .models import AccountCosts, KlingRequest, KlingResponse, KlingTask
+from .models import AccountCosts, FaceIdentification, KlingRequest, KlingResponse, KlingTask
+from .new_standard import (
+    BalanceDeduction,
+    CursorPage,
+    NewStandardRequest,
+    NewStandardTask,
+    PackageDeduction,
+)
 from .retry import RetryPolicy
 
 __all__ = [
+    "IDS_PER_CALL",
+    "MAX_PAGE",
+    "AnyTask",
     "ClientCore",
     "PreparedCall",
+    "Returns",
+    "create_body",
     "is_duplicate_external_id",
+    "is_new_task_ref",
+    "page_body",
     "parse_response",
     "parse_result",
+    "pick_task",
     "to_millis",
     "transport_error",
 ]
+
+
+AnyTask = KlingTask | NewStandardTask
+"""A task of either API standard (they answer the same questions: ``task_id``, ``done``, ...)."""
+
+IDS_PER_CALL = 50
+"""Ids per ``GET /tasks`` call: a longer list is split into several calls (Kling publishes no
+limit; 50 ids keep the URL far below any server's limit)."""
+
+Returns = Literal[
+    "task", "tasks", "costs", "new_task", "new_tasks", "task_page", "package_page", "balance_page", "faces"
+]
+
+
+def is_new_task_ref(endpoint: str | None) -> bool:
+    """Whether ``endpoint`` names a new-standard task: a create path with the model in it
+    (``/text-to-video/kling-3.0``) or ``/tasks``."""
+    if endpoint is None:
+        return False
+    return (
+        endpoint.strip().rstrip("/") in (TASKS_PATH, TASKS_PATH.strip("/")) or new_path(endpoint) is not None
+    )
+
+
+MAX_PAGE = 500
+"""Largest ``limit`` of a cursor listing (``POST /tasks``, ``/account/billing/...``)."""
+
+
+def page_body(
+    start_time: int | datetime | None,
+    end_time: int | datetime | None,
+    limit: int,
+    cursor: str | None,
+    filters: Mapping[str, str | Sequence[str] | None],
+) -> dict[str, Any]:
+    """The body of a cursor listing's first page (a ``cursor`` alone resumes one)."""
+    if cursor:
+        return {"cursor": cursor}
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ConfigurationError(f"limit {limit!r} must be a whole number from 1 to {MAX_PAGE}")
+    body: dict[str, Any] = {"limit": limit}
+    if start_time is not None:
+        body["start_time"] = to_millis(start_time)
+    if end_time is not None:
+        body["end_time"] = to_millis(end_time)
+    items = [
+        {"key": key, "values": [values] if isinstance(values, str) else list(values)}
+        for key, values in filters.items()
+        if values is not None
+    ]
+    if items:
+        body["filters"] = items
+    return body
 
 
 def to_millis(value: int | datetime) -> int:
@@ -57,12 +136,14 @@ class PreparedCall:
 
     method: Literal["GET", "POST"]
     path: str
-    returns: Literal["task", "tasks", "costs"]
+    returns: Returns
     params: dict[str, Any] | None = None
     body: dict[str, Any] | None = None
     endpoint: str | None = None
     retry_safe: bool = True
     external_task_id: str | None = None
+    api_key_only: bool = False
+    """The new standard's paths take the bearer API key only (never the AK/SK JWT)."""
 
 
 def is_duplicate_external_id(exc: KlingAPIError) -> bool:
@@ -102,19 +183,39 @@ def parse_response(response: httpx.Response) -> KlingResponse:
     return envelope
 
 
+_PAGES: dict[str, type[CursorPage[Any]]] = {
+    "task_page": CursorPage[NewStandardTask],
+    "package_page": CursorPage[PackageDeduction],
+    "balance_page": CursorPage[BalanceDeduction],
+}
+
+
+def _items(data: object, call: PreparedCall) -> list[Any]:
+    if isinstance(data, list):
+        return data
+    if data is None and call.returns == "tasks":
+        return []
+    raise ServerError(f"Kling's answer to {call.method} {call.path} has no list of tasks in data")
+
+
 def parse_result(call: PreparedCall, envelope: KlingResponse) -> Any:
     """The ``data`` of a successful answer as the model the call returns."""
     try:
-        if call.returns == "task":
-            task = KlingTask.model_validate(envelope.data)
+        if call.returns in ("task", "new_task"):
+            model = KlingTask if call.returns == "task" else NewStandardTask
+            task = model.model_validate(envelope.data)
             task.endpoint = call.endpoint
             return task
-        if call.returns == "tasks":
-            items = envelope.data if isinstance(envelope.data, list) else []
-            tasks = [KlingTask.model_validate(item) for item in items]
+        if call.returns in ("tasks", "new_tasks"):
+            model = KlingTask if call.returns == "tasks" else NewStandardTask
+            tasks = [model.model_validate(item) for item in _items(envelope.data, call)]
             for task in tasks:
                 task.endpoint = call.endpoint
             return tasks
+        if call.returns in _PAGES:
+            return _PAGES[call.returns].model_validate(envelope.data)
+        if call.returns == "faces":
+            return FaceIdentification.model_validate(envelope.data)
         return AccountCosts.model_validate(envelope.data)
     except PydanticValidationError as exc:
         raise ServerError(
@@ -158,47 +259,125 @@ class ClientCore:
             token_ttl=token_ttl,
             token_refresh_margin=token_refresh_margin,
         )
+        self.api_key_auth: Auth | None = _bearer_key(self.auth, api_key)
+        """What the new standard's paths are called with: an API key (never the JWT)."""
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": self.auth.authorization(), "Content-Type": "application/json"}
+    def _headers(self, call: PreparedCall) -> dict[str, str]:
+        auth = self.auth
+        if call.api_key_only:
+            if self.api_key_auth is None:
+                raise MissingCredentials(
+                    f"{call.method} {call.path} is on Kling's new standard, which takes an API key only "
+                    "(Authorization: Bearer <API_KEY>; the access/secret key JWT is legacy-only): pass "
+                    "api_key= or set KLING_API_KEY",
+                    missing=("KLING_API_KEY",),
+                )
+            auth = self.api_key_auth
+        return {"Authorization": auth.authorization(), "Content-Type": "application/json"}
 
     def _url(self, path: str) -> str:
         return self.base_url + path
 
     # ------------------------------------------------------------------ preparation
 
-    def prepare_create(self, endpoint: str, body: Mapping[str, Any] | KlingRequest) -> PreparedCall:
-        kind = endpoint_kind(endpoint)
-        data = normalise_body(body.to_body() if isinstance(body, KlingRequest) else dict(body))
+    def prepare_create(
+        self, endpoint: str, body: Mapping[str, Any] | KlingRequest | NewStandardRequest
+    ) -> PreparedCall:
+        """A create on either standard: a new-standard path (``/text-to-video/kling-3.0``)
+        takes a ``prompt``/``contents`` + ``settings`` + ``options`` body and the API key."""
+        path, data = create_body(endpoint, body)
+        if path is None:
+            kind = endpoint_kind(endpoint)
+            target = legacy_path(kind)
+            returns: Returns = "task"
+        else:
+            kind = target = path
+            returns = "new_task"
         if self.validate:
             validate_create(kind, data, self.catalog)
-        external = data.get("external_task_id") or None
+        external = external_task_id_of(kind, data)
         return PreparedCall(
             method="POST",
-            path=CREATE_PATHS[kind],
-            returns="task",
+            path=target,
+            returns=returns,
             body=data,
             endpoint=kind,
             retry_safe=external is not None,
-            external_task_id=None if external is None else str(external),
+            external_task_id=external,
+            api_key_only=path is not None,
         )
 
     def prepare_get(self, endpoint: str, task_id: str | None, external_task_id: str | None) -> PreparedCall:
-        kind = endpoint_kind(endpoint)
         if (task_id is None) == (external_task_id is None):
             raise ConfigurationError("give exactly one of task_id and external_task_id")
         ident = task_id if task_id is not None else external_task_id
-        if not ident or "/" in ident:
-            raise ConfigurationError(f"task id {ident!r} is empty or contains '/'")
-        return PreparedCall(method="GET", path=f"{CREATE_PATHS[kind]}/{ident}", returns="task", endpoint=kind)
+        if not ident or "/" in ident or "," in ident:
+            raise ConfigurationError(f"task id {ident!r} is empty or contains '/' or ','")
+        if is_new_task_ref(endpoint):
+            name = "task_ids" if task_id is not None else "external_task_ids"
+            return self._tasks_call({name: ident}, endpoint)
+        kind = endpoint_kind(endpoint)
+        return PreparedCall(method="GET", path=f"{legacy_path(kind)}/{ident}", returns="task", endpoint=kind)
+
+    def prepare_tasks(
+        self, task_ids: Sequence[str] | None, external_task_ids: Sequence[str] | None, per_call: int
+    ) -> list[PreparedCall]:
+        """``GET /tasks`` by ids or by external ids (exactly one), ``per_call`` ids a call."""
+        if (task_ids is None) == (external_task_ids is None):
+            raise ConfigurationError("give exactly one of task_ids and external_task_ids")
+        if per_call < 1:
+            raise ConfigurationError(f"per_call {per_call} must be at least 1")
+        name = "task_ids" if task_ids is not None else "external_task_ids"
+        ids = list(task_ids if task_ids is not None else external_task_ids or ())
+        if isinstance(task_ids, str) or isinstance(external_task_ids, str):
+            raise ConfigurationError(f"{name} must be a list of ids, not one string")
+        for ident in ids:
+            if not isinstance(ident, str) or not ident or "," in ident:
+                raise ConfigurationError(f"task id {ident!r} is empty or contains ','")
+        unique = list(dict.fromkeys(ids))
+        return [
+            self._tasks_call({name: ",".join(unique[i : i + per_call])}, TASKS_PATH)
+            for i in range(0, len(unique), per_call)
+        ]
+
+    @staticmethod
+    def _tasks_call(params: dict[str, str], endpoint: str) -> PreparedCall:
+        where = new_path(endpoint) or TASKS_PATH
+        return PreparedCall(
+            method="GET",
+            path=TASKS_PATH,
+            returns="new_tasks",
+            params=params,
+            endpoint=where,
+            api_key_only=True,
+        )
+
+    def prepare_page(self, path: str, returns: Returns, body: dict[str, Any]) -> PreparedCall:
+        """One page of a cursor listing (``POST /tasks``, ``/account/billing/...``)."""
+        return PreparedCall(method="POST", path=path, returns=returns, body=body, api_key_only=True)
+
+    def prepare_identify_face(self, body: dict[str, Any]) -> PreparedCall:
+        has_video = any(isinstance(body.get(k), str) and body[k].strip() for k in ("video_id", "video_url"))
+        if self.validate and not has_video:
+            raise PricingError(
+                "video_id or video_url is required for identify-face",
+                field="video_id or video_url",
+                value=None,
+            )
+        # synchronous and free: safe to retry
+        return PreparedCall(method="POST", path=IDENTIFY_FACE_PATH, returns="faces", body=body)
 
     def prepare_list(self, endpoint: str, page: int, page_size: int) -> PreparedCall:
+        if is_new_task_ref(endpoint):
+            raise ConfigurationError(
+                "new-standard tasks are listed with POST /tasks: task_pages(start_time, end_time, ...)"
+            )
         kind = endpoint_kind(endpoint)
         if not 1 <= page <= 1000 or not 1 <= page_size <= 500:
             raise ConfigurationError(f"page {page} must be 1..1000 and page_size {page_size} 1..500")
         return PreparedCall(
             method="GET",
-            path=CREATE_PATHS[kind],
+            path=legacy_path(kind),
             returns="tasks",
             params={"pageNum": page, "pageSize": page_size},
             endpoint=kind,
@@ -216,7 +395,9 @@ class ClientCore:
         return call.retry_safe and attempt < self.retry.attempts and RetryPolicy.retryable(exc)
 
     @staticmethod
-    def wait_target(task: KlingTask | str, endpoint: str | None) -> tuple[str, str]:
+    def wait_target(task: AnyTask | str, endpoint: str | None) -> tuple[str, str]:
+        if isinstance(task, NewStandardTask):
+            return endpoint or task.endpoint or TASKS_PATH, task.id
         if isinstance(task, KlingTask):
             kind = endpoint or task.endpoint
             task_id = task.task_id
@@ -224,7 +405,51 @@ class ClientCore:
             kind, task_id = endpoint, task
         if kind is None:
             raise ConfigurationError("wait() needs the endpoint of a task given by id")
-        return endpoint_kind(kind), task_id
+        return (kind if is_new_task_ref(kind) else endpoint_kind(kind)), task_id
+
+
+def create_body(
+    endpoint: str, body: Mapping[str, Any] | KlingRequest | NewStandardRequest
+) -> tuple[str | None, dict[str, Any]]:
+    """``(new-standard path or None, JSON body)`` of a create: a legacy body is spelt as Kling
+    expects (:func:`normalise_body`); a request model of the other standard is refused."""
+    raw = body.to_body() if isinstance(body, (KlingRequest, NewStandardRequest)) else dict(body)
+    path = new_path(endpoint)
+    if path is None:
+        if isinstance(body, NewStandardRequest):
+            raise ConfigurationError(
+                f"a new-standard body goes to a path with the model in it (/text-to-video/kling-3.0), "
+                f"not {endpoint}"
+            )
+        return None, normalise_body(raw)
+    if isinstance(body, KlingRequest):
+        raise ConfigurationError(
+            f"{path} is on Kling's new standard: its body is prompt/contents + settings + options "
+            "(NewStandardRequest), not a legacy request model"
+        )
+    return path, raw
+
+
+def pick_task(call: PreparedCall, tasks: Sequence[NewStandardTask]) -> NewStandardTask:
+    """The task ``GET /tasks`` answered for the one id asked; none is Kling's "not found"
+    (:class:`InvalidRequest` 1203, as a legacy query of an unknown id answers)."""
+    params = call.params or {}
+    ident = params.get("task_ids") or params.get("external_task_ids")
+    for task in tasks:
+        if ident in (task.id, task.external_id):
+            return task
+    raise InvalidRequest(
+        f"Kling has no new-standard task {', '.join(f'{k}={v}' for k, v in params.items())}",
+        code=1203,
+        http_status=404,
+    )
+
+
+def _bearer_key(auth: Auth, api_key: str | None) -> Auth | None:
+    if isinstance(auth, ApiKeyAuth):
+        return auth
+    key = api_key or os.environ.get("KLING_API_KEY")
+    return ApiKeyAuth(key) if key else None
 
 
 def transport_error(exc: httpx.HTTPError, call: PreparedCall) -> ServerError:

@@ -11,39 +11,56 @@ runs it with ``--check``). What involves no I/O lives in ``_core.py``, :mod:`.en
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, overload
 
 import httpx
 
-from ..errors import KlingAPIError, TaskTimeout
+from ..errors import KlingAPIError, ServerError, TaskTimeout
 from ..pricing import Catalog
 from . import bodies
 from ._core import (
+    IDS_PER_CALL,
+    AnyTask,
     ClientCore,
     PreparedCall,
+    Returns,
     is_duplicate_external_id,
+    page_body,
     parse_response,
     parse_result,
+    pick_task,
     transport_error,
 )
 from .auth import Auth
-from .models import AccountCosts, KlingRequest, KlingTask
+from .endpoints import BILLING_BALANCE_PATH, BILLING_PACKAGE_PATH, TASKS_PATH, LegacyEndpoint
+from .models import AccountCosts, FaceIdentification, KlingRequest, KlingTask
+from .new_standard import (
+    BalanceDeduction,
+    ContentItem,
+    CursorPage,
+    NewStandardRequest,
+    NewStandardTask,
+    PackageDeduction,
+)
 from .retry import RetryPolicy
 
 __all__ = ["KlingClient"]
 
 
 class KlingClient(ClientCore):
-    """A plain Kling API client: every endpoint, typed answers, typed errors, safe retries.
+    """A plain Kling API client: every endpoint of both API standards, typed answers, typed
+    errors, safe retries.
 
     Credentials come from the arguments, else ``KLING_ACCESS_KEY``/``KLING_SECRET_KEY``, else
-    ``KLING_API_KEY``. Create bodies are checked with the estimator's rules before anything
-    is sent (``validate=False`` to skip); a bad one raises :class:`~kling_cost.errors.PricingError`.
-    Queries are retried with backoff on 1302/1303/5xx/transport errors; creates only when
-    they carry an ``external_task_id``, so a retry can never make a second paid task.
+    ``KLING_API_KEY``; the new standard's paths (model in the path, ``/tasks``,
+    ``/account/billing/...``) take the API key only. Create bodies are checked with the
+    estimator's rules before anything is sent (``validate=False`` to skip); a bad one raises
+    :class:`~kling_cost.errors.PricingError`. Queries are retried with backoff on
+    1302/1303/5xx/transport errors; creates only when they carry an ``external_task_id``, so
+    a retry can never make a second paid task.
     """
 
     def __init__(
@@ -98,7 +115,11 @@ class KlingClient(ClientCore):
     def _send_once(self, call: PreparedCall) -> Any:
         try:
             response = self._http.request(
-                call.method, self._url(call.path), params=call.params, json=call.body, headers=self._headers()
+                call.method,
+                self._url(call.path),
+                params=call.params,
+                json=call.body,
+                headers=self._headers(call),
             )
         except httpx.HTTPError as exc:
             raise transport_error(exc, call) from exc
@@ -120,9 +141,24 @@ class KlingClient(ClientCore):
 
     # ------------------------------------------------------------------ creates
 
-    def create(self, endpoint: str, body: Mapping[str, Any] | KlingRequest) -> KlingTask:
-        """Create a task on any endpoint from a Kling JSON body (or a request model)."""
-        task: KlingTask = self._execute(self.prepare_create(endpoint, body))
+    @overload
+    def create(self, endpoint: str, body: KlingRequest) -> KlingTask: ...
+
+    @overload
+    def create(self, endpoint: str, body: NewStandardRequest) -> NewStandardTask: ...
+
+    @overload
+    def create(self, endpoint: str, body: Mapping[str, Any]) -> AnyTask: ...
+
+    def create(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any] | KlingRequest | NewStandardRequest,
+    ) -> AnyTask:
+        """Create a task from a Kling JSON body (or a request model): a legacy kind or path
+        (``text2video``) gives a :class:`KlingTask`, a new-standard path with the model in it
+        (``/text-to-video/kling-3.0``) a :class:`NewStandardTask`."""
+        task: AnyTask = self._execute(self.prepare_create(endpoint, body))
         return task
 
     def text_to_video(self, prompt: str, **fields: Any) -> KlingTask:
@@ -168,13 +204,165 @@ class KlingClient(ClientCore):
     def virtual_try_on(self, human_image: str, cloth_image: str, **fields: Any) -> KlingTask:
         return self.create("tryon", bodies.tryon_body(human_image, cloth_image, fields))
 
+    def identify_face(
+        self, video_id: str | None = None, video_url: str | None = None, **fields: Any
+    ) -> FaceIdentification:
+        """Two-step lip-sync, step 1 (synchronous, free): the faces in a video and a session."""
+        body = {
+            k: v for k, v in {"video_id": video_id, "video_url": video_url, **fields}.items() if v is not None
+        }
+        faces: FaceIdentification = self._execute(self.prepare_identify_face(body))
+        return faces
+
+    def advanced_lip_sync(
+        self, session_id: str, face_choose: Sequence[Mapping[str, Any]], **fields: Any
+    ) -> KlingTask:
+        """Two-step lip-sync, step 2: put sound on the chosen faces of an identify-face session
+        (``face_choose``: ``face_id`` with ``audio_id`` or ``sound_file``, times in ms)."""
+        body = bodies.advanced_lip_sync_body(session_id, face_choose, fields)
+        return self.create("advanced-lip-sync", body)
+
+    # ------------------------------------------------------------------ new-standard creates
+
+    def new_text_to_video(self, model: str, prompt: str, **fields: Any) -> NewStandardTask:
+        """``POST /text-to-video/{model}``: ``fields`` are ``settings`` (``resolution``,
+        ``duration`` in whole seconds, ``audio``, ``aspect_ratio``, ``multi_shot``) and
+        ``options`` (``callback_url``, ``external_task_id``, ``watermark``)."""
+        return self.create(f"/text-to-video/{model}", bodies.new_body(prompt=prompt, fields=fields))
+
+    def new_image_to_video(
+        self,
+        model: str,
+        image: str | None = None,
+        prompt: str | None = None,
+        *,
+        last_frame: str | None = None,
+        contents: Sequence[Mapping[str, Any] | ContentItem] | None = None,
+        **fields: Any,
+    ) -> NewStandardTask:
+        """``POST /image-to-video/{model}``: ``image`` is the first frame (or give
+        ``contents``), ``fields`` as :meth:`new_text_to_video`."""
+        items = bodies.image_contents(image, prompt, last_frame, contents)
+        return self.create(f"/image-to-video/{model}", bodies.new_body(contents=items, fields=fields))
+
+    def omni_video(
+        self,
+        model: str,
+        contents: Sequence[Mapping[str, Any] | ContentItem] | None = None,
+        prompt: str | None = None,
+        **fields: Any,
+    ) -> NewStandardTask:
+        """``POST /omni-video/{model}`` (``kling-3.0-omni``, ``kling-o1``): ``contents`` items
+        (``refer_image``, ``feature_video``/``base_video``, ``element``), ``prompt`` first."""
+        items = bodies.omni_contents(prompt, contents)
+        return self.create(f"/omni-video/{model}", bodies.new_body(contents=items, fields=fields))
+
+    def motion_control(
+        self, model: str, image: str, video: str, *, prompt: str | None = None, **fields: Any
+    ) -> NewStandardTask:
+        """``POST /motion-control/{model}``: the character ``image`` moves as in ``video``;
+        ``character_orientation`` (``image``|``video``) is required. Billed on the output's length."""
+        body = bodies.motion_control_body(image, video, prompt, fields)
+        return self.create(f"/motion-control/{model}", body)
+
     # ------------------------------------------------------------------ queries
+
+    @overload
+    def get_task(
+        self, endpoint: LegacyEndpoint, task_id: str | None = None, *, external_task_id: str | None = None
+    ) -> KlingTask: ...
+
+    @overload
+    def get_task(
+        self, endpoint: str, task_id: str | None = None, *, external_task_id: str | None = None
+    ) -> AnyTask: ...
 
     def get_task(
         self, endpoint: str, task_id: str | None = None, *, external_task_id: str | None = None
-    ) -> KlingTask:
-        task: KlingTask = self._execute(self.prepare_get(endpoint, task_id, external_task_id))
+    ) -> AnyTask:
+        """One task by id or ``external_task_id``. A new-standard ``endpoint`` (the create path,
+        or ``/tasks``) asks ``GET /tasks`` and gives a :class:`NewStandardTask`; Kling's answer
+        "none" is :class:`~kling_cost.errors.InvalidRequest` 1203, as on the legacy paths."""
+        call = self.prepare_get(endpoint, task_id, external_task_id)
+        if call.returns == "new_tasks":
+            return pick_task(call, self._execute(call))
+        task: KlingTask = self._execute(call)
         return task
+
+    def get_tasks(
+        self,
+        task_ids: Sequence[str] | None = None,
+        *,
+        external_task_ids: Sequence[str] | None = None,
+        per_call: int = IDS_PER_CALL,
+    ) -> list[NewStandardTask]:
+        """``GET /tasks`` by ``task_ids`` or ``external_task_ids`` (exactly one): the new-standard
+        tasks Kling knows, in the order it answers; a long list is asked ``per_call`` ids at a
+        time. Unknown ids (and legacy tasks) are simply not in the answer."""
+        found: list[NewStandardTask] = []
+        for call in self.prepare_tasks(task_ids, external_task_ids, per_call):
+            found.extend(self._execute(call))
+        return found
+
+    def _pages(self, path: str, returns: Returns, body: dict[str, Any]) -> Iterator[Any]:
+        seen: set[str] = set()
+        while True:
+            page: CursorPage[Any] = self._execute(self.prepare_page(path, returns, body))
+            yield page
+            cursor = page.next_cursor
+            if not page.has_more or not cursor:
+                return
+            if cursor in seen:
+                raise ServerError(f"Kling's {path} listing gave the same cursor twice")
+            seen.add(cursor)
+            body = {"cursor": cursor}
+
+    def task_pages(
+        self,
+        start_time: int | datetime | None = None,
+        end_time: int | datetime | None = None,
+        *,
+        status: Sequence[str] | None = None,
+        product_type: Sequence[str] | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Iterator[CursorPage[NewStandardTask]]:
+        """``POST /tasks``: the account's new-standard tasks, newest first, one page at a time
+        (``limit`` 1..500 a page; ``status`` and ``product_type`` filter; ``cursor`` resumes)."""
+        body = page_body(
+            start_time, end_time, limit, cursor, {"status": status, "product_type": product_type}
+        )
+        return self._pages(TASKS_PATH, "task_page", body)
+
+    def billing_package_pages(
+        self,
+        start_time: int | datetime | None = None,
+        end_time: int | datetime | None = None,
+        *,
+        limit: int = 500,
+        cursor: str | None = None,
+        **filters: str | Sequence[str] | None,
+    ) -> Iterator[CursorPage[PackageDeduction]]:
+        """``POST /account/billing/package``: one row per task charged to a resource pack,
+        a page at a time; ``filters``: ``api_key_name``, ``product_type``, ``package_name``,
+        ``package_id`` (a value or a list of them)."""
+        body = page_body(start_time, end_time, limit, cursor, filters)
+        return self._pages(BILLING_PACKAGE_PATH, "package_page", body)
+
+    def billing_balance_pages(
+        self,
+        start_time: int | datetime | None = None,
+        end_time: int | datetime | None = None,
+        *,
+        limit: int = 500,
+        cursor: str | None = None,
+        **filters: str | Sequence[str] | None,
+    ) -> Iterator[CursorPage[BalanceDeduction]]:
+        """``POST /account/billing/balance``: one row per task charged to the cash balance
+        (amounts in the row's ``currency``), a page at a time; filters as
+        :meth:`billing_package_pages`."""
+        body = page_body(start_time, end_time, limit, cursor, filters)
+        return self._pages(BILLING_BALANCE_PATH, "balance_page", body)
 
     def list_tasks(self, endpoint: str, page: int = 1, page_size: int = 30) -> list[KlingTask]:
         tasks: list[KlingTask] = self._execute(self.prepare_list(endpoint, page, page_size))
@@ -194,17 +382,54 @@ class KlingClient(ClientCore):
         costs: AccountCosts = self._execute(self.prepare_costs(start, end, resource_pack_name))
         return costs
 
+    @overload
     def wait(
         self,
-        task: KlingTask | str,
+        task: KlingTask,
         *,
         endpoint: str | None = None,
         timeout: float = 600.0,
         poll: float = 2.0,
         max_poll: float = 30.0,
         backoff: float = 1.5,
-    ) -> KlingTask:
+    ) -> KlingTask: ...
+
+    @overload
+    def wait(
+        self,
+        task: NewStandardTask,
+        *,
+        endpoint: str | None = None,
+        timeout: float = 600.0,
+        poll: float = 2.0,
+        max_poll: float = 30.0,
+        backoff: float = 1.5,
+    ) -> NewStandardTask: ...
+
+    @overload
+    def wait(
+        self,
+        task: str,
+        *,
+        endpoint: str | None = None,
+        timeout: float = 600.0,
+        poll: float = 2.0,
+        max_poll: float = 30.0,
+        backoff: float = 1.5,
+    ) -> AnyTask: ...
+
+    def wait(
+        self,
+        task: AnyTask | str,
+        *,
+        endpoint: str | None = None,
+        timeout: float = 600.0,
+        poll: float = 2.0,
+        max_poll: float = 30.0,
+        backoff: float = 1.5,
+    ) -> AnyTask:
         """Poll until the task ends; the poll interval grows by ``backoff`` up to ``max_poll``.
+        A task given by id needs its ``endpoint`` (a new-standard one: its path, or ``/tasks``).
 
         Raises :class:`~kling_cost.errors.TaskTimeout` (with ``task_id``) after ``timeout``
         seconds: the task may still finish and be billed.

@@ -15,8 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = [
     "TERMINAL_STATUSES",
     "AccountCosts",
+    "AdvancedLipSyncRequest",
     "EffectsInput",
     "EffectsRequest",
+    "FaceChoice",
+    "FaceData",
+    "FaceIdentification",
+    "FinalBalanceDeduction",
     "ImageGenerationRequest",
     "ImageToVideoRequest",
     "KlingImage",
@@ -88,11 +93,28 @@ class TaskResult(_Doc):
     images: list[KlingImage] = Field(default_factory=list)
 
 
+class FinalBalanceDeduction(_Doc):
+    """``final_balance_deduction: {quota, list_price}`` of a legacy task: what the account's
+    cash balance paid and its list price (Kling gives no currency: the account's own)."""
+
+    quota: Decimal = Decimal(0)
+    list_price: Decimal | None = None
+
+    @field_validator("quota", "list_price", mode="before")
+    @classmethod
+    def _amounts(cls, value: object) -> object:
+        if value == "":
+            return None
+        return _exact(value)
+
+
 class KlingTask(_Doc):
     """One generation task, as create, query, list and callbacks return it.
 
     ``created_at``/``updated_at`` are Unix milliseconds. ``final_unit_deduction`` is what
-    Kling charged (``None`` until Kling reports it; failed tasks cost nothing).
+    Kling charged in resource-pack units (``None`` until Kling reports it; failed tasks cost
+    nothing); a task the account's balance paid reports ``"0"`` units and the cash in
+    ``final_balance_deduction`` (:attr:`paid_in_cash`).
     ``endpoint`` is not part of Kling's document: the client fills it in so
     :meth:`KlingClient.wait` knows where to poll.
     """
@@ -105,6 +127,7 @@ class KlingTask(_Doc):
     created_at: int | None = None
     updated_at: int | None = None
     final_unit_deduction: Decimal | None = None
+    final_balance_deduction: FinalBalanceDeduction | None = None
     endpoint: str | None = Field(default=None, exclude=True)
 
     @field_validator("final_unit_deduction", mode="before")
@@ -138,6 +161,12 @@ class KlingTask(_Doc):
     @property
     def images(self) -> list[KlingImage]:
         return [] if self.task_result is None else self.task_result.images
+
+    @property
+    def paid_in_cash(self) -> bool:
+        """The account's balance paid (some of) this task: ``final_balance_deduction.quota`` > 0."""
+        paid = self.final_balance_deduction
+        return paid is not None and paid.quota > 0
 
     @property
     def charged(self) -> Decimal:
@@ -253,6 +282,44 @@ class LipSyncInput(BaseModel):
 
 class LipSyncRequest(KlingRequest):
     input: LipSyncInput
+
+
+class FaceChoice(BaseModel):
+    """A ``face_choose[]`` item of advanced lip-sync: a face and the sound put on it
+    (``audio_id`` or ``sound_file``; times in milliseconds)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    face_id: str
+    audio_id: str | None = None
+    sound_file: str | None = None
+    sound_start_time: int | None = None
+    sound_end_time: int | None = None
+    sound_insert_time: int | None = None
+    sound_volume: float | None = None
+    original_audio_volume: float | None = None
+
+
+class AdvancedLipSyncRequest(KlingRequest):
+    """``POST /v1/videos/advanced-lip-sync``: the second step, after ``identify-face``."""
+
+    session_id: str
+    face_choose: list[FaceChoice]
+
+
+class FaceData(_Doc):
+    face_id: str
+    face_image: str | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+
+
+class FaceIdentification(_Doc):
+    """``data`` of ``POST /v1/videos/identify-face`` (synchronous): the session to lip-sync
+    in and the faces found (times in milliseconds)."""
+
+    session_id: str
+    face_data: list[FaceData] = Field(default_factory=list)
 
 
 class EffectsInput(_DurationMixin):

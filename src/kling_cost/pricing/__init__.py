@@ -3,13 +3,17 @@
 from .catalog import KINDS, PACKS, Catalog, PriceEntry
 from .estimator import BreakdownLine, Estimate, estimate
 from .loader import BUILTIN_CATALOGS, DEFAULT_CATALOG, load_catalog, parse_catalog
-from .request import ENDPOINTS, PriceRequest, normalise_mode
+from .request import ENDPOINTS, PriceRequest, normalise_endpoint, normalise_mode
+from .standard import LEGACY_IDS, MOTION_CONTROL_MAX_SECONDS, NEW_FAMILIES
 
 __all__ = [
     "BUILTIN_CATALOGS",
     "DEFAULT_CATALOG",
     "ENDPOINTS",
     "KINDS",
+    "LEGACY_IDS",
+    "MOTION_CONTROL_MAX_SECONDS",
+    "NEW_FAMILIES",
     "PACKS",
     "BreakdownLine",
     "Catalog",
@@ -18,6 +22,7 @@ __all__ = [
     "PriceRequest",
     "estimate",
     "load_catalog",
+    "normalise_endpoint",
     "normalise_mode",
     "parse_catalog",
 ]

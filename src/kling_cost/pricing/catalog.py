@@ -11,10 +11,27 @@ from decimal import Decimal
 from ..errors import PricingError
 from ..money import MONEY
 
-__all__ = ["KINDS", "PACKS", "Catalog", "PriceEntry"]
+__all__ = ["IMAGE_RESOLUTIONS", "KINDS", "MODES", "PACKS", "Catalog", "PriceEntry"]
 
-KINDS = ("video", "extend", "lipsync", "effects", "image", "tryon")
-"""Price kinds. text2video, image2video and multi-image2video are all priced as ``video``."""
+KINDS = ("video", "extend", "lipsync", "effects", "image", "tryon", "motion", "avatar", "audio")
+"""Price kinds. text2video, image2video, multi-image2video and omni-video (both API standards)
+are all priced as ``video``; motion control as ``motion`` (billed on the output's length)."""
+
+MODES = ("std", "pro", "4k")
+"""Video modes: ``std`` is 720p, ``pro`` 1080p, ``4k`` (Kling 3.0 and 3.0 Omni only)."""
+
+IMAGE_RESOLUTIONS = ("1k", "2k", "4k")
+"""Image resolutions (Kling's ``resolution`` of image generation; 1k is Kling's default)."""
+
+MODEL_GROUP = {
+    "extend": "video",
+    "effects": "video",
+    "lipsync": "video",
+    "motion": "video",
+    "avatar": "video",
+    "audio": "video",
+}
+"""The ``[models]`` list a price kind's model ids come from (others: the kind's own)."""
 
 PACKS = ("video", "image", "tryon")
 """Kling resource-pack types; each price kind is paid from one of them."""
@@ -26,6 +43,9 @@ DEFAULT_PACK = {
     "effects": "video",
     "image": "image",
     "tryon": "tryon",
+    "motion": "video",
+    "avatar": "video",
+    "audio": "video",
 }
 
 BASES = ("amount", "per_second", "per_image", "per_block")
@@ -37,6 +57,9 @@ class PriceEntry:
 
     A match field left as ``None`` matches any value, except ``audio`` which defaults to
     ``False`` (an entry without ``audio = true`` never prices a request with sound).
+    ``modes`` are std (720p), pro (1080p) and 4k; ``resolutions`` are image resolutions
+    (1k, 2k, 4k); ``video_input`` (a reference video, omni models), ``voice_control`` and
+    ``multi_image`` (several input images) narrow an entry to requests with or without them.
     Exactly one basis is set: ``amount`` (per task), ``per_second`` (x duration),
     ``per_image`` (x n) or ``per_block`` (x started blocks of ``block_seconds``).
     """
@@ -56,10 +79,24 @@ class PriceEntry:
     pack: str = "video"
     origin: str = ""
     """Where the entry was defined (``file:line``), for messages."""
+    resolutions: tuple[str, ...] | None = None
+    video_input: bool | None = None
+    voice_control: bool | None = None
+    multi_image: bool | None = None
 
     @property
     def specificity(self) -> int:
-        fields = (self.models, self.modes, self.durations, self.image_input, self.effects)
+        fields = (
+            self.models,
+            self.modes,
+            self.durations,
+            self.image_input,
+            self.effects,
+            self.resolutions,
+            self.video_input,
+            self.voice_control,
+            self.multi_image,
+        )
         return sum(f is not None for f in fields)
 
     def quantity(self, *, duration: int | None, n: int) -> int:
@@ -87,8 +124,16 @@ class PriceEntry:
             parts.append("/".join(self.models))
         if self.modes:
             parts.append("/".join(self.modes))
+        if self.resolutions:
+            parts.append("/".join(self.resolutions))
         if self.audio:
             parts.append("audio")
+        flags = (
+            (self.video_input, "video input"),
+            (self.voice_control, "voice control"),
+            (self.multi_image, "multi-image"),
+        )
+        parts.extend(text if flag else f"no {text}" for flag, text in flags if flag is not None)
         if self.image_input is not None:
             parts.append("image-to-image" if self.image_input else "text-to-image")
         if self.effects:
@@ -123,8 +168,7 @@ class Catalog:
 
     def known_models(self, kind: str) -> tuple[str, ...]:
         """Model ids Kling offers for a price kind (extend/effects use video models)."""
-        group = {"extend": "video", "effects": "video", "lipsync": "video"}.get(kind, kind)
-        return self.models.get(group, ())
+        return self.models.get(MODEL_GROUP.get(kind, kind), ())
 
     def in_force(self, as_of: date) -> list[PriceEntry]:
         """Entries whose ``effective_from`` is on or before ``as_of``."""
@@ -159,6 +203,10 @@ def match_key(entry: PriceEntry) -> tuple[object, ...]:
         entry.audio,
         entry.image_input,
         entry.effects,
+        entry.resolutions,
+        entry.video_input,
+        entry.voice_control,
+        entry.multi_image,
     )
 
 
@@ -171,11 +219,18 @@ def covers(newer: PriceEntry, older: PriceEntry) -> bool:
         (newer.modes, older.modes),
         (newer.durations, older.durations),
         (newer.effects, older.effects),
+        (newer.resolutions, older.resolutions),
     )
     for wide, narrow in pairs:
         if wide is not None and (narrow is None or not set(narrow) <= set(wide)):
             return False
-    return newer.image_input is None or newer.image_input == older.image_input
+    flags = (
+        (newer.image_input, older.image_input),
+        (newer.video_input, older.video_input),
+        (newer.voice_control, older.voice_control),
+        (newer.multi_image, older.multi_image),
+    )
+    return all(wide is None or wide == narrow for wide, narrow in flags)
 
 
 def choose(candidates: Sequence[PriceEntry]) -> PriceEntry:

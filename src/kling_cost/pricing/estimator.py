@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -53,6 +53,18 @@ class Estimate:
     request: PriceRequest
     breakdown: tuple[BreakdownLine, ...]
     pack: str
+    priced_with: Catalog | None = field(default=None, repr=False, compare=False)
+    """The catalog object that priced it (for :meth:`for_output`)."""
+
+    def for_output(self, seconds: object) -> Estimate:
+        """The same request priced on the length of the video Kling made (``"10.04"`` s:
+        whole seconds, rounded half up), with the same catalog and date. Motion control is
+        reserved at its longest (:attr:`PriceRequest.billed_on_output`) and committed on this."""
+        return estimate(
+            self.request.for_output(seconds),
+            catalog=self.priced_with or self.catalog,
+            as_of=self.as_of,
+        )
 
     def charge_fields(self) -> dict[str, Any]:
         """What a charge records about the request as priced: the catalog's default model
@@ -68,7 +80,7 @@ class Estimate:
             "catalog": self.catalog,
             "as_of": self.as_of.isoformat(),
             "pack": self.pack,
-            "request": self.request.to_dict(),
+            "request": self.request.to_dict() | {"resolution": self.request.resolution},
             "breakdown": [line.to_dict() for line in self.breakdown],
         }
 
@@ -104,6 +116,7 @@ def estimate(
         req = PriceRequest.build(**merged)
     cat = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
     day = as_of or date.today()
+    req.check_model()
     if req.model is None and req.kind in cat.defaults:
         req = req.with_(model=cat.defaults[req.kind])
     entry = select_entry(cat, req, day)
@@ -127,6 +140,7 @@ def estimate(
         request=req,
         breakdown=(line,),
         pack=entry.pack,
+        priced_with=cat,
     )
 
 
@@ -191,11 +205,11 @@ def select_entry(cat: Catalog, req: PriceRequest, day: date) -> PriceEntry:
             lambda e: e.models or known,
         )
         context.append(req.model)
-    if req.kind in ("video", "extend", "effects"):
+    if req.kind in ("video", "extend", "effects", "motion", "avatar"):
         narrow(
             "mode",
             req.mode,
-            req.mode,
+            f"{req.mode} ({req.resolution})",
             lambda e: e.modes is None or req.mode in e.modes,
             lambda e: e.modes or ("std", "pro"),
         )
@@ -209,7 +223,23 @@ def select_entry(cat: Catalog, req: PriceRequest, day: date) -> PriceEntry:
     )
     if req.audio:
         context.append("with audio")
+    for name, value in (
+        ("video_input", req.video_input),
+        ("voice_control", req.voice_control),
+        ("multi_image", req.multi_image),
+    ):
+        matches, offered = _flag(name, value)
+        narrow(name, value, "yes" if value else "no", matches, offered)
+        if value:
+            context.append(name.replace("_", " "))
     if req.kind == "image":
+        narrow(
+            "resolution",
+            req.resolution,
+            str(req.resolution),
+            lambda e: e.resolutions is None or req.resolution in e.resolutions,
+            lambda e: e.resolutions or ("any",),
+        )
         narrow(
             "image",
             req.image_input,
@@ -238,6 +268,25 @@ def select_entry(cat: Catalog, req: PriceRequest, day: date) -> PriceEntry:
             lambda e: e.durations or ("any",),
         )
     return choose(candidates)
+
+
+def _flag(
+    name: str, value: bool
+) -> tuple[Callable[[PriceEntry], bool], Callable[[PriceEntry], Iterable[object]]]:
+    """Match and offered-values functions of a yes/no entry field (``None`` matches both)."""
+
+    def setting(entry: PriceEntry) -> bool | None:
+        flag = getattr(entry, name)
+        return None if flag is None else bool(flag)
+
+    def matches(entry: PriceEntry) -> bool:
+        return setting(entry) in (None, value)
+
+    def offered(entry: PriceEntry) -> Iterable[object]:
+        flag = setting(entry)
+        return ("yes", "no") if flag is None else ("yes" if flag else "no",)
+
+    return matches, offered
 
 
 def _natural(text: str) -> tuple[int, str]:

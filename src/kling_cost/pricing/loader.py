@@ -12,7 +12,18 @@ from typing import Any
 
 from ..errors import ConfigurationError, KlingCostError
 from ..money import parse_amount
-from .catalog import BASES, DEFAULT_PACK, KINDS, PACKS, Catalog, PriceEntry, match_key
+from .catalog import (
+    BASES,
+    DEFAULT_PACK,
+    IMAGE_RESOLUTIONS,
+    KINDS,
+    MODEL_GROUP,
+    MODES,
+    PACKS,
+    Catalog,
+    PriceEntry,
+    match_key,
+)
 
 __all__ = ["BUILTIN_CATALOGS", "DEFAULT_CATALOG", "load_catalog", "parse_catalog"]
 
@@ -46,7 +57,14 @@ _ENTRY_KEYS = {
     "effective_from",
     "source",
     "pack",
+    "resolutions",
+    "video_input",
+    "voice_control",
+    "multi_image",
 }
+_FLAGS = ("audio", "image_input", "video_input", "voice_control", "multi_image")
+_NO_MODEL = ("lipsync", "avatar", "audio")
+"""Price kinds whose requests name no model (so no ``[defaults]`` either)."""
 _UNITS = ("credits", "units")
 
 _cache: dict[tuple[str, float], Catalog] = {}
@@ -168,9 +186,7 @@ class _Parser:
             raise self.fail("prices", "a catalog needs at least one [[prices]] entry")
         for i, entry in enumerate(entries):
             for model in entry.models or ():
-                group = {"extend": "video", "effects": "video", "lipsync": "video"}.get(
-                    entry.kind, entry.kind
-                )
+                group = MODEL_GROUP.get(entry.kind, entry.kind)
                 if models.get(group) and model not in models[group]:
                     raise self.fail(
                         f"prices[{i}].models",
@@ -228,9 +244,10 @@ class _Parser:
             raise self.fail("defaults", 'must be a table: kind = "model id"')
         out: dict[str, str] = {}
         for kind, model in raw.items():
-            if kind not in KINDS or kind == "lipsync":
-                raise self.fail(f"defaults.{kind}", f"unknown kind; allowed: {', '.join(KINDS)}")
-            group = {"extend": "video", "effects": "video"}.get(str(kind), str(kind))
+            if kind not in KINDS or kind in _NO_MODEL:
+                allowed = ", ".join(k for k in KINDS if k not in _NO_MODEL)
+                raise self.fail(f"defaults.{kind}", f"unknown kind; allowed: {allowed}")
+            group = MODEL_GROUP.get(str(kind), str(kind))
             if not isinstance(model, str) or (models.get(group) and model not in models[group]):
                 raise self.fail(f"defaults.{kind}", f"{model!r} is not listed in [models].{group}")
             out[kind] = model
@@ -311,14 +328,29 @@ class _Parser:
             ):
                 raise self.fail(f"{at}.durations", "must be a list of positive whole seconds", i)
             durations = tuple(value)
-        if basis in ("per_second", "per_block") and kind not in ("video", "lipsync", "effects"):
+        if basis in ("per_second", "per_block") and kind not in (
+            "video",
+            "lipsync",
+            "effects",
+            "motion",
+            "avatar",
+        ):
             raise self.fail(f"{at}.{basis}", f"a duration-based price makes no sense for {kind}", i)
         if basis == "per_image" and kind != "image":
             raise self.fail(f"{at}.per_image", 'per_image is only for kind = "image"', i)
         modes = self.strings(f"{at}.modes", raw["modes"], i) if "modes" in raw else None
-        if modes and not set(modes) <= {"std", "pro"}:
-            raise self.fail(f"{at}.modes", "allowed modes: std, pro", i)
-        for flag in ("audio", "image_input"):
+        if modes and not set(modes) <= set(MODES):
+            raise self.fail(f"{at}.modes", f"allowed modes: {', '.join(MODES)} (720p, 1080p, 4k)", i)
+        resolutions = None
+        if "resolutions" in raw:
+            resolutions = tuple(r.lower() for r in self.strings(f"{at}.resolutions", raw["resolutions"], i))
+            if kind != "image" or not set(resolutions) <= set(IMAGE_RESOLUTIONS):
+                raise self.fail(
+                    f"{at}.resolutions",
+                    f"image resolutions only ({', '.join(IMAGE_RESOLUTIONS)}); video resolutions are modes",
+                    i,
+                )
+        for flag in _FLAGS:
             if flag in raw and not isinstance(raw[flag], bool):
                 raise self.fail(f"{at}.{flag}", "must be true or false", i)
         pack = raw.get("pack", DEFAULT_PACK[kind])
@@ -339,4 +371,8 @@ class _Parser:
             block_seconds=block,
             pack=pack,
             origin=f"{self.origin}:{self.lines[i] if i < len(self.lines) else '?'}",
+            resolutions=resolutions,
+            video_input=raw.get("video_input"),
+            voice_control=raw.get("voice_control"),
+            multi_image=raw.get("multi_image"),
         )

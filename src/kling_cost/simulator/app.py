@@ -19,17 +19,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import KlingAPIError
+from ..errors import KlingAPIError, ValidationError
 from ..kling.limits import BodyLimits, read_json_body
 from ..money import format_amount
 from ..pricing import Catalog
+from ..pricing.standard import NEW_FAMILIES
 from .auth import Authenticator
+from .billing import Balance
 from .callbacks import CallbackSender
 from .clock import Clock, SystemClock
 from .errors import SimError
 from .state import PACK_TYPES, SimulatorState, pack_units
 
-__all__ = ["ENDPOINT_ROUTES", "Simulator", "create_app"]
+__all__ = ["ENDPOINT_ROUTES", "NEW_ROUTES", "Simulator", "create_app"]
 
 ENDPOINT_ROUTES: dict[str, str] = {
     "/v1/videos/text2video": "text2video",
@@ -40,7 +42,14 @@ ENDPOINT_ROUTES: dict[str, str] = {
     "/v1/videos/effects": "effects",
     "/v1/images/generations": "image",
     "/v1/images/kolors-virtual-try-on": "tryon",
+    "/v1/videos/omni-video": "omni-video",
+    "/v1/videos/advanced-lip-sync": "advanced-lip-sync",
 }
+"""Legacy create paths (query ``<path>/{id}``, list ``<path>?pageNum&pageSize``); JWT or API key."""
+
+NEW_ROUTES = tuple(f"/{family}/{{model}}" for family in NEW_FAMILIES)
+"""New-standard create paths (model in the path); API key only, like ``/tasks`` and
+``/account/billing/...``."""
 
 
 def render(payload: object) -> bytes:
@@ -91,6 +100,11 @@ class Simulator:
         tick: float = 0.05,
         admin: bool = True,
         limits: BodyLimits | None = None,
+        balance: Decimal | int | str | None = None,
+        balance_currency: str = "USD",
+        balance_discount: Decimal | str = "0",
+        motion_seconds: Decimal | str = "10.04",
+        api_key_name: str = "default",
     ) -> None:
         self.clock: Clock = clock or SystemClock()
         self.state = SimulatorState(
@@ -109,9 +123,15 @@ class Simulator:
             blocked_terms=blocked_terms,
             result_base_url=result_base_url,
             catalog=catalog,
+            balance=_balance(balance, balance_currency, balance_discount),
+            motion_seconds=motion_seconds,
         )
         self.auth = Authenticator(
-            access_key, secret_key, (api_key,) if api_key else (), auth_clock or time.time
+            access_key,
+            secret_key,
+            (api_key,) if api_key else (),
+            auth_clock or time.time,
+            key_names=(api_key_name,),
         )
         self.callbacks = CallbackSender(callback_secret)
         self.tick = tick
@@ -143,6 +163,23 @@ class Simulator:
                     await runner
 
 
+def _balance(amount: Decimal | int | str | None, currency: str, discount: Decimal | str) -> Balance | None:
+    """The account's cash balance, or ``None`` (packs only: an empty pack answers 1102)."""
+    if amount is None:
+        return None
+    try:
+        value, off = Decimal(amount), Decimal(discount)
+    except ArithmeticError:
+        raise ValidationError(
+            f"balance {amount!r} and balance_discount {discount!r} must be numbers"
+        ) from None
+    if not value.is_finite() or value < 0 or not off.is_finite() or not 0 <= off < 1:
+        raise ValidationError(
+            f"balance {amount} must be >= 0 and balance_discount {discount} from 0 to below 1"
+        )
+    return Balance(value, currency, off)
+
+
 def _answer(data: object, status: int = 200) -> Response:
     body = {"code": 0, "message": "SUCCEED", "request_id": uuid.uuid4().hex, "data": data}
     return Response(render(body), status_code=status, media_type="application/json")
@@ -162,12 +199,16 @@ def _error(exc: SimError) -> Response:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _kling(sim: Simulator, scope: str, handler: Callable[[Request], Awaitable[object]]) -> Handler:
-    """Wrap a handler: auth, injected faults, envelope, error answers."""
+def _kling(
+    sim: Simulator, scope: str, handler: Callable[[Request], Awaitable[object]], *, api_key_only: bool = False
+) -> Handler:
+    """Wrap a handler: auth (the caller's key name in ``request.state.key_name``), injected
+    faults, envelope, error answers."""
 
     async def endpoint(request: Request) -> Response:
         try:
-            sim.auth.check(request.headers.get("authorization"))
+            header = request.headers.get("authorization")
+            request.state.key_name = sim.auth.check(header, api_key_only=api_key_only)
             if scope != "admin":
                 sim.state.take_fault(scope)
             return _answer(await handler(request))
@@ -205,7 +246,7 @@ def _routes(sim: Simulator) -> list[Route]:
     for path, kind in ENDPOINT_ROUTES.items():
 
         async def create(request: Request, kind: str = kind) -> object:
-            return state.submit(kind, await _json_body(request, sim.limits))
+            return state.submit(kind, await _json_body(request, sim.limits), request.state.key_name)
 
         async def listing(request: Request, kind: str = kind) -> object:
             return state.list_tasks(
@@ -224,8 +265,69 @@ def _routes(sim: Simulator) -> list[Route]:
         return state.costs(_int_param(request, "start_time"), _int_param(request, "end_time"), name)
 
     routes.append(Route("/account/costs", _kling(sim, "query", costs), methods=["GET"]))
+
+    async def identify_face(request: Request) -> object:
+        return state.identify_face(await _json_body(request, sim.limits))
+
+    routes.append(Route("/v1/videos/identify-face", _kling(sim, "create", identify_face), methods=["POST"]))
+    routes.extend(_new_routes(sim))
     if sim.admin:
         routes.extend(_admin_routes(sim))
+    return routes
+
+
+async def _optional_body(request: Request, limits: BodyLimits) -> object:
+    """A listing's body: none at all is ``{}`` (every default)."""
+    if request.headers.get("content-length") in ("0", None) and not await request.body():
+        return {}
+    return await _json_body(request, limits)
+
+
+def _new_routes(sim: Simulator) -> list[Route]:
+    """The new standard: creates with the model in the path, ``/tasks``, the billing listings.
+    API key only (an AK/SK token is refused with 1000)."""
+    state = sim.state
+    routes: list[Route] = []
+    for family, (_, models) in NEW_FAMILIES.items():
+
+        async def create(request: Request, family: str = family, models: tuple[str, ...] = models) -> object:
+            model = request.path_params["model"]
+            if model not in models:
+                raise SimError(
+                    1203, f"model {model} is not served at /{family}/; models: {', '.join(models)}"
+                )
+            body = await _json_body(request, sim.limits)
+            return state.submit_new(family, model, body, request.state.key_name)
+
+        routes.append(
+            Route(f"/{family}/{{model}}", _kling(sim, "create", create, api_key_only=True), methods=["POST"])
+        )
+
+    async def by_ids(request: Request) -> object:
+        ids, external = request.query_params.get("task_ids"), request.query_params.get("external_task_ids")
+        if (ids is None) == (external is None):
+            raise SimError(1201, "give exactly one of task_ids and external_task_ids")
+        wanted = [v.strip() for v in (ids if ids is not None else str(external)).split(",") if v.strip()]
+        if not wanted:
+            raise SimError(1201, "task_ids or external_task_ids must name at least one task")
+        return state.tasks_by_ids(wanted, external=external is not None)
+
+    async def listing(request: Request) -> object:
+        return state.list_new(await _optional_body(request, sim.limits))
+
+    async def package(request: Request) -> object:
+        return state.billing("unit", await _optional_body(request, sim.limits))
+
+    async def balance(request: Request) -> object:
+        return state.billing("cash", await _optional_body(request, sim.limits))
+
+    for path, method, handler in (
+        ("/tasks", "GET", by_ids),
+        ("/tasks", "POST", listing),
+        ("/account/billing/package", "POST", package),
+        ("/account/billing/balance", "POST", balance),
+    ):
+        routes.append(Route(path, _kling(sim, "query", handler, api_key_only=True), methods=[method]))
     return routes
 
 
@@ -282,7 +384,9 @@ def _admin_routes(sim: Simulator) -> list[Route]:
     async def snapshot(request: Request) -> object:
         state.refresh()
         return {
-            "tasks": [dict(t.to_json(), endpoint=t.endpoint) for t in state.tasks.values()],
+            "tasks": [
+                dict(t.to_json(), endpoint=t.endpoint, standard=t.standard) for t in state.tasks.values()
+            ],
             "packs": {k: p.to_json(state.now_ms()) for k, p in state.packs.items()},
             "deliveries": len(sim.callbacks.deliveries),
         }

@@ -24,7 +24,11 @@ def _numeric_date(value: object) -> bool:
 class Authenticator:
     """Checks ``Authorization: Bearer ...`` like Kling: 1001 empty, 1002 invalid (bad signature,
     issuer or algorithm; ``exp``, ``nbf`` or ``iat`` not a finite number, e.g. a string), 1003 not
-    yet valid, 1004 expired. ``clock`` gives Unix seconds (the real time unless a test injects one)."""
+    yet valid, 1004 expired. ``clock`` gives Unix seconds (the real time unless a test injects one).
+
+    New-standard paths take the API key only (``api_key_only``): an AK/SK token there is refused
+    with 1000 (authentication failed), whether or not it is valid; anything else unknown is 1002.
+    :meth:`check` answers who called: the API key's name, or the access key of a token."""
 
     def __init__(
         self,
@@ -32,13 +36,19 @@ class Authenticator:
         secret_key: str,
         api_keys: tuple[str, ...],
         clock: Callable[[], float],
+        key_names: tuple[str, ...] = (),
     ) -> None:
         self.access_key = access_key
         self.secret_key = secret_key
         self.api_keys = api_keys
         self.clock = clock
+        self.key_names = key_names
 
-    def check(self, header: str | None) -> None:
+    def name_of(self, api_key: str) -> str:
+        index = self.api_keys.index(api_key)
+        return self.key_names[index] if index < len(self.key_names) else f"api-key-{index + 1}"
+
+    def check(self, header: str | None, *, api_key_only: bool = False) -> str:
         if not header or not header.strip():
             raise SimError(1001, "Authorization header is empty")
         scheme, _, token = header.strip().partition(" ")
@@ -46,7 +56,15 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token:
             raise SimError(1002, "Authorization must be 'Bearer <token>'")
         if token in self.api_keys:
-            return
+            return self.name_of(token)
+        if api_key_only:
+            if token.count(".") == 2:
+                raise SimError(
+                    1000,
+                    "authentication failed: this API takes the API key (Bearer <API_KEY>), "
+                    "not an AK/SK token",
+                )
+            raise SimError(1002, "the API key is invalid")
         try:
             header_fields = jwt.get_unverified_header(token)
             claims = jwt.decode(
@@ -72,3 +90,4 @@ class Authenticator:
             raise SimError(1003, "token is not yet valid")
         if now >= claims["exp"]:
             raise SimError(1004, "token has expired")
+        return self.access_key

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .state import CallbackEvent
+from .tasks import CallbackEvent
 
 __all__ = ["CallbackSender", "Delivery", "signature"]
 
@@ -71,8 +71,8 @@ class CallbackSender:
         self.deliveries.append(
             Delivery(
                 url=event.url,
-                task_id=str(event.payload.get("task_id")),
-                task_status=str(event.payload.get("task_status")),
+                task_id=str(event.payload.get("task_id", event.payload.get("id"))),
+                task_status=str(event.payload.get("task_status", event.payload.get("status"))),
                 status_code=status_code,
                 error=error,
             )

@@ -1,4 +1,5 @@
-"""The simulator's account: resource packs, tasks and their lifecycle, faults to inject."""
+"""The simulator's account: resource packs, tasks of both API standards and their lifecycle,
+faults to inject. Money (packs, balance, the bill) is :class:`~.billing.Accounts`."""
 
 from __future__ import annotations
 
@@ -13,131 +14,31 @@ from typing import Any
 
 from ..errors import PricingError, ValidationError
 from ..money import format_amount
-from ..pricing import Catalog, PriceRequest, estimate, load_catalog
+from ..pricing import Catalog, Estimate, PriceRequest, estimate, load_catalog
+from ..pricing.standard import LEGACY_IDS
+from .billing import Accounts, Balance
 from .clock import Clock
 from .errors import SimError
-from .validation import check_body, price_request
+from .lipsync import FaceSession, check_face_choose, new_session
+from .listing import page, parse_query
+from .tasks import NEW_STATUS, PRODUCT_TYPES, CallbackEvent, Fault, Pack, SimTask, pack_units
+from .validation import check_body, check_new_body, price_request, prompt_text
 
-__all__ = ["PACK_TYPES", "CallbackEvent", "Fault", "Pack", "SimTask", "SimulatorState"]
+__all__ = ["PACK_TYPES", "CallbackEvent", "Fault", "Pack", "SimTask", "SimulatorState", "pack_units"]
 
 PACK_TYPES = ("video", "image", "tryon")
 ACTIVE = ("submitted", "processing")
 MAX_VIDEO_SECONDS = 180
 DAY_MS = 86_400_000
+VERSION_OF = {legacy: new for new, legacy in LEGACY_IDS.items()}
+"""Legacy model id -> the new id of the same model version (they share concurrency slots)."""
 
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-MAX_PACK_UNITS = Decimal(10**12)
-"""Most units a simulated pack holds; larger sizes (or NaN, infinities) are refused, since
-amounts past Decimal's range would break every later request."""
 MAX_TASK_SECONDS = 86_400.0
-
-
-def pack_units(value: object) -> Decimal:
-    """``value`` as a pack size: a finite number of units from 0 to :data:`MAX_PACK_UNITS`;
-    raises :class:`~kling_cost.errors.ValidationError` (a ``ValueError``) otherwise."""
-    try:
-        units = Decimal(str(value)) if isinstance(value, (int, str, Decimal)) else None
-    except ArithmeticError:
-        units = None
-    if isinstance(value, bool) or units is None or not units.is_finite() or not 0 <= units <= MAX_PACK_UNITS:
-        raise ValidationError(f"pack size {value!r} must be a number of units from 0 to {MAX_PACK_UNITS:,}")
-    return units
-
-
-@dataclass
-class Pack:
-    """One resource pack: ``remaining`` units (exact), valid from ``effective_time`` to ``invalid_time``."""
-
-    name: str
-    pack_id: str
-    pack_type: str
-    total: Decimal
-    remaining: Decimal
-    purchase_time: int
-    effective_time: int
-    invalid_time: int
-    concurrency: int
-
-    def status(self, now_ms: int) -> str:
-        if now_ms < self.effective_time:
-            return "toBeOnline"
-        if now_ms >= self.invalid_time:
-            return "expired"
-        if self.remaining <= 0:
-            return "runOut"
-        return "online"
-
-    def to_json(self, now_ms: int) -> dict[str, Any]:
-        return {
-            "resource_pack_name": self.name,
-            "resource_pack_id": self.pack_id,
-            "resource_pack_type": "decreasing_total",
-            "total_quantity": self.total,
-            "remaining_quantity": self.remaining,
-            "purchase_time": self.purchase_time,
-            "effective_time": self.effective_time,
-            "invalid_time": self.invalid_time,
-            "status": self.status(now_ms),
-        }
-
-
-@dataclass
-class SimTask:
-    task_id: str
-    endpoint: str
-    pack_type: str
-    external_task_id: str | None
-    created_at: int
-    processing_at: int
-    finish_at: int
-    cost: Decimal
-    slots: int
-    will_fail: bool
-    callback_url: str | None
-    video_seconds: int
-    model: str | None
-    mode: str
-    n: int
-    status: str = "submitted"
-    status_msg: str = ""
-    updated_at: int = 0
-    charged: Decimal | None = None
-    result: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "task_id": self.task_id,
-            "task_status": self.status,
-            "task_status_msg": self.status_msg,
-            "task_info": {"external_task_id": self.external_task_id} if self.external_task_id else {},
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
-        if self.result is not None:
-            data["task_result"] = self.result
-        if self.charged is not None:
-            data["final_unit_deduction"] = format_amount(self.charged)
-        return data
-
-
-@dataclass(frozen=True)
-class CallbackEvent:
-    url: str
-    payload: dict[str, Any]
-
-
-@dataclass
-class Fault:
-    """Answer the next ``times`` matching requests with ``code`` instead of serving them."""
-
-    code: int
-    times: int = 1
-    scope: str = "create"  # create, query or any
-    message: str = "injected fault"
 
 
 @dataclass
@@ -149,6 +50,7 @@ class _Config:
     blocked_terms: tuple[str, ...]
     result_base_url: str
     failure_message: str = "task failed (simulated failure)"
+    motion_seconds: Decimal = Decimal("10.04")
 
 
 class SimulatorState:
@@ -168,6 +70,8 @@ class SimulatorState:
         blocked_terms: tuple[str, ...],
         result_base_url: str,
         catalog: Catalog | str,
+        balance: Balance | None = None,
+        motion_seconds: Decimal | str = "10.04",
     ) -> None:
         if not 0 <= failure_rate <= 1:
             raise ValidationError(f"failure_rate {failure_rate} must be between 0 and 1")
@@ -186,6 +90,7 @@ class SimulatorState:
             rate_limit=rate_limit,
             blocked_terms=tuple(t.lower() for t in blocked_terms),
             result_base_url=result_base_url.rstrip("/"),
+            motion_seconds=_motion_seconds(motion_seconds),
         )
         self.catalog = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
         self._rng = random.Random(seed)
@@ -206,9 +111,11 @@ class SimulatorState:
                 invalid_time=now + pack_days * DAY_MS,
                 concurrency=limits[pack_type],
             )
+        self.accounts = Accounts(self.packs, balance, self.catalog)
         self.tasks: dict[str, SimTask] = {}
         self._by_external: dict[str, SimTask] = {}
         self._videos: dict[str, SimTask] = {}
+        self._sessions: dict[str, FaceSession] = {}
         self._faults: list[Fault] = []
         self._fail_next = 0
         self._recent_creates: deque[float] = deque()
@@ -233,7 +140,7 @@ class SimulatorState:
         task.status = status
         task.updated_at = at
         if task.callback_url:
-            self.outbox.append(CallbackEvent(task.callback_url, task.to_json()))
+            self.outbox.append(CallbackEvent(task.callback_url, task.callback_payload()))
 
     def _finish(self, task: SimTask, at: int) -> None:
         if task.will_fail:
@@ -241,9 +148,11 @@ class SimulatorState:
             task.status_msg = task.status_msg or self.config.failure_message
             self._set_status(task, "failed", at)
             return
-        pack = self.packs[task.pack_type]
-        pack.remaining -= task.cost
-        task.charged = task.cost
+        units = task.cost
+        if task.estimate is not None and task.estimate.request.billed_on_output:
+            units = task.estimate.for_output(task.output_seconds).amount  # Kling bills the output
+        task.charge = self.accounts.charge(task, units, at)
+        task.charged = units
         task.result = self._result(task)
         self._set_status(task, "succeed", at)
 
@@ -257,7 +166,7 @@ class SimulatorState:
                     {
                         "id": video_id,
                         "url": f"{base}/videos/{task.task_id}/{video_id}.mp4",
-                        "duration": str(task.video_seconds),
+                        "duration": task.output_seconds,
                     }
                 ]
             }
@@ -305,67 +214,125 @@ class SimulatorState:
                         self._faults.remove(fault)
                     raise SimError(fault.code, fault.message)
 
-    # ------------------------------------------------------------------ API
+    # ------------------------------------------------------------------ creates
 
-    def submit(self, endpoint: str, raw: object) -> dict[str, Any]:
+    def submit(self, endpoint: str, raw: object, key_name: str = "") -> dict[str, Any]:
+        """A legacy create (``/v1/...``, ``model_name`` in the body): the legacy task object."""
         with self._lock:
             self.refresh()
             self._rate_check()
             body = check_body(endpoint, raw)
-            source = body.get("input") if endpoint in ("effects", "lip-sync") else body
-            text = " ".join(str(body.get(k) or "") for k in ("prompt", "negative_prompt")).lower()
-            if isinstance(source, Mapping):
-                text += " " + str(source.get("text") or "").lower()
-            if any(term in text for term in self.config.blocked_terms):
-                raise SimError(1301, "content safety: the prompt was rejected")
-            external = body.get("external_task_id") or None
-            if external is not None and external in self._by_external:
-                raise SimError(1201, f"external_task_id {external} already exists")
+            self._screen(prompt_text(endpoint, body))
             request, seconds = self._priced(endpoint, body)
-            try:
-                est = estimate(request, catalog=self.catalog, as_of=self._today())
-            except PricingError as exc:
-                raise SimError(1201, str(exc)) from None
-            pack = self.packs[est.pack]
-            now = self.now_ms()
-            if pack.status(now) in ("expired", "toBeOnline"):
-                raise SimError(1102, f"the {pack.pack_type} resource pack has expired")
-            slots = request.n if est.pack == "image" else 1
-            active = [t for t in self.tasks.values() if t.pack_type == est.pack and t.status in ACTIVE]
-            held = sum((t.cost for t in active), Decimal(0))
-            if pack.remaining - held < est.amount:
-                raise SimError(1102, f"the {pack.pack_type} resource pack is used up")
-            if sum(t.slots for t in active) + slots > pack.concurrency:
-                raise SimError(
-                    1303, f"parallel tasks over the {pack.pack_type} resource pack's limit {pack.concurrency}"
-                )
-            task = self._new_task(endpoint, body, request, est.amount, est.pack, slots, seconds)
-            return task.to_json()
+            work = _Work(
+                endpoint=endpoint,
+                standard="legacy",
+                request=request,
+                seconds=seconds,
+                output=str(seconds),
+                external=body.get("external_task_id") or None,
+                callback_url=body.get("callback_url") or None,
+                key_name=key_name,
+            )
+            return self._accept(work).to_json()
+
+    def submit_new(self, family: str, model: str, raw: object, key_name: str = "") -> dict[str, Any]:
+        """A new-standard create (``/{family}/{model}``): the create answer ``{id, status, ...}``."""
+        with self._lock:
+            self.refresh()
+            self._rate_check()
+            body, request = check_new_body(family, model, raw)
+            self._screen(prompt_text(family, body))
+            options = body.get("options") or {}
+            watermark = options.get("watermark_info") or {}
+            if request.billed_on_output:  # motion control: the output's length, not the request's
+                output = format_amount(self.config.motion_seconds)
+                seconds = request.for_output(self.config.motion_seconds).duration or 1
+            else:
+                seconds = request.duration or 5
+                output = str(seconds)
+            work = _Work(
+                endpoint=request.endpoint,
+                standard="new",
+                request=request,
+                seconds=seconds,
+                output=output,
+                external=options.get("external_task_id") or None,
+                callback_url=options.get("callback_url") or None,
+                key_name=key_name,
+                watermark=bool(watermark.get("enabled")),
+            )
+            return self._accept(work).created_json()
+
+    def _screen(self, text: str) -> None:
+        if any(term in text.lower() for term in self.config.blocked_terms):
+            raise SimError(1301, "content safety: the prompt was rejected")
+
+    def _accept(self, work: _Work) -> SimTask:
+        """Price, fund and admit a create; ``external_task_id`` is unique across both standards."""
+        if work.external is not None and work.external in self._by_external:
+            raise SimError(1201, f"external_task_id {work.external} already exists")
+        try:
+            est = estimate(work.request, catalog=self.catalog, as_of=self._today())
+        except PricingError as exc:
+            raise SimError(1201, str(exc)) from None
+        pack = self.packs[est.pack]
+        active = [t for t in self.tasks.values() if t.status in ACTIVE]
+        funding = self.accounts.fund(est, active, self.now_ms())
+        slots = work.request.n if est.pack == "image" else 1
+        version = model_version(work.request.model or work.endpoint)
+        same = [t for t in active if t.pack_type == est.pack and t.model_version == version]
+        if sum(t.slots for t in same) + slots > pack.concurrency:
+            raise SimError(
+                1303,
+                f"parallel {version} tasks over the {pack.pack_type} resource pack's limit "
+                f"{pack.concurrency}",
+            )
+        return self._new_task(work, est, funding, slots, version)
 
     def _priced(self, endpoint: str, body: Mapping[str, Any]) -> tuple[PriceRequest, int]:
         """The request to price and the length in seconds of the video it makes."""
         if endpoint == "video-extend":
             price_request(endpoint, body)  # prompt rules
-            source = self._videos.get(str(body["video_id"]))
-            if source is None:
-                raise SimError(1201, f"video_id {body['video_id']} is not a video of this account")
+            source = self._video(body["video_id"])
             seconds = source.video_seconds + 5
             if seconds > MAX_VIDEO_SECONDS:
                 raise SimError(1201, f"an extended video may last at most {MAX_VIDEO_SECONDS} s")
             return self._build("video-extend", model=source.model, mode=source.mode), seconds
         if endpoint == "lip-sync":
-            raw = body["input"]
-            video_id = raw.get("video_id")
-            if video_id:
-                source = self._videos.get(str(video_id))
-                if source is None:
-                    raise SimError(1201, f"video_id {video_id} is not a video of this account")
-                seconds = source.video_seconds
-            else:
-                seconds = 5  # a video given by URL: the simulator assumes 5 s
+            video_id = body["input"].get("video_id")
+            seconds = self._video(video_id).video_seconds if video_id else 5  # by URL: assumed 5 s
             return self._build("lip-sync", duration=seconds), seconds
+        if endpoint == "advanced-lip-sync":
+            session = self._sessions.get(str(body["session_id"]))
+            if session is None:
+                raise SimError(1201, f"session_id {body['session_id']} is not a face session of this account")
+            check_face_choose(body, session)
+            return self._build("advanced-lip-sync", duration=session.video_seconds), session.video_seconds
         request = price_request(endpoint, body)
         return request, request.duration or 5
+
+    def _video(self, video_id: object) -> SimTask:
+        source = self._videos.get(str(video_id))
+        if source is None:
+            raise SimError(1201, f"video_id {video_id} is not a video of this account")
+        return source
+
+    def identify_face(self, raw: object) -> dict[str, Any]:
+        """``identify-face``, answered at once: a session with the faces of a video (free)."""
+        if not isinstance(raw, Mapping):
+            raise SimError(1200, "request body must be a JSON object")
+        video_id, url = raw.get("video_id"), raw.get("video_url")
+        if not (isinstance(video_id, str) and video_id.strip()) and not (
+            isinstance(url, str) and url.strip()
+        ):
+            raise SimError(1201, "video_id or video_url is required for identify-face")
+        with self._lock:
+            seconds = self._video(video_id).video_seconds if video_id else 5  # by URL: assumed 5 s
+            self._counter += 1
+            session = new_session(f"sess-{880_000_000_000 + self._counter}", seconds)
+            self._sessions[session.session_id] = session
+            return session.to_json(self.config.result_base_url)
 
     @staticmethod
     def _build(kind: str, **fields: Any) -> PriceRequest:
@@ -388,16 +355,7 @@ class SimulatorState:
             raise SimError(1302, f"requests too fast: at most {limit} creates per second")
         self._recent_creates.append(now)
 
-    def _new_task(
-        self,
-        endpoint: str,
-        body: Mapping[str, Any],
-        request: PriceRequest,
-        cost: Decimal,
-        pack_type: str,
-        slots: int,
-        seconds: int,
-    ) -> SimTask:
+    def _new_task(self, work: _Work, est: Estimate, funding: str, slots: int, version: str) -> SimTask:
         self._counter += 1
         now = self.now_ms()
         total = _ms(self.config.task_seconds)
@@ -405,38 +363,48 @@ class SimulatorState:
         if self._fail_next > 0:
             self._fail_next -= 1
             will_fail = True
-        external = body.get("external_task_id") or None
         task = SimTask(
             task_id=f"{880_000_000_000 + self._counter}",
-            endpoint=endpoint,
-            pack_type=pack_type,
-            external_task_id=external,
+            endpoint=work.endpoint,
+            pack_type=est.pack,
+            external_task_id=work.external,
             created_at=now,
             updated_at=now,
             processing_at=now + total // 5,
             finish_at=now + total,
-            cost=cost,
+            cost=est.amount,
             slots=slots,
             will_fail=will_fail,
-            callback_url=body.get("callback_url") or None,
-            video_seconds=seconds,
-            model=request.model,
-            mode=request.mode,
-            n=request.n,
+            callback_url=work.callback_url,
+            video_seconds=work.seconds,
+            model=work.request.model,
+            mode=work.request.mode,
+            n=work.request.n,
+            standard=work.standard,
+            model_version=version,
+            estimate=est,
+            funding=funding,
+            list_price=self.accounts.list_price(est.amount, est.pack),
+            output_seconds=work.output,
+            api_key_name=work.key_name,
+            watermark=work.watermark,
         )
         self.tasks[task.task_id] = task
-        if external is not None:
-            self._by_external[external] = task
+        if work.external is not None:
+            self._by_external[work.external] = task
         if task.callback_url:
-            self.outbox.append(CallbackEvent(task.callback_url, task.to_json()))
+            self.outbox.append(CallbackEvent(task.callback_url, task.callback_payload()))
         self.refresh()  # a zero-length task moves on at once
         return task
 
+    # ------------------------------------------------------------------ queries
+
     def get(self, endpoint: str, ident: str) -> dict[str, Any]:
+        """A legacy query: tasks created on the legacy standard only (see the README)."""
         with self._lock:
             self.refresh()
             task = self.tasks.get(ident) or self._by_external.get(ident)
-            if task is None or task.endpoint != endpoint:
+            if task is None or task.endpoint != endpoint or task.standard != "legacy":
                 raise SimError(1203, f"task {ident} not found")
             return task.to_json()
 
@@ -445,9 +413,37 @@ class SimulatorState:
             raise SimError(1201, "pageNum must be 1..1000 and pageSize 1..500")
         with self._lock:
             self.refresh()
-            mine = [t for t in self.tasks.values() if t.endpoint == endpoint]
+            mine = [t for t in self.tasks.values() if t.endpoint == endpoint and t.standard == "legacy"]
             mine.sort(key=lambda t: (t.created_at, t.task_id), reverse=True)
             return [t.to_json() for t in mine[(page - 1) * size : page * size]]
+
+    def tasks_by_ids(self, task_ids: list[str], external: bool) -> list[dict[str, Any]]:
+        """``GET /tasks``: the new-standard tasks of these ids, in the order asked (unknown ids
+        and tasks created on the legacy standard are left out)."""
+        with self._lock:
+            self.refresh()
+            index = self._by_external if external else self.tasks
+            found = [index.get(ident) for ident in task_ids]
+            return [t.new_json() for t in found if t is not None and t.standard == "new"]
+
+    def list_new(self, body: object) -> dict[str, Any]:
+        """``POST /tasks``: new-standard tasks by creation time, newest first, cursor-paged."""
+        query = parse_query(body, keys=("status", "product_type"), default_limit=100)
+        with self._lock:
+            self.refresh()
+            return page(
+                [t for t in self.tasks.values() if t.standard == "new"],
+                query,
+                key=lambda t: (t.created_at, int(t.task_id)),
+                values=lambda t: {"status": NEW_STATUS[t.status], "product_type": PRODUCT_TYPES[t.pack_type]},
+                render=SimTask.new_json,
+            )
+
+    def billing(self, funding: str, body: object) -> dict[str, Any]:
+        """``/account/billing/package`` (``unit``) or ``/balance`` (``cash``): one row per charged task."""
+        with self._lock:
+            self.refresh()
+            return self.accounts.listing(funding, body)
 
     def costs(self, start: int, end: int, name: str | None) -> dict[str, Any]:
         if start > end:
@@ -467,3 +463,33 @@ class SimulatorState:
             events = list(self.outbox)
             self.outbox.clear()
             return events
+
+
+@dataclass(frozen=True)
+class _Work:
+    """A create to admit: what to run, on which standard, for whom."""
+
+    endpoint: str
+    standard: str
+    request: PriceRequest
+    seconds: int
+    output: str
+    external: str | None
+    callback_url: str | None
+    key_name: str
+    watermark: bool = False
+
+
+def model_version(model: str) -> str:
+    """What Kling counts concurrency by (with the pack type): a legacy id is the new id's version."""
+    return VERSION_OF.get(model, model)
+
+
+def _motion_seconds(value: Decimal | str) -> Decimal:
+    try:
+        seconds = Decimal(value)
+    except ArithmeticError:
+        raise ValidationError(f"motion_seconds {value!r} must be a number of seconds") from None
+    if not seconds.is_finite() or not 0 < seconds <= 30:
+        raise ValidationError(f"motion_seconds {value} must be more than 0 and at most 30")
+    return seconds

@@ -9,7 +9,7 @@ from ..errors import PricingError
 from ..pricing import PriceRequest
 from .errors import SimError
 
-__all__ = ["check_body"]
+__all__ = ["check_body", "check_new_body", "price_request", "prompt_text"]
 
 MAX_IMAGE_LIST = 4
 
@@ -48,6 +48,17 @@ def check_body(endpoint: str, body: object) -> Mapping[str, Any]:
         _require(body, endpoint, "prompt")
     elif endpoint == "video-extend":
         _require(body, endpoint, "video_id")
+    elif endpoint == "omni-video":
+        _require(body, endpoint, "prompt")
+        videos = body.get("video_list")
+        if videos is not None and (
+            not isinstance(videos, list)
+            or len(videos) > 1
+            or not all(isinstance(v, Mapping) and _has_text(v, "video_url") for v in videos)
+        ):
+            raise SimError(1201, 'video_list must hold at most one {"video_url": ..., "refer_type": ...}')
+    elif endpoint == "advanced-lip-sync":
+        _require(body, endpoint, "session_id")
     elif endpoint == "image":
         _require(body, endpoint, "prompt")
     elif endpoint == "tryon":
@@ -78,3 +89,29 @@ def price_request(endpoint: str, body: Mapping[str, Any]) -> PriceRequest:
         return PriceRequest.from_kling(endpoint, body)
     except PricingError as exc:
         raise SimError(1201, str(exc)) from None
+
+
+def check_new_body(family: str, model: str, body: object) -> tuple[Mapping[str, Any], PriceRequest]:
+    """A new-standard create body for ``/{family}/{model}`` and its priced request, checked
+    with the estimator's rules (:meth:`PriceRequest.from_kling`); 1200/1201 when Kling refuses it."""
+    if not isinstance(body, Mapping):
+        raise SimError(1200, "request body must be a JSON object")
+    try:
+        return body, PriceRequest.from_kling(f"/{family}/{model}", body)
+    except PricingError as exc:
+        raise SimError(1201, str(exc)) from None
+
+
+def prompt_text(endpoint: str, body: Mapping[str, Any]) -> str:
+    """Every prompt of a body, for content screening: ``prompt``/``negative_prompt``, lip-sync's
+    ``input.text``, and the new standard's ``contents`` prompt items."""
+    parts = [str(body.get(k) or "") for k in ("prompt", "negative_prompt")]
+    source = body.get("input") if endpoint in ("effects", "lip-sync") else None
+    if isinstance(source, Mapping):
+        parts.append(str(source.get("text") or ""))
+    contents = body.get("contents")
+    if isinstance(contents, list):
+        parts += [
+            str(c.get("text") or "") for c in contents if isinstance(c, Mapping) and c.get("type") == "prompt"
+        ]
+    return " ".join(parts)
