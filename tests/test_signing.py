@@ -44,11 +44,32 @@ def test_a_signature_that_is_not_even_ascii_is_an_auth_error(signature: str) -> 
         verify_webhook(SECRET, headers, BODY)
 
 
-@pytest.mark.parametrize("stamp", ["١٧٠٠٠٠٠٠٠٠", "1e9", "nan", "9" * 5000, " "])
+@pytest.mark.parametrize(
+    "stamp", ["١٧٠٠٠٠٠٠٠٠", "1e9", "nan", "9" * 5000, " ", "--5", "-", "+5", "1_700_000_000", "5²"]
+)
 def test_a_timestamp_that_is_not_a_plain_number_is_an_auth_error(stamp: str) -> None:
     headers = {**signed(), "webhook-timestamp": stamp}
     with pytest.raises(AuthError):
         verify_webhook(SECRET, headers, BODY)
+
+
+def test_the_test_vector_of_kling_s_docs_passes_alone_and_during_a_secret_rotation() -> None:
+    """KLING_API.md's addendum: a known secret, id, timestamp and body give a known signature;
+    during a rotation the header holds several signatures, any one valid is enough."""
+    secret = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="
+    body = (
+        '{"id":"1234567890","status":"succeeded","message":"","create_time":1781080778802,'
+        '"update_time":1781080794151}'
+    )
+    signature = "v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ4="
+    assert sign_webhook(secret, "9876543210", 1781080794, body) == signature
+    headers = {"webhook-id": "9876543210", "webhook-timestamp": "1781080794", "webhook-signature": signature}
+    for given in (body, body.encode()):
+        verify_webhook(secret, headers, given, now=1781080794)
+    rotating = {**headers, "webhook-signature": f"v1,b2xkLXNlY3JldA== {signature}"}
+    verify_webhook(secret, rotating, body, now=1781080794 + 299)
+    with pytest.raises(AuthError, match="does not match"):
+        verify_webhook(secret, {**headers, "webhook-signature": "v1,b2xkLXNlY3JldA=="}, body, now=1781080794)
 
 
 def test_a_tampered_body_or_another_secret_is_an_auth_error() -> None:
