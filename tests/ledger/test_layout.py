@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ast
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import kling_cost
 import kling_cost.ledger
-from kling_cost import money
-from kling_cost.ledger import Ledger
+from kling_cost import StorageError, money
+from kling_cost.ledger import Ledger, open_ledger
 
 SRC = Path(kling_cost.__file__).parent
 LEDGER = Path(kling_cost.ledger.__file__).parent
@@ -126,3 +130,59 @@ def test_the_stores_share_the_ledgers_seam(ledger: Ledger) -> None:
     ledger.commit(ledger.reserve(4, ["project:a"]), 3)
     assert ledger.charges() == ledger.queries.charges()
     assert [c.actual for c in ledger.queries.recent_charges(limit=5)] == [3]
+
+
+@pytest.mark.timeout(30, method="thread")  # before the fix, PostgreSQL waited forever
+def test_the_seam_refuses_to_nest_in_one_thread_on_every_backend(ledger: Ledger) -> None:
+    """A ledger method inside ``ledger.transaction()`` (or called by a hook) would open a second
+    transaction: SQLite failed with a driver message, PostgreSQL took a second connection and
+    waited for the outer transaction's lock forever. Both now refuse at once, clearly, and the
+    outer transaction rolls back."""
+    ledger.set_budget("account", 10)
+    with pytest.raises(StorageError, match="do not nest"), ledger.transaction() as cur:
+        cur.execute("UPDATE budgets SET limit_milli = ? WHERE scope = ?", (20_000, "account"))
+        ledger.set_budget("account", 30)
+    assert ledger.usage("account").limit == 10
+
+    class CallsTheLedger:
+        def after_reserve(self, cur: Any, now: Any, reservation: Any, states: Any) -> None:
+            ledger.usage("account")
+
+        def after_settle(self, *args: Any) -> None: ...
+        def after_budget_set(self, *args: Any) -> None: ...
+        def after_refusal(self, *args: Any) -> None: ...
+
+    ledger.hooks.append(CallsTheLedger())
+    with pytest.raises(StorageError, match="a hook must not call the ledger's methods"):
+        ledger.reserve(1)
+    ledger.hooks.pop()
+    assert ledger.usage("account").reserved == 0  # nothing held by the refused reservation
+    ledger.commit(ledger.reserve(1), 1)  # the thread's seam is usable again
+    assert ledger.usage("account").used == 1
+
+
+def test_a_transaction_abandoned_in_a_generator_rolls_back_and_frees_the_seam(ledger: Ledger) -> None:
+    ledger.set_budget("account", 10)
+
+    def steps() -> Iterator[None]:
+        with ledger.transaction() as cur:
+            cur.execute("UPDATE budgets SET limit_milli = ? WHERE scope = ?", (20_000, "account"))
+            yield
+
+    walk = steps()
+    next(walk)
+    with pytest.raises(StorageError, match="do not nest"):
+        ledger.usage("account")  # the generator still holds its transaction open
+    walk.close()  # abandoned mid-way: rolled back
+    assert ledger.usage("account").limit == 10
+
+
+def test_other_threads_and_ledgers_are_not_nesting(ledger: Ledger, tmp_path: Path) -> None:
+    ledger.set_budget("account", 10)
+    seen: list[Decimal] = []
+    with open_ledger(f"sqlite:///{tmp_path / 'other.db'}") as other, ledger.transaction():
+        other.set_budget("account", 5)  # another ledger: its own transaction
+        worker = threading.Thread(target=lambda: seen.append(other.usage("account").limit))
+        worker.start()
+        worker.join(10)
+    assert seen == [5]

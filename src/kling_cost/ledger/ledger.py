@@ -8,6 +8,7 @@ throughout, with the hooks (:mod:`.hooks`) inside the same transaction.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -63,6 +64,7 @@ class Ledger:
         self.clock = backend.clock
         """The time the ledger decides by (an injected clock, or the database server's)."""
         self.default_ttl = default_ttl
+        self._in_transaction = threading.local()
         self.outbox = OutboxStore(self)
         self.rollup = RollupStore(self)
         self.cache = RequestCache(self)
@@ -92,8 +94,9 @@ class Ledger:
         ``?`` placeholders on every backend; ``cur.now`` is the time the transaction decides
         by. Driver errors raise :class:`~kling_cost.errors.StorageError`, a lost race
         :class:`~.backend.Conflict` (:func:`~.backend.retrying` runs the block again). After
-        the commit the outbox wakes its listeners if the transaction wrote an alert."""
-        return AfterCommit(self.backend.transaction(), self.outbox.after_commit)
+        the commit the outbox wakes its listeners if the transaction wrote an alert. They do
+        not nest: a ledger method called in the block (or by a hook) raises StorageError."""
+        return AfterCommit(self.backend.transaction(), self.outbox.after_commit, self._in_transaction)
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the schema version. Safe to run concurrently."""
