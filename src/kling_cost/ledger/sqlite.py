@@ -1,6 +1,7 @@
 """The embedded default backend: a SQLite file in WAL mode, safe for many threads and processes.
 
-A connection per thread (and process), ``BEGIN IMMEDIATE`` transactions (one writer at a
+A connection per thread (and process), closed when its thread ends (worker pools retire
+threads: an async guard's anyio workers, each event loop's), ``BEGIN IMMEDIATE`` transactions (one writer at a
 time: the conditional updates need no row locks), a background WAL checkpointer, and
 sqlite3's errors translated at the boundary.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -61,6 +63,33 @@ class _SQLiteCursor:
 
     def fetchall(self) -> list[Any]:
         return self._cur.fetchall()
+
+
+def _forget(backend: weakref.ref[SQLiteBackend], conn: sqlite3.Connection, pid: int) -> None:
+    """Close the connection of a thread that ended. One inherited through ``fork`` is never
+    closed in the child (closing it there could disturb the parent's locks): it is kept open."""
+    if pid != os.getpid():
+        _INHERITED.append(conn)
+        return
+    owner = backend()
+    if owner is not None:
+        owner.forget(conn)
+    with suppress(sqlite3.Error):
+        conn.close()
+
+
+_INHERITED: list[sqlite3.Connection] = []
+"""Connections a forked child inherited and must not close (see :func:`_forget`)."""
+
+
+class _ThreadConnection:
+    """One thread's connection, kept in the backend's thread-local storage."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection, pid: int) -> None:
+        self.conn = conn
+        self.pid = pid
 
 
 class SQLiteBackend(Backend):
@@ -128,15 +157,22 @@ class SQLiteBackend(Backend):
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
             raise self._closed_error()
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None or getattr(local, "pid", None) != os.getpid():
-            conn = self._connect()
-            local.conn = conn
-            local.pid = os.getpid()
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():
+            held = _ThreadConnection(self._connect(), os.getpid())
+            # When the thread ends, its thread-local value goes and the connection is closed:
+            # threads come and go (worker pools), connections must not pile up.
+            weakref.finalize(held, _forget, weakref.ref(self), held.conn, held.pid).atexit = False
+            self._local.held = held
             if self.checkpoint == "background" and self._checkpointer_pid != os.getpid():
                 self._start_checkpointer()
-        return conn
+        return held.conn
+
+    def forget(self, conn: sqlite3.Connection) -> None:
+        """Stop tracking ``conn`` (its thread ended; the caller closes it)."""
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
 
     def _start_checkpointer(self) -> None:
         with self._lock:
@@ -174,7 +210,7 @@ class SQLiteBackend(Backend):
 
     @property
     def connection_count(self) -> int:
-        """Connections opened (one per thread that used the ledger) and not closed yet."""
+        """Connections open (one per living thread that used the ledger)."""
         with self._lock:
             return len(self._connections)
 
