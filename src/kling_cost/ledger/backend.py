@@ -142,11 +142,13 @@ class Backend(ABC):
         self.clock: Clock = clock or utc_now
 
     @abstractmethod
-    def transaction(self) -> AbstractContextManager[Cursor]:
+    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
         """A cursor inside one write transaction: committed on success, rolled back on error.
 
         Driver errors become :class:`StorageError`; a unique violation, a deadlock or a
         serialization failure becomes :class:`Conflict` so the caller can retry.
+        ``snapshot=True``: a read-only transaction that sees one consistent state of every
+        table for its whole life, whatever commits meanwhile, and blocks no writer.
         """
 
     @abstractmethod

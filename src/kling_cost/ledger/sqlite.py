@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -214,11 +214,15 @@ class SQLiteBackend(Backend):
         with self._lock:
             return len(self._connections)
 
+    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
+        # A deferred BEGIN reads one WAL snapshot from its first read on, and blocks no writer.
+        return self._transaction("BEGIN" if snapshot else "BEGIN IMMEDIATE")
+
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def _transaction(self, begin: str) -> Iterator[Cursor]:
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(begin)
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite ledger {self.path}: cannot start a transaction: {exc}") from exc
         try:
