@@ -17,7 +17,7 @@ from typing import Any, Literal, Self
 import anyio
 import httpx
 
-from ..errors import KlingAPIError, TaskTimeout
+from ..errors import ClientClosed, KlingAPIError, TaskTimeout
 from ..pricing import Catalog
 from . import bodies
 from ._core import (
@@ -84,6 +84,12 @@ class AsyncKlingClient(ClientCore):
         if self._owns_http:
             await self._http.aclose()
 
+    @property
+    def closed(self) -> bool:
+        """Whether the client's HTTP connection pool was closed (:meth:`aclose`, the end of its
+        ``with`` block, or by whoever owns the ``http_client`` it was given): it sends nothing."""
+        return self._http.is_closed
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -95,6 +101,11 @@ class AsyncKlingClient(ClientCore):
     # ------------------------------------------------------------------ transport
 
     async def _send_once(self, call: PreparedCall) -> Any:
+        if self.closed:  # httpx would raise a bare RuntimeError; nothing is sent either way
+            raise ClientClosed(
+                "this Kling client is closed (its with block ended, or aclose() was called); "
+                "nothing was sent: create a new client"
+            )
         try:
             response = await self._http.request(
                 call.method, self._url(call.path), params=call.params, json=call.body, headers=self._headers()
