@@ -14,7 +14,7 @@ word boundaries keep ``aclose`` from matching inside ``maclose``. The rules:
     ----------------------------------   ----------------------------------
     import anyio (its whole line)        (removed: the sync code sleeps with time.sleep)
     from .ledger_view import ... (line)  (removed: the sync guard calls the ledger itself)
-    AsyncLedgerView(x)                   x
+    AsyncLedgerView(x[, shielded=True])  x
     async def / async with / async for   def / with / for
     await <expr>                         <expr>
     __aenter__ __aexit__                 __enter__ __exit__
@@ -60,7 +60,7 @@ SUBS: list[tuple[str, str]] = [
     (r"^import anyio\n", ""),
     (r"^from \.ledger_view import AsyncLedgerView\n", ""),
     # the async guard awaits a view of the ledger; the sync guard calls the ledger itself
-    (r"\bAsyncLedgerView\(([\w.]+)\)", r"\1"),
+    (r"\bAsyncLedgerView\(([\w.]+)(?:, shielded=True)?\)", r"\1"),
     # keywords
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
