@@ -355,3 +355,12 @@ def _parse_url(url: str) -> tuple[str, str]:
         )
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
     return conninfo, schema
+
+
+def __getattr__(name: str) -> Any:
+    """``PostgresLedger`` of earlier versions (deprecated, see :mod:`.deprecated`)."""
+    if name == "PostgresLedger":
+        from .deprecated import PostgresLedger
+
+        return PostgresLedger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

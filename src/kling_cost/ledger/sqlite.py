@@ -318,3 +318,12 @@ def _parse_url(url: str) -> tuple[str, str, float, str]:
             "allowed: synchronous, timeout, checkpoint"
         )
     return str(path), _SYNC[sync], timeout, checkpoint
+
+
+def __getattr__(name: str) -> Any:
+    """``SQLiteLedger`` of earlier versions (deprecated, see :mod:`.deprecated`)."""
+    if name == "SQLiteLedger":
+        from .deprecated import SQLiteLedger
+
+        return SQLiteLedger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
