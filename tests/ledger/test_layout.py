@@ -45,11 +45,20 @@ def violations(source: str, *, in_ledger: bool, privates: set[str]) -> list[str]
     * an attribute ``x._name`` on anything but ``self``/``cls``/``super()``: inside the ledger
       every such access (its modules share only public names), elsewhere any of ``privates``;
     * an import of a private module of :mod:`kling_cost.ledger` from outside it, or of a private
-      name from a ledger module (inside the ledger, from any module).
+      name from a ledger module (inside the ledger, from any module);
+    * the same reach by name: ``getattr``/``setattr``/``hasattr``/``delattr`` with a private
+      name as a string, ``vars(x)[...]``, ``x.__dict__[...]``.
     """
     found: list[str] = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Attribute) and _private(node.attr):
+        named = _reached_by_name(node)
+        if named is not None:
+            owner, name = named
+            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")) and (
+                in_ledger or name in privates
+            ):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.Attribute) and _private(node.attr):
             owner = node.value
             if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
                 continue
@@ -70,6 +79,33 @@ def violations(source: str, *, in_ledger: bool, privates: set[str]) -> list[str]
     return found
 
 
+def _reached_by_name(node: ast.AST) -> tuple[ast.expr, str] | None:
+    """(owner, private name) of ``getattr(owner, "_x")`` and its kin, ``vars(owner)["_x"]``
+    and ``owner.__dict__["_x"]``; None for anything else."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
+        and len(node.args) >= 2
+        and isinstance(node.args[1], ast.Constant)
+        and isinstance(node.args[1].value, str)
+        and _private(node.args[1].value)
+    ):
+        return node.args[0], node.args[1].value
+    if (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.slice, ast.Constant)
+        and isinstance(node.slice.value, str)
+        and _private(node.slice.value)
+    ):
+        holder = node.value
+        if isinstance(holder, ast.Call) and isinstance(holder.func, ast.Name) and holder.func.id == "vars":
+            return (holder.args[0] if holder.args else holder), node.slice.value
+        if isinstance(holder, ast.Attribute) and holder.attr == "__dict__":
+            return holder.value, node.slice.value
+    return None
+
+
 def test_the_check_finds_what_it_looks_for() -> None:
     privates = {"_transaction", "_hold"}
     assert violations("ledger._transaction()", in_ledger=False, privates=privates)
@@ -78,6 +114,15 @@ def test_the_check_finds_what_it_looks_for() -> None:
     assert violations("self.ledger._scopes_contain('x', 'y')", in_ledger=True, privates=privates)
     assert violations("from ._rows import Cursor", in_ledger=True, privates=privates)
     assert not violations("self._transaction()\nsuper()._x()", in_ledger=True, privates=privates)
+    for by_name in (
+        "getattr(ledger, '_transaction')()",
+        "setattr(ledger, '_hold', None)",
+        "vars(ledger)['_transaction']",
+        "ledger.__dict__['_hold']",
+    ):
+        assert violations(by_name, in_ledger=False, privates=privates), by_name
+    assert not violations("getattr(param, '_runtime_param', False)", in_ledger=False, privates=privates)
+    assert not violations("getattr(self, '_hold')", in_ledger=True, privates=privates)
     assert not violations(
         "ledger.transaction()\nfrom ..kling._core import x", in_ledger=False, privates=privates
     )
