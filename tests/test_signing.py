@@ -131,6 +131,19 @@ def test_headers_may_be_asgi_bytes_in_any_case() -> None:
         verify_webhook(SECRET, {"webhook-id": 1}, BODY)  # type: ignore[dict-item]
 
 
+def test_headers_may_be_the_raw_asgi_list_and_anything_else_is_a_validation_error() -> None:
+    """``scope["headers"]`` of a raw ASGI app is a list of (bytes, bytes) pairs; before, it (or
+    any non-mapping) raised a bare AttributeError past the error root."""
+    asgi = [(k.encode(), v.encode()) for k, v in signed().items()]
+    verify_webhook(SECRET, asgi, BODY)
+    verify_webhook(SECRET, tuple(asgi), BODY)
+    with pytest.raises(AuthError, match="does not match"):
+        verify_webhook(SECRET, [*asgi[:2], (b"webhook-signature", b"v1,AAAA")], BODY)
+    for bad in (None, "webhook-id: 1", b"raw", 7, [b"webhook-id"], [(b"a", b"b", b"c")]):
+        with pytest.raises(ValidationError, match="headers"):
+            verify_webhook(SECRET, bad, BODY)  # type: ignore[arg-type]
+
+
 def test_a_stale_or_missing_timestamp_is_an_auth_error() -> None:
     headers = signed()
     stamp = int(headers["webhook-timestamp"])
