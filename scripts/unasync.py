@@ -7,6 +7,11 @@ below, with a header saying so; nobody edits a generated file by hand:
     python scripts/unasync.py           # write the sync files after editing an async source
     python scripts/unasync.py --check   # CI (.ci/run): exit 1 naming the first stale line
 
+Both modes also fail (exit 1, naming file and line) when a generated file would keep code only
+the async side has (``async``, ``await``, ``anyio``, an ``Async...`` name: a rule is missing),
+when an ``async_*.py`` module of the package is not in :data:`FILES` (a new source nobody
+generates), or when a file says it is generated but is not in :data:`FILES` (an orphan).
+
 Every rule is a regular expression applied, in order, to the whole text (``re.MULTILINE``);
 word boundaries keep ``aclose`` from matching inside ``maclose``. The rules:
 
@@ -16,7 +21,7 @@ word boundaries keep ``aclose`` from matching inside ``maclose``. The rules:
     import anyio  # sync twin: import time
                                          import time (first of the standard library's imports)
     from .ledger_view import ... (line)  (removed: the sync guard calls the ledger itself)
-    AsyncLedgerView(x)                   x
+    AsyncLedgerView(x[, shielded=True])  x
     async def / async with / async for   def / with / for
     await <expr>                         <expr>
     __aenter__ __aexit__                 __enter__ __exit__
@@ -45,8 +50,10 @@ source so the formatter keeps both wrapped. Standard library only.
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +65,12 @@ FILES: list[tuple[str, str]] = [
     ("src/kling_cost/guard/async_client.py", "src/kling_cost/guard/client.py"),
 ]
 """(async source, generated sync file), relative to the repository root."""
+
+PACKAGE = "src/kling_cost"
+ASYNC_ONLY: list[str] = []
+"""``async_*.py`` modules of the package that have no sync twin (none today)."""
+ASYNC_NAMES = re.compile(r"^(async|await|anyio|Async[A-Z]\w*|aclose|__a(enter|exit|iter|next)__)$")
+"""Names that only async code has: one left in a generated file means a rule is missing."""
 
 SUBS: list[tuple[str, str]] = [
     # a module that imports time only to sleep: its sync twin imports time (first in the
@@ -72,7 +85,7 @@ SUBS: list[tuple[str, str]] = [
     (r"^import anyio\n", ""),
     (r"^from \.ledger_view import AsyncLedgerView\n", ""),
     # the async guard awaits a view of the ledger; the sync guard calls the ledger itself
-    (r"\bAsyncLedgerView\(([\w.]+)\)", r"\1"),
+    (r"\bAsyncLedgerView\(([\w.]+)(?:, shielded=True)?\)", r"\1"),
     # keywords
     (r"\basync def\b", "def"),
     (r"\basync with\b", "with"),
@@ -123,6 +136,37 @@ def generate(source: Path) -> str:
     return HEADER.format(source=source.name) + unasync(source.read_text(encoding="utf-8"))
 
 
+def leftovers(target_name: str, text: str) -> list[str]:
+    """One message per line of generated ``text`` whose code (not its comments or strings)
+    still names something only the async side has."""
+    found = []
+    tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+    for token in tokens:
+        if token.type == tokenize.NAME and ASYNC_NAMES.match(token.string):
+            found.append(
+                f"{target_name}:{token.start[0]}: {token.string!r} is async-only code left in the sync twin; "
+                "add a rule to SUBS in scripts/unasync.py"
+            )
+    return found
+
+
+def unregistered(root: Path) -> list[str]:
+    """Async modules nobody generates a twin of, and generated files nobody generates."""
+    sources = {source for source, _ in FILES} | set(ASYNC_ONLY)
+    targets = {target for _, target in FILES}
+    found = []
+    for path in sorted((root / PACKAGE).rglob("*.py")):
+        name = path.relative_to(root).as_posix()
+        if path.name.startswith("async_") and name not in sources:
+            found.append(
+                f"{name}: an async module without a generated sync twin; add it to FILES in "
+                "scripts/unasync.py (or to ASYNC_ONLY if it has no twin)"
+            )
+        elif name not in targets and path.read_text(encoding="utf-8").startswith(HEADER[:30]):
+            found.append(f"{name}: says it is generated, but FILES in scripts/unasync.py has no source of it")
+    return found
+
+
 def first_difference(expected: str, actual: str) -> tuple[int, str, str]:
     """(1-based line number, expected line, actual line) of the first line that differs."""
     want, have = expected.splitlines(), actual.splitlines()
@@ -136,10 +180,11 @@ def first_difference(expected: str, actual: str) -> tuple[int, str, str]:
 
 def check(root: Path) -> list[str]:
     """One message per generated file that is missing or differs from what its source gives."""
-    problems = []
+    problems = unregistered(root)
     for source_name, target_name in FILES:
         source, target = root / source_name, root / target_name
         expected = generate(source)
+        problems += leftovers(target_name, expected)
         if not target.exists():
             problems.append(f"{target_name}: missing (generated from {source_name})")
             continue
@@ -154,16 +199,22 @@ def check(root: Path) -> list[str]:
     return problems
 
 
-def write(root: Path) -> list[str]:
-    """Write every generated file that changed; returns their names."""
+def write(root: Path) -> tuple[list[str], list[str]]:
+    """Write every generated file that changed; returns their names, and the problems
+    :func:`check` would report that writing cannot fix (nothing is written then)."""
+    problems = unregistered(root)
+    texts = {target: generate(root / source) for source, target in FILES}
+    for target_name, text in texts.items():
+        problems += leftovers(target_name, text)
+    if problems:
+        return [], problems
     written = []
-    for source_name, target_name in FILES:
+    for target_name, text in texts.items():
         target = root / target_name
-        text = generate(root / source_name)
         if not target.exists() or target.read_text(encoding="utf-8") != text:
             target.write_text(text, encoding="utf-8")
             written.append(target_name)
-    return written
+    return written, []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,9 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"unasync: {len(FILES)} generated files up to date")
         return 0
-    for name in write(args.root):
+    written, problems = write(args.root)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    for name in written:
         print(f"unasync: wrote {name}")
-    return 0
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -44,11 +44,32 @@ def test_a_signature_that_is_not_even_ascii_is_an_auth_error(signature: str) -> 
         verify_webhook(SECRET, headers, BODY)
 
 
-@pytest.mark.parametrize("stamp", ["١٧٠٠٠٠٠٠٠٠", "1e9", "nan", "9" * 5000, " "])
+@pytest.mark.parametrize(
+    "stamp", ["١٧٠٠٠٠٠٠٠٠", "1e9", "nan", "9" * 5000, " ", "--5", "-", "+5", "1_700_000_000", "5²"]
+)
 def test_a_timestamp_that_is_not_a_plain_number_is_an_auth_error(stamp: str) -> None:
     headers = {**signed(), "webhook-timestamp": stamp}
     with pytest.raises(AuthError):
         verify_webhook(SECRET, headers, BODY)
+
+
+def test_the_test_vector_of_kling_s_docs_passes_alone_and_during_a_secret_rotation() -> None:
+    """KLING_API.md's addendum: a known secret, id, timestamp and body give a known signature;
+    during a rotation the header holds several signatures, any one valid is enough."""
+    secret = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="
+    body = (
+        '{"id":"1234567890","status":"succeeded","message":"","create_time":1781080778802,'
+        '"update_time":1781080794151}'
+    )
+    signature = "v1,UsKlJP00XoQyOn410NM9xv34sP+Gl0jnOO9Lcpr7NJ4="
+    assert sign_webhook(secret, "9876543210", 1781080794, body) == signature
+    headers = {"webhook-id": "9876543210", "webhook-timestamp": "1781080794", "webhook-signature": signature}
+    for given in (body, body.encode()):
+        verify_webhook(secret, headers, given, now=1781080794)
+    rotating = {**headers, "webhook-signature": f"v1,b2xkLXNlY3JldA== {signature}"}
+    verify_webhook(secret, rotating, body, now=1781080794 + 299)
+    with pytest.raises(AuthError, match="does not match"):
+        verify_webhook(secret, {**headers, "webhook-signature": "v1,b2xkLXNlY3JldA=="}, body, now=1781080794)
 
 
 def test_a_tampered_body_or_another_secret_is_an_auth_error() -> None:
@@ -108,6 +129,19 @@ def test_headers_may_be_asgi_bytes_in_any_case() -> None:
         verify_webhook(SECRET, raw, BODY)
     with pytest.raises(ValidationError, match="headers"):
         verify_webhook(SECRET, {"webhook-id": 1}, BODY)  # type: ignore[dict-item]
+
+
+def test_headers_may_be_the_raw_asgi_list_and_anything_else_is_a_validation_error() -> None:
+    """``scope["headers"]`` of a raw ASGI app is a list of (bytes, bytes) pairs; before, it (or
+    any non-mapping) raised a bare AttributeError past the error root."""
+    asgi = [(k.encode(), v.encode()) for k, v in signed().items()]
+    verify_webhook(SECRET, asgi, BODY)
+    verify_webhook(SECRET, tuple(asgi), BODY)
+    with pytest.raises(AuthError, match="does not match"):
+        verify_webhook(SECRET, [*asgi[:2], (b"webhook-signature", b"v1,AAAA")], BODY)
+    for bad in (None, "webhook-id: 1", b"raw", 7, [b"webhook-id"], [(b"a", b"b", b"c")]):
+        with pytest.raises(ValidationError, match="headers"):
+            verify_webhook(SECRET, bad, BODY)  # type: ignore[arg-type]
 
 
 def test_a_stale_or_missing_timestamp_is_an_auth_error() -> None:

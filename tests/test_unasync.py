@@ -110,3 +110,42 @@ def test_the_substitution_table() -> None:
         "from .client import X\nfrom ..kling.client import Y\n"
         "# maclose, awaited and asyncio stay as they are\n"
     )
+
+
+def test_async_only_code_left_in_a_twin_fails_both_modes(tree: Path) -> None:
+    """A construct the table has no rule for would leave async code in the sync twin (it
+    imports, then fails when called): both modes name it, and nothing is written."""
+    source = tree / "src/kling_cost/guard/async_settle.py"
+    text = source.read_text(encoding="utf-8")
+    text = text.replace(
+        "        found = await self.cleanup.get_reservation(req.key)\n",
+        "        with anyio.fail_after(5):\n            found = await(self.cleanup.get_reservation(req.key))\n",
+    )
+    source.write_text(text, encoding="utf-8")
+    before = (tree / "src/kling_cost/guard/settle.py").read_text(encoding="utf-8")
+    for args in (("--check",), ()):
+        done = run(*args, "--root", str(tree))
+        assert done.returncode == 1, args
+        assert "src/kling_cost/guard/settle.py:" in done.stderr
+        assert "'anyio' is async-only" in done.stderr and "'await' is async-only" in done.stderr
+    assert (tree / "src/kling_cost/guard/settle.py").read_text(encoding="utf-8") == before
+    # comments and strings may say "async" and "await" (the docstrings do)
+    assert load().leftovers("x.py", '"""async guard: await it"""\n# anyio\nx = "AsyncKlingClient"\n') == []
+
+
+def test_a_new_async_module_or_an_orphan_generated_file_fails_the_check(tree: Path) -> None:
+    new = tree / "src/kling_cost/kling/async_stream.py"
+    new.write_text("async def stream() -> None: ...\n", encoding="utf-8")
+    orphan = tree / "src/kling_cost/kling/stream.py"
+    orphan.write_text(load().HEADER.format(source="async_stream.py") + "def stream() -> None: ...\n")
+    done = run("--check", "--root", str(tree))
+    assert done.returncode == 1
+    assert (
+        "src/kling_cost/kling/async_stream.py: an async module without a generated sync twin" in done.stderr
+    )
+    assert "src/kling_cost/kling/stream.py: says it is generated" in done.stderr
+    assert run("--root", str(tree)).returncode == 1  # writing cannot fix that: FILES must name it
+
+
+def test_every_async_module_of_the_package_has_its_twin() -> None:
+    assert load().unregistered(ROOT) == []

@@ -14,6 +14,7 @@
      ├── StorageError              the ledger's database failed or is unreachable
      │    └── LedgerClosed         an operation on a ledger after close()
      ├── SinkError                 an alert sink could not deliver (the receiver failed or is unreachable)
+     ├── ClientClosed (RuntimeError)  a Kling client (or a guard) used after close(): nothing was sent
      ├── TaskTimeout               a Kling task did not end in time (keeps the task id)
      └── KlingAPIError             an error answer from Kling (code, message, request_id)
           ├── AuthError            1000-1004
@@ -36,6 +37,7 @@ __all__ = [
     "AccountError",
     "AuthError",
     "BudgetExceeded",
+    "ClientClosed",
     "ConcurrencyLimited",
     "ConfigurationError",
     "ContentRejected",
@@ -178,6 +180,11 @@ class LedgerClosed(StorageError):
 class SinkError(KlingCostError):
     """An alert sink could not deliver a message (the receiver failed or is unreachable); the
     alert stays pending and is retried. Raised by the sinks of :mod:`kling_cost.alerts`."""
+
+
+class ClientClosed(KlingCostError, RuntimeError):
+    """A Kling client (or a guard over it) was used after ``close()``/``aclose()`` or after its
+    ``with`` block: nothing was sent to Kling and nothing was held. Create a new client."""
 
 
 class TaskTimeout(KlingCostError, TimeoutError):

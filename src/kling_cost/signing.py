@@ -15,8 +15,9 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import AuthError, ConfigurationError, ValidationError
 
@@ -24,6 +25,9 @@ __all__ = ["TOLERANCE", "sign_webhook", "verify_webhook", "webhook_key"]
 
 TOLERANCE = 300
 """Requests whose timestamp is more than 5 minutes off are refused (replay protection)."""
+
+_STAMP = re.compile(r"\s*-?[0-9]{1,19}\s*")
+"""A ``webhook-timestamp``: whole seconds in ASCII digits (a sign at most once), nothing else."""
 
 
 def webhook_key(secret: str) -> bytes:
@@ -75,9 +79,23 @@ def _text(value: object) -> str:
     raise ValidationError(f"webhook headers must be str or bytes, not {type(value).__name__}")
 
 
+def _header_pairs(headers: object) -> Iterable[tuple[object, object]]:
+    """The (name, value) pairs of a header mapping, or of ASGI's raw list of pairs."""
+    if isinstance(headers, Mapping):
+        return headers.items()
+    if isinstance(headers, (list, tuple)) and all(
+        isinstance(pair, Sequence) and not isinstance(pair, (str, bytes)) and len(pair) == 2
+        for pair in headers
+    ):
+        return [(name, value) for name, value in headers]
+    raise ValidationError(
+        f"webhook headers must be a mapping or a list of (name, value) pairs, not {type(headers).__name__}"
+    )
+
+
 def verify_webhook(
     secret: str,
-    headers: Mapping[str, str] | Mapping[bytes, bytes],
+    headers: Mapping[str, str] | Mapping[bytes, bytes] | Sequence[tuple[bytes, bytes]],
     body: bytes | str,
     *,
     tolerance: int = TOLERANCE,
@@ -92,17 +110,18 @@ def verify_webhook(
     ``body`` is the raw request body: ``bytes``, or the same text as ``str`` (checked as its
     UTF-8 bytes); anything else (a parsed ``dict``) is a
     :class:`~kling_cost.errors.ValidationError`, as the signature covers the exact bytes sent.
-    ``headers`` may have ``str`` or ``bytes`` names and values (ASGI's), in any case.
+    ``headers`` may have ``str`` or ``bytes`` names and values, in any case: a mapping, or
+    ASGI's raw list of ``(name, value)`` pairs (``scope["headers"]``).
     """
     key = webhook_key(secret)  # a bad secret fails first, whatever the request
     raw = _body_bytes(body)
-    lower = {_text(k).lower(): _text(v) for k, v in headers.items()}
+    lower = {_text(k).lower(): _text(v) for k, v in _header_pairs(headers)}
     msg_id = lower.get("webhook-id")
     stamp = lower.get("webhook-timestamp")
     signatures = lower.get("webhook-signature")
     if not msg_id or not stamp or not signatures:
         raise AuthError("request is missing webhook-id, webhook-timestamp or webhook-signature")
-    if not stamp.isascii() or not stamp.strip().lstrip("-").isdigit() or len(stamp) > 20:
+    if _STAMP.fullmatch(stamp) is None:
         raise AuthError(f"webhook-timestamp {stamp[:40]!r} is not a number")
     timestamp = int(stamp)
     current = time.time() if now is None else now

@@ -5,7 +5,7 @@ from decimal import Decimal
 
 import pytest
 
-from kling_cost import BudgetExceeded, InsufficientBalance, PricingError
+from kling_cost import BudgetExceeded, ClientClosed, InsufficientBalance, KlingCostError, PricingError
 from tests.guard.conftest import World
 
 
@@ -191,3 +191,38 @@ def test_async_client_same_flow(world: World) -> None:
     assert status == "succeed" and count == 1 and again_id == world.tasks[0].task_id
     assert world.ledger.usage("project:film").used == 5
     assert [c.status for c in world.ledger.charges()] == ["succeeded", "cache_hit"]
+
+
+def test_a_closed_guard_refuses_before_holding_anything(world: World) -> None:
+    """Before: httpx's bare RuntimeError escaped the error root, and the hold stayed for its
+    whole lease (the guard asked Kling with the same closed client, could not tell, and kept it)."""
+    world.ledger.set_budget("project:film", 10)
+    guard = world.guard()
+    guard.text_to_video("first", model_name="kling-v1")
+    guard.close()
+    assert guard.client.closed
+    with pytest.raises(ClientClosed, match="closed") as info:
+        guard.text_to_video("after close", model_name="kling-v1")
+    assert isinstance(info.value, KlingCostError) and isinstance(info.value, RuntimeError)
+    assert world.ledger.usage("project:film").reserved == 1  # the first request's hold only
+    assert len(world.ledger.reservations()) == 1 and len(world.tasks) == 1
+    with pytest.raises(ClientClosed):
+        guard.get_task("text2video", world.tasks[0].task_id)
+
+
+def test_a_client_closed_while_the_guard_reserved_frees_the_hold(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closed between the guard's check and the send: the client refuses before sending, so
+    the hold is freed at once."""
+    world.ledger.set_budget("project:film", 10)
+    guard = world.guard()
+    answers = iter([False])  # open when the guard looks, closed when the client sends
+    monkeypatch.setattr(type(guard.client), "closed", property(lambda self: next(answers, True)))
+    with pytest.raises(ClientClosed):
+        guard.text_to_video("raced", model_name="kling-v1")
+    [held] = world.ledger.reservations()
+    assert held.status == "released" and world.ledger.usage("project:film").reserved == 0
+    assert world.tasks == []
+    monkeypatch.undo()
+    guard.close()

@@ -11,13 +11,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 from typer.testing import CliRunner
 
 from kling_cost import ServerError
 from kling_cost.cache import CachePolicy
 from kling_cost.cli import app
-from kling_cost.guard import CostAwareClient
+from kling_cost.guard import AsyncCostAwareClient, CostAwareClient
 from kling_cost.kling import AsyncKlingClient, KlingClient, RetryPolicy
 from tests.guard.conftest import SYNC_ONLY, World
 from tests.guard.test_batch import ticking
@@ -127,6 +128,74 @@ def test_a_holder_that_gave_up_after_kling_accepted_is_adopted(any_world: World)
     held = any_world.ledger.get_reservation("lost-answer")
     assert held is not None and held.status == "committed" and held.task_id == task.task_id
     assert any_world.ledger.usage("project:film").used == 1
+
+
+def test_a_holder_that_failed_before_attaching_its_hold_is_not_waited_for(
+    any_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller that claimed the request failed right after reserving, before noting its
+    reservation on the claim: its clean-up still marks the claim abandoned (before, nothing
+    matched a claim without a reservation and waiters waited ``CachePolicy.wait``)."""
+    any_world.ledger.set_budget("project:film", 100)
+    attach = any_world.ledger.cache_attach
+    failures = iter([RuntimeError("the disk is full")])
+
+    def failing_once(*args: Any, **kwargs: Any) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        attach(*args, **kwargs)
+
+    monkeypatch.setattr(any_world.ledger, "cache_attach", failing_once)
+    with guard_at(any_world, any_world.url, wait=timedelta(minutes=5)) as guard:
+        with pytest.raises(RuntimeError, match="disk is full"):
+            guard.create("text2video", BODY)
+        [held] = any_world.ledger.reservations(status="reserved")  # nothing sent: kept, Kling unasked
+        task = within(15, lambda: guard.create("text2video", BODY))
+    assert len(any_world.tasks) == 1 and any_world.tasks[0].external_task_id == task.external_task_id
+    assert task.external_task_id != held.idempotency_key
+
+
+@pytest.mark.parametrize("twin", ["async"])
+def test_a_cancelled_async_holder_is_not_waited_for(any_world: World) -> None:
+    """An async caller cancelled (an anyio cancel scope, a timeout) while its reservation was
+    being written: its clean-up runs shielded, so it still reaches the ledger and an identical
+    request asks Kling at once. Before, the clean-up's own ledger calls were cancelled at once
+    and waiters waited ``CachePolicy.wait`` (5 minutes here)."""
+    ledger = any_world.ledger
+    ledger.set_budget("project:film", 100)
+    slow = threading.Event()
+
+    class SlowReserve:
+        def after_reserve(self, *args: Any) -> None:
+            if slow.is_set():
+                time.sleep(0.5)
+
+        def after_settle(self, *args: Any) -> None: ...
+        def after_budget_set(self, *args: Any) -> None: ...
+        def after_refusal(self, *args: Any) -> None: ...
+
+    ledger.hooks.append(SlowReserve())
+
+    def guard() -> AsyncCostAwareClient:
+        kling = AsyncKlingClient(AK, SK, base_url=any_world.url, retry=RetryPolicy(base_delay=0))
+        policy = CachePolicy(wait=timedelta(minutes=5), wait_poll=0.01)
+        return AsyncCostAwareClient(kling, ledger, scopes=["project:film"], cache=policy)
+
+    async def main() -> tuple[bool, Any]:
+        async with guard() as first, guard() as second:
+            slow.set()
+            with anyio.move_on_after(0.1) as scope:
+                await first.create("text2video", BODY)
+            slow.clear()
+            with anyio.fail_after(15):
+                return scope.cancelled_caught, await second.create("text2video", BODY)
+
+    cancelled, task = anyio.run(main)
+    assert cancelled
+    assert len(any_world.tasks) == 1 and any_world.tasks[0].external_task_id == task.external_task_id
+    [held] = ledger.reservations(status="reserved", limit=None)[-1:]
+    assert held.idempotency_key != task.external_task_id  # the cancelled one, never sent
 
 
 def test_cache_policy_wait_must_be_positive() -> None:

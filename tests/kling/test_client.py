@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import anyio
 import httpx
 import pytest
 
 from kling_cost.errors import (
+    ClientClosed,
     ConcurrencyLimited,
     InsufficientBalance,
     InvalidRequest,
@@ -200,3 +202,29 @@ async def test_async_client_has_the_same_calls(running: Running) -> None:
         assert costs.resource_pack_subscribe_infos[0].remaining_quantity == Decimal("996.5")
         with pytest.raises(TaskTimeout):
             await client.wait(await client.text_to_video("slow"), timeout=0.05, poll=0.01)
+
+
+def test_a_closed_client_sends_nothing_and_says_so(running: Running) -> None:
+    """Both twins: after close, a ClientClosed (our error root, still a RuntimeError as httpx's
+    was) before anything is sent; a client over an http_client its owner closed is closed too."""
+    client = running.client()
+    client.text_to_video("first", model_name="kling-v1")
+    client.close()
+    assert client.closed
+    with pytest.raises(ClientClosed, match="nothing was sent"):
+        client.text_to_video("second", model_name="kling-v1")
+    with httpx.Client() as http:
+        borrowed = running.client(http_client=http)
+    assert borrowed.closed
+    with pytest.raises(ClientClosed):
+        borrowed.get_task("text2video", "t1")
+
+    async def main() -> None:
+        async with AsyncKlingClient(AK, SK, base_url=running.url, retry=RetryPolicy(base_delay=0)) as aclient:
+            await aclient.text_to_video("third", model_name="kling-v1")
+        assert aclient.closed
+        with pytest.raises(ClientClosed):
+            await aclient.text_to_video("fourth", model_name="kling-v1")
+
+    anyio.run(main)
+    assert len(running.sim.state.tasks) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -98,8 +99,8 @@ def test_a_copy_in_pages_moves_every_row_both_ways(
             real = source.backend.transaction
 
             @contextmanager
-            def paged() -> Iterator[Any]:
-                with real() as cur:
+            def paged(**options: Any) -> Iterator[Any]:
+                with real(**options) as cur:
                     yield _Pages(cur, sizes)
 
             monkeypatch.setattr(source.backend, "transaction", paged)
@@ -113,6 +114,72 @@ def test_a_copy_in_pages_moves_every_row_both_ways(
             held = target.get_reservation("still-held")
             assert held is not None and target.commit(held, 2).status == "committed"
             assert target.usage("project:p0").used == source.usage("project:p0").used + 2
+        finally:
+            if other.startswith("postgresql"):
+                target.backend.drop_schema()  # type: ignore[attr-defined]
+
+
+class _WritesBetweenPages:
+    """A source cursor that lets ``write`` (another connection, another thread) commit a change
+    after each page it reads: the source's writers go on while it is being copied."""
+
+    def __init__(self, cur: Any, write: Any, done: list[bool]) -> None:
+        self._cur = cur
+        self._write = write
+        self._done = done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
+
+    def fetchall(self) -> list[Any]:
+        rows: list[Any] = self._cur.fetchall()
+        writer = threading.Thread(target=lambda: self._done.append(self._write()))
+        writer.start()
+        writer.join(10)
+        return rows
+
+
+def test_a_copy_is_one_moment_of_a_source_that_writers_keep_changing(
+    ledger_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reservation and a commit land between every two pages the copy reads. The copy is the
+    source as of one moment (counters that agree with its reservations and charges), and the
+    writers never wait for it. Before: PostgreSQL read each page at its own moment (windows
+    copied before charges that counted in them), SQLite blocked every writer until the end."""
+    need_postgres()
+    other = fresh_postgres_url() if ledger_url.startswith("sqlite") else f"sqlite:///{tmp_path / 'target.db'}"
+    writer_url = ledger_url + "?timeout=3" if ledger_url.startswith("sqlite") else ledger_url
+    with open_ledger(ledger_url) as source, open_ledger(other) as target, open_ledger(writer_url) as writer:
+        try:
+            source.set_budget("project:a", 10_000, window="lifetime")
+            for i in range(40):
+                held = source.reserve(1, ["project:a"], metadata={"prompt": f"shot {i}"})
+                if i % 4:
+                    source.commit(held, 1, task_id=f"t{i}")
+            before = (len(source.charges()), len(source.reservations(limit=None)))
+
+            def write() -> bool:
+                writer.commit(writer.reserve(2, ["project:a"]), 2)
+                writer.reserve(3, ["project:a"])
+                return True
+
+            done: list[bool] = []
+            real = source.backend.transaction
+
+            @contextmanager
+            def interleaved(**options: Any) -> Iterator[Any]:
+                with real(**options) as cur:
+                    yield _WritesBetweenPages(cur, write, done)
+
+            monkeypatch.setattr(source.backend, "transaction", interleaved)
+            copy_ledger(source, target, batch=4)
+            monkeypatch.undo()
+            assert len(done) > 20 and all(done)  # every write went through during the copy
+            assert (len(target.charges()), len(target.reservations(limit=None))) == before
+            for led in (source, target):
+                usage = led.usage("project:a", "lifetime")
+                assert usage.used == sum(c.actual for c in led.charges("project:a"))
+                assert usage.reserved == sum(r.amount for r in led.reservations("reserved", limit=None))
         finally:
             if other.startswith("postgresql"):
                 target.backend.drop_schema()  # type: ignore[attr-defined]

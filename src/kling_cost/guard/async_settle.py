@@ -24,6 +24,8 @@ class AsyncSettler:
 
     def __init__(self, ledger: Ledger, core: GuardCore) -> None:
         self.ledger = AsyncLedgerView(ledger)
+        self.cleanup = AsyncLedgerView(ledger, shielded=True)
+        """The ledger for clean-up after a failure: reached even from a cancelled task."""
         self.core = core
 
     # -- single-flight: waiting for an identical request in flight ----------------------------
@@ -31,11 +33,11 @@ class AsyncSettler:
     async def give_up(self, req: GuardedRequest) -> None:
         """The caller that claimed ``req``'s fingerprint failed: forget the claim when its hold
         was freed, else mark it abandoned (Kling may have it) so waiters ask Kling at once."""
-        found = await self.ledger.get_reservation(req.key)
+        found = await self.cleanup.get_reservation(req.key)
         if found is not None and found.status == "reserved":
-            await self.ledger.cache_abandon(req.fingerprint, found.id)
+            await self.cleanup.cache_abandon(req.fingerprint, found.id)
         else:
-            await self.ledger.cache_drop(req.fingerprint)
+            await self.cleanup.cache_drop(req.fingerprint)
 
     async def holder(self, entry: CacheEntry) -> Reservation | None:
         """The reservation paying for an in-flight fingerprint (None before it reserved)."""

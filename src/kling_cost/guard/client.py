@@ -20,6 +20,7 @@ from typing import Any, Self, overload
 
 from ..cache import CachePolicy
 from ..errors import (
+    ClientClosed,
     InvalidRequest,
     KlingAPIError,
     KlingCostError,
@@ -154,6 +155,11 @@ class CostAwareClient:
         identical earlier request is reused at zero cost."""
         req = self.core.prepare(endpoint, body, hints=hints)
         self.core.check_max(req)
+        if self.client.closed:  # refused before anything is held (nothing could be sent)
+            raise ClientClosed(
+                "this guard's Kling client is closed (its with block ended, or close() was "
+                "called); nothing was held or sent: create a new client"
+            )
         use_cache = self.core.cache.enabled if dedup is None else dedup
         all_scopes = self.core.scopes_for(scopes)
         earlier = self._ledger.get_reservation(req.key)
@@ -229,7 +235,7 @@ class CostAwareClient:
         """Send the request; free the hold only when Kling surely did not accept it."""
         try:
             task = self.client.create(req.endpoint, req.body)
-        except (PricingError, ValidationError):
+        except (PricingError, ValidationError, ClientClosed):
             self._ledger.release(reservation)  # refused here: nothing was sent
             raise
         except Exception as exc:

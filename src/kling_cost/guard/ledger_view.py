@@ -6,7 +6,9 @@ the event loop never waits on the database. One call, one thread hop: the view a
 transaction of its own and wraps only the ledger's public methods, looked up by name on each
 call, so it follows the ledger whatever its internals. A cancelled caller waits for the
 transaction it started to finish (anyio's default), so a cancellation never leaves a
-transaction half-known.
+transaction half-known. A view made with ``shielded=True`` runs its calls even in a task
+already cancelled (anyio's shield): for clean-up after a failure or a cancellation, which
+must reach the ledger (the guard's single-flight bookkeeping).
 
 The sync guard needs no view: it calls the ledger itself (``scripts/unasync.py`` turns
 ``AsyncLedgerView(ledger)`` into ``ledger``).
@@ -19,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import anyio
 import anyio.to_thread
 
 from ..ledger import Ledger
@@ -38,7 +41,9 @@ def _in_thread(
 
     async def call(view: AsyncLedgerView, /, *args: P.args, **kwargs: P.kwargs) -> T:
         bound: Callable[P, T] = getattr(view.ledger, name)
-        return await anyio.to_thread.run_sync(functools.partial(bound, *args, **kwargs))
+        with anyio.CancelScope(shield=view.shielded):
+            result = await anyio.to_thread.run_sync(functools.partial(bound, *args, **kwargs))
+        return result
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = f"``Ledger.{name}`` in a worker thread, awaited."
@@ -48,8 +53,9 @@ def _in_thread(
 class AsyncLedgerView:
     """``await view.reserve(...)`` is ``ledger.reserve(...)`` run in a worker thread."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, shielded: bool = False) -> None:
         self.ledger = ledger
+        self.shielded = shielded
 
     def clock(self) -> datetime:
         """The ledger's clock (no I/O: called directly)."""

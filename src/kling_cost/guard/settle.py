@@ -25,6 +25,8 @@ class Settler:
 
     def __init__(self, ledger: Ledger, core: GuardCore) -> None:
         self.ledger = ledger
+        self.cleanup = ledger
+        """The ledger for clean-up after a failure: reached even from a cancelled task."""
         self.core = core
 
     # -- single-flight: waiting for an identical request in flight ----------------------------
@@ -32,11 +34,11 @@ class Settler:
     def give_up(self, req: GuardedRequest) -> None:
         """The caller that claimed ``req``'s fingerprint failed: forget the claim when its hold
         was freed, else mark it abandoned (Kling may have it) so waiters ask Kling at once."""
-        found = self.ledger.get_reservation(req.key)
+        found = self.cleanup.get_reservation(req.key)
         if found is not None and found.status == "reserved":
-            self.ledger.cache_abandon(req.fingerprint, found.id)
+            self.cleanup.cache_abandon(req.fingerprint, found.id)
         else:
-            self.ledger.cache_drop(req.fingerprint)
+            self.cleanup.cache_drop(req.fingerprint)
 
     def holder(self, entry: CacheEntry) -> Reservation | None:
         """The reservation paying for an in-flight fingerprint (None before it reserved)."""

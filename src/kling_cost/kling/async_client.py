@@ -17,7 +17,7 @@ from typing import Any, Literal, Self, overload
 import anyio
 import httpx
 
-from ..errors import KlingAPIError, ServerError, TaskTimeout
+from ..errors import ClientClosed, KlingAPIError, ServerError, TaskTimeout
 from ..pricing import Catalog
 from . import bodies
 from ._core import (
@@ -101,6 +101,12 @@ class AsyncKlingClient(ClientCore):
         if self._owns_http:
             await self._http.aclose()
 
+    @property
+    def closed(self) -> bool:
+        """Whether the client's HTTP connection pool was closed (:meth:`aclose`, the end of its
+        ``with`` block, or by whoever owns the ``http_client`` it was given): it sends nothing."""
+        return self._http.is_closed
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -112,6 +118,11 @@ class AsyncKlingClient(ClientCore):
     # ------------------------------------------------------------------ transport
 
     async def _send_once(self, call: PreparedCall) -> Any:
+        if self.closed:  # httpx would raise a bare RuntimeError; nothing is sent either way
+            raise ClientClosed(
+                "this Kling client is closed (its with block ended, or aclose() was called); "
+                "nothing was sent: create a new client"
+            )
         try:
             response = await self._http.request(
                 call.method,

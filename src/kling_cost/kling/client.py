@@ -18,7 +18,7 @@ from typing import Any, Literal, Self, overload
 
 import httpx
 
-from ..errors import KlingAPIError, ServerError, TaskTimeout
+from ..errors import ClientClosed, KlingAPIError, ServerError, TaskTimeout
 from ..pricing import Catalog
 from . import bodies
 from ._core import (
@@ -102,6 +102,12 @@ class KlingClient(ClientCore):
         if self._owns_http:
             self._http.close()
 
+    @property
+    def closed(self) -> bool:
+        """Whether the client's HTTP connection pool was closed (:meth:`close`, the end of its
+        ``with`` block, or by whoever owns the ``http_client`` it was given): it sends nothing."""
+        return self._http.is_closed
+
     def __enter__(self) -> Self:
         return self
 
@@ -113,6 +119,11 @@ class KlingClient(ClientCore):
     # ------------------------------------------------------------------ transport
 
     def _send_once(self, call: PreparedCall) -> Any:
+        if self.closed:  # httpx would raise a bare RuntimeError; nothing is sent either way
+            raise ClientClosed(
+                "this Kling client is closed (its with block ended, or close() was called); "
+                "nothing was sent: create a new client"
+            )
         try:
             response = self._http.request(
                 call.method,

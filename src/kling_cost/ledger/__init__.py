@@ -22,7 +22,8 @@ How it is put together (one job per file; everything goes through one transactio
   you append to ``ledger.hooks``; they see the rows in thousandths.
 * Also: ``models.py`` (what the ledger hands out), ``schema.py`` and ``schema_steps.py``
   (numbered migrations), ``copy.py`` (move a ledger to another backend, a page at a time),
-  ``urls.py`` (URLs shown without their password).
+  ``urls.py`` (URLs shown without their password), ``deprecated.py`` (``SQLiteLedger`` and
+  ``PostgresLedger`` of earlier versions, still working, with a warning).
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ __all__ = [
 ]
 
 ENV_LEDGER = "KLING_COST_LEDGER"
+
+
+def __getattr__(name: str) -> Any:
+    """``SQLiteLedger`` of earlier versions (deprecated, see :mod:`.deprecated`)."""
+    if name == "SQLiteLedger":
+        from .deprecated import SQLiteLedger
+
+        return SQLiteLedger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _LEDGER_OPTIONS = ("default_ttl", "sweep_interval")
 """Options of :func:`open_ledger` that belong to the :class:`Ledger`; the others go to the backend."""

@@ -9,6 +9,7 @@ A backend declares its URL schemes and is found through :attr:`Backend.registry`
 from __future__ import annotations
 
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -71,20 +72,36 @@ def retrying(operation: Callable[[], T]) -> T:
 
 
 class AfterCommit:
-    """A transaction (a backend's) that calls ``after`` once it has committed."""
+    """A transaction (a backend's) that calls ``after`` once it has committed, and refuses to
+    open inside another transaction of the same ledger in the same thread (``open_in``: that
+    ledger's per-thread flag). Transactions do not nest: on SQLite the inner ``BEGIN`` fails,
+    on PostgreSQL it would take a second connection and wait forever for the row locks the
+    outer one holds."""
 
-    __slots__ = ("_after", "_inner")
+    __slots__ = ("_after", "_inner", "_open_in")
 
-    def __init__(self, inner: AbstractContextManager[Cursor], after: Callable[[], None]) -> None:
+    def __init__(
+        self, inner: AbstractContextManager[Cursor], after: Callable[[], None], open_in: threading.local
+    ) -> None:
         self._inner = inner
         self._after = after
+        self._open_in = open_in
 
     def __enter__(self) -> Cursor:
-        return self._inner.__enter__()
+        if getattr(self._open_in, "active", False):
+            raise StorageError(
+                "a ledger transaction is already open in this thread and transactions do not nest: "
+                "use the cursor you were given (a hook must not call the ledger's methods), or "
+                "finish the open transaction first"
+            )
+        cur = self._inner.__enter__()
+        self._open_in.active = True
+        return cur
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
+        self._open_in.active = False
         swallowed = self._inner.__exit__(kind, exc, tb)
         if kind is None:
             self._after()
@@ -125,11 +142,13 @@ class Backend(ABC):
         self.clock: Clock = clock or utc_now
 
     @abstractmethod
-    def transaction(self) -> AbstractContextManager[Cursor]:
+    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
         """A cursor inside one write transaction: committed on success, rolled back on error.
 
         Driver errors become :class:`StorageError`; a unique violation, a deadlock or a
         serialization failure becomes :class:`Conflict` so the caller can retry.
+        ``snapshot=True``: a read-only transaction that sees one consistent state of every
+        table for its whole life, whatever commits meanwhile, and blocks no writer.
         """
 
     @abstractmethod

@@ -150,12 +150,15 @@ class RequestCache:
 
     def abandon(self, fingerprint: str, reservation_id: str) -> None:
         """The caller holding ``reservation_id`` gave up on its in-flight fingerprint without
-        knowing whether Kling accepted it: waiters stop waiting for it and ask Kling."""
+        knowing whether Kling accepted it: waiters stop waiting for it and ask Kling. A claim
+        its caller had not attached a reservation to yet (it failed, or was cancelled, right
+        after reserving) is given that reservation, so waiters know which key to ask about."""
         with self.ledger.transaction() as cur:
             cur.execute(
-                "UPDATE request_cache SET status = ?, updated_at = ? WHERE fingerprint = ? "
-                "AND status = ? AND reservation_id = ? AND task_id IS NULL",
-                (ABANDONED, to_ms(cur.now), fingerprint, INFLIGHT, reservation_id),
+                "UPDATE request_cache SET status = ?, reservation_id = ?, updated_at = ? "
+                "WHERE fingerprint = ? AND status = ? AND (reservation_id = ? OR reservation_id IS NULL) "
+                "AND task_id IS NULL",
+                (ABANDONED, reservation_id, to_ms(cur.now), fingerprint, INFLIGHT, reservation_id),
             )
 
     def adopt(self, entry: CacheEntry, task_id: str) -> None:

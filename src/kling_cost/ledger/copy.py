@@ -32,8 +32,8 @@ class CopyResult:
 
 
 def copy_ledger(source: Ledger, target: Ledger, *, batch: int = BATCH) -> CopyResult:
-    """Copy every row of ``source`` into the empty ``target`` in one target transaction,
-    ``batch`` rows at a time.
+    """Copy every row of ``source``, as of one moment, into the empty ``target`` in one target
+    transaction, ``batch`` rows at a time. The source stays open to writers meanwhile.
 
     Raises :class:`ConfigurationError` if the target already holds data; nothing is written then.
     """
@@ -42,7 +42,9 @@ def copy_ledger(source: Ledger, target: Ledger, *, batch: int = BATCH) -> CopyRe
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigurationError(f"batch must be a whole number of rows of at least 1, not {batch!r}")
     counts: dict[str, int] = {}
-    with source.transaction() as src, target.transaction() as dst:
+    # The source is read from one snapshot (its writers go on meanwhile): every table as of
+    # one moment, so the copy's counters agree with its reservations and charges.
+    with source.transaction(snapshot=True) as src, target.transaction() as dst:
         for table, _columns, _identity in TABLES:
             dst.execute(f"SELECT COUNT(*) FROM {table}")  # fixed table names only
             if dst.fetchone()[0]:

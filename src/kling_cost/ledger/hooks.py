@@ -7,7 +7,10 @@ transaction); they use the cursor they are given.
 
 Hooks see the ledger's own rows: every amount in integer thousandths (``*_milli``), as
 stored (:class:`~.records.BudgetRow`, :class:`~.records.ReservationRow`, the records below);
-nothing is converted to ``Decimal`` and back on the way.
+nothing is converted to ``Decimal`` and back on the way. For hooks written when they were given
+the public models, the rows still answer ``amount``, ``actual``, ``created_at``, ... (reservation)
+and ``limit``, ``max_per_request`` (budget), converted only when read. A hook calling a ledger
+method (a second transaction) raises :class:`~kling_cost.errors.StorageError`.
 """
 
 from __future__ import annotations

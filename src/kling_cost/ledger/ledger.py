@@ -8,19 +8,14 @@ throughout, with the hooks (:mod:`.hooks`) inside the same transaction.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Self
 
-from ..budgets import (
-    DEFAULT_UNIT,
-    Budget,
-    Usage,
-    validate_scope,
-    validate_window,
-)
+from ..budgets import DEFAULT_UNIT, Budget, Usage, validate_scope, validate_window
 from ..errors import StorageError, ValidationError
 from ..money import parse_amount, to_storage
 from ..text import clean_text
@@ -63,6 +58,7 @@ class Ledger:
         self.clock = backend.clock
         """The time the ledger decides by (an injected clock, or the database server's)."""
         self.default_ttl = default_ttl
+        self._in_transaction = threading.local()
         self.outbox = OutboxStore(self)
         self.rollup = RollupStore(self)
         self.cache = RequestCache(self)
@@ -85,15 +81,17 @@ class Ledger:
 
     # -- the seam ------------------------------------------------------------------------------
 
-    def transaction(self) -> AbstractContextManager[Cursor]:
+    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
         """A cursor inside one transaction, committed when the block ends, rolled back when it
         raises: the one way into the ledger's tables, for its parts and stores alike.
-
         ``?`` placeholders on every backend; ``cur.now`` is the time the transaction decides
         by. Driver errors raise :class:`~kling_cost.errors.StorageError`, a lost race
         :class:`~.backend.Conflict` (:func:`~.backend.retrying` runs the block again). After
-        the commit the outbox wakes its listeners if the transaction wrote an alert."""
-        return AfterCommit(self.backend.transaction(), self.outbox.after_commit)
+        the commit the outbox wakes its listeners if the transaction wrote an alert. They do
+        not nest: a ledger method called in the block (or by a hook) raises StorageError.
+        ``snapshot=True``: read only, one consistent state for the whole block (a copy)."""
+        inner = self.backend.transaction(snapshot=True) if snapshot else self.backend.transaction()
+        return AfterCommit(inner, self.outbox.after_commit, self._in_transaction)
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the schema version. Safe to run concurrently."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -44,7 +44,8 @@ logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _CONFLICTS = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 _BEGIN = "BEGIN"
-_BEGIN_AT = "BEGIN; SELECT now()"  # one round trip: the transaction and the server's time
+_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+"""A transaction that reads one snapshot of every table for its whole life (copies)."""
 
 
 def _translate(sql: str) -> str:
@@ -214,13 +215,13 @@ class PostgresBackend(Backend):
         offset measured at the last ``BEGIN`` (exact to about half a round trip)."""
         return self._local_clock() + self._offset
 
-    def _start(self, conn: psycopg.Connection[Any]) -> datetime | None:
-        """``BEGIN`` on ``conn``; returns the server's time at it (None with an injected clock)."""
+    def _start(self, conn: psycopg.Connection[Any], begin: str) -> datetime | None:
+        """``begin`` on ``conn``; returns the server's time at it (None with an injected clock)."""
         if not self._server_time:
-            conn.execute(_BEGIN, prepare=False)
+            conn.execute(begin, prepare=False)
             return None
         before = self._local_clock()
-        cur = conn.execute(_BEGIN_AT, prepare=False)
+        cur = conn.execute(begin + "; SELECT now()", prepare=False)  # one round trip
         after = self._local_clock()
         cur.nextset()
         row = cur.fetchone()
@@ -232,8 +233,8 @@ class PostgresBackend(Backend):
 
     # -- transactions ----------------------------------------------------------------------------
 
-    def _begin(self) -> tuple[psycopg.Connection[Any], datetime | None]:
-        """A pooled connection inside ``BEGIN``, and the server's time at it.
+    def _begin(self, begin: str = _BEGIN) -> tuple[psycopg.Connection[Any], datetime | None]:
+        """A pooled connection inside ``begin``, and the server's time at it.
 
         ``BEGIN`` is the first thing sent on a connection taken from the pool, so it doubles
         as the check that the connection works: a connection the server dropped (a restart,
@@ -256,7 +257,7 @@ class PostgresBackend(Backend):
             except PoolClosed as exc:
                 raise self._closed_error() from exc
             try:
-                return conn, self._start(conn)
+                return conn, self._start(conn, begin)
             except psycopg.OperationalError as exc:
                 self._pool.putconn(conn)  # broken: the pool discards it and opens another
                 last = exc
@@ -277,9 +278,12 @@ class PostgresBackend(Backend):
             f"the PostgreSQL ledger at {self.url} is closed; open it again with open_ledger()"
         )
 
+    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
+        return self._transaction(_SNAPSHOT if snapshot else _BEGIN)
+
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
-        conn, started = self._begin()
+    def _transaction(self, begin: str) -> Iterator[Cursor]:
+        conn, started = self._begin(begin)
         try:
             try:
                 with conn.cursor() as cur:
@@ -351,3 +355,12 @@ def _parse_url(url: str) -> tuple[str, str]:
         )
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), ""))
     return conninfo, schema
+
+
+def __getattr__(name: str) -> Any:
+    """``PostgresLedger`` of earlier versions (deprecated, see :mod:`.deprecated`)."""
+    if name == "PostgresLedger":
+        from .deprecated import PostgresLedger
+
+        return PostgresLedger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -84,6 +84,17 @@ class BudgetRow:
     thresholds: tuple[Decimal, ...]
     unit: str
 
+    # What hooks written against earlier versions read (they were given a Budget): converted
+    # only when asked, never by the ledger itself.
+    @property
+    def limit(self) -> Decimal:
+        return from_storage(self.limit_milli)
+
+    @property
+    def max_per_request(self) -> Decimal | None:
+        milli = self.max_per_request_milli
+        return None if milli is None else from_storage(milli)
+
     def to_budget(self) -> Budget:
         return Budget(
             id=self.id,
@@ -139,6 +150,28 @@ class ReservationRow:
     catalog_date: str | None = None
     revived: bool = False
     fresh: bool = False
+
+    # What hooks written against earlier versions read (they were given a Reservation):
+    # converted only when asked, never by the ledger itself.
+    @property
+    def amount(self) -> Decimal:
+        return from_storage(self.amount_milli)
+
+    @property
+    def actual(self) -> Decimal | None:
+        return None if self.actual_milli is None else from_storage(self.actual_milli)
+
+    @property
+    def created_at(self) -> datetime:
+        return from_ms(self.created_at_ms)
+
+    @property
+    def expires_at(self) -> datetime:
+        return from_ms(self.expires_at_ms)
+
+    @property
+    def settled_at(self) -> datetime | None:
+        return None if self.settled_at_ms is None else from_ms(self.settled_at_ms)
 
     def to_reservation(self) -> Reservation:
         return Reservation(

@@ -1,6 +1,7 @@
 """The embedded default backend: a SQLite file in WAL mode, safe for many threads and processes.
 
-A connection per thread (and process), ``BEGIN IMMEDIATE`` transactions (one writer at a
+A connection per thread (and process), closed when its thread ends (worker pools retire
+threads: an async guard's anyio workers, each event loop's), ``BEGIN IMMEDIATE`` transactions (one writer at a
 time: the conditional updates need no row locks), a background WAL checkpointer, and
 sqlite3's errors translated at the boundary.
 """
@@ -10,8 +11,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,33 @@ class _SQLiteCursor:
 
     def fetchall(self) -> list[Any]:
         return self._cur.fetchall()
+
+
+def _forget(backend: weakref.ref[SQLiteBackend], conn: sqlite3.Connection, pid: int) -> None:
+    """Close the connection of a thread that ended. One inherited through ``fork`` is never
+    closed in the child (closing it there could disturb the parent's locks): it is kept open."""
+    if pid != os.getpid():
+        _INHERITED.append(conn)
+        return
+    owner = backend()
+    if owner is not None:
+        owner.forget(conn)
+    with suppress(sqlite3.Error):
+        conn.close()
+
+
+_INHERITED: list[sqlite3.Connection] = []
+"""Connections a forked child inherited and must not close (see :func:`_forget`)."""
+
+
+class _ThreadConnection:
+    """One thread's connection, kept in the backend's thread-local storage."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection, pid: int) -> None:
+        self.conn = conn
+        self.pid = pid
 
 
 class SQLiteBackend(Backend):
@@ -132,15 +161,22 @@ class SQLiteBackend(Backend):
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
             raise self._closed_error()
-        local = self._local
-        conn: sqlite3.Connection | None = getattr(local, "conn", None)
-        if conn is None or getattr(local, "pid", None) != os.getpid():
-            conn = self._connect()
-            local.conn = conn
-            local.pid = os.getpid()
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():
+            held = _ThreadConnection(self._connect(), os.getpid())
+            # When the thread ends, its thread-local value goes and the connection is closed:
+            # threads come and go (worker pools), connections must not pile up.
+            weakref.finalize(held, _forget, weakref.ref(self), held.conn, held.pid).atexit = False
+            self._local.held = held
             if self.checkpoint == "background" and self._checkpointer_pid != os.getpid():
                 self._start_checkpointer()
-        return conn
+        return held.conn
+
+    def forget(self, conn: sqlite3.Connection) -> None:
+        """Stop tracking ``conn`` (its thread ended; the caller closes it)."""
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
 
     def _start_checkpointer(self) -> None:
         with self._lock:
@@ -178,12 +214,16 @@ class SQLiteBackend(Backend):
 
     @property
     def connection_count(self) -> int:
-        """Connections opened (one per thread that used the ledger) and not closed yet."""
+        """Connections open (one per living thread that used the ledger)."""
         with self._lock:
             return len(self._connections)
 
+    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
+        # A deferred BEGIN reads one WAL snapshot from its first read on, and blocks no writer.
+        return self._transaction("BEGIN" if snapshot else "BEGIN IMMEDIATE")
+
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def _transaction(self, begin: str) -> Iterator[Cursor]:
         conn = self._conn()
         with self._lock:
             if self._closed:
@@ -191,7 +231,7 @@ class SQLiteBackend(Backend):
             self._busy.add(id(conn))
         try:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(begin)
             except sqlite3.Error as exc:
                 raise StorageError(f"SQLite ledger {self.path}: cannot start a transaction: {exc}") from exc
             try:
@@ -213,10 +253,12 @@ class SQLiteBackend(Backend):
         """The transaction on ``conn`` ended: if the ledger was closed meanwhile, close it now."""
         with self._lock:
             self._busy.discard(id(conn))
-            if self._closed and conn in self._connections:
+            closing = self._closed and conn in self._connections
+            if closing:
                 self._connections.remove(conn)
                 conn.close()
-                self._local.__dict__.pop("conn", None)
+        if closing:  # outside the lock: dropping the holder runs its finalizer, which takes it
+            self._local.__dict__.pop("held", None)
 
     def id_high_water(self, cur: Cursor, table: str, column: str) -> int:
         cur.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,))
@@ -299,3 +341,12 @@ def _parse_url(url: str) -> tuple[str, str, float, str]:
             "allowed: synchronous, timeout, checkpoint"
         )
     return str(path), _SYNC[sync], timeout, checkpoint
+
+
+def __getattr__(name: str) -> Any:
+    """``SQLiteLedger`` of earlier versions (deprecated, see :mod:`.deprecated`)."""
+    if name == "SQLiteLedger":
+        from .deprecated import SQLiteLedger
+
+        return SQLiteLedger
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
