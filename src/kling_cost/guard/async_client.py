@@ -20,6 +20,7 @@ import anyio
 
 from ..cache import CachePolicy
 from ..errors import (
+    ConfigurationError,
     InvalidRequest,
     KlingAPIError,
     KlingCostError,
@@ -28,7 +29,7 @@ from ..errors import (
     ValidationError,
 )
 from ..kling import bodies
-from ..kling._core import IDS_PER_CALL, AnyTask
+from ..kling._core import IDS_PER_CALL, AnyTask, is_new_task_ref
 from ..kling.async_client import AsyncKlingClient
 from ..kling.endpoints import LegacyEndpoint
 from ..kling.models import AccountCosts, FaceIdentification, KlingRequest, KlingTask
@@ -154,6 +155,8 @@ class AsyncCostAwareClient:
         identical earlier request is reused at zero cost."""
         req = self.core.prepare(endpoint, body, hints=hints)
         self.core.check_max(req)
+        if is_new_task_ref(req.endpoint):  # sent, queried and found again with the API key only
+            self.client.require_api_key(f"POST {req.endpoint}")
         use_cache = self.core.cache.enabled if dedup is None else dedup
         all_scopes = self.core.scopes_for(scopes)
         earlier = await self._ledger.get_reservation(req.key)
@@ -229,7 +232,7 @@ class AsyncCostAwareClient:
         """Send the request; free the hold only when Kling surely did not accept it."""
         try:
             task = await self.client.create(req.endpoint, req.body)
-        except (PricingError, ValidationError):
+        except (PricingError, ValidationError, ConfigurationError):
             await self._ledger.release(reservation)  # refused here: nothing was sent
             raise
         except Exception as exc:
