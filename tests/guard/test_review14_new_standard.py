@@ -47,3 +47,30 @@ def test_a_new_standard_create_without_an_api_key_holds_nothing(
     assert held.task_id == legacy.task_id and held.amount == Decimal(8)
     usage = any_world.ledger.usage("project:film")
     assert (usage.used, usage.reserved) == (Decimal(0), Decimal(8))
+
+
+def test_a_lip_sync_hinted_with_its_video_length_in_ms_over_1000_is_held_per_started_5_s(
+    any_world: World,
+) -> None:
+    """The docstring's hint (identify-face's end_time 5040 ms / 1000 = 5.04 s) was refused
+    as "not a whole number"; 5.04 s is two started 5 s blocks: 1 unit held."""
+    with any_world.guard() as guard:
+        faces = guard.identify_face(video_url="https://e.x/talk.mp4")
+        end = faces.face_data[0].end_time
+        choice = {
+            "face_id": "0",
+            "sound_file": "https://e.x/v.mp3",
+            "sound_start_time": 0,
+            "sound_end_time": 4000,
+        }
+        task = guard.advanced_lip_sync(faces.session_id, [choice], hints={"duration": (end + 40) / 1000})
+        [held] = any_world.ledger.reservations()
+        assert (held.amount, held.task_id) == (Decimal(1), task.task_id)
+        guard.lip_sync({"video_url": "https://e.x/talk.mp4", "mode": "audio2video", "audio_url": "https://e.x/a.mp3"},
+                       hints={"duration": "10.000"})  # fmt: skip
+        held_10 = [r for r in any_world.ledger.reservations() if r.id != held.id]
+        assert [r.amount for r in held_10] == [Decimal(1)]
+        any_world.finish()
+        guard.wait(task, poll=0.01)
+    [charge] = [c for c in any_world.ledger.charges() if c.task_id == task.task_id]
+    assert charge.actual == Decimal("0.5")  # what Kling (the simulator: a 5 s video) charged
