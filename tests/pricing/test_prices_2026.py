@@ -381,3 +381,32 @@ def test_legacy_requests_keep_their_dedup_fingerprint(
     assert set(PriceRequest.from_kling(endpoint, body).to_dict()) == {
         "kind", "model", "mode", "duration", "audio", "n", "image_input", "effect"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("seconds", "amount"),
+    [
+        ("5.0", Decimal("0.5")),
+        (Decimal("5.00"), Decimal("0.5")),
+        ("5.01", Decimal("1.0")),  # a started second block: two blocks, as Kling counts them
+        (5.04, Decimal("1.0")),  # identify-face's end_time 5040 ms / 1000
+        ("0.2", Decimal("0.5")),
+        (10, Decimal("1.0")),
+        ("10", Decimal("1.0")),
+        ("10.000001", Decimal("1.5")),
+    ],
+)
+def test_lip_sync_is_priced_on_a_video_length_in_any_seconds_per_started_5_s(
+    seconds: object, amount: Decimal
+) -> None:
+    """A video lasts 5.04 s, not a whole number (these were refused as "not a whole number")."""
+    for kind in ("lip-sync", "advanced-lip-sync"):
+        assert estimate(kind=kind, duration=seconds, as_of=NEW_PRICES).amount == amount
+    body = {"input": {"video_id": "v", "mode": "audio2video", "audio_url": "a", "duration": seconds}}
+    assert estimate(PriceRequest.from_kling("lip-sync", body), as_of=NEW_PRICES).amount == amount
+
+
+@pytest.mark.parametrize("seconds", [0, "0", "-1", "-0.5", "NaN", "inf", "1e400", True, "5 s", [5], "8" * 50])
+def test_a_lip_sync_length_that_is_no_length_is_refused(seconds: object) -> None:
+    with pytest.raises(PricingError, match="duration"):
+        estimate(kind="lip-sync", duration=seconds, as_of=NEW_PRICES)

@@ -88,6 +88,28 @@ def _audio(where: str, value: object) -> str:
     raise ConfigurationError(f"{where}: audio {value!r} is not offered; allowed: native, original, off")
 
 
+_FLAGS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+
+
+def _flag(where: str, name: str, value: object) -> bool:
+    """A yes/no field (a JSON bool, or CSV text): anything else is refused, never read as no."""
+    if isinstance(value, bool):
+        return value
+    flag = _FLAGS.get(str(value).strip().lower()) if isinstance(value, (str, int)) else None
+    if flag is None:
+        raise ConfigurationError(f"{where}: {name} {value!r} is not offered; allowed: true, false")
+    return flag
+
+
 def _duration(where: str, value: object) -> int:
     text = str(value).strip()
     if isinstance(value, bool) or not text.isdigit():
@@ -149,13 +171,12 @@ def new_row_body(where: str, kind: str, raw: dict[str, Any]) -> tuple[str, dict[
     for name in _SETTINGS:
         if name in raw:
             settings[name] = raw.pop(name)
-    if isinstance(settings.get("multi_shot"), str):
-        settings["multi_shot"] = settings["multi_shot"].strip().lower() == "true"
+    if "multi_shot" in settings:
+        settings["multi_shot"] = _flag(where, "multi_shot", settings["multi_shot"])
     options = {name: raw.pop(name) for name in _OPTIONS if name in raw}
     watermark = raw.pop("watermark", None)
     if watermark is not None:
-        enabled = watermark if isinstance(watermark, bool) else str(watermark).strip().lower() == "true"
-        options["watermark_info"] = {"enabled": enabled}
+        options["watermark_info"] = {"enabled": _flag(where, "watermark", watermark)}
     contents = _contents(where, family, raw)
     body: dict[str, Any] = {k: v for k, v in raw.items() if k == "prompt"}
     left = sorted(k for k in raw if k != "prompt")

@@ -21,6 +21,7 @@ import anyio
 from ..cache import CachePolicy
 from ..errors import (
     ClientClosed,
+    ConfigurationError,
     InvalidRequest,
     KlingAPIError,
     KlingCostError,
@@ -29,7 +30,7 @@ from ..errors import (
     ValidationError,
 )
 from ..kling import bodies
-from ..kling._core import IDS_PER_CALL, AnyTask
+from ..kling._core import IDS_PER_CALL, AnyTask, is_new_task_ref
 from ..kling.async_client import AsyncKlingClient
 from ..kling.endpoints import LegacyEndpoint
 from ..kling.models import AccountCosts, FaceIdentification, KlingRequest, KlingTask
@@ -160,6 +161,8 @@ class AsyncCostAwareClient:
                 "this guard's Kling client is closed (its with block ended, or aclose() was "
                 "called); nothing was held or sent: create a new client"
             )
+        if is_new_task_ref(req.endpoint):  # sent, queried and found again with the API key only
+            self.client.require_api_key(f"POST {req.endpoint}")
         use_cache = self.core.cache.enabled if dedup is None else dedup
         all_scopes = self.core.scopes_for(scopes)
         earlier = await self._ledger.get_reservation(req.key)
@@ -235,7 +238,7 @@ class AsyncCostAwareClient:
         """Send the request; free the hold only when Kling surely did not accept it."""
         try:
             task = await self.client.create(req.endpoint, req.body)
-        except (PricingError, ValidationError, ClientClosed):
+        except (PricingError, ValidationError, ClientClosed, ConfigurationError):
             await self._ledger.release(reservation)  # refused here: nothing was sent
             raise
         except Exception as exc:

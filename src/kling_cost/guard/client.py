@@ -21,6 +21,7 @@ from typing import Any, Self, overload
 from ..cache import CachePolicy
 from ..errors import (
     ClientClosed,
+    ConfigurationError,
     InvalidRequest,
     KlingAPIError,
     KlingCostError,
@@ -29,7 +30,7 @@ from ..errors import (
     ValidationError,
 )
 from ..kling import bodies
-from ..kling._core import IDS_PER_CALL, AnyTask
+from ..kling._core import IDS_PER_CALL, AnyTask, is_new_task_ref
 from ..kling.client import KlingClient
 from ..kling.endpoints import LegacyEndpoint
 from ..kling.models import AccountCosts, FaceIdentification, KlingRequest, KlingTask
@@ -160,6 +161,8 @@ class CostAwareClient:
                 "this guard's Kling client is closed (its with block ended, or close() was "
                 "called); nothing was held or sent: create a new client"
             )
+        if is_new_task_ref(req.endpoint):  # sent, queried and found again with the API key only
+            self.client.require_api_key(f"POST {req.endpoint}")
         use_cache = self.core.cache.enabled if dedup is None else dedup
         all_scopes = self.core.scopes_for(scopes)
         earlier = self._ledger.get_reservation(req.key)
@@ -235,7 +238,7 @@ class CostAwareClient:
         """Send the request; free the hold only when Kling surely did not accept it."""
         try:
             task = self.client.create(req.endpoint, req.body)
-        except (PricingError, ValidationError, ClientClosed):
+        except (PricingError, ValidationError, ClientClosed, ConfigurationError):
             self._ledger.release(reservation)  # refused here: nothing was sent
             raise
         except Exception as exc:

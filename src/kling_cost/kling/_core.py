@@ -262,17 +262,20 @@ class ClientCore:
         self.api_key_auth: Auth | None = _bearer_key(self.auth, api_key)
         """What the new standard's paths are called with: an API key (never the JWT)."""
 
+    def require_api_key(self, what: str) -> Auth:
+        """The API key the new standard's paths are called with (``what`` names the call in
+        the error); :class:`MissingCredentials` when only an access/secret key is configured."""
+        if self.api_key_auth is None:
+            raise MissingCredentials(
+                f"{what} is on Kling's new standard, which takes an API key only "
+                "(Authorization: Bearer <API_KEY>; the access/secret key JWT is legacy-only): pass "
+                "api_key= or set KLING_API_KEY",
+                missing=("KLING_API_KEY",),
+            )
+        return self.api_key_auth
+
     def _headers(self, call: PreparedCall) -> dict[str, str]:
-        auth = self.auth
-        if call.api_key_only:
-            if self.api_key_auth is None:
-                raise MissingCredentials(
-                    f"{call.method} {call.path} is on Kling's new standard, which takes an API key only "
-                    "(Authorization: Bearer <API_KEY>; the access/secret key JWT is legacy-only): pass "
-                    "api_key= or set KLING_API_KEY",
-                    missing=("KLING_API_KEY",),
-                )
-            auth = self.api_key_auth
+        auth = self.require_api_key(f"{call.method} {call.path}") if call.api_key_only else self.auth
         return {"Authorization": auth.authorization(), "Content-Type": "application/json"}
 
     def _url(self, path: str) -> str:

@@ -55,6 +55,20 @@ def _exact(value: object) -> object:
     return value
 
 
+def _charge(value: object) -> object:
+    """A ``billing[]`` amount: exact, and never below zero (a negative "charge" would commit
+    less than Kling billed, or nothing, for a task it charged; Kling documents none)."""
+    value = _exact(value)
+    if isinstance(value, (int, str, Decimal)) and not isinstance(value, bool):
+        try:
+            number = Decimal(value.strip() if isinstance(value, str) else value)
+        except ArithmeticError:
+            return value  # not a number: pydantic names it
+        if number.is_signed() and number.is_finite() and number != 0:
+            raise ValueError(f"a billing amount must not be negative, got {value}")
+    return value
+
+
 def _text_number(value: object) -> object:
     """A length Kling writes as text (``"5.04"``); a JSON number is kept as its exact text."""
     if value is None or isinstance(value, (str, bool)):
@@ -132,7 +146,7 @@ class UnitCharge(_Doc):
     @field_validator("amount", mode="before")
     @classmethod
     def _exact_amount(cls, value: object) -> object:
-        return _exact(value)
+        return _charge(value)
 
 
 class CashCharge(_Doc):
@@ -148,7 +162,7 @@ class CashCharge(_Doc):
     @field_validator("amount", "list_price", mode="before")
     @classmethod
     def _exact_amounts(cls, value: object) -> object:
-        return None if value == "" else _exact(value)
+        return None if value == "" else _charge(value)
 
 
 BillingEntry = Annotated[UnitCharge | CashCharge, Field(discriminator="charge_type")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+
 from ..errors import PricingError
 from .catalog import IMAGE_RESOLUTIONS
 from .standard import MOTION_CONTROL_MAX_SECONDS, RESOLUTIONS
@@ -16,7 +18,11 @@ __all__ = [
     "mode_for",
     "normalise_mode",
     "positive_duration",
+    "started_seconds",
 ]
+
+MAX_SOURCE_SECONDS = 86_400
+"""The longest source video a lip-sync is priced for (a day; Kling's own limit is far lower)."""
 
 _MODE_ALIASES = {
     "std": "std",
@@ -114,6 +120,31 @@ def positive_duration(duration: object) -> int:
     return dur
 
 
+def started_seconds(duration: object) -> int:
+    """A source video's length in seconds (``5.04``, ``"5.04"``, ``10``; a video lasts what
+    it lasts, not a whole number) as the whole seconds it has started: rounded up, so that
+    Kling's blocks "per started 5 s" count as Kling counts them (5.01 s is two blocks)."""
+    if isinstance(duration, bool) or not isinstance(duration, (int, str, Decimal, float)):
+        raise PricingError(
+            f"duration must be a number of seconds, not {duration!r}", field="duration", value=duration
+        )
+    if isinstance(duration, int):
+        return positive_duration(duration)
+    text = repr(duration) if isinstance(duration, float) else str(duration).strip()
+    try:
+        seconds = Decimal(text) if text.isascii() and len(text) <= 40 else None
+    except InvalidOperation:
+        seconds = None
+    if seconds is None or not seconds.is_finite() or not 0 < seconds <= MAX_SOURCE_SECONDS:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise PricingError(
+            f"duration {shown!r} must be a number of seconds above 0 and at most {MAX_SOURCE_SECONDS}",
+            field="duration",
+            value=shown,
+        )
+    return int(seconds.to_integral_value(rounding=ROUND_CEILING))
+
+
 def duration_for(price_kind: str, endpoint: str, duration: object) -> int | None:
     """The request's duration, with the kind's default and limits."""
     if duration is None or duration == "":
@@ -128,7 +159,7 @@ def duration_for(price_kind: str, endpoint: str, duration: object) -> int | None
                 value=None,
             )
         return 5 if price_kind in ("video", "effects") else None
-    dur = positive_duration(duration)
+    dur = started_seconds(duration) if price_kind == "lipsync" else positive_duration(duration)
     if price_kind == "motion" and dur > MOTION_CONTROL_MAX_SECONDS:
         raise PricingError(
             f"duration {dur} is longer than a motion-control output can be; "

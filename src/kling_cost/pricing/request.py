@@ -267,7 +267,8 @@ class PriceRequest:
         return cls.build(
             kind,
             model=source.get("model_name") or source.get("model") or None,
-            mode=source.get("mode") or None,
+            # a lip-sync's input.mode is what drives it (text2video/audio2video), not a price mode
+            mode=None if price_kind == "lipsync" else source.get("mode") or None,
             duration=source.get("duration"),
             audio=audio,
             n=source.get("n", 1),
