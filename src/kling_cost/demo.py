@@ -25,7 +25,7 @@ from .cache import CachePolicy
 from .errors import ConfigurationError
 from .guard import CostAwareClient
 from .kling import KlingClient, RetryPolicy
-from .kling._core import AnyTask
+from .kling.tasks import AnyTask
 from .ledger import Ledger
 
 __all__ = ["DEMO_PROMPTS", "DemoResult", "demo_ledger_path", "demo_ledger_url", "run_demo", "simulated_kling"]

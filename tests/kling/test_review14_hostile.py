@@ -50,3 +50,21 @@ def test_zero_and_positive_billing_amounts_are_read_exactly(amount: object) -> N
     with _answering([task]) as kling:
         got = kling.get_task("/tasks", "t-1")
     assert got.units == Decimal(str(amount))
+
+
+def test_a_listing_that_says_more_but_gives_empty_pages_ends_with_our_error() -> None:
+    """A new cursor every time with ``has_more`` and no rows would page forever."""
+    calls = {"n": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        data = {"result": [], "count": 0, "next_cursor": f"c{calls['n']}", "has_more": True}
+        return httpx.Response(200, json={"code": 0, "message": "SUCCEED", "request_id": "r", "data": data})
+
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    kling = KlingClient(
+        api_key=API_KEY, base_url="http://kling.test", http_client=http, retry=RetryPolicy.off()
+    )
+    with pytest.raises(errors.ServerError, match="empty page"):
+        list(kling.task_pages())
+    assert calls["n"] == 1

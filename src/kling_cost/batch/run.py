@@ -22,7 +22,7 @@ from ..errors import (
     ValidationError,
 )
 from ..guard import CostAwareClient
-from ..kling._core import AnyTask
+from ..kling.tasks import AnyTask
 from ..money import format_amount, money_context
 from .rows import BatchRow
 

@@ -17,7 +17,6 @@ from typing import Any
 from ..budgets import normalise_scopes
 from ..cache import CachePolicy, fingerprint
 from ..errors import BudgetExceeded, KlingAPIError, PricingError
-from ..kling._core import AnyTask, create_body, is_new_task_ref
 from ..kling.endpoints import (
     endpoint_kind,
     external_task_id_of,
@@ -26,6 +25,7 @@ from ..kling.endpoints import (
 )
 from ..kling.models import KlingRequest, KlingTask
 from ..kling.new_standard import NewStandardRequest, NewStandardTask
+from ..kling.tasks import AnyTask, create_body, is_new_task_ref
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..ledger.cache_store import ABANDONED
 from ..money import format_quantity, parse_amount

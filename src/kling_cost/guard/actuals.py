@@ -23,13 +23,13 @@ The rules (README, "Guarded generation"):
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from ..errors import KlingCostError
-from ..kling._core import AnyTask
 from ..kling.models import KlingTask
 from ..kling.new_standard import NewStandardTask
+from ..kling.tasks import AnyTask
 from ..ledger import Reservation
 from ..money import MONEY, QUANTUM, format_amount
 from ..pricing import Catalog, PriceRequest, estimate, load_catalog
@@ -133,12 +133,22 @@ def _cash_in_units(task: NewStandardTask, reservation: Reservation, catalog: Cat
         if (entry.currency or "").upper() != "USD" or entry.list_price is None:
             return None
         total += MONEY.divide(entry.list_price, rate)
-    return total.quantize(QUANTUM, context=MONEY)
+    return total.quantize(QUANTUM, rounding=ROUND_CEILING, context=MONEY)
+
+
+def _storable(amount: Decimal, source: str) -> tuple[Decimal, str]:
+    """Kling's figure as the ledger can hold it (thousandths): a finer one (``8.0004``) is
+    rounded up, never down, so spend is never under-counted, and the source says so."""
+    stored = amount.quantize(QUANTUM, rounding=ROUND_CEILING, context=MONEY)
+    if stored == amount:
+        return amount, source
+    return stored, f"{source}; Kling's {amount} rounded up to 0.001"
 
 
 def actual(task: AnyTask, reservation: Reservation, catalog: Catalog) -> tuple[Decimal, str]:
     """What to commit for an ended, billed (or succeeded) ``task``, and where the figure comes
-    from, in the unit ``reservation`` recorded (never this client's catalog's)."""
+    from, in the unit ``reservation`` recorded (never this client's catalog's). Kling's figures
+    finer than the ledger's 0.001 are rounded up (:func:`_storable`)."""
     if reservation.unit != "units":
         return _estimated(task, reservation, catalog, f"reserved in {reservation.unit}")
     if isinstance(task, KlingTask):
@@ -146,14 +156,14 @@ def actual(task: AnyTask, reservation: Reservation, catalog: Catalog) -> tuple[D
             return _estimated(task, reservation, catalog, "Kling billed the account balance")
         if task.final_unit_deduction is None:
             return _estimated(task, reservation, catalog, "Kling reported no final_unit_deduction")
-        return task.final_unit_deduction, "kling"
+        return _storable(task.final_unit_deduction, "kling")
     if not task.billing:
         return _estimated(task, reservation, catalog, "Kling reported no billing")
     if not task.cash_charges:
-        return task.units, "kling"
+        return _storable(task.units, "kling")
     cash = _cash_in_units(task, reservation, catalog)
     if cash is None:
         currencies = ", ".join(sorted({c.currency or "no currency" for c in task.cash_charges}))
         return _estimated(task, reservation, catalog, f"Kling billed cash ({currencies})")
     total = task.units + cash
-    return total, f"kling (cash at its USD list price: {format_amount(cash)} units)"
+    return _storable(total, f"kling (cash at its USD list price: {format_amount(cash)} units)")

@@ -14,8 +14,8 @@ from dataclasses import replace
 import anyio  # sync twin: import time
 
 from ..errors import KlingAPIError
-from ..kling._core import AnyTask
 from ..kling.async_client import AsyncKlingClient
+from ..kling.tasks import AnyTask
 from ..ledger import CacheEntry
 from ._core import CHECK, GONE, GuardedRequest, is_unknown_task, task_document
 from .async_settle import AsyncSettler

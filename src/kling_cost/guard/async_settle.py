@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ..kling._core import AnyTask
+from ..kling.tasks import AnyTask
 from ..ledger import CacheEntry, Ledger, Reservation
 from ._core import PENDING_GRACE, GuardCore, GuardedRequest, SettleReport, sent_by_key
 from .ledger_view import AsyncLedgerView

@@ -30,7 +30,6 @@ from ..errors import (
     ValidationError,
 )
 from ..kling import bodies
-from ..kling._core import IDS_PER_CALL, AnyTask, is_new_task_ref
 from ..kling.client import KlingClient
 from ..kling.endpoints import LegacyEndpoint
 from ..kling.models import AccountCosts, FaceIdentification, KlingRequest, KlingTask
@@ -42,6 +41,7 @@ from ..kling.new_standard import (
     NewStandardTask,
     PackageDeduction,
 )
+from ..kling.tasks import IDS_PER_CALL, AnyTask, is_new_task_ref
 from ..ledger import Ledger, Reservation
 from ..pricing import Catalog
 from ._core import (

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from ..errors import KlingAPIError
-from ..kling._core import AnyTask
 from ..kling.client import KlingClient
+from ..kling.tasks import AnyTask
 from ..ledger import CacheEntry
 from ._core import CHECK, GONE, GuardedRequest, is_unknown_task, task_document
 from .settle import Settler

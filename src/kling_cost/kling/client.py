@@ -323,6 +323,8 @@ class KlingClient(ClientCore):
             cursor = page.next_cursor
             if not page.has_more or not cursor:
                 return
+            if not page.result:  # "more" with nothing on this page: a listing that would never end
+                raise ServerError(f"Kling's {path} listing said it had more but gave an empty page")
             if cursor in seen:
                 raise ServerError(f"Kling's {path} listing gave the same cursor twice")
             seen.add(cursor)
