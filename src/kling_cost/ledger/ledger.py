@@ -27,6 +27,7 @@ from .hooks import LedgerHook
 from .limits import Limits, budget_request
 from .models import RESERVED, AlertRecord, Charge, PromptCost, Reservation
 from .outbox_store import OutboxStore
+from .proxy_store import ProxyStore
 from .queries import Queries
 from .records import ReservationRow, clean_metadata, reservation_id_of, text_or_none
 from .rollup_store import RollupStore
@@ -63,6 +64,7 @@ class Ledger:
         self.rollup = RollupStore(self)
         self.cache = RequestCache(self)
         self.queries = Queries(self)
+        self.proxy = ProxyStore(self)
         self._hooks: list[LedgerHook] = [self.outbox.writer, self.rollup.writer]
         self._holds = Holds(backend, self._hooks)
         self._settle = Settlement(backend, self._hooks, sweep_interval)

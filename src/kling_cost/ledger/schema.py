@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..timestamps import to_ms
+from .schema_proxy import PROXY_KEYS, PROXY_MIGRATION, PROXY_TABLES
 from .schema_steps import never_reuse_budget_ids
 
 if TYPE_CHECKING:
@@ -284,6 +285,7 @@ MIGRATIONS.append(
         ],
     )
 )
+MIGRATIONS.append((9, list(PROXY_MIGRATION)))
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -429,6 +431,7 @@ TABLES.append(
     )
 )
 TABLES.append(("report_rollup_meta", ("name", "value"), None))
+TABLES.extend(PROXY_TABLES)
 """Every data table, in an order that respects foreign keys: (name, columns, identity column)."""
 
 KEYS: dict[str, tuple[str, ...]] = {
@@ -440,6 +443,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "report_rollup": ("grain", "scope", "bucket", "model", "mode", "unit"),
     "request_cache": ("fingerprint",),
     "report_rollup_meta": ("name",),
+    **PROXY_KEYS,
 }
 """The primary key of every data table: a copy reads a table a page at a time in its order."""
 

@@ -1,0 +1,332 @@
+"""Virtual keys: issued once, stored without their secrets, checked on every request.
+
+A key has three credentials, printed once by ``kling-cost keys create``:
+
+* an **access key** (public: the JWT's ``iss``) and a **secret key** (signs Kling's HS256
+  JWT). The secret is never stored: it is derived from the proxy's **master key**,
+  ``HMAC-SHA256(master, "kling-cost/sk/v1" | access key | salt)``, so a copy of the ledger
+  alone cannot sign a token. Every proxy process must have the same master key.
+* an **API key** (bearer, ``kc-...``): stored as its SHA-256 only (it is 256 random bits, so
+  a fast hash is enough; nothing can be guessed from it).
+* a **webhook secret** (``whsec_...``, derived like the secret key) that signs the callbacks
+  the proxy relays to the key's client, Standard-Webhooks style.
+
+The master key comes from ``KLING_COST_MASTER_KEY`` (at least 32 characters), else from the
+file ``KLING_COST_MASTER_KEY_FILE`` names, else from ``master.key`` in the user's config
+directory, created on first use with mode 0600 (a key file any other user can read is refused).
+Rotating a key changes all three credentials at once; revoking it or its expiry refuses it on
+the next request, on every proxy process (nothing is cached).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import math
+import os
+import re
+import secrets
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..budgets import validate_scope
+from ..errors import AuthError, ConfigurationError, ValidationError
+from ..ledger import Ledger
+from ..ledger.proxy_store import KeyRecord
+
+__all__ = [
+    "ENV_MASTER_KEY",
+    "ENV_MASTER_KEY_FILE",
+    "IssuedKey",
+    "KeyRecord",
+    "Keys",
+    "MasterKey",
+    "api_key_hash",
+]
+
+ENV_MASTER_KEY = "KLING_COST_MASTER_KEY"
+ENV_MASTER_KEY_FILE = "KLING_COST_MASTER_KEY_FILE"
+MIN_MASTER_LENGTH = 32
+API_KEY_PREFIX = "kc-"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+UNITS = ("units", "credits")
+
+
+def api_key_hash(api_key: str) -> str:
+    """How a bearer key is stored and looked up."""
+    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _default_key_file() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("kling-cost", appauthor=False)) / "master.key"
+
+
+class MasterKey:
+    """The secret every virtual key's secrets are derived from."""
+
+    def __init__(self, secret: bytes, source: str) -> None:
+        if len(secret) < MIN_MASTER_LENGTH:
+            raise ConfigurationError(
+                f"the master key from {source} is shorter than {MIN_MASTER_LENGTH} characters; "
+                'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+            )
+        self._secret = secret
+        self.source = source
+
+    @classmethod
+    def load(cls, *, create: bool = True) -> MasterKey:
+        """From ``KLING_COST_MASTER_KEY``, else the key file (created 0600 when missing and
+        ``create``)."""
+        value = os.environ.get(ENV_MASTER_KEY)
+        if value:
+            return cls(value.encode(), ENV_MASTER_KEY)
+        named = os.environ.get(ENV_MASTER_KEY_FILE)
+        path = Path(named) if named else _default_key_file()
+        return cls.from_file(path, create=create)
+
+    @classmethod
+    def from_file(cls, path: Path, *, create: bool = True) -> MasterKey:
+        try:
+            if create and not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    pass  # another process made it first: read theirs
+                else:
+                    with os.fdopen(fd, "w") as out:
+                        out.write(secrets.token_urlsafe(32) + "\n")
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigurationError(
+                    f"master key file {path} can be read by other users; run: chmod 600 {path}"
+                )
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            raise ConfigurationError(
+                f"no master key: set {ENV_MASTER_KEY} or create the key file {path}"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"cannot read master key file {path}: {exc}") from exc
+        return cls(text.encode(), str(path))
+
+    def derive(self, purpose: str, access_key: str, salt: str) -> bytes:
+        message = f"kling-cost/{purpose}/v1\0{access_key}\0{salt}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
+
+    def secret_key(self, record: KeyRecord) -> str:
+        """The secret key that signs ``record``'s JWTs."""
+        return _b64(self.derive("sk", record.access_key, record.salt))
+
+    def webhook_secret(self, record: KeyRecord) -> str:
+        """The ``whsec_`` secret the relayed callbacks of ``record`` are signed with."""
+        raw = self.derive("whsec", record.access_key, record.salt)
+        return "whsec_" + base64.b64encode(raw).decode()
+
+    def __repr__(self) -> str:
+        return f"<MasterKey from {self.source}>"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key's credentials, as printed once at creation or rotation."""
+
+    record: KeyRecord
+    access_key: str
+    secret_key: str
+    api_key: str
+    webhook_secret: str
+
+    def to_dict(self, now: datetime) -> dict[str, Any]:
+        return {
+            **self.record.to_dict(now),
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+            "api_key": self.api_key,
+            "webhook_secret": self.webhook_secret,
+        }
+
+
+def _new_credentials() -> tuple[str, str, str]:
+    access_key = "kcak" + secrets.token_hex(14)
+    api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    return access_key, api_key, secrets.token_hex(16)
+
+
+def validate_key_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValidationError(
+            f"key name {name!r} is not valid: 1-64 letters, digits or ._@+- , starting with a letter or digit"
+        )
+    return name
+
+
+class Keys:
+    """Create, rotate, revoke and check virtual keys in a ledger."""
+
+    def __init__(self, ledger: Ledger, master: MasterKey) -> None:
+        self.ledger = ledger
+        self.master = master
+        self.store = ledger.proxy
+
+    def _issue(self, record: KeyRecord, api_key: str) -> IssuedKey:
+        return IssuedKey(
+            record=record,
+            access_key=record.access_key,
+            secret_key=self.master.secret_key(record),
+            api_key=api_key,
+            webhook_secret=self.master.webhook_secret(record),
+        )
+
+    def create(
+        self,
+        name: str,
+        *,
+        scopes: Sequence[str] = (),
+        unit: str = "units",
+        max_per_request: Decimal | None = None,
+        models: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        callback_hosts: Sequence[str] = (),
+        expires_in: timedelta | None = None,
+    ) -> IssuedKey:
+        """A new key (its budgets are set apart, on its scope ``key:<name>``)."""
+        validate_key_name(name)
+        clean = [validate_scope(s) for s in scopes]
+        own = f"key:{name}"
+        clean = sorted({s for s in clean if s not in ("account", own)})
+        if unit not in UNITS:
+            raise ValidationError(f"unit {unit!r} is not valid; use units or credits")
+        if max_per_request is not None and max_per_request <= 0:
+            raise ValidationError("max per request must be positive")
+        if concurrency is not None and concurrency < 1:
+            raise ValidationError("concurrency must be at least 1")
+        if expires_in is not None and expires_in <= timedelta(0):
+            raise ValidationError("expiry must be in the future")
+        access_key, api_key, salt = _new_credentials()
+        now = self.ledger.clock()
+        record = self.store.add_key(
+            name=name,
+            access_key=access_key,
+            api_key_hash=api_key_hash(api_key),
+            salt=salt,
+            scopes=clean,
+            unit=unit,
+            max_per_request=max_per_request,
+            models=None if models is None else sorted(set(models)),
+            concurrency=concurrency,
+            callback_hosts=sorted({h.lower() for h in callback_hosts}),
+            expires_at=None if expires_in is None else now + expires_in,
+        )
+        return self._issue(record, api_key)
+
+    def rotate(self, name: str) -> IssuedKey:
+        access_key, api_key, salt = _new_credentials()
+        record = self.store.rotate(name, access_key=access_key, api_key_hash=api_key_hash(api_key), salt=salt)
+        return self._issue(record, api_key)
+
+    def revoke(self, name: str) -> KeyRecord:
+        return self.store.revoke(name)
+
+    def get(self, name: str) -> KeyRecord:
+        found = self.store.key(name)
+        if found is None:
+            raise ValidationError(f"no key named {name!r}; see kling-cost keys list")
+        return found
+
+    def list(self) -> list[KeyRecord]:
+        return self.store.keys()
+
+    # -- authentication -----------------------------------------------------------------------
+
+    def authenticate(
+        self, authorization: str | None, *, now: datetime, jwt_allowed: bool = True
+    ) -> KeyRecord:
+        """The key an ``Authorization`` header stands for, as Kling checks it: raises
+        :class:`AuthError` with Kling's code (1000 failed, 1001 empty, 1002 invalid, 1003 not
+        yet valid, 1004 expired) and HTTP 401."""
+        if not authorization or not authorization.strip():
+            raise _auth(1001, "Authorization is empty")
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise _auth(1002, "Authorization is invalid: use 'Bearer <token>'")
+        if token.startswith(API_KEY_PREFIX):
+            record = self.store.key_by_api_key_hash(api_key_hash(token))
+            if record is None:
+                raise _auth(1002, "Authorization is invalid: unknown API key")
+        elif token.count(".") == 2:
+            if not jwt_allowed:
+                raise _auth(
+                    1000, "authentication failed: this API takes the API key (Bearer <API_KEY>), not a JWT"
+                )
+            record = self._verify_jwt(token, now)
+        else:
+            raise _auth(1002, "Authorization is invalid: neither an API key nor a JWT")
+        state = record.state(now)
+        if state == "revoked":
+            raise _auth(1000, f"key {record.name!r} was revoked")
+        if state == "expired":
+            raise _auth(1004, f"key {record.name!r} expired")
+        return record
+
+    def _verify_jwt(self, token: str, now: datetime) -> KeyRecord:
+        import jwt
+
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise _auth(1002, "Authorization is invalid: malformed JWT") from None
+        issuer = claims.get("iss") if isinstance(claims, dict) else None
+        if not isinstance(issuer, str) or not issuer:
+            raise _auth(1002, "Authorization is invalid: the JWT has no iss (access key)")
+        record = self.store.key_by_access_key(issuer)
+        if record is None:
+            raise _auth(1002, "Authorization is invalid: unknown access key")
+        try:
+            header = jwt.get_unverified_header(token)
+            jwt.decode(
+                token,
+                self.master.secret_key(record),
+                algorithms=["HS256"],
+                options={"require": ["exp"], "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            )
+        except jwt.PyJWTError:
+            raise _auth(1002, "Authorization is invalid: bad JWT signature or claims") from None
+        if header.get("alg") != "HS256":
+            raise _auth(1002, "Authorization is invalid: the JWT must be signed with HS256")
+        for claim in ("exp", "nbf", "iat"):  # NumericDate (RFC 7519): a finite number of seconds
+            if claim in claims and not _numeric_date(claims[claim]):
+                raise _auth(1002, f"Authorization is invalid: {claim} must be a number of seconds")
+        ts = now.timestamp()
+        nbf = claims.get("nbf")
+        if nbf is not None and ts < nbf:
+            raise _auth(1003, "Authorization is not yet valid (nbf)")
+        if ts >= claims["exp"]:
+            raise _auth(1004, "Authorization has expired (exp)")
+        return record
+
+
+def _numeric_date(value: object) -> bool:
+    """An int or a finite float; not a bool, a string, null or NaN."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def _auth(code: int, message: str) -> AuthError:
+    return AuthError(message, code=code, http_status=401)
