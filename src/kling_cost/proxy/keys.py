@@ -252,11 +252,17 @@ class Keys:
     # -- authentication -----------------------------------------------------------------------
 
     def authenticate(
-        self, authorization: str | None, *, now: datetime, jwt_allowed: bool = True
+        self,
+        authorization: str | None,
+        *,
+        now: datetime,
+        jwt_now: datetime | None = None,
+        jwt_allowed: bool = True,
     ) -> KeyRecord:
         """The key an ``Authorization`` header stands for, as Kling checks it: raises
         :class:`AuthError` with Kling's code (1000 failed, 1001 empty, 1002 invalid, 1003 not
-        yet valid, 1004 expired) and HTTP 401."""
+        yet valid, 1004 expired) and HTTP 401. ``now`` decides the key's expiry (the ledger's
+        clock); ``jwt_now`` a token's ``exp``/``nbf`` (the wall clock the client signs by)."""
         if not authorization or not authorization.strip():
             raise _auth(1001, "Authorization is empty")
         scheme, _, token = authorization.strip().partition(" ")
@@ -272,7 +278,7 @@ class Keys:
                 raise _auth(
                     1000, "authentication failed: this API takes the API key (Bearer <API_KEY>), not a JWT"
                 )
-            record = self._verify_jwt(token, now)
+            record = self._verify_jwt(token, jwt_now or now)
         else:
             raise _auth(1002, "Authorization is invalid: neither an API key nor a JWT")
         state = record.state(now)

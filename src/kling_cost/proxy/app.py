@@ -1,0 +1,330 @@
+"""The proxy's ASGI app: Kling's paths (both standards) in front of Kling, and its own few.
+
+Routing is explicit and fails closed: the generation paths (priced and reserved), the query
+paths (filtered to the caller's tasks), ``/account/costs`` (the key's budgets as packs),
+``/v1/videos/identify-face`` (free, passed through), Kling's callback (``/_kling_cost/callback``),
+``/healthz``, ``/readyz`` and ``/metrics``. Any other path is refused with 404/1202 unless the
+proxy runs with ``--allow-unpriced`` (then it is passed through with no budget and no filter).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import (
+    AuthError,
+    BudgetExceeded,
+    InvalidRequest,
+    KlingAPIError,
+    KlingCostError,
+    PricingError,
+    StorageError,
+    ValidationError,
+)
+from ..kling.endpoints import CREATE_PATHS, IDENTIFY_FACE_PATH
+from ..kling.limits import BodyLimits, read_json_body
+from ..ledger.proxy_store import KeyRecord
+from ..pricing.standard import NEW_FAMILIES
+from ..signing import verify_webhook
+from .answers import error, error_from, success
+from .service import CALLBACK_PATH, ProxyService, is_new
+from .upstream import Upstream
+
+__all__ = ["ProxyApp", "Route", "refusal_reason"]
+
+log = logging.getLogger("kling_cost.proxy")
+
+LEGACY_CREATES = frozenset(CREATE_PATHS.values())
+BILLING_PATHS = frozenset({"/account/billing/package", "/account/billing/balance"})
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The ``reason`` label of a refusal (metrics and the access log)."""
+    if isinstance(exc, BudgetExceeded):
+        return "max_per_request" if exc.reason == "max_per_request" else "budget"
+    if isinstance(exc, StorageError):
+        return "ledger_unavailable"
+    if isinstance(exc, KlingAPIError):
+        return {
+            1000: "auth",
+            1001: "auth",
+            1002: "auth",
+            1003: "auth",
+            1004: "auth",
+            1103: "model",
+            1201: "invalid",
+            1200: "invalid",
+            1202: "unknown_path",
+            1203: "not_found",
+            1303: "concurrency",
+        }.get(exc.code or 0, "upstream")
+    return "invalid"
+
+
+def _budget_answer(exc: BudgetExceeded) -> Response:
+    """429/1102, naming the budget, its window and what remains (see answers.py)."""
+    return error(1102, str(exc), 429)
+
+
+class ProxyApp:
+    """Builds the Starlette app over a :class:`ProxyService` and an :class:`Upstream`."""
+
+    def __init__(
+        self,
+        service: ProxyService,
+        upstream: Upstream,
+        *,
+        observe: Callable[[str, str, int, float, str | None], None] | None = None,
+        metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None,
+        ready: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
+        self.service = service
+        self.upstream = upstream
+        self.limits = BodyLimits(max_bytes=service.settings.max_body_bytes)
+        self.observe = observe
+        self.metrics = metrics
+        self.ready = ready
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/metrics", self.metrics_page, methods=["GET"]),
+            Route(CALLBACK_PATH, self.callback, methods=["POST"]),
+            Route("/{path:path}", self.dispatch, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        ]
+
+    async def dispatch(self, request: Request) -> Response:
+        started = time.perf_counter()
+        path = "/" + request.path_params["path"].strip("/")
+        route = "other"
+        reason: str | None = None
+        try:
+            handler, route = self._handler(request.method, path)
+            response = await handler(request, path)
+        except BudgetExceeded as exc:
+            reason = refusal_reason(exc)
+            response = _budget_answer(exc)
+        except KlingAPIError as exc:
+            reason = refusal_reason(exc)
+            response = error_from(exc)
+        except StorageError as exc:
+            reason = "ledger_unavailable"
+            log.error("ledger unavailable: %s", exc)
+            response = error(5000, "the proxy's ledger is unavailable; nothing was sent to Kling", 503)
+        except (PricingError, ValidationError) as exc:
+            reason = "invalid"
+            response = error(1201, str(exc), 400)
+        except KlingCostError as exc:
+            reason = "proxy_error"
+            log.error("proxy error on %s %s: %s", request.method, path, exc)
+            response = error(5000, f"the proxy failed: {exc}", 500)
+        elapsed = time.perf_counter() - started
+        if self.observe is not None:
+            self.observe(route, request.method, response.status_code, elapsed, reason)
+        return response
+
+    def _handler(self, method: str, path: str) -> tuple[Callable[[Request, str], Awaitable[Response]], str]:
+        if method == "POST" and path in LEGACY_CREATES:
+            return self.create, "create"
+        parts = [p for p in path.split("/") if p]
+        if method == "POST" and len(parts) == 2 and parts[0] in NEW_FAMILIES:
+            return self.create, "create"
+        if method == "GET" and path in LEGACY_CREATES:
+            return self.list_legacy, "list"
+        if method == "GET" and "/".join(path.split("/")[:-1]) in LEGACY_CREATES:
+            return self.query_one, "query"
+        if path == "/tasks" and method == "GET":
+            return self.tasks_by_ids, "query"
+        if path == "/tasks" and method == "POST":
+            return self.tasks_listing, "list"
+        if path == "/account/costs" and method == "GET":
+            return self.account_costs, "account_costs"
+        if path == IDENTIFY_FACE_PATH and method == "POST":
+            return self.identify_face, "identify_face"
+        if path in BILLING_PATHS:
+            return self.billing, "billing"
+        if self.service.settings.allow_unpriced:
+            return self.passthrough, "unpriced"
+        return self.unknown, "unknown"
+
+    async def _key(self, request: Request, *, new_standard: bool) -> KeyRecord:
+        return await self.service.authenticate(
+            request.headers.get("authorization"), new_standard=new_standard
+        )
+
+    async def _body(self, request: Request) -> object:
+        return await read_json_body(
+            request.stream(), content_length=request.headers.get("content-length"), limits=self.limits
+        )
+
+    # -- Kling's paths ------------------------------------------------------------------------
+
+    async def create(self, request: Request, path: str) -> Response:
+        key = await self._key(request, new_standard=is_new(path))
+        body = await self._body(request)
+        data = await self.service.create(key, path, body)
+        return success(data)
+
+    async def query_one(self, request: Request, path: str) -> Response:
+        endpoint, _, ident = path.rpartition("/")
+        key = await self._key(request, new_standard=False)
+        answer = await self.upstream.send("GET", path, params=dict(request.query_params))
+        if not answer.ok:
+            self.upstream.raise_for(answer)
+        data = (answer.envelope or {}).get("data")
+        owned = None if not isinstance(data, dict) else (await self.service.seen(key.id, endpoint, data))[1]
+        if owned is None:
+            return self.not_found(ident)
+        return Response(answer.content, media_type="application/json")
+
+    async def list_legacy(self, request: Request, path: str) -> Response:
+        key = await self._key(request, new_standard=False)
+        answer = await self.upstream.send("GET", path, params=dict(request.query_params))
+        if not answer.ok:
+            self.upstream.raise_for(answer)
+        items = (answer.envelope or {}).get("data")
+        mine = await self._mine(key, path, items if isinstance(items, list) else [])
+        return success(mine, (answer.envelope or {}).get("request_id"))
+
+    async def _mine(self, key: KeyRecord, endpoint: str, items: list[Any]) -> list[Any]:
+        kept = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if (await self.service.seen(key.id, endpoint, item))[1] is not None:
+                kept.append(item)
+        return kept
+
+    async def tasks_by_ids(self, request: Request, path: str) -> Response:
+        key = await self._key(request, new_standard=True)
+        answer = await self.upstream.send("GET", path, params=dict(request.query_params), api_key_only=True)
+        if not answer.ok:
+            self.upstream.raise_for(answer)
+        items = (answer.envelope or {}).get("data")
+        mine = await self._mine(key, "/tasks", items if isinstance(items, list) else [])
+        return success(mine, (answer.envelope or {}).get("request_id"))
+
+    async def tasks_listing(self, request: Request, path: str) -> Response:
+        key = await self._key(request, new_standard=True)
+        raw = await request.body() if int(request.headers.get("content-length") or 0) else None
+        answer = await self.upstream.send("POST", path, body=raw, api_key_only=True)
+        if not answer.ok:
+            self.upstream.raise_for(answer)
+        data = (answer.envelope or {}).get("data")
+        if not isinstance(data, dict):
+            return success(data, (answer.envelope or {}).get("request_id"))
+        result = data.get("result")
+        mine = await self._mine(key, "/tasks", result if isinstance(result, list) else [])
+        return success(
+            {**data, "result": mine, "count": len(mine)}, (answer.envelope or {}).get("request_id")
+        )
+
+    async def account_costs(self, request: Request, path: str) -> Response:
+        key = await self._key(request, new_standard=False)
+        packs = await self.service.packs(key)
+        return success({"code": 0, "msg": "SUCCEED", "resource_pack_subscribe_infos": packs})
+
+    async def identify_face(self, request: Request, path: str) -> Response:
+        await self._key(request, new_standard=False)
+        body = await request.body()
+        if len(body) > self.limits.max_bytes:
+            raise InvalidRequest("request body is too large", code=1200, http_status=413)
+        answer = await self.upstream.send("POST", path, body=body)
+        return Response(answer.content, status_code=answer.status, media_type="application/json")
+
+    async def billing(self, request: Request, path: str) -> Response:
+        await self._key(request, new_standard=True)
+        raise KlingAPIError(
+            "the account's bill is not available through a virtual key; ask the proxy's operator",
+            code=1103,
+            http_status=403,
+        )
+
+    async def passthrough(self, request: Request, path: str) -> Response:
+        await self._key(request, new_standard=False)
+        body = await request.body() or None
+        answer = await self.upstream.send(
+            request.method, path, params=dict(request.query_params), body=body, api_key_only=is_new(path)
+        )
+        return Response(answer.content, status_code=answer.status, media_type="application/json")
+
+    async def unknown(self, request: Request, path: str) -> Response:
+        raise KlingAPIError(
+            f"{request.method} {path} is not a path this proxy knows how to price or filter; "
+            "refused (start the proxy with --allow-unpriced to pass unknown paths through)",
+            code=1202,
+            http_status=404,
+        )
+
+    @staticmethod
+    def not_found(ident: str) -> Response:
+        return error(1203, f"task {ident} not found", 404)
+
+    # -- the proxy's own paths ----------------------------------------------------------------
+
+    async def callback(self, request: Request) -> Response:
+        """Kling's callback: verify, settle, queue the client's callback. Always 200 once
+        recorded (Kling retries anything else)."""
+        body = await request.body()
+        secret = self.service.settings.callback_secret
+        if secret is not None:
+            try:
+                verify_webhook(secret, request.headers, body)
+            except AuthError as exc:
+                return error(1002, f"callback refused: {exc}", 401)
+        try:
+            import json
+
+            doc = json.loads(body)
+        except ValueError:
+            return error(1200, "callback body is not JSON", 400)
+        if not isinstance(doc, dict):
+            return error(1200, "callback body must be a task object", 400)
+        ident = doc.get("task_id") or doc.get("id")
+        ext = doc.get("external_id") or (doc.get("task_info") or {}).get("external_task_id")
+        owned = await self.service.owner_of_any(
+            str(ident) if ident else None, str(ext) if isinstance(ext, str) else None
+        )
+        if owned is None:
+            return error(1203, "no task of this proxy", 404)
+        try:
+            await self.service.seen(None, owned.endpoint, doc)
+        except StorageError:
+            return error(5000, "ledger unavailable; retry", 503)
+        return success(None)
+
+    async def healthz(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def readyz(self, request: Request) -> Response:
+        if self.ready is None:
+            return Response(b'{"status":"ok"}', media_type="application/json")
+        import json
+
+        checks = await self.ready()
+        ok = all(v == "ok" for v in checks.values())
+        return Response(
+            json.dumps({"status": "ok" if ok else "unavailable", **checks}).encode(),
+            status_code=200 if ok else 503,
+            media_type="application/json",
+        )
+
+    async def metrics_page(self, request: Request) -> Response:
+        if self.metrics is None:
+            return error(1202, "metrics are off", 404)
+        content, content_type = await self.metrics()
+        return Response(content, media_type=content_type)
+
+    def build(self, lifespan: Any = None) -> Starlette:
+        return Starlette(routes=self.routes(), lifespan=lifespan)

@@ -1,0 +1,136 @@
+"""Running the proxy: one process or several (``--workers``), over one ledger.
+
+:func:`build_app` puts a proxy together from a :class:`ProxyConfig` (what ``kling-cost proxy``
+was given). With several workers uvicorn imports :func:`app_from_env` in each process; the
+configuration travels in ``KLING_COST_PROXY_CONFIG`` (no secret in it: Kling's credentials and
+the master key stay in the environment each worker inherits).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import httpx
+from starlette.applications import Starlette
+
+from ..guard import AsyncCostAwareClient
+from ..kling.async_client import AsyncKlingClient
+from ..ledger import Ledger, open_ledger
+from .app import ProxyApp
+from .keys import Keys, MasterKey
+from .service import MAX_BODY_BYTES, ProxyService, ProxySettings
+from .settler import ProxySettler
+from .upstream import Upstream
+
+__all__ = ["ENV_CONFIG", "ProxyConfig", "app_from_env", "build_app"]
+
+ENV_CONFIG = "KLING_COST_PROXY_CONFIG"
+log = logging.getLogger("kling_cost.proxy")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Everything ``kling-cost proxy`` needs besides secrets."""
+
+    upstream: str
+    ledger: str
+    public_url: str | None = None
+    callback_secret_env: str | None = None
+    """The name of the environment variable holding Kling's webhook secret (not the secret)."""
+    allow_unpriced: bool = False
+    allow_callback_hosts: tuple[str, ...] = ()
+    max_body_bytes: int = MAX_BODY_BYTES
+    upstream_timeout: float = 60.0
+    settle_interval: float = 15.0
+    relay_interval: float = 2.0
+    background: bool = True
+    """Run the settler and the callback relay in this process."""
+    reservation_ttl: float = 1800.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ProxyConfig:
+        raw = json.loads(os.environ[ENV_CONFIG])
+        raw["allow_callback_hosts"] = tuple(raw.get("allow_callback_hosts") or ())
+        return cls(**raw)
+
+
+def build_app(
+    config: ProxyConfig, *, ledger: Ledger | None = None, master: MasterKey | None = None
+) -> Starlette:
+    """The proxy's ASGI app. ``ledger`` and ``master`` default to ``config.ledger`` and
+    :meth:`MasterKey.load`; the Kling credentials come from the environment."""
+    own_ledger = ledger is None
+    led = ledger if ledger is not None else open_ledger(config.ledger)
+    master_key = master if master is not None else MasterKey.load()
+    secret = os.environ.get(config.callback_secret_env) if config.callback_secret_env else None
+    settings = ProxySettings(
+        public_url=config.public_url,
+        callback_secret=secret,
+        allow_unpriced=config.allow_unpriced,
+        allow_callback_hosts=config.allow_callback_hosts,
+        max_body_bytes=config.max_body_bytes,
+        settle_interval=config.settle_interval,
+        relay_interval=config.relay_interval,
+    )
+    timeout = httpx.Timeout(config.upstream_timeout, connect=10.0)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+    http = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    kling = AsyncKlingClient(base_url=config.upstream, http_client=http, validate=False)
+    ttl = timedelta(seconds=config.reservation_ttl)
+    guards = {
+        "units": AsyncCostAwareClient(kling, led, catalog="kling-api", cache=False, ttl=ttl),
+        "credits": AsyncCostAwareClient(kling, led, catalog="kling-app-credits", cache=False, ttl=ttl),
+    }
+    service = ProxyService(led, Keys(led, master_key), guards, settings)
+    upstream = Upstream(kling, http)
+
+    async def ready() -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+        try:
+            await anyio.to_thread.run_sync(led.budgets)
+            checks["ledger"] = "ok"
+        except Exception as exc:
+            checks["ledger"] = f"unavailable: {type(exc).__name__}"
+        try:
+            await http.get(config.upstream.rstrip("/") + "/", timeout=5.0)
+            checks["upstream"] = "ok"
+        except httpx.HTTPError as exc:
+            checks["upstream"] = f"unreachable: {type(exc).__name__}"
+        return checks
+
+    proxy = ProxyApp(service, upstream, ready=ready)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tasks:
+            if config.background:
+                tasks.start_soon(ProxySettler(service).run, config.settle_interval)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+        await http.aclose()
+        if own_ledger:
+            led.close()
+
+    app = proxy.build(lifespan=lifespan)
+    app.state.proxy = proxy
+    app.state.service = service
+    return app
+
+
+def app_from_env() -> Starlette:
+    """The app of one worker process (uvicorn's factory with ``--workers``)."""
+    return build_app(ProxyConfig.from_env())
