@@ -8,6 +8,7 @@ the master key stay in the environment each worker inherits).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -114,6 +115,7 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()  # where the proxy's clients live
         async with anyio.create_task_group() as tasks:
             if config.background:
                 tasks.start_soon(ProxySettler(service).run, config.settle_interval)

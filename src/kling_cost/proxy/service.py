@@ -91,6 +91,9 @@ def parse_task(endpoint: str, doc: Mapping[str, Any]) -> AnyTask:
 
 
 def is_new(endpoint: str) -> bool:
+    """Whether ``endpoint`` is on the new standard (a create path, or ``/tasks``)."""
+    if endpoint == "/tasks":
+        return True
     try:
         return split_new_path(endpoint) is not None
     except PricingError:
