@@ -16,7 +16,7 @@ from kling_cost.proxy.keys import IssuedKey, Keys, MasterKey
 from kling_cost.proxy.server import ProxyConfig, build_app
 from kling_cost.simulator import create_app
 from kling_cost.simulator.clock import ManualClock
-from tests.servers import AK, API_KEY, SK, serve
+from tests.servers import AK, API_KEY, SK, free_port, serve
 
 MASTER = MasterKey(b"proxy-tests-master-key-0123456789abcdef", "tests")
 
@@ -83,13 +83,16 @@ def make_proxied(ledger_url: str, monkeypatch: pytest.MonkeyPatch, **config: Any
         AK, SK, api_key=API_KEY, clock=clock, task_seconds=10, failure_rate=0, concurrency=100
     )
     ledger = open_ledger(ledger_url)
+    port = free_port()
     try:
         with serve(sim_app) as kling:
             settings = {"background": False, **config}
+            if settings.pop("public", False):
+                settings["public_url"] = f"http://127.0.0.1:{port}"
             app = build_app(
                 ProxyConfig(upstream=kling, ledger=ledger_url, **settings), ledger=ledger, master=MASTER
             )
-            with serve(app) as url:
+            with serve(app, port) as url:
                 world = Proxied(kling, url, sim_app.state.simulator, clock, ledger, Keys(ledger, MASTER), app)
                 try:
                     yield world

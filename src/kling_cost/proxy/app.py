@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -41,6 +42,9 @@ from .upstream import Upstream
 __all__ = ["ProxyApp", "Route", "refusal_reason"]
 
 log = logging.getLogger("kling_cost.proxy")
+access_log = logging.getLogger("kling_cost.proxy.access")
+"""One line per request: method, path, status, key name, refusal reason, milliseconds. Never a
+header, a body or a query string (they can carry credentials or prompts)."""
 
 LEGACY_CREATES = frozenset(CREATE_PATHS.values())
 BILLING_PATHS = frozenset({"/account/billing/package", "/account/billing/balance"})
@@ -132,6 +136,16 @@ class ProxyApp:
         elapsed = time.perf_counter() - started
         if self.observe is not None:
             self.observe(route, request.method, response.status_code, elapsed, reason)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %d key=%s%s %.1fms",
+                request.method,
+                path[:200],
+                response.status_code,
+                getattr(request.state, "key_name", "-"),
+                f" refused={reason}" if reason else "",
+                elapsed * 1000,
+            )
         return response
 
     def _handler(self, method: str, path: str) -> tuple[Callable[[Request, str], Awaitable[Response]], str]:
@@ -164,9 +178,16 @@ class ProxyApp:
         )
 
     async def _body(self, request: Request) -> object:
-        return await read_json_body(
-            request.stream(), content_length=request.headers.get("content-length"), limits=self.limits
-        )
+        """The JSON body, within the size limit and the client timeout."""
+        try:
+            with anyio.fail_after(self.service.settings.client_timeout):
+                return await read_json_body(
+                    request.stream(), content_length=request.headers.get("content-length"), limits=self.limits
+                )
+        except TimeoutError:
+            raise InvalidRequest(
+                "the request body did not arrive in time", code=1200, http_status=408
+            ) from None
 
     # -- Kling's paths ------------------------------------------------------------------------
 

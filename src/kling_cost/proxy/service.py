@@ -66,6 +66,8 @@ class ProxySettings:
     max_body_bytes: int = MAX_BODY_BYTES
     settle_interval: float = 15.0
     relay_interval: float = 2.0
+    client_timeout: float = 60.0
+    """Seconds a client has to send its whole request body (408/1200 after)."""
 
 
 @dataclass
