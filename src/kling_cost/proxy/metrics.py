@@ -137,7 +137,10 @@ def prepare_multiprocess_dir(path: Path | str | None = None) -> Path:
     manages its own); else a new private temporary directory. Only prometheus_client's own
     files (``counter_<pid>.db`` ...) are removed from it. The parent itself records nothing:
     a process that imported prometheus_client before the variable was set stays in
-    single-process mode, which is right for a parent and wrong for a worker.
+    single-process mode, which is right for a parent and wrong for a worker. uvicorn starts
+    its workers with ``spawn`` (fresh interpreters), so they import it with the variable set
+    even when the parent had imported this module first; a server that forks its workers
+    must call this before the parent imports prometheus_client.
     """
     chosen = path if path is not None else os.environ.get(ENV_MULTIPROC_DIR)
     if chosen is None or chosen == "":
