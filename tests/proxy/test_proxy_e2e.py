@@ -250,3 +250,34 @@ def test_fifty_concurrent_clients_on_a_budget_for_ten(proxied: Proxied) -> None:
     assert set(refused) == {(429, 1102)} and len(refused) == 40
     usage = proxied.ledger.usage("key:burst", "day")
     assert usage.used + usage.reserved == Decimal(15)
+
+
+def test_metrics_count_requests_refusals_spend_and_read_budgets_from_the_ledger(proxied: Proxied) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    key = proxied.key("metered", budget="2")
+    client = proxied.client(key)
+    task = client.create("text2video", dict(T2V))
+    with pytest.raises(InsufficientBalance):
+        client.create("text2video", dict(T2V))
+    proxied.finish()
+    client.get_task("text2video", task.task_id)
+    page = proxied.http("GET", "/metrics")
+    assert page.status_code == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(page.text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("kling_cost_proxy_requests_total", route="create", method="POST", status="200") == 1
+    assert value("kling_cost_proxy_requests_total", route="create", method="POST", status="429") == 1
+    assert value("kling_cost_proxy_refusals_total", reason="budget") == 1
+    assert value("kling_cost_proxy_spend_total", scope="key:metered", model="kling-v2-6", unit="units") == 1.5
+    assert value("kling_cost_budget_remaining", scope="key:metered", window="day", unit="units") == 0.5
+    assert value("kling_cost_proxy_added_latency_seconds_count", route="create") == 2
+    assert value("kling_cost_proxy_upstream_request_duration_seconds_count", route="create") == 1
+    assert "authorization" not in page.text.lower() and key.api_key not in page.text

@@ -122,6 +122,15 @@ def proxy_command(
     )
     console.file.flush()
     os.environ[ENV_CONFIG] = config.to_env()
+    if workers > 1:  # every worker counts into one directory; /metrics sums them
+        from ..proxy.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
+
+        shared = prepare_multiprocess_dir()
+        try:
+            _serve(sock, workers, ssl_certfile, ssl_keyfile)
+        finally:
+            remove_multiprocess_dir(shared)
+        return
     _serve(sock, workers, ssl_certfile, ssl_keyfile)
 
 

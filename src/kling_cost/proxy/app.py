@@ -37,6 +37,7 @@ from ..pricing.standard import NEW_FAMILIES
 from ..signing import verify_webhook
 from .answers import error, error_from, success
 from .service import CALLBACK_PATH, ProxyService, is_new
+from .timing import UPSTREAM_SECONDS, Stopwatch
 from .upstream import Upstream
 
 __all__ = ["ProxyApp", "Route", "refusal_reason"]
@@ -86,8 +87,8 @@ class ProxyApp:
         service: ProxyService,
         upstream: Upstream,
         *,
-        observe: Callable[[str, str, int, float, str | None], None] | None = None,
-        metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None,
+        observe: Callable[[str, str, int, float, float, str | None], None] | None = None,
+        metrics: Callable[[str | None], Awaitable[tuple[bytes, str]]] | None = None,
         ready: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.service = service
@@ -110,6 +111,8 @@ class ProxyApp:
 
     async def dispatch(self, request: Request) -> Response:
         started = time.perf_counter()
+        watch = Stopwatch()
+        UPSTREAM_SECONDS.set(watch)
         path = "/" + request.path_params["path"].strip("/")
         route = "other"
         reason: str | None = None
@@ -135,7 +138,7 @@ class ProxyApp:
             response = error(5000, f"the proxy failed: {exc}", 500)
         elapsed = time.perf_counter() - started
         if self.observe is not None:
-            self.observe(route, request.method, response.status_code, elapsed, reason)
+            self.observe(route, request.method, response.status_code, elapsed, watch.seconds, reason)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "%s %s %d key=%s%s %.1fms",
@@ -344,7 +347,7 @@ class ProxyApp:
     async def metrics_page(self, request: Request) -> Response:
         if self.metrics is None:
             return error(1202, "metrics are off", 404)
-        content, content_type = await self.metrics()
+        content, content_type = await self.metrics(request.headers.get("accept"))
         return Response(content, media_type=content_type)
 
     def build(self, lifespan: Any = None) -> Starlette:

@@ -47,6 +47,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, values
 from prometheus_client.core import GaugeMetricFamily
@@ -57,6 +58,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from ..budgets import UNITS
 from ..errors import ConfigurationError, KlingCostError, ValidationError
 from ..ledger import Ledger
+from ..money import from_storage
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ..ledger.backend import Cursor
+    from ..ledger.hooks import Refusal, SettledCharge, WindowState
+    from ..ledger.records import BudgetRow, ReservationRow
 
 __all__ = [
     "ADDED_BUCKETS",
@@ -460,3 +469,37 @@ class LedgerCollector:
         )
         took.add_metric([], time.perf_counter() - started)
         yield took
+
+
+class SpendHook:
+    """A ledger hook feeding :meth:`ProxyMetrics.spend` with every charge this process settles
+    (succeeded tasks: what Kling charged, in the reservation's unit).
+
+    It runs inside the settling transaction: a transaction run again after a lost race
+    (PostgreSQL serialisation) counts again, so the counter can run ahead of the ledger by such
+    rare retries; the ledger's own figures are exact (``kling-cost report``)."""
+
+    watches_budgets = False
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self.metrics = metrics
+
+    def after_reserve(
+        self, cur: Cursor, now: datetime, reservation: ReservationRow, states: Sequence[WindowState]
+    ) -> None:
+        return None
+
+    def after_settle(
+        self, cur: Cursor, now: datetime, charge: SettledCharge, states: Sequence[WindowState]
+    ) -> None:
+        if charge.actual_milli > 0 and charge.unit in UNITS:
+            amount = from_storage(charge.actual_milli)
+            self.metrics.spend(charge.scopes, charge.model, charge.unit, amount)
+
+    def after_budget_set(
+        self, cur: Cursor, now: datetime, budget: BudgetRow, previous: BudgetRow | None
+    ) -> None:
+        return None
+
+    def after_refusal(self, cur: Cursor, now: datetime, refusal: Refusal, scopes: Sequence[str]) -> None:
+        return None

@@ -27,8 +27,10 @@ from ..kling.async_client import AsyncKlingClient
 from ..ledger import Ledger, open_ledger
 from .app import ProxyApp
 from .keys import Keys, MasterKey
+from .metrics import ProxyMetrics, SpendHook
 from .service import MAX_BODY_BYTES, ProxyService, ProxySettings
 from .settler import ProxySettler
+from .timing import TimedTransport
 from .upstream import Upstream
 
 __all__ = ["ENV_CONFIG", "ProxyConfig", "app_from_env", "build_app"]
@@ -87,7 +89,8 @@ def build_app(
     )
     timeout = httpx.Timeout(config.upstream_timeout, connect=10.0)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    http = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    transport = TimedTransport(httpx.AsyncHTTPTransport(limits=limits))
+    http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
     kling = AsyncKlingClient(base_url=config.upstream, http_client=http, validate=False)
     ttl = timedelta(seconds=config.reservation_ttl)
     guards = {
@@ -111,7 +114,24 @@ def build_app(
             checks["upstream"] = f"unreachable: {type(exc).__name__}"
         return checks
 
-    proxy = ProxyApp(service, upstream, ready=ready)
+    metrics = ProxyMetrics()
+    led.hooks.append(SpendHook(metrics))
+
+    def observe(
+        route: str, method: str, status: int, total: float, upstream: float, reason: str | None
+    ) -> None:
+        metrics.request(route, method, status)
+        if reason is not None:
+            metrics.refusal(reason)
+        if upstream > 0:
+            metrics.upstream_seconds(route, upstream)
+        metrics.added_seconds(route, max(0.0, total - upstream))
+
+    async def scrape(accept: str | None) -> tuple[bytes, str]:
+        result: tuple[bytes, str] = await anyio.to_thread.run_sync(metrics.render, led, accept)
+        return result
+
+    proxy = ProxyApp(service, upstream, ready=ready, observe=observe, metrics=scrape)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
