@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 
 from kling_cost.errors import AuthError, InsufficientBalance, KlingAPIError
-from tests.proxy.conftest import Proxied
+from tests.proxy.conftest import Proxied, make_proxied
 
 T2V = {"prompt": "a red fox", "model_name": "kling-v2-6", "mode": "std", "duration": "5"}  # 1.5 units
 NEW = {"prompt": "a red fox", "settings": {"duration": 5}}  # /text-to-video/kling-2.6: 1.5 units
@@ -281,3 +282,49 @@ def test_metrics_count_requests_refusals_spend_and_read_budgets_from_the_ledger(
     assert value("kling_cost_proxy_added_latency_seconds_count", route="create") == 2
     assert value("kling_cost_proxy_upstream_request_duration_seconds_count", route="create") == 1
     assert "authorization" not in page.text.lower() and key.api_key not in page.text
+
+
+def test_the_clients_callback_url_never_reaches_kling(proxied: Proxied) -> None:
+    key = proxied.key("hooks", callback_hosts=["127.0.0.1"])
+    body = {**T2V, "callback_url": "http://127.0.0.1:9/mine"}
+    task = proxied.client(key).create("text2video", body)
+    assert proxied.sim.state.tasks[task.task_id].callback_url is None  # no --public-url: polled
+    owned = proxied.ledger.proxy.owner(task_id=task.task_id)
+    assert owned is not None and owned.callback_url == "http://127.0.0.1:9/mine"
+
+
+def test_the_bill_and_unknown_paths_are_closed_to_virtual_keys(proxied: Proxied) -> None:
+    key = proxied.key("nosy")
+    res = proxied.http("POST", "/account/billing/package", key, json={})
+    assert (res.status_code, res.json()["code"]) == (403, 1103)
+    res = proxied.http("GET", "/v1/anything/else", key)
+    assert (res.status_code, res.json()["code"]) == (404, 1202)
+    res = proxied.http("DELETE", "/v1/videos/text2video/1", key)
+    assert (res.status_code, res.json()["code"]) == (404, 1202)
+
+
+def test_identify_face_is_free_and_passed_through(proxied: Proxied) -> None:
+    key = proxied.key("faces")
+    res = proxied.http(
+        "POST", "/v1/videos/identify-face", key, json={"video_url": "https://example.invalid/v.mp4"}
+    )
+    assert res.status_code == 200 and res.json()["code"] == 0 and res.json()["data"]["session_id"]
+    assert proxied.ledger.reservations(limit=None) == []
+
+
+@pytest.fixture
+def small_bodies(ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Proxied]:
+    with make_proxied(ledger_url, monkeypatch, max_body_bytes=2048, allow_unpriced=True) as world:
+        yield world
+
+
+def test_a_body_over_the_limit_is_413_1200_and_unpriced_paths_pass_when_allowed(
+    small_bodies: Proxied,
+) -> None:
+    key = small_bodies.key("big")
+    res = small_bodies.http("POST", "/v1/videos/image2video", key, json={**T2V, "image": "A" * 4096})
+    assert (res.status_code, res.json()["code"]) == (413, 1200)
+    assert small_bodies.tasks == []
+    # --allow-unpriced: a path the proxy cannot price goes through as it is (Kling answers it)
+    res = small_bodies.http("GET", "/v1/unheard-of", key)
+    assert res.status_code == 404 and "is not a Kling API method" in res.json()["message"]  # Kling's words
