@@ -35,6 +35,7 @@ class _Commands(LazyGroup):
         "ledger": "budget:ledger_app",
         "batch": "generate:batch_app",
         "alerts": "alerts:alerts_app",
+        "keys": "keys:keys_app",
     }
 
 
