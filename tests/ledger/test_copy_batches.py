@@ -67,7 +67,7 @@ def _fill(led: Ledger, clock: FakeClock) -> None:
             models=["kling-v2-6"] if i % 2 else None,
             concurrency=i + 1,
             callback_hosts=["hooks.internal"] if i == 1 else [],
-            expires_at=clock() + timedelta(days=30) if i == 2 else None,
+            expires_in=timedelta(days=30) if i == 2 else None,
         )
         assert led.proxy.claim_task(key, f"ext-{i}", "/v1/videos/text2video", f"https://93.184.216.34/{i}")
         led.proxy.attach(f"ext-{i}", f"pt-{i}")
@@ -77,35 +77,6 @@ def _fill(led: Ledger, clock: FakeClock) -> None:
     with led.transaction() as cur:  # the rollup's bookkeeping table (one row in real ledgers)
         for i in range(4):
             cur.execute("INSERT INTO report_rollup_meta (name, value) VALUES (?, ?)", (f"copy-test-{i}", i))
-    keys = [  # the proxy's tables: virtual keys, their tasks, the callbacks relayed to clients
-        led.proxy.add_key(
-            name=f"k{i}",
-            access_key=f"ak-{i}",
-            api_key_hash=f"hash-{i}",
-            salt=f"salt-{i}",
-            scopes=[f"project:p{i % 3}"],
-            unit="units",
-            max_per_request=Decimal(5) if i % 2 else None,
-            models=["kling-3.0"] if i % 2 else None,
-            concurrency=10 + i,
-            callback_hosts=["hooks.internal"] if i == 1 else [],
-            expires_in=timedelta(days=30) if i == 2 else None,
-        )
-        for i in range(4)
-    ]
-    led.proxy.revoke("k3")
-    for i in range(5):
-        key = keys[i % 2]
-        led.proxy.claim_task(key, f"px-{i}", "/v1/videos/text2video", f"https://client.example/{i}")
-        if i % 2 == 0:
-            led.proxy.attach(f"px-{i}", f"pt-{i}")
-    with led.transaction() as cur:
-        for i in range(4):
-            cur.execute(
-                "INSERT INTO proxy_relays (key_id, task_id, status, url, body, state, attempts, next_at, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (keys[0].id, f"pt-{i}", "succeed", "https://client.example/cb", "{}", "pending", i, i, i),
-            )
 
 
 def _tables(led: Ledger) -> dict[str, list[tuple[Any, ...]]]:
