@@ -10,8 +10,10 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from kling_cost.signing import sign_webhook
+from kling_cost.errors import AuthError
+from kling_cost.signing import sign_webhook, verify_webhook
 from tests.proxy.conftest import Proxied, make_proxied
+from tests.servers import Receiver, serve
 
 T2V = {"prompt": "a red fox", "model_name": "kling-v2-6", "mode": "std", "duration": "5"}
 SECRET = "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="
@@ -87,3 +89,72 @@ def test_a_callback_for_a_task_the_proxy_never_sent_is_404(signed: Proxied) -> N
         "webhook-signature": sign_webhook(SECRET, "x", stamp, body),
     }
     assert _post(signed, body, headers).status_code == 404
+
+
+@pytest.fixture
+def relaying(ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Proxied, str, Receiver]]:
+    """Kling calls the proxy back; the proxy relays to a client receiver on loopback."""
+    receiver = Receiver()
+    with (
+        serve(receiver.app()) as hooks,
+        make_proxied(
+            ledger_url, monkeypatch, public=True, background=True, settle_interval=3600, relay_interval=0.05
+        ) as world,
+    ):
+        yield world, hooks + "/hook", receiver
+
+
+def test_callbacks_are_relayed_to_the_client_signed_with_the_keys_secret(
+    relaying: tuple[Proxied, str, Receiver],
+) -> None:
+    world, hook, receiver = relaying
+    key = world.key("hooked", budget="10", callback_hosts=["127.0.0.1"])
+    task = world.client(key).create("text2video", {**T2V, "callback_url": hook})
+    assert world.sim.state.tasks[task.task_id].callback_url == world.url + "/_kling_cost/callback"
+    world.finish()
+    _until(lambda: any(json.loads(b).get("task_status") == "succeed" for _, b in receiver.calls))
+    for headers, body in receiver.calls:
+        verify_webhook(key.webhook_secret, headers, body)  # raises if not signed with the key's secret
+        assert json.loads(body)["task_id"] == task.task_id
+    other = world.key("other")
+    with pytest.raises(AuthError):
+        verify_webhook(other.webhook_secret, receiver.calls[0][0], receiver.calls[0][1])
+    assert world.ledger.usage("key:hooked", "day").used == Decimal("1.5")
+    statuses = [json.loads(b)["task_status"] for _, b in receiver.calls]
+    assert statuses.count("succeed") == 1  # Kling's at-least-once retries relay once per status
+
+
+def test_a_callback_url_into_the_network_is_refused_at_create(
+    relaying: tuple[Proxied, str, Receiver],
+) -> None:
+    world, hook, _ = relaying
+    key = world.key("outsider", budget="10")  # no callback host allowed
+    for url in (hook, "http://169.254.169.254/latest/meta-data", "http://10.0.0.8/x", "ftp://example.com/x"):
+        res = world.http("POST", "/v1/videos/text2video", key, json={**T2V, "callback_url": url})
+        assert (res.status_code, res.json()["code"]) == (400, 1201), url
+    assert world.tasks == []
+    assert world.ledger.usage("key:outsider", "day").reserved == Decimal(0)
+
+
+def test_without_a_public_url_the_end_seen_by_a_query_is_relayed_once(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receiver = Receiver()
+    with (
+        serve(receiver.app()) as hooks,
+        make_proxied(
+            ledger_url, monkeypatch, background=True, settle_interval=3600, relay_interval=0.05
+        ) as world,
+    ):
+        key = world.key("polled", callback_hosts=["127.0.0.1"])
+        client = world.client(key)
+        task = client.create("text2video", {**T2V, "callback_url": hooks + "/hook"})
+        assert world.sim.state.tasks[task.task_id].callback_url is None
+        world.finish()
+        client.get_task("text2video", task.task_id)
+        client.get_task("text2video", task.task_id)
+        (headers, body), *rest = receiver.wait_for(1)
+        verify_webhook(key.webhook_secret, headers, body)
+        assert json.loads(body)["task_status"] == "succeed" and rest == []
+        time.sleep(0.3)
+        assert len(receiver.calls) == 1

@@ -323,7 +323,7 @@ class ProxyApp:
         if owned is None:
             return error(1203, "no task of this proxy", 404)
         try:
-            await self.service.seen(None, owned.endpoint, doc)
+            await self.service.seen(None, owned.endpoint, doc, raw=body)
         except StorageError:
             return error(5000, "ledger unavailable; retry", 503)
         return success(None)

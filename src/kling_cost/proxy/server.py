@@ -28,6 +28,7 @@ from ..ledger import Ledger, open_ledger
 from .app import ProxyApp
 from .keys import Keys, MasterKey
 from .metrics import ProxyMetrics, SpendHook
+from .relay import Relayer
 from .service import MAX_BODY_BYTES, ProxyService, ProxySettings
 from .settler import ProxySettler
 from .timing import TimedTransport
@@ -133,16 +134,23 @@ def build_app(
 
     proxy = ProxyApp(service, upstream, ready=ready, observe=observe, metrics=scrape)
 
+    relayer = Relayer(led, master_key, allowed_hosts=config.allow_callback_hosts)
+    service.on_relay = relayer.wake
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.loop = asyncio.get_running_loop()  # where the proxy's clients live
+        stop = anyio.Event()
         async with anyio.create_task_group() as tasks:
             if config.background:
                 tasks.start_soon(ProxySettler(service).run, config.settle_interval)
+                tasks.start_soon(relayer.run, stop, config.relay_interval)
             try:
                 yield
             finally:
+                stop.set()
                 tasks.cancel_scope.cancel()
+        await relayer.aclose()
         await http.aclose()
         if own_ledger:
             led.close()
@@ -150,6 +158,7 @@ def build_app(
     app = proxy.build(lifespan=lifespan)
     app.state.proxy = proxy
     app.state.service = service
+    app.state.relayer = relayer
     return app
 
 

@@ -39,9 +39,10 @@ from ..ledger.proxy_store import KeyRecord, OwnedTask
 from ..money import format_quantity
 from ..pricing import LEGACY_IDS
 from ..pricing.standard import split_new_path
+from .callback_url import acheck_callback_url
 from .keys import Keys
 
-__all__ = ["CALLBACK_PATH", "ProxyService", "ProxySettings", "TaskSeen", "dump_task"]
+__all__ = ["CALLBACK_PATH", "ProxyService", "ProxySettings", "dump_task"]
 
 CALLBACK_PATH = "/_kling_cost/callback"
 """Where Kling's callbacks reach the proxy (``--public-url`` + this path)."""
@@ -68,15 +69,6 @@ class ProxySettings:
     relay_interval: float = 2.0
     client_timeout: float = 60.0
     """Seconds a client has to send its whole request body (408/1200 after)."""
-
-
-@dataclass
-class TaskSeen:
-    """An ended task the proxy saw (callback, query or settler), for the relay."""
-
-    owned: OwnedTask
-    task: AnyTask
-    body: bytes
 
 
 def dump_task(task: AnyTask) -> dict[str, Any]:
@@ -118,8 +110,8 @@ class ProxyService:
     guards: Mapping[str, AsyncCostAwareClient]
     """``units`` and ``credits``: the same Kling client under two catalogs."""
     settings: ProxySettings = field(default_factory=ProxySettings)
-    on_seen: Callable[[TaskSeen], Any] | None = None
-    """Called (in a worker thread) when an owned task is seen ended: queues its callback."""
+    on_relay: Callable[[], Any] | None = None
+    """Called (in the event loop) after a callback for a client was queued: wakes the relay."""
     wall: Callable[[], float] = time.time
 
     async def _ledger(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -172,11 +164,9 @@ class ProxyService:
             raise InvalidRequest("the request body must be a JSON object", code=1200, http_status=400)
         guard = self.guards[key.unit]
         callback = self._take_callback(path, body)
-        if callback is not None:
-            from .callback_url import check_callback_url
-
+        if callback is not None:  # refused (1201) before anything is held: no way into our network
             allowed = (*key.callback_hosts, *self.settings.allow_callback_hosts)
-            await anyio.to_thread.run_sync(lambda: check_callback_url(callback, allowed_hosts=allowed))
+            await acheck_callback_url(callback, allowed_hosts=allowed)
         try:
             ext = external_task_id_of(path, body)
         except PricingError as exc:
@@ -241,11 +231,17 @@ class ProxyService:
         return found
 
     async def seen(
-        self, key_id: int | None, endpoint: str, doc: Mapping[str, Any]
+        self,
+        key_id: int | None,
+        endpoint: str,
+        doc: Mapping[str, Any],
+        *,
+        raw: bytes | None = None,
     ) -> tuple[AnyTask | None, OwnedTask | None]:
         """A task document from Kling: the task, and its proxy owner when that is ``key_id``
         (any key when None). An owned task that ended is settled (once: the ledger is
-        idempotent) and its client's callback queued."""
+        idempotent). Its client's callback is queued: for every status Kling's own callback
+        reports (``raw``: the body Kling sent, relayed as it is), else once the task ended."""
         try:
             task = parse_task(endpoint, doc)
         except ValueError:
@@ -261,10 +257,14 @@ class ProxyService:
             key = await self._ledger(self.keys.store.key_by_id, owned.key_id)
             guard = self.guards[key.unit if key is not None else "units"]
             await guard.settler.settle_by_task(task)
-            if self.on_seen is not None and owned.callback_url:
-                body = json.dumps(dump_task(task), separators=(",", ":")).encode()
-                seen = TaskSeen(owned, task, body)
-                await anyio.to_thread.run_sync(lambda: self.on_seen(seen) if self.on_seen else None)
+        if owned.callback_url and (task.done or raw is not None):
+            body = raw if raw is not None else json.dumps(dump_task(task), separators=(",", ":")).encode()
+            status = str(getattr(task, "task_status", None) or getattr(task, "status", "") or "unknown")
+            queued = await self._ledger(
+                self.ledger.relays.enqueue, owned.key_id, task.task_id, status, owned.callback_url, body
+            )
+            if queued and self.on_relay is not None:
+                self.on_relay()
         return task, owned
 
     async def packs(self, key: KeyRecord) -> list[dict[str, Any]]:
