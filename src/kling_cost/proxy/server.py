@@ -55,6 +55,7 @@ class ProxyConfig:
     upstream_timeout: float = 60.0
     settle_interval: float = 15.0
     relay_interval: float = 2.0
+    client_timeout: float = 60.0
     background: bool = True
     """Run the settler and the callback relay in this process."""
     reservation_ttl: float = 1800.0
@@ -87,6 +88,7 @@ def build_app(
         max_body_bytes=config.max_body_bytes,
         settle_interval=config.settle_interval,
         relay_interval=config.relay_interval,
+        client_timeout=config.client_timeout,
     )
     timeout = httpx.Timeout(config.upstream_timeout, connect=10.0)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
