@@ -222,13 +222,9 @@ class ProxyApp:
         return success(mine, (answer.envelope or {}).get("request_id"))
 
     async def _mine(self, key: KeyRecord, endpoint: str, items: list[Any]) -> list[Any]:
-        kept = []
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            if (await self.service.seen(key.id, endpoint, item))[1] is not None:
-                kept.append(item)
-        return kept
+        """The items of a listing that belong to ``key`` (one ledger read for the page); those
+        that ended are settled."""
+        return await self.service.filter_owned(key, endpoint, items)
 
     async def tasks_by_ids(self, request: Request, path: str) -> Response:
         key = await self._key(request, new_standard=True)

@@ -267,6 +267,30 @@ class ProxyService:
                 self.on_relay()
         return task, owned
 
+    async def filter_owned(self, key: KeyRecord, endpoint: str, items: list[Any]) -> list[Any]:
+        """The task documents of a listing that ``key`` owns, in order; the ended ones are
+        settled (as a single query's are)."""
+        parsed: list[tuple[dict[str, Any], AnyTask]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            try:
+                task = parse_task(endpoint, item)
+            except ValueError:
+                continue
+            if task.task_id:
+                parsed.append((item, task))
+        ids = [task.task_id for _, task in parsed]
+        exts = [task.external_task_id for _, task in parsed if task.external_task_id]
+        mine: set[str] = await self._ledger(self.keys.store.owned_by, key, ids, exts)
+        kept = []
+        for item, task in parsed:
+            if task.task_id in mine or (task.external_task_id or "") in mine:
+                kept.append(item)
+                if task.done:
+                    await self.seen(key.id, endpoint, item)
+        return kept
+
     async def packs(self, key: KeyRecord) -> list[dict[str, Any]]:
         """The key's budgets as Kling's resource packs (``/account/costs`` of a virtual key)."""
 
