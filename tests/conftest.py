@@ -6,6 +6,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.ledger.conftest import ledger_url  # noqa: F401 - the backend matrix, for every test
+from tests.node.harness import kling_api_node  # noqa: F401 - the npm client kling-api, for every test
+from tests.tls import tls_files  # noqa: F401 - a throwaway CA and loopback certificate, for every test
 
 
 @pytest.fixture(autouse=True)

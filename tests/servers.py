@@ -8,13 +8,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from tests.tls import TlsFiles
 
 AK = "test-access-key"
 SK = "test-secret-key-0123456789-abcdefghijklmnop"
@@ -28,9 +31,22 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a thread; yields its base URL; stops it cleanly."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", lifespan="on")
+def serve(app: Any, port: int | None = None, *, tls: TlsFiles | None = None) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread (on ``port``, else a free one); yields its base URL;
+    stops it cleanly.
+
+    With ``tls`` (:func:`tests.tls.make_tls`) it serves HTTPS with that certificate and
+    yields ``https://127.0.0.1:<port>``.
+    """
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port or free_port(),
+        log_level="warning",
+        lifespan="on",
+        ssl_certfile=None if tls is None else str(tls.cert),
+        ssl_keyfile=None if tls is None else str(tls.key),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -40,7 +56,7 @@ def serve(app: Any) -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{config.port}"
+        yield f"{'https' if tls is not None else 'http'}://127.0.0.1:{config.port}"
     finally:
         server.should_exit = True
         thread.join(10)

@@ -112,6 +112,10 @@ READ_ONLY = [
     ("budget", "delete", "account"),
     ("alerts", "list"),
     ("alerts", "deliver"),
+    ("keys", "list"),
+    ("keys", "show", "bot"),
+    ("keys", "revoke", "bot"),
+    ("keys", "rotate", "bot"),
     ("ledger", "sweep"),
     ("serve", "--port", "0"),
 ]

@@ -91,7 +91,9 @@ def test_estimate_loads_only_its_own_command(tmp_path: Path) -> None:
     modules = cli_modules(tmp_path, "estimate", "--model", "kling-v2-6", "--mode", "std", "--duration", "5")
     assert "kling_cost.pricing" in modules and "kling_cost.cli.pricing" in modules
     assert present(modules, (*HEAVY, *LIBRARY, "rich", "sqlite3")) == []
-    others = {f"kling_cost.cli.{m}" for m in ("alerts", "budget", "demo", "generate", "report", "simulate")}
+    others = {
+        f"kling_cost.cli.{m}" for m in ("alerts", "budget", "demo", "generate", "keys", "report", "simulate")
+    }
     assert sorted(modules & others) == []
 
 

@@ -55,6 +55,25 @@ def _fill(led: Ledger, clock: FakeClock) -> None:
         assert claimed
         if i % 2:
             led.cache_complete(f"fp-{i}", {"task_id": f"c-{i}"}, timedelta(hours=1))
+    for i in range(4):  # the proxy's tables: keys, the tasks they own, callbacks to relay
+        key = led.proxy.add_key(
+            name=f"k{i}",
+            access_key=f"ak-{i}",
+            api_key_hash=f"hash-{i}",
+            salt=f"salt-{i}",
+            scopes=[f"project:p{i % 3}"],
+            unit="units",
+            max_per_request=Decimal("2.5") if i % 2 else None,
+            models=["kling-v2-6"] if i % 2 else None,
+            concurrency=i + 1,
+            callback_hosts=["hooks.internal"] if i == 1 else [],
+            expires_in=timedelta(days=30) if i == 2 else None,
+        )
+        assert led.proxy.claim_task(key, f"ext-{i}", "/v1/videos/text2video", f"https://93.184.216.34/{i}")
+        led.proxy.attach(f"ext-{i}", f"pt-{i}")
+        assert led.relays.enqueue(key.id, f"pt-{i}", "succeed", f"https://93.184.216.34/{i}", f'{{"n": {i}}}')
+    [claimed] = led.relays.claim_due(1, timedelta(minutes=2))
+    assert led.relays.delivered(claimed)
     with led.transaction() as cur:  # the rollup's bookkeeping table (one row in real ledgers)
         for i in range(4):
             cur.execute("INSERT INTO report_rollup_meta (name, value) VALUES (?, ?)", (f"copy-test-{i}", i))

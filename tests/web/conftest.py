@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 
 from kling_cost.ledger import Ledger, open_ledger
+from kling_cost.proxy.keys import Keys, MasterKey
 from tests.helpers import FakeClock
 
 
@@ -46,6 +47,64 @@ def seed(ledger: Ledger, clock: FakeClock) -> None:
     clock.set(datetime(2026, 6, 15, 18, 0, tzinfo=UTC))
     alert = [a for a in ledger.alerts(scope="key:alice") if a.threshold == "0.8"]
     assert alert and alert[0].status == "pending"  # written by the outbox when 80 % was crossed
+
+
+def seed_keys(ledger: Ledger, clock: FakeClock) -> None:
+    """Three virtual keys on 2026-06-15 12:00 UTC: alice (active, project:film, a day budget in
+    Europe/Paris and a month budget, a task settled yesterday, one today, one still open), bob
+    (revoked after a 20-unit task, a lifetime budget) and carol (expired, no budget)."""
+    keys = Keys(ledger, MasterKey(b"x" * 32, "test"))
+    clock.set(datetime(2026, 6, 13, 12, 0, tzinfo=UTC))
+    keys.create("carol", expires_in=timedelta(days=1))
+    alice = keys.create("alice", scopes=["project:film"], concurrency=3).record
+    bob = keys.create("bob", scopes=["project:ads"]).record
+    ledger.set_budget("key:alice", 50, "day", tz="Europe/Paris")
+    ledger.set_budget("key:alice", 200, "month")
+    ledger.set_budget("key:bob", 30, "lifetime")
+    ledger.set_budget("project:film", 40, "day")
+
+    def create(key: Any, external_id: str, amount: str, actual: str | None) -> None:
+        assert ledger.proxy.claim_task(key, external_id, "/v1/videos/text2video", None)
+        held = ledger.reserve(
+            amount, key.all_scopes, idempotency_key=external_id, unit=key.unit, ttl=timedelta(hours=6)
+        )
+        ledger.attach_task(held, "task-" + external_id)
+        ledger.proxy.attach(external_id, "task-" + external_id)
+        if actual is not None:
+            ledger.commit(held, actual)
+
+    clock.set(datetime(2026, 6, 14, 10, 0, tzinfo=UTC))
+    create(alice, "a-yesterday", "7", "7")
+    clock.set(datetime(2026, 6, 15, 9, 0, tzinfo=UTC))
+    create(alice, "a-today", "10", "12.5")
+    create(alice, "a-open", "5", None)
+    create(bob, "b-done", "20", "20")
+    ledger.proxy.touch(alice, clock())
+    clock.set(datetime(2026, 6, 15, 11, 0, tzinfo=UTC))
+    keys.revoke("bob")
+    clock.set(datetime(2026, 6, 15, 12, 0, tzinfo=UTC))
+
+
+HOSTILE_NAME = "<img src=x onerror=\"document.body.dataset.pwned='1'\">&amp;"
+HOSTILE_SCOPE = "project:</td><script>document.body.dataset.pwned='1'</script>"
+
+
+def add_hostile_key(ledger: Ledger) -> None:
+    """A key row no ``kling-cost keys create`` would write (names allow letters, digits and
+    ``._@+-`` only, scopes are checked): a ledger edited by hand, or written by another tool."""
+    ledger.proxy.add_key(
+        name=HOSTILE_NAME,
+        access_key="kcak-hostile",
+        api_key_hash="0" * 64,
+        salt="00",
+        scopes=[HOSTILE_SCOPE],
+        unit="units",
+        max_per_request=None,
+        models=None,
+        concurrency=None,
+        callback_hosts=(),
+        expires_at=None,
+    )
 
 
 @pytest.fixture

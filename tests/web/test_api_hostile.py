@@ -19,7 +19,7 @@ from kling_cost import ValidationError
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.web import create_dashboard_app
 from tests.helpers import FakeClock
-from tests.web.conftest import free_port
+from tests.web.conftest import HOSTILE_NAME, HOSTILE_SCOPE, add_hostile_key, free_port
 
 
 @pytest.mark.parametrize(
@@ -128,3 +128,20 @@ def test_the_access_log_never_keeps_the_dashboard_token(known: tuple[Ledger, Fak
         thread.join(timeout=10)
     assert len(seen) == 2, seen
     assert all("sekrit-token-123" not in line and "token=***" in line for line in seen), seen
+
+
+def test_api_keys_serves_a_hostile_key_name_as_plain_data(
+    ledger_url: str, serve: Callable[[Any], Any]
+) -> None:
+    clock = FakeClock()
+    with open_ledger(ledger_url, clock=clock) as ledger:
+        ledger.set_budget("account", 10, "day")
+        add_hostile_key(ledger)
+        with serve(create_dashboard_app(ledger, now=clock)) as base:
+            answer = httpx.get(f"{base}/api/keys")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    (row,) = answer.json()["keys"]
+    assert row["name"] == HOSTILE_NAME and row["scope"] == "key:" + HOSTILE_NAME
+    assert row["scopes"] == ["key:" + HOSTILE_NAME, HOSTILE_SCOPE]
+    assert row["budgets"] == [] and row["headroom"]["scope"] == "account"
+    assert row["spend"] == [{"unit": "units", "all_time": "0.000", "charges": 0}]

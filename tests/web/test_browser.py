@@ -17,6 +17,7 @@ from kling_cost.money import format_amount
 from kling_cost.web import create_dashboard_app
 from tests.helpers import FakeClock, services_required
 from tests.reports.seeds import seed_glance, seed_mixed
+from tests.web.conftest import HOSTILE_NAME, HOSTILE_SCOPE, add_hostile_key, seed_keys
 
 CHROMIUM = os.environ.get("KLING_COST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -270,6 +271,89 @@ def test_dashboard_at_a_glance_1400x1000(tmp_path: Path, serve: Callable[[Any], 
                 ARTIFACTS.mkdir(exist_ok=True)
                 page.screenshot(path=str(ARTIFACTS / "dashboard-1400x1000.png"))
                 page.screenshot(path=str(ARTIFACTS / "dashboard-1400x1000-full.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        ledger.close()
+
+
+def test_dashboard_keys_table(tmp_path: Path, serve: Callable[[Any], Any]) -> None:
+    """The keys view in a real browser: each key's state, scopes, spend (all time and this
+    window), what each budget has left with its window and time zone, the least left among
+    every budget it reserves on, open tasks and last use; a hostile name shown as text."""
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    clock = FakeClock()
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'keys.db'}", clock=clock)
+    seed_keys(ledger, clock)
+    add_hostile_key(ledger)
+    app = create_dashboard_app(ledger, refresh_seconds=600, now=clock)
+    try:
+        with serve(app) as base, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 2600})
+                failures: list[str] = []
+                page.on("pageerror", lambda exc: failures.append(str(exc)))
+                page.on("dialog", lambda d: failures.append("dialog " + d.message))
+                page.goto(f"{base}/")
+                page.wait_for_function("document.body.dataset.rendered !== '0'", timeout=20_000)
+                assert failures == [] and page.locator("#error").is_hidden()
+                assert page.locator("#keys-empty").is_hidden()
+                rows = page.locator("#keys tbody tr")
+                assert rows.count() == 4
+
+                alice = page.locator("#keys tr[data-testid='key-alice']")
+                assert alice.locator("td").all_inner_texts()[:3] == [
+                    "alice",
+                    "active",
+                    "key:alice, project:film",
+                ]
+                assert alice.locator(".spend").inner_text() == "19.5 units"
+                spent = alice.locator(".window-spend .line")
+                assert spent.all_inner_texts() == ["day: 12.5 units", "month: 19.5 units"]
+                day = alice.locator(".left .line[data-window='day']")
+                assert day.inner_text() == "32.5 of 50 units\nday 2026-06-15, Europe/Paris"
+                assert (
+                    Decimal(day.locator(".amount").inner_text()) == ledger.usage("key:alice", "day").remaining
+                )
+                month = alice.locator(".left .line[data-window='month']")
+                assert month.inner_text() == "175.5 of 200 units\nmonth 2026-06, UTC"
+                assert (
+                    alice.locator(".headroom").inner_text() == "22.5 units\nproject:film day 2026-06-15, UTC"
+                )
+                assert alice.locator(".open").inner_text() == "1 / 3"
+                assert alice.locator(".used").inner_text() == "2026-06-15 09:00:00"
+
+                bob = page.locator("#keys tr[data-testid='key-bob']")
+                assert bob.get_attribute("data-state") == "revoked"
+                assert bob.locator(".state").inner_text() == "revoked"
+                assert bob.locator(".spend").inner_text() == "20 units"
+                assert bob.locator(".left").inner_text() == "10 of 30 units\nlifetime"
+                assert (bob.locator(".open").inner_text(), bob.locator(".used").inner_text()) == (
+                    "0",
+                    "never",
+                )
+
+                carol = page.locator("#keys tr[data-testid='key-carol']")
+                assert carol.locator(".state").inner_text() == "expired"
+                assert carol.locator(".spend").inner_text() == "0 units"
+                assert carol.locator(".left").inner_text() == "no budget of its own"
+                assert carol.locator(".headroom").inner_text() == "no limit"
+                assert bob.locator(".headroom").inner_text() == "10 units\nkey:bob lifetime"
+
+                # The hostile row: its name and scope are text, nothing of them ran or was parsed.
+                hostile = rows.nth(0)  # "<" sorts before letters
+                assert hostile.locator(".name").inner_text() == HOSTILE_NAME
+                assert HOSTILE_SCOPE in hostile.locator(".scopes").inner_text()
+                assert page.locator("#keys img, #keys script, #keys b").count() == 0
+                assert page.evaluate("document.body.dataset.pwned") is None
+                assert page.locator("#keys tbody td").count() == 4 * 9  # no cell was closed early
+                visible = page.inner_text("#keys")
+                assert TRAILING_ZEROS.findall(visible) == [], TRAILING_ZEROS.findall(visible)
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.locator("#keys").screenshot(path=str(ARTIFACTS / "dashboard-keys.png"))
             finally:
                 browser.close()
     finally:

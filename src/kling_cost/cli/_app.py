@@ -36,6 +36,7 @@ class _Commands(LazyGroup):
         "batch": "generate:batch_app",
         "alerts": "alerts:alerts_app",
         "proxy": "proxy:proxy_command",
+        "keys": "keys:keys_app",
     }
 
 

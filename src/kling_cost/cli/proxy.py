@@ -72,6 +72,12 @@ def proxy_command(
     upstream_timeout: Annotated[
         float, typer.Option("--upstream-timeout", help="Seconds to wait for Kling's answer.", min=1)
     ] = 60.0,
+    client_timeout: Annotated[
+        float,
+        typer.Option(
+            "--client-timeout", help="Seconds a client has to send its request body (408 after).", min=1
+        ),
+    ] = 60.0,
     settle_interval: Annotated[
         float, typer.Option("--settle-interval", help="Seconds between polls of the open tasks.", min=0.1)
     ] = 15.0,
@@ -102,6 +108,7 @@ def proxy_command(
         max_body_bytes=max_body_mb * 1024 * 1024,
         upstream_timeout=upstream_timeout,
         settle_interval=settle_interval,
+        client_timeout=client_timeout,
     )
     if callback_secret_env and not os.environ.get(callback_secret_env):
         fail(f"--callback-secret-env {callback_secret_env}: that environment variable is not set")
@@ -122,6 +129,15 @@ def proxy_command(
     )
     console.file.flush()
     os.environ[ENV_CONFIG] = config.to_env()
+    if workers > 1:  # every worker counts into one directory; /metrics sums them
+        from ..proxy.metrics import prepare_multiprocess_dir, remove_multiprocess_dir
+
+        shared = prepare_multiprocess_dir()
+        try:
+            _serve(sock, workers, ssl_certfile, ssl_keyfile)
+        finally:
+            remove_multiprocess_dir(shared)
+        return
     _serve(sock, workers, ssl_certfile, ssl_keyfile)
 
 

@@ -12,19 +12,21 @@ How it is put together (one job per file; everything goes through one transactio
   request). They work on the rows of ``records.py``, in thousandths, never ``Decimal``.
 * It *has* a backend (``backend.py``, the contract; ``sqlite.py``, ``postgres.py``): connections,
   transactions, the few SQL fragments that differ, driver errors translated. Nothing else.
-* It *has* five stores, each its own object on the same seam: ``ledger.cache``
+* It *has* six stores, each its own object on the same seam: ``ledger.cache``
   (``cache_store.py``: the dedup cache), ``ledger.outbox`` (``outbox_store.py``: alerts; its
   writer hook, ``outbox.py``, records threshold crossings), ``ledger.rollup``
   (``rollup_store.py``: report sums; its writer hook ``rollup.py``, its read planner
-  ``rollup_read.py``), ``ledger.queries`` (``queries.py``: read-only questions) and
-  ``ledger.proxy`` (``proxy_store.py``: the proxy's virtual keys and task owners). The
+  ``rollup_read.py``), ``ledger.queries`` (``queries.py``: read-only questions),
+  ``ledger.proxy`` (``proxy_store.py``: the proxy's virtual keys and task owners) and
+  ``ledger.relays`` (``relay_store.py``: the callbacks the proxy relays to clients). The
   ledger's ``cache_*()``, ``charges()``, ``alerts()``, ``usage()``, ... delegate to them.
 * Hooks (``hooks.py``) run inside the ledger's transactions: the two writers above and any
   you append to ``ledger.hooks``; they see the rows in thousandths.
 * Also: ``models.py`` (what the ledger hands out), ``schema.py`` and ``schema_steps.py``
-  (numbered migrations; ``schema_proxy.py``: the proxy's tables), ``copy.py`` (move a ledger to another backend, a page at a time),
-  ``urls.py`` (URLs shown without their password), ``deprecated.py`` (``SQLiteLedger`` and
-  ``PostgresLedger`` of earlier versions, still working, with a warning).
+  (numbered migrations; ``schema_proxy.py``: the proxy's tables), ``copy.py`` (move a ledger
+  to another backend, a page at a time), ``urls.py`` (URLs shown without their password),
+  ``deprecated.py`` (``SQLiteLedger`` and ``PostgresLedger`` of earlier versions, still
+  working, with a warning).
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from .outbox_store import OutboxStore
 from .proxy_store import ProxyStore
 from .queries import Queries
 from .records import ReservationRow, clean_metadata, reservation_id_of, text_or_none
+from .relay_store import RelayStore
 from .rollup_store import RollupStore
 from .settle import Settlement
 
@@ -43,9 +44,9 @@ class Ledger:
     """Budgets and two-phase charging. Open one with :func:`kling_cost.open_ledger`, or build
     one over a ready backend: ``Ledger(SQLiteBackend("sqlite:///credits.db"))``.
 
-    It has a :attr:`backend` and four stores sharing its :meth:`transaction`: :attr:`cache`,
-    :attr:`outbox`, :attr:`rollup`, :attr:`queries` (``ledger.charges()`` delegates to
-    ``ledger.queries.charges()``)."""
+    It has a :attr:`backend` and stores sharing its :meth:`transaction`: :attr:`cache`, :attr:`outbox`,
+    :attr:`rollup`, :attr:`queries`, :attr:`proxy`, :attr:`relays` (``ledger.charges()`` delegates
+    to ``ledger.queries.charges()``)."""
 
     def __init__(
         self,
@@ -65,6 +66,7 @@ class Ledger:
         self.cache = RequestCache(self)
         self.queries = Queries(self)
         self.proxy = ProxyStore(self)
+        self.relays = RelayStore(self)
         self._hooks: list[LedgerHook] = [self.outbox.writer, self.rollup.writer]
         self._holds = Holds(backend, self._hooks)
         self._settle = Settlement(backend, self._hooks, sweep_interval)

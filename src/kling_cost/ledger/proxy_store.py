@@ -15,15 +15,16 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConcurrencyLimited, InvalidRequest, ValidationError
+from ..errors import AuthError, ConcurrencyLimited, InvalidRequest, ValidationError
 from ..money import from_storage, to_storage
 from ..timestamps import from_ms, to_ms
 from .backend import Cursor, retrying
+from .limits import BudgetRequest, Limits
 
 if TYPE_CHECKING:
     from .ledger import Ledger
 
-__all__ = ["CLAIM_GRACE", "OPEN_LOOKBACK", "KeyRecord", "OwnedTask", "ProxyStore"]
+__all__ = ["CLAIM_GRACE", "OPEN_LOOKBACK", "KeyRecord", "OwnedTask", "ProxyStore", "key_state", "refused_key"]
 
 CLAIM_GRACE = timedelta(minutes=2)
 """A task claimed by a key whose reservation is not written yet counts as open this long (the
@@ -76,11 +77,7 @@ class KeyRecord:
 
     def state(self, now: datetime) -> str:
         """``active``, ``revoked`` or ``expired``."""
-        if self.revoked_at is not None:
-            return "revoked"
-        if self.expires_at is not None and now >= self.expires_at:
-            return "expired"
-        return "active"
+        return key_state(self.revoked_at, self.expires_at, now)
 
     def to_dict(self, now: datetime) -> dict[str, Any]:
         """What ``keys show --json`` prints (no hash, no salt)."""
@@ -112,6 +109,25 @@ class OwnedTask:
     endpoint: str
     callback_url: str | None
     created_at: datetime
+
+
+def key_state(revoked_at: datetime | None, expires_at: datetime | None, now: datetime) -> str:
+    """``revoked`` (whatever its expiry), else ``expired`` from ``expires_at`` on, else ``active``."""
+    if revoked_at is not None:
+        return "revoked"
+    if expires_at is not None and now >= expires_at:
+        return "expired"
+    return "active"
+
+
+def refused_key(name: str, state: str) -> AuthError:
+    """What a request with a revoked or expired key is answered, on every proxy process: Kling's
+    1000 (authentication failed) for a revoked key, 1004 (authorization expired) for an expired
+    one, with HTTP 401. The same codes whether the key is checked at authentication or when a
+    create claims its task (a revocation between the two)."""
+    if state == "revoked":
+        return AuthError(f"key {name!r} was revoked", code=1000, http_status=401)
+    return AuthError(f"key {name!r} expired", code=1004, http_status=401)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -178,38 +194,53 @@ class ProxyStore:
         models: Sequence[str] | None,
         concurrency: int | None,
         callback_hosts: Sequence[str],
-        expires_at: datetime | None,
+        expires_in: timedelta | None = None,
+        budgets: Sequence[BudgetRequest] = (),
     ) -> KeyRecord:
-        """Record a new key; :class:`ValidationError` if ``name`` was ever used (a revoked
-        key keeps its name, so its scope's history is never mixed with another key's)."""
-        with self.ledger.transaction() as cur:
-            if self._by(cur, "name", name) is not None:
-                raise ValidationError(
-                    f"a key named {name!r} exists (revoked keys keep their name); choose another name"
+        """Record a new key, expiring ``expires_in`` after its creation (never: ``None``), and
+        set ``budgets`` (checked requests for its scope), in one transaction: all or nothing.
+        :class:`ValidationError` if ``name`` was ever used (a revoked key keeps its name, so its
+        scope's history is never mixed with another key's)."""
+        own = f"key:{name}"
+        if any(b.scope != own for b in budgets):
+            raise ValidationError(f"a key's budgets are set on its own scope {own}")
+
+        def run() -> KeyRecord:
+            with self.ledger.transaction() as cur:
+                if self._by(cur, "name", name) is not None:
+                    raise ValidationError(
+                        f"a key named {name!r} exists (revoked keys keep their name); choose another name"
+                    )
+                cur.execute(
+                    "INSERT INTO proxy_keys (name, access_key, api_key_hash, salt, scopes, unit, "
+                    "max_per_request_milli, models, concurrency, callback_hosts, expires_at, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        access_key,
+                        api_key_hash,
+                        salt,
+                        json.dumps(list(scopes)),
+                        unit,
+                        None if max_per_request is None else to_storage(max_per_request),
+                        None if models is None else json.dumps(list(models)),
+                        concurrency,
+                        json.dumps(list(callback_hosts)),
+                        None if expires_in is None else to_ms(cur.now + expires_in),
+                        to_ms(cur.now),
+                    ),
                 )
-            cur.execute(
-                "INSERT INTO proxy_keys (name, access_key, api_key_hash, salt, scopes, unit, "
-                "max_per_request_milli, models, concurrency, callback_hosts, expires_at, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    access_key,
-                    api_key_hash,
-                    salt,
-                    json.dumps(list(scopes)),
-                    unit,
-                    None if max_per_request is None else to_storage(max_per_request),
-                    None if models is None else json.dumps(list(models)),
-                    concurrency,
-                    json.dumps(list(callback_hosts)),
-                    None if expires_at is None else to_ms(expires_at),
-                    to_ms(cur.now),
-                ),
-            )
-            found = self._by(cur, "name", name)
-        if found is None:  # pragma: no cover - written just above
-            raise ValidationError(f"key {name!r} vanished")
-        return found
+                if budgets:
+                    limits = Limits(self.ledger.backend, self.ledger.hooks, self.ledger.outbox.writer)
+                    for wanted in budgets:
+                        limits.set(cur, wanted)
+                found = self._by(cur, "name", name)
+            if found is None:  # pragma: no cover - written just above
+                raise ValidationError(f"key {name!r} vanished")
+            return found
+
+        # a concurrent create of the same name loses on the unique name: run again, it is refused
+        return retrying(run)
 
     @staticmethod
     def _by(cur: Cursor, column: str, value: object) -> KeyRecord | None:
@@ -241,44 +272,56 @@ class ProxyStore:
 
     def revoke(self, name: str) -> KeyRecord:
         """Revoke a key from the next request on; revoking twice keeps the first time."""
-        with self.ledger.transaction() as cur:
-            cur.execute(
-                "UPDATE proxy_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
-                (to_ms(cur.now), name),
-            )
-            found = self._by(cur, "name", name)
+
+        def run() -> KeyRecord | None:
+            with self.ledger.transaction() as cur:
+                cur.execute(
+                    "UPDATE proxy_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                    (to_ms(cur.now), name),
+                )
+                return self._by(cur, "name", name)
+
+        found = retrying(run)
         if found is None:
             raise ValidationError(f"no key named {name!r}; see kling-cost keys list")
         return found
 
     def rotate(self, name: str, *, access_key: str, api_key_hash: str, salt: str) -> KeyRecord:
         """Give an active key new credentials; the old ones stop working on the next request."""
-        with self.ledger.transaction() as cur:
-            found = self._by(cur, "name", name)
-            if found is None:
-                raise ValidationError(f"no key named {name!r}; see kling-cost keys list")
-            if found.state(cur.now) != "active":
-                raise ValidationError(f"key {name!r} is {found.state(cur.now)}: create a new key instead")
-            cur.execute(
-                "UPDATE proxy_keys SET access_key = ?, api_key_hash = ?, salt = ?, rotated_at = ? "
-                "WHERE id = ?",
-                (access_key, api_key_hash, salt, to_ms(cur.now), found.id),
-            )
-            rotated = self._by(cur, "id", found.id)
-        if rotated is None:  # pragma: no cover - updated just above
-            raise ValidationError(f"key {name!r} vanished")
-        return rotated
+
+        def run() -> KeyRecord:
+            with self.ledger.transaction() as cur:
+                found = self._by(cur, "name", name)
+                if found is None:
+                    raise ValidationError(f"no key named {name!r}; see kling-cost keys list")
+                if found.state(cur.now) != "active":
+                    raise ValidationError(f"key {name!r} is {found.state(cur.now)}: create a new key instead")
+                cur.execute(
+                    "UPDATE proxy_keys SET access_key = ?, api_key_hash = ?, salt = ?, rotated_at = ? "
+                    "WHERE id = ? AND revoked_at IS NULL",
+                    (access_key, api_key_hash, salt, to_ms(cur.now), found.id),
+                )
+                rotated = self._by(cur, "id", found.id)
+            if rotated is None:  # pragma: no cover - updated just above
+                raise ValidationError(f"key {name!r} vanished")
+            return rotated
+
+        return retrying(run)
 
     def touch(self, key: KeyRecord, now: datetime) -> None:
         """Note that ``key`` was used (at most every :data:`TOUCH_EVERY`)."""
         if key.last_used_at is not None and now - key.last_used_at < TOUCH_EVERY:
             return
-        with self.ledger.transaction() as cur:
-            cur.execute(
-                "UPDATE proxy_keys SET last_used_at = ? WHERE id = ? "
-                "AND (last_used_at IS NULL OR last_used_at < ?)",
-                (to_ms(cur.now), key.id, to_ms(cur.now - TOUCH_EVERY)),
-            )
+
+        def run() -> None:
+            with self.ledger.transaction() as cur:
+                cur.execute(
+                    "UPDATE proxy_keys SET last_used_at = ? WHERE id = ? "
+                    "AND (last_used_at IS NULL OR last_used_at < ?)",
+                    (to_ms(cur.now), key.id, to_ms(cur.now - TOUCH_EVERY)),
+                )
+
+        retrying(run)
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -295,13 +338,18 @@ class ProxyStore:
 
         def run() -> bool:
             with self.ledger.transaction() as cur:
+                # the key's row, locked: concurrent claims of one key take turns from here on
                 cur.execute(
-                    "SELECT revoked_at FROM proxy_keys WHERE id = ?" + self.ledger.backend.lock_budgets(True),
+                    "SELECT revoked_at, expires_at FROM proxy_keys WHERE id = ?"
+                    + self.ledger.backend.lock_budgets(True),
                     (key.id,),
                 )
                 row = cur.fetchone()
-                if row is None or row[0] is not None:
-                    raise InvalidRequest("this key was revoked; nothing was sent", code=1002, http_status=401)
+                if row is None:
+                    raise refused_key(key.name, "revoked")
+                state = key_state(_opt_ms(row[0]), _opt_ms(row[1]), cur.now)
+                if state != "active":
+                    raise refused_key(key.name, state)
                 cur.execute(
                     f"SELECT {_TASK_COLUMNS} FROM proxy_tasks WHERE external_task_id = ?",
                     (external_task_id,),
@@ -353,20 +401,28 @@ class ProxyStore:
 
     def unclaim(self, key: KeyRecord, external_task_id: str) -> None:
         """Forget a claim whose create was refused before anything was sent."""
-        with self.ledger.transaction() as cur:
-            cur.execute(
-                "DELETE FROM proxy_tasks WHERE external_task_id = ? AND key_id = ? AND task_id IS NULL",
-                (external_task_id, key.id),
-            )
+
+        def run() -> None:
+            with self.ledger.transaction() as cur:
+                cur.execute(
+                    "DELETE FROM proxy_tasks WHERE external_task_id = ? AND key_id = ? AND task_id IS NULL",
+                    (external_task_id, key.id),
+                )
+
+        retrying(run)
 
     def attach(self, external_task_id: str, task_id: str) -> None:
         """Note the task id Kling gave a claimed create."""
-        with self.ledger.transaction() as cur:
-            cur.execute(
-                "UPDATE proxy_tasks SET task_id = ?, updated_at = ? WHERE external_task_id = ? "
-                "AND task_id IS NULL",
-                (task_id, to_ms(cur.now), external_task_id),
-            )
+
+        def run() -> None:
+            with self.ledger.transaction() as cur:
+                cur.execute(
+                    "UPDATE proxy_tasks SET task_id = ?, updated_at = ? WHERE external_task_id = ? "
+                    "AND task_id IS NULL",
+                    (task_id, to_ms(cur.now), external_task_id),
+                )
+
+        retrying(run)
 
     def owner(self, *, task_id: str | None = None, external_task_id: str | None = None) -> OwnedTask | None:
         """The proxy task with this task id, else this external id; None if the proxy never sent it."""

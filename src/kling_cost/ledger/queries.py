@@ -7,6 +7,7 @@ Every query runs in a transaction of the ledger's seam, so it sees one consisten
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,17 @@ from .records import (
 if TYPE_CHECKING:
     from .ledger import Ledger
 
-__all__ = ["Queries"]
+__all__ = ["Held", "Queries"]
+
+
+@dataclass(frozen=True)
+class Held:
+    """The live holds of one unit (:meth:`Queries.held`)."""
+
+    count: int
+    """Reservations still held."""
+    amount: Decimal
+    """What they hold, in the unit."""
 
 
 def _check_limit(limit: object) -> None:
@@ -290,6 +301,22 @@ class Queries:
                 "charged": from_storage(charged.get(unit, 0)),
                 "reserved": from_storage(held.get(unit, 0)),
             }
+        return out
+
+    def held(self) -> dict[str, Held]:
+        """Reservations still held (status ``reserved``), per unit: how many and how much, in one
+        query. Every unit of :data:`~kling_cost.budgets.UNITS` is present (``0`` when none).
+        Holds whose lease lapsed but that no sweep has reclaimed yet are counted, as the budget
+        windows still count them."""
+        out = {unit: Held(0, from_storage(0)) for unit in UNITS}
+        with self.ledger.transaction() as cur:
+            # The literal status matches the partial index ``reservations_open``.
+            cur.execute(
+                "SELECT unit, COUNT(*), COALESCE(SUM(amount_milli), 0) FROM reservations "
+                "WHERE status = 'reserved' GROUP BY unit"
+            )
+            for unit, count, milli in cur.fetchall():
+                out[str(unit)] = Held(int(count), from_storage(int(milli)))
         return out
 
     # -- for reports ---------------------------------------------------------------------------

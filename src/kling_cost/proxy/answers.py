@@ -28,7 +28,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from ..errors import KlingAPIError
+from ..errors import InvalidRequest, KlingAPIError
 from ..money import format_amount
 
 __all__ = ["HTTP_STATUS", "error", "error_from", "success"]
@@ -91,7 +91,11 @@ def error(code: int, message: str, http_status: int | None = None) -> Response:
 
 
 def error_from(exc: KlingAPIError) -> Response:
-    """Kling's (or our own Kling-coded) error, as Kling would answer it."""
+    """Kling's (or our own Kling-coded) error, as Kling would answer it. The guard's own
+    :class:`InvalidRequest` without a code (a request it cannot send, e.g. an external id
+    already settled without a task) is 400/1201."""
+    if exc.code is None and isinstance(exc, InvalidRequest):
+        return error(1201, exc.message, 400)
     code = exc.code if exc.code is not None else 5000
     status = exc.http_status if exc.http_status and exc.http_status >= 400 else HTTP_STATUS.get(code, 500)
     return error(code, exc.message, status)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,11 +37,15 @@ from ..pricing.standard import NEW_FAMILIES
 from ..signing import verify_webhook
 from .answers import error, error_from, success
 from .service import CALLBACK_PATH, ProxyService, is_new
+from .timing import UPSTREAM_SECONDS, Stopwatch
 from .upstream import Upstream
 
 __all__ = ["ProxyApp", "Route", "refusal_reason"]
 
 log = logging.getLogger("kling_cost.proxy")
+access_log = logging.getLogger("kling_cost.proxy.access")
+"""One line per request: method, path, status, key name, refusal reason, milliseconds. Never a
+header, a body or a query string (they can carry credentials or prompts)."""
 
 LEGACY_CREATES = frozenset(CREATE_PATHS.values())
 BILLING_PATHS = frozenset({"/account/billing/package", "/account/billing/balance"})
@@ -82,8 +87,8 @@ class ProxyApp:
         service: ProxyService,
         upstream: Upstream,
         *,
-        observe: Callable[[str, str, int, float, str | None], None] | None = None,
-        metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None,
+        observe: Callable[[str, str, int, float, float, str | None], None] | None = None,
+        metrics: Callable[[str | None], Awaitable[tuple[bytes, str]]] | None = None,
         ready: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.service = service
@@ -106,6 +111,8 @@ class ProxyApp:
 
     async def dispatch(self, request: Request) -> Response:
         started = time.perf_counter()
+        watch = Stopwatch()
+        UPSTREAM_SECONDS.set(watch)
         path = "/" + request.path_params["path"].strip("/")
         route = "other"
         reason: str | None = None
@@ -131,7 +138,17 @@ class ProxyApp:
             response = error(5000, f"the proxy failed: {exc}", 500)
         elapsed = time.perf_counter() - started
         if self.observe is not None:
-            self.observe(route, request.method, response.status_code, elapsed, reason)
+            self.observe(route, request.method, response.status_code, elapsed, watch.seconds, reason)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %d key=%s%s %.1fms",
+                request.method,
+                path[:200],
+                response.status_code,
+                getattr(request.state, "key_name", "-"),
+                f" refused={reason}" if reason else "",
+                elapsed * 1000,
+            )
         return response
 
     def _handler(self, method: str, path: str) -> tuple[Callable[[Request, str], Awaitable[Response]], str]:
@@ -164,9 +181,16 @@ class ProxyApp:
         )
 
     async def _body(self, request: Request) -> object:
-        return await read_json_body(
-            request.stream(), content_length=request.headers.get("content-length"), limits=self.limits
-        )
+        """The JSON body, within the size limit and the client timeout."""
+        try:
+            with anyio.fail_after(self.service.settings.client_timeout):
+                return await read_json_body(
+                    request.stream(), content_length=request.headers.get("content-length"), limits=self.limits
+                )
+        except TimeoutError:
+            raise InvalidRequest(
+                "the request body did not arrive in time", code=1200, http_status=408
+            ) from None
 
     # -- Kling's paths ------------------------------------------------------------------------
 
@@ -198,13 +222,9 @@ class ProxyApp:
         return success(mine, (answer.envelope or {}).get("request_id"))
 
     async def _mine(self, key: KeyRecord, endpoint: str, items: list[Any]) -> list[Any]:
-        kept = []
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            if (await self.service.seen(key.id, endpoint, item))[1] is not None:
-                kept.append(item)
-        return kept
+        """The items of a listing that belong to ``key`` (one ledger read for the page); those
+        that ended are settled."""
+        return await self.service.filter_owned(key, endpoint, items)
 
     async def tasks_by_ids(self, request: Request, path: str) -> Response:
         key = await self._key(request, new_standard=True)
@@ -299,7 +319,7 @@ class ProxyApp:
         if owned is None:
             return error(1203, "no task of this proxy", 404)
         try:
-            await self.service.seen(None, owned.endpoint, doc)
+            await self.service.seen(None, owned.endpoint, doc, raw=body)
         except StorageError:
             return error(5000, "ledger unavailable; retry", 503)
         return success(None)
@@ -323,7 +343,7 @@ class ProxyApp:
     async def metrics_page(self, request: Request) -> Response:
         if self.metrics is None:
             return error(1202, "metrics are off", 404)
-        content, content_type = await self.metrics()
+        content, content_type = await self.metrics(request.headers.get("accept"))
         return Response(content, media_type=content_type)
 
     def build(self, lifespan: Any = None) -> Starlette:

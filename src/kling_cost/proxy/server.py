@@ -8,6 +8,7 @@ the master key stay in the environment each worker inherits).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -26,8 +27,11 @@ from ..kling.async_client import AsyncKlingClient
 from ..ledger import Ledger, open_ledger
 from .app import ProxyApp
 from .keys import Keys, MasterKey
+from .metrics import ProxyMetrics, SpendHook
+from .relay import Relayer
 from .service import MAX_BODY_BYTES, ProxyService, ProxySettings
 from .settler import ProxySettler
+from .timing import TimedTransport
 from .upstream import Upstream
 
 __all__ = ["ENV_CONFIG", "ProxyConfig", "app_from_env", "build_app"]
@@ -51,6 +55,7 @@ class ProxyConfig:
     upstream_timeout: float = 60.0
     settle_interval: float = 15.0
     relay_interval: float = 2.0
+    client_timeout: float = 60.0
     background: bool = True
     """Run the settler and the callback relay in this process."""
     reservation_ttl: float = 1800.0
@@ -83,10 +88,12 @@ def build_app(
         max_body_bytes=config.max_body_bytes,
         settle_interval=config.settle_interval,
         relay_interval=config.relay_interval,
+        client_timeout=config.client_timeout,
     )
     timeout = httpx.Timeout(config.upstream_timeout, connect=10.0)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-    http = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    transport = TimedTransport(httpx.AsyncHTTPTransport(limits=limits))
+    http = httpx.AsyncClient(timeout=timeout, transport=transport, follow_redirects=False)
     kling = AsyncKlingClient(base_url=config.upstream, http_client=http, validate=False)
     ttl = timedelta(seconds=config.reservation_ttl)
     guards = {
@@ -110,17 +117,42 @@ def build_app(
             checks["upstream"] = f"unreachable: {type(exc).__name__}"
         return checks
 
-    proxy = ProxyApp(service, upstream, ready=ready)
+    metrics = ProxyMetrics()
+    led.hooks.append(SpendHook(metrics))
+
+    def observe(
+        route: str, method: str, status: int, total: float, upstream: float, reason: str | None
+    ) -> None:
+        metrics.request(route, method, status)
+        if reason is not None:
+            metrics.refusal(reason)
+        if upstream > 0:
+            metrics.upstream_seconds(route, upstream)
+        metrics.added_seconds(route, max(0.0, total - upstream))
+
+    async def scrape(accept: str | None) -> tuple[bytes, str]:
+        result: tuple[bytes, str] = await anyio.to_thread.run_sync(metrics.render, led, accept)
+        return result
+
+    proxy = ProxyApp(service, upstream, ready=ready, observe=observe, metrics=scrape)
+
+    relayer = Relayer(led, master_key, allowed_hosts=config.allow_callback_hosts)
+    service.on_relay = relayer.wake
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()  # where the proxy's clients live
+        stop = anyio.Event()
         async with anyio.create_task_group() as tasks:
             if config.background:
                 tasks.start_soon(ProxySettler(service).run, config.settle_interval)
+                tasks.start_soon(relayer.run, stop, config.relay_interval)
             try:
                 yield
             finally:
+                stop.set()
                 tasks.cancel_scope.cancel()
+        await relayer.aclose()
         await http.aclose()
         if own_ledger:
             led.close()
@@ -128,6 +160,7 @@ def build_app(
     app = proxy.build(lifespan=lifespan)
     app.state.proxy = proxy
     app.state.service = service
+    app.state.relayer = relayer
     return app
 
 

@@ -39,9 +39,10 @@ from ..ledger.proxy_store import KeyRecord, OwnedTask
 from ..money import format_quantity
 from ..pricing import LEGACY_IDS
 from ..pricing.standard import split_new_path
+from .callback_url import acheck_callback_url
 from .keys import Keys
 
-__all__ = ["CALLBACK_PATH", "ProxyService", "ProxySettings", "TaskSeen", "dump_task"]
+__all__ = ["CALLBACK_PATH", "ProxyService", "ProxySettings", "dump_task"]
 
 CALLBACK_PATH = "/_kling_cost/callback"
 """Where Kling's callbacks reach the proxy (``--public-url`` + this path)."""
@@ -66,15 +67,8 @@ class ProxySettings:
     max_body_bytes: int = MAX_BODY_BYTES
     settle_interval: float = 15.0
     relay_interval: float = 2.0
-
-
-@dataclass
-class TaskSeen:
-    """An ended task the proxy saw (callback, query or settler), for the relay."""
-
-    owned: OwnedTask
-    task: AnyTask
-    body: bytes
+    client_timeout: float = 60.0
+    """Seconds a client has to send its whole request body (408/1200 after)."""
 
 
 def dump_task(task: AnyTask) -> dict[str, Any]:
@@ -91,6 +85,9 @@ def parse_task(endpoint: str, doc: Mapping[str, Any]) -> AnyTask:
 
 
 def is_new(endpoint: str) -> bool:
+    """Whether ``endpoint`` is on the new standard (a create path, or ``/tasks``)."""
+    if endpoint == "/tasks":
+        return True
     try:
         return split_new_path(endpoint) is not None
     except PricingError:
@@ -113,8 +110,8 @@ class ProxyService:
     guards: Mapping[str, AsyncCostAwareClient]
     """``units`` and ``credits``: the same Kling client under two catalogs."""
     settings: ProxySettings = field(default_factory=ProxySettings)
-    on_seen: Callable[[TaskSeen], Any] | None = None
-    """Called (in a worker thread) when an owned task is seen ended: queues its callback."""
+    on_relay: Callable[[], Any] | None = None
+    """Called (in the event loop) after a callback for a client was queued: wakes the relay."""
     wall: Callable[[], float] = time.time
 
     async def _ledger(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -167,11 +164,9 @@ class ProxyService:
             raise InvalidRequest("the request body must be a JSON object", code=1200, http_status=400)
         guard = self.guards[key.unit]
         callback = self._take_callback(path, body)
-        if callback is not None:
-            from .callback_url import check_callback_url
-
+        if callback is not None:  # refused (1201) before anything is held: no way into our network
             allowed = (*key.callback_hosts, *self.settings.allow_callback_hosts)
-            await anyio.to_thread.run_sync(lambda: check_callback_url(callback, allowed_hosts=allowed))
+            await acheck_callback_url(callback, allowed_hosts=allowed)
         try:
             ext = external_task_id_of(path, body)
         except PricingError as exc:
@@ -236,11 +231,17 @@ class ProxyService:
         return found
 
     async def seen(
-        self, key_id: int | None, endpoint: str, doc: Mapping[str, Any]
+        self,
+        key_id: int | None,
+        endpoint: str,
+        doc: Mapping[str, Any],
+        *,
+        raw: bytes | None = None,
     ) -> tuple[AnyTask | None, OwnedTask | None]:
         """A task document from Kling: the task, and its proxy owner when that is ``key_id``
         (any key when None). An owned task that ended is settled (once: the ledger is
-        idempotent) and its client's callback queued."""
+        idempotent). Its client's callback is queued: for every status Kling's own callback
+        reports (``raw``: the body Kling sent, relayed as it is), else once the task ended."""
         try:
             task = parse_task(endpoint, doc)
         except ValueError:
@@ -256,11 +257,39 @@ class ProxyService:
             key = await self._ledger(self.keys.store.key_by_id, owned.key_id)
             guard = self.guards[key.unit if key is not None else "units"]
             await guard.settler.settle_by_task(task)
-            if self.on_seen is not None and owned.callback_url:
-                body = json.dumps(dump_task(task), separators=(",", ":")).encode()
-                seen = TaskSeen(owned, task, body)
-                await anyio.to_thread.run_sync(lambda: self.on_seen(seen) if self.on_seen else None)
+        if owned.callback_url and (task.done or raw is not None):
+            body = raw if raw is not None else json.dumps(dump_task(task), separators=(",", ":")).encode()
+            status = str(getattr(task, "task_status", None) or getattr(task, "status", "") or "unknown")
+            queued = await self._ledger(
+                self.ledger.relays.enqueue, owned.key_id, task.task_id, status, owned.callback_url, body
+            )
+            if queued and self.on_relay is not None:
+                self.on_relay()
         return task, owned
+
+    async def filter_owned(self, key: KeyRecord, endpoint: str, items: list[Any]) -> list[Any]:
+        """The task documents of a listing that ``key`` owns, in order; the ended ones are
+        settled (as a single query's are)."""
+        parsed: list[tuple[dict[str, Any], AnyTask]] = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            try:
+                task = parse_task(endpoint, item)
+            except ValueError:
+                continue
+            if task.task_id:
+                parsed.append((item, task))
+        ids = [task.task_id for _, task in parsed]
+        exts = [task.external_task_id for _, task in parsed if task.external_task_id]
+        mine: set[str] = await self._ledger(self.keys.store.owned_by, key, ids, exts)
+        kept = []
+        for item, task in parsed:
+            if task.task_id in mine or (task.external_task_id or "") in mine:
+                kept.append(item)
+                if task.done:
+                    await self.seen(key.id, endpoint, item)
+        return kept
 
     async def packs(self, key: KeyRecord) -> list[dict[str, Any]]:
         """The key's budgets as Kling's resource packs (``/account/costs`` of a virtual key)."""

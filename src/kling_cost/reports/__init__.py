@@ -9,6 +9,7 @@ from ._time import parse_since, parse_until
 from .aggregate import DIMENSIONS, Report, ReportRow, parse_by, report
 from .export import EXPORT_FIELDS, charge_record, export_charges
 from .glance import DaySpend, Glance, closest_budget, glance
+from .keys import key_rows, keys_view
 from .views import DailyUsage, budget_status, daily_usage, latest_charges, overview
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "daily_usage",
     "export_charges",
     "glance",
+    "key_rows",
+    "keys_view",
     "latest_charges",
     "overview",
     "parse_by",

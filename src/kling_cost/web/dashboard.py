@@ -13,7 +13,7 @@ from ..alerts.redact import public_alert
 from ..budgets import validate_tz
 from ..errors import ConfigurationError, KlingCostError, ValidationError
 from ..ledger import Ledger
-from ..reports import budget_status, daily_usage, glance, latest_charges, overview, report
+from ..reports import budget_status, daily_usage, glance, keys_view, latest_charges, overview, report
 from .access import COOKIE, HostGate, TokenGate, hide_tokens_in_access_log
 
 try:
@@ -207,6 +207,9 @@ def create_dashboard_app(
         zone(request)  # still validated
         return {"budgets": [budget_status(u) for u in ledger.usages(at=clock())]}
 
+    def get_keys(request: Request) -> Any:
+        return keys_view(ledger, now=clock())
+
     def get_openapi(request: Request) -> Any:
         return openapi_spec()
 
@@ -224,6 +227,7 @@ def create_dashboard_app(
         Route("/api/drift", api(get_drift)),
         Route("/api/charges", api(get_charges)),
         Route("/api/alerts", api(get_alerts)),
+        Route("/api/keys", api(get_keys)),
     ]
     app = Starlette(routes=routes)
     gated = TokenGate(app, token=token, bound_host=bound_host)

@@ -81,6 +81,13 @@ _ENDPOINTS: list[tuple[str, str, list[dict[str, Any]]]] = [
             _LIMIT,
         ],
     ),
+    (
+        "/api/keys",
+        "The proxy's virtual keys, by name: state, scopes, spend (all time per unit; this window "
+        "in each budget), each budget of `key:<name>` in its current window with what it has left, "
+        "the least left among every budget its creates reserve on, open tasks, last use. No secret.",
+        [],
+    ),
     ("/api/openapi.json", "This description.", []),
 ]
 
@@ -135,7 +142,64 @@ _GLANCE = {
         },
     },
 }
-_SCHEMAS = {"/api/glance": _GLANCE}
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_KEYS = {
+    "type": "object",
+    "properties": {
+        "generated_at": {"type": "string", "format": "date-time"},
+        "keys": {
+            "type": "array",
+            "description": "One entry per virtual key, by name (revoked and expired keys included).",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "scope": {"type": "string", "description": "key:<name>, where its own budgets are set"},
+                    "state": {"type": "string", "enum": ["active", "revoked", "expired"]},
+                    "scopes": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "What its creates reserve on (key:<name> first), besides account.",
+                    },
+                    "unit": {"type": "string", "enum": ["units", "credits"]},
+                    "concurrency": {"type": ["integer", "null"], "description": "Most open tasks at once"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "expires_at": _TIME,
+                    "revoked_at": _TIME,
+                    "last_used_at": {**_TIME, "description": "Last request (written at most every 30 s)"},
+                    "spend": {
+                        "type": "array",
+                        "description": "Charges carrying key:<name>, all time: one entry per unit, the "
+                        "key's own unit first (0 when nothing was charged).",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "unit": {"type": "string", "enum": ["units", "credits"]},
+                                "all_time": _AMOUNT,
+                                "charges": {"type": "integer"},
+                            },
+                        },
+                    },
+                    "budgets": {
+                        "type": "array",
+                        "description": "Each budget of key:<name> (day, week, month, lifetime) in its "
+                        "current window, as an entry of /api/budgets: window, window_key, start, end, tz, "
+                        "unit, limit, used (spent in this window), reserved, remaining, percent.",
+                        "items": {"type": "object"},
+                    },
+                    "headroom": {
+                        "type": ["object", "null"],
+                        "description": "The budget in the key's unit with the least left among every "
+                        "budget its creates reserve on (its own, its scopes', account's): remaining, "
+                        "unit, scope, window, window_key, tz; null when none has a budget.",
+                    },
+                    "open_tasks": {"type": "integer", "description": "Tasks holding a reservation"},
+                },
+            },
+        },
+    },
+}
+_SCHEMAS = {"/api/glance": _GLANCE, "/api/keys": _KEYS}
 
 
 def openapi_spec() -> dict[str, Any]:

@@ -307,13 +307,58 @@
     });
   }
 
+  // -- virtual keys -------------------------------------------------------------------------
+  // One line per budget of the key's own scope, in a cell: "day: 12.5 units".
+  function lines(td, items) {
+    items.forEach(([window, build]) => {
+      const line = el("div", "line");
+      line.dataset.window = window;
+      build(line);
+      td.appendChild(line);
+    });
+  }
+  const when = (iso) => (iso === null ? "never" : iso.replace("T", " ").slice(0, 19));
+  // A budget's current window and its time zone: "day 2026-06-15, Europe/Paris"; "lifetime" has neither.
+  const windowOf = (b) => (b.window === "lifetime" ? "lifetime" : b.window + " " + b.window_key + ", " + b.tz);
+
+  function drawKeys(data) {
+    fill("keys", data.keys, (tr, k) => {
+      tr.dataset.testid = "key-" + k.name; tr.dataset.state = k.state; tr.dataset.unit = k.unit;
+      cell(tr, k.name, "name");
+      cell(tr, k.state, "state state-" + k.state);
+      cell(tr, k.scopes.join(", "), "scopes");
+      const spend = cell(tr, "", "num spend");
+      lines(spend, k.spend.map((s) => [s.unit, (line) => {
+        line.append(el("span", "amount", fmt(s.all_time)), " " + s.unit);
+      }]));
+      lines(cell(tr, "", "window-spend"), k.budgets.map((b) => [b.window, (line) => {
+        line.append(b.window + ": ", el("span", "amount", fmt(b.used)), " " + b.unit);
+      }]));
+      const left = cell(tr, k.budgets.length === 0 ? "no budget of its own" : "", "left");
+      lines(left, k.budgets.map((b) => [b.window, (line) => {
+        line.append(el("span", "amount", fmt(b.remaining)), " of " + amt(b.limit, b.unit),
+          el("span", "muted detail", windowOf(b)));
+      }]));
+      const h = k.headroom;
+      const room = cell(tr, h === null ? "no limit" : "", "headroom");
+      if (h !== null) {
+        room.append(el("span", "amount", fmt(h.remaining)), " " + h.unit,
+          el("span", "muted detail", h.scope + " " + windowOf(h)));
+      }
+      cell(tr, String(k.open_tasks) + (k.concurrency === null ? "" : " / " + k.concurrency), "num open");
+      cell(tr, when(k.last_used_at), "used");
+    });
+    document.getElementById("keys").hidden = data.keys.length === 0;
+    document.getElementById("keys-empty").hidden = data.keys.length !== 0;
+  }
+
   async function load() {
     const p = "?days=" + days + "&tz=" + encodeURIComponent(tz);
     try {
-      const [g, o, m, md, pr, k, drift, charges, alerts] = await Promise.all([
+      const [g, o, m, md, pr, k, drift, charges, alerts, keys] = await Promise.all([
         q("api/glance" + p), q("api/overview" + p), q("api/breakdown/model" + p), q("api/breakdown/mode" + p),
         q("api/breakdown/project" + p), q("api/breakdown/key" + p), q("api/drift" + p),
-        q("api/charges?limit=50"), q("api/alerts?limit=100"),
+        q("api/charges?limit=50"), q("api/alerts?limit=100"), q("api/keys"),
       ]);
       drawSpend(g); drawClosest(g); drawTopPrompts(g);
       const plots = drawOverview(o);
@@ -321,6 +366,7 @@
         drawBreakdown("by-project", "project", pr), drawBreakdown("by-key", "key", k), drawDrift(drift));
       drawCharges(charges);
       drawAlerts(alerts);
+      drawKeys(keys);
       await Promise.all(plots);
       text("updated", "updated " + o.generated_at.replace("T", " ").slice(0, 19) + " UTC");
       document.getElementById("error").hidden = true;
