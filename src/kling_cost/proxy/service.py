@@ -230,6 +230,18 @@ class ProxyService:
         )
         return found
 
+    def _owner_and_key(self, key_id: int | None, task: AnyTask) -> tuple[OwnedTask | None, KeyRecord | None]:
+        """In one worker thread (one hop, not three): the task's proxy owner when that is
+        ``key_id`` (any key when None), its task id noted if the proxy did not know it yet, and
+        for an ended task the owner's key (its unit picks the guard that settles it)."""
+        store = self.keys.store
+        owned = store.owner(task_id=task.task_id, external_task_id=task.external_task_id)
+        if owned is None or (key_id is not None and owned.key_id != key_id):
+            return None, None
+        if owned.task_id is None:
+            store.attach(owned.external_task_id, task.task_id)
+        return owned, store.key_by_id(owned.key_id) if task.done else None
+
     async def seen(
         self,
         key_id: int | None,
@@ -248,13 +260,10 @@ class ProxyService:
             return None, None
         if not task.task_id:
             return None, None
-        owned = await self.owner_of_any(task.task_id, task.external_task_id)
-        if owned is None or (key_id is not None and owned.key_id != key_id):
+        owned, key = await anyio.to_thread.run_sync(self._owner_and_key, key_id, task)
+        if owned is None:
             return task, None
-        if owned.task_id is None:
-            await self._ledger(self.keys.store.attach, owned.external_task_id, task.task_id)
         if task.done:
-            key = await self._ledger(self.keys.store.key_by_id, owned.key_id)
             guard = self.guards[key.unit if key is not None else "units"]
             await guard.settler.settle_by_task(task)
         if owned.callback_url and (task.done or raw is not None):
