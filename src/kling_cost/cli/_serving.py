@@ -34,7 +34,10 @@ def listen(host: str, port: int) -> socket.socket:
     if not 0 <= port <= 65535:
         fail(f"--port {port} is not a TCP port; pick one from 1 to 65535")
     name = host.strip().strip("[]")
-    sock = socket.socket(socket.AF_INET6 if ":" in name else socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say so; without it every
+    # answer after the first on a keep-alive connection waits ~40 ms for a delayed ACK.
+    family = socket.AF_INET6 if ":" in name else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((name, port))

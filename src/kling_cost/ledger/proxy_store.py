@@ -250,23 +250,23 @@ class ProxyStore:
         return None if row is None else _key(row)
 
     def key(self, name: str) -> KeyRecord | None:
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             return self._by(cur, "name", name)
 
     def key_by_access_key(self, access_key: str) -> KeyRecord | None:
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             return self._by(cur, "access_key", access_key)
 
     def key_by_api_key_hash(self, digest: str) -> KeyRecord | None:
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             return self._by(cur, "api_key_hash", digest)
 
     def key_by_id(self, key_id: int) -> KeyRecord | None:
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             return self._by(cur, "id", key_id)
 
     def keys(self) -> list[KeyRecord]:
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(f"SELECT {_KEY_COLUMNS} FROM proxy_keys ORDER BY name")
             return [_key(row) for row in cur.fetchall()]
 
@@ -426,7 +426,7 @@ class ProxyStore:
 
     def owner(self, *, task_id: str | None = None, external_task_id: str | None = None) -> OwnedTask | None:
         """The proxy task with this task id, else this external id; None if the proxy never sent it."""
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             for column, value in (("task_id", task_id), ("external_task_id", external_task_id)):
                 if value is None:
                     continue
@@ -439,7 +439,7 @@ class ProxyStore:
     def owned_by(self, key: KeyRecord, task_ids: Sequence[str], external_ids: Sequence[str] = ()) -> set[str]:
         """Which of ``task_ids`` / ``external_ids`` belong to ``key`` (one query per 500)."""
         found: set[str] = set()
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             for column, values in (("task_id", list(task_ids)), ("external_task_id", list(external_ids))):
                 for start in range(0, len(values), 500):
                     chunk = values[start : start + 500]
@@ -454,7 +454,7 @@ class ProxyStore:
     def open_tasks(self, lookback: timedelta = OPEN_LOOKBACK) -> list[OwnedTask]:
         """Proxy tasks whose reservation is held or lapsed unsettled (what the settler polls),
         oldest first."""
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(
                 f"SELECT {', '.join('t.' + c for c in _TASK_COLUMNS.split(', '))} FROM proxy_tasks t "
                 "JOIN reservations r ON r.idempotency_key = t.external_task_id "
