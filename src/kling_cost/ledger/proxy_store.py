@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthError, ConcurrencyLimited, InvalidRequest, ValidationError
 from ..money import from_storage, to_storage
+from ..text import bad_text
 from ..timestamps import from_ms, to_ms
 from .backend import Cursor, retrying
 from .limits import BudgetRequest, Limits
@@ -428,8 +429,8 @@ class ProxyStore:
         """The proxy task with this task id, else this external id; None if the proxy never sent it."""
         with self.ledger.transaction() as cur:
             for column, value in (("task_id", task_id), ("external_task_id", external_task_id)):
-                if value is None:
-                    continue
+                if value is None or bad_text(value) is not None:
+                    continue  # no stored id has NUL or a lone surrogate (the ledger cannot hold one)
                 cur.execute(f"SELECT {_TASK_COLUMNS} FROM proxy_tasks WHERE {column} = ?", (value,))
                 row = cur.fetchone()
                 if row is not None:
@@ -439,6 +440,8 @@ class ProxyStore:
     def owned_by(self, key: KeyRecord, task_ids: Sequence[str], external_ids: Sequence[str] = ()) -> set[str]:
         """Which of ``task_ids`` / ``external_ids`` belong to ``key`` (one query per 500)."""
         found: set[str] = set()
+        task_ids = [v for v in task_ids if bad_text(v) is None]
+        external_ids = [v for v in external_ids if bad_text(v) is None]
         with self.ledger.transaction() as cur:
             for column, values in (("task_id", list(task_ids)), ("external_task_id", list(external_ids))):
                 for start in range(0, len(values), 500):

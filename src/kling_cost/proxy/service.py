@@ -224,6 +224,16 @@ class ProxyService:
         )
         return found if found is not None and found.key_id == key.id else None
 
+    async def fetch(self, owned: OwnedTask) -> AnyTask | None:
+        """What Kling says of ``owned`` now (by its task id, else its external id); None when
+        Kling has no task under its external id."""
+        key = await self._ledger(self.keys.store.key_by_id, owned.key_id)
+        guard = self.guards[key.unit if key is not None else "units"]
+        if owned.task_id is not None:
+            task: AnyTask = await guard.client.get_task(owned.endpoint, owned.task_id)
+            return task
+        return await guard.flight.find(owned.endpoint, owned.external_task_id, strict=True)
+
     async def owner_of_any(self, task_id: str | None, external_task_id: str | None) -> OwnedTask | None:
         found: OwnedTask | None = await self._ledger(
             self.keys.store.owner, task_id=task_id, external_task_id=external_task_id
