@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._common import LedgerOption, boundary, console, fail
+from ._common import LedgerOption, boundary, console, error_text, fail
 
 if TYPE_CHECKING:
     import socket
@@ -93,6 +93,8 @@ def proxy_command(
     require_server("the proxy")
     if (ssl_certfile is None) != (ssl_keyfile is None):
         fail("--ssl-certfile and --ssl-keyfile go together; give both or neither")
+    if ssl_certfile is not None and ssl_keyfile is not None:
+        _check_tls(ssl_certfile, ssl_keyfile)
     from ..kling.endpoints import BASE_URLS
     from ..ledger import default_ledger_url
     from ..proxy.keys import MasterKey
@@ -113,13 +115,19 @@ def proxy_command(
     if callback_secret_env and not os.environ.get(callback_secret_env):
         fail(f"--callback-secret-env {callback_secret_env}: that environment variable is not set")
     with boundary():
-        MasterKey.load()  # a missing or unreadable master key is one line now, not per request
+        # a missing or unreadable master key is one line now, not per request; never a new one
+        # (the keys were made with another: their JWTs and webhook secrets would all fail)
+        MasterKey.load(create=False)
         from ..ledger import open_ledger
 
         open_ledger(config.ledger).close()  # a broken URL fails here, before listening
+        from ..errors import MissingCredentials
         from ..kling.auth import resolve_auth
 
-        resolve_auth()  # the real credentials must be in the environment
+        try:
+            resolve_auth()  # the real credentials must be in the environment
+        except MissingCredentials as exc:
+            fail(error_text(exc).replace("--base-url", "--upstream"))
     sock = listen(host, port)
     scheme = "https" if ssl_certfile else "http"
     console.print(
@@ -139,6 +147,17 @@ def proxy_command(
             remove_multiprocess_dir(shared)
         return
     _serve(sock, workers, ssl_certfile, ssl_keyfile)
+
+
+def _check_tls(certfile: str, keyfile: str) -> None:
+    """One line and exit 2, before anything listens, when the certificate and key cannot serve."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except OSError as exc:  # ssl.SSLError too: not PEM, or a key of another certificate
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        fail(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile} cannot serve HTTPS: {reason}")
 
 
 def _serve(sock: socket.socket, workers: int, certfile: str | None, keyfile: str | None) -> None:
