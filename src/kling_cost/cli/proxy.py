@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -95,6 +95,7 @@ def proxy_command(
         fail("--ssl-certfile and --ssl-keyfile go together; give both or neither")
     if ssl_certfile is not None and ssl_keyfile is not None:
         _check_tls(ssl_certfile, ssl_keyfile)
+    _log_level()
     from ..kling.endpoints import BASE_URLS
     from ..ledger import default_ledger_url
     from ..proxy.keys import MasterKey
@@ -160,17 +161,43 @@ def _check_tls(certfile: str, keyfile: str) -> None:
         fail(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile} cannot serve HTTPS: {reason}")
 
 
+def _log_level() -> str:
+    """``KLING_COST_LOG_LEVEL`` (default ``warning``), or one line and exit 2 when uvicorn has
+    no such level."""
+    from uvicorn.config import LOG_LEVELS
+
+    level = os.environ.get("KLING_COST_LOG_LEVEL", "warning").strip().lower()
+    if level not in LOG_LEVELS:
+        fail(f"KLING_COST_LOG_LEVEL {level!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus the proxy's own loggers (the access log ``kling_cost.proxy.access``
+    among them) at ``level`` on uvicorn's stderr handler: without a handler nothing below a
+    warning was ever written."""
+    import copy
+
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    own = {"handlers": ["default"], "level": LOG_LEVELS[level], "propagate": False}
+    config["loggers"]["kling_cost"] = own
+    return config
+
+
 def _serve(sock: socket.socket, workers: int, certfile: str | None, keyfile: str | None) -> None:
     import uvicorn
 
     from ._common import EXIT_ERROR
 
-    level = os.environ.get("KLING_COST_LOG_LEVEL", "warning")
+    level = _log_level()
     config = uvicorn.Config(
         "kling_cost.proxy.server:app_from_env",
         factory=True,
         workers=workers,
         log_level=level,
+        log_config=_log_config(level),
         access_log=False,
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,

@@ -39,6 +39,7 @@ from ..ledger.proxy_store import KeyRecord
 from ..pricing.standard import NEW_FAMILIES
 from ..signing import verify_webhook
 from .answers import error, error_from, success
+from .keys import API_KEY_PREFIX
 from .service import CALLBACK_PATH, ProxyService, dump_task, is_new
 from .timing import UPSTREAM_SECONDS, Stopwatch
 from .upstream import Upstream
@@ -103,6 +104,16 @@ def _loose(path: str) -> str:
         elif seg not in ("", "."):
             kept.append(seg)
     return "/" + "/".join(kept)
+
+
+def _loggable(path: str) -> str:
+    """``path`` for the access log: at most 200 characters, a segment that looks like a
+    credential (a ``kc-`` API key, a JWT) masked, should a client have put one there."""
+    parts = [
+        "<redacted>" if seg.startswith(API_KEY_PREFIX) or seg.count(".") == 2 else seg
+        for seg in path[:400].split("/")
+    ]
+    return "/".join(parts)[:200]
 
 
 def _budget_answer(exc: BudgetExceeded) -> Response:
@@ -174,7 +185,7 @@ class ProxyApp:
             access_log.info(
                 "%s %s %d key=%s%s %.1fms",
                 request.method,
-                path[:200],
+                _loggable(path),
                 response.status_code,
                 getattr(request.state, "key_name", "-"),
                 f" refused={reason}" if reason else "",
@@ -225,9 +236,9 @@ class ProxyApp:
         return None
 
     async def _key(self, request: Request, *, new_standard: bool) -> KeyRecord:
-        return await self.service.authenticate(
-            request.headers.get("authorization"), new_standard=new_standard
-        )
+        key = await self.service.authenticate(request.headers.get("authorization"), new_standard=new_standard)
+        request.state.key_name = key.name  # the access log's key=
+        return key
 
     async def _raw_body(self, request: Request) -> bytes:
         """The body's bytes, within the size limit (never read whole first) and the client timeout."""
