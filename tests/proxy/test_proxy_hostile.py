@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import socket
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from urllib.parse import urlsplit
@@ -167,3 +171,20 @@ def test_the_body_limit_holds_on_every_path_that_reads_a_body(small: Proxied) ->
         status, answer = _raw(small.url, _chunked("POST", path, key.api_key, 8192))
         assert (status, json.loads(answer)["code"]) == (413, 1200), path
     assert small.tasks == []
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_a_jwt_whose_iss_the_ledger_cannot_hold_is_1002(proxied: Proxied) -> None:
+    """A JWT's payload is any JSON: an ``iss`` with a lone surrogate was a plain-text 500, one
+    with NUL a 503 "ledger unavailable" on PostgreSQL (no key can have such an access key)."""
+    proxied.key("real")
+    header = _b64(b'{"alg":"HS256","typ":"JWT"}')
+    for iss in ('"a\\u0000"', '"a\\ud800"', '"\\udc80"'):
+        payload = _b64(f'{{"iss": {iss}, "exp": {int(time.time()) + 1800}}}'.encode())
+        signature = _b64(hmac.new(b"guess", f"{header}.{payload}".encode(), hashlib.sha256).digest())
+        token = f"{header}.{payload}.{signature}"
+        res = proxied.http("GET", "/v1/videos/text2video", headers={"Authorization": f"Bearer {token}"})
+        assert (res.status_code, res.json()["code"]) == (401, 1002), iss
