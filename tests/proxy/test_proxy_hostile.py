@@ -188,3 +188,23 @@ def test_a_jwt_whose_iss_the_ledger_cannot_hold_is_1002(proxied: Proxied) -> Non
         token = f"{header}.{payload}.{signature}"
         res = proxied.http("GET", "/v1/videos/text2video", headers={"Authorization": f"Bearer {token}"})
         assert (res.status_code, res.json()["code"]) == (401, 1002), iss
+
+
+def test_a_lip_sync_is_reserved_at_its_worst_case_never_at_a_client_hint(proxied: Proxied) -> None:
+    """A lip-sync was reserved at the body's ``input.duration`` (a hint of the guard's, not a
+    Kling field): ``"duration": 1`` held 0.5 units for a task Kling charged 1.0, so concurrent
+    lip-syncs went past any budget. The proxy holds the longest video Kling makes (180 s: 18
+    units) and commits what Kling charged."""
+    maker = proxied.key("maker")
+    made = proxied.client(maker).create("text2video", {**T2V, "duration": "10"})
+    proxied.finish(20)
+    video = proxied.client(maker).get_task("text2video", made.task_id).videos[0].id
+    key = proxied.key("lips", budget="20")
+    body = {"input": {"video_id": video, "mode": "text2video", "text": "hi", "voice_id": "v", "duration": 1}}
+    res = proxied.http("POST", "/v1/videos/lip-sync", key, json=body)
+    assert res.status_code == 200, res.text
+    assert proxied.ledger.usage("key:lips", "day").reserved == Decimal(18)
+    proxied.finish(20)
+    proxied.settle()
+    usage = proxied.ledger.usage("key:lips", "day")
+    assert (usage.used, usage.reserved) == (Decimal("1.0"), Decimal(0))  # Kling's 0.5 x two 5 s blocks

@@ -30,7 +30,7 @@ from ..errors import (
     ValidationError,
 )
 from ..guard import AsyncCostAwareClient
-from ..kling.endpoints import external_task_id_of, with_external_task_id
+from ..kling.endpoints import CREATE_PATHS, external_task_id_of, with_external_task_id
 from ..kling.models import KlingTask
 from ..kling.new_standard import NewStandardTask
 from ..kling.tasks import AnyTask
@@ -48,6 +48,10 @@ CALLBACK_PATH = "/_kling_cost/callback"
 """Where Kling's callbacks reach the proxy (``--public-url`` + this path)."""
 
 MAX_BODY_BYTES = 50 * 1024 * 1024
+LIPSYNC_PATHS = frozenset({CREATE_PATHS["lip-sync"], CREATE_PATHS["advanced-lip-sync"]})
+LIPSYNC_MAX_SECONDS = 180
+"""What a lip-sync through the proxy is reserved for: the longest video Kling makes (an extended
+video stops at 3 minutes). Kling's charge, per started 5 s of the real video, is what commits."""
 NEVER_MS = 253402300799000
 """``invalid_time`` of a lifetime budget shown as a pack: 9999-12-31T23:59:59Z."""
 _ALIASES = {**LEGACY_IDS, **{legacy: new for new, legacy in LEGACY_IDS.items()}}
@@ -174,14 +178,17 @@ class ProxyService:
         if ext is None:
             ext = f"kcp-{uuid.uuid4().hex}"
             with_external_task_id(path, body, ext)
+        # a lip-sync costs per started 5 s of its source video, which the body does not tell
+        # (a client's input.duration is a hint anyone can lower): hold the longest video Kling makes
+        hints = {"duration": LIPSYNC_MAX_SECONDS} if path in LIPSYNC_PATHS else None
         try:
-            req = guard.core.prepare(path, body)
+            req = guard.core.prepare(path, body, hints=hints)
         except (PricingError, ValidationError) as exc:
             raise InvalidRequest(str(exc), code=1201, http_status=400) from None
         self._check_policy(key, path, req.metadata, req.amount, req.unit)
         claimed = await self._ledger(self.keys.store.claim_task, key, ext, req.endpoint, callback)
         try:
-            task = await guard.create(req.endpoint, req.body, scopes=key.all_scopes, dedup=False)
+            task = await guard.create(req.endpoint, req.body, scopes=key.all_scopes, dedup=False, hints=hints)
         except (BudgetExceeded, PricingError, ValidationError):
             if claimed:
                 await self._ledger(self.keys.store.unclaim, key, ext)
