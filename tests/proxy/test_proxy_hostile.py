@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import socket
 import time
 from collections.abc import Iterator
@@ -208,3 +209,17 @@ def test_a_lip_sync_is_reserved_at_its_worst_case_never_at_a_client_hint(proxied
     proxied.settle()
     usage = proxied.ledger.usage("key:lips", "day")
     assert (usage.used, usage.reserved) == (Decimal("1.0"), Decimal(0))  # Kling's 0.5 x two 5 s blocks
+
+
+def test_a_long_external_task_id_is_1201_not_ledger_unavailable(proxied: Proxied) -> None:
+    """An ``external_task_id`` of a few kilobytes (random, so PostgreSQL cannot compress it
+    into its index) was claimed before its length was checked: 503 "ledger unavailable",
+    logged as a ledger failure. It is a bad parameter, refused before anything is held."""
+    key = proxied.key("longid", budget="10")
+    for ext in (secrets.token_hex(101), secrets.token_hex(5000)):
+        res = proxied.http("POST", "/v1/videos/text2video", key, json={**T2V, "external_task_id": ext})
+        assert (res.status_code, res.json()["code"]) == (400, 1201), res.text
+        new = {"prompt": "x", "settings": {"duration": 5}, "options": {"external_task_id": ext}}
+        res = proxied.http("POST", "/text-to-video/kling-2.6", key, json=new)
+        assert (res.status_code, res.json()["code"]) == (400, 1201), res.text
+    assert proxied.tasks == [] and proxied.ledger.reservations(limit=None) == []

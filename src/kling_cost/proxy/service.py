@@ -36,6 +36,7 @@ from ..kling.new_standard import NewStandardTask
 from ..kling.tasks import AnyTask
 from ..ledger import Ledger
 from ..ledger.proxy_store import KeyRecord, OwnedTask
+from ..ledger.records import MAX_KEY
 from ..money import format_quantity
 from ..pricing import LEGACY_IDS
 from ..pricing.standard import split_new_path
@@ -178,6 +179,9 @@ class ProxyService:
         if ext is None:
             ext = f"kcp-{uuid.uuid4().hex}"
             with_external_task_id(path, body, ext)
+        if not ext.strip() or len(ext) > MAX_KEY:  # checked before it is claimed (and indexed)
+            wanted = f"external_task_id must be 1 to {MAX_KEY} characters, not only spaces"
+            raise InvalidRequest(wanted, code=1201, http_status=400)
         # a lip-sync costs per started 5 s of its source video, which the body does not tell
         # (a client's input.duration is a hint anyone can lower): hold the longest video Kling makes
         hints = {"duration": LIPSYNC_MAX_SECONDS} if path in LIPSYNC_PATHS else None
