@@ -223,3 +223,30 @@ def test_a_long_external_task_id_is_1201_not_ledger_unavailable(proxied: Proxied
         res = proxied.http("POST", "/text-to-video/kling-2.6", key, json=new)
         assert (res.status_code, res.json()["code"]) == (400, 1201), res.text
     assert proxied.tasks == [] and proxied.ledger.reservations(limit=None) == []
+
+
+def test_retrying_refused_external_ids_cannot_pass_the_concurrency_limit(proxied: Proxied) -> None:
+    """A key already owning an ``external_task_id`` skipped the concurrency count: creates
+    Kling refused (their holds released) left their ids claimed, and resending them all with
+    a valid body ran three tasks at once on a key limited to one. The claim also kept the first
+    attempt's endpoint, so the settler asked Kling for the task at the wrong path forever (its
+    hold lapsed uncharged)."""
+    key = proxied.key("burst", budget="100", concurrency=1)
+    for i in range(3):
+        res = proxied.http(
+            "POST", "/v1/videos/video-extend", key, json={"video_id": "no", "external_task_id": f"e{i}"}
+        )
+        assert (res.status_code, res.json()["code"]) == (400, 1201)  # Kling's refusal: released
+    answers = [
+        proxied.http("POST", "/v1/videos/text2video", key, json={**T2V, "external_task_id": f"e{i}"})
+        for i in range(3)
+    ]
+    assert [(a.status_code, a.json()["code"]) for a in answers] == [(200, 0), (429, 1303), (429, 1303)]
+    assert len(proxied.tasks) == 1
+    again = proxied.http("POST", "/v1/videos/text2video", key, json={**T2V, "external_task_id": "e0"})
+    assert again.json()["data"]["task_id"] == answers[0].json()["data"]["task_id"]  # a retry: same task
+    proxied.finish()
+    proxied.settle()  # the retry was a text2video: the settler asks Kling there, not at video-extend
+    assert proxied.ledger.usage("key:burst", "day").used == Decimal("1.5")
+    res = proxied.http("POST", "/v1/videos/text2video", key, json={**T2V, "external_task_id": "e1"})
+    assert res.status_code == 200 and len(proxied.tasks) == 2  # the slot is free again
