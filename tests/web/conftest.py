@@ -103,7 +103,7 @@ def add_hostile_key(ledger: Ledger) -> None:
         models=None,
         concurrency=None,
         callback_hosts=(),
-        expires_at=None,
+        expires_in=None,
     )
 
 

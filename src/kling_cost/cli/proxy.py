@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._common import LedgerOption, boundary, console, fail
+from ._common import LedgerOption, boundary, console, error_text, fail
 
 if TYPE_CHECKING:
     import socket
@@ -93,6 +93,9 @@ def proxy_command(
     require_server("the proxy")
     if (ssl_certfile is None) != (ssl_keyfile is None):
         fail("--ssl-certfile and --ssl-keyfile go together; give both or neither")
+    if ssl_certfile is not None and ssl_keyfile is not None:
+        _check_tls(ssl_certfile, ssl_keyfile)
+    _log_level()
     from ..kling.endpoints import BASE_URLS
     from ..ledger import default_ledger_url
     from ..proxy.keys import MasterKey
@@ -113,13 +116,19 @@ def proxy_command(
     if callback_secret_env and not os.environ.get(callback_secret_env):
         fail(f"--callback-secret-env {callback_secret_env}: that environment variable is not set")
     with boundary():
-        MasterKey.load()  # a missing or unreadable master key is one line now, not per request
+        # a missing or unreadable master key is one line now, not per request; never a new one
+        # (the keys were made with another: their JWTs and webhook secrets would all fail)
+        MasterKey.load(create=False)
         from ..ledger import open_ledger
 
         open_ledger(config.ledger).close()  # a broken URL fails here, before listening
+        from ..errors import MissingCredentials
         from ..kling.auth import resolve_auth
 
-        resolve_auth()  # the real credentials must be in the environment
+        try:
+            resolve_auth()  # the real credentials must be in the environment
+        except MissingCredentials as exc:
+            fail(error_text(exc).replace("--base-url", "--upstream"))
     sock = listen(host, port)
     scheme = "https" if ssl_certfile else "http"
     console.print(
@@ -141,17 +150,54 @@ def proxy_command(
     _serve(sock, workers, ssl_certfile, ssl_keyfile)
 
 
+def _check_tls(certfile: str, keyfile: str) -> None:
+    """One line and exit 2, before anything listens, when the certificate and key cannot serve."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except OSError as exc:  # ssl.SSLError too: not PEM, or a key of another certificate
+        reason = exc.strerror or getattr(exc, "reason", None) or str(exc)
+        fail(f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile} cannot serve HTTPS: {reason}")
+
+
+def _log_level() -> str:
+    """``KLING_COST_LOG_LEVEL`` (default ``warning``), or one line and exit 2 when uvicorn has
+    no such level."""
+    from uvicorn.config import LOG_LEVELS
+
+    level = os.environ.get("KLING_COST_LOG_LEVEL", "warning").strip().lower()
+    if level not in LOG_LEVELS:
+        fail(f"KLING_COST_LOG_LEVEL {level!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, plus the proxy's own loggers (the access log ``kling_cost.proxy.access``
+    among them) at ``level`` on uvicorn's stderr handler: without a handler nothing below a
+    warning was ever written."""
+    import copy
+
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    own = {"handlers": ["default"], "level": LOG_LEVELS[level], "propagate": False}
+    config["loggers"]["kling_cost"] = own
+    return config
+
+
 def _serve(sock: socket.socket, workers: int, certfile: str | None, keyfile: str | None) -> None:
     import uvicorn
 
     from ._common import EXIT_ERROR
 
-    level = os.environ.get("KLING_COST_LOG_LEVEL", "warning")
+    level = _log_level()
     config = uvicorn.Config(
         "kling_cost.proxy.server:app_from_env",
         factory=True,
         workers=workers,
         log_level=level,
+        log_config=_log_config(level),
         access_log=False,
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,

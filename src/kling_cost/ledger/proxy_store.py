@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AuthError, ConcurrencyLimited, InvalidRequest, ValidationError
 from ..money import from_storage, to_storage
+from ..text import bad_text
 from ..timestamps import from_ms, to_ms
 from .backend import Cursor, retrying
 from .limits import BudgetRequest, Limits
@@ -331,7 +332,9 @@ class ProxyStore:
         """Claim ``external_task_id`` for ``key`` before its create is reserved and sent.
 
         Returns False when the key already owns it (a retry: the guard finds the earlier
-        request). Raises :class:`InvalidRequest` (1201) when another key owns it, and
+        request; one whose earlier attempt ended without a task counts against the concurrency
+        again and takes this request's endpoint and callback URL). Raises :class:`InvalidRequest`
+        (1201) when another key owns it, and
         :class:`ConcurrencyLimited` (1303) when the key already has ``concurrency`` tasks open:
         counted under the key's row lock, so concurrent creates on any process never exceed it.
         """
@@ -355,6 +358,7 @@ class ProxyStore:
                     (external_task_id,),
                 )
                 owned = cur.fetchone()
+                now_ms = to_ms(cur.now)
                 if owned is not None:
                     if int(owned[1]) != key.id:
                         raise InvalidRequest(
@@ -362,17 +366,19 @@ class ProxyStore:
                             code=1201,
                             http_status=400,
                         )
+                    if self._starts_anew(cur, _owned(owned)):
+                        # its earlier attempt never started a task: this one may, so it counts,
+                        # and it is this request's endpoint Kling will know the task under
+                        if key.concurrency is not None:
+                            self._check_concurrency(cur, key, external_task_id)
+                        cur.execute(
+                            "UPDATE proxy_tasks SET endpoint = ?, callback_url = ?, created_at = ?, "
+                            "updated_at = ? WHERE external_task_id = ?",
+                            (endpoint, callback_url, now_ms, now_ms, external_task_id),
+                        )
                     return False
                 if key.concurrency is not None:
-                    open_now = self._open_count(cur, key.id)
-                    if open_now >= key.concurrency:
-                        raise ConcurrencyLimited(
-                            f"key {key.name!r} has {open_now} tasks running, its limit is "
-                            f"{key.concurrency}; retry when one ends",
-                            code=1303,
-                            http_status=429,
-                        )
-                now_ms = to_ms(cur.now)
+                    self._check_concurrency(cur, key, external_task_id)
                 cur.execute(
                     "INSERT INTO proxy_tasks (external_task_id, key_id, endpoint, callback_url, "
                     "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -382,15 +388,43 @@ class ProxyStore:
 
         return retrying(run)
 
+    @classmethod
+    def _check_concurrency(cls, cur: Cursor, key: KeyRecord, external_task_id: str) -> None:
+        open_now = cls._open_count(cur, key.id, external_task_id)
+        if key.concurrency is not None and open_now >= key.concurrency:
+            raise ConcurrencyLimited(
+                f"key {key.name!r} has {open_now} tasks running, its limit is "
+                f"{key.concurrency}; retry when one ends",
+                code=1303,
+                http_status=429,
+            )
+
     @staticmethod
-    def _open_count(cur: Cursor, key_id: int) -> int:
+    def _starts_anew(cur: Cursor, owned: OwnedTask) -> bool:
+        """Whether sending a claimed ``external_task_id`` again may start a new task at Kling:
+        its reservation ended without a task (Kling refused it, or its lease lapsed), or it has
+        none and its claim belongs to an attempt that died before reserving."""
+        cur.execute(
+            "SELECT status, task_id FROM reservations WHERE idempotency_key = ?", (owned.external_task_id,)
+        )
+        row = cur.fetchone()
+        if row is None:
+            return owned.created_at <= cur.now - CLAIM_GRACE
+        return row[1] is None and row[0] in ("released", "expired")
+
+    @staticmethod
+    def _open_count(cur: Cursor, key_id: int, excluding: str | None = None) -> int:
+        """Tasks of ``key_id`` holding a reservation, and claims of the last :data:`CLAIM_GRACE`
+        whose reservation is not written yet (or is an earlier attempt's that ended without a
+        task: a retry on its way)."""
         now = cur.now
         cur.execute(
             "SELECT COUNT(*) FROM proxy_tasks t LEFT JOIN reservations r "
             "ON r.idempotency_key = t.external_task_id "
-            "WHERE t.key_id = ? AND t.created_at > ? "
-            "AND (r.status = 'reserved' OR (r.id IS NULL AND t.created_at > ?))",
-            (key_id, to_ms(now - OPEN_LOOKBACK), to_ms(now - CLAIM_GRACE)),
+            "WHERE t.key_id = ? AND t.created_at > ? AND t.external_task_id <> ? "
+            "AND (r.status = 'reserved' OR (t.created_at > ? AND (r.id IS NULL OR "
+            "(r.task_id IS NULL AND r.status IN ('released', 'expired') AND r.created_at < t.created_at))))",
+            (key_id, to_ms(now - OPEN_LOOKBACK), excluding or "", to_ms(now - CLAIM_GRACE)),
         )
         return int(cur.fetchone()[0])
 
@@ -428,8 +462,8 @@ class ProxyStore:
         """The proxy task with this task id, else this external id; None if the proxy never sent it."""
         with self.ledger.transaction(snapshot=True) as cur:
             for column, value in (("task_id", task_id), ("external_task_id", external_task_id)):
-                if value is None:
-                    continue
+                if value is None or bad_text(value) is not None:
+                    continue  # no stored id has NUL or a lone surrogate (the ledger cannot hold one)
                 cur.execute(f"SELECT {_TASK_COLUMNS} FROM proxy_tasks WHERE {column} = ?", (value,))
                 row = cur.fetchone()
                 if row is not None:
@@ -439,6 +473,8 @@ class ProxyStore:
     def owned_by(self, key: KeyRecord, task_ids: Sequence[str], external_ids: Sequence[str] = ()) -> set[str]:
         """Which of ``task_ids`` / ``external_ids`` belong to ``key`` (one query per 500)."""
         found: set[str] = set()
+        task_ids = [v for v in task_ids if bad_text(v) is None]
+        external_ids = [v for v in external_ids if bad_text(v) is None]
         with self.ledger.transaction(snapshot=True) as cur:
             for column, values in (("task_id", list(task_ids)), ("external_task_id", list(external_ids))):
                 for start in range(0, len(values), 500):

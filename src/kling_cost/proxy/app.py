@@ -9,13 +9,16 @@ proxy runs with ``--allow-unpriced`` (then it is passed through with no budget a
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import anyio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -31,12 +34,13 @@ from ..errors import (
     ValidationError,
 )
 from ..kling.endpoints import CREATE_PATHS, IDENTIFY_FACE_PATH
-from ..kling.limits import BodyLimits, read_json_body
+from ..kling.limits import BodyLimits, parse_json_body, read_body
 from ..ledger.proxy_store import KeyRecord
 from ..pricing.standard import NEW_FAMILIES
 from ..signing import verify_webhook
 from .answers import error, error_from, success
-from .service import CALLBACK_PATH, ProxyService, is_new
+from .keys import API_KEY_PREFIX
+from .service import CALLBACK_PATH, ProxyService, dump_task, is_new
 from .timing import UPSTREAM_SECONDS, Stopwatch
 from .upstream import Upstream
 
@@ -72,6 +76,44 @@ def refusal_reason(exc: BaseException) -> str:
             1303: "concurrency",
         }.get(exc.code or 0, "upstream")
     return "invalid"
+
+
+def _unsafe(path: str) -> bool:
+    """A path with a control character, or an empty, ``.`` or ``..`` segment: never Kling's
+    spelling of a path, and one an HTTP client would rewrite before sending it on (httpx
+    resolves ``/v1/x/../videos/text2video`` to a create path)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return True
+    return path != "/" and any(seg in ("", ".", "..") for seg in path.split("/")[1:])
+
+
+def _loose(path: str) -> str:
+    """``path`` as a lenient server could read it: percent-decoded (repeatedly), lower-cased,
+    without ``;parameters``, with empty and dot segments resolved."""
+    for _ in range(4):
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    kept: list[str] = []
+    for part in path.lower().split("/"):
+        seg = part.split(";", 1)[0]
+        if seg == "..":
+            if kept:
+                kept.pop()
+        elif seg not in ("", "."):
+            kept.append(seg)
+    return "/" + "/".join(kept)
+
+
+def _loggable(path: str) -> str:
+    """``path`` for the access log: at most 200 characters, a segment that looks like a
+    credential (a ``kc-`` API key, a JWT) masked, should a client have put one there."""
+    parts = [
+        "<redacted>" if seg.startswith(API_KEY_PREFIX) or seg.count(".") == 2 else seg
+        for seg in path[:400].split("/")
+    ]
+    return "/".join(parts)[:200]
 
 
 def _budget_answer(exc: BudgetExceeded) -> Response:
@@ -143,7 +185,7 @@ class ProxyApp:
             access_log.info(
                 "%s %s %d key=%s%s %.1fms",
                 request.method,
-                path[:200],
+                _loggable(path),
                 response.status_code,
                 getattr(request.state, "key_name", "-"),
                 f" refused={reason}" if reason else "",
@@ -152,6 +194,26 @@ class ProxyApp:
         return response
 
     def _handler(self, method: str, path: str) -> tuple[Callable[[Request, str], Awaitable[Response]], str]:
+        if _unsafe(path):
+            return self.unknown, "unknown"
+        found = self._route(method, path)
+        if found is not None:
+            return found
+        if self.service.settings.allow_unpriced and not self._lookalike(path):
+            return self.passthrough, "unpriced"
+        return self.unknown, "unknown"
+
+    def _lookalike(self, path: str) -> bool:
+        """Whether ``path`` (asked with another method, or spelt loosely) may be one of the
+        paths the proxy prices or filters: never passed through unpriced."""
+        loose = _loose(path)
+        return _unsafe(loose) or any(
+            self._route(m, p) is not None for m in ("GET", "POST") for p in (path, loose)
+        )
+
+    def _route(
+        self, method: str, path: str
+    ) -> tuple[Callable[[Request, str], Awaitable[Response]], str] | None:
         if method == "POST" and path in LEGACY_CREATES:
             return self.create, "create"
         parts = [p for p in path.split("/") if p]
@@ -171,26 +233,28 @@ class ProxyApp:
             return self.identify_face, "identify_face"
         if path in BILLING_PATHS:
             return self.billing, "billing"
-        if self.service.settings.allow_unpriced:
-            return self.passthrough, "unpriced"
-        return self.unknown, "unknown"
+        return None
 
     async def _key(self, request: Request, *, new_standard: bool) -> KeyRecord:
-        return await self.service.authenticate(
-            request.headers.get("authorization"), new_standard=new_standard
-        )
+        key = await self.service.authenticate(request.headers.get("authorization"), new_standard=new_standard)
+        request.state.key_name = key.name  # the access log's key=
+        return key
 
-    async def _body(self, request: Request) -> object:
-        """The JSON body, within the size limit and the client timeout."""
+    async def _raw_body(self, request: Request) -> bytes:
+        """The body's bytes, within the size limit (never read whole first) and the client timeout."""
         try:
             with anyio.fail_after(self.service.settings.client_timeout):
-                return await read_json_body(
+                return await read_body(
                     request.stream(), content_length=request.headers.get("content-length"), limits=self.limits
                 )
         except TimeoutError:
             raise InvalidRequest(
                 "the request body did not arrive in time", code=1200, http_status=408
             ) from None
+
+    async def _body(self, request: Request) -> object:
+        """The JSON body, within the size limit and the client timeout."""
+        return parse_json_body(await self._raw_body(request), self.limits)
 
     # -- Kling's paths ------------------------------------------------------------------------
 
@@ -237,7 +301,7 @@ class ProxyApp:
 
     async def tasks_listing(self, request: Request, path: str) -> Response:
         key = await self._key(request, new_standard=True)
-        raw = await request.body() if int(request.headers.get("content-length") or 0) else None
+        raw = await self._raw_body(request) or None
         answer = await self.upstream.send("POST", path, body=raw, api_key_only=True)
         if not answer.ok:
             self.upstream.raise_for(answer)
@@ -257,9 +321,7 @@ class ProxyApp:
 
     async def identify_face(self, request: Request, path: str) -> Response:
         await self._key(request, new_standard=False)
-        body = await request.body()
-        if len(body) > self.limits.max_bytes:
-            raise InvalidRequest("request body is too large", code=1200, http_status=413)
+        body = await self._raw_body(request)
         answer = await self.upstream.send("POST", path, body=body)
         return Response(answer.content, status_code=answer.status, media_type="application/json")
 
@@ -273,7 +335,7 @@ class ProxyApp:
 
     async def passthrough(self, request: Request, path: str) -> Response:
         await self._key(request, new_standard=False)
-        body = await request.body() or None
+        body = await self._raw_body(request) or None
         answer = await self.upstream.send(
             request.method, path, params=dict(request.query_params), body=body, api_key_only=is_new(path)
         )
@@ -295,8 +357,12 @@ class ProxyApp:
 
     async def callback(self, request: Request) -> Response:
         """Kling's callback: verify, settle, queue the client's callback. Always 200 once
-        recorded (Kling retries anything else)."""
-        body = await request.body()
+        recorded (Kling retries anything else). Without a webhook secret anyone can post here,
+        so the body only names the task: what Kling answers about it is settled and relayed."""
+        try:
+            body = await self._raw_body(request)
+        except InvalidRequest as exc:
+            return error_from(exc)
         secret = self.service.settings.callback_secret
         if secret is not None:
             try:
@@ -304,8 +370,6 @@ class ProxyApp:
             except AuthError as exc:
                 return error(1002, f"callback refused: {exc}", 401)
         try:
-            import json
-
             doc = json.loads(body)
         except ValueError:
             return error(1200, "callback body is not JSON", 400)
@@ -319,9 +383,18 @@ class ProxyApp:
         if owned is None:
             return error(1203, "no task of this proxy", 404)
         try:
+            if secret is None:  # unsigned: never trusted; Kling's own word on the task
+                task = await self.service.fetch(owned)
+                if task is None:
+                    return error(1203, "no task of this proxy", 404)
+                doc = dump_task(task)
+                body = json.dumps(doc, separators=(",", ":")).encode()
             await self.service.seen(None, owned.endpoint, doc, raw=body)
         except StorageError:
             return error(5000, "ledger unavailable; retry", 503)
+        except KlingCostError as exc:
+            log.warning("callback for %s: the task could not be checked with Kling: %s", owned.task_id, exc)
+            return error(5000, "the task could not be checked with Kling; retry", 503)
         return success(None)
 
     async def healthz(self, request: Request) -> Response:
@@ -330,8 +403,6 @@ class ProxyApp:
     async def readyz(self, request: Request) -> Response:
         if self.ready is None:
             return Response(b'{"status":"ok"}', media_type="application/json")
-        import json
-
         checks = await self.ready()
         ok = all(v == "ok" for v in checks.values())
         return Response(
@@ -346,5 +417,13 @@ class ProxyApp:
         content, content_type = await self.metrics(request.headers.get("accept"))
         return Response(content, media_type=content_type)
 
+    @staticmethod
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals (a method no route takes: 405) in Kling's envelope."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return error(1202, f"{request.method} is not a method of {request.url.path[:200]}", status)
+
     def build(self, lifespan: Any = None) -> Starlette:
-        return Starlette(routes=self.routes(), lifespan=lifespan)
+        return Starlette(
+            routes=self.routes(), lifespan=lifespan, exception_handlers={HTTPException: self.http_error}
+        )

@@ -48,6 +48,7 @@ from ..ledger import Ledger
 from ..ledger.limits import BudgetRequest, budget_request
 from ..ledger.proxy_store import KeyRecord, refused_key
 from ..money import parse_amount
+from ..text import bad_text
 
 __all__ = [
     "ENV_MASTER_KEY",
@@ -503,6 +504,8 @@ class Keys:
         issuer = claims.get("iss") if isinstance(claims, dict) else None
         if not isinstance(issuer, str) or not issuer:
             raise _auth(1002, "Authorization is invalid: the JWT has no iss (access key)")
+        if bad_text(issuer) is not None:  # NUL or a lone surrogate: no stored access key has one
+            raise _auth(1002, "Authorization is invalid: unknown access key")
         record = self.store.key_by_access_key(issuer)
         if record is None:
             raise _auth(1002, "Authorization is invalid: unknown access key")

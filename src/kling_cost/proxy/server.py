@@ -78,7 +78,7 @@ def build_app(
     :meth:`MasterKey.load`; the Kling credentials come from the environment."""
     own_ledger = ledger is None
     led = ledger if ledger is not None else open_ledger(config.ledger)
-    master_key = master if master is not None else MasterKey.load()
+    master_key = master if master is not None else MasterKey.load(create=False)
     secret = os.environ.get(config.callback_secret_env) if config.callback_secret_env else None
     settings = ProxySettings(
         public_url=config.public_url,

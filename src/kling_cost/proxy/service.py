@@ -30,12 +30,13 @@ from ..errors import (
     ValidationError,
 )
 from ..guard import AsyncCostAwareClient
-from ..kling.endpoints import external_task_id_of, with_external_task_id
+from ..kling.endpoints import CREATE_PATHS, external_task_id_of, with_external_task_id
 from ..kling.models import KlingTask
 from ..kling.new_standard import NewStandardTask
 from ..kling.tasks import AnyTask
 from ..ledger import Ledger
 from ..ledger.proxy_store import KeyRecord, OwnedTask
+from ..ledger.records import MAX_KEY
 from ..money import format_quantity
 from ..pricing import LEGACY_IDS
 from ..pricing.standard import split_new_path
@@ -48,6 +49,10 @@ CALLBACK_PATH = "/_kling_cost/callback"
 """Where Kling's callbacks reach the proxy (``--public-url`` + this path)."""
 
 MAX_BODY_BYTES = 50 * 1024 * 1024
+LIPSYNC_PATHS = frozenset({CREATE_PATHS["lip-sync"], CREATE_PATHS["advanced-lip-sync"]})
+LIPSYNC_MAX_SECONDS = 180
+"""What a lip-sync through the proxy is reserved for: the longest video Kling makes (an extended
+video stops at 3 minutes). Kling's charge, per started 5 s of the real video, is what commits."""
 NEVER_MS = 253402300799000
 """``invalid_time`` of a lifetime budget shown as a pack: 9999-12-31T23:59:59Z."""
 _ALIASES = {**LEGACY_IDS, **{legacy: new for new, legacy in LEGACY_IDS.items()}}
@@ -174,14 +179,20 @@ class ProxyService:
         if ext is None:
             ext = f"kcp-{uuid.uuid4().hex}"
             with_external_task_id(path, body, ext)
+        if not ext.strip() or len(ext) > MAX_KEY:  # checked before it is claimed (and indexed)
+            wanted = f"external_task_id must be 1 to {MAX_KEY} characters, not only spaces"
+            raise InvalidRequest(wanted, code=1201, http_status=400)
+        # a lip-sync costs per started 5 s of its source video, which the body does not tell
+        # (a client's input.duration is a hint anyone can lower): hold the longest video Kling makes
+        hints = {"duration": LIPSYNC_MAX_SECONDS} if path in LIPSYNC_PATHS else None
         try:
-            req = guard.core.prepare(path, body)
+            req = guard.core.prepare(path, body, hints=hints)
         except (PricingError, ValidationError) as exc:
             raise InvalidRequest(str(exc), code=1201, http_status=400) from None
         self._check_policy(key, path, req.metadata, req.amount, req.unit)
         claimed = await self._ledger(self.keys.store.claim_task, key, ext, req.endpoint, callback)
         try:
-            task = await guard.create(req.endpoint, req.body, scopes=key.all_scopes, dedup=False)
+            task = await guard.create(req.endpoint, req.body, scopes=key.all_scopes, dedup=False, hints=hints)
         except (BudgetExceeded, PricingError, ValidationError):
             if claimed:
                 await self._ledger(self.keys.store.unclaim, key, ext)
@@ -223,6 +234,16 @@ class ProxyService:
             self.keys.store.owner, task_id=ident, external_task_id=ident
         )
         return found if found is not None and found.key_id == key.id else None
+
+    async def fetch(self, owned: OwnedTask) -> AnyTask | None:
+        """What Kling says of ``owned`` now (by its task id, else its external id); None when
+        Kling has no task under its external id."""
+        key = await self._ledger(self.keys.store.key_by_id, owned.key_id)
+        guard = self.guards[key.unit if key is not None else "units"]
+        if owned.task_id is not None:
+            task: AnyTask = await guard.client.get_task(owned.endpoint, owned.task_id)
+            return task
+        return await guard.flight.find(owned.endpoint, owned.external_task_id, strict=True)
 
     async def owner_of_any(self, task_id: str | None, external_task_id: str | None) -> OwnedTask | None:
         found: OwnedTask | None = await self._ledger(
