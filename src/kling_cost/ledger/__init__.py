@@ -23,10 +23,10 @@ How it is put together (one job per file; everything goes through one transactio
 * Hooks (``hooks.py``) run inside the ledger's transactions: the two writers above and any
   you append to ``ledger.hooks``; they see the rows in thousandths.
 * Also: ``models.py`` (what the ledger hands out), ``schema.py`` and ``schema_steps.py``
-  (numbered migrations; ``schema_proxy.py``: the proxy's tables), ``copy.py`` (move a ledger
-  to another backend, a page at a time), ``urls.py`` (URLs shown without their password),
-  ``deprecated.py`` (``SQLiteLedger`` and ``PostgresLedger`` of earlier versions, still
-  working, with a warning).
+  (numbered migrations; ``schema_proxy.py``: the proxy's tables; ``schema_bill.py``: the
+  bill's), ``copy.py`` (move a ledger to another backend, a page at a time), ``urls.py``
+  (URLs shown without their password), ``deprecated.py`` (``SQLiteLedger`` and
+  ``PostgresLedger`` of earlier versions, still working, with a warning).
 """
 
 from __future__ import annotations

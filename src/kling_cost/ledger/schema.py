@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..timestamps import to_ms
+from .schema_bill import BILL_KEYS, BILL_MIGRATION, BILL_TABLES
 from .schema_proxy import PROXY_KEYS, PROXY_MIGRATION, PROXY_TABLES
 from .schema_steps import never_reuse_budget_ids
 
@@ -286,6 +287,7 @@ MIGRATIONS.append(
     )
 )
 MIGRATIONS.append((9, list(PROXY_MIGRATION)))
+MIGRATIONS.append((10, list(BILL_MIGRATION)))
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -432,6 +434,7 @@ TABLES.append(
 )
 TABLES.append(("report_rollup_meta", ("name", "value"), None))
 TABLES.extend(PROXY_TABLES)
+TABLES.extend(BILL_TABLES)
 """Every data table, in an order that respects foreign keys: (name, columns, identity column)."""
 
 KEYS: dict[str, tuple[str, ...]] = {
@@ -444,6 +447,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "request_cache": ("fingerprint",),
     "report_rollup_meta": ("name",),
     **PROXY_KEYS,
+    **BILL_KEYS,
 }
 """The primary key of every data table: a copy reads a table a page at a time in its order."""
 
