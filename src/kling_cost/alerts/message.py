@@ -10,7 +10,15 @@ from urllib.parse import quote
 
 from ..budgets import Budget, window_at
 from ..ledger.models import AlertRecord
-from ..ledger.outbox import KIND_MAX_PER_REQUEST, KIND_OVERAGE, KIND_REFUSED, KIND_THRESHOLD, percent
+from ..ledger.outbox import (
+    KIND_FORECAST,
+    KIND_MAX_PER_REQUEST,
+    KIND_OVERAGE,
+    KIND_PACK_EXPIRY,
+    KIND_REFUSED,
+    KIND_THRESHOLD,
+    percent,
+)
 from ..ledger.outbox_store import PHASE_ALERT, PHASE_RESOLVED, Consumer
 from ..money import MONEY, format_amount, format_quantity
 from ..timestamps import to_ms
@@ -29,7 +37,8 @@ class AlertMessage:
     event: str
     """``alert`` or ``resolved``."""
     kind: str
-    """``threshold``, ``refused``, ``max_per_request`` or ``overage``."""
+    """``threshold``, ``refused``, ``max_per_request``, ``overage``, ``forecast`` (the
+    projection passes the limit) or ``pack-expiry`` (a resource pack expires with units unused)."""
     scope: str
     window: str
     window_key: str
@@ -70,12 +79,26 @@ class AlertMessage:
             return "0"
         return percent(MONEY.divide(self.level, self.limit).quantize(Decimal("0.001"), context=MONEY))
 
+    def _detail(self, key: str) -> str:
+        value = self.details.get(key)
+        return value if isinstance(value, str) else "?"
+
     @property
     def title(self) -> str:
         """A short subject line."""
         what = f"{self.scope} {self.window} budget"
+        if self.kind == KIND_PACK_EXPIRY:
+            pack = f"resource pack {self._detail('pack_name')}"
+            if self.event == PHASE_RESOLVED:
+                return f"resolved: {pack} expiry"
+            return (
+                f"{pack} expires {self._detail('expires_at')[:10]} with "
+                f"{self.amount(Decimal(self._detail('units_at_risk')))} at risk"
+            )
         if self.event == PHASE_RESOLVED:
             head = f"resolved: {what}"
+            if self.kind == KIND_FORECAST:
+                return f"{head} forecast ({self.window_key})"
             if self.kind == KIND_THRESHOLD:
                 return f"{head} back below {percent(Decimal(self.threshold))}%"
             if self.kind == KIND_OVERAGE:
@@ -88,6 +111,11 @@ class AlertMessage:
             )
         if self.kind == KIND_MAX_PER_REQUEST:
             return f"{what}: request above the per-request maximum"
+        if self.kind == KIND_FORECAST:
+            return (
+                f"{what}: heading for {format_amount(Decimal(self._detail('projected')))} "
+                f"/ {self.amount(self.limit)} by the end of {self.window_key}"
+            )
         if self.kind == KIND_OVERAGE:
             over = self.details.get("overage")
             by = f" by {self.amount(Decimal(over))}" if isinstance(over, str) else ""
@@ -100,6 +128,8 @@ class AlertMessage:
     def lines(self) -> list[str]:
         """The full text, line by line (e-mail bodies, logs, Apprise)."""
         out = [self.text, ""]
+        if self.kind == KIND_PACK_EXPIRY:
+            return out + self._pack_lines()
         out.append(f"Scope:      {self.scope}")
         span = ""
         if self.window_start is not None and self.window_end is not None:
@@ -117,6 +147,15 @@ class AlertMessage:
             f"= {format_amount(self.level)} of {self.amount(self.limit)} ({self.percent_used}%)"
         )
         out.append(f"Remaining:  {self.amount(self.remaining)}")
+        if self.kind == KIND_FORECAST:
+            out.append(
+                f"Projected:  {self.amount(Decimal(self._detail('projected')))} by "
+                f"{self._detail('horizon')} at "
+                f"{self.amount(Decimal(self._detail('rate_per_hour')))} per hour "
+                f"(spent since {self._detail('since')})"
+            )
+            runs_out = self.details.get("runs_out_at")
+            out.append(f"Runs out:   {runs_out if isinstance(runs_out, str) else 'not in this window'}")
         if self.reason:
             out.append(f"Resolved:   {self.reason}")
         if self.top_consumers:
@@ -132,6 +171,25 @@ class AlertMessage:
         if self.dashboard_url:
             out.append("")
             out.append(f"Dashboard:  {self.dashboard_url}")
+        return out
+
+    def _pack_lines(self) -> list[str]:
+        out = [
+            f"Pack:       {self._detail('pack_name')} "
+            f"({self._detail('pack_type')}, id {self._detail('pack_id')})",
+            f"Expires:    {self._detail('expires_at')}",
+            f"Remaining:  {self.amount(Decimal(self._detail('remaining')))}",
+            f"At risk:    {self.amount(Decimal(self._detail('units_at_risk')))} will not be used "
+            "at the current burn rate",
+        ]
+        usd = self.details.get("usd_at_risk")
+        if isinstance(usd, str):
+            cents = Decimal(usd).quantize(Decimal("0.01"), context=MONEY)
+            out.append(f"Value:      USD {format_amount(cents)}")
+        if self.reason:
+            out.append(f"Resolved:   {self.reason}")
+        if self.dashboard_url:
+            out += ["", f"Dashboard:  {self.dashboard_url}"]
         return out
 
     def body(self) -> str:
@@ -183,6 +241,11 @@ def dashboard_link(template: str | None, **fields: object) -> str | None:
 
 
 def resolution_reason(alert: AlertRecord, budget: Budget | None, now: datetime) -> str:
+    if alert.kind == KIND_PACK_EXPIRY:
+        expires = _time(alert.details.get("expires_at"))
+        if expires is not None and expires <= now:
+            return "the pack has expired"
+        return "its units are no longer at risk"
     if budget is None:
         return "the budget was deleted"
     if budget.window != "lifetime" and window_at(budget.window, budget.tz, now).key != alert.window_key:
@@ -192,6 +255,8 @@ def resolution_reason(alert: AlertRecord, budget: Budget | None, now: datetime) 
         return f"the limit was raised from {before} to {format_quantity(budget.limit, budget.unit)}"
     if alert.kind == KIND_MAX_PER_REQUEST:
         return "the per-request maximum was raised"
+    if alert.kind == KIND_FORECAST:
+        return "the projection is back within the limit"
     return "the level is back below the threshold"
 
 
@@ -213,12 +278,19 @@ def build_message(
         if alert.kind == KIND_THRESHOLD:
             what = f"{percent(Decimal(alert.threshold))}% alert"
         else:
-            what = {KIND_REFUSED: "refusal alert", KIND_OVERAGE: "overage alert"}.get(
-                alert.kind, "per-request maximum alert"
-            )
+            what = {
+                KIND_REFUSED: "refusal alert",
+                KIND_OVERAGE: "overage alert",
+                KIND_FORECAST: "forecast alert",
+            }.get(alert.kind, "per-request maximum alert")
         text = (
             f"Resolved: the {what} of the {alert.scope} {alert.window} budget ({alert.window_key}): {reason}"
         )
+        if alert.kind == KIND_PACK_EXPIRY:
+            text = (
+                f"Resolved: the expiry alert of resource pack {alert.details.get('pack_name')} "
+                f"({alert.window_key}): {reason}"
+            )
     stamp = to_ms(alert.created_at)
     return AlertMessage(
         id=f"msg_{alert.id}_{stamp}_{event}",

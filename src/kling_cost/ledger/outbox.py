@@ -39,10 +39,13 @@ from .hooks import Refusal, SettledCharge, WindowState
 from .records import BUDGET_SELECT, BudgetRow, ReservationRow, budget_row
 
 __all__ = [
+    "KIND_FORECAST",
     "KIND_MAX_PER_REQUEST",
     "KIND_OVERAGE",
+    "KIND_PACK_EXPIRY",
     "KIND_REFUSED",
     "KIND_THRESHOLD",
+    "PACK_BUDGET_ID",
     "AlertOutbox",
     "clear_alerts",
     "describe",
@@ -57,6 +60,16 @@ KIND_MAX_PER_REQUEST = "max_per_request"
 KIND_OVERAGE = "overage"
 """A settlement took the window past its limit (a commit above its estimate, a late or forced
 charge): once per budget window, whatever the number of commits that went over."""
+KIND_FORECAST = "forecast"
+"""The projection of a budget window (:mod:`kling_cost.bill.forecast`) passes its limit: once per
+budget window (threshold ``forecast``), cleared when the window ends or the limit is raised."""
+KIND_PACK_EXPIRY = "pack-expiry"
+"""A resource pack expires soon with units it will not use: once per pack (budget id
+:data:`PACK_BUDGET_ID`, window key the pack id, threshold ``pack-expiry``), cleared when the pack
+has expired or its units are no longer at risk."""
+PACK_BUDGET_ID = 0
+"""The budget id of resource-pack alerts: no budget has it (ids start at 1 on both backends and
+are never reused), and the ``alerts`` table has no foreign key on ``budget_id``."""
 
 _UPSERT = (
     "INSERT INTO alerts (budget_id, scope, period, window_key, kind, threshold, used_milli, "
@@ -237,6 +250,8 @@ class AlertOutbox:
                 stale = limit > alert_limit
             elif kind == KIND_OVERAGE:
                 stale = level <= limit  # the limit now covers what was spent
+            elif kind == KIND_FORECAST:
+                stale = limit > alert_limit  # a new limit: the next evaluation projects against it
             else:
                 stale = previous is not None and _mpr_raised(previous, budget)
             if stale and clear_alerts(cur, now_ms, budget.id, "one", (window.key, threshold)):
@@ -276,6 +291,22 @@ class AlertOutbox:
         self._seen.pop(budget_id, None)
 
     # -- writing -----------------------------------------------------------------------------
+
+    def write_row(self, cur: Cursor, now: datetime, row: Sequence[Any], *, rearm: bool = True) -> bool:
+        """Write one alert row computed elsewhere (``row``: budget id, scope, period, window key,
+        kind, threshold, used, reserved and limit in thousandths, message, details as JSON text),
+        or re-arm its cleared row; an active row of the same (budget, window, threshold) is left
+        as it is. True when a row was written."""
+        now_ms = to_ms(now)
+        cur.execute(_UPSERT if rearm else _INSERT_ONCE, (*row, now_ms, now_ms))
+        if cur.rowcount == 1:
+            self._local.changed = True
+            return True
+        return False
+
+    def cleared(self) -> None:
+        """A transaction of this thread cleared alerts: wake the listeners after its commit."""
+        self._local.changed = True
 
     def _window_seen(self, cur: Cursor, now: datetime, budget_id: int, key: str) -> None:
         """A window this process had not seen yet: clear the alerts of the windows before it."""

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..budgets import DEFAULT_UNIT, Budget, validate_scope, window_at
 from ..errors import ValidationError
-from ..money import from_storage
+from ..money import from_storage, to_storage
 from ..timestamps import to_ms
+from .backend import Cursor
 from .models import AlertRecord
-from .outbox import AlertOutbox, clear_alerts
+from .outbox import PACK_BUDGET_ID, AlertOutbox, clear_alerts
 from .records import ALERT_SELECT, BUDGET_SELECT, alert_from_row, budget_row
 
 if TYPE_CHECKING:
@@ -166,14 +167,86 @@ class OutboxStore:
             )
             return cur.rowcount == 1
 
+    def write_alert(
+        self,
+        *,
+        budget_id: int,
+        scope: str,
+        window: str,
+        window_key: str,
+        kind: str,
+        threshold: str,
+        used: Decimal,
+        reserved: Decimal,
+        limit: Decimal,
+        message: str,
+        details: dict[str, Any],
+        now: datetime | None = None,
+    ) -> AlertRecord | None:
+        """Write one alert computed outside the ledger's own operations (a forecast, a pack
+        expiry) into the outbox, in one transaction; returns the row when it was written, None
+        when an active alert of the same (budget, window key, threshold) already exists (an
+        alert fires once; a cleared row is re-armed).
+
+        For a real budget (``budget_id`` other than
+        :data:`~.outbox.PACK_BUDGET_ID`) nothing is written unless the budget still exists with
+        this ``limit`` and ``window_key`` is its current window at ``now``: an evaluation that a
+        budget change or a window rollover overtook never alerts."""
+        with self.ledger.transaction() as cur:
+            moment = now or cur.now
+            if budget_id != PACK_BUDGET_ID:
+                cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
+                found = cur.fetchone()
+                if found is None:
+                    return None
+                budget = budget_row(found)
+                if budget.limit_milli != to_storage(limit):
+                    return None
+                if window_at(budget.window, budget.tz, moment).key != window_key:
+                    return None
+            row = (
+                budget_id,
+                validate_scope(scope),
+                window,
+                window_key,
+                kind,
+                threshold,
+                to_storage(used),
+                to_storage(reserved),
+                to_storage(limit),
+                message,
+                json.dumps(details),
+            )
+            if not self.writer.write_row(cur, moment, row):
+                return None
+            cur.execute(
+                ALERT_SELECT + " WHERE budget_id = ? AND window_key = ? AND threshold = ?",
+                (budget_id, window_key, threshold),
+            )
+            return alert_from_row(cur.fetchone())
+
+    def clear_alert(
+        self, budget_id: int, window_key: str, threshold: str, now: datetime | None = None
+    ) -> bool:
+        """Clear one open alert (its "resolved" message is queued); False if none was open."""
+        with self.ledger.transaction() as cur:
+            done = clear_alerts(cur, to_ms(now or cur.now), budget_id, "one", (window_key, threshold)) > 0
+            if done:
+                self.writer.cleared()
+            return done
+
     def clear_ended(self, now: datetime) -> int:
-        """Clear the open alerts of windows that have ended (or of deleted budgets)."""
+        """Clear the open alerts of windows that have ended (or of deleted budgets), and the
+        resource-pack alerts of packs that have expired."""
         now_ms = to_ms(now)
         cleared = 0
         with self.ledger.transaction() as cur:
             cur.execute("SELECT DISTINCT budget_id FROM alerts WHERE cleared_at IS NULL")
             ids = [int(row[0]) for row in cur.fetchall()]
             for budget_id in ids:
+                if budget_id == PACK_BUDGET_ID:
+                    cleared += _clear_expired_packs(cur, now, now_ms)
+                    continue
                 cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
                 row = cur.fetchone()
                 if row is None:  # the budget was deleted: nothing of it can still apply
@@ -239,3 +312,17 @@ class OutboxStore:
                     slot[1] += int(total)
         scopes = sorted(per_scope.items(), key=lambda item: (-item[1][1], item[0]))[:limit]
         return [*models, *(Consumer("scope", name, from_storage(t), c) for name, (c, t) in scopes)]
+
+
+def _clear_expired_packs(cur: Cursor, now: datetime, now_ms: int) -> int:
+    """Clear the open pack alerts whose pack has expired (``details["expires_at"]``)."""
+    cur.execute(
+        "SELECT window_key, threshold, details FROM alerts WHERE budget_id = ? AND cleared_at IS NULL",
+        (PACK_BUDGET_ID,),
+    )
+    cleared = 0
+    for key, threshold, raw in cur.fetchall():
+        expires = json.loads(raw).get("expires_at")
+        if isinstance(expires, str) and datetime.fromisoformat(expires) <= now:
+            cleared += clear_alerts(cur, now_ms, PACK_BUDGET_ID, "one", (key, threshold))
+    return cleared

@@ -1,0 +1,1 @@
+"""The bill side: resource packs, reconciliation with Kling's bill, forecasts."""
