@@ -158,28 +158,44 @@ def deliver_command(
         float | None,
         typer.Option("--interval", help="Seconds between passes with --loop.", show_default=False),
     ] = None,
+    forecast: Annotated[
+        bool,
+        typer.Option(
+            "--forecast/--no-forecast",
+            help="Before each pass, write the forecast and pack-expiry alerts due (as "
+            "`kling-cost forecast --alert`).",
+        ),
+    ] = True,
     config_path: ConfigOption = None,
     dashboard: DashboardOption = None,
     ledger_url: LedgerOption = None,
     json_out: JsonOption = False,
 ) -> None:
     """Send pending alerts (and "resolved" messages) to the configured sinks, with retries."""
-    from ..alerts.deliver import check_seconds
+    from ..alerts.deliver import DeliveryReport, check_seconds
 
     config = _config(config_path, sink, dashboard)
     with boundary():
         pause = config.interval if interval is None else check_seconds(interval, "--interval")
     with opened(ledger_url, create=False) as ledger, boundary():
         deliverer: Deliverer = config.deliverer(ledger)
+
+        def one_pass() -> DeliveryReport:
+            if forecast:
+                from ..bill.forecast import evaluate
+
+                evaluate(ledger)
+            return deliverer.deliver_pending()
+
         try:
-            report = deliverer.deliver_pending()
+            report = one_pass()
             if loop:
                 import threading
 
                 stop = threading.Event()
                 with _stopping_on_signals(stop):
                     while not stop.wait(pause):
-                        report.add(deliverer.deliver_pending())
+                        report.add(one_pass())
         finally:
             deliverer.close()
     if json_out:
