@@ -167,7 +167,10 @@ class AlertRecord:
     """One alert in the outbox: a threshold crossing (or a refusal) of one budget window.
 
     ``kind``: ``threshold`` (``threshold`` is the fraction, e.g. ``"0.8"``), ``refused``,
-    ``max_per_request`` or ``overage`` (a commit took the window past its limit).
+    ``max_per_request``, ``overage`` (a commit took the window past its limit), ``forecast``
+    (the window's projection passes its limit; threshold ``forecast``) or ``pack-expiry`` (a
+    resource pack expires with units at risk: budget id 0, the pack id as ``window_key``,
+    ``limit`` its remaining units, ``used`` those it will use, ``details`` the rest).
     ``status``: ``pending`` until a sink accepted it, then ``delivered``.
     ``cleared_at`` is set when the window rolled over or the limit was raised above the
     crossing; ``resolved_status`` tracks the "resolved" message (``pending``, ``delivered``, or
