@@ -1,0 +1,1 @@
+"""The bill: resource packs, reconciliation with what Kling charged, forecasts."""
