@@ -141,7 +141,8 @@ class Reconciliation:
     counts: dict[str, int]
     differences: tuple[BillDifference, ...]
     by_pack: dict[str, dict[str, Decimal]]
-    by_day: dict[str, dict[str, Decimal]]
+    by_day: dict[str, dict[str, dict[str, Decimal]]]
+    """Day (in the run's time zone) -> pack type -> ``ledger`` / ``kling`` units."""
     cash: dict[str, Decimal] = field(default_factory=dict)
     """Kling's cash deductions of the period, per currency."""
     fixed: tuple[str, ...] = ()
@@ -165,7 +166,10 @@ class Reconciliation:
             "tolerance": str(self.tolerance),
             "counts": dict(self.counts),
             "by_pack": {k: {s: str(v) for s, v in sides.items()} for k, sides in self.by_pack.items()},
-            "by_day": {k: {s: str(v) for s, v in sides.items()} for k, sides in self.by_day.items()},
+            "by_day": {
+                day: {p: {s: str(v) for s, v in sides.items()} for p, sides in packs.items()}
+                for day, packs in self.by_day.items()
+            },
             "cash": {k: str(v) for k, v in self.cash.items()},
             "fixed": list(self.fixed),
             "problems": list(self.problems),
@@ -199,6 +203,10 @@ def _add(table: dict[str, dict[str, Decimal]], key: str | None, side: str, amoun
     sides[side] = MONEY.add(sides[side], amount)
 
 
+Totals = dict[str, dict[str, Decimal]]
+"""Pack type -> ``ledger`` / ``kling`` units."""
+
+
 def compare(
     charges: Iterable[Charge],
     lines: Iterable[BillLine],
@@ -208,9 +216,7 @@ def compare(
     tolerance: Decimal = DEFAULT_TOLERANCE,
     tz: str = "UTC",
     complete: bool = True,
-) -> tuple[
-    dict[str, int], list[BillDifference], dict[str, dict[str, Decimal]], dict[str, dict[str, Decimal]]
-]:
+) -> tuple[dict[str, int], list[BillDifference], Totals, dict[str, Totals]]:
     """Sort the tasks of ``[since, until)`` into :data:`CATEGORIES`: counts, the lines that
     are not matched (in task order within each category), totals per pack type and per day.
 
@@ -246,7 +252,7 @@ def compare(
     counts = dict.fromkeys(CATEGORIES, 0)
     out: list[BillDifference] = []
     by_pack: dict[str, dict[str, Decimal]] = {}
-    by_day: dict[str, dict[str, Decimal]] = {}
+    by_day: dict[str, Totals] = {}
     for task_id in sorted(in_period):
         mine, theirs = ledger.get(task_id), kling.get(task_id)
         first_line = theirs.lines[0] if theirs else None
@@ -259,10 +265,10 @@ def compare(
         kling_day = _day(first_line.at, zone) if first_line else None
         if mine is not None and mine.units:
             _add(by_pack, pack, "ledger", mine.units)
-            _add(by_day, ledger_day, "ledger", mine.units)
+            _add(by_day.setdefault(ledger_day or "unknown", {}), pack, "ledger", mine.units)
         if theirs is not None and theirs.units:
             _add(by_pack, pack, "kling", theirs.units)
-            _add(by_day, kling_day, "kling", theirs.units)
+            _add(by_day.setdefault(kling_day or "unknown", {}), pack, "kling", theirs.units)
         details: dict[str, Any] = {}
         if theirs is not None and theirs.cash:
             details["kling_cash"] = {k: str(v) for k, v in theirs.cash.items()}
@@ -304,7 +310,8 @@ def compare(
         )
     order = {c: i for i, c in enumerate(CATEGORIES)}
     out.sort(key=lambda d: (order[d.category], d.task_id or ""))
-    return counts, out, dict(sorted(by_pack.items())), dict(sorted(by_day.items()))
+    days = {day: dict(sorted(packs.items())) for day, packs in sorted(by_day.items())}
+    return counts, out, dict(sorted(by_pack.items())), days
 
 
 # -------------------------------------------------------------------------------- Kling's side
@@ -528,23 +535,22 @@ def reconcile(
     return replace(result, run=run)
 
 
-def _charges_with_late(
-    ledger: Ledger, start: datetime, end: datetime, lines: Sequence[BillLine]
-) -> list[Charge]:
-    """The ledger's charges around the period, and those of the bill's tasks it charged at
-    another time (a late charge ``fix`` recorded after the period, a task reserved long before)."""
-    charges = ledger.charges(since=start - EDGE, until=end)
+def _charges_with_late(ledger: Ledger, start: datetime, lines: Sequence[BillLine]) -> list[Charge]:
+    """The ledger's charges from :data:`EDGE` before the period on (later ones too: a late
+    charge ``fix`` recorded counts for its task), and those of the bill's tasks reserved even
+    earlier (found by task id)."""
+    charges = ledger.charges(since=start - EDGE)
     known = {c.task_id for c in charges}
     wanted = sorted({line.task_id for line in lines if line.task_id not in known})
     return [*charges, *_charges_of_tasks(ledger, wanted)]
 
 
 def _charges_of_tasks(ledger: Ledger, task_ids: Sequence[str]) -> Iterator[Charge]:
-    """Every charge of these tasks, whenever it was made (reservations found by task id)."""
+    """Every charge of these tasks, from the first reservation of each on."""
     ids = set(task_ids)
     for task_id in task_ids:
         reservation = ledger.reservation_for_task(task_id)
-        if reservation is None or reservation.actual is None:
+        if reservation is None:
             continue
         for charge in ledger.charges(
             since=reservation.created_at, until=reservation.created_at + timedelta(milliseconds=1)
@@ -569,11 +575,11 @@ def _once(
             f"Kling's billing endpoints are not available ({exc}); the ledger's tasks were asked "
             "one by one instead, so tasks charged by Kling but unknown to the ledger cannot be known"
         )
-        charges = ledger.charges(since=start - EDGE, until=end)
-        lines = _task_lines(client, [c for c in charges if c.created_at >= start], problems)
+        charges = ledger.charges(since=start - EDGE)
+        lines = _task_lines(client, [c for c in charges if start <= c.created_at < end], problems)
     else:
         charges = _charges_with_late(
-            ledger, start, end, [line for line in lines if line.at is None or line.at < end]
+            ledger, start, [line for line in lines if line.at is None or line.at < end]
         )
     counts, differences, by_pack, by_day = compare(
         charges, lines, since=start, until=end, tolerance=tol, tz=tz, complete=complete

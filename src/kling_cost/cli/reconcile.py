@@ -74,43 +74,45 @@ def _amount(value: object) -> str:
 def _print(result: Reconciliation) -> None:
     from rich.table import Table
 
+    def say(line: str) -> None:
+        console.print(line, markup=False, soft_wrap=True)
+
     period = f"{result.since:%Y-%m-%d %H:%M} to {result.until:%Y-%m-%d %H:%M} UTC"
     source = "Kling's billing" if result.source == "billing" else "Kling's task queries"
-    console.print(f"reconcile {period} against {source} (tolerance {format_amount(result.tolerance)} units)")
+    say(f"reconcile {period} against {source} (tolerance {format_amount(result.tolerance)} units)")
     if result.note:
-        console.print(f"note: {result.note}", markup=False)
-    console.print(", ".join(f"{name} {count}" for name, count in result.counts.items()))
-    if result.differences:
-        table = Table(title="differences")
-        for column in ("category", "task", "pack", "ledger", "kling", "day", "api key", "model"):
-            table.add_column(column, justify="right" if column in ("ledger", "kling") else "left")
-        for diff in result.differences:
-            table.add_row(
-                _TITLES.get(diff.category, diff.category),
-                diff.task_id or "-",
-                diff.pack_type or "-",
-                _amount(diff.ledger_amount),
-                _amount(diff.kling_amount),
-                diff.day or "-",
-                diff.api_key_name or "-",
-                diff.model or "-",
-            )
+        say(f"note: {result.note}")
+    say(", ".join(f"{name} {count}" for name, count in result.counts.items()))
+    category = None
+    for diff in result.differences:
+        if diff.category != category:
+            category = diff.category
+            say(f"{_TITLES.get(category, category)}:")
+        who = f" key {diff.api_key_name}" if diff.api_key_name else ""
+        say(
+            f"  {diff.task_id or '-'}  {diff.pack_type or '-'}  ledger {_amount(diff.ledger_amount)}  "
+            f"kling {_amount(diff.kling_amount)}  {diff.day or '-'}{who}  model {diff.model or '-'}"
+        )
+    if result.by_pack:
+        table = Table(title="units per pack type")
+        for column in ("pack", "ledger", "kling"):
+            table.add_column(column, justify="left" if column == "pack" else "right")
+        for pack, sides in result.by_pack.items():
+            table.add_row(pack, format_amount(sides["ledger"]), format_amount(sides["kling"]))
         console.print(table)
-    for title, rows in (("per pack type (units)", result.by_pack), ("per day (units)", result.by_day)):
-        if not rows:
-            continue
-        table = Table(title=title)
-        table.add_column("pack" if "pack" in title else "day")
-        table.add_column("ledger", justify="right")
-        table.add_column("kling", justify="right")
-        for key, sides in rows.items():
-            table.add_row(key, format_amount(sides["ledger"]), format_amount(sides["kling"]))
+    if result.by_day:
+        table = Table(title="units per day")
+        for column in ("day", "pack", "ledger", "kling"):
+            table.add_column(column, justify="left" if column in ("day", "pack") else "right")
+        for day, packs in result.by_day.items():
+            for pack, sides in packs.items():
+                table.add_row(day, pack, format_amount(sides["ledger"]), format_amount(sides["kling"]))
         console.print(table)
     if result.cash:
         paid = ", ".join(f"{format_amount(v)} {k or '(no currency)'}" for k, v in result.cash.items())
-        console.print(f"paid from the balance: {paid} (matched by task, amounts not compared)")
+        say(f"paid from the balance: {paid} (matched by task, amounts not compared)")
     if result.fixed:
-        console.print(f"fixed: recorded {len(result.fixed)} late charge(s): {', '.join(result.fixed)}")
+        say(f"fixed: recorded {len(result.fixed)} late charge(s): {', '.join(result.fixed)}")
     for line in result.problems:
-        console.print(f"problem: {line}", markup=False)
-    console.print("clean: the ledger agrees with Kling's bill" if result.clean else "differences found")
+        say(f"problem: {line}")
+    say("clean: the ledger agrees with Kling's bill" if result.clean else "differences found")
