@@ -13,6 +13,7 @@ import pytest
 
 from kling_cost import ConfigurationError
 from kling_cost.ledger import Ledger, copy_ledger, open_ledger
+from kling_cost.ledger.runs_store import BillDifference
 from kling_cost.ledger.schema import KEYS, TABLES
 from tests.helpers import FakeClock, fresh_postgres_url, need_postgres
 
@@ -77,6 +78,24 @@ def _fill(led: Ledger, clock: FakeClock) -> None:
     with led.transaction() as cur:  # the rollup's bookkeeping table (one row in real ledgers)
         for i in range(4):
             cur.execute("INSERT INTO report_rollup_meta (name, value) VALUES (?, ?)", (f"copy-test-{i}", i))
+    for i in range(4):  # the bill: reconciliation runs and their differences
+        led.runs.record(
+            "reconcile",
+            since=clock() - timedelta(days=7),
+            until=clock(),
+            status="differences" if i % 2 else "clean",
+            summary={"run": i},
+            differences=[
+                BillDifference("unknown_to_ledger", f"k-{i}-{n}", "units", "video", None, Decimal("1.5"))
+                for n in range(2)
+            ],
+        )
+    with led.transaction() as cur:  # the bill's key-value state
+        for i in range(4):
+            cur.execute(
+                "INSERT INTO bill_meta (name, value, updated_at) VALUES (?, ?, ?)",
+                (f"copy-test-{i}", "{}", i),
+            )
 
 
 def _tables(led: Ledger) -> dict[str, list[tuple[Any, ...]]]:

@@ -138,6 +138,8 @@ def test_existing_ledgers_migrate_to_units(tmp_path: pytest.TempPathFactory) -> 
     conn.execute("DROP TABLE request_cache")
     for table in ("proxy_relays", "proxy_tasks", "proxy_keys"):  # migration 9's
         conn.execute(f"DROP TABLE {table}")
+    for table in ("bill_differences", "bill_runs", "bill_meta"):  # migration 10's
+        conn.execute(f"DROP TABLE {table}")
     for version, statements in before:
         for statement in statements:
             conn.execute(statement.replace("{id}", "INTEGER PRIMARY KEY").replace("{without_rowid}", ""))

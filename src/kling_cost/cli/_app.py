@@ -38,6 +38,7 @@ class _Commands(LazyGroup):
         "proxy": "proxy:proxy_command",
         "keys": "keys:keys_app",
         "forecast": "forecast:forecast_command",
+        "reconcile": "reconcile:reconcile_command",
     }
 
 

@@ -12,13 +12,14 @@ How it is put together (one job per file; everything goes through one transactio
   request). They work on the rows of ``records.py``, in thousandths, never ``Decimal``.
 * It *has* a backend (``backend.py``, the contract; ``sqlite.py``, ``postgres.py``): connections,
   transactions, the few SQL fragments that differ, driver errors translated. Nothing else.
-* It *has* six stores, each its own object on the same seam: ``ledger.cache``
+* It *has* seven stores, each its own object on the same seam: ``ledger.cache``
   (``cache_store.py``: the dedup cache), ``ledger.outbox`` (``outbox_store.py``: alerts; its
   writer hook, ``outbox.py``, records threshold crossings), ``ledger.rollup``
   (``rollup_store.py``: report sums; its writer hook ``rollup.py``, its read planner
   ``rollup_read.py``), ``ledger.queries`` (``queries.py``: read-only questions),
-  ``ledger.proxy`` (``proxy_store.py``: the proxy's virtual keys and task owners) and
-  ``ledger.relays`` (``relay_store.py``: the callbacks the proxy relays to clients). The
+  ``ledger.proxy`` (``proxy_store.py``: the proxy's virtual keys and task owners),
+  ``ledger.relays`` (``relay_store.py``: the callbacks the proxy relays to clients) and
+  ``ledger.runs`` (``runs_store.py``: the bill's reconciliation runs and differences). The
   ledger's ``cache_*()``, ``charges()``, ``alerts()``, ``usage()``, ... delegate to them.
 * Hooks (``hooks.py``) run inside the ledger's transactions: the two writers above and any
   you append to ``ledger.hooks``; they see the rows in thousandths.

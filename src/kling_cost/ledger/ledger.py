@@ -32,6 +32,7 @@ from .queries import Queries
 from .records import ReservationRow, clean_metadata, reservation_id_of, text_or_none
 from .relay_store import RelayStore
 from .rollup_store import RollupStore
+from .runs_store import RunStore
 from .settle import Settlement
 
 __all__ = ["DEFAULT_TTL", "Ledger"]
@@ -42,11 +43,9 @@ DEFAULT_TTL = timedelta(minutes=30)
 
 class Ledger:
     """Budgets and two-phase charging. Open one with :func:`kling_cost.open_ledger`, or build
-    one over a ready backend: ``Ledger(SQLiteBackend("sqlite:///credits.db"))``.
-
-    It has a :attr:`backend` and stores sharing its :meth:`transaction`: :attr:`cache`, :attr:`outbox`,
-    :attr:`rollup`, :attr:`queries`, :attr:`proxy`, :attr:`relays` (``ledger.charges()`` delegates
-    to ``ledger.queries.charges()``)."""
+    one over a ready backend: ``Ledger(SQLiteBackend("sqlite:///credits.db"))``. It has a
+    :attr:`backend` and stores sharing its :meth:`transaction`: :attr:`cache`, :attr:`outbox`,
+    :attr:`rollup`, :attr:`queries`, :attr:`proxy`, :attr:`relays`, :attr:`runs`."""
 
     def __init__(
         self,
@@ -67,6 +66,7 @@ class Ledger:
         self.queries = Queries(self)
         self.proxy = ProxyStore(self)
         self.relays = RelayStore(self)
+        self.runs = RunStore(self)
         self._hooks: list[LedgerHook] = [self.outbox.writer, self.rollup.writer]
         self._holds = Holds(backend, self._hooks)
         self._settle = Settlement(backend, self._hooks, sweep_interval)
