@@ -37,6 +37,7 @@ class _Commands(LazyGroup):
         "alerts": "alerts:alerts_app",
         "proxy": "proxy:proxy_command",
         "keys": "keys:keys_app",
+        "packs": "packs:packs_command",
     }
 
 
