@@ -41,12 +41,12 @@ class Bill:
         return int(self.sim_clock.now() * 1000)
 
 
-def make_bill(ledger: Ledger, clock: FakeClock, **settings: Any) -> Iterator[Bill]:
-    sim_clock = ManualClock(start=clock().timestamp())
+def make_bill(led: Ledger, fake: FakeClock, **settings: Any) -> Iterator[Bill]:
+    sim_clock = ManualClock(start=fake().timestamp())
     settings.setdefault("task_seconds", 10)
     app = create_app(AK, SK, api_key=API_KEY, clock=sim_clock, failure_rate=0, **settings)
     with serve(app) as base:
-        yield Bill(base, app.state.simulator, sim_clock, ledger, clock)
+        yield Bill(base, app.state.simulator, sim_clock, led, fake)
 
 
 @pytest.fixture
