@@ -90,7 +90,7 @@ def test_flags_show_no_type_and_options_show_what_they_take() -> None:
     [
         (("batch", "run"), "Usage: kling-cost batch run [OPTIONS] FILE"),
         (("batch", "plan"), "Usage: kling-cost batch plan [OPTIONS] FILE"),
-        (("budget", "set"), "Usage: kling-cost budget set [OPTIONS] SCOPE LIMIT"),
+        (("budget", "set"), "Usage: kling-cost budget set [OPTIONS] SCOPE [LIMIT]"),
         (("budget", "show"), "Usage: kling-cost budget show [OPTIONS] SCOPE"),
         (("pricing", "validate"), "Usage: kling-cost pricing validate [OPTIONS] FILE"),
         (("alerts", "test"), "Usage: kling-cost alerts test [OPTIONS] SINK_URL"),

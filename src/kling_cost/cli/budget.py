@@ -137,7 +137,7 @@ def set_command(
         _from_packs(scope, limit, window, unit, from_packs, ledger_url, base_url, json_out)
         return
     if limit is None:
-        fail("give a LIMIT, or --from-packs TYPE")
+        fail("give a LIMIT, or --from-packs TYPE (see: kling-cost budget set --help)")
     marks = None if thresholds is None else [t.strip() for t in thresholds.split(",") if t.strip()]
     if marks is not None and no_alerts:
         fail("give --thresholds or --no-alerts, not both")
