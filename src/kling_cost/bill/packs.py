@@ -188,7 +188,7 @@ class PackStatus:
 
     @property
     def usable(self) -> bool:
-        """Online (or runOut but not expired): its ``remaining`` can pay for tasks now."""
+        """``online``: its ``remaining`` can pay for tasks now."""
         return self.status == "online"
 
     def to_dict(self) -> dict[str, Any]:
