@@ -90,7 +90,7 @@ def test_flags_show_no_type_and_options_show_what_they_take() -> None:
     [
         (("batch", "run"), "Usage: kling-cost batch run [OPTIONS] FILE"),
         (("batch", "plan"), "Usage: kling-cost batch plan [OPTIONS] FILE"),
-        (("budget", "set"), "Usage: kling-cost budget set [OPTIONS] SCOPE LIMIT"),
+        (("budget", "set"), "Usage: kling-cost budget set [OPTIONS] SCOPE [LIMIT]"),
         (("budget", "show"), "Usage: kling-cost budget show [OPTIONS] SCOPE"),
         (("pricing", "validate"), "Usage: kling-cost pricing validate [OPTIONS] FILE"),
         (("alerts", "test"), "Usage: kling-cost alerts test [OPTIONS] SINK_URL"),
@@ -100,7 +100,7 @@ def test_flags_show_no_type_and_options_show_what_they_take() -> None:
 def test_usage_lines_name_the_arguments(path: tuple[str, ...], usage: str) -> None:
     code, out, _ = run(*path, "--help")
     assert code == 0 and out.splitlines()[0] == usage
-    arguments = usage.split("[OPTIONS]")[1].split() if path else []
+    arguments = [a.strip("[]") for a in usage.split("[OPTIONS]")[1].split()] if path else []
     section = out.split("Arguments:\n")[1].split("\n\n")[0] if arguments else ""
     assert re.findall(r"^  (\S+)\s{2,}\S", section, re.M) == arguments, out
 

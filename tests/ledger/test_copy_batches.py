@@ -14,6 +14,7 @@ import pytest
 from kling_cost import ConfigurationError
 from kling_cost.ledger import Ledger, copy_ledger, open_ledger
 from kling_cost.ledger.runs_store import BillDifference
+from kling_cost.ledger.bill_store import BillStore
 from kling_cost.ledger.schema import KEYS, TABLES
 from tests.helpers import FakeClock, fresh_postgres_url, need_postgres
 
@@ -75,6 +76,9 @@ def _fill(led: Ledger, clock: FakeClock) -> None:
         assert led.relays.enqueue(key.id, f"pt-{i}", "succeed", f"https://93.184.216.34/{i}", f'{{"n": {i}}}')
     [claimed] = led.relays.claim_due(1, timedelta(minutes=2))
     assert led.relays.delivered(claimed)
+    bill = BillStore(led)  # the bill's state: named JSON values
+    for i in range(4):
+        bill.set(f"copy-test-{i}", {"n": i, "units": f"{i}.5"})
     with led.transaction() as cur:  # the rollup's bookkeeping table (one row in real ledgers)
         for i in range(4):
             cur.execute("INSERT INTO report_rollup_meta (name, value) VALUES (?, ?)", (f"copy-test-{i}", i))
@@ -90,12 +94,6 @@ def _fill(led: Ledger, clock: FakeClock) -> None:
                 for n in range(2)
             ],
         )
-    with led.transaction() as cur:  # the bill's key-value state
-        for i in range(4):
-            cur.execute(
-                "INSERT INTO bill_meta (name, value, updated_at) VALUES (?, ?, ?)",
-                (f"copy-test-{i}", "{}", i),
-            )
 
 
 def _tables(led: Ledger) -> dict[str, list[tuple[Any, ...]]]:

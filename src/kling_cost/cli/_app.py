@@ -39,6 +39,7 @@ class _Commands(LazyGroup):
         "keys": "keys:keys_app",
         "forecast": "forecast:forecast_command",
         "reconcile": "reconcile:reconcile_command",
+        "packs": "packs:packs_command",
     }
 
 

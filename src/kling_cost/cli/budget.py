@@ -90,7 +90,9 @@ def _usage_table(usages: list[Usage], title: str) -> Table:
 @budget_app.command("set", cls=NegativeNumbersAreValues)
 def set_command(
     scope: Annotated[str, typer.Argument(help="account, or kind:id such as project:film, key:alice.")],
-    limit: Annotated[str, typer.Argument(help="Ceiling per window, in the budget's --unit.")],
+    limit: Annotated[
+        str | None, typer.Argument(help="Ceiling per window, in the budget's --unit (not with --from-packs).")
+    ] = None,
     window: WindowOption = "day",
     unit: Annotated[
         str | None,
@@ -114,9 +116,28 @@ def set_command(
         str | None, typer.Option("--max-per-request", help="Refuse any single request above this.")
     ] = None,
     ledger_url: LedgerOption = None,
+    from_packs: Annotated[
+        str | None,
+        typer.Option(
+            "--from-packs",
+            metavar="TYPE",
+            help="Keep a lifetime budget (units) equal to what the online packs of TYPE (video, image, "
+            "tryon) hold, asked from Kling now; `kling-cost packs --refresh` sets it again.",
+            show_default=False,
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", envvar="KLING_BASE_URL", help="Kling API base URL (with --from-packs)."),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Create or update a budget (a raised limit applies at once)."""
+    if from_packs is not None:
+        _from_packs(scope, limit, window, unit, from_packs, ledger_url, base_url, json_out)
+        return
+    if limit is None:
+        fail("give a LIMIT, or --from-packs TYPE (see: kling-cost budget set --help)")
     marks = None if thresholds is None else [t.strip() for t in thresholds.split(",") if t.strip()]
     if marks is not None and no_alerts:
         fail("give --thresholds or --no-alerts, not both")
@@ -152,6 +173,43 @@ def set_command(
     console.print(
         f"budget {budget.scope} {budget.window}: {format_quantity(budget.limit, budget.unit)} per "
         f"{budget.window} ({budget.tz}){extra}"
+    )
+
+
+def _from_packs(
+    scope: str,
+    limit: str | None,
+    window: str,
+    unit: str | None,
+    pack_type: str,
+    ledger_url: str | None,
+    base_url: str | None,
+    json_out: bool,
+) -> None:
+    """``budget set SCOPE --from-packs TYPE``: see :mod:`kling_cost.bill.pack_budgets`."""
+    from ..bill.pack_budgets import follow_packs
+    from .packs import fresh_snapshot
+
+    if limit is not None:
+        fail("give a LIMIT or --from-packs, not both (the packs set the limit)")
+    if window not in ("day", "lifetime"):  # "day" is the option's default: not asked for
+        fail("--from-packs keeps a lifetime budget; leave --window out or give lifetime")
+    if unit not in (None, "units"):
+        fail("--from-packs counts units (the packs' units); leave --unit out or give units")
+    if pack_type not in ("video", "image", "tryon"):
+        fail(f"--from-packs {pack_type!r}: use video, image or tryon")
+    with opened(ledger_url) as ledger:
+        snap = fresh_snapshot(ledger, base_url, None)
+        with boundary():
+            kept = follow_packs(ledger, scope, pack_type, snap)
+    if json_out:
+        print_json(kept.to_dict())
+        return
+    console.print(
+        f"budget {kept.scope} lifetime: {kept.limit} units, following the {pack_type} packs "
+        f"(used {kept.used} + packs {kept.packs_remaining} - charged in the last 12 h "
+        f"{kept.charged_recently})",
+        markup=False,
     )
 
 

@@ -54,6 +54,13 @@ def simulate_command(
             help="A cash balance (USD) that pays tasks their pack cannot; default: none (1102 instead).",
         ),
     ] = None,
+    costs_lag: Annotated[
+        str,
+        typer.Option(
+            "--costs-lag",
+            help="/account/costs answers remaining_quantity as it was this long ago (30s, 15m, 12h, 1d).",
+        ),
+    ] = "0s",
 ) -> None:
     """Run a Kling-compatible API simulator (endpoints, auth, packs, billing, callbacks)."""
     import secrets
@@ -72,6 +79,9 @@ def simulate_command(
         }
     except ValidationError as exc:
         fail(f"--video-units, --image-units and --tryon-units: {exc}")
+    lag = _span(costs_lag)
+    if lag is None:
+        fail(f"--costs-lag {costs_lag!r}: use a number of s, m, h or d (e.g. 12h), at most 30d")
     ak = access_key or os.environ.get("KLING_ACCESS_KEY")
     sk = secret_key or os.environ.get("KLING_SECRET_KEY")
     generated = not (ak and sk)
@@ -95,6 +105,7 @@ def simulate_command(
             rate_limit=rate_limit,
             admin=admin,
             balance=balance,
+            costs_lag=lag,
         )
     except ValidationError as exc:  # settings the simulator cannot run with (infinite task seconds)
         fail(str(exc))
@@ -106,3 +117,16 @@ def simulate_command(
         console.print(f"access key: {ak} (secret key from the command line or environment)", markup=False)
     console.file.flush()
     run_server(app, sock)
+
+
+_SPAN_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _span(text: str) -> int | None:
+    """``12h`` -> 43200 (seconds); None when it is not a whole number of s/m/h/d up to 30 days."""
+    value = text.strip().lower()
+    number, unit = value[:-1], value[-1:]
+    if unit not in _SPAN_UNITS or not number.isdigit() or len(number) > 9:
+        return None
+    seconds = int(number) * _SPAN_UNITS[unit]
+    return seconds if seconds <= 30 * 86_400 else None

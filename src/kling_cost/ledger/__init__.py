@@ -21,6 +21,9 @@ How it is put together (one job per file; everything goes through one transactio
   ``ledger.relays`` (``relay_store.py``: the callbacks the proxy relays to clients) and
   ``ledger.runs`` (``runs_store.py``: the bill's reconciliation runs and differences). The
   ledger's ``cache_*()``, ``charges()``, ``alerts()``, ``usage()``, ... delegate to them.
+* The bill's state (``bill_store.py``: named JSON values in ``bill_meta``, the resource-pack
+  snapshot, budgets kept from packs, the shared ``/account/costs`` rate limit) is a store
+  made on demand, ``BillStore(ledger)``, on the same seam.
 * Hooks (``hooks.py``) run inside the ledger's transactions: the two writers above and any
   you append to ``ledger.hooks``; they see the rows in thousandths.
 * Also: ``models.py`` (what the ledger hands out), ``schema.py`` and ``schema_steps.py``

@@ -9,6 +9,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -105,7 +106,10 @@ class Simulator:
         balance_discount: Decimal | str = "0",
         motion_seconds: Decimal | str = "10.04",
         api_key_name: str = "default",
+        costs_lag: timedelta | float = 0,
     ) -> None:
+        """``costs_lag`` (a timedelta or seconds): how far behind ``/account/costs`` answers
+        ``remaining_quantity`` (Kling's lags by up to 12 h); per-task deductions stay timely."""
         self.clock: Clock = clock or SystemClock()
         self.state = SimulatorState(
             clock=self.clock,
@@ -125,6 +129,7 @@ class Simulator:
             catalog=catalog,
             balance=_balance(balance, balance_currency, balance_discount),
             motion_seconds=motion_seconds,
+            costs_lag_ms=_lag_ms(costs_lag),
         )
         self.auth = Authenticator(
             access_key,
@@ -161,6 +166,13 @@ class Simulator:
                 runner.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await runner
+
+
+def _lag_ms(lag: timedelta | float) -> int:
+    seconds = lag.total_seconds() if isinstance(lag, timedelta) else lag
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 30 * 86_400:
+        raise ValidationError(f"costs_lag {lag!r} must be from 0 to 30 days")
+    return int(seconds * 1000)
 
 
 def _balance(amount: Decimal | int | str | None, currency: str, discount: Decimal | str) -> Balance | None:
@@ -381,6 +393,29 @@ def _admin_routes(sim: Simulator) -> list[Route]:
             raise SimError(1201, f"{usage}: {exc}") from None
         return {"pack": pack_type, "remaining": state.packs[pack_type].remaining}
 
+    async def add_pack(request: Request) -> object:
+        body = await _json_body(request, sim.limits)
+        usage = (
+            'POST /_simulator/packs {"pack_type": "video|image|tryon", "total": "<units>", '
+            '"purchase_time": <ms>, "effective_time": <ms>, "invalid_time": <ms>, "name": "<optional>"}'
+        )
+        fields = ("pack_type", "total", "purchase_time", "effective_time", "invalid_time")
+        if not isinstance(body, dict) or any(f not in body for f in fields):
+            raise SimError(1201, usage)
+        name = body.get("name")
+        try:
+            added = state.add_pack(
+                str(body["pack_type"]),
+                body["total"],
+                purchase_time=body["purchase_time"],
+                effective_time=body["effective_time"],
+                invalid_time=body["invalid_time"],
+                name=name if name is None else str(name),
+            )
+        except ValueError as exc:
+            raise SimError(1201, f"{usage}: {exc}") from None
+        return added.to_json(state.now_ms())
+
     async def snapshot(request: Request) -> object:
         state.refresh()
         return {
@@ -388,12 +423,14 @@ def _admin_routes(sim: Simulator) -> list[Route]:
                 dict(t.to_json(), endpoint=t.endpoint, standard=t.standard) for t in state.tasks.values()
             ],
             "packs": {k: p.to_json(state.now_ms()) for k, p in state.packs.items()},
+            "all_packs": [p.to_json(state.now_ms()) | {"pack_type": p.pack_type} for p in state.all_packs],
             "deliveries": len(sim.callbacks.deliveries),
         }
 
     return [
         Route("/_simulator/faults", _kling(sim, "admin", faults), methods=["POST"]),
         Route("/_simulator/fail-next", _kling(sim, "admin", fail_next), methods=["POST"]),
+        Route("/_simulator/packs", _kling(sim, "admin", add_pack), methods=["POST"]),
         Route("/_simulator/packs/{pack_type}", _kling(sim, "admin", pack), methods=["POST"]),
         Route("/_simulator/state", _kling(sim, "admin", snapshot), methods=["GET"]),
     ]

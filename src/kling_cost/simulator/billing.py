@@ -1,10 +1,19 @@
 """The simulated account's money: resource packs, an optional cash balance, and the bill.
 
-A task is paid from its pack when the pack is online and holds enough units beside what
-running tasks will take; otherwise from the balance (if the account has one) at its USD list
-price less the account's discount; otherwise it is refused (1102). Each charged task makes
-one :class:`Charge`, the row ``/account/billing/package`` or ``/account/billing/balance``
-lists. Failed tasks are not charged and have no row.
+The account holds any number of packs of each type (video, image, try-on). A task is paid
+from the **online pack of its type that expires first** and holds enough units beside what
+the running tasks it accepted will take. Kling does not say which pack pays when several
+could; this is the conservative reading: the units that would expire soonest are used first,
+so the simulator never makes a pack look safer than Kling might. A pack before its
+``effective_time`` (``toBeOnline``) or past its ``invalid_time`` (``expired``: its remaining
+units are lost) pays for nothing. When no pack can, the balance pays (if the account has one)
+at the task's USD list price less the account's discount; otherwise it is refused (1102).
+
+A task is charged when it succeeds, on the pack that accepted it; if that pack expired while
+the task ran, on the next online pack (in expiry order) that holds enough, else still on the
+pack that accepted it (Kling accepted the task). Each charged task makes one :class:`Charge`,
+the row ``/account/billing/package`` or ``/account/billing/balance`` lists. Failed tasks are
+not charged and have no row.
 """
 
 from __future__ import annotations
@@ -41,8 +50,9 @@ class Balance:
 class Accounts:
     """Packs, balance and the charges made from them (the simulator's bill)."""
 
-    def __init__(self, packs: dict[str, Pack], balance: Balance | None, catalog: Catalog) -> None:
+    def __init__(self, packs: list[Pack], balance: Balance | None, catalog: Catalog) -> None:
         self.packs = packs
+        """Every pack of the account, of every type, in the order they were added."""
         self.balance = balance
         self.catalog = catalog
         self.charges: list[Charge] = []
@@ -51,24 +61,44 @@ class Accounts:
         """USD list price of ``units`` from ``pack_type`` (0 when the catalog has no USD rate)."""
         return self.catalog.usd(units, pack_type) or Decimal(0)
 
-    def fund(self, est: Estimate, active: Iterable[SimTask], now_ms: int) -> str:
-        """How a task priced ``est`` is paid: ``unit`` or ``cash``; 1102 when neither can."""
-        pack = self.packs[est.pack]
+    def online(self, pack_type: str, now_ms: int) -> list[Pack]:
+        """The packs of ``pack_type`` that can pay now, the one that expires first first."""
+        packs = [p for p in self.packs if p.pack_type == pack_type and p.status(now_ms) == "online"]
+        return sorted(packs, key=lambda p: (p.invalid_time, p.effective_time, p.purchase_time, p.pack_id))
+
+    def fund(self, est: Estimate, active: Iterable[SimTask], now_ms: int) -> tuple[str, str | None]:
+        """How a task priced ``est`` is paid: (``unit``, the pack's id) or (``cash``, None);
+        1102 when nothing can pay."""
         running = [t for t in active if t.pack_type == est.pack]
-        held_units = sum((t.cost for t in running if t.funding == "unit"), Decimal(0))
-        online = pack.status(now_ms) not in ("expired", "toBeOnline")
-        if online and pack.remaining - held_units >= est.amount:
-            return "unit"
+        for pack in self.online(est.pack, now_ms):
+            held = sum(
+                (t.cost for t in running if t.funding == "unit" and t.pack_id == pack.pack_id), Decimal(0)
+            )
+            if pack.remaining - held >= est.amount:
+                return "unit", pack.pack_id
         list_price = self.list_price(est.amount, est.pack)
         if self.balance is not None and list_price > 0:
             held_cash = sum(
                 (self.balance.price(t.list_price) for t in running if t.funding == "cash"), Decimal(0)
             )
             if self.balance.amount - held_cash >= self.balance.price(list_price):
-                return "cash"
-        if not online:
-            raise SimError(1102, f"the {pack.pack_type} resource pack has expired")
-        raise SimError(1102, f"the {pack.pack_type} resource pack is used up")
+                return "cash", None
+        usable = [
+            p for p in self.packs if p.pack_type == est.pack and p.status(now_ms) in ("online", "runOut")
+        ]
+        if not usable:
+            raise SimError(1102, f"the {est.pack} resource pack has expired")
+        raise SimError(1102, f"the {est.pack} resource pack is used up")
+
+    def _paying(self, task: SimTask, units: Decimal, at: int) -> Pack:
+        """The pack a succeeded task is charged on (see the module's docstring)."""
+        accepted = next(p for p in self.packs if p.pack_id == task.pack_id)
+        if accepted.status(at) != "expired":
+            return accepted
+        for pack in self.online(task.pack_type, at):
+            if pack.remaining >= units:
+                return pack
+        return accepted
 
     def charge(self, task: SimTask, units: Decimal, at: int) -> Charge:
         """Deduct ``units`` for a task that succeeded and record the bill's row."""
@@ -87,9 +117,9 @@ class Accounts:
             "product_type": PRODUCT_TYPES[task.pack_type],
         }
         if task.funding == "unit":
-            pack = self.packs[task.pack_type]
+            pack = self._paying(task, units, at)
             before = pack.remaining
-            pack.remaining -= units
+            pack.deduct(units, at)
             row = Charge(
                 funding="unit",
                 before=before,

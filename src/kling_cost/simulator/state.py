@@ -1,5 +1,12 @@
 """The simulator's account: resource packs, tasks of both API standards and their lifecycle,
-faults to inject. Money (packs, balance, the bill) is :class:`~.billing.Accounts`."""
+faults to inject. Money (packs, balance, the bill) is :class:`~.billing.Accounts`.
+
+Packs: the constructor's ``units`` make one pack of each type (``packs[type]``, the default
+pack, as before); :meth:`SimulatorState.add_pack` adds more, with their own purchase,
+effective and expiry times. ``/account/costs`` (:meth:`SimulatorState.costs`) answers
+``remaining_quantity`` as it was ``costs_lag_ms`` ago (Kling's figure lags its charges by up
+to 12 hours), while each task's ``final_unit_deduction`` and the billing listings are timely.
+"""
 
 from __future__ import annotations
 
@@ -72,11 +79,20 @@ class SimulatorState:
         catalog: Catalog | str,
         balance: Balance | None = None,
         motion_seconds: Decimal | str = "10.04",
+        costs_lag_ms: int = 0,
     ) -> None:
         if not 0 <= failure_rate <= 1:
             raise ValidationError(f"failure_rate {failure_rate} must be between 0 and 1")
         if not 0 <= task_seconds <= MAX_TASK_SECONDS:  # also NaN and infinity
             raise ValidationError(f"task_seconds {task_seconds} must be from 0 to {MAX_TASK_SECONDS:.0f}")
+        if (
+            isinstance(costs_lag_ms, bool)
+            or not isinstance(costs_lag_ms, int)
+            or not 0 <= costs_lag_ms <= 30 * DAY_MS
+        ):
+            raise ValidationError(f"costs lag {costs_lag_ms!r} ms must be from 0 to 30 days")
+        self.costs_lag_ms = costs_lag_ms
+        """How far behind ``/account/costs``' ``remaining_quantity`` is (ms)."""
         limits = (
             dict.fromkeys(PACK_TYPES, concurrency)
             if isinstance(concurrency, int)
@@ -98,6 +114,7 @@ class SimulatorState:
         self._counter = 0
         now = self.now_ms()
         self.packs: dict[str, Pack] = {}
+        """The default pack of each type (the constructor's ``units``); all packs: ``all_packs``."""
         for index, pack_type in enumerate(PACK_TYPES, start=1):
             amount = pack_units(units.get(pack_type, 0))
             self.packs[pack_type] = Pack(
@@ -111,7 +128,9 @@ class SimulatorState:
                 invalid_time=now + pack_days * DAY_MS,
                 concurrency=limits[pack_type],
             )
-        self.accounts = Accounts(self.packs, balance, self.catalog)
+        self.all_packs: list[Pack] = list(self.packs.values())
+        """Every pack of the account, the default ones first, then those :meth:`add_pack` added."""
+        self.accounts = Accounts(self.all_packs, balance, self.catalog)
         self.tasks: dict[str, SimTask] = {}
         self._by_external: dict[str, SimTask] = {}
         self._videos: dict[str, SimTask] = {}
@@ -197,13 +216,55 @@ class SimulatorState:
             task.status_msg = message
 
     def set_remaining(self, pack_type: str, units: Decimal) -> None:
+        """Set what the default pack of ``pack_type`` holds."""
         amount = pack_units(units)
         with self._lock:
-            self.packs[pack_type].remaining = amount
+            self.packs[pack_type].set_remaining(amount, self.now_ms())
 
     def expire_pack(self, pack_type: str) -> None:
+        """Every pack of ``pack_type`` expires now (what they hold is lost)."""
         with self._lock:
-            self.packs[pack_type].invalid_time = self.now_ms()
+            now = self.now_ms()
+            for pack in self.all_packs:
+                if pack.pack_type == pack_type and pack.invalid_time > now:
+                    pack.invalid_time = now
+
+    def add_pack(
+        self,
+        pack_type: str,
+        total: Decimal | int | str,
+        *,
+        purchase_time: int,
+        effective_time: int,
+        invalid_time: int,
+        name: str | None = None,
+    ) -> Pack:
+        """A new pack of ``pack_type`` holding ``total`` units (times in Unix ms): ``toBeOnline``
+        before ``effective_time``, ``expired`` from ``invalid_time`` on (its units lost)."""
+        if pack_type not in PACK_TYPES:
+            raise ValidationError(f"pack type {pack_type!r}: use one of {', '.join(PACK_TYPES)}")
+        amount = pack_units(total)
+        times = (purchase_time, effective_time, invalid_time)
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < 2**53 for t in times):
+            raise ValidationError("purchase_time, effective_time and invalid_time must be Unix times in ms")
+        if not purchase_time <= effective_time < invalid_time:
+            raise ValidationError("a pack needs purchase_time <= effective_time < invalid_time")
+        if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 200):
+            raise ValidationError("a pack's name must be a non-empty text of at most 200 characters")
+        with self._lock:
+            pack = Pack(
+                name=name or f"{pack_type} pack {len(self.all_packs) + 1}",
+                pack_id=f"sim-pack-{len(self.all_packs) + 1}",
+                pack_type=pack_type,
+                total=amount,
+                remaining=amount,
+                purchase_time=purchase_time,
+                effective_time=effective_time,
+                invalid_time=invalid_time,
+                concurrency=self.config.concurrency[pack_type],
+            )
+            self.all_packs.append(pack)
+            return pack
 
     def take_fault(self, scope: str) -> None:
         with self._lock:
@@ -276,17 +337,16 @@ class SimulatorState:
             est = estimate(work.request, catalog=self.catalog, as_of=self._today())
         except PricingError as exc:
             raise SimError(1201, str(exc)) from None
-        pack = self.packs[est.pack]
+        limit = self.config.concurrency[est.pack]
         active = [t for t in self.tasks.values() if t.status in ACTIVE]
         funding = self.accounts.fund(est, active, self.now_ms())
         slots = work.request.n if est.pack == "image" else 1
         version = model_version(work.request.model or work.endpoint)
         same = [t for t in active if t.pack_type == est.pack and t.model_version == version]
-        if sum(t.slots for t in same) + slots > pack.concurrency:
+        if sum(t.slots for t in same) + slots > limit:
             raise SimError(
                 1303,
-                f"parallel {version} tasks over the {pack.pack_type} resource pack's limit "
-                f"{pack.concurrency}",
+                f"parallel {version} tasks over the {est.pack} resource pack's limit {limit}",
             )
         return self._new_task(work, est, funding, slots, version)
 
@@ -355,7 +415,9 @@ class SimulatorState:
             raise SimError(1302, f"requests too fast: at most {limit} creates per second")
         self._recent_creates.append(now)
 
-    def _new_task(self, work: _Work, est: Estimate, funding: str, slots: int, version: str) -> SimTask:
+    def _new_task(
+        self, work: _Work, est: Estimate, funding: tuple[str, str | None], slots: int, version: str
+    ) -> SimTask:
         self._counter += 1
         now = self.now_ms()
         total = _ms(self.config.task_seconds)
@@ -383,7 +445,8 @@ class SimulatorState:
             standard=work.standard,
             model_version=version,
             estimate=est,
-            funding=funding,
+            funding=funding[0],
+            pack_id=funding[1],
             list_price=self.accounts.list_price(est.amount, est.pack),
             output_seconds=work.output,
             api_key_name=work.key_name,
@@ -446,14 +509,16 @@ class SimulatorState:
             return self.accounts.listing(funding, body)
 
     def costs(self, start: int, end: int, name: str | None) -> dict[str, Any]:
+        """``/account/costs``: the packs whose life (purchase to expiry) meets ``[start, end]``
+        (ms), ``remaining_quantity`` as it was ``costs_lag_ms`` ago."""
         if start > end:
             raise SimError(1201, "start_time must not be after end_time")
         with self._lock:
             self.refresh()
             now = self.now_ms()
             packs = [
-                p.to_json(now)
-                for p in self.packs.values()
+                p.to_json(now, lag_ms=self.costs_lag_ms)
+                for p in self.all_packs
                 if p.purchase_time <= end and p.invalid_time >= start and (name is None or p.name == name)
             ]
             return {"code": 0, "msg": "", "resource_pack_subscribe_infos": packs}

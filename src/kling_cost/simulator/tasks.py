@@ -4,7 +4,7 @@ on the legacy standard (``task_status``, ``final_unit_deduction``) and the new o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -73,7 +73,14 @@ def pack_units(value: object) -> Decimal:
 
 @dataclass
 class Pack:
-    """One resource pack: ``remaining`` units (exact), valid from ``effective_time`` to ``invalid_time``."""
+    """One resource pack: ``remaining`` units (exact), valid from ``effective_time`` to ``invalid_time``.
+
+    ``history`` notes ``(time ms, remaining)`` at each change (the first: the pack's purchase,
+    full), so ``/account/costs`` can answer ``remaining_quantity`` as it was some time ago
+    (Kling's figure lags its charges by up to 12 h; :meth:`remaining_at`). Change ``remaining``
+    through :meth:`deduct` or :meth:`set_remaining` to keep the history. Past ``invalid_time``
+    the pack is ``expired`` and what it still holds is lost: it pays for nothing any more.
+    """
 
     name: str
     pack_id: str
@@ -84,6 +91,11 @@ class Pack:
     effective_time: int
     invalid_time: int
     concurrency: int
+    history: list[tuple[int, Decimal]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.history:
+            self.history.append((self.purchase_time, self.remaining))
 
     def status(self, now_ms: int) -> str:
         if now_ms < self.effective_time:
@@ -94,17 +106,40 @@ class Pack:
             return "runOut"
         return "online"
 
-    def to_json(self, now_ms: int) -> dict[str, Any]:
+    def set_remaining(self, units: Decimal, at: int) -> None:
+        """``remaining = units`` from ``at`` (ms) on, noted in the history."""
+        self.remaining = units
+        self.history.append((at, units))
+
+    def deduct(self, units: Decimal, at: int) -> None:
+        self.set_remaining(self.remaining - units, at)
+
+    def remaining_at(self, at: int) -> Decimal:
+        """What the pack held at ``at`` (ms): the last change at or before it (before the
+        purchase: the first figure, the pack full)."""
+        value = self.history[0][1]
+        for when, units in self.history:
+            if when > at:
+                break
+            value = units
+        return value
+
+    def to_json(self, now_ms: int, *, lag_ms: int = 0) -> dict[str, Any]:
+        """The pack as ``/account/costs`` lists it; ``remaining_quantity`` as it was ``lag_ms`` ago."""
+        remaining = self.remaining_at(now_ms - lag_ms) if lag_ms else self.remaining
+        status = self.status(now_ms)
+        if status in ("online", "runOut"):  # as the (lagging) figure shows it
+            status = "online" if remaining > 0 else "runOut"
         return {
             "resource_pack_name": self.name,
             "resource_pack_id": self.pack_id,
             "resource_pack_type": "decreasing_total",
             "total_quantity": self.total,
-            "remaining_quantity": self.remaining,
+            "remaining_quantity": remaining,
             "purchase_time": self.purchase_time,
             "effective_time": self.effective_time,
             "invalid_time": self.invalid_time,
-            "status": self.status(now_ms),
+            "status": status,
         }
 
 
@@ -193,6 +228,8 @@ class SimTask:
     estimate: Estimate | None = None
     funding: str = "unit"
     """``unit`` (its resource pack) or ``cash`` (the account balance)."""
+    pack_id: str | None = None
+    """The pack that accepted it (``funding == "unit"``): it pays when the task succeeds."""
     list_price: Decimal = Decimal(0)
     """USD list price of ``cost`` (units x the catalog's USD per unit)."""
     output_seconds: str = ""
