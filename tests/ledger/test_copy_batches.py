@@ -13,8 +13,8 @@ import pytest
 
 from kling_cost import ConfigurationError
 from kling_cost.ledger import Ledger, copy_ledger, open_ledger
-from kling_cost.ledger.runs_store import BillDifference
 from kling_cost.ledger.bill_store import BillStore
+from kling_cost.ledger.runs_store import BillDifference
 from kling_cost.ledger.schema import KEYS, TABLES
 from tests.helpers import FakeClock, fresh_postgres_url, need_postgres
 
