@@ -46,7 +46,6 @@ alerts deliver`` call it.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -63,6 +62,7 @@ from ..timestamps import from_ms, to_ms
 if TYPE_CHECKING:
     from ..ledger import Ledger
     from ..ledger.models import AlertRecord
+    from .packs import PackStatus
 
 __all__ = [
     "LIFETIME_HORIZON",
@@ -481,17 +481,47 @@ def _write_pack_alert(
 
 
 def stored_packs(ledger: Ledger) -> list[PackLike] | None:
-    """The packs snapshot of :mod:`kling_cost.bill.packs` (``load_snapshot``), or None when that
-    module is not installed or holds no snapshot."""
-    try:
-        module = importlib.import_module("kling_cost.bill.packs")
-    except ImportError:
+    """The packs of the snapshot :mod:`kling_cost.bill.packs` saved in the ledger
+    (``load_snapshot``) that have an expiry time, or None when it holds no snapshot."""
+    from .packs import load_snapshot
+
+    found = load_snapshot(ledger)
+    if found is None:
         return None
-    load = getattr(module, "load_snapshot", None)
-    if load is None:
-        return None
-    found = load(ledger)
-    return None if found is None else list(found)
+    return [_Expiring(p) for p in found.packs if p.invalid_time is not None]
+
+
+@dataclass(frozen=True)
+class _Expiring:
+    """A snapshot's pack that expires (its ``invalid_time`` known), as a :class:`PackLike`."""
+
+    pack: PackStatus
+
+    @property
+    def pack_type(self) -> str:
+        return self.pack.pack_type
+
+    @property
+    def name(self) -> str:
+        return self.pack.name
+
+    @property
+    def id(self) -> str:
+        return self.pack.id
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.pack.remaining
+
+    @property
+    def invalid_time(self) -> datetime:
+        if self.pack.invalid_time is None:  # pragma: no cover - filtered by stored_packs
+            raise ValidationError(f"pack {self.pack.id} has no expiry time")
+        return self.pack.invalid_time
+
+    @property
+    def units_at_risk(self) -> Decimal:
+        return self.pack.units_at_risk
 
 
 def evaluate(
