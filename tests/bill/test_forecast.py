@@ -242,3 +242,38 @@ def test_lifetime_budget_projects_a_week_ahead(ledger: Ledger, clock: FakeClock)
     assert p.since == start and p.rate_per_hour == D("0.833")  # 60 units in 72 hours
     assert p.projected == D("200.000")  # 60 + 60 / 3 x 7
     assert p.runs_out_at == start + timedelta(days=3 + 47)  # 940 units at 20 a day
+
+
+def test_a_late_charge_counts_when_kling_deducted_it_not_when_fix_recorded_it(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    """``reconcile --fix`` records a month's bypass traffic at once: it lifts the level of the
+    window it lands in, but is no burst of spending (the rate), nor of a pack's burn."""
+    from kling_cost.bill.packs import burn_per_type
+
+    ledger.set_budget("account", 100, thresholds=["1"])
+    for hour in range(1, 4):
+        clock.set(DAY + timedelta(hours=hour, minutes=30))
+        ledger.commit(ledger.reserve(D(5), ["account"], metadata={"kind": "text2video"}), D(5))
+    clock.set(DAY + timedelta(hours=5))
+    ledger.charge(
+        "30",
+        ["account"],
+        idempotency_key="kling-bill:t-1",
+        task_id="t-1",
+        metadata={
+            "kind": "text-to-video",
+            "source": "reconcile",
+            "late": True,
+            "deduction_time": (DAY - timedelta(days=9)).isoformat(),
+        },
+    )
+    clock.set(DAY + timedelta(hours=6))
+    (p,) = forecast(ledger)
+    # 15 units spent in the 6 hours (the late 30 was spent 9 days ago): 45 + 15 x 18 / 6.
+    assert (p.used, p.spent, p.events) == (D("45.000"), D("15.000"), 3)
+    assert p.projected == D("90.000") and not p.over
+    assert evaluate(ledger) == []
+    week = burn_per_type(ledger, clock() - timedelta(days=7), clock())
+    assert week["video"] == D(15)
+    assert burn_per_type(ledger, DAY - timedelta(days=10), clock())["video"] == D(45)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -168,7 +169,9 @@ def live_month(world: Bill) -> Diary:
     limiter = CostsLimiter(store, clock=world.sim_clock.now, sleep=sleep)
     with (
         world.kling() as plain,
-        CostAwareClient(world.kling(), world.ledger, scopes=[SCOPE], cache=CachePolicy(enabled=False)) as guard,
+        CostAwareClient(
+            world.kling(), world.ledger, scopes=[SCOPE], cache=CachePolicy(enabled=False)
+        ) as guard,
     ):
         for day in range(1, DAYS + 1):
             for job in schedule(day):
@@ -200,7 +203,9 @@ def live_month(world: Bill) -> Diary:
 runner = CliRunner()
 
 
-def cli_reconcile(world: Bill, ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict[str, object]]:
+def cli_reconcile(
+    world: Bill, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, dict[str, Any]]:
     monkeypatch.setenv("KLING_COST_LEDGER", ledger_url)
     monkeypatch.setenv("KLING_API_KEY", API_KEY)
     monkeypatch.setenv("KLING_ACCESS_KEY", AK)
@@ -273,11 +278,13 @@ def test_a_month_of_traffic_packs_alerts_and_the_bill(
     assert all(r.funding == "unit" for r in rows)
     assert {r.package_name for r in rows if r.deduction_time < ms(PACK_A_EXPIRES)} == {"video pack A"}
     assert {r.package_name for r in rows if r.deduction_time >= ms(PACK_A_EXPIRES)} == {"video pack B"}
-    assert packs["video pack B"].remaining == PACK_B_TOTAL - billed(PACK_A_EXPIRES, MONTH + timedelta(days=DAYS))
+    assert packs["video pack B"].remaining == PACK_B_TOTAL - billed(
+        PACK_A_EXPIRES, MONTH + timedelta(days=DAYS)
+    )
     snap = load_snapshot(ledger)
     assert snap is not None
     (stored_a,) = [p for p in snap.packs if p.name == "video pack A"]
-    assert (stored_a.status, stored_a.units_lost, stored_a.units_at_risk) == ("expired", lost, 0)
+    assert (stored_a.status, stored_a.units_lost, stored_a.units_at_risk) == ("expired", lost, D(0))
 
     # --- reconcile the month: exactly the bypass tasks, and nothing else.
     kling_total = sum((r.amount for r in rows), D(0))
@@ -285,7 +292,7 @@ def test_a_month_of_traffic_packs_alerts_and_the_bill(
     assert ledger.totals()["units"]["charged"] == units_of("guard", MONTH, MONTH + timedelta(days=DAYS))
     advance_to(world, MONTH + timedelta(days=DAYS, minutes=30))
     code, data = cli_reconcile(world, ledger_url, monkeypatch)
-    assert code == 1 and {d["task_id"] for d in data["differences"]} == set(diary.ids["bypass"])  # type: ignore[union-attr]
+    assert code == 1 and {d["task_id"] for d in data["differences"]} == set(diary.ids["bypass"])
     with world.kling() as client:
         found = reconcile(ledger, client, since=MONTH)
     assert found.counts == {
@@ -299,7 +306,8 @@ def test_a_month_of_traffic_packs_alerts_and_the_bill(
     assert all(d.category == "unknown_to_ledger" for d in found.differences)
     assert diary.ids["fail"][0] not in {d.task_id for d in found.differences}
     assert {d.task_id: d.kling_amount for d in found.differences} == {
-        task_id: PRICE[BYPASS_DAYS[day]] for task_id, day in zip(diary.ids["bypass"], BYPASS_DAYS, strict=True)
+        task_id: PRICE[BYPASS_DAYS[day]]
+        for task_id, day in zip(diary.ids["bypass"], BYPASS_DAYS, strict=True)
     }
     assert {d.api_key_name for d in found.differences} == {AK}  # legacy callers: named by access key
     assert found.by_pack["video"] == {"ledger": kling_total - D("9.5"), "kling": kling_total}
@@ -314,3 +322,17 @@ def test_a_month_of_traffic_packs_alerts_and_the_bill(
     assert again.by_pack["video"] == {"ledger": kling_total, "kling": kling_total}
     code, data = cli_reconcile(world, ledger_url, monkeypatch)
     assert code == 0 and data["clean"] is True
+
+    # --- the late charges count at Kling's deduction time, not when --fix recorded them: the
+    # pack burn of the last 7 days has none of them (the last bypass task was on the 23rd).
+    late = [c for c in ledger.charges() if c.metadata.get("source") == "reconcile"]
+    assert {c.task_id for c in late} == set(diary.ids["bypass"]), [(c.created_at, c.kind) for c in late]
+    world.advance(60)
+    with world.kling() as client:
+        after = take_snapshot(
+            client,
+            ledger,
+            limiter=CostsLimiter(BillStore(ledger), clock=world.sim_clock.now, sleep=world.advance),
+        )
+    week = world.clock() - timedelta(days=7)
+    assert after.burn_per_day["video"] == (billed(week, world.clock()) / 7).quantize(D("0.001")) == D("5.5")

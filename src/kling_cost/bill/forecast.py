@@ -7,7 +7,10 @@
 where ``used + reserved`` is the budget's current window as the ledger holds it, the time left
 runs to the window's end (lifetime budgets: to a horizon of 7 days ahead), and the **rate** is
 what was spent recently: the charges (Kling's actuals) and the open reservations of the
-budget's scope and unit made in the *observed span*, divided by the span's length.
+budget's scope and unit made in the *observed span*, divided by the span's length. A late
+charge ``reconcile --fix`` recorded was made when Kling deducted it (its ``deduction_time``),
+not when the fix recorded it (it counts in ``used`` of the window it was recorded in, like every
+charge, but is no sign of the recent pace).
 
 * day, week and month budgets observe ``[max(window start, now - 24 h), now)``: the whole
   window so far for a day, the last 24 hours of a longer window (its recent pace, not its
@@ -58,6 +61,7 @@ from ..errors import ValidationError
 from ..ledger.outbox import KIND_FORECAST, KIND_PACK_EXPIRY, PACK_BUDGET_ID
 from ..money import MONEY, QUANTUM, format_amount, format_quantity
 from ..timestamps import from_ms, to_ms
+from .packs import load_snapshot, spent_at
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
@@ -242,7 +246,7 @@ def _span_start(budget: Budget, window: Window, now: datetime) -> datetime:
 def _events(ledger: Ledger, since: datetime, now: datetime) -> list[_Event]:
     until = to_ms(now)
     out = [
-        _Event(to_ms(c.created_at), c.actual, c.scopes, c.unit)
+        _Event(to_ms(spent_at(c)), c.actual, c.scopes, c.unit)
         for c in ledger.charges(since=since, until=now)
         if c.status == "succeeded" and c.actual > 0
     ]
@@ -483,8 +487,6 @@ def _write_pack_alert(
 def stored_packs(ledger: Ledger) -> list[PackLike] | None:
     """The packs of the snapshot :mod:`kling_cost.bill.packs` saved in the ledger
     (``load_snapshot``) that have an expiry time, or None when it holds no snapshot."""
-    from .packs import load_snapshot
-
     found = load_snapshot(ledger)
     if found is None:
         return None

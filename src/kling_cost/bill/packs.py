@@ -22,7 +22,9 @@ the pack's name (``video``, ``image``/``kolors``, ``try-on``/``tryon``/``virtual
 
 **Burn rate** of a pack type: the units the ledger charged for that type (charges in unit
 ``units`` whose kind is billed from that pack type; refunded failures and cache hits are 0)
-reserved in the last 7 days, divided by 7 (per day).
+reserved in the last 7 days, divided by 7 (per day). A late charge ``reconcile --fix``
+recorded counts at Kling's deduction time (:func:`spent_at`), not when it was recorded: a fix
+of a month's bypass traffic is not a burst of the last week.
 
 **At risk**: the burn is spent against the pack type's packs in expiry order: the pack that
 expires first absorbs it until it runs out or expires, then the next (from its
@@ -48,7 +50,7 @@ from ..timestamps import from_ms, to_ms
 
 if TYPE_CHECKING:
     from ..kling.models import AccountCosts, ResourcePack
-    from ..ledger import Ledger
+    from ..ledger import Charge, Ledger
     from ..ledger.bill_store import BillStore
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "load_snapshot",
     "pack_type_of",
     "project",
+    "spent_at",
     "take_snapshot",
 ]
 
@@ -144,12 +147,30 @@ def _pack_of_kind(kind: str | None) -> str | None:
     return None if price_kind is None else DEFAULT_PACK.get(price_kind)
 
 
+def spent_at(charge: Charge) -> datetime:
+    """When a charge's units were spent: for a late charge ``reconcile --fix`` recorded
+    (metadata ``late`` and ``deduction_time``), Kling's deduction time; else when it was reserved."""
+    when = charge.metadata.get("deduction_time")
+    if charge.metadata.get("late") is not True or not isinstance(when, str):
+        return charge.created_at
+    try:
+        found = datetime.fromisoformat(when)
+    except ValueError:
+        return charge.created_at
+    if found.tzinfo is None or found > charge.created_at:
+        return charge.created_at
+    return found
+
+
 @exact
 def burn_per_type(ledger: Ledger, since: datetime, until: datetime) -> dict[str, Decimal]:
-    """Units the ledger charged per pack type for charges reserved in ``[since, until)``."""
+    """Units the ledger charged per pack type for charges spent (:func:`spent_at`) in
+    ``[since, until)``, ``until`` being now or earlier (a charge is recorded after it is spent)."""
     out = dict.fromkeys(PACKS, Decimal("0.000"))
     for charge in ledger.charges(since=since, until=until):
         pack = _pack_of_kind(charge.kind)
+        if spent_at(charge) < since:
+            continue
         if charge.unit == "units" and pack is not None:
             out[pack] += charge.actual
     return out
