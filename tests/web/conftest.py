@@ -143,3 +143,112 @@ def serving(app: Any) -> Iterator[str]:
 @pytest.fixture
 def serve() -> Callable[[Any], Any]:
     return serving
+
+
+HOSTILE_PACK = "<img src=x onerror=\"document.body.dataset.pwned='1'\"><b>video</b> &amp; pack"
+BILL_NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+
+
+def seed_bill(ledger: Ledger, clock: FakeClock, *, hostile: bool = False) -> None:
+    """2026-06-15 12:00 UTC. The account's day budget of 100 units, 15 units charged at 01:00,
+    04:00, 07:00 and 10:00 (60 in 12 h: 5 an hour, projected 120 by midnight, out at 20:00); a
+    month budget of project:film with one charge (too few for a projection). A packs snapshot
+    at a video burn of 10 a day: video A (50 left, expires on day 3: 20 at risk), video B (100
+    left, day 8: 50 at risk), an expired image pack (7 lost). A reconciliation run with three
+    differences (one unknown to the ledger, one amount that differs, one not billed)."""
+    from decimal import Decimal
+
+    from kling_cost.bill.packs import SNAPSHOT_KEY, PackSnapshot, project
+    from kling_cost.kling.models import ResourcePack
+    from kling_cost.ledger.bill_store import BillStore
+    from kling_cost.ledger.runs_store import BillDifference
+    from kling_cost.pricing import load_catalog
+
+    clock.set(datetime(2026, 6, 15, 0, 0, tzinfo=UTC))
+    ledger.set_budget("account", 100, "day")
+    ledger.set_budget("project:film", 1000, "month")
+    for hour in (1, 4, 7, 10):
+        clock.set(datetime(2026, 6, 15, hour, 0, tzinfo=UTC))
+        held = ledger.reserve("15", ["project:film"], metadata={"model": "kling-v2-1", "mode": "pro"})
+        ledger.attach_task(held, f"task-{hour}")
+        ledger.commit(held, "15")
+    clock.set(BILL_NOW)
+    now_ms = int(BILL_NOW.timestamp() * 1000)
+    day = 86_400_000
+
+    def pack(name: str, remaining: str, expires_day: int, status: str = "online") -> ResourcePack:
+        return ResourcePack(
+            resource_pack_name=name,
+            resource_pack_id=f"id-{name[:20]}",
+            resource_pack_type="decreasing_total",
+            total_quantity=Decimal(1000),
+            remaining_quantity=Decimal(remaining),
+            purchase_time=now_ms - 40 * day,
+            effective_time=now_ms - 30 * day,
+            invalid_time=now_ms + expires_day * day,
+            status=status,
+        )
+
+    packs = [
+        pack("video B", "100", 8),
+        pack("video A", "50", 3),
+        pack("image old", "7", -2, status="expired"),
+    ]
+    if hostile:
+        packs.append(pack(HOSTILE_PACK, "30", 5))
+    weekly = {"video": Decimal(70)}
+    statuses = project(packs, now=BILL_NOW, weekly_burn=weekly, catalog=load_catalog("kling-api"))
+    snapshot = PackSnapshot(
+        taken_at=BILL_NOW - timedelta(hours=1),
+        window_start=BILL_NOW - timedelta(days=400),
+        window_end=BILL_NOW + timedelta(days=1),
+        packs=tuple(statuses),
+        burn_per_day={"video": Decimal("10.000"), "image": Decimal("0.000"), "tryon": Decimal("0.000")},
+    )
+    BillStore(ledger).set(SNAPSHOT_KEY, snapshot.to_dict())
+    ledger.runs.record(
+        "reconcile",
+        since=BILL_NOW - timedelta(days=7),
+        until=BILL_NOW,
+        status="differences",
+        summary={
+            "source": "billing",
+            "complete": True,
+            "tolerance": "0.001",
+            "counts": {
+                "matched": 4,
+                "amount_differs": 1,
+                "unknown_to_ledger": 1,
+                "not_billed": 1,
+                "other_unit": 0,
+            },
+            "by_pack": {"video": {"ledger": "90.000", "kling": "120.000"}},
+            "problems": [],
+            "note": None,
+            "clean": False,
+        },
+        differences=[
+            BillDifference(
+                "unknown_to_ledger",
+                task_id="task-bypass",
+                unit="units",
+                pack_type="video",
+                kling_amount=Decimal(35),
+                day="2026-06-14",
+                api_key_name=HOSTILE_PACK if hostile else "intern-laptop",
+                model="kling-v2-6",
+            ),
+            BillDifference(
+                "amount_differs",
+                task_id="task-4",
+                unit="units",
+                pack_type="video",
+                ledger_amount=Decimal(15),
+                kling_amount=Decimal(20),
+                day="2026-06-15",
+            ),
+            BillDifference(
+                "not_billed", task_id="task-7", unit="units", pack_type="video", ledger_amount=Decimal(15)
+            ),
+        ],
+    )

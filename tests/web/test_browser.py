@@ -17,7 +17,14 @@ from kling_cost.money import format_amount
 from kling_cost.web import create_dashboard_app
 from tests.helpers import FakeClock, services_required
 from tests.reports.seeds import seed_glance, seed_mixed
-from tests.web.conftest import HOSTILE_NAME, HOSTILE_SCOPE, add_hostile_key, seed_keys
+from tests.web.conftest import (
+    HOSTILE_NAME,
+    HOSTILE_PACK,
+    HOSTILE_SCOPE,
+    add_hostile_key,
+    seed_bill,
+    seed_keys,
+)
 
 CHROMIUM = os.environ.get("KLING_COST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -358,3 +365,160 @@ def test_dashboard_keys_table(tmp_path: Path, serve: Callable[[Any], Any]) -> No
                 browser.close()
     finally:
         ledger.close()
+
+
+PROJECTION_JS = """
+() => document.getElementById("daily").data
+  .filter((t) => t.meta === "projection" || (t.name || "").startsWith("daily limit"))
+  .map((t) => ({ name: t.name, dash: t.line.dash, x: t.x, y: t.y, meta: t.meta || null }))
+"""
+
+
+def test_dashboard_bill_views(tmp_path: Path, serve: Callable[[Any], Any]) -> None:
+    """The bill in a real browser: the day budget's projection dashed on the daily chart from
+    now to midnight through the limit, the packs on a timeline with the units at risk and a
+    line at now, the last reconciliation's counts and differences; a hostile pack name and
+    key name shown as text."""
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    clock = FakeClock()
+    ledger = open_ledger(f"sqlite:///{tmp_path / 'bill.db'}", clock=clock)
+    seed_bill(ledger, clock, hostile=True)
+    app = create_dashboard_app(ledger, refresh_seconds=600, now=clock)
+    try:
+        with serve(app) as base, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 3600})
+                failures: list[str] = []
+                page.on("pageerror", lambda exc: failures.append(str(exc)))
+                page.on("dialog", lambda d: failures.append("dialog " + d.message))
+                page.goto(f"{base}/")
+                page.wait_for_function("document.body.dataset.rendered !== '0'", timeout=20_000)
+                assert failures == [] and page.locator("#error").is_hidden()
+
+                # The daily chart: the limit (dotted) and the projection (dashed), 60 now, the
+                # limit at 20:00, 120 at midnight.
+                limit, projection = page.evaluate(PROJECTION_JS)
+                assert (limit["name"], limit["dash"], limit["y"]) == (
+                    "daily limit 100 units",
+                    "dot",
+                    [100] * 2,
+                )
+                assert projection == {
+                    "name": "projected 120 units by 2026-06-16 00:00",
+                    "dash": "dash",
+                    "x": ["2026-06-15T12:00:00", "2026-06-15T20:00:00", "2026-06-16T00:00:00"],
+                    "y": [60, 100, 120],
+                    "meta": "projection",
+                }
+                assert "projected 120 units" in (page.text_content("#daily .legend") or "")
+                day = page.locator("#forecast tr[data-testid='forecast-account-day']")
+                assert day.locator("td").all_inner_texts() == [
+                    "account",
+                    "day 2026-06-15",
+                    "units",
+                    "100",
+                    "60",
+                    "5",
+                    "120",
+                    "2026-06-15 20:00",
+                    "over the limit by the end",
+                ]
+                assert day.get_attribute("class") == "over"
+
+                # The packs: a bar per pack, soonest expiry first, the units at risk on the bars.
+                chart = page.locator("#packs-chart")
+                assert chart.get_attribute("data-empty") == "0"
+                assert page.locator("#packs-chart .bars path").count() == 4
+                bars = page.locator("#packs-chart text.bartext").all_text_contents()
+                assert (
+                    "20 units at risk" in bars and "50 units at risk" in bars and "30 units at risk" in bars
+                )
+                assert "7 units lost" in bars
+                ticks = page.locator("#packs-chart .ytick text").all_text_contents()
+                assert ticks == [
+                    "image old · image",
+                    "video A · video",
+                    HOSTILE_PACK + " · image",  # the same text: plotly parsed none of it ("img": image)
+                    "video B · video",
+                ]
+                assert page.locator("#packs-chart .shapelayer path").count() == 1  # the line at now
+                rows = page.locator("#packs tbody tr")
+                assert rows.count() == 4
+                a = page.locator("#packs tr[data-testid='pack-id-video A']")
+                assert a.locator("td").all_inner_texts() == [
+                    "video A",
+                    "video",
+                    "online",
+                    "50 of 1000 units",
+                    "2026-05-16 12:00 → 2026-06-18 12:00",
+                    "3",
+                    "20",
+                    "$7",
+                ]
+                assert rows.nth(2).locator(".name").inner_text() == HOSTILE_PACK
+                assert "12 h" in page.inner_text("#packs-note")
+                assert page.locator("#packs-empty").is_hidden()
+
+                # The reconciliation: the counts and the three differences in order.
+                summary = page.inner_text("#recon-summary")
+                assert "differs from Kling's bill" in summary
+                assert "period 2026-06-08 12:00:00 → 2026-06-15 12:00:00 UTC" in summary
+                assert page.locator(
+                    "#recon-summary .count[data-category='unknown_to_ledger']"
+                ).inner_text() == ("1 charged by Kling, unknown to the ledger")
+                assert "video: ledger 90 units, Kling 120 units" in summary
+                diffs = page.locator("#recon-diffs tbody tr")
+                assert [diffs.nth(i).get_attribute("data-category") for i in range(diffs.count())] == [
+                    "unknown_to_ledger",
+                    "amount_differs",
+                    "not_billed",
+                ]
+                assert diffs.nth(1).locator("td").all_inner_texts()[:5] == [
+                    "amount differs",
+                    "task-4",
+                    "video",
+                    "15",
+                    "20",
+                ]
+                assert diffs.nth(0).locator(".key").inner_text() == HOSTILE_PACK
+                assert page.locator("#recon-empty").is_hidden()
+
+                # Nothing hostile ran or was parsed, anywhere.
+                assert page.evaluate("document.body.dataset.pwned") is None
+                for where in ("#packs", "#packs-chart", "#recon-diffs"):
+                    assert page.locator(f"{where} img, {where} script, {where} b").count() == 0, where
+                visible = page.inner_text("body")
+                assert TRAILING_ZEROS.findall(visible) == [], TRAILING_ZEROS.findall(visible)
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-bill.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        ledger.close()
+
+
+def test_dashboard_bill_views_before_any_run(
+    known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any]
+) -> None:
+    """No packs snapshot and no reconciliation yet: each section says which command fills it."""
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    ledger, _ = known
+    with serve(create_dashboard_app(ledger, refresh_seconds=600)) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2600})
+            page.goto(f"{base}/")
+            page.wait_for_function("document.body.dataset.rendered !== '0'", timeout=20_000)
+            assert page.locator("#error").is_hidden()
+            assert page.locator("#packs-chart").get_attribute("data-empty") == "1"
+            assert "kling-cost packs" in page.inner_text("#packs-empty")
+            assert page.locator("#packs").is_hidden() and page.locator("#recon-diffs").is_hidden()
+            assert page.inner_text("#recon-empty") == "no reconciliation yet: kling-cost reconcile"
+            assert page.locator("#forecast tbody tr").count() == 3
+        finally:
+            browser.close()

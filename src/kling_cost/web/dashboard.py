@@ -14,6 +14,7 @@ from ..budgets import validate_tz
 from ..errors import ConfigurationError, KlingCostError, ValidationError
 from ..ledger import Ledger
 from ..reports import budget_status, daily_usage, glance, keys_view, latest_charges, overview, report
+from ..reports.bill import bill_view
 from .access import COOKIE, HostGate, TokenGate, hide_tokens_in_access_log
 
 try:
@@ -210,6 +211,9 @@ def create_dashboard_app(
     def get_keys(request: Request) -> Any:
         return keys_view(ledger, now=clock())
 
+    def get_bill(request: Request) -> Any:
+        return bill_view(ledger, clock(), tz=zone(request))
+
     def get_openapi(request: Request) -> Any:
         return openapi_spec()
 
@@ -228,6 +232,7 @@ def create_dashboard_app(
         Route("/api/charges", api(get_charges)),
         Route("/api/alerts", api(get_alerts)),
         Route("/api/keys", api(get_keys)),
+        Route("/api/bill", api(get_bill)),
     ]
     app = Starlette(routes=routes)
     gated = TokenGate(app, token=token, bound_host=bound_host)

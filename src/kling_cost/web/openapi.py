@@ -88,6 +88,15 @@ _ENDPOINTS: list[tuple[str, str, list[dict[str, Any]]]] = [
         "the least left among every budget its creates reserve on, open tasks, last use. No secret.",
         [],
     ),
+    (
+        "/api/bill",
+        "The bill: each budget's projection to the end of its window (with the points of the line "
+        "drawn on the daily chart), the resource packs of the last stored snapshot (`kling-cost "
+        "packs`) with their expiry and the units at risk, and the last reconciliation with Kling's "
+        "bill (`kling-cost reconcile`) with its first 50 differences. Instants as ISO 8601 and as "
+        "wall times of `tz` (`*_local`).",
+        [_TZ],
+    ),
     ("/api/openapi.json", "This description.", []),
 ]
 
@@ -199,7 +208,98 @@ _KEYS = {
         },
     },
 }
-_SCHEMAS = {"/api/glance": _GLANCE, "/api/keys": _KEYS}
+_LOCAL = {"type": ["string", "null"], "description": "Wall time in `tz`, no offset (for charts)"}
+_POINT = {
+    "type": "object",
+    "properties": {"at": {"type": "string", "format": "date-time"}, "local": _LOCAL, "value": _AMOUNT},
+}
+_BILL = {
+    "type": "object",
+    "properties": {
+        "generated_at": {"type": "string", "format": "date-time"},
+        "now_local": _LOCAL,
+        "tz": {"type": "string"},
+        "forecast": {
+            "type": "object",
+            "properties": {
+                "rule": {"type": "string", "description": "How a projection is made, and when"},
+                "projections": {
+                    "type": "array",
+                    "description": "One per budget, in its current window.",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "budget_id": {"type": "integer"},
+                            "scope": {"type": "string"},
+                            "window": {"type": "string", "enum": ["day", "week", "month", "lifetime"]},
+                            "window_key": {"type": "string"},
+                            "unit": {"type": "string", "enum": ["units", "credits"]},
+                            "limit": _AMOUNT,
+                            "used": _AMOUNT,
+                            "reserved": _AMOUNT,
+                            "level": {**_AMOUNT, "description": "used + reserved now"},
+                            "rate_per_hour": {"type": ["string", "null"]},
+                            "projected": {
+                                "type": ["string", "null"],
+                                "description": "used + reserved at the horizon; null without enough data",
+                            },
+                            "horizon": {**_TIME, "description": "The window's end (lifetime: now + 7 days)"},
+                            "runs_out_at": {**_TIME, "description": "When the limit is reached at this rate"},
+                            "over": {"type": "boolean"},
+                            "reason": {"type": ["string", "null"], "description": "Why no projection"},
+                            "points": {
+                                "type": "array",
+                                "items": _POINT,
+                                "description": "The projection's line: now, the run-out instant "
+                                "(when before the horizon), the horizon; empty without a projection.",
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "packs": {
+            "type": ["object", "null"],
+            "description": "The last stored snapshot (null before `kling-cost packs` ran).",
+            "properties": {
+                "taken_at": {"type": "string", "format": "date-time"},
+                "note": {"type": "string", "description": "remaining_quantity can lag by up to 12 h"},
+                "burn_per_day": {"type": "object", "additionalProperties": _AMOUNT},
+                "packs": {
+                    "type": "array",
+                    "description": "Soonest expiry first.",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "id": {"type": "string"},
+                            "pack_type": {"type": "string", "enum": ["video", "image", "tryon", "unknown"]},
+                            "status": {"type": "string"},
+                            "total": _AMOUNT,
+                            "remaining": _AMOUNT,
+                            "effective_time": _TIME,
+                            "invalid_time": _TIME,
+                            "usd_left": {"type": ["string", "null"]},
+                            "days_left": {"type": ["string", "null"]},
+                            "units_at_risk": {**_AMOUNT, "description": "Unused at expiry at the burn rate"},
+                            "charged_recently": {**_AMOUNT, "description": "Ledger units of the last 12 h"},
+                            "start_local": _LOCAL,
+                            "end_local": _LOCAL,
+                            "span_ms": {"type": ["integer", "null"]},
+                        },
+                    },
+                },
+            },
+        },
+        "reconciliation": {
+            "type": ["object", "null"],
+            "description": "The last run (null before `kling-cost reconcile` ran): id, started_at, "
+            "since, until, status (clean or differences), fixed, counts per category, summary (totals "
+            "per pack type and day, source, problems), differences (first 50) and differences_total.",
+        },
+    },
+}
+_SCHEMAS = {"/api/glance": _GLANCE, "/api/keys": _KEYS, "/api/bill": _BILL}
 
 
 def openapi_spec() -> dict[str, Any]:

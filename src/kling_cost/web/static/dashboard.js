@@ -198,7 +198,7 @@
     }, cfg);
   }
 
-  function drawOverview(o) {
+  function drawOverview(o, bill) {
     drawTotals(o);
     fill("budgets", o.budgets, (tr, b) => {
       tr.dataset.testid = "budget-" + b.scope + "-" + b.window;
@@ -214,12 +214,27 @@
       gauges.appendChild(div);
       return drawGauge(div, b);
     });
-    plots.push(drawDaily(o.daily));
+    plots.push(drawDaily(o.daily, bill));
     return plots;
   }
 
-  function drawDaily(d) {
-    // One pair of stacked bars per unit, each unit on its own axis; the limit on its unit's axis.
+  // The day after a "YYYY-MM-DD" day, as a date string (calendar arithmetic, no time zone).
+  function nextDay(day) {
+    const [y, m, dd] = day.split("-").map(Number);
+    return new Date(Date.UTC(y, m - 1, dd + 1)).toISOString().slice(0, 10);
+  }
+  // The projection of the daily chart's budget (its scope's day budget, in its unit), if any.
+  function dailyProjection(d, bill) {
+    if (!bill || d.unit === null) { return null; }
+    const found = bill.forecast.projections.find((p) => p.scope === d.scope && p.window === "day" &&
+      p.unit === d.unit && p.points.length > 0);
+    return found === undefined ? null : found;
+  }
+
+  function drawDaily(d, bill) {
+    // One pair of stacked bars per unit, each unit on its own axis, each bar across its local day;
+    // the limit on its unit's axis, and the projection of the day budget (dashed) from now to the
+    // window's end.
     const units = d.units;
     const anything = d.days.some((r) => num(r.actual) !== 0 || num(r.saved) !== 0);
     if (!anything && d.limit === null) { return noData("daily", "no usage in the last " + days + " days"); }
@@ -230,15 +245,25 @@
       const rows = d.days.filter((r) => r.unit === u);
       const x = rows.map((r) => r.day);
       const [charged, saved] = colours[i % colours.length];
-      const common = { x: x, yaxis: "y" + axisRef(i), offsetgroup: u, legendgroup: u };
+      const common = { x: x, yaxis: "y" + axisRef(i), offsetgroup: u, legendgroup: u,
+        xperiod: 86400000, xperiodalignment: "middle" };
       traces.push({ type: "bar", name: "charged (" + u + ")", y: rows.map((r) => num(r.actual)), marker: { color: charged },
         customdata: rows.map((r) => amt(r.actual, u)), hovertemplate: "%{x|%Y-%m-%d}: charged %{customdata}<extra></extra>", ...common });
       traces.push({ type: "bar", name: "saved by cache (" + u + ")", y: rows.map((r) => num(r.saved)), marker: { color: saved },
         base: rows.map((r) => num(r.actual)), customdata: rows.map((r) => amt(r.saved, u)),
         hovertemplate: "%{x|%Y-%m-%d}: saved %{customdata}<extra></extra>", ...common });
       if (d.limit !== null && d.unit === u) {
-        traces.push({ type: "scatter", mode: "lines", name: "daily limit " + amt(d.limit, u), x: x, y: x.map(() => num(d.limit)),
-          yaxis: "y" + axisRef(i), line: { color: "#d62728", dash: "dash" }, hovertemplate: "limit " + amt(d.limit, u) + "<extra></extra>" });
+        const span = x.length === 0 ? [] : [x[0], nextDay(x[x.length - 1])];
+        traces.push({ type: "scatter", mode: "lines", name: "daily limit " + amt(d.limit, u), x: span, y: span.map(() => num(d.limit)),
+          yaxis: "y" + axisRef(i), line: { color: "#d62728", dash: "dot" }, hovertemplate: "limit " + amt(d.limit, u) + "<extra></extra>" });
+        const p = dailyProjection(d, bill);
+        if (p !== null) {
+          traces.push({ type: "scatter", mode: "lines+markers", name: "projected " + amt(p.projected, u) + " by " +
+            shortTime(p.horizon_local), x: p.points.map((pt) => pt.local), y: p.points.map((pt) => num(pt.value)),
+            yaxis: "y" + axisRef(i), line: { color: "#ff7f0e", dash: "dash", width: 2 }, marker: { size: 6 },
+            customdata: p.points.map((pt) => amt(pt.value, u)), meta: "projection",
+            hovertemplate: "%{x|%Y-%m-%d %H:%M}: projected %{customdata} used or reserved<extra></extra>" });
+        }
       }
     });
     const layout = { barmode: "group", margin: { t: 40, b: 60 }, legend: legendOnTop,
@@ -352,16 +377,141 @@
     document.getElementById("keys-empty").hidden = data.keys.length !== 0;
   }
 
+  // -- the bill -----------------------------------------------------------------------------
+  // A wall time of the dashboard's zone ("2026-06-15T22:00:00") for people: "2026-06-15 22:00".
+  const shortTime = (local) => (local === null || local === undefined ? "" : local.replace("T", " ").slice(0, 16));
+  // Text that plotly draws (tick labels, bar text) reads a few HTML tags: escape what it would parse.
+  const plain = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+  function drawForecast(bill) {
+    const rows = bill.forecast.projections;
+    fill("forecast", rows, (tr, p) => {
+      tr.dataset.testid = "forecast-" + p.scope + "-" + p.window; tr.dataset.unit = p.unit;
+      if (p.over) { tr.className = "over"; }
+      cell(tr, p.scope); cell(tr, p.window === "lifetime" ? "lifetime (next 7 days)" : p.window + " " + p.window_key);
+      cell(tr, p.unit, "unit"); cell(tr, fmt(p.limit), "num limit"); cell(tr, fmt(p.level), "num level");
+      cell(tr, p.rate_per_hour === null ? "" : fmt(p.rate_per_hour), "num rate");
+      cell(tr, p.projected === null ? "" : fmt(p.projected), "num projected");
+      cell(tr, p.projected === null ? "" : p.runs_out_at === null ? "not this window" : shortTime(p.runs_out_local), "runs-out");
+      cell(tr, p.reason === null ? (p.over ? "over the limit by the end" : "") : p.reason, "reason");
+    });
+    document.getElementById("forecast").hidden = rows.length === 0;
+    document.getElementById("forecast-empty").hidden = rows.length !== 0;
+    text("forecast-rule", bill.forecast.rule);
+  }
+
+  const PACK_COLOURS = { online: "#54a24b", toBeOnline: "#4c78a8", expired: "#bab0ac", runOut: "#f58518" };
+
+  function drawPacks(bill) {
+    const snap = bill.packs;
+    document.getElementById("packs-empty").hidden = snap !== null;
+    document.getElementById("packs").hidden = snap === null;
+    document.getElementById("packs-note").hidden = snap === null;
+    if (snap === null) {
+      fill("packs", [], () => {});
+      return noData("packs-chart", "no packs snapshot yet: kling-cost packs");
+    }
+    text("packs-note", "As Kling listed them at " + shortTime(snap.taken_local) + " (" + bill.tz + "); " + snap.note +
+      ". At risk: what a pack will still hold when it expires at the burn rate of its type over the last 7 days.");
+    fill("packs", snap.packs, (tr, k) => {
+      tr.dataset.testid = "pack-" + k.id; tr.dataset.status = k.status;
+      cell(tr, k.name, "name"); cell(tr, k.pack_type, "type"); cell(tr, k.status, "status pack-" + k.status);
+      const left = cell(tr, "", "num remaining");
+      left.append(el("span", "amount", fmt(k.remaining)), " of " + amt(k.total, "units"));
+      if (num(k.charged_recently) > 0) {
+        left.appendChild(el("span", "muted detail", "the ledger charged " + amt(k.charged_recently, "units") +
+          " of this type in the last 12 h, which this may not show yet"));
+      }
+      cell(tr, shortTime(k.start_local) + " → " + shortTime(k.end_local), "life");
+      cell(tr, k.days_left === null ? "" : fmt(k.days_left), "num days");
+      cell(tr, fmt(k.units_at_risk), "num at-risk");
+      cell(tr, k.usd_left === null ? "" : "$" + fmt(k.usd_left), "num usd");
+    });
+    const shown = snap.packs.filter((k) => k.span_ms !== null);
+    if (shown.length === 0) { return noData("packs-chart", "no pack with an expiry"); }
+    plotted("packs-chart");
+    const ys = shown.map((_, i) => i);
+    const label = (k) => plain(k.name) + " · " + k.pack_type;
+    const note = (k) => (num(k.units_at_risk) > 0 ? amt(k.units_at_risk, "units") + " at risk"
+      : k.status === "expired" ? amt(k.units_lost, "units") + " lost" : fmt(k.remaining) + " left, none at risk");
+    const traces = Object.keys(PACK_COLOURS).concat(["unknown"]).map((status) => {
+      const mine = shown.map((k, i) => [k, i]).filter(([k]) => (PACK_COLOURS[k.status] ? k.status : "unknown") === status);
+      return { type: "bar", orientation: "h", name: status, base: mine.map(([k]) => k.start_local),
+        x: mine.map(([k]) => k.span_ms), y: mine.map(([, i]) => i), marker: { color: PACK_COLOURS[status] || "#999" },
+        text: mine.map(([k]) => plain(note(k))), textposition: "inside", insidetextanchor: "end",
+        customdata: mine.map(([k]) => [plain(k.name), shortTime(k.start_local), shortTime(k.end_local), plain(note(k))]),
+        hovertemplate: "%{customdata[0]}<br>%{customdata[1]} → %{customdata[2]}<br>%{customdata[3]}<extra>" + status + "</extra>" };
+    }).filter((t) => t.y.length > 0);
+    const layout = { barmode: "overlay", margin: { t: 30, b: 40, l: 10, r: 20 }, legend: legendOnTop,
+      height: Math.max(220, 90 + 40 * shown.length),
+      xaxis: { type: "date", automargin: true },
+      yaxis: { tickvals: ys, ticktext: shown.map(label), autorange: "reversed", automargin: true },
+      shapes: [{ type: "line", xref: "x", yref: "paper", x0: bill.now_local, x1: bill.now_local, y0: 0, y1: 1,
+        line: { color: "#d62728", width: 2, dash: "dot" } }],
+      annotations: [{ text: "now", xref: "x", yref: "paper", x: bill.now_local, y: 1, yanchor: "bottom",
+        showarrow: false, font: { color: "#d62728" } }] };
+    document.getElementById("packs-chart").style.height = layout.height + "px";
+    return Plotly.newPlot("packs-chart", traces, layout, cfg);
+  }
+
+  const CATEGORY_NAMES = { matched: "matched", amount_differs: "amount differs", unknown_to_ledger: "charged by Kling, unknown to the ledger",
+    not_billed: "in the ledger, not billed", other_unit: "in credits (not compared)" };
+
+  function drawReconciliation(bill) {
+    const run = bill.reconciliation;
+    const box = document.getElementById("recon-summary");
+    box.replaceChildren();
+    document.getElementById("recon-empty").hidden = run !== null;
+    document.getElementById("recon-diffs").hidden = run === null || run.differences.length === 0;
+    if (run === null) { fill("recon-diffs", [], () => {}); return; }
+    box.dataset.status = run.status;
+    const head = el("div", "recon-head");
+    head.append(el("span", "status recon-" + run.status, run.clean ? "agrees with Kling's bill" : "differs from Kling's bill"),
+      " · run " + when(run.started_at) + " UTC · period " + when(run.since) + " → " + when(run.until) + " UTC" +
+      (run.summary.source ? " · from " + run.summary.source : "") + (run.fixed ? " · " + run.fixed + " late charge(s) recorded" : ""));
+    const counts = el("div", "counts");
+    Object.keys(CATEGORY_NAMES).forEach((c) => {
+      if (run.counts[c] === undefined) { return; }
+      const item = el("span", "count");
+      item.dataset.category = c;
+      item.append(el("b", null, String(run.counts[c])), " " + CATEGORY_NAMES[c]);
+      counts.appendChild(item);
+    });
+    box.append(head, counts);
+    const byPack = run.summary.by_pack || {};
+    Object.keys(byPack).sort().forEach((pack) => {
+      const sides = byPack[pack];
+      box.appendChild(el("div", "muted totals-line", pack + ": ledger " + amt(sides.ledger, "units") + ", Kling " + amt(sides.kling, "units")));
+    });
+    (run.summary.problems || []).forEach((line) => box.appendChild(el("div", "error", line)));
+    if (run.summary.note) { box.appendChild(el("div", "muted", run.summary.note)); }
+    if (run.differences_total > run.differences.length) {
+      box.appendChild(el("div", "muted", "showing the first " + run.differences.length + " of " + run.differences_total +
+        " differences: kling-cost reconcile --json lists them all"));
+    }
+    fill("recon-diffs", run.differences, (tr, d) => {
+      tr.dataset.category = d.category;
+      cell(tr, CATEGORY_NAMES[d.category] || d.category, "category"); cell(tr, d.task_id, "task");
+      cell(tr, d.pack_type, "pack"); cell(tr, d.ledger === null ? "—" : fmt(d.ledger), "num ledger");
+      cell(tr, d.kling === null ? "—" : fmt(d.kling), "num kling"); cell(tr, d.unit, "unit"); cell(tr, d.day, "day");
+      cell(tr, d.api_key_name, "key"); cell(tr, d.model, "model");
+    });
+  }
+
   async function load() {
     const p = "?days=" + days + "&tz=" + encodeURIComponent(tz);
     try {
-      const [g, o, m, md, pr, k, drift, charges, alerts, keys] = await Promise.all([
+      const [g, o, m, md, pr, k, drift, charges, alerts, keys, bill] = await Promise.all([
         q("api/glance" + p), q("api/overview" + p), q("api/breakdown/model" + p), q("api/breakdown/mode" + p),
         q("api/breakdown/project" + p), q("api/breakdown/key" + p), q("api/drift" + p),
         q("api/charges?limit=50"), q("api/alerts?limit=100"), q("api/keys"),
+        q("api/bill?tz=" + encodeURIComponent(tz)),
       ]);
       drawSpend(g); drawClosest(g); drawTopPrompts(g);
-      const plots = drawOverview(o);
+      const plots = drawOverview(o, bill);
+      drawForecast(bill);
+      plots.push(drawPacks(bill));
+      drawReconciliation(bill);
       plots.push(drawBreakdown("by-model", "model", m), drawBreakdown("by-mode", "mode", md),
         drawBreakdown("by-project", "project", pr), drawBreakdown("by-key", "key", k), drawDrift(drift));
       drawCharges(charges);
