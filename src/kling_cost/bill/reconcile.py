@@ -58,6 +58,7 @@ from ..errors import (
     PermissionDenied,
     ValidationError,
 )
+from ..ledger.models import EXPIRED, RESERVED
 from ..ledger.runs_store import BillDifference, BillRun
 from ..money import MONEY, QUANTUM, parse_amount
 from ..pricing import ENDPOINTS, load_catalog
@@ -438,6 +439,14 @@ def _fix(
         if line is not None and line.at is not None:
             base["deduction_time"] = line.at.isoformat()
         if diff.category == "unknown_to_ledger" and line is not None:
+            pending = ledger.reservation_for_task(task_id)
+            if pending is not None and pending.status in (RESERVED, EXPIRED):
+                # The guard (or the proxy) holds it and will settle it: a late charge would count it twice.
+                problems.append(
+                    f"task {task_id}: the ledger's reservation {pending.id} for it is {pending.status}, "
+                    "not settled yet; settle it (kling-cost settle) rather than fix it"
+                )
+                continue
             amount = _late_units(line, diff.kling_amount or Decimal(0))
             if amount is None or amount <= 0:
                 problems.append(
