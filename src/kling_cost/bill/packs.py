@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ValidationError
+from ..errors import StorageError, ValidationError
 from ..money import QUANTUM, exact
 from ..pricing import ENDPOINTS, Catalog, load_catalog, normalise_endpoint
 from ..pricing.catalog import DEFAULT_PACK, PACKS
@@ -241,30 +241,54 @@ class PackStatus:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PackStatus:
+        """Read back :meth:`to_dict`; ``ValueError`` (or ``KeyError``/``TypeError``) for a value
+        it never writes (a naive time, a number that is not finite, a name that is not text)."""
+
         def when(value: Any) -> datetime | None:
-            return None if value is None else datetime.fromisoformat(value)
+            return None if value is None else _aware_time(value)
 
         def num(value: Any) -> Decimal | None:
-            return None if value is None else Decimal(value)
+            return None if value is None else _finite(value)
 
         return cls(
-            pack_type=data["pack_type"],
-            name=data["name"],
-            id=data["id"],
-            total=Decimal(data["total"]),
-            remaining=Decimal(data["remaining"]),
-            status=data["status"],
+            pack_type=_text(data["pack_type"]),
+            name=_text(data["name"]),
+            id=_text(data["id"]),
+            total=_finite(data["total"]),
+            remaining=_finite(data["remaining"]),
+            status=_text(data["status"]),
             purchase_time=when(data.get("purchase_time")),
             effective_time=when(data.get("effective_time")),
             invalid_time=when(data.get("invalid_time")),
             usd_left=num(data.get("usd_left")),
             days_left=num(data.get("days_left")),
-            burn_per_day=Decimal(data["burn_per_day"]),
-            units_used=Decimal(data["units_used"]),
-            units_at_risk=Decimal(data["units_at_risk"]),
-            units_lost=Decimal(data.get("units_lost", "0")),
-            charged_recently=Decimal(data.get("charged_recently", "0")),
+            burn_per_day=_finite(data["burn_per_day"]),
+            units_used=_finite(data["units_used"]),
+            units_at_risk=_finite(data["units_at_risk"]),
+            units_lost=_finite(data.get("units_lost", "0")),
+            charged_recently=_finite(data.get("charged_recently", "0")),
         )
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"not a text: {value!r}")
+    return value
+
+
+def _finite(value: Any) -> Decimal:
+    """A stored amount (a decimal string), refused when it is not a finite number."""
+    found = Decimal(_text(value))
+    if not found.is_finite():
+        raise ValueError(f"not a finite amount: {value!r}")
+    return found
+
+
+def _aware_time(value: Any) -> datetime:
+    found = datetime.fromisoformat(_text(value))
+    if found.tzinfo is None:
+        raise ValueError(f"a time without its offset: {value!r}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -299,11 +323,11 @@ class PackSnapshot:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PackSnapshot:
         return cls(
-            taken_at=datetime.fromisoformat(data["taken_at"]),
-            window_start=datetime.fromisoformat(data["window_start"]),
-            window_end=datetime.fromisoformat(data["window_end"]),
+            taken_at=_aware_time(data["taken_at"]),
+            window_start=_aware_time(data["window_start"]),
+            window_end=_aware_time(data["window_end"]),
             packs=tuple(PackStatus.from_dict(p) for p in data["packs"]),
-            burn_per_day={k: Decimal(v) for k, v in data.get("burn_per_day", {}).items()},
+            burn_per_day={_text(k): _finite(v) for k, v in data.get("burn_per_day", {}).items()},
         )
 
 
@@ -468,10 +492,13 @@ def load_snapshot(ledger: Ledger) -> PackSnapshot | None:
     """The last snapshot :func:`take_snapshot` saved in the ledger, without asking Kling."""
     from ..ledger.bill_store import BillStore
 
-    data = BillStore(ledger).get(SNAPSHOT_KEY)
+    try:
+        data = BillStore(ledger).get(SNAPSHOT_KEY)
+    except StorageError:  # not JSON (tampered): as if there were none; the next `packs` writes it again
+        return None
     if not isinstance(data, dict):
         return None
     try:
         return PackSnapshot.from_dict(data)
-    except (KeyError, TypeError, ValueError, ArithmeticError):
+    except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError):
         return None
