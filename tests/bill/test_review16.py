@@ -9,7 +9,7 @@ import pytest
 
 from kling_cost.alerts import Deliverer
 from kling_cost.bill.forecast import evaluate, stored_packs
-from kling_cost.bill.packs import SNAPSHOT_KEY, load_snapshot
+from kling_cost.bill.packs import SNAPSHOT_KEY, CostsLimiter, load_snapshot
 from kling_cost.bill.reconcile import reconcile
 from kling_cost.ledger import Ledger
 from kling_cost.ledger.bill_store import BillStore
@@ -84,3 +84,26 @@ def test_a_tampered_snapshot_is_no_snapshot_and_alerts_still_flow(ledger: Ledger
     seen: list[object] = []
     with Deliverer(ledger, [seen.append]) as deliverer:
         assert deliverer.deliver_pending().delivered == 1
+
+
+# -------------------------------------------------------------------------------- the 1 q/s limiter
+
+
+def test_a_next_call_far_ahead_does_not_stall_packs_for_hours(ledger: Ledger) -> None:  # noqa: F811
+    """Another machine whose clock is an hour ahead (or a tampered value) stored the next free
+    slot far in the future: the limiter must not sleep until then."""
+    now = [1_000.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    ahead = CostsLimiter(BillStore(ledger), clock=lambda: now[0] + 3600, sleep=sleep)
+    assert ahead.wait() == 0
+    limiter = CostsLimiter(BillStore(ledger), clock=lambda: now[0], sleep=sleep)
+    assert limiter.wait() <= 1.0
+    assert limiter.wait() == pytest.approx(1.0)  # then one call a second again
+    BillStore(ledger).set("packs.next_call", 10**15)
+    assert limiter.wait() <= 1.0
+    assert all(s <= 1.0 for s in slept)

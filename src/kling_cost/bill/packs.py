@@ -80,6 +80,8 @@ BURN_DAYS = 7
 SNAPSHOT_KEY = "packs.snapshot"
 LIMIT_KEY = "packs.next_call"
 DAY_MS = 86_400_000
+MAX_AHEAD_MS = 60_000
+"""A next free slot stored further ahead than this is another clock's (or tampered): not waited for."""
 LAG_NOTE = "remaining_quantity can lag Kling's charges by up to 12 h"
 
 
@@ -111,7 +113,7 @@ class CostsLimiter:
     def wait(self) -> float:
         """Take the next slot and sleep until it; returns the seconds waited (0: at once)."""
         now_ms = int(self.clock() * 1000)
-        slot = self.store.take_slot(LIMIT_KEY, now_ms, self.interval_ms)
+        slot = self.store.take_slot(LIMIT_KEY, now_ms, self.interval_ms, max_ahead_ms=MAX_AHEAD_MS)
         delay = (slot - now_ms) / 1000
         if delay > 0:
             self.sleep(delay)

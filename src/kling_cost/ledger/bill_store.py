@@ -73,16 +73,18 @@ class BillStore:
             cur.execute("DELETE FROM bill_meta WHERE name = ?", (_check_name(name),))
             return bool(cur.rowcount)
 
-    def take_slot(self, name: str, now_ms: int, interval_ms: int) -> int:
+    def take_slot(self, name: str, now_ms: int, interval_ms: int, *, max_ahead_ms: int | None = None) -> int:
         """Reserve the next call slot of a rate limit shared through the ledger: the slot is
         ``max(now_ms, the next free time stored under name)``, and the next free time becomes
         slot + ``interval_ms``. One transaction, the row locked (PostgreSQL) or every writer
         serialised (SQLite), so processes sharing the ledger never take the same slot.
-        Returns the slot (ms); the caller waits until then."""
+        Returns the slot (ms); the caller waits until then. A stored next free time more than
+        ``max_ahead_ms`` after ``now_ms`` is not believed (a machine whose clock is ahead wrote
+        it, or it was tampered with): the limit starts again from now."""
         _check_name(name)
-        return retrying(lambda: self._take_slot(name, now_ms, interval_ms))
+        return retrying(lambda: self._take_slot(name, now_ms, interval_ms, max_ahead_ms))
 
-    def _take_slot(self, name: str, now_ms: int, interval_ms: int) -> int:
+    def _take_slot(self, name: str, now_ms: int, interval_ms: int, max_ahead_ms: int | None) -> int:
         with self.ledger.transaction() as cur:
             cur.execute(
                 "INSERT INTO bill_meta (name, value, updated_at) VALUES (?, ?, ?) "
@@ -97,6 +99,8 @@ class BillStore:
                 free = int(json.loads(row[0]))
             except (TypeError, ValueError):
                 free = 0  # an unreadable value: the limit starts again from now
+            if max_ahead_ms is not None and free - now_ms > max_ahead_ms:
+                free = now_ms
             slot = max(now_ms, free)
             cur.execute(
                 "UPDATE bill_meta SET value = ?, updated_at = ? WHERE name = ?",
