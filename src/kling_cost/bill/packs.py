@@ -243,7 +243,7 @@ class PackStatus:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PackStatus:
-        """Read back :meth:`to_dict`; ``ValueError`` (or ``KeyError``/``TypeError``) for a value
+        """Read back :meth:`to_dict`; :class:`ValidationError` (or ``KeyError``/``TypeError``) for a value
         it never writes (a naive time, a number that is not finite, a name that is not text)."""
 
         def when(value: Any) -> datetime | None:
@@ -274,7 +274,7 @@ class PackStatus:
 
 def _text(value: Any) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"not a text: {value!r}")
+        raise ValidationError(f"not a text: {value!r}")
     return value
 
 
@@ -282,14 +282,14 @@ def _finite(value: Any) -> Decimal:
     """A stored amount (a decimal string), refused when it is not a finite number."""
     found = Decimal(_text(value))
     if not found.is_finite():
-        raise ValueError(f"not a finite amount: {value!r}")
+        raise ValidationError(f"not a finite amount: {value!r}")
     return found
 
 
 def _aware_time(value: Any) -> datetime:
     found = datetime.fromisoformat(_text(value))
     if found.tzinfo is None:
-        raise ValueError(f"a time without its offset: {value!r}")
+        raise ValidationError(f"a time without its offset: {value!r}")
     return found
 
 
