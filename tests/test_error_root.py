@@ -96,8 +96,7 @@ PROTOCOL_RAISES = {
     # json.dumps(default=...) must raise TypeError for an object it cannot write; caught inside
     ("ledger/records.py", "TypeError"),
     ("cli/_common.py", "TypeError"),
-    ("proxy/answers.py", "TypeError"),
-    ("simulator/app.py", "TypeError"),
+    ("money.py", "TypeError"),
     # a Mapping's __getitem__/__delitem__ raise KeyError (the CLI's lazy command table)
     ("cli/_typer.py", "KeyError"),
     # caught at once and turned into the user's error (InvalidRequest, typer.BadParameter)

@@ -16,6 +16,7 @@ through :func:`exact` (a decorator) or :func:`money_context` (a ``with`` block) 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from decimal import (
@@ -40,6 +41,7 @@ __all__ = [
     "exact",
     "format_amount",
     "format_quantity",
+    "json_exact",
     "money_context",
     "parse_amount",
 ]
@@ -172,3 +174,22 @@ def format_quantity(value: Decimal, unit: str) -> str:
     if text == "1" and unit.endswith("s"):
         unit = unit[:-1]
     return f"{text} {unit}"
+
+
+def json_exact(payload: object, *, separators: tuple[str, str] | None = None) -> str:
+    """``payload`` as JSON with every :class:`~decimal.Decimal` written as an exact JSON number
+    (:func:`format_amount`: never through a float, never an exponent). What a Kling-compatible
+    server (the simulator, the proxy) answers."""
+    marks: dict[str, str] = {}
+
+    def encode(obj: object) -> object:
+        if isinstance(obj, Decimal):
+            mark = f"\x00dec{len(marks)}\x00"
+            marks[mark] = format_amount(obj)
+            return mark
+        raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+    text = json.dumps(payload, default=encode, ensure_ascii=False, separators=separators)
+    for mark, number in marks.items():
+        text = text.replace(json.dumps(mark), number)
+    return text

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import jwt
 
 from ..errors import ConfigurationError, MissingCredentials
 
-__all__ = ["ApiKeyAuth", "Auth", "JWTAuth", "resolve_auth"]
+__all__ = ["ApiKeyAuth", "Auth", "JWTAuth", "claims_problem", "resolve_auth"]
 
 TOKEN_TTL = 1800
 """Kling's token lifetime: ``exp = now + 1800``."""
@@ -127,3 +128,30 @@ def resolve_auth(
         "or set KLING_ACCESS_KEY and KLING_SECRET_KEY (or KLING_API_KEY)",
         missing=("KLING_ACCESS_KEY", "KLING_SECRET_KEY"),
     )
+
+
+def _numeric_date(value: object) -> bool:
+    """An int or a finite float; not a bool, a string, null or NaN."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def claims_problem(claims: Mapping[str, object], now: float) -> tuple[int, str] | None:
+    """What Kling answers a signed JWT's time claims at ``now`` (Unix seconds), server side:
+    ``(1002, ...)`` an ``exp``/``nbf``/``iat`` that is not a finite number of seconds (RFC 7519
+    NumericDate), ``(1003, ...)`` not yet valid, ``(1004, ...)`` expired; None when valid.
+    ``exp`` must be present (the caller's decoder requires it). Shared by the simulator and the
+    proxy, so both judge a token the same way."""
+    for name in ("exp", "nbf", "iat"):
+        if name in claims and not _numeric_date(claims[name]):
+            return 1002, f"token is invalid: {name} must be a number of seconds"
+    nbf = claims.get("nbf")
+    if isinstance(nbf, (int, float)) and now < nbf:
+        return 1003, "token is not yet valid"
+    exp = claims.get("exp")
+    if not isinstance(exp, (int, float)) or now >= exp:
+        return 1004, "token has expired"
+    return None

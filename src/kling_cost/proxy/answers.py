@@ -21,58 +21,20 @@ the ledger is unreachable              503     5000 (nothing is sent upstream)
 
 from __future__ import annotations
 
-import json
 import uuid
-from decimal import Decimal
 from typing import Any
 
 from starlette.responses import Response
 
 from ..errors import InvalidRequest, KlingAPIError
-from ..money import format_amount
+from ..kling.errors import HTTP_STATUS
+from ..money import json_exact
 
 __all__ = ["HTTP_STATUS", "error", "error_from", "success"]
 
-HTTP_STATUS: dict[int, int] = {
-    1000: 401,
-    1001: 401,
-    1002: 401,
-    1003: 401,
-    1004: 401,
-    1100: 429,
-    1101: 429,
-    1102: 429,
-    1103: 403,
-    1200: 400,
-    1201: 400,
-    1202: 404,
-    1203: 404,
-    1300: 400,
-    1301: 400,
-    1302: 429,
-    1303: 429,
-    1304: 429,
-    5000: 500,
-    5001: 503,
-    5002: 504,
-}
-
 
 def _json(payload: object) -> bytes:
-    """JSON with Decimals written as exact JSON numbers (never through a float)."""
-    marks: dict[str, str] = {}
-
-    def encode(obj: object) -> object:
-        if isinstance(obj, Decimal):
-            mark = f"\x00dec{len(marks)}\x00"
-            marks[mark] = format_amount(obj)
-            return mark
-        raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-    text = json.dumps(payload, default=encode, ensure_ascii=False, separators=(",", ":"))
-    for mark, number in marks.items():
-        text = text.replace(json.dumps(mark), number)
-    return text.encode()
+    return json_exact(payload, separators=(",", ":")).encode()
 
 
 def success(data: Any, request_id: str | None = None) -> Response:

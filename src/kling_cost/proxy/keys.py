@@ -30,7 +30,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import math
 import os
 import re
 import secrets
@@ -44,6 +43,7 @@ from typing import Any
 
 from ..budgets import validate_scope
 from ..errors import AuthError, ConfigurationError, ValidationError
+from ..kling.auth import claims_problem
 from ..ledger import Ledger
 from ..ledger.limits import BudgetRequest, budget_request
 from ..ledger.proxy_store import KeyRecord, refused_key
@@ -521,25 +521,10 @@ class Keys:
             raise _auth(1002, "Authorization is invalid: bad JWT signature or claims") from None
         if header.get("alg") != "HS256":
             raise _auth(1002, "Authorization is invalid: the JWT must be signed with HS256")
-        for claim in ("exp", "nbf", "iat"):  # NumericDate (RFC 7519): a finite number of seconds
-            if claim in claims and not _numeric_date(claims[claim]):
-                raise _auth(1002, f"Authorization is invalid: {claim} must be a number of seconds")
-        ts = now.timestamp()
-        nbf = claims.get("nbf")
-        if nbf is not None and ts < nbf:
-            raise _auth(1003, "Authorization is not yet valid (nbf)")
-        if ts >= claims["exp"]:
-            raise _auth(1004, "Authorization has expired (exp)")
+        problem = claims_problem(claims, now.timestamp())
+        if problem is not None:
+            raise _auth(*problem)
         return record
-
-
-def _numeric_date(value: object) -> bool:
-    """An int or a finite float; not a bool, a string, null or NaN."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    return isinstance(value, float) and math.isfinite(value)
 
 
 def _auth(code: int, message: str) -> AuthError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 import time
 import uuid
@@ -22,7 +21,7 @@ from starlette.routing import Route
 
 from ..errors import KlingAPIError, ValidationError
 from ..kling.limits import BodyLimits, read_json_body
-from ..money import format_amount
+from ..money import json_exact
 from ..pricing import Catalog
 from ..pricing.standard import NEW_FAMILIES
 from .auth import Authenticator
@@ -55,19 +54,7 @@ NEW_ROUTES = tuple(f"/{family}/{{model}}" for family in NEW_FAMILIES)
 
 def render(payload: object) -> bytes:
     """JSON with Decimals written as exact JSON numbers (never through a float)."""
-    marks: dict[str, str] = {}
-
-    def encode(obj: object) -> object:
-        if isinstance(obj, Decimal):
-            mark = f"\x00dec{len(marks)}\x00"
-            marks[mark] = format_amount(obj)
-            return mark
-        raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-    text = json.dumps(payload, default=encode, ensure_ascii=False)
-    for mark, number in marks.items():
-        text = text.replace(json.dumps(mark), number)
-    return text.encode()
+    return json_exact(payload).encode()
 
 
 class Simulator:

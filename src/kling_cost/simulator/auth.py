@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import jwt
 
+from ..kling.auth import claims_problem
 from .errors import SimError
 
 __all__ = ["Authenticator"]
-
-
-def _numeric_date(value: object) -> bool:
-    """An int or a finite float; not a bool, a string, null or NaN."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    return isinstance(value, float) and math.isfinite(value)
 
 
 class Authenticator:
@@ -81,13 +72,7 @@ class Authenticator:
             raise SimError(1002, "token must be signed with HS256")
         if claims.get("iss") != self.access_key:
             raise SimError(1002, "token issuer is not a known access key")
-        for name in ("exp", "nbf", "iat"):  # NumericDate (RFC 7519): a finite number of seconds
-            if name in claims and not _numeric_date(claims[name]):
-                raise SimError(1002, f"token is invalid: {name} must be a number of seconds")
-        now = self.clock()
-        nbf = claims.get("nbf")
-        if nbf is not None and now < nbf:
-            raise SimError(1003, "token is not yet valid")
-        if now >= claims["exp"]:
-            raise SimError(1004, "token has expired")
+        problem = claims_problem(claims, self.clock())
+        if problem is not None:
+            raise SimError(*problem)
         return self.access_key

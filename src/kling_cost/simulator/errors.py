@@ -2,31 +2,12 @@
 
 from __future__ import annotations
 
+from ..kling.errors import HTTP_STATUS as KLING_HTTP_STATUS
+
 __all__ = ["HTTP_STATUS", "SimError"]
 
-HTTP_STATUS: dict[int, int] = {
-    1000: 401,
-    1001: 401,
-    1002: 401,
-    1003: 401,
-    1004: 401,
-    1100: 429,
-    1101: 429,
-    1102: 429,
-    1103: 403,
-    1200: 400,
-    1201: 400,
-    1202: 404,
-    1203: 404,
-    1300: 400,
-    1301: 400,
-    1302: 429,
-    1303: 429,
-    1304: 429,
-    5000: 500,
-    5001: 503,
-    5002: 504,
-}
+HTTP_STATUS = KLING_HTTP_STATUS
+"""The HTTP status of each Kling code (one table: :data:`kling_cost.kling.errors.HTTP_STATUS`)."""
 
 
 class SimError(Exception):
