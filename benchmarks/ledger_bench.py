@@ -433,6 +433,8 @@ def bench_sqlite(ctx: SpawnContext, seconds: float) -> Report:
             with open_ledger(url) as admin:
                 admin.set_budget(SQLITE_SCOPE, limit=GENEROUS_LIMIT, window=WINDOW)
             _sqlite_baseline_create(baseline_path, 1)
+            if procs == 1:
+                report.notes.append(_count_statements(url, SQLITE_SCOPE, "sqlite"))
             progress(f"sqlite: ledger, {procs} process(es), {seconds:g} s")
             led = run_jobs(ctx, [Job("ledger", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)] * procs)
             progress(f"sqlite: baseline, {procs} process(es), {seconds:g} s")
@@ -474,6 +476,79 @@ def profile_sqlite(seconds: float) -> str:
     stats.sort_stats("tottime").print_stats(20)
     return (
         f"cProfile, SQLite ledger, 1 process, {outcome.pairs} pairs (slowed by profiling):\n{text.getvalue()}"
+    )
+
+
+# -- statements and round trips per pair (what the figures rest on) ------------------------------
+
+COUNT_PAIRS = 50
+
+
+def _count_statements(url: str, scope: str, backend: Backend) -> str:
+    """Statements and round trips of one reserve and one commit, averaged over
+    :data:`COUNT_PAIRS` pairs in this process (after a warm-up). PostgreSQL: every statement
+    psycopg sends (a multi-statement string counts each) and every wait for the server (a round
+    trip: one per plain execute, one per pipeline sync). SQLite: every statement the library
+    runs (its trace callback, BEGIN and COMMIT included); in-process, so a round trip is a
+    statement."""
+    counts = {"statements": 0, "round_trips": 0}
+    undo: list[Callable[[], None]] = []
+    ledger = open_ledger(url)
+    try:
+        for _ in range(WARMUP_PAIRS):
+            ledger.commit(ledger.reserve(AMOUNT, [scope]), actual=AMOUNT)
+        if backend == "postgres":
+            import psycopg
+
+            wait, execute = psycopg.Connection.wait, psycopg.Cursor.execute
+
+            def counting_wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+                counts["round_trips"] += 1
+                return wait(self, *args, **kwargs)
+
+            def counting_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+                text = query if isinstance(query, str) else str(query)
+                counts["statements"] += 1 + text.rstrip("; ").count(";")
+                return execute(self, query, *args, **kwargs)
+
+            psycopg.Connection.wait = counting_wait  # type: ignore[method-assign]
+            psycopg.Cursor.execute = counting_execute  # type: ignore[method-assign]
+
+            def restore() -> None:
+                psycopg.Connection.wait = wait  # type: ignore[method-assign]
+                psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+
+            undo.append(restore)
+        else:
+
+            def trace(_sql: str) -> None:
+                counts["statements"] += 1
+                counts["round_trips"] += 1
+
+            for conn in ledger.backend._connections:  # type: ignore[attr-defined]
+                conn.set_trace_callback(trace)
+                undo.append(lambda conn=conn: conn.set_trace_callback(None))
+        per: dict[str, tuple[float, float]] = {}
+        reservations = []
+        for step in ("reserve", "commit"):
+            counts["statements"] = counts["round_trips"] = 0
+            for i in range(COUNT_PAIRS):
+                if step == "reserve":
+                    reservations.append(ledger.reserve(AMOUNT, [scope]))
+                else:
+                    ledger.commit(reservations[i], actual=AMOUNT)
+            per[step] = (counts["statements"] / COUNT_PAIRS, counts["round_trips"] / COUNT_PAIRS)
+    finally:
+        for step_undo in undo:
+            step_undo()
+        ledger.close()
+    (rs, rr), (cs, cr) = per["reserve"], per["commit"]
+    base = "baseline: 2 transactions, 4 statements + BEGIN/COMMIT" + (
+        " (autocommit psycopg: 8 round trips)" if backend == "postgres" else " (6 statements)"
+    )
+    return (
+        f"per pair: {rs + cs:g} statements, {rr + cr:g} round trips (reserve {rs:g} statements / "
+        f"{rr:g} round trips, commit {cs:g} / {cr:g}); {base}"
     )
 
 
@@ -582,6 +657,8 @@ def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
         admin.set_budget(CONTENDED_SCOPE, limit=CONTENTION_LIMIT, window=WINDOW)
         _pg_baseline_schema(conninfo, base_schema, most + 1)
         base_created = True
+        admin.set_budget("project:count", limit=GENEROUS_LIMIT, window=WINDOW)
+        report.notes.append(_count_statements(ledger_url, "project:count", "postgres"))
         for shared in (True, False):
             for procs in PG_PROCS:
                 what = "shared budget" if shared else "independent budgets"
