@@ -499,23 +499,37 @@ def _count_statements(url: str, scope: str, backend: Backend) -> str:
             ledger.commit(ledger.reserve(AMOUNT, [scope]), actual=AMOUNT)
         if backend == "postgres":
             import psycopg
+            from psycopg import waiting
 
-            wait, execute = psycopg.Connection.wait, psycopg.Cursor.execute
+            wait, execute = waiting.wait, psycopg.Cursor.execute
 
-            def counting_wait(self: Any, *args: Any, **kwargs: Any) -> Any:
-                counts["round_trips"] += 1
-                return wait(self, *args, **kwargs)
+            def reads(gen: Any) -> Any:
+                """``gen``, counting one round trip if it ever waits only for the server's
+                answer (read, nothing left to send); a pipeline's queued sends are none."""
+                read = False
+                try:
+                    state = next(gen)
+                    while True:
+                        if int(state) == int(waiting.Wait.R) and not read:
+                            read = True
+                            counts["round_trips"] += 1
+                        state = gen.send((yield state))
+                except StopIteration as stop:
+                    return stop.value
+
+            def counting_wait(gen: Any, *args: Any, **kwargs: Any) -> Any:
+                return wait(reads(gen), *args, **kwargs)
 
             def counting_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
                 text = query if isinstance(query, str) else str(query)
                 counts["statements"] += 1 + text.rstrip("; ").count(";")
                 return execute(self, query, *args, **kwargs)
 
-            psycopg.Connection.wait = counting_wait  # type: ignore[method-assign]
+            waiting.wait = counting_wait
             psycopg.Cursor.execute = counting_execute  # type: ignore[method-assign]
 
             def restore() -> None:
-                psycopg.Connection.wait = wait  # type: ignore[method-assign]
+                waiting.wait = wait
                 psycopg.Cursor.execute = execute  # type: ignore[method-assign]
 
             undo.append(restore)

@@ -63,17 +63,35 @@ def _line(exc: BaseException | str, *, hints: bool = True) -> str:
 
 class _PgCursor:
     """qmark SQL on a psycopg cursor, with errors translated at the boundary; ``now`` is the
-    server's time at the transaction's ``BEGIN``, or the injected clock's (read once)."""
+    server's time at the transaction's ``BEGIN``, or the injected clock's (read once).
 
-    __slots__ = ("_clock", "_cur", "_now")
+    Fewer round trips: a statement is queued, not sent, until a result is read
+    (``fetchone``, ``fetchall``, ``rowcount``) or the transaction commits; then every queued
+    statement goes in one pipeline (one round trip), in order, the ``COMMIT`` with the last
+    ones. Writes nobody reads (a charge, rollup rows, outbox rows) cost no round trip of their
+    own. A queued statement's error surfaces at that flush, translated the same way
+    (:class:`Conflict` or :class:`StorageError`), and the transaction rolls back whole; a
+    transaction whose body raised never sends what it still had queued.
+    """
 
-    def __init__(self, cur: psycopg.Cursor[Any], started: datetime | None, clock: Clock) -> None:
+    __slots__ = ("_clock", "_conn", "_cur", "_now", "_queued")
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        cur: psycopg.Cursor[Any],
+        started: datetime | None,
+        clock: Clock,
+    ) -> None:
+        self._conn = conn
         self._cur = cur
         self._now = started
         self._clock = clock
+        self._queued: list[tuple[str, tuple[Any, ...]]] = []
 
     @property
     def rowcount(self) -> int:
+        self._flush()
         return self._cur.rowcount
 
     @property
@@ -82,19 +100,58 @@ class _PgCursor:
             self._now = self._clock()
         return self._now
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        try:
-            return self._cur.execute(_translate(sql), tuple(params), prepare=True)
-        except _CONFLICTS as exc:
-            raise Conflict(str(exc)) from exc
-        except psycopg.Error as exc:
-            raise StorageError(f"PostgreSQL ledger: {_line(exc)}".strip()) from exc
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _PgCursor:
+        self._queued.append((_translate(sql), tuple(params)))
+        return self
 
     def fetchone(self) -> Any:
-        return self._cur.fetchone()
+        self._flush()
+        with _translated():
+            return self._cur.fetchone()
 
     def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
+        self._flush()
+        with _translated():
+            return self._cur.fetchall()
+
+    def _flush(self) -> None:
+        if self._queued:
+            with _translated():
+                self._send(self._take())
+
+    def _take(self) -> list[tuple[str, tuple[Any, ...]]]:
+        queued, self._queued = self._queued, []
+        return queued
+
+    def _send(self, queued: list[tuple[str, tuple[Any, ...]]], *, commit: bool = False) -> None:
+        """``queued`` (and ``COMMIT``) in one round trip; the cursor keeps the last result."""
+        if len(queued) == 1 and not commit:
+            self._cur.execute(*queued[0], prepare=True)
+            return
+        with self._conn.pipeline():
+            for sql, params in queued:
+                self._cur.execute(sql, params, prepare=True)
+            if commit:
+                self._conn.execute("COMMIT", prepare=False)
+
+    def commit(self) -> None:
+        """Send what is queued with ``COMMIT``: one round trip (driver errors untranslated)."""
+        queued = self._take()
+        if queued:
+            self._send(queued, commit=True)
+        else:
+            self._conn.execute("COMMIT", prepare=False)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Driver errors as the ledger's: a lost race is a :class:`Conflict`, the rest StorageError."""
+    try:
+        yield
+    except _CONFLICTS as exc:
+        raise Conflict(str(exc)) from exc
+    except psycopg.Error as exc:
+        raise StorageError(f"PostgreSQL ledger: {_line(exc)}".strip()) from exc
 
 
 class PostgresBackend(Backend):
@@ -285,22 +342,25 @@ class PostgresBackend(Backend):
     def _transaction(self, begin: str) -> Iterator[Cursor]:
         conn, started = self._begin(begin)
         try:
-            try:
-                with conn.cursor() as cur:
-                    yield _PgCursor(cur, started, self.clock)
-            except BaseException:
-                with suppress(psycopg.Error):
-                    conn.execute("ROLLBACK", prepare=False)
-                raise
-            try:
-                conn.execute("COMMIT", prepare=False)
-            except _CONFLICTS as exc:
-                raise Conflict(str(exc)) from exc
-            except psycopg.Error as exc:
-                raise StorageError(
-                    f"PostgreSQL ledger: commit failed ({_line(exc)}); the transaction is atomic: "
-                    "it either happened whole or not at all"
-                ) from exc
+            with conn.cursor() as cur:
+                pg = _PgCursor(conn, cur, started, self.clock)
+                try:
+                    yield pg
+                except BaseException:
+                    with suppress(psycopg.Error):
+                        conn.execute("ROLLBACK", prepare=False)
+                    raise
+                try:
+                    pg.commit()
+                except psycopg.Error as exc:
+                    with suppress(psycopg.Error):  # a queued statement failed: COMMIT never ran
+                        conn.execute("ROLLBACK", prepare=False)
+                    if isinstance(exc, _CONFLICTS):
+                        raise Conflict(str(exc)) from exc
+                    raise StorageError(
+                        f"PostgreSQL ledger: commit failed ({_line(exc)}); the transaction is "
+                        "atomic: it either happened whole or not at all"
+                    ) from exc
         except psycopg.Error as exc:  # raised inside the body, outside a translated execute
             raise StorageError(f"PostgreSQL ledger: {_line(exc)}; nothing was changed") from exc
         finally:
