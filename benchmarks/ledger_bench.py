@@ -499,37 +499,31 @@ def _count_statements(url: str, scope: str, backend: Backend) -> str:
             ledger.commit(ledger.reserve(AMOUNT, [scope]), actual=AMOUNT)
         if backend == "postgres":
             import psycopg
-            from psycopg import waiting
+            from psycopg import pq
 
-            wait, execute = waiting.wait, psycopg.Cursor.execute
+            wait, execute = psycopg.Connection.wait, psycopg.Cursor.execute
 
-            def reads(gen: Any) -> Any:
-                """``gen``, counting one round trip if it ever waits only for the server's
-                answer (read, nothing left to send); a pipeline's queued sends are none."""
-                read = False
-                try:
-                    state = next(gen)
-                    while True:
-                        if int(state) == int(waiting.Wait.R) and not read:
-                            read = True
-                            counts["round_trips"] += 1
-                        state = gen.send((yield state))
-                except StopIteration as stop:
-                    return stop.value
-
-            def counting_wait(gen: Any, *args: Any, **kwargs: Any) -> Any:
-                return wait(reads(gen), *args, **kwargs)
+            def counting_wait(self: Any, gen: Any, *args: Any, **kwargs: Any) -> Any:
+                """One round trip per wait for the server, except a statement queued in
+                pipeline mode and entering that mode (leaving it, a sync: one)."""
+                name = getattr(gen, "__qualname__", "")
+                queued = self.pgconn.pipeline_status != pq.PipelineStatus.OFF and name.endswith(
+                    "._execute_gen"
+                )
+                if not queued and not name.endswith("._enter_gen"):
+                    counts["round_trips"] += 1
+                return wait(self, gen, *args, **kwargs)
 
             def counting_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
                 text = query if isinstance(query, str) else str(query)
                 counts["statements"] += 1 + text.rstrip("; ").count(";")
                 return execute(self, query, *args, **kwargs)
 
-            waiting.wait = counting_wait
+            psycopg.Connection.wait = counting_wait  # type: ignore[method-assign]
             psycopg.Cursor.execute = counting_execute  # type: ignore[method-assign]
 
             def restore() -> None:
-                waiting.wait = wait
+                psycopg.Connection.wait = wait  # type: ignore[method-assign]
                 psycopg.Cursor.execute = execute  # type: ignore[method-assign]
 
             undo.append(restore)

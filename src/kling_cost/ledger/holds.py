@@ -115,9 +115,10 @@ class Holds:
             "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
             (asked.id, key, *values),
         )
-        if cur.rowcount != 1:
-            if key is None:
-                raise Conflict(f"reservation id {asked.id} collided")
+        # Without a key the row is inserted or the statement fails (an id collision is a
+        # unique violation: Conflict, wherever the backend reports it), so there is no count
+        # to wait for and PostgreSQL sends this INSERT with the window's update.
+        if key is not None and cur.rowcount != 1:
             existing = reservation_by(cur, "idempotency_key", key)  # reserved before
             if existing is None:
                 raise Conflict(f"idempotency key {key!r} vanished while reserving")
