@@ -4,6 +4,9 @@ Same SQL as every backend (its ``?`` placeholders become ``%s`` here, prepared);
 (taken in budget-id order) make the conditional updates safe under concurrency, and schema
 creation runs under an advisory lock.
 
+Round trips: a statement waits for the server only when its result is read; the writes in
+between (and the last ones, with the ``COMMIT``) go in one pipeline (see ``_PgCursor``).
+
 One clock per ledger: unless a clock is injected, every transaction reads the server's time
 with its ``BEGIN`` (no extra round trip) and decides lease expiry, sweeps and budget windows
 by it, so machines whose clocks disagree still agree on what has expired.
