@@ -150,6 +150,51 @@ class ReservationRow:
     catalog_date: str | None = None
     revived: bool = False
     fresh: bool = False
+    metadata_json: str | None = field(default=None, compare=False, repr=False)
+    """The ``metadata`` column's text when known (as read, or as written): reused instead of
+    encoding unchanged metadata again (a charge row copies it). None: encode ``metadata``."""
+    scopes_json: str | None = field(default=None, compare=False, repr=False)
+    """The ``scopes`` column's text when known, likewise."""
+
+    def metadata_text(self) -> str:
+        """The ``metadata`` column's text: the stored one when known, else encoded."""
+        return self.metadata_json if self.metadata_json is not None else json.dumps(self.metadata)
+
+    def scopes_text(self) -> str:
+        """The ``scopes`` column's text: the stored one when known, else encoded."""
+        return self.scopes_json if self.scopes_json is not None else json.dumps(self.scopes)
+
+    def settled(
+        self,
+        status: str,
+        settled_at_ms: int,
+        actual_milli: int | None,
+        task_id: str | None,
+        metadata: dict[str, Any],
+        metadata_json: str | None,
+    ) -> ReservationRow:
+        """This row moved to ``status`` (a new row; what :meth:`.Settlement.mark` wrote)."""
+        return ReservationRow(
+            self.id,
+            self.idempotency_key,
+            self.amount_milli,
+            status,
+            self.scopes,
+            self.created_at_ms,
+            self.expires_at_ms,
+            actual_milli,
+            settled_at_ms,
+            task_id,
+            metadata,
+            self.windows,
+            self.unit,
+            self.catalog,
+            self.catalog_date,
+            self.revived,
+            self.fresh,
+            metadata_json,
+            self.scopes_json,
+        )
 
     # What hooks written against earlier versions read (they were given a Reservation):
     # converted only when asked, never by the ledger itself.
@@ -213,6 +258,8 @@ def reservation_row(row: Sequence[Any]) -> ReservationRow:
         unit=row[12],
         catalog=row[13],
         catalog_date=row[14],
+        metadata_json=row[10],
+        scopes_json=row[4],
     )
 
 

@@ -98,10 +98,9 @@ class Settlement:
         held = 0 if current.status == EXPIRED else amount
         states = self.settle_windows(cur, current, held, spent, rise)
         final_task = task_id or current.task_id
-        if extra:
-            current = replace(current, metadata={**current.metadata, **extra})
-        settled = self.mark(cur, current, COMMITTED, now, spent, final_task, metadata_changed=bool(extra))
-        self.insert_charge(cur, now, current, SUCCEEDED, spent, final_task, states)
+        meta = {**current.metadata, **extra} if extra else None
+        settled = self.mark(cur, current, COMMITTED, now, spent, final_task, metadata=meta)
+        self.insert_charge(cur, now, settled, SUCCEEDED, spent, final_task, states)
         return settled
 
     def release(
@@ -136,6 +135,8 @@ class Settlement:
             unit=req.unit,
             catalog=req.catalog,
             catalog_date=req.catalog_date,
+            metadata_json=req.meta_json,
+            scopes_json=req.scopes_json,
         )
         cur.execute(
             "INSERT INTO reservations (id, idempotency_key, amount_milli, actual_milli, "
@@ -148,12 +149,12 @@ class Settlement:
                 hit.idempotency_key,
                 hit.amount_milli,
                 CACHED,
-                json.dumps(hit.scopes),
+                hit.scopes_text(),
                 hit.created_at_ms,
                 hit.expires_at_ms,
                 hit.created_at_ms,
                 hit.task_id,
-                json.dumps(hit.metadata),
+                hit.metadata_text(),
                 hit.unit,
                 hit.catalog,
                 hit.catalog_date,
@@ -226,23 +227,25 @@ class Settlement:
         actual_milli: int | None,
         task_id: str | None,
         *,
-        metadata_changed: bool = False,
+        metadata: dict[str, Any] | None = None,
     ) -> ReservationRow:
         """Move the reservation row from its current status to ``status`` (or Conflict), with
-        its actual and task; the metadata column is rewritten only when the caller changed it.
-        Returns the row as written."""
+        its actual and task; the metadata column is rewritten only when the caller gives new
+        ``metadata``. Returns the row as written."""
         settled = to_ms(now)
         sets = "status = ?, actual_milli = ?, settled_at = ?, task_id = ?"
         params: list[Any] = [status, actual_milli, settled, task_id]
-        if metadata_changed:
+        meta, meta_json = res.metadata, res.metadata_json
+        if metadata is not None:
+            meta, meta_json = metadata, json.dumps(metadata)
             sets += ", metadata = ?"
-            params.append(json.dumps(res.metadata))
+            params.append(meta_json)
         cur.execute(
             f"UPDATE reservations SET {sets} WHERE id = ? AND status = ?", [*params, res.id, res.status]
         )
         if cur.rowcount != 1:  # settled concurrently: retry and report the settled state
             raise Conflict(f"reservation {res.id} changed while settling")
-        return replace(res, status=status, settled_at_ms=settled, actual_milli=actual_milli, task_id=task_id)
+        return res.settled(status, settled, actual_milli, task_id, meta, meta_json)
 
     def insert_charge(
         self,
@@ -290,7 +293,7 @@ class Settlement:
                 charge.settled_at_ms,
                 charge.estimate_milli,
                 spent,
-                json.dumps(res.scopes),
+                res.scopes_text(),
                 task_id,
                 charge.kind,
                 charge.model,
@@ -299,7 +302,7 @@ class Settlement:
                 1 if charge.audio else 0,
                 text_or_none(meta.get("prompt_hash")),
                 text_or_none(meta.get("prompt_preview")),
-                json.dumps(meta),
+                res.metadata_text(),
                 res.unit,
                 res.catalog,
                 res.catalog_date,
@@ -327,11 +330,14 @@ class Settlement:
         expires = current.expires_at_ms
         if ttl is not None and current.status == RESERVED:
             expires = max(expires, to_ms(now + ttl))
+        meta_json = json.dumps(meta)
         cur.execute(
             "UPDATE reservations SET task_id = ?, metadata = ?, expires_at = ? WHERE id = ?",
-            (task_id, json.dumps(meta), expires, res_id),
+            (task_id, meta_json, expires, res_id),
         )
-        return replace(current, task_id=task_id, metadata=meta, expires_at_ms=expires)
+        return replace(
+            current, task_id=task_id, metadata=meta, metadata_json=meta_json, expires_at_ms=expires
+        )
 
     def extend(self, cur: Cursor, now: datetime, res_id: str, ttl: timedelta) -> ReservationRow:
         """Push the lease of ``res_id``, still held, to ``now + ttl``."""
