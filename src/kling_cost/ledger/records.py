@@ -34,6 +34,7 @@ __all__ = [
     "ALERT_SELECT",
     "BUDGET_SELECT",
     "CHARGE_SELECT",
+    "RES_COLUMNS",
     "RES_SELECT",
     "BudgetRow",
     "ReservationRow",
@@ -57,10 +58,12 @@ PREVIEW = 100
 BUDGET_SELECT = (
     "SELECT id, scope, period, tz, limit_milli, max_per_request_milli, thresholds, unit FROM budgets"
 )
-RES_SELECT = (
-    "SELECT id, idempotency_key, amount_milli, status, scopes, created_at, expires_at, "
-    "actual_milli, settled_at, task_id, metadata, windows, unit, catalog, catalog_date FROM reservations"
+RES_COLUMNS = (
+    "id, idempotency_key, amount_milli, status, scopes, created_at, expires_at, "
+    "actual_milli, settled_at, task_id, metadata, windows, unit, catalog, catalog_date"
 )
+"""The columns of a reservation row, in the order :func:`reservation_row` reads them."""
+RES_SELECT = f"SELECT {RES_COLUMNS} FROM reservations"
 CHARGE_SELECT = (
     "SELECT c.id, c.reservation_id, c.idempotency_key, c.created_at, c.settled_at, "
     "c.estimate_milli, c.actual_milli, c.scopes, c.task_id, c.kind, c.model, c.mode, "
@@ -119,9 +122,24 @@ def budget_row(row: Sequence[Any]) -> BudgetRow:
         tz=row[3],
         limit_milli=int(row[4]),
         max_per_request_milli=None if row[5] is None else int(row[5]),
-        thresholds=tuple(Decimal(t) for t in json.loads(row[6])),
+        thresholds=thresholds_of(row[6]),
         unit=row[7],
     )
+
+
+_THRESHOLDS: dict[str, tuple[Decimal, ...]] = {}
+
+
+def thresholds_of(text: str) -> tuple[Decimal, ...]:
+    """The thresholds column (a JSON list of decimal strings) as Decimals, decoded once per
+    distinct text: every reservation reads its budgets, and their thresholds rarely change."""
+    found = _THRESHOLDS.get(text)
+    if found is None:
+        found = tuple(Decimal(t) for t in json.loads(text))
+        if len(_THRESHOLDS) > 1024:
+            _THRESHOLDS.clear()
+        _THRESHOLDS[text] = found
+    return found
 
 
 @dataclass(slots=True)

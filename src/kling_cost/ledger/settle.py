@@ -23,6 +23,7 @@ from .idempotency import check_same_request
 from .models import CACHED, COMMITTED, EXPIRED, RELEASED, RESERVED
 from .records import (
     BUDGET_SELECT,
+    RES_COLUMNS,
     RES_SELECT,
     BudgetRow,
     ReservationRow,
@@ -101,6 +102,47 @@ class Settlement:
         meta = {**current.metadata, **extra} if extra else None
         settled = self.mark(cur, current, COMMITTED, now, spent, final_task, metadata=meta)
         self.insert_charge(cur, now, settled, SUCCEEDED, spent, final_task, states)
+        return settled
+
+    def commit_id(
+        self,
+        cur: Cursor,
+        now: datetime,
+        res_id: str,
+        actual_milli: int | None,
+        task_id: str | None,
+        force: bool,
+        extra: dict[str, Any],
+    ) -> ReservationRow:
+        """Commit the reservation ``res_id``: :meth:`commit_held` when the metadata is
+        unchanged and it is held on a live lease, else :meth:`locked` and :meth:`commit`."""
+        if not extra:
+            done = self.commit_held(cur, now, res_id, actual_milli, task_id)
+            if done is not None:
+                return done
+        return self.commit(cur, now, self.locked(cur, res_id), actual_milli, task_id, force, extra)
+
+    def commit_held(
+        self, cur: Cursor, now: datetime, res_id: str, actual_milli: int | None, task_id: str | None
+    ) -> ReservationRow | None:
+        """Commit ``res_id`` when it is still held on a live lease (the common case), its
+        metadata unchanged: the row is moved and read back by one statement (``RETURNING``),
+        then the windows and the charge as :meth:`commit` does. None when it is not held (or
+        does not exist): the caller takes the general path (:meth:`locked`, :meth:`commit`)."""
+        at = to_ms(now)
+        cur.execute(
+            "UPDATE reservations SET status = ?, actual_milli = COALESCE(?, amount_milli), settled_at = ?, "
+            "task_id = COALESCE(?, task_id) WHERE id = ? AND status = ? AND expires_at > ? "
+            f"RETURNING {RES_COLUMNS}",
+            (COMMITTED, actual_milli, at, task_id or None, res_id, RESERVED, at),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        settled = reservation_row(row)
+        spent = settled.amount_milli if settled.actual_milli is None else settled.actual_milli
+        states = self.settle_windows(cur, settled, settled.amount_milli, spent)
+        self.insert_charge(cur, now, settled, SUCCEEDED, spent, settled.task_id, states)
         return settled
 
     def release(
