@@ -128,6 +128,31 @@ def budget_row(row: Sequence[Any]) -> BudgetRow:
 
 
 _THRESHOLDS: dict[str, tuple[Decimal, ...]] = {}
+_SCOPES: dict[str, tuple[str, ...]] = {}
+_WINDOWS: dict[str, tuple[tuple[int, str], ...]] = {}
+
+
+def scopes_of(text: str) -> tuple[str, ...]:
+    """A reservation's scopes column (a JSON list) as a tuple, decoded once per distinct text."""
+    found = _SCOPES.get(text)
+    if found is None:
+        found = tuple(json.loads(text))
+        if len(_SCOPES) > 1024:
+            _SCOPES.clear()
+        _SCOPES[text] = found
+    return found
+
+
+def windows_of(text: str) -> tuple[tuple[int, str], ...]:
+    """A reservation's windows column (JSON ``[[budget id, window key], ...]``) as tuples,
+    decoded once per distinct text (reservations of one period share it)."""
+    found = _WINDOWS.get(text)
+    if found is None:
+        found = tuple((int(b), str(k)) for b, k in json.loads(text))
+        if len(_WINDOWS) > 1024:
+            _WINDOWS.clear()
+        _WINDOWS[text] = found
+    return found
 
 
 def thresholds_of(text: str) -> tuple[Decimal, ...]:
@@ -265,14 +290,14 @@ def reservation_row(row: Sequence[Any]) -> ReservationRow:
         idempotency_key=row[1],
         amount_milli=int(row[2]),
         status=row[3],
-        scopes=tuple(json.loads(row[4])),
+        scopes=scopes_of(row[4]),
         created_at_ms=int(row[5]),
         expires_at_ms=int(row[6]),
         actual_milli=None if row[7] is None else int(row[7]),
         settled_at_ms=None if row[8] is None else int(row[8]),
         task_id=row[9],
-        metadata=json.loads(row[10]),
-        windows=tuple((int(b), str(k)) for b, k in json.loads(row[11])),
+        metadata={} if row[10] == "{}" else json.loads(row[10]),
+        windows=windows_of(row[11]),
         unit=row[12],
         catalog=row[13],
         catalog_date=row[14],
