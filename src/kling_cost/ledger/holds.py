@@ -95,15 +95,17 @@ class Holds:
             catalog=req.catalog,
             catalog_date=req.catalog_date,
             fresh=True,
+            metadata_json=req.meta_json,
+            scopes_json=req.scopes_json,
         )
         values = (
             milli,
             RESERVED,
-            json.dumps(scopes),
+            req.scopes_json,
             asked.created_at_ms,
             asked.expires_at_ms,
             json.dumps(refs),
-            json.dumps(meta),
+            req.meta_json,
             unit,
             req.catalog,
             req.catalog_date,
@@ -219,6 +221,10 @@ class Request:
     unit: str
     catalog: str | None
     catalog_date: str | None
+    meta_json: str
+    """``meta`` as stored (encoded once, here at the edge)."""
+    scopes_json: str
+    """``scopes`` as stored."""
 
 
 def request(
@@ -250,7 +256,9 @@ def request(
     scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
     key = None if idempotency_key is None else check_key(idempotency_key)
     meta = clean_metadata(metadata)
-    return Request(milli, scope_list, key, meta, unit, catalog, catalog_date)
+    meta_json = json.dumps(meta) if meta else "{}"
+    scopes_json = json.dumps(scope_list)
+    return Request(milli, scope_list, key, meta, unit, catalog, catalog_date, meta_json, scopes_json)
 
 
 def unit_mismatch(budget: BudgetRow, unit: str) -> UnitMismatch:

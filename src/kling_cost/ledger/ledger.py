@@ -275,8 +275,7 @@ class Ledger:
 
         def run() -> ReservationRow:
             with self.transaction() as cur:
-                current = self._settle.locked(cur, res_id)
-                return self._settle.commit(cur, cur.now, current, actual_milli, task, force, extra)
+                return self._settle.commit_id(cur, cur.now, res_id, actual_milli, task, force, extra)
 
         return retrying(run).to_reservation()
 

@@ -34,6 +34,7 @@ __all__ = [
     "ALERT_SELECT",
     "BUDGET_SELECT",
     "CHARGE_SELECT",
+    "RES_COLUMNS",
     "RES_SELECT",
     "BudgetRow",
     "ReservationRow",
@@ -57,10 +58,12 @@ PREVIEW = 100
 BUDGET_SELECT = (
     "SELECT id, scope, period, tz, limit_milli, max_per_request_milli, thresholds, unit FROM budgets"
 )
-RES_SELECT = (
-    "SELECT id, idempotency_key, amount_milli, status, scopes, created_at, expires_at, "
-    "actual_milli, settled_at, task_id, metadata, windows, unit, catalog, catalog_date FROM reservations"
+RES_COLUMNS = (
+    "id, idempotency_key, amount_milli, status, scopes, created_at, expires_at, "
+    "actual_milli, settled_at, task_id, metadata, windows, unit, catalog, catalog_date"
 )
+"""The columns of a reservation row, in the order :func:`reservation_row` reads them."""
+RES_SELECT = f"SELECT {RES_COLUMNS} FROM reservations"
 CHARGE_SELECT = (
     "SELECT c.id, c.reservation_id, c.idempotency_key, c.created_at, c.settled_at, "
     "c.estimate_milli, c.actual_milli, c.scopes, c.task_id, c.kind, c.model, c.mode, "
@@ -119,9 +122,49 @@ def budget_row(row: Sequence[Any]) -> BudgetRow:
         tz=row[3],
         limit_milli=int(row[4]),
         max_per_request_milli=None if row[5] is None else int(row[5]),
-        thresholds=tuple(Decimal(t) for t in json.loads(row[6])),
+        thresholds=thresholds_of(row[6]),
         unit=row[7],
     )
+
+
+_THRESHOLDS: dict[str, tuple[Decimal, ...]] = {}
+_SCOPES: dict[str, tuple[str, ...]] = {}
+_WINDOWS: dict[str, tuple[tuple[int, str], ...]] = {}
+
+
+def scopes_of(text: str) -> tuple[str, ...]:
+    """A reservation's scopes column (a JSON list) as a tuple, decoded once per distinct text."""
+    found = _SCOPES.get(text)
+    if found is None:
+        found = tuple(json.loads(text))
+        if len(_SCOPES) > 1024:
+            _SCOPES.clear()
+        _SCOPES[text] = found
+    return found
+
+
+def windows_of(text: str) -> tuple[tuple[int, str], ...]:
+    """A reservation's windows column (JSON ``[[budget id, window key], ...]``) as tuples,
+    decoded once per distinct text (reservations of one period share it)."""
+    found = _WINDOWS.get(text)
+    if found is None:
+        found = tuple((int(b), str(k)) for b, k in json.loads(text))
+        if len(_WINDOWS) > 1024:
+            _WINDOWS.clear()
+        _WINDOWS[text] = found
+    return found
+
+
+def thresholds_of(text: str) -> tuple[Decimal, ...]:
+    """The thresholds column (a JSON list of decimal strings) as Decimals, decoded once per
+    distinct text: every reservation reads its budgets, and their thresholds rarely change."""
+    found = _THRESHOLDS.get(text)
+    if found is None:
+        found = tuple(Decimal(t) for t in json.loads(text))
+        if len(_THRESHOLDS) > 1024:
+            _THRESHOLDS.clear()
+        _THRESHOLDS[text] = found
+    return found
 
 
 @dataclass(slots=True)
@@ -150,6 +193,51 @@ class ReservationRow:
     catalog_date: str | None = None
     revived: bool = False
     fresh: bool = False
+    metadata_json: str | None = field(default=None, compare=False, repr=False)
+    """The ``metadata`` column's text when known (as read, or as written): reused instead of
+    encoding unchanged metadata again (a charge row copies it). None: encode ``metadata``."""
+    scopes_json: str | None = field(default=None, compare=False, repr=False)
+    """The ``scopes`` column's text when known, likewise."""
+
+    def metadata_text(self) -> str:
+        """The ``metadata`` column's text: the stored one when known, else encoded."""
+        return self.metadata_json if self.metadata_json is not None else json.dumps(self.metadata)
+
+    def scopes_text(self) -> str:
+        """The ``scopes`` column's text: the stored one when known, else encoded."""
+        return self.scopes_json if self.scopes_json is not None else json.dumps(self.scopes)
+
+    def settled(
+        self,
+        status: str,
+        settled_at_ms: int,
+        actual_milli: int | None,
+        task_id: str | None,
+        metadata: dict[str, Any],
+        metadata_json: str | None,
+    ) -> ReservationRow:
+        """This row moved to ``status`` (a new row; what :meth:`.Settlement.mark` wrote)."""
+        return ReservationRow(
+            self.id,
+            self.idempotency_key,
+            self.amount_milli,
+            status,
+            self.scopes,
+            self.created_at_ms,
+            self.expires_at_ms,
+            actual_milli,
+            settled_at_ms,
+            task_id,
+            metadata,
+            self.windows,
+            self.unit,
+            self.catalog,
+            self.catalog_date,
+            self.revived,
+            self.fresh,
+            metadata_json,
+            self.scopes_json,
+        )
 
     # What hooks written against earlier versions read (they were given a Reservation):
     # converted only when asked, never by the ledger itself.
@@ -202,17 +290,19 @@ def reservation_row(row: Sequence[Any]) -> ReservationRow:
         idempotency_key=row[1],
         amount_milli=int(row[2]),
         status=row[3],
-        scopes=tuple(json.loads(row[4])),
+        scopes=scopes_of(row[4]),
         created_at_ms=int(row[5]),
         expires_at_ms=int(row[6]),
         actual_milli=None if row[7] is None else int(row[7]),
         settled_at_ms=None if row[8] is None else int(row[8]),
         task_id=row[9],
-        metadata=json.loads(row[10]),
-        windows=tuple((int(b), str(k)) for b, k in json.loads(row[11])),
+        metadata={} if row[10] == "{}" else json.loads(row[10]),
+        windows=windows_of(row[11]),
         unit=row[12],
         catalog=row[13],
         catalog_date=row[14],
+        metadata_json=row[10],
+        scopes_json=row[4],
     )
 
 

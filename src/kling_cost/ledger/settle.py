@@ -23,6 +23,7 @@ from .idempotency import check_same_request
 from .models import CACHED, COMMITTED, EXPIRED, RELEASED, RESERVED
 from .records import (
     BUDGET_SELECT,
+    RES_COLUMNS,
     RES_SELECT,
     BudgetRow,
     ReservationRow,
@@ -98,10 +99,50 @@ class Settlement:
         held = 0 if current.status == EXPIRED else amount
         states = self.settle_windows(cur, current, held, spent, rise)
         final_task = task_id or current.task_id
-        if extra:
-            current = replace(current, metadata={**current.metadata, **extra})
-        settled = self.mark(cur, current, COMMITTED, now, spent, final_task, metadata_changed=bool(extra))
-        self.insert_charge(cur, now, current, SUCCEEDED, spent, final_task, states)
+        meta = {**current.metadata, **extra} if extra else None
+        settled = self.mark(cur, current, COMMITTED, now, spent, final_task, metadata=meta)
+        self.insert_charge(cur, now, settled, SUCCEEDED, spent, final_task, states)
+        return settled
+
+    def commit_id(
+        self,
+        cur: Cursor,
+        now: datetime,
+        res_id: str,
+        actual_milli: int | None,
+        task_id: str | None,
+        force: bool,
+        extra: dict[str, Any],
+    ) -> ReservationRow:
+        """Commit the reservation ``res_id``: :meth:`commit_held` when the metadata is
+        unchanged and it is held on a live lease, else :meth:`locked` and :meth:`commit`."""
+        if not extra:
+            done = self.commit_held(cur, now, res_id, actual_milli, task_id)
+            if done is not None:
+                return done
+        return self.commit(cur, now, self.locked(cur, res_id), actual_milli, task_id, force, extra)
+
+    def commit_held(
+        self, cur: Cursor, now: datetime, res_id: str, actual_milli: int | None, task_id: str | None
+    ) -> ReservationRow | None:
+        """Commit ``res_id`` when it is still held on a live lease (the common case), its
+        metadata unchanged: the row is moved and read back by one statement (``RETURNING``),
+        then the windows and the charge as :meth:`commit` does. None when it is not held (or
+        does not exist): the caller takes the general path (:meth:`locked`, :meth:`commit`)."""
+        at = to_ms(now)
+        cur.execute(
+            "UPDATE reservations SET status = ?, actual_milli = COALESCE(?, amount_milli), settled_at = ?, "
+            "task_id = COALESCE(?, task_id) WHERE id = ? AND status = ? AND expires_at > ? "
+            f"RETURNING {RES_COLUMNS}",
+            (COMMITTED, actual_milli, at, task_id or None, res_id, RESERVED, at),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        settled = reservation_row(row)
+        spent = settled.amount_milli if settled.actual_milli is None else settled.actual_milli
+        states = self.settle_windows(cur, settled, settled.amount_milli, spent)
+        self.insert_charge(cur, now, settled, SUCCEEDED, spent, settled.task_id, states)
         return settled
 
     def release(
@@ -136,6 +177,8 @@ class Settlement:
             unit=req.unit,
             catalog=req.catalog,
             catalog_date=req.catalog_date,
+            metadata_json=req.meta_json,
+            scopes_json=req.scopes_json,
         )
         cur.execute(
             "INSERT INTO reservations (id, idempotency_key, amount_milli, actual_milli, "
@@ -148,12 +191,12 @@ class Settlement:
                 hit.idempotency_key,
                 hit.amount_milli,
                 CACHED,
-                json.dumps(hit.scopes),
+                hit.scopes_text(),
                 hit.created_at_ms,
                 hit.expires_at_ms,
                 hit.created_at_ms,
                 hit.task_id,
-                json.dumps(hit.metadata),
+                hit.metadata_text(),
                 hit.unit,
                 hit.catalog,
                 hit.catalog_date,
@@ -226,23 +269,25 @@ class Settlement:
         actual_milli: int | None,
         task_id: str | None,
         *,
-        metadata_changed: bool = False,
+        metadata: dict[str, Any] | None = None,
     ) -> ReservationRow:
         """Move the reservation row from its current status to ``status`` (or Conflict), with
-        its actual and task; the metadata column is rewritten only when the caller changed it.
-        Returns the row as written."""
+        its actual and task; the metadata column is rewritten only when the caller gives new
+        ``metadata``. Returns the row as written."""
         settled = to_ms(now)
         sets = "status = ?, actual_milli = ?, settled_at = ?, task_id = ?"
         params: list[Any] = [status, actual_milli, settled, task_id]
-        if metadata_changed:
+        meta, meta_json = res.metadata, res.metadata_json
+        if metadata is not None:
+            meta, meta_json = metadata, json.dumps(metadata)
             sets += ", metadata = ?"
-            params.append(json.dumps(res.metadata))
+            params.append(meta_json)
         cur.execute(
             f"UPDATE reservations SET {sets} WHERE id = ? AND status = ?", [*params, res.id, res.status]
         )
         if cur.rowcount != 1:  # settled concurrently: retry and report the settled state
             raise Conflict(f"reservation {res.id} changed while settling")
-        return replace(res, status=status, settled_at_ms=settled, actual_milli=actual_milli, task_id=task_id)
+        return res.settled(status, settled, actual_milli, task_id, meta, meta_json)
 
     def insert_charge(
         self,
@@ -290,7 +335,7 @@ class Settlement:
                 charge.settled_at_ms,
                 charge.estimate_milli,
                 spent,
-                json.dumps(res.scopes),
+                res.scopes_text(),
                 task_id,
                 charge.kind,
                 charge.model,
@@ -299,7 +344,7 @@ class Settlement:
                 1 if charge.audio else 0,
                 text_or_none(meta.get("prompt_hash")),
                 text_or_none(meta.get("prompt_preview")),
-                json.dumps(meta),
+                res.metadata_text(),
                 res.unit,
                 res.catalog,
                 res.catalog_date,
@@ -327,11 +372,14 @@ class Settlement:
         expires = current.expires_at_ms
         if ttl is not None and current.status == RESERVED:
             expires = max(expires, to_ms(now + ttl))
+        meta_json = json.dumps(meta)
         cur.execute(
             "UPDATE reservations SET task_id = ?, metadata = ?, expires_at = ? WHERE id = ?",
-            (task_id, json.dumps(meta), expires, res_id),
+            (task_id, meta_json, expires, res_id),
         )
-        return replace(current, task_id=task_id, metadata=meta, expires_at_ms=expires)
+        return replace(
+            current, task_id=task_id, metadata=meta, metadata_json=meta_json, expires_at_ms=expires
+        )
 
     def extend(self, cur: Cursor, now: datetime, res_id: str, ttl: timedelta) -> ReservationRow:
         """Push the lease of ``res_id``, still held, to ``now + ttl``."""
