@@ -202,48 +202,6 @@ class _CountingCursor:
         return getattr(self._cur, name)
 
 
-def count_statements(url: str, scope: str, pairs: int = 50) -> tuple[float, float]:
-    """Statements per reserve and per commit of the ledger at ``url``, each transaction's
-    ``BEGIN`` and ``COMMIT`` included (on PostgreSQL each is a round trip): the ledger's
-    cursor is wrapped by one that counts."""
-    from contextlib import contextmanager
-
-    ledger = open_ledger(url)
-    counts = [0]
-    inner = ledger.backend.transaction
-
-    @contextmanager
-    def counted(*, snapshot: bool = False) -> Any:
-        with inner(snapshot=snapshot) as cur:
-            counts[0] += 1  # BEGIN
-            yield _CountingCursor(cur, counts)
-        counts[0] += 1  # COMMIT
-
-    ledger.backend.transaction = counted  # type: ignore[method-assign]
-    try:
-        for _ in range(WARMUP_PAIRS):  # the first reservation sweeps; windows get created
-            ledger.commit(ledger.reserve(AMOUNT, [scope]), actual=AMOUNT)
-        reserve = commit = 0
-        for _ in range(pairs):
-            counts[0] = 0
-            held = ledger.reserve(AMOUNT, [scope])
-            reserve += counts[0]
-            counts[0] = 0
-            ledger.commit(held, actual=AMOUNT)
-            commit += counts[0]
-    finally:
-        ledger.close()
-    return reserve / pairs, commit / pairs
-
-
-def _statements_note(url: str, scope: str, what: str) -> str:
-    reserve, commit = count_statements(url, scope)
-    return (
-        f"{what} per pair: ledger {reserve + commit:g} (reserve {reserve:g} + commit {commit:g}), "
-        "baseline 8 (2 x BEGIN, UPDATE, INSERT, COMMIT); BEGIN and COMMIT counted"
-    )
-
-
 def _sqlite_connect(path: str) -> sqlite3.Connection:
     """A connection set up exactly as SQLiteBackend sets up its own."""
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -509,8 +467,6 @@ def bench_sqlite(ctx: SpawnContext, seconds: float) -> Report:
                     f"{led.p99_ms:.3f} ms",
                 )
             )
-            if procs == 1:
-                report.notes.append(_statements_note(url, SQLITE_SCOPE, "statements"))
             bad = _sqlite_overspent(ledger_path, baseline_path)
             report.overspent = report.overspent or bool(bad)
             report.goals.append((f"{procs} proc: no window over its limit", not bad, "; ".join(bad) or "0"))
@@ -743,7 +699,6 @@ def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
                     ],
                 )
                 report.rows.append(Row(f"{procs} proc, {what}", led, base))
-        report.notes.append(_statements_note(ledger_url, SHARED_SCOPE, "statements (round trips)"))
         progress(f"postgres: contention, {most} processes on a limit of {CONTENTION_LIMIT}")
         granted_each = _spawn_all(ctx, contention_worker, [(ledger_url,)] * most, STARTUP_TIMEOUT_S + 60)
         errors = [g for g in granted_each if isinstance(g, str)]
