@@ -23,9 +23,9 @@ from ..kling.endpoints import (
     validate_create,
     with_external_task_id,
 )
-from ..kling.models import KlingRequest, KlingTask
-from ..kling.new_standard import NewStandardRequest, NewStandardTask
-from ..kling.tasks import AnyTask, create_body, is_new_task_ref
+from ..kling.models import KlingRequest
+from ..kling.new_standard import NewStandardRequest
+from ..kling.tasks import AnyTask, create_body, parse_task
 from ..ledger import CacheEntry, Ledger, Reservation
 from ..ledger.cache_store import ABANDONED
 from ..money import format_quantity, parse_amount
@@ -66,12 +66,7 @@ def sent_by_key(res: Reservation) -> bool:
 
 def task_document(endpoint: str, doc: Mapping[str, Any]) -> AnyTask:
     """A task stored as JSON (the dedup cache's result) as the model of its standard."""
-    model: type[KlingTask] | type[NewStandardTask] = (
-        NewStandardTask if is_new_task_ref(endpoint) else KlingTask
-    )
-    task = model.model_validate(doc)
-    task.endpoint = endpoint
-    return task
+    return parse_task(endpoint, doc)
 
 
 def is_unknown_task(exc: KlingAPIError) -> bool:

@@ -31,9 +31,7 @@ from ..errors import (
 )
 from ..guard import AsyncCostAwareClient
 from ..kling.endpoints import CREATE_PATHS, external_task_id_of, with_external_task_id
-from ..kling.models import KlingTask
-from ..kling.new_standard import NewStandardTask
-from ..kling.tasks import AnyTask
+from ..kling.tasks import AnyTask, is_new_task_ref, parse_task
 from ..ledger import Ledger
 from ..ledger.proxy_store import KeyRecord, OwnedTask
 from ..ledger.records import MAX_KEY
@@ -81,20 +79,11 @@ def dump_task(task: AnyTask) -> dict[str, Any]:
     return task.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
-def parse_task(endpoint: str, doc: Mapping[str, Any]) -> AnyTask:
-    """A task document of the standard ``endpoint`` belongs to."""
-    model: type[KlingTask] | type[NewStandardTask] = NewStandardTask if is_new(endpoint) else KlingTask
-    task = model.model_validate(doc)
-    task.endpoint = endpoint
-    return task
-
-
 def is_new(endpoint: str) -> bool:
-    """Whether ``endpoint`` is on the new standard (a create path, or ``/tasks``)."""
-    if endpoint == "/tasks":
-        return True
+    """Whether ``endpoint`` is on the new standard (a create path, or ``/tasks``); a new-standard
+    family with a model it does not serve counts as new (its create is refused when priced)."""
     try:
-        return split_new_path(endpoint) is not None
+        return is_new_task_ref(endpoint)
     except PricingError:
         return True
 
