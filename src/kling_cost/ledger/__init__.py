@@ -12,6 +12,9 @@ How it is put together (one job per file; everything goes through one transactio
   request). They work on the rows of ``records.py``, in thousandths, never ``Decimal``.
 * It *has* a backend (``backend.py``, the contract; ``sqlite.py``, ``postgres.py``): connections,
   transactions, the few SQL fragments that differ, driver errors translated. Nothing else.
+  On PostgreSQL the common reserve, commit, release, extend and cache hit are one statement
+  each (``pg_fast.py``: server-side functions that ``schema_fast.py`` installs; anything
+  unusual is declined and runs the general path above).
 * It *has* seven stores, each its own object on the same seam: ``ledger.cache``
   (``cache_store.py``: the dedup cache), ``ledger.outbox`` (``outbox_store.py``: alerts; its
   writer hook, ``outbox.py``, records threshold crossings), ``ledger.rollup``

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 from ..errors import StorageError
 from ..timestamps import utc_now
 
-__all__ = ["RETRIES", "AfterCommit", "Backend", "Clock", "Conflict", "Cursor", "retrying"]
+__all__ = ["RETRIES", "AfterCommit", "Backend", "Clock", "Conflict", "Cursor", "Declined", "retrying"]
 
 Clock = Callable[[], datetime]
 """A function returning the current time as an aware UTC datetime."""
@@ -55,6 +55,16 @@ class Conflict(Exception):
     Backends raise it from a cursor (or at commit); :func:`retrying` turns too many of them
     into :class:`StorageError`, so it never reaches a caller of the ledger.
     """
+
+
+class Declined(Exception):
+    """A one-statement operation (PostgreSQL's functions, :mod:`.pg_fast`) left the common case:
+    nothing was changed; the ledger takes its general path. ``stale``: the caller's copy of the
+    budgets is out of date (read them again and retry)."""
+
+    def __init__(self, message: str, *, stale: bool = False) -> None:
+        super().__init__(message)
+        self.stale = stale
 
 
 def retrying(operation: Callable[[], T]) -> T:

@@ -21,7 +21,7 @@ from .backend import Cursor, retrying
 if TYPE_CHECKING:
     from .ledger import Ledger
 
-__all__ = ["ABANDONED", "INFLIGHT", "SUCCEEDED", "CacheEntry", "RequestCache"]
+__all__ = ["ABANDONED", "INFLIGHT", "SUCCEEDED", "CacheCalls", "CacheEntry", "RequestCache"]
 
 INFLIGHT = "inflight"
 SUCCEEDED = "succeeded"
@@ -219,3 +219,50 @@ class RequestCache:
                     "DELETE FROM request_cache WHERE fingerprint = ? AND (task_id = ? OR task_id IS NULL)",
                     (fingerprint, task_id),
                 )
+
+
+class CacheCalls:
+    """The dedup cache's operations as methods of the :class:`~.ledger.Ledger` (delegates)."""
+
+    cache: RequestCache
+
+    def cache_lookup(self, fingerprint: str) -> CacheEntry | None:
+        """:meth:`.RequestCache.lookup`: the live dedup-cache entry of ``fingerprint``."""
+        return self.cache.lookup(fingerprint)
+
+    def cache_claim(
+        self, fingerprint: str, endpoint: str, estimate: Decimal, lease: timedelta
+    ) -> tuple[bool, CacheEntry]:
+        """:meth:`.RequestCache.claim`: claim ``fingerprint`` as in flight unless a live entry exists."""
+        return self.cache.claim(fingerprint, endpoint, estimate, lease)
+
+    def cache_attach(
+        self,
+        fingerprint: str,
+        *,
+        reservation_id: str | None = None,
+        task_id: str | None = None,
+        lease: timedelta | None = None,
+    ) -> None:
+        """:meth:`.RequestCache.attach`: note who pays for an in-flight fingerprint."""
+        self.cache.attach(fingerprint, reservation_id=reservation_id, task_id=task_id, lease=lease)
+
+    def cache_abandon(self, fingerprint: str, reservation_id: str) -> None:
+        """:meth:`.RequestCache.abandon`: its payer gave up on an in-flight fingerprint."""
+        self.cache.abandon(fingerprint, reservation_id)
+
+    def cache_adopt(self, entry: CacheEntry, task_id: str) -> None:
+        """:meth:`.RequestCache.adopt`: Kling accepted an entry's request as ``task_id``."""
+        self.cache.adopt(entry, task_id)
+
+    def cache_forget(self, entry: CacheEntry) -> bool:
+        """:meth:`.RequestCache.forget`: delete a claim nobody pays for any more."""
+        return self.cache.forget(entry)
+
+    def cache_complete(self, fingerprint: str, task: dict[str, Any], ttl: timedelta) -> None:
+        """:meth:`.RequestCache.complete`: the request succeeded; reuse ``task`` within ``ttl``."""
+        self.cache.complete(fingerprint, task, ttl)
+
+    def cache_drop(self, fingerprint: str, *, task_id: str | None = None) -> None:
+        """:meth:`.RequestCache.drop`: forget a fingerprint whose request failed."""
+        self.cache.drop(fingerprint, task_id=task_id)

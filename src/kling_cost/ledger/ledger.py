@@ -21,12 +21,13 @@ from ..money import parse_amount, to_storage
 from ..text import clean_text
 from . import schema
 from .backend import RETRIES, AfterCommit, Backend, Conflict, Cursor, retrying
-from .cache_store import CacheEntry, RequestCache
+from .cache_store import CacheCalls, RequestCache
 from .holds import Holds, Refused, check_ttl, exceeded, request
 from .hooks import LedgerHook
 from .limits import Limits, budget_request
 from .models import RESERVED, AlertRecord, Charge, PromptCost, Reservation
 from .outbox_store import OutboxStore
+from .pg_fast import fast_path
 from .proxy_store import ProxyStore
 from .queries import Queries
 from .records import ReservationRow, clean_metadata, reservation_id_of, text_or_none
@@ -41,7 +42,7 @@ DEFAULT_TTL = timedelta(minutes=30)
 """How long a reservation is held when the caller gives no ``ttl``."""
 
 
-class Ledger:
+class Ledger(CacheCalls):
     """Budgets and two-phase charging. Open one with :func:`kling_cost.open_ledger`, or build
     one over a ready backend: ``Ledger(SQLiteBackend("sqlite:///credits.db"))``. It has a
     :attr:`backend` and stores sharing its :meth:`transaction`: :attr:`cache`, :attr:`outbox`,
@@ -72,10 +73,11 @@ class Ledger:
         self._settle = Settlement(backend, self._hooks, sweep_interval)
         self._limits = Limits(backend, self._hooks, self.outbox.writer)
         try:
-            self.migrate()
+            version = self.migrate()
         except BaseException:
             backend.close()  # no connections or pool threads left behind by a ledger that never opened
             raise
+        self._fast = fast_path(self, version, self._settle, self._in_transaction)
 
     @property
     def hooks(self) -> list[LedgerHook]:
@@ -201,6 +203,8 @@ class Ledger:
         """
         req = request(amount, scopes, idempotency_key, metadata, unit, catalog, catalog_date)
         lease = check_ttl(ttl if ttl is not None else self.default_ttl)
+        if self._fast is not None and (done := self._fast.reserve(req, lease)) is not None:
+            return done.to_reservation()
         for attempt in range(RETRIES):
             try:
                 with self.transaction() as cur:
@@ -272,6 +276,9 @@ class Ledger:
         )
         extra = clean_metadata(metadata)
         task = text_or_none(task_id)
+        fast = self._fast
+        if fast is not None and (done := fast.commit(res_id, actual_milli, task, extra)) is not None:
+            return done.to_reservation()
 
         def run() -> ReservationRow:
             with self.transaction() as cur:
@@ -288,6 +295,8 @@ class Ledger:
         committed one raises :class:`ReservationError`.
         """
         res_id = reservation_id_of(reservation)
+        if self._fast is not None and (done := self._fast.release(res_id, failed)) is not None:
+            return done.to_reservation()
 
         def run() -> ReservationRow:
             with self.transaction() as cur:
@@ -350,6 +359,8 @@ class Ledger:
         """
         req = request(saved, scopes, idempotency_key, metadata, unit, catalog, catalog_date, saved=True)
         task = text_or_none(task_id)
+        if self._fast is not None and (hit := self._fast.cache_hit(req, task)) is not None:
+            return hit
 
         def run() -> bool:
             with self.transaction() as cur:
@@ -383,12 +394,17 @@ class Ledger:
             with self.transaction() as cur:
                 return self._settle.attach_task(cur, cur.now, res_id, task, extra, lease)
 
-        return retrying(run).to_reservation()
+        row = retrying(run)
+        if self._fast is not None and row.status == RESERVED:
+            self._fast.remember(row)  # its commit may still take one round trip
+        return row.to_reservation()
 
     def extend(self, reservation: Reservation | str, ttl: timedelta) -> Reservation:
         """Push a reservation's lease to ``now + ttl`` (for tasks that run long). Works while
         it is still held, even if its lease lapsed and no sweep has reclaimed it yet."""
         res_id, lease = reservation_id_of(reservation), check_ttl(ttl)
+        if self._fast is not None and (done := self._fast.extend(res_id, lease)) is not None:
+            return done.to_reservation()
         with self.transaction() as cur:
             row = self._settle.extend(cur, cur.now, res_id, lease)
         return row.to_reservation()
@@ -455,44 +471,3 @@ class Ledger:
     ) -> list[AlertRecord]:
         """:meth:`.OutboxStore.alerts`: alerts from the outbox, newest first."""
         return self.outbox.alerts(status=status, scope=scope, include_cleared=include_cleared, limit=limit)
-
-    def cache_lookup(self, fingerprint: str) -> CacheEntry | None:
-        """:meth:`.RequestCache.lookup`: the live dedup-cache entry of ``fingerprint``."""
-        return self.cache.lookup(fingerprint)
-
-    def cache_claim(
-        self, fingerprint: str, endpoint: str, estimate: Decimal, lease: timedelta
-    ) -> tuple[bool, CacheEntry]:
-        """:meth:`.RequestCache.claim`: claim ``fingerprint`` as in flight unless a live entry exists."""
-        return self.cache.claim(fingerprint, endpoint, estimate, lease)
-
-    def cache_attach(
-        self,
-        fingerprint: str,
-        *,
-        reservation_id: str | None = None,
-        task_id: str | None = None,
-        lease: timedelta | None = None,
-    ) -> None:
-        """:meth:`.RequestCache.attach`: note who pays for an in-flight fingerprint."""
-        self.cache.attach(fingerprint, reservation_id=reservation_id, task_id=task_id, lease=lease)
-
-    def cache_abandon(self, fingerprint: str, reservation_id: str) -> None:
-        """:meth:`.RequestCache.abandon`: its payer gave up on an in-flight fingerprint."""
-        self.cache.abandon(fingerprint, reservation_id)
-
-    def cache_adopt(self, entry: CacheEntry, task_id: str) -> None:
-        """:meth:`.RequestCache.adopt`: Kling accepted an entry's request as ``task_id``."""
-        self.cache.adopt(entry, task_id)
-
-    def cache_forget(self, entry: CacheEntry) -> bool:
-        """:meth:`.RequestCache.forget`: delete a claim nobody pays for any more."""
-        return self.cache.forget(entry)
-
-    def cache_complete(self, fingerprint: str, task: dict[str, Any], ttl: timedelta) -> None:
-        """:meth:`.RequestCache.complete`: the request succeeded; reuse ``task`` within ``ttl``."""
-        self.cache.complete(fingerprint, task, ttl)
-
-    def cache_drop(self, fingerprint: str, *, task_id: str | None = None) -> None:
-        """:meth:`.RequestCache.drop`: forget a fingerprint whose request failed."""
-        self.cache.drop(fingerprint, task_id=task_id)

@@ -180,12 +180,17 @@ class AlertOutbox:
             self._marks[key] = found
         return found
 
+    def window_known(self, budget_id: int, key: str) -> bool:
+        """Whether this process has seen window ``key`` of the budget (the alerts of the
+        windows before it are cleared): a reservation in it has nothing to clear."""
+        return self._seen.get(budget_id) == key
+
     def after_reserve(
         self, cur: Cursor, now: datetime, reservation: ReservationRow, states: Sequence[WindowState]
     ) -> None:
         amount = reservation.amount_milli
         for state in states:
-            if self._seen.get(state.budget.id) != state.window_key:
+            if not self.window_known(state.budget.id, state.window_key):
                 self._window_seen(cur, now, state.budget.id, state.window_key)
             after = state.used_milli + state.reserved_milli
             before = after - amount

@@ -23,7 +23,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, LedgerClosed, StorageError
-from .backend import Backend, Clock, Conflict, Cursor
+from .backend import Backend, Clock, Conflict, Cursor, Declined
+from .schema_fast import DECLINED, STALE
 from .urls import redact_url
 
 try:
@@ -368,6 +369,59 @@ class PostgresBackend(Backend):
             raise StorageError(f"PostgreSQL ledger: {_line(exc)}; nothing was changed") from exc
         finally:
             self._pool.putconn(conn)
+
+    # -- one statement, one round trip (.pg_fast) ---------------------------------------------
+
+    @property
+    def server_time(self) -> bool:
+        """Whether the ledger decides by the server's clock (no clock was injected)."""
+        return self._server_time
+
+    def call(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Run one statement (``%s`` placeholders) as its own transaction on an autocommit
+        connection: one round trip. Returns its rows. A function that declines
+        (:data:`~.schema_fast.DECLINED`, :data:`~.schema_fast.STALE`) raises
+        :class:`Declined`, a lost race :class:`Conflict`, other driver errors StorageError.
+
+        A connection the server dropped is replaced and the statement sent again on another
+        (at most as many times as :meth:`_begin` tries): the callers' statements are safe to
+        repeat (a reservation's id is chosen before the first attempt; a settled one declines).
+        """
+        if self._closed:
+            raise self._closed_error()
+        last: psycopg.Error | None = None
+        for _ in range(self._pool.max_size + 2):
+            try:
+                conn = self._pool.getconn(timeout=self.connect_timeout)
+            except PoolTimeout as exc:
+                raise StorageError(
+                    f"PostgreSQL ledger at {self.url} is unreachable (no connection within "
+                    f"{self.connect_timeout:g} s); nothing was changed; check that the server is running"
+                ) from exc
+            except PoolClosed as exc:
+                raise self._closed_error() from exc
+            try:
+                before = self._local_clock()
+                rows = conn.execute(sql, params, prepare=True).fetchall()
+                if self._server_time and rows and isinstance(rows[0][-1], datetime):
+                    self._offset = rows[0][-1] - (before + (self._local_clock() - before) / 2)
+                return rows
+            except psycopg.Error as exc:
+                if conn.broken:
+                    last = exc
+                    continue
+                state = getattr(exc, "sqlstate", None)
+                if state in (DECLINED, STALE):
+                    raise Declined(_line(exc), stale=state == STALE) from None
+                if isinstance(exc, _CONFLICTS):
+                    raise Conflict(str(exc)) from exc
+                raise StorageError(f"PostgreSQL ledger: {_line(exc)}; nothing was changed") from exc
+            finally:
+                self._pool.putconn(conn)
+        raise StorageError(
+            f"PostgreSQL ledger at {self.url}: no working connection ({_line(last or '', hints=False)}); "
+            "check that the server is running"
+        ) from last
 
     def drop_schema(self) -> None:
         """Drop this ledger's schema and everything in it (tests, uninstall)."""

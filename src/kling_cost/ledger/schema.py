@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..timestamps import to_ms
 from .schema_bill import BILL_KEYS, BILL_MIGRATION, BILL_TABLES
+from .schema_fast import install_fast_path
 from .schema_proxy import PROXY_KEYS, PROXY_MIGRATION, PROXY_TABLES
 from .schema_steps import never_reuse_budget_ids
 
@@ -288,6 +289,7 @@ MIGRATIONS.append(
 )
 MIGRATIONS.append((9, list(PROXY_MIGRATION)))
 MIGRATIONS.append((10, list(BILL_MIGRATION)))
+MIGRATIONS.append((11, [install_fast_path]))
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -34,12 +34,31 @@ from .records import (
     text_or_none,
 )
 
-__all__ = ["CACHE_HIT", "FAILED", "SUCCEEDED", "Settlement", "overage"]
+__all__ = ["CACHE_HIT", "FAILED", "SUCCEEDED", "ChargeFields", "Settlement", "charge_fields", "overage"]
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CACHE_HIT = "cache_hit"
 """The statuses of a charge row."""
+
+
+ChargeFields = tuple[str | None, str | None, str | None, int | None, int, str | None, str | None]
+"""kind, model, mode, duration, audio (0/1), prompt hash and prompt preview of a charge row."""
+
+
+def charge_fields(meta: dict[str, Any]) -> ChargeFields:
+    """The columns a charge row derives from its reservation's metadata (one rule, for the
+    general path here and for the PostgreSQL functions' callers in :mod:`.pg_fast`)."""
+    duration = meta.get("duration")
+    return (
+        text_or_none(meta.get("kind") or meta.get("endpoint")),
+        text_or_none(meta.get("model") or meta.get("model_name")),
+        text_or_none(meta.get("mode")),
+        int(duration) if isinstance(duration, (int, str)) and str(duration).isdigit() else None,
+        1 if meta.get("audio") in (True, "on", "true") or meta.get("sound") == "on" else 0,
+        text_or_none(meta.get("prompt_hash")),
+        text_or_none(meta.get("prompt_preview")),
+    )
 
 
 def overage(budget: BudgetRow, level: int, rise: int) -> int:
@@ -301,9 +320,9 @@ class Settlement:
     ) -> None:
         """Write the charge row of a settled reservation, then let the hooks see it."""
         meta = res.metadata
-        duration = meta.get("duration")
         task_id = text_or_none(task_id)
         over = max((s.overage_milli for s in states), default=0)
+        kind, model, mode, duration, audio, prompt_hash, prompt_preview = charge_fields(meta)
         charge = SettledCharge(
             id=None,
             status=status,
@@ -313,11 +332,11 @@ class Settlement:
             actual_milli=spent,
             scopes=res.scopes,
             task_id=task_id,
-            kind=text_or_none(meta.get("kind") or meta.get("endpoint")),
-            model=text_or_none(meta.get("model") or meta.get("model_name")),
-            mode=text_or_none(meta.get("mode")),
-            duration=int(duration) if isinstance(duration, (int, str)) and str(duration).isdigit() else None,
-            audio=meta.get("audio") in (True, "on", "true") or meta.get("sound") == "on",
+            kind=kind,
+            model=model,
+            mode=mode,
+            duration=duration,
+            audio=bool(audio),
             metadata=meta,
             unit=res.unit,
             overage_milli=over,
@@ -341,9 +360,9 @@ class Settlement:
                 charge.model,
                 charge.mode,
                 charge.duration,
-                1 if charge.audio else 0,
-                text_or_none(meta.get("prompt_hash")),
-                text_or_none(meta.get("prompt_preview")),
+                audio,
+                prompt_hash,
+                prompt_preview,
                 res.metadata_text(),
                 res.unit,
                 res.catalog,
@@ -400,11 +419,15 @@ class Settlement:
         )
         return cur.fetchone() is not None
 
+    def sweep_pending(self, now_ms: int) -> bool:
+        """Whether the next reservation is due to sweep (:meth:`sweep_due` would sweep)."""
+        return now_ms >= self._next_sweep_ms
+
     def sweep_due(self, cur: Cursor, now: datetime, *, force: bool) -> None:
         """Sweep, in the transaction of a reservation, once per :attr:`sweep_interval` (or now:
         ``force``), so lapsed leases give their holds back before anyone is refused."""
         now_ms = to_ms(now)
-        if force or now_ms >= self._next_sweep_ms:
+        if force or self.sweep_pending(now_ms):
             self.sweep(cur, now)
             self._next_sweep_ms = now_ms + int(self.sweep_interval.total_seconds() * 1000)
 

@@ -1,0 +1,357 @@
+"""PostgreSQL's one-round-trip path (ledger/pg_fast.py, the functions of schema_fast.py).
+
+The fast path must be invisible: the same rows as the general path (and as SQLite's) for
+the same operations, every unusual case handed to the general path with its rules intact,
+and one statement per common operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from kling_cost.errors import BudgetExceeded, ReservationError, StorageError, UnitMismatch
+from kling_cost.ledger import Ledger, open_ledger
+from kling_cost.ledger.holds import request
+from kling_cost.ledger.pg_fast import _RESERVE, FastPath
+from kling_cost.timestamps import to_ms
+from tests.helpers import POSTGRES_URL, FakeClock, fresh_postgres_url, need_postgres
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    need_postgres()
+    url = fresh_postgres_url()
+    yield url
+    cleanup = open_ledger(url)
+    cleanup.backend.drop_schema()  # type: ignore[attr-defined]
+    cleanup.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def led(pg_url: str, clock: FakeClock) -> Iterator[Ledger]:
+    ledger = open_ledger(pg_url, clock=clock)
+    yield ledger
+    ledger.close()
+
+
+class Calls:
+    """What the ledger sent: one-statement calls (by function) and general transactions."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.calls: list[str] = []
+        self.transactions = 0
+        backend: Any = ledger.backend
+        call, transaction = backend.call, backend.transaction
+
+        def counted_call(sql: str, params: Any) -> Any:
+            self.calls.append(_name(sql))
+            return call(sql, params)
+
+        def counted_transaction(**kwargs: Any) -> Any:
+            self.transactions += 1
+            return transaction(**kwargs)
+
+        backend.call = counted_call
+        backend.transaction = counted_transaction
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.transactions = 0
+
+
+def _name(sql: str) -> str:
+    for name in ("kling_reserve", "kling_commit", "kling_release", "kling_cache_hit"):
+        if name in sql:
+            return name
+    return "extend" if sql.startswith("UPDATE reservations") else "budgets"
+
+
+def _fast(ledger: Ledger) -> FastPath:
+    fast = ledger._fast
+    assert isinstance(fast, FastPath)
+    return fast
+
+
+def _warm(ledger: Ledger, scopes: list[str]) -> None:
+    """Reservations on the general path (the first one sweeps), then the fast one: this
+    process has seen the windows and read the budgets."""
+    for _ in range(2):
+        ledger.release(ledger.reserve("0.001", scopes))
+
+
+# -- the same rows as the general path and as SQLite ------------------------------------------
+
+
+def _scenario(ledger: Ledger, clock: FakeClock) -> dict[str, list[tuple[Any, ...]]]:
+    ledger.set_budget("project:a", limit="100", window="day", thresholds=["0.9"])
+    ledger.set_budget("account", limit="1000", window="month", tz="Europe/Paris")
+    _warm(ledger, ["project:a"])
+    meta = {"model": "kling-v2-1", "mode": "pro", "duration": "10", "audio": True, "prompt": "a cat"}
+    r1 = ledger.reserve("1.5", ["project:a"], metadata=meta, catalog="kling-api", catalog_date="2026-01-01")
+    clock.advance(seconds=1)
+    r2 = ledger.reserve(
+        "2", ["project:a"], idempotency_key="k-2", metadata={"endpoint": "text2video", "sound": "on"}
+    )
+    assert ledger.reserve("2", ["project:a"], idempotency_key="k-2").id == r2.id  # the same request again
+    clock.advance(milliseconds=5)
+    assert ledger.commit(r1, actual="1.2", task_id="t-1").actual == Decimal("1.2")
+    ledger.attach_task(r2, "t-2", {"model_name": "kling-v1"})
+    ledger.commit(r2)
+    r3 = ledger.reserve("3", ["project:a"])
+    ledger.attach_task(r3, "t-3")
+    assert ledger.release(r3).status == "released"  # a failed task: a charge of 0
+    r4 = ledger.reserve("1", "project:a")
+    ledger.release(r4)  # never sent: no charge
+    r5 = ledger.reserve("1", ["project:a"], metadata={"duration": 5, "audio": "on"})
+    clock.advance(minutes=1)
+    assert ledger.extend(r5, timedelta(hours=2)).expires_at == clock() + timedelta(hours=2)
+    ledger.commit(r5, task_id="t-5")
+    assert ledger.record_cache_hit("4", ["project:a"], idempotency_key="hit-1", task_id="t-9", metadata=meta)
+    assert not ledger.record_cache_hit(
+        "4", ["project:a"], idempotency_key="hit-1", task_id="t-9", metadata=meta
+    )
+    return _dump(ledger)
+
+
+def _dump(ledger: Ledger) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row the scenario wrote, without the random reservation ids."""
+    queries = {
+        "reservations": "SELECT CASE WHEN idempotency_key = id THEN 'ID' ELSE idempotency_key END, amount_milli, "
+        "actual_milli, status, scopes, created_at, expires_at, settled_at, task_id, windows, metadata, unit, "
+        "catalog, catalog_date FROM reservations",
+        "charges": "SELECT CASE WHEN idempotency_key = reservation_id THEN 'ID' ELSE idempotency_key END, "
+        "status, created_at, settled_at, estimate_milli, actual_milli, scopes, task_id, kind, model, mode, "
+        "duration, audio, prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli "
+        "FROM charges",
+        "windows": "SELECT budget_id, window_key, used_milli, reserved_milli FROM budget_windows",
+        "rollup": "SELECT * FROM report_rollup",
+        "alerts": "SELECT budget_id, window_key, kind, threshold, used_milli, reserved_milli FROM alerts",
+    }
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with ledger.transaction() as cur:
+        for name, sql in queries.items():
+            cur.execute(sql)
+            out[name] = sorted((tuple(_plain(v) for v in row) for row in cur.fetchall()), key=repr)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return int(value) if isinstance(value, int) else value
+
+
+def test_the_fast_path_writes_what_the_general_path_and_sqlite_write(tmp_path: Path) -> None:
+    need_postgres()
+    dumps = []
+    for kind in ("sqlite", "general", "fast"):
+        clock = FakeClock()
+        url = f"sqlite:///{tmp_path / 'l.db'}" if kind == "sqlite" else fresh_postgres_url()
+        ledger = open_ledger(url, clock=clock)
+        try:
+            if kind == "general":
+                ledger._fast = None
+            calls = Calls(ledger) if kind == "fast" else None
+            dumps.append(_scenario(ledger, clock))
+            if calls is not None:  # every kind of operation went the one-statement way
+                assert {"kling_reserve", "kling_commit", "kling_release", "kling_cache_hit", "extend"} <= set(
+                    calls.calls
+                )
+        finally:
+            if kind != "sqlite":
+                ledger.backend.drop_schema()  # type: ignore[attr-defined]
+            ledger.close()
+    assert dumps[0] == dumps[1]
+    assert dumps[2] == dumps[1]
+    assert dumps[2]["charges"] and dumps[2]["rollup"]
+
+
+def test_a_warm_pair_is_one_statement_each_and_no_general_transaction(led: Ledger) -> None:
+    led.set_budget("project:a", limit="100", window="day")
+    _warm(led, ["project:a"])
+    calls = Calls(led)
+    res = led.reserve("1.5", ["project:a"])
+    led.commit(res)
+    assert calls.calls == ["kling_reserve", "kling_commit"]
+    assert calls.transactions == 0
+    assert led.usage("project:a", "day").used == Decimal("1.5")
+
+
+# -- what the functions decline, the general path does --------------------------------------
+
+
+def test_a_crossed_threshold_writes_its_alert(led: Ledger) -> None:
+    led.set_budget("project:a", limit="10", window="day", thresholds=["0.5"])
+    _warm(led, ["project:a"])
+    led.reserve("4", ["project:a"])
+    assert not led.alerts()
+    calls = Calls(led)
+    led.reserve("1", ["project:a"])  # 5 of 10: crossed
+    assert calls.calls == ["kling_reserve"] and calls.transactions == 1  # declined, then general
+    assert [a.threshold for a in led.alerts()] == ["0.5"]
+
+
+def test_a_refusal_is_the_general_paths_with_its_fields_and_alert(led: Ledger) -> None:
+    led.set_budget("project:a", limit="10", window="day")
+    _warm(led, ["project:a"])
+    led.reserve("8", ["project:a"])
+    with pytest.raises(BudgetExceeded) as caught:
+        led.reserve("3", ["project:a"])
+    assert (caught.value.scope, caught.value.requested, caught.value.available) == (
+        "project:a",
+        Decimal("3"),
+        Decimal("2"),
+    )
+    assert any(a.kind == "refused" for a in led.alerts())
+    assert led.usage("project:a", "day").reserved == Decimal("8")
+
+
+def test_an_overage_commit_records_it(led: Ledger) -> None:
+    led.set_budget("project:a", limit="10", window="day", thresholds=["1"])
+    _warm(led, ["project:a"])
+    res = led.reserve("9", ["project:a"])
+    led.commit(res, actual="12")
+    (charge,) = led.charges()
+    assert charge.overage == Decimal("2")
+    assert {a.kind for a in led.alerts()} >= {"overage"}
+
+
+def test_a_lapsed_lease_is_refused_or_forced_as_before(led: Ledger, clock: FakeClock) -> None:
+    led.set_budget("project:a", limit="10", window="day")
+    _warm(led, ["project:a"])
+    res = led.reserve("2", ["project:a"], ttl=timedelta(seconds=5))
+    clock.advance(seconds=6)
+    with pytest.raises(ReservationError, match="expired"):
+        led.commit(res)
+    assert led.commit(res, force=True).status == "committed"
+    assert led.usage("project:a", "day").used == Decimal("2")
+
+
+@pytest.mark.parametrize("change", ["lower limit", "unit switch", "delete", "new budget"])
+def test_a_budget_changed_by_another_process_is_read_again(
+    pg_url: str, clock: FakeClock, change: str
+) -> None:
+    mine, other = open_ledger(pg_url, clock=clock), open_ledger(pg_url, clock=clock)
+    try:
+        mine.set_budget("project:a", limit="10", window="day")
+        _warm(mine, ["project:a"])
+        if change != "unit switch":
+            mine.commit(mine.reserve("5", ["project:a"]))
+        if change == "lower limit":
+            other.set_budget("project:a", limit="6", window="day")
+            with pytest.raises(BudgetExceeded):
+                mine.reserve("2", ["project:a"])
+        elif change == "unit switch":
+            other.set_budget("project:a", limit="10", window="day", unit="credits")
+            with pytest.raises(UnitMismatch):
+                mine.reserve("2", ["project:a"])
+        elif change == "delete":
+            other.delete_budget("project:a", "day")
+            res = mine.reserve("20", ["project:a"])
+            assert res.windows == ()
+        else:
+            other.set_budget("project:a", limit="3", window="week")
+            with pytest.raises(BudgetExceeded) as caught:
+                mine.reserve("4", ["project:a"])
+            assert caught.value.window == "week"
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_metadata_changed_by_another_process_reaches_the_charge(pg_url: str, clock: FakeClock) -> None:
+    mine, other = open_ledger(pg_url, clock=clock), open_ledger(pg_url, clock=clock)
+    try:
+        _warm(mine, ["project:a"])
+        res = mine.reserve("2", ["project:a"], metadata={"mode": "std"})
+        other.attach_task(res, "t-1", {"model": "kling-v2-master"})
+        mine.commit(res)
+        (charge,) = mine.charges()
+        assert (charge.model, charge.mode, charge.task_id) == ("kling-v2-master", "std", "t-1")
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_a_new_window_is_used_at_once(led: Ledger, clock: FakeClock) -> None:
+    clock.set(datetime(2026, 6, 15, 23, 59, 59, tzinfo=UTC))
+    led.set_budget("project:a", limit="10", window="day")
+    _warm(led, ["project:a"])
+    assert led.reserve("1", ["project:a"]).windows == ((1, "2026-06-15"),)
+    clock.advance(seconds=2)
+    assert led.reserve("1", ["project:a"]).windows == ((1, "2026-06-16"),)
+    calls = Calls(led)
+    assert led.reserve("1", ["project:a"]).windows == ((1, "2026-06-16"),)
+    assert calls.calls == ["kling_reserve"]
+
+
+def test_a_hook_of_yours_or_an_open_transaction_takes_the_general_path(led: Ledger) -> None:
+    seen: list[str] = []
+
+    class Hook:
+        def after_reserve(self, *args: Any) -> None:
+            seen.append("reserve")
+
+        def after_settle(self, *args: Any) -> None:
+            seen.append("settle")
+
+        def after_budget_set(self, *args: Any) -> None:
+            return None
+
+        def after_refusal(self, *args: Any) -> None:
+            return None
+
+    _warm(led, ["project:a"])
+    led.hooks.append(Hook())
+    led.commit(led.reserve("1", ["project:a"]))
+    assert seen == ["reserve", "settle"]
+    with led.transaction(), pytest.raises(StorageError, match="do not nest"):
+        led.reserve("1", ["project:a"])
+
+
+# -- safe to send again ---------------------------------------------------------------------
+
+
+def test_a_reservation_sent_twice_holds_once(led: Ledger) -> None:
+    led.set_budget("project:a", limit="10", window="day")
+    _warm(led, ["project:a"])
+    fast = _fast(led)
+    req = request("2", ["project:a"], None, None, "units", None, None)
+    clock_ms = to_ms(led.clock())
+    budgets = fast._load(req.scopes)
+    params = fast._reserve_params(req, budgets, "0123abc", 60_000, led.clock(), clock_ms)
+    assert params is not None
+    first = led.backend.call(_RESERVE, params)  # type: ignore[attr-defined]
+    again = led.backend.call(_RESERVE, params)  # type: ignore[attr-defined]
+    assert first[0][0] == again[0][0]
+    assert led.usage("project:a", "day").reserved == Decimal("2")
+
+
+def test_connections_the_server_dropped_are_replaced(led: Ledger) -> None:
+    led.set_budget("project:a", limit="10", window="day")
+    _warm(led, ["project:a"])
+    pids = set()
+    for _ in range(3):
+        with led.transaction() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            pids.add(int(cur.fetchone()[0]))
+    with psycopg.connect(POSTGRES_URL.split("?")[0], autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    calls = Calls(led)
+    res = led.reserve("1", ["project:a"])
+    assert led.commit(res).status == "committed"
+    assert calls.calls == ["kling_reserve", "kling_commit"]
+    assert led.usage("project:a", "day").used == Decimal("1")
