@@ -11,16 +11,18 @@ What is measured (a *pair* is one ``reserve`` followed by one ``commit`` of the 
   directory with the ledger's connection settings (WAL, ``synchronous=NORMAL``,
   ``busy_timeout``, ``foreign_keys``) doing the minimal equivalent of a pair: two
   ``BEGIN IMMEDIATE`` transactions (a reservation must be durable before Kling is called),
-  each one ``UPDATE`` (the first conditional) and one ``INSERT``. Goals: ledger/baseline >= 0.5 and
-  p99 < 2 ms.
+  each one ``UPDATE`` (the first conditional) and one ``INSERT``. Goals (issue 17):
+  ledger/baseline >= 0.35 and p99 < 2 ms.
 * PostgreSQL (issue 4), when ``$KLING_COST_TEST_POSTGRES_URL`` (default
   ``postgresql://postgres@127.0.0.1:5432/test``) answers: the same figures with 1, 4 and 8
   processes, all on one shared budget and on one budget per process; the baseline is raw
   psycopg (autocommit connection, the same two transactions per pair, each one ``UPDATE`` and
   one ``INSERT``, prepared). After the run every budget window is checked for
   ``used + reserved <= limit``, and a contention phase with a small shared limit makes every
-  process reserve until refused: the overspend must be 0. Goals: ledger/baseline >= 0.5 and
-  >= 2,000 pairs/s with 8 processes on independent budgets. The ledger and the baseline each
+  process reserve until refused: the overspend must be 0. Goals (issue 17): ledger/baseline
+  >= 1.0 with 1 and 8 processes, shared and independent budgets (each ledger transaction is one
+  round trip: ``ledger/pg_fast.py``); issue 4's >= 2,000 pairs/s with 8 processes on
+  independent budgets is printed too. The ledger and the baseline each
   get a fresh schema (``bench_<random>``), dropped at the end.
 
 No budget is set on the ``account`` scope: the ledger only touches the windows of scopes that
@@ -76,7 +78,10 @@ DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SQLITE_SCOPE = "project:a"
 SHARED_SCOPE = "project:shared"
 CONTENDED_SCOPE = "project:contended"
-RATIO_GOAL = 0.5
+SQLITE_RATIO_GOAL = 0.35
+"""Issue 17: the SQLite ledger at >= 0.35 x the raw two-transaction baseline (issue 3 asked 0.5)."""
+PG_RATIO_GOAL = 1.0
+"""Issue 17: the PostgreSQL ledger (one round trip per transaction) at >= 1.0 x raw psycopg."""
 SQLITE_P99_GOAL_MS = 2.0
 PG_THROUGHPUT_GOAL = 2_000.0
 STARTUP_TIMEOUT_S = 120.0
@@ -458,7 +463,11 @@ def bench_sqlite(ctx: SpawnContext, seconds: float) -> Report:
             row = Row(f"{procs} proc, shared budget", led, base)
             report.rows.append(row)
             report.goals.append(
-                (f"{procs} proc: ratio >= {RATIO_GOAL}", row.ratio >= RATIO_GOAL, f"{row.ratio:.2f}")
+                (
+                    f"{procs} proc: ratio >= {SQLITE_RATIO_GOAL}",
+                    row.ratio >= SQLITE_RATIO_GOAL,
+                    f"{row.ratio:.2f}",
+                )
             )
             report.goals.append(
                 (
@@ -720,11 +729,11 @@ def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
 
     target = next(r for r in report.rows if r.config == f"{most} proc, independent budgets")
     report.goals += [
-        (
-            f"{most} proc independent: ratio >= {RATIO_GOAL}",
-            target.ratio >= RATIO_GOAL,
-            f"{target.ratio:.2f}",
-        ),
+        (f"{row.config}: ratio >= {PG_RATIO_GOAL}", row.ratio >= PG_RATIO_GOAL, f"{row.ratio:.2f}")
+        for row in report.rows
+        if row.config.split(" ")[0] in ("1", str(most))
+    ]
+    report.goals += [
         (
             f"{most} proc independent: >= {PG_THROUGHPUT_GOAL:,.0f} pairs/s",
             target.ledger.pairs_per_s >= PG_THROUGHPUT_GOAL,

@@ -18,6 +18,7 @@ import pytest
 
 from kling_cost.errors import BudgetExceeded, ReservationError, StorageError, UnitMismatch
 from kling_cost.ledger import Ledger, open_ledger
+from kling_cost.ledger.backend import Conflict
 from kling_cost.ledger.holds import request
 from kling_cost.ledger.pg_fast import _RESERVE, FastPath
 from kling_cost.timestamps import to_ms
@@ -355,3 +356,27 @@ def test_connections_the_server_dropped_are_replaced(led: Ledger) -> None:
     assert led.commit(res).status == "committed"
     assert calls.calls == ["kling_reserve", "kling_commit"]
     assert led.usage("project:a", "day").used == Decimal("1")
+
+
+def test_a_lost_race_in_a_function_falls_back_to_the_general_path(led: Ledger) -> None:
+    """A deadlock or serialization failure inside a function (a real server produces them
+    only by chance) is a Conflict: the general path runs, and retries as it always did."""
+    led.set_budget("project:a", limit="10", window="day")
+    _warm(led, ["project:a"])
+    backend: Any = led.backend
+    real = backend.call
+    lost: list[str] = []
+
+    def losing(sql: str, params: Any) -> Any:
+        if "kling_" in sql or sql.startswith("UPDATE"):
+            lost.append(_name(sql))
+            raise Conflict("deadlock detected")
+        return real(sql, params)
+
+    backend.call = losing
+    res = led.reserve("2", ["project:a"])
+    res = led.extend(res, timedelta(hours=1))
+    assert led.commit(res).status == "committed"
+    assert led.record_cache_hit("1", ["project:a"])
+    assert lost == ["kling_reserve", "extend", "kling_commit", "kling_cache_hit"]
+    assert led.usage("project:a", "day").used == Decimal("2")

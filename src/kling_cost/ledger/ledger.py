@@ -210,6 +210,8 @@ class Ledger(CacheCalls):
                 with self.transaction() as cur:
                     self._settle.sweep_due(cur, cur.now, force=attempt > 0)
                     row = self._holds.reserve(cur, cur.now, req, lease)
+                if self._fast is not None and row.status == RESERVED:
+                    self._fast.remember(row)  # its commit may still take one round trip
                 return row.to_reservation()
             except Conflict:
                 continue

@@ -17,7 +17,7 @@ When anything would make the general path do more (a refusal, a crossed threshol
 this process has not seen, a sweep due, an idempotency key used before, a lapsed lease, an
 overage, metadata to merge, a hook other than the two built-in ones, a reservation made by
 another process), the function declines or is never called, and the general path runs: the
-same rules, just more round trips. Its answers are the general path's, to the byte.
+same rules, just more round trips. Its rows are the general path's (tests compare them).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..budgets import window_at
 from ..timestamps import to_ms
-from .backend import Declined
+from .backend import Conflict, Declined
 from .holds import Request
 from .models import RESERVED
 from .records import RES_COLUMNS, ReservationRow, budget_row, new_id, reservation_row, windows_of
 from .schema_fast import FAST_VERSION
-from .settle import charge_fields
+from .settle import ChargeFields, charge_fields
 
 if TYPE_CHECKING:
     from .hooks import LedgerHook
@@ -77,8 +77,9 @@ _BUDGETS = (
     "SELECT id, scope, period, tz, limit_milli, max_per_request_milli, thresholds, unit, xmin::text::bigint "
     "FROM budgets WHERE scope = ANY(%s::text[]) ORDER BY id"
 )
-_KEEP = 50_000
-"""How many reservations' metadata this process remembers for their settlement."""
+_KEEP = 10_000
+"""How many held reservations' metadata this process remembers for their settlement (those
+settled here are forgotten at once; beyond this, the oldest go: they settle the general way)."""
 
 
 Window = tuple[str, int, int]
@@ -155,7 +156,7 @@ class FastPath:
         self._settlement = settlement
         self._in_transaction = in_transaction
         self._budgets: dict[tuple[str, ...], tuple[_Budget, ...]] = {}
-        self._meta: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._meta: dict[str, tuple[str, ChargeFields]] = {}
         self._lock = threading.Lock()
 
     def _usable(self) -> bool:
@@ -205,9 +206,9 @@ class FastPath:
         with self._lock:
             if len(self._meta) >= _KEEP:
                 self._meta.pop(next(iter(self._meta)))
-            self._meta[row.id] = (text, row.metadata)
+            self._meta[row.id] = (text, charge_fields(row.metadata))
 
-    def _metadata(self, res_id: str) -> tuple[str, dict[str, Any]] | None:
+    def _metadata(self, res_id: str) -> tuple[str, ChargeFields] | None:
         with self._lock:
             return self._meta.get(res_id)
 
@@ -235,6 +236,8 @@ class FastPath:
                 return None
             try:
                 (created, _server_now), *_ = self.backend.call(_RESERVE, params)
+            except Conflict:
+                return None
             except Declined as declined:
                 if declined.stale and attempt == 0:
                     budgets = self._load(req.scopes)
@@ -320,12 +323,12 @@ class FastPath:
         known = self._metadata(res_id)
         if known is None:
             return None
-        text, meta = known
+        text, fields = known
         try:
             rows = self.backend.call(
-                _COMMIT, (res_id, actual_milli, task_id or None, self._now(), text, *charge_fields(meta))
+                _COMMIT, (res_id, actual_milli, task_id or None, self._now(), text, *fields)
             )
-        except Declined:
+        except (Declined, Conflict):
             return None
         self._forget(res_id)
         return reservation_row(rows[0])
@@ -334,10 +337,10 @@ class FastPath:
         if not self._usable():
             return None
         known = self._metadata(res_id)
-        text, fields = (None, charge_fields({})) if known is None else (known[0], charge_fields(known[1]))
+        text, fields = (None, charge_fields({})) if known is None else known
         try:
             rows = self.backend.call(_RELEASE, (res_id, failed, self._now(), text, *fields))
-        except Declined:
+        except (Declined, Conflict):
             return None
         self._forget(res_id)
         return reservation_row(rows[0])
@@ -345,7 +348,10 @@ class FastPath:
     def extend(self, res_id: str, ttl: timedelta) -> ReservationRow | None:
         if not self._usable():
             return None
-        rows = self.backend.call(_EXTEND, (self._now(), ttl // timedelta(milliseconds=1), res_id))
+        try:
+            rows = self.backend.call(_EXTEND, (self._now(), ttl // timedelta(milliseconds=1), res_id))
+        except Conflict:
+            return None
         return reservation_row(rows[0]) if rows else None
 
     def cache_hit(self, req: Request, task_id: str | None) -> bool | None:
@@ -367,6 +373,6 @@ class FastPath:
         )
         try:
             (recorded, _server_now), *_ = self.backend.call(_CACHE_HIT, params)
-        except Declined:
+        except (Declined, Conflict):
             return None
         return bool(recorded)
