@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from os import urandom
 from typing import Any
 
 from ..budgets import Budget
@@ -343,7 +343,7 @@ def charge_from_row(row: Sequence[Any]) -> Charge:
 
 def new_id(now: datetime) -> str:
     """Time-ordered id (48-bit milliseconds + 80 random bits): inserts append, pages stay hot."""
-    return f"{to_ms(now):012x}{secrets.token_hex(10)}"
+    return f"{to_ms(now):012x}{urandom(10).hex()}"  # what secrets.token_hex(10) does, less the calls
 
 
 def reservation_id_of(ref: Reservation | ReservationRow | str) -> str:
