@@ -66,6 +66,8 @@ class Holds:
     def __init__(self, backend: Backend, hooks: list[LedgerHook]) -> None:
         self.backend = backend
         self.hooks = hooks
+        self._selects: dict[int, str] = {}
+        """Number of scopes -> the statement reading their budgets."""
         self._windows: dict[tuple[str, str], Window] = {}
         """(window kind, time zone) -> the window computed last: reused while it contains now."""
 
@@ -91,11 +93,14 @@ class Holds:
         ``enforce=False`` holds beyond any limit. Returns the new (or revived) reservation, or
         the one its idempotency key already names for the same request."""
         milli, scopes, key, meta, unit = req.milli, req.scopes, req.key, req.meta, req.unit
-        marks = ",".join("?" * len(scopes))
         # Locked (shared) until this transaction ends: the unit checked below stays the unit
         # of every budget held on (a unit switch waits), and no budget vanishes under a hold.
-        lock = self.backend.lock_budgets()
-        cur.execute(BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id" + lock, scopes)
+        select = self._selects.get(len(scopes))
+        if select is None:
+            marks = ",".join("?" * len(scopes))
+            select = BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id" + self.backend.lock_budgets()
+            self._selects[len(scopes)] = select
+        cur.execute(select, scopes)
         budgets = [budget_row(row) for row in cur.fetchall()]
         for b in budgets:
             if b.unit != unit:
@@ -108,22 +113,27 @@ class Holds:
             if len(_REFS) >= 1024:
                 _REFS.clear()
             _REFS[refs] = refs_json
+        at = to_ms(now)
         asked = ReservationRow(
-            id=new_id(now),
-            idempotency_key=key,
-            amount_milli=milli,
-            status=RESERVED,
-            scopes=scopes,
-            created_at_ms=to_ms(now),
-            expires_at_ms=to_ms(now + ttl),
-            metadata=meta,
-            windows=refs,
-            unit=unit,
-            catalog=req.catalog,
-            catalog_date=req.catalog_date,
-            fresh=True,
-            metadata_json=req.meta_json,
-            scopes_json=req.scopes_json,
+            new_id(now, at),
+            key,
+            milli,
+            RESERVED,
+            scopes,
+            at,
+            to_ms(now + ttl),
+            None,
+            None,
+            None,
+            meta,
+            refs,
+            unit,
+            req.catalog,
+            req.catalog_date,
+            False,
+            True,  # fresh
+            req.meta_json,
+            req.scopes_json,
         )
         values = (
             milli,
