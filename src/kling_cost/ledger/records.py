@@ -114,7 +114,21 @@ class BudgetRow:
 
 
 def budget_row(row: Sequence[Any]) -> BudgetRow:
-    """A :class:`BudgetRow` from a row of :data:`BUDGET_SELECT`."""
+    """A :class:`BudgetRow` from a row of :data:`BUDGET_SELECT`, decoded once per distinct
+    row (every reservation reads its budgets; they rarely change). Rows are read-only."""
+    try:
+        found = _BUDGETS.get(row)
+    except TypeError:  # a driver's row that cannot be hashed
+        return _budget_row(row)
+    if found is None:
+        found = _budget_row(row)
+        if len(_BUDGETS) > 1024:
+            _BUDGETS.clear()
+        _BUDGETS[row] = found
+    return found
+
+
+def _budget_row(row: Sequence[Any]) -> BudgetRow:
     return BudgetRow(
         id=int(row[0]),
         scope=row[1],
@@ -128,6 +142,7 @@ def budget_row(row: Sequence[Any]) -> BudgetRow:
 
 
 _ONE_MS = timedelta(milliseconds=1)
+_BUDGETS: dict[Sequence[Any], BudgetRow] = {}
 _THRESHOLDS: dict[str, tuple[Decimal, ...]] = {}
 _SCOPES: dict[str, tuple[str, ...]] = {}
 _WINDOWS: dict[str, tuple[tuple[int, str], ...]] = {}
@@ -287,25 +302,28 @@ class ReservationRow:
 
 
 def reservation_row(row: Sequence[Any]) -> ReservationRow:
-    """A :class:`ReservationRow` from a row of :data:`RES_SELECT`."""
+    """A :class:`ReservationRow` from a row of :data:`RES_SELECT` (positional, in field order)."""
+    actual, settled_at, meta = row[7], row[8], row[10]
     return ReservationRow(
-        id=row[0],
-        idempotency_key=row[1],
-        amount_milli=int(row[2]),
-        status=row[3],
-        scopes=scopes_of(row[4]),
-        created_at_ms=int(row[5]),
-        expires_at_ms=int(row[6]),
-        actual_milli=None if row[7] is None else int(row[7]),
-        settled_at_ms=None if row[8] is None else int(row[8]),
-        task_id=row[9],
-        metadata={} if row[10] == "{}" else json.loads(row[10]),
-        windows=windows_of(row[11]),
-        unit=row[12],
-        catalog=row[13],
-        catalog_date=row[14],
-        metadata_json=row[10],
-        scopes_json=row[4],
+        row[0],
+        row[1],
+        int(row[2]),
+        row[3],
+        scopes_of(row[4]),
+        int(row[5]),
+        int(row[6]),
+        None if actual is None else int(actual),
+        None if settled_at is None else int(settled_at),
+        row[9],
+        {} if meta == "{}" else json.loads(meta),
+        windows_of(row[11]),
+        row[12],
+        row[13],
+        row[14],
+        False,  # revived
+        False,  # fresh
+        meta,
+        row[4],
     )
 
 
