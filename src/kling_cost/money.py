@@ -154,7 +154,45 @@ def to_storage(value: Decimal) -> int:
 
 def from_storage(value: int) -> Decimal:
     """Integer thousandths -> ``Decimal`` with three decimal places."""
-    return Decimal(value).scaleb(-3, context=MONEY)  # exact: the same digits, exponent -3
+    found = _DECIMALS.get(value)
+    if found is None:
+        found = Decimal(value).scaleb(-3, context=MONEY)  # exact: the same digits, exponent -3
+        if len(_DECIMALS) >= _CACHED:
+            _DECIMALS.clear()
+        _DECIMALS[value] = found
+    return found
+
+
+def storage_amount(value: object, *, what: str = "amount", allow_zero: bool = False) -> int:
+    """``to_storage(parse_amount(value, what=..., allow_zero=...))``, remembered for the
+    positive amounts seen lately (a service reserves the same few prices over and over).
+
+    Only exact ``Decimal`` (finite), ``int`` and ``str`` values are remembered, keyed by type
+    and value: ``True``, ``1.5`` (a float) and their like never meet a remembered amount,
+    whatever they compare equal to, and are refused by :func:`parse_amount` as before."""
+    kind = type(value)
+    if (kind is int or kind is str or kind is Decimal) and (
+        not isinstance(value, Decimal) or value.is_finite()  # a signalling NaN cannot be hashed
+    ):
+        key = (kind, value)
+        found = _MILLI.get(key)
+        if found is not None:
+            return found
+        milli = to_storage(parse_amount(value, what=what, allow_zero=allow_zero))
+        if milli > 0:
+            if len(_MILLI) >= _CACHED:
+                _MILLI.clear()
+            _MILLI[key] = milli
+        return milli
+    return to_storage(parse_amount(value, what=what, allow_zero=allow_zero))
+
+
+_CACHED = 1024
+"""Entries each cache below keeps before it starts again (bounded memory)."""
+_DECIMALS: dict[int, Decimal] = {}
+"""Thousandths -> their ``Decimal`` (immutable, so shared safely)."""
+_MILLI: dict[tuple[type, object], int] = {}
+"""(type, amount) -> thousandths, for amounts :func:`storage_amount` accepted."""
 
 
 def format_amount(value: Decimal) -> str:

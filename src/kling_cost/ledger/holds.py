@@ -24,7 +24,7 @@ from typing import Any
 
 from ..budgets import Window, normalise_scopes, unit_advice, validate_unit, window_at
 from ..errors import BudgetExceeded, UnitMismatch, ValidationError
-from ..money import format_amount, format_quantity, from_storage, parse_amount, to_storage
+from ..money import format_amount, format_quantity, from_storage, storage_amount
 from ..text import bad_text
 from ..timestamps import to_ms
 from .backend import Backend, Conflict, Cursor
@@ -48,6 +48,10 @@ NO_LIMIT = 1 << 62
 """The limit of a hold that no budget may refuse (a charge that already happened)."""
 
 
+_REFS: dict[tuple[tuple[int, str], ...], str] = {}
+"""A reservation's windows -> the ``windows`` column's text (reservations of a period share it)."""
+
+
 class Refused(Exception):
     """A budget refused the reservation being made (the transaction must roll back)."""
 
@@ -62,6 +66,25 @@ class Holds:
     def __init__(self, backend: Backend, hooks: list[LedgerHook]) -> None:
         self.backend = backend
         self.hooks = hooks
+        self._selects: dict[int, str] = {}
+        """Number of scopes -> the statement reading their budgets."""
+        self._windows: dict[tuple[str, str], Window] = {}
+        """(window kind, time zone) -> the window computed last: reused while it contains now."""
+
+    def window(self, b: BudgetRow, now: datetime) -> Window:
+        """The window of budget ``b`` containing ``now`` (:func:`window_at`), computed once per
+        window and time zone (windows partition time: one containing ``now`` is its window)."""
+        key = (b.window, b.tz)
+        found = self._windows.get(key)
+        if found is not None:
+            start, end = found.start, found.end
+            if start is None or end is None or start <= now < end:  # lifetime: no bounds
+                return found
+        found = window_at(b.window, b.tz, now)
+        if len(self._windows) >= 1024:
+            self._windows.clear()
+        self._windows[key] = found
+        return found
 
     def reserve(
         self, cur: Cursor, now: datetime, req: Request, ttl: timedelta, *, enforce: bool = True
@@ -70,33 +93,47 @@ class Holds:
         ``enforce=False`` holds beyond any limit. Returns the new (or revived) reservation, or
         the one its idempotency key already names for the same request."""
         milli, scopes, key, meta, unit = req.milli, req.scopes, req.key, req.meta, req.unit
-        marks = ",".join("?" * len(scopes))
         # Locked (shared) until this transaction ends: the unit checked below stays the unit
         # of every budget held on (a unit switch waits), and no budget vanishes under a hold.
-        lock = self.backend.lock_budgets()
-        cur.execute(BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id" + lock, scopes)
+        select = self._selects.get(len(scopes))
+        if select is None:
+            marks = ",".join("?" * len(scopes))
+            select = BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id" + self.backend.lock_budgets()
+            self._selects[len(scopes)] = select
+        cur.execute(select, scopes)
         budgets = [budget_row(row) for row in cur.fetchall()]
         for b in budgets:
             if b.unit != unit:
                 raise unit_mismatch(b, unit)
-        windows = [(b, window_at(b.window, b.tz, now)) for b in budgets]
+        windows = [(b, self.window(b, now)) for b in budgets]
         refs = tuple((b.id, w.key) for b, w in windows)
+        refs_json = _REFS.get(refs)
+        if refs_json is None:
+            refs_json = json.dumps(refs)
+            if len(_REFS) >= 1024:
+                _REFS.clear()
+            _REFS[refs] = refs_json
+        at = to_ms(now)
         asked = ReservationRow(
-            id=new_id(now),
-            idempotency_key=key,
-            amount_milli=milli,
-            status=RESERVED,
-            scopes=scopes,
-            created_at_ms=to_ms(now),
-            expires_at_ms=to_ms(now + ttl),
-            metadata=meta,
-            windows=refs,
-            unit=unit,
-            catalog=req.catalog,
-            catalog_date=req.catalog_date,
-            fresh=True,
-            metadata_json=req.meta_json,
-            scopes_json=req.scopes_json,
+            new_id(now, at),
+            key,
+            milli,
+            RESERVED,
+            scopes,
+            at,
+            to_ms(now + ttl),
+            None,
+            None,
+            None,
+            meta,
+            refs,
+            unit,
+            req.catalog,
+            req.catalog_date,
+            False,
+            True,  # fresh
+            req.meta_json,
+            req.scopes_json,
         )
         values = (
             milli,
@@ -104,7 +141,7 @@ class Holds:
             req.scopes_json,
             asked.created_at_ms,
             asked.expires_at_ms,
-            json.dumps(refs),
+            refs_json,
             req.meta_json,
             unit,
             req.catalog,
@@ -251,14 +288,32 @@ def request(
             catalog_date = date.fromisoformat(str(catalog_date)).isoformat()
         except ValueError:
             raise ValidationError(f"catalog_date {catalog_date!r} is not an ISO date (YYYY-MM-DD)") from None
-    what = "saved" if saved else "amount"
-    milli = to_storage(parse_amount(amount, what=what, allow_zero=saved))
-    scope_list = normalise_scopes(list(scopes) if not isinstance(scopes, str) else scopes)
+    milli = storage_amount(amount, what="saved" if saved else "amount", allow_zero=saved)
+    scope_list, scopes_json = scopes_of_request(scopes)
     key = None if idempotency_key is None else check_key(idempotency_key)
     meta = clean_metadata(metadata)
     meta_json = json.dumps(meta) if meta else "{}"
-    scopes_json = json.dumps(scope_list)
     return Request(milli, scope_list, key, meta, unit, catalog, catalog_date, meta_json, scopes_json)
+
+
+_SCOPES: dict[str | tuple[str, ...], tuple[tuple[str, ...], str]] = {}
+
+
+def scopes_of_request(scopes: Iterable[str] | str) -> tuple[tuple[str, ...], str]:
+    """The normalised scopes of a request (:func:`normalise_scopes`) and their JSON text,
+    remembered per distinct list of scopes (callers ask for the same few over and over)."""
+    key: str | tuple[str, ...] = scopes if isinstance(scopes, str) else tuple(scopes)
+    try:
+        found = _SCOPES.get(key)
+    except TypeError:  # an unhashable element: normalise_scopes says what is wrong with it
+        found = None
+    if found is None:
+        scope_list = normalise_scopes(key if isinstance(key, str) else list(key))
+        found = (scope_list, json.dumps(scope_list))
+        if len(_SCOPES) >= 1024:
+            _SCOPES.clear()
+        _SCOPES[key] = found
+    return found
 
 
 def unit_mismatch(budget: BudgetRow, unit: str) -> UnitMismatch:

@@ -17,7 +17,7 @@ from typing import Any, Self
 
 from ..budgets import DEFAULT_UNIT, Budget, Usage, validate_scope, validate_window
 from ..errors import StorageError, ValidationError
-from ..money import parse_amount, to_storage
+from ..money import storage_amount
 from ..text import clean_text
 from . import schema
 from .backend import RETRIES, AfterCommit, Backend, Conflict, Cursor, retrying
@@ -273,9 +273,7 @@ class Ledger(CacheCalls):
         gets one ``overage`` alert.
         """
         res_id = reservation_id_of(reservation)
-        actual_milli = (
-            None if actual is None else to_storage(parse_amount(actual, what="actual", allow_zero=True))
-        )
+        actual_milli = None if actual is None else storage_amount(actual, what="actual", allow_zero=True)
         extra = clean_metadata(metadata)
         task = text_or_none(task_id)
         fast = self._fast

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
+from os import urandom
 from typing import Any
 
 from ..budgets import Budget
 from ..errors import ReservationError, ValidationError
 from ..money import from_storage
 from ..text import bad_text, clean_json, clean_text
-from ..timestamps import from_ms, to_ms
+from ..timestamps import EPOCH, from_ms, to_ms
 from .backend import Cursor
 from .models import AlertRecord, Charge, Reservation
 
@@ -114,7 +114,21 @@ class BudgetRow:
 
 
 def budget_row(row: Sequence[Any]) -> BudgetRow:
-    """A :class:`BudgetRow` from a row of :data:`BUDGET_SELECT`."""
+    """A :class:`BudgetRow` from a row of :data:`BUDGET_SELECT`, decoded once per distinct
+    row (every reservation reads its budgets; they rarely change). Rows are read-only."""
+    try:
+        found = _BUDGETS.get(row)
+    except TypeError:  # a driver's row that cannot be hashed
+        return _budget_row(row)
+    if found is None:
+        found = _budget_row(row)
+        if len(_BUDGETS) > 1024:
+            _BUDGETS.clear()
+        _BUDGETS[row] = found
+    return found
+
+
+def _budget_row(row: Sequence[Any]) -> BudgetRow:
     return BudgetRow(
         id=int(row[0]),
         scope=row[1],
@@ -127,6 +141,8 @@ def budget_row(row: Sequence[Any]) -> BudgetRow:
     )
 
 
+_ONE_MS = timedelta(milliseconds=1)
+_BUDGETS: dict[Sequence[Any], BudgetRow] = {}
 _THRESHOLDS: dict[str, tuple[Decimal, ...]] = {}
 _SCOPES: dict[str, tuple[str, ...]] = {}
 _WINDOWS: dict[str, tuple[tuple[int, str], ...]] = {}
@@ -262,47 +278,52 @@ class ReservationRow:
         return None if self.settled_at_ms is None else from_ms(self.settled_at_ms)
 
     def to_reservation(self) -> Reservation:
+        actual, settled_at = self.actual_milli, self.settled_at_ms
+        # positional, in Reservation's field order (a hot path: built once per call)
         return Reservation(
-            id=self.id,
-            idempotency_key=self.idempotency_key or self.id,
-            amount=from_storage(self.amount_milli),
-            status=self.status,
-            scopes=self.scopes,
-            created_at=from_ms(self.created_at_ms),
-            expires_at=from_ms(self.expires_at_ms),
-            actual=None if self.actual_milli is None else from_storage(self.actual_milli),
-            settled_at=None if self.settled_at_ms is None else from_ms(self.settled_at_ms),
-            task_id=self.task_id,
-            metadata=self.metadata,
-            windows=self.windows,
-            revived=self.revived,
-            fresh=self.fresh,
-            unit=self.unit,
-            catalog=self.catalog,
-            catalog_date=self.catalog_date,
+            self.id,
+            self.idempotency_key or self.id,
+            from_storage(self.amount_milli),
+            self.status,
+            self.scopes,
+            EPOCH + self.created_at_ms * _ONE_MS,  # from_ms, inline
+            EPOCH + self.expires_at_ms * _ONE_MS,
+            None if actual is None else from_storage(actual),
+            None if settled_at is None else EPOCH + settled_at * _ONE_MS,
+            self.task_id,
+            self.metadata,
+            self.windows,
+            self.revived,
+            self.fresh,
+            self.unit,
+            self.catalog,
+            self.catalog_date,
         )
 
 
 def reservation_row(row: Sequence[Any]) -> ReservationRow:
-    """A :class:`ReservationRow` from a row of :data:`RES_SELECT`."""
+    """A :class:`ReservationRow` from a row of :data:`RES_SELECT` (positional, in field order)."""
+    actual, settled_at, meta = row[7], row[8], row[10]
     return ReservationRow(
-        id=row[0],
-        idempotency_key=row[1],
-        amount_milli=int(row[2]),
-        status=row[3],
-        scopes=scopes_of(row[4]),
-        created_at_ms=int(row[5]),
-        expires_at_ms=int(row[6]),
-        actual_milli=None if row[7] is None else int(row[7]),
-        settled_at_ms=None if row[8] is None else int(row[8]),
-        task_id=row[9],
-        metadata={} if row[10] == "{}" else json.loads(row[10]),
-        windows=windows_of(row[11]),
-        unit=row[12],
-        catalog=row[13],
-        catalog_date=row[14],
-        metadata_json=row[10],
-        scopes_json=row[4],
+        row[0],
+        row[1],
+        int(row[2]),
+        row[3],
+        scopes_of(row[4]),
+        int(row[5]),
+        int(row[6]),
+        None if actual is None else int(actual),
+        None if settled_at is None else int(settled_at),
+        row[9],
+        {} if meta == "{}" else json.loads(meta),
+        windows_of(row[11]),
+        row[12],
+        row[13],
+        row[14],
+        False,  # revived
+        False,  # fresh
+        meta,
+        row[4],
     )
 
 
@@ -341,9 +362,11 @@ def charge_from_row(row: Sequence[Any]) -> Charge:
     )
 
 
-def new_id(now: datetime) -> str:
-    """Time-ordered id (48-bit milliseconds + 80 random bits): inserts append, pages stay hot."""
-    return f"{to_ms(now):012x}{secrets.token_hex(10)}"
+def new_id(now: datetime, now_ms: int | None = None) -> str:
+    """Time-ordered id (48-bit milliseconds + 80 random bits): inserts append, pages stay hot.
+    ``now_ms``: ``to_ms(now)`` when the caller has it already."""
+    # urandom(10).hex() is what secrets.token_hex(10) does, less two calls
+    return f"{to_ms(now) if now_ms is None else now_ms:012x}{urandom(10).hex()}"
 
 
 def reservation_id_of(ref: Reservation | ReservationRow | str) -> str:

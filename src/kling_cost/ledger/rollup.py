@@ -131,7 +131,14 @@ def upsert(cur: Cursor, scopes: Sequence[str], values: Values) -> None:
     params: list[Any] = []
     for row in rows:
         params.extend(row)
-    cur.execute(_UPSERT_HEAD + ", ".join([_ROW_MARKS] * len(rows)) + _UPSERT_TAIL, params)
+    sql = _UPSERTS.get(len(rows))
+    if sql is None:
+        sql = _UPSERTS[len(rows)] = _UPSERT_HEAD + ", ".join([_ROW_MARKS] * len(rows)) + _UPSERT_TAIL
+    cur.execute(sql, params)
+
+
+_UPSERTS: dict[int, str] = {}
+"""Number of rows -> the upsert statement writing them (few distinct: two per scope)."""
 
 
 class RollupHook:

@@ -12,10 +12,11 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, suppress
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -121,7 +122,7 @@ class SQLiteBackend(Backend):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._writers = threading.RLock()
-        """Held by this process's write transaction (see :meth:`_transaction`)."""
+        """Held by this process's write transaction (see :class:`_Transaction`)."""
         self._connections: list[sqlite3.Connection] = []
         # connections inside a transaction right now: close() leaves them to their own thread,
         # which closes each as its transaction ends (closing a connection another thread is
@@ -222,46 +223,34 @@ class SQLiteBackend(Backend):
 
     def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
         # A deferred BEGIN reads one WAL snapshot from its first read on, and blocks no writer.
-        return self._transaction("BEGIN" if snapshot else "BEGIN IMMEDIATE")
+        if snapshot:
+            return _Transaction(self, "BEGIN", self._begin, self._end, None)
+        return _Transaction(self, "BEGIN IMMEDIATE", self._begin, self._end, self._writers)
 
-    @contextmanager
-    def _transaction(self, begin: str) -> Iterator[Cursor]:
-        if begin == "BEGIN":
-            with self._run(begin) as cur:
-                yield cur
-            return
-        # Writers of this process queue here, in order, instead of meeting SQLite's busy
-        # handler, which sleeps 1-100 ms between tries (a p99 of a second with many threads);
-        # writers of other processes still wait on the file lock (busy_timeout).
-        if not self._writers.acquire(timeout=self.timeout):
-            raise StorageError(
-                f"SQLite ledger {self.path}: no write lock within {self.timeout:g} s (another thread "
-                "of this process holds a long transaction); raise ?timeout= in the ledger URL"
-            )
-        try:
-            with self._run(begin) as cur:
-                yield cur
-        finally:
-            self._writers.release()
-
-    @contextmanager
-    def _run(self, begin: str) -> Iterator[Cursor]:
+    def _begin(self, begin: str) -> tuple[sqlite3.Connection, _SQLiteCursor]:
+        """Start a transaction on this thread's connection (the writer lock is already held
+        for ``BEGIN IMMEDIATE``); the connection is busy until :meth:`_end`."""
         conn = self._conn()
         with self._lock:
             if self._closed:
                 raise self._closed_error()
             self._busy.add(id(conn))
         try:
-            try:
-                conn.execute(begin)
-            except sqlite3.Error as exc:
+            conn.execute(begin)
+        except BaseException as exc:
+            self._release(conn)
+            if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"SQLite ledger {self.path}: cannot start a transaction: {exc}") from exc
-            try:
-                yield _SQLiteCursor(conn.cursor(), self.clock)
-            except BaseException:
+            raise
+        return conn, _SQLiteCursor(conn.cursor(), self.clock)
+
+    def _end(self, conn: sqlite3.Connection, ok: bool) -> None:
+        """Commit (``ok``) or roll back the transaction on ``conn``, then release it."""
+        try:
+            if not ok:
                 with suppress(sqlite3.Error):  # a failed transaction may already be gone
                     conn.execute("ROLLBACK")
-                raise
+                return
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -318,6 +307,64 @@ class SQLiteBackend(Backend):
                 if id(conn) not in self._busy:  # a busy one is closed by its thread, at its end
                     conn.close()
                     self._connections.remove(conn)
+
+
+class _Transaction:
+    """One transaction of a :class:`SQLiteBackend` (a plain context manager: one object per
+    transaction, nothing else built on the way in and out); ``begin`` and ``end`` are the
+    backend's, ``writers`` its writer lock for a ``BEGIN IMMEDIATE`` (None for a snapshot).
+
+    Writers of this process queue on that lock, in order, instead of meeting SQLite's busy
+    handler, which sleeps 1-100 ms between tries (a p99 of a second with many threads);
+    writers of other processes still wait on the file lock (busy_timeout). A deferred
+    ``BEGIN`` (a snapshot) takes no lock and blocks no writer.
+    """
+
+    __slots__ = ("_backend", "_begin", "_conn", "_end", "_sql", "_writers")
+
+    def __init__(
+        self,
+        backend: SQLiteBackend,
+        sql: str,
+        begin: Callable[[str], tuple[sqlite3.Connection, _SQLiteCursor]],
+        end: Callable[[sqlite3.Connection, bool], None],
+        writers: threading.RLock | None,
+    ) -> None:
+        self._backend = backend
+        self._sql = sql
+        self._begin = begin
+        self._end = end
+        self._writers = writers
+        self._conn: sqlite3.Connection | None = None
+
+    def __enter__(self) -> Cursor:
+        writers = self._writers
+        if writers is None:
+            self._conn, cur = self._begin(self._sql)
+            return cur
+        backend = self._backend
+        if not writers.acquire(timeout=backend.timeout):
+            raise StorageError(
+                f"SQLite ledger {backend.path}: no write lock within {backend.timeout:g} s (another "
+                "thread of this process holds a long transaction); raise ?timeout= in the ledger URL"
+            )
+        try:
+            self._conn, cur = self._begin(self._sql)
+        except BaseException:
+            writers.release()
+            raise
+        return cur
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                self._end(conn, kind is None)
+        finally:
+            if self._writers is not None:
+                self._writers.release()
 
 
 MAX_TIMEOUT = 86_400.0
