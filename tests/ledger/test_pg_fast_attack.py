@@ -87,3 +87,28 @@ def test_a_lease_beyond_any_date_is_refused_and_holds_nothing(
                 ledger.attach_task(held, "t-1", ttl=huge)  # type: ignore[arg-type]
         assert ledger.usage("project:a", "day").reserved == (Decimal("1") if held else Decimal("0"))
         assert all(r.expires_at.year < 2200 for r in ledger.reservations())
+
+
+@pytest.mark.parametrize("duration", ["\u00b2", "9" * 5000, "99999999999", 2**40, -5, True, " 5"])
+def test_a_duration_no_charge_row_can_hold_never_stops_a_reservation_or_its_commit(
+    pair: tuple[Ledger, Ledger, FakeClock], duration: object
+) -> None:
+    """``metadata={"duration": ...}``: ``"²"`` (a digit to ``str.isdigit``, not to ``int``) or
+    5000 digits raised ValueError, more than an INTEGER failed the charge's INSERT. On the
+    general path every commit of the reservation failed (Kling's charge never recorded); on
+    the fast path the reservation itself raised after holding its amount (no id to release)."""
+    for ledger in pair[:2]:
+        res = ledger.reserve("1", ["project:a"], metadata={"duration": duration})
+        assert ledger.commit(res).status == "committed"
+        (charge,) = [c for c in ledger.charges() if c.reservation_id == res.id]
+        assert charge.duration is None
+        assert ledger.usage("project:a", "day").used == Decimal("1")
+
+
+def test_a_duration_in_range_is_kept(pair: tuple[Ledger, Ledger, FakeClock]) -> None:
+    for ledger in pair[:2]:
+        for duration, kept in (("10", 10), (5, 5), ("0", 0), (2**31 - 1, 2**31 - 1)):
+            res = ledger.reserve("0.1", ["project:a"], metadata={"duration": duration})
+            ledger.commit(res)
+            (charge,) = [c for c in ledger.charges() if c.reservation_id == res.id]
+            assert charge.duration == kept
