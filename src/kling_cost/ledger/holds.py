@@ -42,7 +42,7 @@ from .records import (
     reservation_by,
 )
 
-__all__ = ["NO_LIMIT", "Holds", "Refused", "Request", "check_ttl", "exceeded", "request"]
+__all__ = ["MAX_TTL", "NO_LIMIT", "Holds", "Refused", "Request", "check_ttl", "exceeded", "request"]
 
 NO_LIMIT = 1 << 62
 """The limit of a hold that no budget may refuse (a charge that already happened)."""
@@ -329,8 +329,14 @@ def unit_mismatch(budget: BudgetRow, unit: str) -> UnitMismatch:
     )
 
 
+MAX_TTL = timedelta(days=36_525)
+"""The longest lease (a century): a longer one would end past any date a ledger can record."""
+
+
 def check_ttl(ttl: object) -> timedelta:
-    """A lease length: a positive timedelta."""
+    """A lease length: a positive timedelta of at most :data:`MAX_TTL`."""
     if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
         raise ValidationError(f"ttl must be a positive timedelta, not {ttl!r}")
+    if ttl > MAX_TTL:
+        raise ValidationError(f"ttl must be at most {MAX_TTL.days} days, not {ttl!r}")
     return ttl

@@ -15,9 +15,10 @@ a function needs and the general path would have decided anyway, then sends one 
 
 When anything would make the general path do more (a refusal, a crossed threshold, a window
 this process has not seen, a sweep due, an idempotency key used before, a lapsed lease, an
-overage, metadata to merge, a hook other than the two built-in ones, a reservation made by
-another process), the function declines or is never called, and the general path runs: the
-same rules, just more round trips. Its rows are the general path's (tests compare them).
+overage, metadata to merge, a lease with a sub-millisecond part, a hook other than the two
+built-in ones, a reservation made by another process), the function declines or is never
+called, and the general path runs: the same rules, just more round trips. Its rows are the
+general path's (tests compare them).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ _BUDGETS = (
     "SELECT id, scope, period, tz, limit_milli, max_per_request_milli, thresholds, unit, xmin::text::bigint "
     "FROM budgets WHERE scope = ANY(%s::text[]) ORDER BY id"
 )
+_MS = timedelta(milliseconds=1)
 _KEEP = 10_000
 """How many held reservations' metadata this process remembers for their settlement (those
 settled here are forgotten at once; beyond this, the oldest go: they settle the general way)."""
@@ -219,8 +221,8 @@ class FastPath:
     # -- the operations ----------------------------------------------------------------------
 
     def reserve(self, req: Request, ttl: timedelta) -> ReservationRow | None:
-        if not self._usable():
-            return None
+        if ttl % _MS or not self._usable():
+            return None  # a sub-millisecond lease: the general path floors ``now + ttl``
         now = self.backend.clock()
         now_ms = to_ms(now)
         if self._settlement.sweep_pending(now_ms):
@@ -229,7 +231,7 @@ class FastPath:
         if budgets is None:
             budgets = self._load(req.scopes)
         res_id = new_id(now)
-        ttl_ms = ttl // timedelta(milliseconds=1)
+        ttl_ms = ttl // _MS
         for attempt in range(2):
             params = self._reserve_params(req, budgets, res_id, ttl_ms, now, now_ms)
             if params is None:
@@ -346,10 +348,10 @@ class FastPath:
         return reservation_row(rows[0])
 
     def extend(self, res_id: str, ttl: timedelta) -> ReservationRow | None:
-        if not self._usable():
+        if ttl % _MS or not self._usable():
             return None
         try:
-            rows = self.backend.call(_EXTEND, (self._now(), ttl // timedelta(milliseconds=1), res_id))
+            rows = self.backend.call(_EXTEND, (self._now(), ttl // _MS, res_id))
         except Conflict:
             return None
         return reservation_row(rows[0]) if rows else None

@@ -49,16 +49,30 @@ ChargeFields = tuple[str | None, str | None, str | None, int | None, int, str | 
 def charge_fields(meta: dict[str, Any]) -> ChargeFields:
     """The columns a charge row derives from its reservation's metadata (one rule, for the
     general path here and for the PostgreSQL functions' callers in :mod:`.pg_fast`)."""
-    duration = meta.get("duration")
     return (
         text_or_none(meta.get("kind") or meta.get("endpoint")),
         text_or_none(meta.get("model") or meta.get("model_name")),
         text_or_none(meta.get("mode")),
-        int(duration) if isinstance(duration, (int, str)) and str(duration).isdigit() else None,
+        _duration(meta.get("duration")),
         1 if meta.get("audio") in (True, "on", "true") or meta.get("sound") == "on" else 0,
         text_or_none(meta.get("prompt_hash")),
         text_or_none(meta.get("prompt_preview")),
     )
+
+
+_MAX_DURATION = 2**31 - 1
+"""The largest duration the charges' ``duration`` column (an INTEGER) holds."""
+
+
+def _duration(value: object) -> int | None:
+    """A duration in seconds (an int, or a string of ASCII digits), else None: whatever came
+    in the metadata (``"²"``, a thousand digits, more than an INTEGER holds) never makes a
+    charge row fail to be written."""
+    if isinstance(value, str) and 0 < len(value) <= 10 and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_DURATION:
+        return value
+    return None
 
 
 def overage(budget: BudgetRow, level: int, rise: int) -> int:
