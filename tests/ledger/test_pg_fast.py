@@ -21,6 +21,7 @@ from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.ledger.backend import Conflict
 from kling_cost.ledger.holds import request
 from kling_cost.ledger.pg_fast import _RESERVE, FastPath
+from kling_cost.ledger.schema_fast import SERVER_MS
 from kling_cost.timestamps import to_ms
 from tests.helpers import POSTGRES_URL, FakeClock, fresh_postgres_url, need_postgres
 
@@ -380,3 +381,18 @@ def test_a_lost_race_in_a_function_falls_back_to_the_general_path(led: Ledger) -
     assert led.record_cache_hit("1", ["project:a"])
     assert lost == ["kling_reserve", "extend", "kling_commit", "kling_cache_hit"]
     assert led.usage("project:a", "day").used == Decimal("2")
+
+
+def test_the_servers_milliseconds_are_rounded_down_exactly() -> None:
+    need_postgres()
+    with psycopg.connect(POSTGRES_URL.split("?")[0], autocommit=True) as conn:
+        for stamp in (
+            "2026-06-15 23:59:59.999999+00",
+            "2026-06-15 00:00:00.000999+00",
+            "1999-12-31 12:00:00.5+00",
+        ):
+            row = conn.execute(
+                f"SELECT {SERVER_MS.replace('now()', '%(t)s::timestamptz')}", {"t": stamp}
+            ).fetchone()
+            assert row is not None
+            assert row[0] == to_ms(datetime.fromisoformat(stamp.replace("+00", "+00:00")))

@@ -36,7 +36,7 @@ from .backend import Conflict, Declined
 from .holds import Request
 from .models import RESERVED
 from .records import RES_COLUMNS, ReservationRow, budget_row, new_id, reservation_row, windows_of
-from .schema_fast import FAST_VERSION
+from .schema_fast import FAST_VERSION, SERVER_MS
 from .settle import ChargeFields, charge_fields
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ _CACHE_HIT = (
 )
 _EXTEND = (
     "UPDATE reservations SET expires_at = "
-    "COALESCE(%s::bigint, floor(extract(epoch FROM now()) * 1000)::bigint) + %s::bigint "
+    f"COALESCE(%s::bigint, {SERVER_MS}) + %s::bigint "
     f"WHERE id = %s::text AND status = 'reserved' RETURNING {RES_COLUMNS}, now()"
 )
 _BUDGETS = (

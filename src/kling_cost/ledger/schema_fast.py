@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .backend import Cursor
 
-__all__ = ["DECLINED", "FAST_VERSION", "STALE", "install_fast_path"]
+__all__ = ["DECLINED", "FAST_VERSION", "SERVER_MS", "STALE", "install_fast_path"]
 
 FAST_VERSION = 11
 """The schema version from which the functions exist."""
@@ -43,7 +43,15 @@ DECLINED = "KC001"
 STALE = "KC002"
 """The SQLSTATE of a call priced against budgets that changed since: read them again."""
 
-_NOW = "COALESCE(p_now, floor(extract(epoch FROM now()) * 1000)::bigint)"
+SERVER_MS = (
+    "(extract(epoch FROM date_trunc('second', now()))::bigint * 1000 "
+    "+ mod(extract(microseconds FROM now())::bigint, 1000000) / 1000)"
+)
+"""The server's time in whole milliseconds, rounded down as :func:`~kling_cost.timestamps.to_ms`
+does, exactly on every version (``extract`` returns a float before PostgreSQL 14: only whole
+numbers pass through it here)."""
+
+_NOW = f"COALESCE(p_now, {SERVER_MS})"
 
 _SETTLE_WINDOWS = """
     FOR v_bid, v_key IN SELECT (e ->> 0)::bigint, e ->> 1 FROM json_array_elements(r.windows::json) e LOOP
