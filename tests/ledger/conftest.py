@@ -14,17 +14,28 @@ BACKENDS = [
 ]
 
 
-@pytest.fixture(params=BACKENDS)
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
+def _postgres_schema() -> Iterator[str]:
+    """A fresh PostgreSQL ledger URL (its own schema), dropped afterwards."""
     need_postgres()
     url = fresh_postgres_url()
     yield url
     cleanup = open_ledger(url)
     cleanup.backend.drop_schema()  # type: ignore[attr-defined]
     cleanup.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    yield from _postgres_schema()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL ledger URL only (tests of what exists on PostgreSQL alone)."""
+    yield from _postgres_schema()
 
 
 @pytest.fixture

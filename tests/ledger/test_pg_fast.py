@@ -29,21 +29,6 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    need_postgres()
-    url = fresh_postgres_url()
-    yield url
-    cleanup = open_ledger(url)
-    cleanup.backend.drop_schema()  # type: ignore[attr-defined]
-    cleanup.close()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def led(pg_url: str, clock: FakeClock) -> Iterator[Ledger]:
     ledger = open_ledger(pg_url, clock=clock)
     yield ledger

@@ -308,15 +308,7 @@ class PostgresBackend(Backend):
             raise self._closed_error()
         last: psycopg.Error | None = None
         for _ in range(self._pool.max_size + 2):
-            try:
-                conn = self._pool.getconn(timeout=self.connect_timeout)
-            except PoolTimeout as exc:
-                raise StorageError(
-                    f"PostgreSQL ledger at {self.url} is unreachable (no connection within "
-                    f"{self.connect_timeout:g} s); nothing was changed; check that the server is running"
-                ) from exc
-            except PoolClosed as exc:
-                raise self._closed_error() from exc
+            conn = self._getconn()
             try:
                 return conn, self._start(conn, begin)
             except psycopg.OperationalError as exc:
@@ -333,6 +325,18 @@ class PostgresBackend(Backend):
             f"PostgreSQL ledger at {self.url}: no working connection ({_line(last or '', hints=False)}); "
             "nothing was changed; check that the server is running"
         ) from last
+
+    def _getconn(self) -> psycopg.Connection[Any]:
+        """A pooled connection, or StorageError (unreachable) / LedgerClosed."""
+        try:
+            return self._pool.getconn(timeout=self.connect_timeout)
+        except PoolTimeout as exc:
+            raise StorageError(
+                f"PostgreSQL ledger at {self.url} is unreachable (no connection within "
+                f"{self.connect_timeout:g} s); nothing was changed; check that the server is running"
+            ) from exc
+        except PoolClosed as exc:
+            raise self._closed_error() from exc
 
     def _closed_error(self) -> LedgerClosed:
         return LedgerClosed(
@@ -391,15 +395,7 @@ class PostgresBackend(Backend):
             raise self._closed_error()
         last: psycopg.Error | None = None
         for _ in range(self._pool.max_size + 2):
-            try:
-                conn = self._pool.getconn(timeout=self.connect_timeout)
-            except PoolTimeout as exc:
-                raise StorageError(
-                    f"PostgreSQL ledger at {self.url} is unreachable (no connection within "
-                    f"{self.connect_timeout:g} s); nothing was changed; check that the server is running"
-                ) from exc
-            except PoolClosed as exc:
-                raise self._closed_error() from exc
+            conn = self._getconn()
             try:
                 before = self._local_clock()
                 rows = conn.execute(sql, params, prepare=True).fetchall()
