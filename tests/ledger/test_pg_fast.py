@@ -7,6 +7,8 @@ and one statement per common operation.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -381,3 +383,54 @@ def test_the_servers_milliseconds_are_rounded_down_exactly() -> None:
             ).fetchone()
             assert row is not None
             assert row[0] == to_ms(datetime.fromisoformat(stamp.replace("+00", "+00:00")))
+
+
+@pytest.mark.parametrize("operation", ["reserve", "commit", "release"])
+def test_a_backend_killed_inside_a_function_changes_nothing_twice(led: Ledger, operation: str) -> None:
+    """The server kills the connection while the function waits for a row lock: nothing of
+    that statement stays, the ledger sends it again on a new connection, it happens once."""
+    led.set_budget("project:a", limit="10", window="day")
+    _warm(led, ["project:a"])
+    held = led.reserve("2", ["project:a"])
+    schema = led.backend.schema  # type: ignore[attr-defined]
+    calls = Calls(led)
+    outcome: list[Any] = []
+    with psycopg.connect(POSTGRES_URL.split("?")[0]) as blocker:  # a transaction holding the lock
+        blocker.execute(f'SET search_path TO "{schema}"')
+        if operation == "reserve":
+            blocker.execute("SELECT 1 FROM budget_windows FOR UPDATE")
+        else:
+            blocker.execute("SELECT 1 FROM reservations WHERE id = %s FOR UPDATE", (held.id,))
+        mine = blocker.execute("SELECT pg_backend_pid()").fetchone()
+        assert mine is not None
+
+        def run() -> None:
+            if operation == "reserve":
+                outcome.append(led.reserve("3", ["project:a"]))
+            elif operation == "commit":
+                outcome.append(led.commit(held))
+            else:
+                outcome.append(led.release(held))
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        with psycopg.connect(POSTGRES_URL.split("?")[0], autocommit=True) as admin:
+            victim = None
+            for _ in range(200):
+                row = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (mine[0],)
+                ).fetchone()
+                if row is not None:
+                    victim = row[0]
+                    break
+                time.sleep(0.02)
+            assert victim is not None, "the call never waited for the lock"
+            admin.execute("SELECT pg_terminate_backend(%s)", (victim,))
+            time.sleep(0.1)
+        blocker.rollback()
+        worker.join(10)
+    assert outcome and calls.calls == [f"kling_{operation}"]  # sent again inside the one call
+    usage = led.usage("project:a", "day")
+    expected = {"reserve": (0, 5), "commit": (2, 0), "release": (0, 0)}[operation]
+    assert (usage.used, usage.reserved) == tuple(Decimal(v) for v in expected)
+    assert len(led.charges()) == (1 if operation == "commit" else 0)

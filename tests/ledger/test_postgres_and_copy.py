@@ -80,6 +80,8 @@ def test_killed_backend_mid_transaction_loses_and_doubles_nothing(
     led = open_ledger(pg_url)
     led.set_budget("account", 100)
     r = led.reserve(10, metadata={"model": "kling-v1"})
+    # The general path's transaction (the one-statement path is killed in test_pg_fast.py).
+    monkeypatch.setattr(led, "_fast", None)
     original = Settlement.insert_charge
 
     def kill_then_continue(self: Settlement, cur: Any, *args: Any) -> None:
