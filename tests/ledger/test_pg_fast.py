@@ -24,6 +24,7 @@ from kling_cost.ledger.backend import Conflict
 from kling_cost.ledger.holds import request
 from kling_cost.ledger.pg_fast import _RESERVE, FastPath
 from kling_cost.ledger.schema_fast import SERVER_MS
+from kling_cost.reports import report
 from kling_cost.timestamps import to_ms
 from tests.helpers import POSTGRES_URL, FakeClock, fresh_postgres_url, need_postgres
 
@@ -127,7 +128,9 @@ def _dump(ledger: Ledger) -> dict[str, list[tuple[Any, ...]]]:
         "duration, audio, prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli "
         "FROM charges",
         "windows": "SELECT budget_id, window_key, used_milli, reserved_milli FROM budget_windows",
-        "rollup": "SELECT * FROM report_rollup",
+        "rollup": "SELECT scope, grain, bucket, model, mode, unit, SUM(s_n), SUM(s_est), SUM(s_act), SUM(f_n), "
+        "SUM(f_est), SUM(f_act), SUM(c_n), SUM(c_est), SUM(c_act) FROM report_rollup "
+        "GROUP BY scope, grain, bucket, model, mode, unit",
         "alerts": "SELECT budget_id, window_key, kind, threshold, used_milli, reserved_milli FROM alerts",
     }
     out: dict[str, list[tuple[Any, ...]]] = {}
@@ -434,3 +437,38 @@ def test_a_backend_killed_inside_a_function_changes_nothing_twice(led: Ledger, o
     expected = {"reserve": (0, 5), "commit": (2, 0), "release": (0, 0)}[operation]
     assert (usage.used, usage.reserved) == tuple(Decimal(v) for v in expected)
     assert len(led.charges()) == (1 if operation == "commit" else 0)
+
+
+def test_rollup_shards_of_many_connections_sum_to_the_charges(pg_url: str, clock: FakeClock) -> None:
+    """Each connection adds to its own shard of a rollup group (no queue on one shared row);
+    every report sums them: the rollup's answer is the charges'."""
+    ledgers = [open_ledger(pg_url, clock=clock) for _ in range(4)]
+    try:
+        ledgers[0].set_budget("project:a", limit="1000", window="day")
+        for i, ledger in enumerate(ledgers):
+            _warm(ledger, ["project:a"])
+            for j in range(3):
+                res = ledger.reserve("2", ["project:a"], metadata={"model": f"m{j % 2}"})
+                ledger.commit(res, actual=f"1.{i}{j}")
+                clock.advance(minutes=20)
+        with ledgers[0].transaction() as cur:
+            cur.execute("SELECT DISTINCT shard FROM report_rollup WHERE shard <> 0")
+            shards = {row[0] for row in cur.fetchall()}
+        assert shards, "no commit went through the sharded rows"
+        for group in ("day,model", "model", "project"):
+            fast = report(ledgers[1], group, tz="UTC", source="rollup")
+            assert fast.rows == report(ledgers[1], group, tz="UTC", source="charges").rows
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+
+
+def test_the_first_statements_after_opening_repeat_without_error(led: Ledger) -> None:
+    """Opening runs DDL (migrations), after which psycopg owes its connection a DEALLOCATE
+    ALL that it sends behind the next statement it prepares (then believes that one still
+    prepared): a one-statement call sent again right away still works."""
+    backend: Any = led.backend
+    for _ in range(3):
+        assert backend.call("SELECT %s::text, now()", ("same statement",))[0][0] == "same statement"
+    with pytest.raises(ReservationError, match="does not exist"):
+        led.extend("no-such-reservation", timedelta(hours=1))

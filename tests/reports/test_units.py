@@ -165,7 +165,7 @@ def test_migration_8_keeps_the_rows_of_a_units_ledger_as_units(
     _back_to_schema_7(ledger)
     with ledger.transaction() as cur:
         cur.execute("DELETE FROM charges")  # proof that the rows are kept, not rebuilt
-    rerun_migrations(ledger, 8)
+    rerun_migrations(ledger, 8, 12)
     again = open_ledger(ledger_url, clock=clock)
     try:
         rep = report(again, "model", since="30d", source="rollup")  # no charge left to span days
@@ -187,7 +187,7 @@ def test_migration_8_rebuilds_a_rollup_that_mixed_units(
 ) -> None:
     seed_mixed(ledger, clock)
     _back_to_schema_7(ledger)
-    rerun_migrations(ledger, 8)
+    rerun_migrations(ledger, 8, 12)
     again = open_ledger(ledger_url, clock=clock)
     try:
         for by in ("day,model", "key", "status"):

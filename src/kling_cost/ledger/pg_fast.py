@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -114,6 +114,41 @@ class _Budget:
         return found
 
 
+class _Budgets:
+    """The budgets of one scope set as read, and the function arguments made from them per
+    set of windows (they change only when the budgets are read again or a window ends)."""
+
+    __slots__ = ("items", "parts")
+
+    def __init__(self, items: tuple[_Budget, ...]) -> None:
+        self.items = items
+        self.parts: dict[tuple[Window, ...], tuple[str, ...]] = {}
+
+    def arguments(self, windows: tuple[Window, ...]) -> tuple[str, ...]:
+        """ids, versions, limits, window keys, starts, ends, the windows column, threshold
+        levels and their budgets (1-based), as PostgreSQL literals."""
+        found = self.parts.get(windows)
+        if found is None:
+            items = self.items
+            marks = [mark for b in items for mark in b.marks]
+            mark_of = [i for i, b in enumerate(items, 1) for _ in b.marks]
+            found = (
+                _ints(b.id for b in items),
+                _ints(b.version for b in items),
+                _ints(b.limit for b in items),
+                _texts(w[0] for w in windows),
+                _ints(w[1] for w in windows),
+                _ints(w[2] for w in windows),
+                json.dumps([[b.id, w[0]] for b, w in zip(items, windows, strict=True)]),
+                _ints(marks),
+                _ints(mark_of),
+            )
+            if len(self.parts) > 16:
+                self.parts.clear()
+            self.parts[windows] = found
+        return found
+
+
 def fast_path(
     ledger: Ledger, version: int, settlement: Settlement, in_transaction: threading.local
 ) -> FastPath | None:
@@ -157,7 +192,7 @@ class FastPath:
         self._rollup = rollup
         self._settlement = settlement
         self._in_transaction = in_transaction
-        self._budgets: dict[tuple[str, ...], tuple[_Budget, ...]] = {}
+        self._budgets: dict[tuple[str, ...], _Budgets] = {}
         self._meta: dict[str, tuple[str, ChargeFields]] = {}
         self._lock = threading.Lock()
 
@@ -178,7 +213,7 @@ class FastPath:
 
     # -- what this process remembers -------------------------------------------------------------
 
-    def _load(self, scopes: tuple[str, ...]) -> tuple[_Budget, ...]:
+    def _load(self, scopes: tuple[str, ...]) -> _Budgets:
         rows = self.backend.call(_BUDGETS, (list(scopes),))
         budgets = []
         for row in rows:
@@ -195,7 +230,7 @@ class FastPath:
                     tuple(level for _label, level in self._outbox.marks(b)),
                 )
             )
-        found = tuple(budgets)
+        found = _Budgets(tuple(budgets))
         with self._lock:
             if len(self._budgets) > 1024:
                 self._budgets.clear()
@@ -271,7 +306,7 @@ class FastPath:
     def _reserve_params(
         self,
         req: Request,
-        budgets: Sequence[_Budget],
+        budgets: _Budgets,
         res_id: str,
         ttl_ms: int,
         now: datetime,
@@ -280,10 +315,8 @@ class FastPath:
         """The function's arguments, or None when the general path must decide (another unit,
         above a per-request maximum or a limit, a window this process has not seen)."""
         milli = req.milli
-        marks: list[int] = []
-        mark_of: list[int] = []
         windows: list[Window] = []
-        for i, b in enumerate(budgets, 1):
+        for b in budgets.items:
             if b.unit != req.unit or milli > b.limit:
                 return None
             if b.max_per_request is not None and milli > b.max_per_request:
@@ -292,8 +325,6 @@ class FastPath:
             if not self._outbox.window_known(b.id, window[0]):
                 return None
             windows.append(window)
-            marks.extend(b.marks)
-            mark_of.extend([i] * len(b.marks))
         return (
             res_id,
             req.key,
@@ -306,15 +337,7 @@ class FastPath:
             req.catalog_date,
             ttl_ms,
             self._now(),
-            _ints(b.id for b in budgets),
-            _ints(b.version for b in budgets),
-            _ints(b.limit for b in budgets),
-            _texts(w[0] for w in windows),
-            _ints(w[1] for w in windows),
-            _ints(w[2] for w in windows),
-            json.dumps([[b.id, w[0]] for b, w in zip(budgets, windows, strict=True)]),
-            _ints(marks),
-            _ints(mark_of),
+            *budgets.arguments(tuple(windows)),
         )
 
     def commit(

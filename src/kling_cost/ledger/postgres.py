@@ -406,6 +406,14 @@ class PostgresBackend(Backend):
                 if conn.broken:
                     last = exc
                     continue
+                if isinstance(exc, pg_errors.InvalidSqlStatementName):
+                    # psycopg sends a DEALLOCATE ALL it owed the connection (after DDL, such as
+                    # a migration's) behind the first statement it prepares next, then believes
+                    # that statement prepared: make both sides forget them, send it again.
+                    last = exc
+                    with suppress(psycopg.Error):
+                        conn.execute("DEALLOCATE ALL", prepare=False)
+                    continue
                 state = getattr(exc, "sqlstate", None)
                 if state in (DECLINED, STALE):
                     raise Declined(_line(exc), stale=state == STALE) from None

@@ -73,12 +73,14 @@ SUM_COLUMNS = tuple(f"{_PREFIX[s]}_{m}" for s in STATUSES for m in ("n", "est", 
 
 GRAIN_HOUR = 0
 GRAIN_DAY = 1
-KEY_COLUMNS = ("scope", "grain", "bucket", "model", "mode", "unit")
-"""The key of a rollup row, in the order :func:`rollup_rows` gives it (then the sums)."""
+KEY_COLUMNS = ("scope", "grain", "bucket", "model", "mode", "unit", "shard")
+"""The key of a rollup row, in the order :func:`rollup_rows` gives it (then the sums). The
+``shard`` (migration 12) spreads one group over several rows on PostgreSQL's one-statement
+path (see :data:`~.schema_fast.SHARDS`); written here, it is 0. Reads sum the shards."""
 
 _UPSERT_HEAD = f"INSERT INTO report_rollup ({', '.join((*KEY_COLUMNS, *SUM_COLUMNS))}) VALUES "
 _ROW_MARKS = "(" + ", ".join("?" * (len(KEY_COLUMNS) + len(SUM_COLUMNS))) + ")"
-_UPSERT_TAIL = " ON CONFLICT (grain, scope, bucket, model, mode, unit) DO UPDATE SET " + ", ".join(
+_UPSERT_TAIL = " ON CONFLICT (grain, scope, bucket, model, mode, unit, shard) DO UPDATE SET " + ", ".join(
     f"{c} = report_rollup.{c} + excluded.{c}" for c in SUM_COLUMNS
 )
 Values = tuple[int, str, str, str, list[int]]
@@ -118,8 +120,8 @@ def rollup_rows(scopes: Sequence[str], values: Values) -> list[tuple[Any, ...]]:
     day = bucket - bucket % DAY_MS
     out: list[tuple[Any, ...]] = []
     for scope in scopes:
-        out.append((scope, GRAIN_HOUR, bucket, model, mode, unit, *sums))
-        out.append((scope, GRAIN_DAY, day, model, mode, unit, *sums))
+        out.append((scope, GRAIN_HOUR, bucket, model, mode, unit, 0, *sums))
+        out.append((scope, GRAIN_DAY, day, model, mode, unit, 0, *sums))
     return out
 
 

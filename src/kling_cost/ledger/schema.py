@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..timestamps import to_ms
 from .schema_bill import BILL_KEYS, BILL_MIGRATION, BILL_TABLES
-from .schema_fast import install_fast_path
+from .schema_fast import SHARD_MIGRATION, install_fast_path
 from .schema_proxy import PROXY_KEYS, PROXY_MIGRATION, PROXY_TABLES
 from .schema_steps import never_reuse_budget_ids
 
@@ -290,6 +290,7 @@ MIGRATIONS.append(
 MIGRATIONS.append((9, list(PROXY_MIGRATION)))
 MIGRATIONS.append((10, list(BILL_MIGRATION)))
 MIGRATIONS.append((11, [install_fast_path]))
+MIGRATIONS.append((12, [*SHARD_MIGRATION, install_fast_path]))
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -403,6 +404,7 @@ TABLES.append(
             "model",
             "mode",
             "unit",
+            "shard",
             "s_n",
             "s_est",
             "s_act",
@@ -445,7 +447,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "reservations": ("id",),
     "charges": ("id",),
     "alerts": ("id",),
-    "report_rollup": ("grain", "scope", "bucket", "model", "mode", "unit"),
+    "report_rollup": ("grain", "scope", "bucket", "model", "mode", "unit", "shard"),
     "request_cache": ("fingerprint",),
     "report_rollup_meta": ("name",),
     **PROXY_KEYS,

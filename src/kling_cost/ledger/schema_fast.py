@@ -32,10 +32,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .backend import Cursor
 
-__all__ = ["DECLINED", "FAST_VERSION", "SERVER_MS", "STALE", "install_fast_path"]
+__all__ = [
+    "DECLINED",
+    "FAST_VERSION",
+    "SERVER_MS",
+    "SHARDS",
+    "SHARD_MIGRATION",
+    "STALE",
+    "install_fast_path",
+]
 
-FAST_VERSION = 11
-"""The schema version from which the functions exist."""
+FAST_VERSION = 12
+"""The schema version from which the functions exist (11 made them, 12 sharded the rollup
+rows they write: ``install_fast_path`` runs again)."""
 
 DECLINED = "KC001"
 """The SQLSTATE of a declined call: the caller takes the general path."""
@@ -52,6 +61,12 @@ does, exactly on every version (``extract`` returns a float before PostgreSQL 14
 numbers pass through it here)."""
 
 _NOW = f"COALESCE(p_now, {SERVER_MS})"
+
+SHARDS = 8
+"""How many rows of ``report_rollup`` one group (scope, grain, bucket, model, mode, unit) may
+have on PostgreSQL: each connection adds to the row of its shard (``pg_backend_pid() % 8``),
+so commits of many processes never queue on the lock of one shared row (every charge counts
+on ``account``) until each other's commit is on disk. Reads sum the shards."""
 
 _SETTLE_WINDOWS = """
     FOR v_bid, v_key IN SELECT (e ->> 0)::bigint, e ->> 1 FROM json_array_elements(r.windows::json) e LOOP
@@ -85,12 +100,12 @@ def _charge(status: str, estimate: str, actual: str, scopes: str, task: str) -> 
         {actual}, r.scopes, {task}, p_kind, p_model, p_mode, p_duration, p_audio, p_prompt_hash,
         p_prompt_preview, r.metadata, r.unit, r.catalog, r.catalog_date, 0);
     v_hour := r.created_at - mod(mod(r.created_at, 3600000) + 3600000, 3600000);
-    INSERT INTO report_rollup (scope, grain, bucket, model, mode, unit, {names})
+    INSERT INTO report_rollup (scope, grain, bucket, model, mode, unit, shard, {names})
     SELECT s, g,
         CASE WHEN g = 0 THEN v_hour ELSE v_hour - mod(mod(v_hour, 86400000) + 86400000, 86400000) END,
-        COALESCE(p_model, ''), COALESCE(p_mode, ''), r.unit, {values}
+        COALESCE(p_model, ''), COALESCE(p_mode, ''), r.unit, mod(pg_backend_pid(), {SHARDS}), {values}
     FROM {scopes} AS s, (VALUES (0), (1)) AS grains(g)
-    ON CONFLICT (grain, scope, bucket, model, mode, unit) DO UPDATE SET {add};
+    ON CONFLICT (grain, scope, bucket, model, mode, unit, shard) DO UPDATE SET {add};
 """
 
 
@@ -251,6 +266,36 @@ $$
 """
 
 FUNCTIONS = (RESERVE, COMMIT, RELEASE, CACHE_HIT)
+
+_ROLLUP_SUMS = "s_n, s_est, s_act, f_n, f_est, f_act, c_n, c_est, c_act"
+SHARD_MIGRATION: list[str] = [
+    # Migration 12: the rollup's rows get a shard, last in the key (see SHARDS); the general
+    # path (and SQLite, one writer at a time) writes shard 0. Rebuilt, as SQLite cannot change
+    # a primary key.
+    """CREATE TABLE report_rollup_v12 (
+        scope TEXT NOT NULL,
+        grain SMALLINT NOT NULL,
+        bucket BIGINT NOT NULL,
+        model TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        unit TEXT NOT NULL DEFAULT 'units',
+        shard SMALLINT NOT NULL DEFAULT 0,
+        s_n BIGINT NOT NULL DEFAULT 0,
+        s_est BIGINT NOT NULL DEFAULT 0,
+        s_act BIGINT NOT NULL DEFAULT 0,
+        f_n BIGINT NOT NULL DEFAULT 0,
+        f_est BIGINT NOT NULL DEFAULT 0,
+        f_act BIGINT NOT NULL DEFAULT 0,
+        c_n BIGINT NOT NULL DEFAULT 0,
+        c_est BIGINT NOT NULL DEFAULT 0,
+        c_act BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (grain, scope, bucket, model, mode, unit, shard)
+    ){without_rowid}""",
+    f"INSERT INTO report_rollup_v12 (scope, grain, bucket, model, mode, unit, shard, {_ROLLUP_SUMS}) "
+    f"SELECT scope, grain, bucket, model, mode, unit, 0, {_ROLLUP_SUMS} FROM report_rollup",
+    "DROP TABLE report_rollup",
+    "ALTER TABLE report_rollup_v12 RENAME TO report_rollup",
+]
 
 
 def install_fast_path(cur: Cursor, dialect: str) -> None:
