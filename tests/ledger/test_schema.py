@@ -3,7 +3,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from kling_cost.errors import StorageError
 from kling_cost.ledger import open_ledger
+from kling_cost.ledger.backend import Backend
 from kling_cost.ledger.schema import SCHEMA_VERSION, TABLES
 
 
@@ -19,3 +23,22 @@ def test_copy_list_covers_every_table_and_column(tmp_path: Path) -> None:
         assert actual == set(columns), name
     assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+def test_a_ledger_upgraded_by_a_newer_version_is_refused_not_written(ledger_url: str) -> None:
+    """Code that does not know a migration must not write rows in a shape it cannot know
+    (e.g. a rollup key changed since): it says to upgrade, and changes nothing."""
+    ledger = open_ledger(ledger_url)
+    with ledger.transaction() as cur:
+        cur.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, 0)", (SCHEMA_VERSION + 1,))
+    ledger.close()
+    with pytest.raises(StorageError, match=f"schema {SCHEMA_VERSION + 1} by a newer kling-cost"):
+        open_ledger(ledger_url)
+    backend = Backend.registry[ledger_url.split(":", 1)[0]](ledger_url)  # no migration: as it is
+    try:
+        with backend.transaction() as cur:
+            cur.execute("SELECT COUNT(*) FROM budgets")
+            assert cur.fetchone()[0] == 0  # nothing was written
+            cur.execute("DELETE FROM schema_version WHERE version = ?", (SCHEMA_VERSION + 1,))
+    finally:
+        backend.close()

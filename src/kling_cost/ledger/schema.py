@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..errors import StorageError
 from ..timestamps import to_ms
 from .schema_bill import BILL_KEYS, BILL_MIGRATION, BILL_TABLES
 from .schema_fast import SHARD_MIGRATION, install_fast_path
@@ -465,6 +466,12 @@ def migrate(cur: Cursor, backend: Backend) -> int:
     )
     cur.execute("SELECT MAX(version) FROM schema_version")
     current = cur.fetchone()[0] or 0
+    known = MIGRATIONS[-1][0]
+    if current > known:
+        raise StorageError(
+            f"this ledger was upgraded to schema {current} by a newer kling-cost; this one knows "
+            f"schema {known}: upgrade kling-cost here too (pip install -U klingai-cost-controls)"
+        )
     for version, statements in MIGRATIONS:
         if version <= current:
             continue
