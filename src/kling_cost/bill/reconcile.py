@@ -68,6 +68,7 @@ from ..timestamps import from_ms
 
 if TYPE_CHECKING:
     from ..kling import KlingClient
+    from ..kling.new_standard import BillingRow
     from ..ledger import Charge, Ledger
 
 __all__ = [
@@ -327,38 +328,30 @@ def _unavailable(exc: KlingCostError) -> bool:
     return False
 
 
+def _billing_line(row: BillingRow, funding: str, **cash: Any) -> BillLine:
+    """One row of either billing listing (``cash``: what only the balance listing has)."""
+    return BillLine(
+        task_id=row.task_id,
+        funding=funding,
+        amount=row.deduction_amount,
+        pack_type=PRODUCT_PACKS.get(row.product_type or "", row.product_type),
+        api_key_name=row.api_key_name,
+        model=row.model_name,
+        product_function=row.product_function,
+        at=None if row.deduction_time is None else from_ms(row.deduction_time),
+        **cash,
+    )
+
+
 def _billing_lines(client: KlingClient, start: datetime, end: datetime) -> list[BillLine]:
-    out: list[BillLine] = []
-    for pack_page in client.billing_package_pages(start, end):
-        for row in pack_page.result:
-            out.append(
-                BillLine(
-                    task_id=row.task_id,
-                    funding="unit",
-                    amount=row.deduction_amount,
-                    pack_type=PRODUCT_PACKS.get(row.product_type or "", row.product_type),
-                    api_key_name=row.api_key_name,
-                    model=row.model_name,
-                    product_function=row.product_function,
-                    at=None if row.deduction_time is None else from_ms(row.deduction_time),
-                )
-            )
-    for cash_page in client.billing_balance_pages(start, end):
-        for cash in cash_page.result:
-            out.append(
-                BillLine(
-                    task_id=cash.task_id,
-                    funding="cash",
-                    amount=cash.deduction_amount,
-                    pack_type=PRODUCT_PACKS.get(cash.product_type or "", cash.product_type),
-                    api_key_name=cash.api_key_name,
-                    model=cash.model_name,
-                    product_function=cash.product_function,
-                    at=None if cash.deduction_time is None else from_ms(cash.deduction_time),
-                    currency=cash.currency,
-                    list_price=cash.list_price,
-                )
-            )
+    out = [
+        _billing_line(row, "unit") for page in client.billing_package_pages(start, end) for row in page.result
+    ]
+    out.extend(
+        _billing_line(cash, "cash", currency=cash.currency, list_price=cash.list_price)
+        for page in client.billing_balance_pages(start, end)
+        for cash in page.result
+    )
     return out
 
 
