@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,26 @@ def need_chromium() -> None:
     if services_required():
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextmanager
+def dashboard_page(serve: Callable[[Any], Any], app: Any, height: int) -> Iterator[tuple[Any, list[str]]]:
+    """The dashboard of ``app`` rendered in headless Chromium (a page ``height`` pixels tall),
+    and the page errors and dialogs it raised (a hostile name must raise none)."""
+    from playwright.sync_api import sync_playwright
+
+    with serve(app) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            failures: list[str] = []
+            page.on("pageerror", lambda exc: failures.append(str(exc)))
+            page.on("dialog", lambda d: failures.append("dialog " + d.message))
+            page.goto(f"{base}/")
+            page.wait_for_function("document.body.dataset.rendered !== '0'", timeout=20_000)
+            yield page, failures
+        finally:
+            browser.close()
 
 
 def test_dashboard_in_headless_chromium(known: tuple[Ledger, FakeClock], serve: Callable[[Any], Any]) -> None:
@@ -289,7 +310,6 @@ def test_dashboard_keys_table(tmp_path: Path, serve: Callable[[Any], Any]) -> No
     window), what each budget has left with its window and time zone, the least left among
     every budget it reserves on, open tasks and last use; a hostile name shown as text."""
     need_chromium()
-    from playwright.sync_api import sync_playwright
 
     clock = FakeClock()
     ledger = open_ledger(f"sqlite:///{tmp_path / 'keys.db'}", clock=clock)
@@ -297,72 +317,58 @@ def test_dashboard_keys_table(tmp_path: Path, serve: Callable[[Any], Any]) -> No
     add_hostile_key(ledger)
     app = create_dashboard_app(ledger, refresh_seconds=600, now=clock)
     try:
-        with serve(app) as base, sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 2600})
-                failures: list[str] = []
-                page.on("pageerror", lambda exc: failures.append(str(exc)))
-                page.on("dialog", lambda d: failures.append("dialog " + d.message))
-                page.goto(f"{base}/")
-                page.wait_for_function("document.body.dataset.rendered !== '0'", timeout=20_000)
-                assert failures == [] and page.locator("#error").is_hidden()
-                assert page.locator("#keys-empty").is_hidden()
-                rows = page.locator("#keys tbody tr")
-                assert rows.count() == 4
+        with dashboard_page(serve, app, 2600) as (page, failures):
+            assert failures == [] and page.locator("#error").is_hidden()
+            assert page.locator("#keys-empty").is_hidden()
+            rows = page.locator("#keys tbody tr")
+            assert rows.count() == 4
 
-                alice = page.locator("#keys tr[data-testid='key-alice']")
-                assert alice.locator("td").all_inner_texts()[:3] == [
-                    "alice",
-                    "active",
-                    "key:alice, project:film",
-                ]
-                assert alice.locator(".spend").inner_text() == "19.5 units"
-                spent = alice.locator(".window-spend .line")
-                assert spent.all_inner_texts() == ["day: 12.5 units", "month: 19.5 units"]
-                day = alice.locator(".left .line[data-window='day']")
-                assert day.inner_text() == "32.5 of 50 units\nday 2026-06-15, Europe/Paris"
-                assert (
-                    Decimal(day.locator(".amount").inner_text()) == ledger.usage("key:alice", "day").remaining
-                )
-                month = alice.locator(".left .line[data-window='month']")
-                assert month.inner_text() == "175.5 of 200 units\nmonth 2026-06, UTC"
-                assert (
-                    alice.locator(".headroom").inner_text() == "22.5 units\nproject:film day 2026-06-15, UTC"
-                )
-                assert alice.locator(".open").inner_text() == "1 / 3"
-                assert alice.locator(".used").inner_text() == "2026-06-15 09:00:00"
+            alice = page.locator("#keys tr[data-testid='key-alice']")
+            assert alice.locator("td").all_inner_texts()[:3] == [
+                "alice",
+                "active",
+                "key:alice, project:film",
+            ]
+            assert alice.locator(".spend").inner_text() == "19.5 units"
+            spent = alice.locator(".window-spend .line")
+            assert spent.all_inner_texts() == ["day: 12.5 units", "month: 19.5 units"]
+            day = alice.locator(".left .line[data-window='day']")
+            assert day.inner_text() == "32.5 of 50 units\nday 2026-06-15, Europe/Paris"
+            assert Decimal(day.locator(".amount").inner_text()) == ledger.usage("key:alice", "day").remaining
+            month = alice.locator(".left .line[data-window='month']")
+            assert month.inner_text() == "175.5 of 200 units\nmonth 2026-06, UTC"
+            assert alice.locator(".headroom").inner_text() == "22.5 units\nproject:film day 2026-06-15, UTC"
+            assert alice.locator(".open").inner_text() == "1 / 3"
+            assert alice.locator(".used").inner_text() == "2026-06-15 09:00:00"
 
-                bob = page.locator("#keys tr[data-testid='key-bob']")
-                assert bob.get_attribute("data-state") == "revoked"
-                assert bob.locator(".state").inner_text() == "revoked"
-                assert bob.locator(".spend").inner_text() == "20 units"
-                assert bob.locator(".left").inner_text() == "10 of 30 units\nlifetime"
-                assert (bob.locator(".open").inner_text(), bob.locator(".used").inner_text()) == (
-                    "0",
-                    "never",
-                )
+            bob = page.locator("#keys tr[data-testid='key-bob']")
+            assert bob.get_attribute("data-state") == "revoked"
+            assert bob.locator(".state").inner_text() == "revoked"
+            assert bob.locator(".spend").inner_text() == "20 units"
+            assert bob.locator(".left").inner_text() == "10 of 30 units\nlifetime"
+            assert (bob.locator(".open").inner_text(), bob.locator(".used").inner_text()) == (
+                "0",
+                "never",
+            )
 
-                carol = page.locator("#keys tr[data-testid='key-carol']")
-                assert carol.locator(".state").inner_text() == "expired"
-                assert carol.locator(".spend").inner_text() == "0 units"
-                assert carol.locator(".left").inner_text() == "no budget of its own"
-                assert carol.locator(".headroom").inner_text() == "no limit"
-                assert bob.locator(".headroom").inner_text() == "10 units\nkey:bob lifetime"
+            carol = page.locator("#keys tr[data-testid='key-carol']")
+            assert carol.locator(".state").inner_text() == "expired"
+            assert carol.locator(".spend").inner_text() == "0 units"
+            assert carol.locator(".left").inner_text() == "no budget of its own"
+            assert carol.locator(".headroom").inner_text() == "no limit"
+            assert bob.locator(".headroom").inner_text() == "10 units\nkey:bob lifetime"
 
-                # The hostile row: its name and scope are text, nothing of them ran or was parsed.
-                hostile = rows.nth(0)  # "<" sorts before letters
-                assert hostile.locator(".name").inner_text() == HOSTILE_NAME
-                assert HOSTILE_SCOPE in hostile.locator(".scopes").inner_text()
-                assert page.locator("#keys img, #keys script, #keys b").count() == 0
-                assert page.evaluate("document.body.dataset.pwned") is None
-                assert page.locator("#keys tbody td").count() == 4 * 9  # no cell was closed early
-                visible = page.inner_text("#keys")
-                assert TRAILING_ZEROS.findall(visible) == [], TRAILING_ZEROS.findall(visible)
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.locator("#keys").screenshot(path=str(ARTIFACTS / "dashboard-keys.png"))
-            finally:
-                browser.close()
+            # The hostile row: its name and scope are text, nothing of them ran or was parsed.
+            hostile = rows.nth(0)  # "<" sorts before letters
+            assert hostile.locator(".name").inner_text() == HOSTILE_NAME
+            assert HOSTILE_SCOPE in hostile.locator(".scopes").inner_text()
+            assert page.locator("#keys img, #keys script, #keys b").count() == 0
+            assert page.evaluate("document.body.dataset.pwned") is None
+            assert page.locator("#keys tbody td").count() == 4 * 9  # no cell was closed early
+            visible = page.inner_text("#keys")
+            assert TRAILING_ZEROS.findall(visible) == [], TRAILING_ZEROS.findall(visible)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.locator("#keys").screenshot(path=str(ARTIFACTS / "dashboard-keys.png"))
     finally:
         ledger.close()
 
@@ -380,122 +386,109 @@ def test_dashboard_bill_views(tmp_path: Path, serve: Callable[[Any], Any]) -> No
     line at now, the last reconciliation's counts and differences; a hostile pack name and
     key name shown as text."""
     need_chromium()
-    from playwright.sync_api import sync_playwright
 
     clock = FakeClock()
     ledger = open_ledger(f"sqlite:///{tmp_path / 'bill.db'}", clock=clock)
     seed_bill(ledger, clock, hostile=True)
     app = create_dashboard_app(ledger, refresh_seconds=600, now=clock)
     try:
-        with serve(app) as base, sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 3600})
-                failures: list[str] = []
-                page.on("pageerror", lambda exc: failures.append(str(exc)))
-                page.on("dialog", lambda d: failures.append("dialog " + d.message))
-                page.goto(f"{base}/")
-                page.wait_for_function("document.body.dataset.rendered !== '0'", timeout=20_000)
-                assert failures == [] and page.locator("#error").is_hidden()
+        with dashboard_page(serve, app, 3600) as (page, failures):
+            assert failures == [] and page.locator("#error").is_hidden()
 
-                # The daily chart: the limit (dotted) and the projection (dashed), 60 now, the
-                # limit at 20:00, 120 at midnight.
-                limit, projection = page.evaluate(PROJECTION_JS)
-                assert (limit["name"], limit["dash"], limit["y"]) == (
-                    "daily limit 100 units",
-                    "dot",
-                    [100] * 2,
-                )
-                assert projection == {
-                    "name": "projected 120 units by 2026-06-16 00:00",
-                    "dash": "dash",
-                    "x": ["2026-06-15T12:00:00", "2026-06-15T20:00:00", "2026-06-16T00:00:00"],
-                    "y": [60, 100, 120],
-                    "meta": "projection",
-                }
-                assert "projected 120 units" in (page.text_content("#daily .legend") or "")
-                day = page.locator("#forecast tr[data-testid='forecast-account-day']")
-                assert day.locator("td").all_inner_texts() == [
-                    "account",
-                    "day 2026-06-15",
-                    "units",
-                    "100",
-                    "60",
-                    "5",
-                    "120",
-                    "2026-06-15 20:00",
-                    "over the limit by the end",
-                ]
-                assert day.get_attribute("class") == "over"
+            # The daily chart: the limit (dotted) and the projection (dashed), 60 now, the
+            # limit at 20:00, 120 at midnight.
+            limit, projection = page.evaluate(PROJECTION_JS)
+            assert (limit["name"], limit["dash"], limit["y"]) == (
+                "daily limit 100 units",
+                "dot",
+                [100] * 2,
+            )
+            assert projection == {
+                "name": "projected 120 units by 2026-06-16 00:00",
+                "dash": "dash",
+                "x": ["2026-06-15T12:00:00", "2026-06-15T20:00:00", "2026-06-16T00:00:00"],
+                "y": [60, 100, 120],
+                "meta": "projection",
+            }
+            assert "projected 120 units" in (page.text_content("#daily .legend") or "")
+            day = page.locator("#forecast tr[data-testid='forecast-account-day']")
+            assert day.locator("td").all_inner_texts() == [
+                "account",
+                "day 2026-06-15",
+                "units",
+                "100",
+                "60",
+                "5",
+                "120",
+                "2026-06-15 20:00",
+                "over the limit by the end",
+            ]
+            assert day.get_attribute("class") == "over"
 
-                # The packs: a bar per pack, soonest expiry first, the units at risk on the bars.
-                chart = page.locator("#packs-chart")
-                assert chart.get_attribute("data-empty") == "0"
-                assert page.locator("#packs-chart .bars path").count() == 4
-                bars = page.locator("#packs-chart text.bartext").all_text_contents()
-                assert (
-                    "20 units at risk" in bars and "50 units at risk" in bars and "30 units at risk" in bars
-                )
-                assert "7 units lost" in bars
-                ticks = page.locator("#packs-chart .ytick text").all_text_contents()
-                assert ticks == [
-                    "image old · image",
-                    "video A · video",
-                    HOSTILE_PACK + " · image",  # the same text: plotly parsed none of it ("img": image)
-                    "video B · video",
-                ]
-                assert page.locator("#packs-chart .shapelayer path").count() == 1  # the line at now
-                rows = page.locator("#packs tbody tr")
-                assert rows.count() == 4
-                a = page.locator("#packs tr[data-testid='pack-id-video A']")
-                assert a.locator("td").all_inner_texts() == [
-                    "video A",
-                    "video",
-                    "online",
-                    "50 of 1000 units",
-                    "2026-05-16 12:00 → 2026-06-18 12:00",
-                    "3",
-                    "20",
-                    "$7",
-                ]
-                assert rows.nth(2).locator(".name").inner_text() == HOSTILE_PACK
-                assert "12 h" in page.inner_text("#packs-note")
-                assert page.locator("#packs-empty").is_hidden()
+            # The packs: a bar per pack, soonest expiry first, the units at risk on the bars.
+            chart = page.locator("#packs-chart")
+            assert chart.get_attribute("data-empty") == "0"
+            assert page.locator("#packs-chart .bars path").count() == 4
+            bars = page.locator("#packs-chart text.bartext").all_text_contents()
+            assert "20 units at risk" in bars and "50 units at risk" in bars and "30 units at risk" in bars
+            assert "7 units lost" in bars
+            ticks = page.locator("#packs-chart .ytick text").all_text_contents()
+            assert ticks == [
+                "image old · image",
+                "video A · video",
+                HOSTILE_PACK + " · image",  # the same text: plotly parsed none of it ("img": image)
+                "video B · video",
+            ]
+            assert page.locator("#packs-chart .shapelayer path").count() == 1  # the line at now
+            rows = page.locator("#packs tbody tr")
+            assert rows.count() == 4
+            a = page.locator("#packs tr[data-testid='pack-id-video A']")
+            assert a.locator("td").all_inner_texts() == [
+                "video A",
+                "video",
+                "online",
+                "50 of 1000 units",
+                "2026-05-16 12:00 → 2026-06-18 12:00",
+                "3",
+                "20",
+                "$7",
+            ]
+            assert rows.nth(2).locator(".name").inner_text() == HOSTILE_PACK
+            assert "12 h" in page.inner_text("#packs-note")
+            assert page.locator("#packs-empty").is_hidden()
 
-                # The reconciliation: the counts and the three differences in order.
-                summary = page.inner_text("#recon-summary")
-                assert "differs from Kling's bill" in summary
-                assert "period 2026-06-08 12:00:00 → 2026-06-15 12:00:00 UTC" in summary
-                assert page.locator(
-                    "#recon-summary .count[data-category='unknown_to_ledger']"
-                ).inner_text() == ("1 charged by Kling, unknown to the ledger")
-                assert "video: ledger 90 units, Kling 120 units" in summary
-                diffs = page.locator("#recon-diffs tbody tr")
-                assert [diffs.nth(i).get_attribute("data-category") for i in range(diffs.count())] == [
-                    "unknown_to_ledger",
-                    "amount_differs",
-                    "not_billed",
-                ]
-                assert diffs.nth(1).locator("td").all_inner_texts()[:5] == [
-                    "amount differs",
-                    "task-4",
-                    "video",
-                    "15",
-                    "20",
-                ]
-                assert diffs.nth(0).locator(".key").inner_text() == HOSTILE_PACK
-                assert page.locator("#recon-empty").is_hidden()
+            # The reconciliation: the counts and the three differences in order.
+            summary = page.inner_text("#recon-summary")
+            assert "differs from Kling's bill" in summary
+            assert "period 2026-06-08 12:00:00 → 2026-06-15 12:00:00 UTC" in summary
+            assert page.locator("#recon-summary .count[data-category='unknown_to_ledger']").inner_text() == (
+                "1 charged by Kling, unknown to the ledger"
+            )
+            assert "video: ledger 90 units, Kling 120 units" in summary
+            diffs = page.locator("#recon-diffs tbody tr")
+            assert [diffs.nth(i).get_attribute("data-category") for i in range(diffs.count())] == [
+                "unknown_to_ledger",
+                "amount_differs",
+                "not_billed",
+            ]
+            assert diffs.nth(1).locator("td").all_inner_texts()[:5] == [
+                "amount differs",
+                "task-4",
+                "video",
+                "15",
+                "20",
+            ]
+            assert diffs.nth(0).locator(".key").inner_text() == HOSTILE_PACK
+            assert page.locator("#recon-empty").is_hidden()
 
-                # Nothing hostile ran or was parsed, anywhere.
-                assert page.evaluate("document.body.dataset.pwned") is None
-                for where in ("#packs", "#packs-chart", "#recon-diffs"):
-                    assert page.locator(f"{where} img, {where} script, {where} b").count() == 0, where
-                visible = page.inner_text("body")
-                assert TRAILING_ZEROS.findall(visible) == [], TRAILING_ZEROS.findall(visible)
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.screenshot(path=str(ARTIFACTS / "dashboard-bill.png"), full_page=True)
-            finally:
-                browser.close()
+            # Nothing hostile ran or was parsed, anywhere.
+            assert page.evaluate("document.body.dataset.pwned") is None
+            for where in ("#packs", "#packs-chart", "#recon-diffs"):
+                assert page.locator(f"{where} img, {where} script, {where} b").count() == 0, where
+            visible = page.inner_text("body")
+            assert TRAILING_ZEROS.findall(visible) == [], TRAILING_ZEROS.findall(visible)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-bill.png"), full_page=True)
     finally:
         ledger.close()
 
