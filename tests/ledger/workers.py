@@ -58,3 +58,31 @@ def reserve_and_hang(url: str, ready: str) -> None:
     with open(ready, "w") as fh:
         fh.write(r.id)
     time.sleep(600)
+
+
+def write_in_a_loop(url: str, rounds: int, hold_s: float, stamps: str) -> None:
+    """``rounds`` write transactions back to back, each held ``hold_s`` seconds; writes the
+    ``time.monotonic()`` of each commit to file ``stamps`` (the first line: ready)."""
+    ledger = open_ledger(url)
+    done: list[float] = []
+    with open(stamps, "w") as fh:
+        fh.write("ready\n")
+    for _ in range(rounds):
+        with ledger.transaction() as cur:
+            cur.execute("UPDATE budgets SET updated_at = updated_at")
+            time.sleep(hold_s)
+        done.append(time.monotonic())
+    ledger.close()
+    with open(stamps, "a") as fh:
+        fh.write("".join(f"{t!r}\n" for t in done))
+
+
+def hold_one_write(url: str, seconds: float, ready: str) -> None:
+    """Hold one write transaction for ``seconds`` (file ``ready`` says it is held)."""
+    ledger = open_ledger(url)
+    with ledger.transaction() as cur:
+        cur.execute("UPDATE budgets SET updated_at = updated_at")
+        with open(ready, "w") as fh:
+            fh.write("held\n")
+        time.sleep(seconds)
+    ledger.close()

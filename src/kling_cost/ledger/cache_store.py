@@ -80,7 +80,7 @@ class RequestCache:
 
     def lookup(self, fingerprint: str) -> CacheEntry | None:
         """The live entry for ``fingerprint`` (in flight, or succeeded within its TTL)."""
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             now = cur.now
             entry = _read(cur, fingerprint)
         return entry if entry is not None and entry.expires_at > now else None

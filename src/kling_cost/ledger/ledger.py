@@ -100,7 +100,16 @@ class Ledger(CacheCalls):
         return AfterCommit(inner, self.outbox.after_commit, self._in_transaction)
 
     def migrate(self) -> int:
-        """Create or upgrade the schema; returns the schema version. Safe to run concurrently."""
+        """Create or upgrade the schema; returns the schema version. Safe to run concurrently.
+        A ledger already at this version is only read: opening one takes no write lock."""
+        try:
+            with self.transaction(snapshot=True) as cur:
+                cur.execute("SELECT MAX(version) FROM schema_version")
+                found = cur.fetchone()[0]
+        except StorageError:
+            found = None  # no schema yet; anything else, the migration below reports
+        if found is not None and int(found) == schema.MIGRATIONS[-1][0]:
+            return int(found)
         with self.transaction() as cur:
             return schema.migrate(cur, self.backend)
 
@@ -245,7 +254,7 @@ class Ledger(CacheCalls):
         return retrying(run).to_reservation()
 
     def _has_expired(self) -> bool:
-        with self.transaction() as cur:
+        with self.transaction(snapshot=True) as cur:
             return self._settle.has_expired(cur)
 
     # -- settle --------------------------------------------------------------------------------

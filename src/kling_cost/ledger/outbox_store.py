@@ -109,7 +109,7 @@ class OutboxStore:
         sql = ALERT_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         params.append(min(limit, MAX_SQL_INT))
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(sql, params)
             return [alert_from_row(row) for row in cur.fetchall()]
 
@@ -259,7 +259,7 @@ class OutboxStore:
 
     def budget(self, budget_id: int) -> Budget | None:
         """The budget an alert names, or None when it was deleted since."""
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(BUDGET_SELECT + " WHERE id = ?", (budget_id,))
             row = cur.fetchone()
         return None if row is None else budget_row(row).to_budget()
@@ -286,7 +286,7 @@ class OutboxStore:
             where.append("created_at < ?")
             params.append(to_ms(end))
         cond = " WHERE " + " AND ".join(where)
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(
                 "SELECT model, mode, COUNT(*), SUM(actual_milli) FROM charges"
                 + cond

@@ -430,7 +430,7 @@ class ProxyStore:
 
     def open_count(self, key: KeyRecord) -> int:
         """Tasks of ``key`` holding a reservation (or claimed a moment ago)."""
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             return self._open_count(cur, key.id)
 
     def unclaim(self, key: KeyRecord, external_task_id: str) -> None:

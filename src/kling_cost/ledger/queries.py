@@ -76,14 +76,14 @@ class Queries:
     def budgets(self, scope: str | None = None) -> list[Budget]:
         """Every budget, or those of one scope, in a stable order."""
         wanted = None if scope is None else validate_scope(scope)
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             rows = _budget_rows(cur, wanted)
         return [row.to_budget() for row in rows]
 
     def get_budget(self, scope: str, window: str) -> Budget | None:
         """The ``window`` budget of ``scope``, or None."""
         window = validate_window(window)
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             rows = _budget_rows(cur, validate_scope(scope), window)
         return rows[0].to_budget() if rows else None
 
@@ -107,7 +107,7 @@ class Queries:
             raise ValidationError("at must be timezone-aware")
         wanted = None if scope is None else validate_scope(scope)
         out = []
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             moment = at or cur.now
             for b in _budget_rows(cur, wanted):
                 w = window_at(b.window, b.tz, moment)
@@ -126,14 +126,14 @@ class Queries:
         """A reservation by id or by idempotency key."""
         if isinstance(ref, str) and bad_text(ref) is not None:
             return None  # no id or key holds text PostgreSQL cannot store (such keys are refused)
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             found = reservation_by(cur, "id", ref) or reservation_by(cur, "idempotency_key", ref)
         return None if found is None else found.to_reservation()
 
     def reservation_for_task(self, task_id: str) -> Reservation | None:
         """The reservation a Kling task was attached to (task ids are stored as
         :meth:`~.ledger.Ledger.attach_task` cleaned them, and looked up the same way)."""
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             found = reservation_by(cur, "task_id", clean_text(task_id))
         return None if found is None else found.to_reservation()
 
@@ -165,7 +165,7 @@ class Queries:
             want = PAGE if limit is None else min(PAGE, limit - len(out))
             sql = RES_SELECT + (" WHERE " + " AND ".join(conds) if conds else "")
             sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-            with self.ledger.transaction() as cur:
+            with self.ledger.transaction(snapshot=True) as cur:
                 cur.execute(sql, [*page_params, want])
                 rows = [reservation_row(row) for row in cur.fetchall()]
             out.extend(row.to_reservation() for row in rows)
@@ -205,7 +205,7 @@ class Queries:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(sql, params)
             return [charge_from_row(row) for row in cur.fetchall()]
 
@@ -245,7 +245,7 @@ class Queries:
             f" FROM charges WHERE {cond} GROUP BY unit, prompt_hash HAVING SUM(actual_milli) > 0"
             ") AS ranked WHERE rk <= ?"
         )
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(top_sql, [*params, limit])
             totals = {(str(u), str(h)): (int(total), int(n)) for u, h, total, n in cur.fetchall()}
             if not totals:
@@ -287,7 +287,7 @@ class Queries:
         units: ``{"credits": {"charged": ..., "reserved": ...}, "units": {...}}`` with the
         committed actuals and the live holds of each unit that has any row."""
         out: dict[str, dict[str, Decimal]] = {}
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute("SELECT unit, COALESCE(SUM(actual_milli), 0) FROM charges GROUP BY unit")
             charged = {str(u): int(v) for u, v in cur.fetchall()}
             cur.execute(
@@ -309,7 +309,7 @@ class Queries:
         Holds whose lease lapsed but that no sweep has reclaimed yet are counted, as the budget
         windows still count them."""
         out = {unit: Held(0, from_storage(0)) for unit in UNITS}
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             # The literal status matches the partial index ``reservations_open``.
             cur.execute(
                 "SELECT unit, COUNT(*), COALESCE(SUM(amount_milli), 0) FROM reservations "
@@ -323,7 +323,7 @@ class Queries:
 
     def charge_span(self) -> tuple[int, int] | None:
         """(first, last) ``created_at`` (ms) of all charges, or None for an empty ledger."""
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             # Two subqueries: each is one index probe (MIN and MAX together would scan it).
             cur.execute("SELECT (SELECT MIN(created_at) FROM charges), (SELECT MAX(created_at) FROM charges)")
             row = cur.fetchone()
@@ -339,7 +339,7 @@ class Queries:
             params.append(value)
         sql += " ORDER BY c.created_at DESC, c.id DESC LIMIT ?"
         params.append(int(limit))
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(sql, params)
             return [charge_from_row(row) for row in cur.fetchall()]
 
@@ -365,6 +365,6 @@ class Queries:
             "SELECT created_at, status, estimate_milli, actual_milli, scopes, model, mode, duration, "
             "audio, kind, unit FROM charges" + (" WHERE " + " AND ".join(where) if where else "")
         )
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(sql, params)
             return list(cur.fetchall())

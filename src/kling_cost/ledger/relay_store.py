@@ -220,7 +220,7 @@ class RelayStore:
 
     def relay(self, relay_id: int) -> Relay | None:
         """One relay by id."""
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(f"SELECT {_COLUMNS} FROM proxy_relays WHERE id = ?", (relay_id,))
             row = cur.fetchone()
         return None if row is None else _relay(row)
@@ -240,7 +240,7 @@ class RelayStore:
             where.append("key_id = ?")
             params.append(_positive(key_id, "key_id"))
         sql = f"SELECT {_COLUMNS} FROM proxy_relays" + (" WHERE " + " AND ".join(where) if where else "")
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(
                 sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, min(limit, MAX_SQL_INT))
             )

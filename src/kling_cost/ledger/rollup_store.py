@@ -36,6 +36,12 @@ class RollupStore:
         """Roll up the charges recorded before the rollup existed (once; a no-op afterwards)."""
         if self._backfilled:
             return
+        with self.ledger.transaction(snapshot=True) as cur:  # almost always nothing to do: no lock
+            cur.execute("SELECT 1 FROM report_rollup_meta WHERE name = 'backfill_upto'")
+            pending = cur.fetchone() is not None
+        if not pending:
+            self._backfilled = True
+            return
         with self.ledger.transaction() as cur:
             cur.execute("SELECT value FROM report_rollup_meta WHERE name = 'backfill_upto'")
             row = cur.fetchone()
@@ -84,7 +90,7 @@ class RollupStore:
             reads, scope, scope_group, list(dims), timed=segments is not None
         )
         self.ensure_backfilled()
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()
         s_n, f_n, c_n = 3 + len(dims), 6 + len(dims), 9 + len(dims)  # counts: never negative

@@ -250,7 +250,7 @@ class RunStore:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValidationError(f"limit must be a whole number of at least 1, not {limit!r}")
         where, params = ("", ()) if kind is None else (" WHERE kind = ?", (_text(kind, "kind"),))
-        with self.ledger.transaction() as cur:
+        with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(
                 f"SELECT {_RUN_COLUMNS} FROM bill_runs{where} ORDER BY started_at DESC, id DESC LIMIT ?",
                 (*params, min(limit, MAX_SQL_INT)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
@@ -22,10 +23,23 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigurationError, LedgerClosed, StorageError
 from .backend import Backend, Clock, Conflict, Cursor
+from .sqlite_queue import WriterQueue
 
 __all__ = ["SQLiteBackend"]
 
 _SYNC = {"normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
+_BUSY = (5, 6)
+"""SQLITE_BUSY and SQLITE_LOCKED (the low byte of an extended result code)."""
+WRITE_POLL_FIRST = 0.00005
+WRITE_POLL_MAX = 0.001
+"""How often a writer asks again for the write lock another process holds (seconds, doubling
+from the first to the most). SQLite's own busy handler sleeps up to 100 ms between tries, so a
+process that lost the lock a few times starved for seconds while another wrote in a loop."""
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _BUSY
 
 
 class _SQLiteCursor:
@@ -86,11 +100,14 @@ _INHERITED: list[sqlite3.Connection] = []
 class _ThreadConnection:
     """One thread's connection, kept in the backend's thread-local storage."""
 
-    __slots__ = ("__weakref__", "conn", "pid")
+    __slots__ = ("__weakref__", "conn", "pid", "polling")
 
     def __init__(self, conn: sqlite3.Connection, pid: int) -> None:
         self.conn = conn
         self.pid = pid
+        self.polling = False
+        """Its busy timeout is 0: :meth:`SQLiteBackend._begin_write` waits for the write lock
+        itself (a snapshot sets the timeout back first)."""
 
 
 class SQLiteBackend(Backend):
@@ -106,6 +123,10 @@ class SQLiteBackend(Backend):
     checkpoint_pages = 1000
     """Checkpoint when the WAL has grown past this many pages (SQLite's default threshold)."""
     checkpoint_poll = 0.05
+    checkpoint_wait_ms = 1
+    """How long a RESTART checkpoint may wait for readers on the old WAL. It holds the writer
+    lock while it waits, so every reservation would wait with it (a report reading for a
+    second would stall them all for that second); past this it gives up until the next tick."""
 
     schemes = ("sqlite",)
     dialect = "sqlite"
@@ -123,6 +144,8 @@ class SQLiteBackend(Backend):
         self._lock = threading.Lock()
         self._writers = threading.RLock()
         """Held by this process's write transaction (see :class:`_Transaction`)."""
+        self._queue = WriterQueue(self.path)
+        """The line the writers of every process wait in (held with ``_writers``)."""
         self._connections: list[sqlite3.Connection] = []
         # connections inside a transaction right now: close() leaves them to their own thread,
         # which closes each as its transaction ends (closing a connection another thread is
@@ -162,6 +185,9 @@ class SQLiteBackend(Backend):
         return LedgerClosed(f"the SQLite ledger {self.path} is closed; open it again with open_ledger()")
 
     def _conn(self) -> sqlite3.Connection:
+        return self._held().conn
+
+    def _held(self) -> _ThreadConnection:
         if self._closed:
             raise self._closed_error()
         held: _ThreadConnection | None = getattr(self._local, "held", None)
@@ -173,7 +199,7 @@ class SQLiteBackend(Backend):
             self._local.held = held
             if self.checkpoint == "background" and self._checkpointer_pid != os.getpid():
                 self._start_checkpointer()
-        return held.conn
+        return held
 
     def forget(self, conn: sqlite3.Connection) -> None:
         """Stop tracking ``conn`` (its thread ended; the caller closes it)."""
@@ -198,6 +224,7 @@ class SQLiteBackend(Backend):
         limit = self.checkpoint_pages * 4096
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         try:
+            conn.execute(f"PRAGMA busy_timeout = {self.checkpoint_wait_ms}")
             while not self._stop.wait(self.checkpoint_poll):
                 try:
                     if os.path.getsize(wal) < limit:
@@ -230,19 +257,61 @@ class SQLiteBackend(Backend):
     def _begin(self, begin: str) -> tuple[sqlite3.Connection, _SQLiteCursor]:
         """Start a transaction on this thread's connection (the writer lock is already held
         for ``BEGIN IMMEDIATE``); the connection is busy until :meth:`_end`."""
-        conn = self._conn()
+        held = self._held()
+        conn = held.conn
         with self._lock:
             if self._closed:
                 raise self._closed_error()
             self._busy.add(id(conn))
         try:
-            conn.execute(begin)
+            if begin == "BEGIN IMMEDIATE":
+                self._begin_write(held)
+            else:
+                if held.polling:  # a snapshot's first read may meet a recovery: let SQLite wait
+                    conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+                    held.polling = False
+                conn.execute(begin)
         except BaseException as exc:
             self._release(conn)
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"SQLite ledger {self.path}: cannot start a transaction: {exc}") from exc
             raise
         return conn, _SQLiteCursor(conn.cursor(), self.clock)
+
+    def _begin_write(self, held: _ThreadConnection) -> None:
+        """Wait in the writers' line (:mod:`.sqlite_queue`), then ``BEGIN IMMEDIATE``, asking
+        again every 50 us to 1 ms while a writer outside the line holds SQLite's lock; all of
+        it within ``timeout`` seconds. The caller holds ``_writers``; on success this process
+        stays at the head of the line until :meth:`_Transaction.__exit__` releases it. Once
+        SQLite's write lock is held, no statement of the transaction waits on a writer (WAL)."""
+        deadline = time.monotonic() + self.timeout
+        if not self._queue.acquire(self.timeout):
+            raise StorageError(
+                f"SQLite ledger {self.path}: no write lock within {self.timeout:g} s (another "
+                "process holds a long write transaction); raise ?timeout= in the ledger URL"
+            )
+        try:
+            conn = held.conn
+            if not held.polling:
+                conn.execute("PRAGMA busy_timeout = 0")
+                held.polling = True
+            pause = WRITE_POLL_FIRST
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if not _busy(exc) or time.monotonic() >= deadline:
+                        raise
+                time.sleep(pause)
+                pause = min(pause * 2, WRITE_POLL_MAX)
+        except BaseException:
+            self._queue.release()
+            raise
+
+    def leave_line(self) -> None:
+        """A write transaction ended: the next writer in line (any process) may start."""
+        self._queue.release()
 
     def _end(self, conn: sqlite3.Connection, ok: bool) -> None:
         """Commit (``ok``) or roll back the transaction on ``conn``, then release it."""
@@ -298,6 +367,7 @@ class SQLiteBackend(Backend):
 
     def close(self) -> None:
         self._stop.set()
+        self._queue.close()
         thread = self._checkpointer
         if thread is not None and thread.is_alive() and self._checkpointer_pid == os.getpid():
             thread.join(timeout=10)
@@ -316,8 +386,9 @@ class _Transaction:
 
     Writers of this process queue on that lock, in order, instead of meeting SQLite's busy
     handler, which sleeps 1-100 ms between tries (a p99 of a second with many threads);
-    writers of other processes still wait on the file lock (busy_timeout). A deferred
-    ``BEGIN`` (a snapshot) takes no lock and blocks no writer.
+    against writers of other processes, :meth:`SQLiteBackend._begin_write` asks for SQLite's
+    write lock again every 50 us to 1 ms. A deferred ``BEGIN`` (a snapshot) takes no lock and
+    blocks no writer.
     """
 
     __slots__ = ("_backend", "_begin", "_conn", "_end", "_sql", "_writers")
@@ -364,6 +435,7 @@ class _Transaction:
                 self._end(conn, kind is None)
         finally:
             if self._writers is not None:
+                self._backend.leave_line()
                 self._writers.release()
 
 

@@ -1,0 +1,259 @@
+"""Writers of every process take turns on a SQLite ledger (``ledger/sqlite_queue.py``), a writer
+gives up after the ledger's ``timeout`` and the line moves on, reads never wait for a writer
+(on both backends), and a long read does not stall writers through the WAL checkpointer."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from kling_cost.errors import StorageError
+from kling_cost.ledger import open_ledger
+from kling_cost.ledger.sqlite import SQLiteBackend
+from kling_cost.reports import glance, overview, report
+from tests.ledger.workers import hold_one_write, write_in_a_loop
+
+pytestmark = pytest.mark.slow
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _wait_for(path: Path, what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and path.read_text().startswith(what)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the child process never wrote {what!r} to {path}")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with open_ledger(url) as setup:
+        setup.set_budget("project:a", 1000)
+    yield url
+
+
+@pytest.mark.sqlite
+def test_a_writer_of_another_process_gets_its_turn(sqlite_url: str, tmp_path: Path) -> None:
+    # Another process writes in a loop, each transaction 20 ms, taking SQLite's lock again
+    # within microseconds of each commit. SQLite's busy handler sleeps up to 100 ms between
+    # tries, so this process waited for the whole loop (seconds, with longer loops); in line,
+    # it goes next.
+    stamps = tmp_path / "stamps"
+    child = SPAWN.Process(target=write_in_a_loop, args=(sqlite_url, 60, 0.02, str(stamps)))
+    child.start()
+    try:
+        with open_ledger(sqlite_url) as ledger:
+            ledger.commit(ledger.reserve(1, ["project:a"]), 1)  # connections and the line opened
+            _wait_for(stamps, "ready")
+            time.sleep(0.2)  # the loop is running
+            started = time.monotonic()
+            ledger.commit(ledger.reserve(1, ["project:a"]), 1)
+            finished = time.monotonic()
+        child.join(60)
+        assert child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
+    commits = [float(line) for line in stamps.read_text().split()[1:]]
+    assert len(commits) == 60
+    assert commits[0] < started < commits[-1], "the other process's loop was not running: nothing measured"
+    between = [t for t in commits if started <= t <= finished]
+    # reserve and commit: two turns, each behind at most one transaction of the other process
+    assert len(between) <= 4, f"waited for {len(between)} of the other process's transactions"
+
+
+@pytest.mark.sqlite
+def test_a_writer_gives_up_after_the_timeout_and_the_line_moves_on(sqlite_url: str, tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    holder = SPAWN.Process(target=hold_one_write, args=(sqlite_url, 2.5, str(ready)))
+    holder.start()
+    try:
+        with open_ledger(sqlite_url + "?timeout=0.3") as ledger:
+            _wait_for(ready, "held")
+            started = time.monotonic()
+            with pytest.raises(StorageError, match=r"no write lock within 0\.3 s.*\?timeout="):
+                ledger.reserve(5, ["project:a"])
+            assert time.monotonic() - started < 2.0  # gave up, did not wait for the holder
+            holder.join(60)
+            assert holder.exitcode == 0
+            # the turn given up left the line when it came: this process writes again at once
+            started = time.monotonic()
+            reservation = ledger.reserve(5, ["project:a"])
+            assert time.monotonic() - started < 1.0
+            ledger.commit(reservation, 5)
+            assert ledger.usage("project:a").used == Decimal(5)  # the refused one changed nothing
+            assert len(ledger.reservations()) == 1
+    finally:
+        if holder.is_alive():
+            holder.kill()
+    # and another process is not held up by the helper thread that left the line
+    with open_ledger(sqlite_url + "?timeout=1") as other:
+        other.commit(other.reserve(1, ["project:a"]), 1)
+        assert other.usage("project:a").used == Decimal(6)
+
+
+@pytest.mark.sqlite
+def test_without_a_usable_lock_file_writers_still_work(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    (tmp_path / "ledger.db-writers").mkdir()  # cannot be opened as the lock file
+    with open_ledger(f"sqlite:///{db}") as ledger:
+        ledger.set_budget("project:a", 10)
+        done: list[Decimal] = []
+
+        def spend() -> None:
+            for _ in range(20):
+                done.append(ledger.commit(ledger.reserve(Decimal("0.1"), ["project:a"])).actual or Decimal(0))
+
+        threads = [threading.Thread(target=spend) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sum(done) == Decimal(6)
+        assert ledger.usage("project:a").used == Decimal(6)
+
+
+@pytest.mark.sqlite
+def test_a_forked_child_takes_its_own_place_in_line(sqlite_url: str) -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    with open_ledger(sqlite_url) as ledger:
+        ledger.commit(ledger.reserve(1, ["project:a"]), 1)  # the parent's line descriptor is open
+        pid = os.fork()
+        if pid == 0:  # the child: write while the parent writes; exit code 0 when all done
+            code = 1
+            try:
+                for _ in range(50):
+                    ledger.commit(ledger.reserve(1, ["project:a"]), 1)
+                code = 0
+            finally:
+                os._exit(code)
+        for _ in range(50):
+            ledger.commit(ledger.reserve(1, ["project:a"]), 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert ledger.usage("project:a").used == Decimal(101)
+
+
+@pytest.mark.sqlite
+def test_a_long_read_does_not_stall_writers_through_the_checkpointer(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A RESTART checkpoint waits for readers of the old WAL while holding the write lock; it
+    # used to wait as long as the read lasted (every reservation with it).
+    monkeypatch.setattr(SQLiteBackend, "checkpoint_pages", 8)  # checkpoint all the time
+    monkeypatch.setattr(SQLiteBackend, "checkpoint_poll", 0.005)
+    with open_ledger(sqlite_url) as ledger:
+        for _ in range(20):
+            ledger.commit(ledger.reserve(1, ["project:a"]), 1)
+        reading = threading.Event()
+
+        def long_read() -> None:
+            with ledger.transaction(snapshot=True) as cur:
+                cur.execute("SELECT COUNT(*) FROM charges")
+                cur.fetchone()
+                reading.set()
+                time.sleep(1.5)
+
+        reader = threading.Thread(target=long_read)
+        reader.start()
+        reading.wait(10)
+        slowest = 0.0
+        deadline = time.monotonic() + 1.2
+        pairs = 0
+        while time.monotonic() < deadline:
+            started = time.monotonic()
+            ledger.commit(ledger.reserve(Decimal("0.001"), ["project:a"]), Decimal("0.001"))
+            slowest = max(slowest, time.monotonic() - started)
+            pairs += 1
+        reader.join(10)
+        assert pairs > 50
+        assert slowest < 0.5, f"a reservation waited {slowest:.2f} s for a checkpoint"
+
+
+def _hold_a_write(ledger_url: str) -> Callable[[], None]:
+    """Start holding a write transaction that changed a budget window (another connection);
+    returns the function that rolls it back."""
+    if ledger_url.startswith("sqlite:"):
+        conn = sqlite3.connect(ledger_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE budget_windows SET used_milli = used_milli")
+
+        def undo() -> None:
+            conn.execute("ROLLBACK")
+            conn.close()
+
+        return undo
+    ledger = open_ledger(ledger_url)
+    schema = ledger.backend.schema  # type: ignore[attr-defined]
+    ledger.close()
+    pg = psycopg.connect(ledger_url.split("?", maxsplit=1)[0])
+    pg.execute(f'SET search_path TO "{schema}"')
+    pg.execute("UPDATE budget_windows SET used_milli = used_milli")
+    pg.execute("LOCK TABLE budgets IN EXCLUSIVE MODE")  # blocks writers, never readers
+
+    def rollback() -> None:
+        pg.rollback()
+        pg.close()
+
+    return rollback
+
+
+def test_reads_never_wait_for_a_writer(ledger_url: str) -> None:
+    # Every read of the ledger runs in a read-only snapshot: on SQLite it took the write lock
+    # (a report over a large ledger stalled every reservation of every process meanwhile, and
+    # waited for them); on PostgreSQL a read-only transaction also proves none of them writes.
+    # SQLite: a read that waited for the lock would fail after 0.5 s; PostgreSQL: it would be slow
+    quick = ledger_url + "?timeout=0.5" if ledger_url.startswith("sqlite:") else ledger_url
+    with open_ledger(ledger_url) as setup:
+        setup.set_budget("project:a", 100, thresholds=["0.1"])
+        done = setup.commit(setup.reserve(20, ["project:a"], metadata={"model": "kling-v2-6"}), 20)
+        setup.attach_task(setup.reserve(1, ["project:a"]), "task-1")
+    undo = _hold_a_write(ledger_url)
+    try:
+        with open_ledger(quick) as ledger:
+            now = datetime.now(UTC)
+            reads: list[Callable[[], object]] = [
+                ledger.budgets,
+                lambda: ledger.get_budget("project:a", "day"),
+                lambda: ledger.usage("project:a"),
+                ledger.usages,
+                lambda: ledger.get_reservation(done.id),
+                lambda: ledger.reservation_for_task("task-1"),
+                ledger.reservations,
+                ledger.charges,
+                ledger.totals,
+                ledger.queries.held,
+                ledger.queries.charge_span,
+                lambda: ledger.queries.recent_charges(limit=5),
+                ledger.queries.prompt_costs,
+                lambda: ledger.queries.charge_facts(since=None, until=None, scope=None),
+                ledger.alerts,
+                lambda: ledger.cache.lookup("f" * 64),
+                ledger.runs.runs,
+                ledger.relays.relays,
+                lambda: report(ledger, "day", since=now - timedelta(days=2), until=now),
+                lambda: report(ledger, "model", source="charges"),
+                lambda: glance(ledger),
+                lambda: overview(ledger),
+            ]
+            for read in reads:
+                started = time.monotonic()
+                read()
+                assert time.monotonic() - started < 0.4, read
+            assert ledger.usage("project:a").used == Decimal(20)
+            assert ledger.totals()["units"]["charged"] == Decimal(20)
+    finally:
+        undo()
