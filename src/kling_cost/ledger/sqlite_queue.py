@@ -111,7 +111,7 @@ class WriterQueue:
         except OSError:
             mode = 0o644
         try:  # read-only is enough for flock, and lets every user who can read the ledger queue
-            return os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, mode)
+            return os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
         except OSError:
             return -1
 
