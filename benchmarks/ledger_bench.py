@@ -141,6 +141,8 @@ class Figures:
     max_ms: float = 0.0
     reads: int = 0
     """Reads the reader processes of the run completed (a measurement with readers)."""
+    per_process: tuple[int, ...] = ()
+    """Pairs of each process, fewest first: one process starved by the others shows here."""
 
 
 @dataclass
@@ -491,6 +493,7 @@ def run_jobs(ctx: SpawnContext, jobs: Sequence[Job], readers: Sequence[Job] = ()
         p99_ms=round(_percentile(latencies, 0.99), 3),
         max_ms=round(latencies[-1] / NS_PER_MS, 3) if latencies else 0.0,
         reads=reads,
+        per_process=tuple(sorted(o.pairs for o in outcomes)),
     )
 
 
@@ -594,6 +597,12 @@ def bench_sqlite(ctx: SpawnContext, seconds: float) -> Report:
                     f"{led.p99_ms:.3f} ms",
                 )
             )
+            if procs > 1:
+                report.notes.append(
+                    f"{procs} proc: pairs per process {' / '.join(f'{n:,}' for n in led.per_process)} "
+                    f"(baseline {' / '.join(f'{n:,}' for n in base.per_process)}); longest pair "
+                    f"{led.max_ms:.1f} ms (baseline {base.max_ms:.1f} ms)"
+                )
             bad = _sqlite_overspent(ledger_path, baseline_path)
             report.overspent = report.overspent or bool(bad)
             report.goals.append((f"{procs} proc: no window over its limit", not bad, "; ".join(bad) or "0"))
