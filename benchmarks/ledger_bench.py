@@ -580,8 +580,8 @@ def bench_sqlite(ctx: SpawnContext, seconds: float) -> Report:
                 report.rows.append(floor)
                 report.notes.append(
                     f"the ledger's SQL alone (one pair's statements replayed, no ledger Python): "
-                    f"{floor.ratio:.2f} x the baseline; no ledger Python can make the whole pair faster "
-                    f"than that (the ledger spends {_share(led, sql_only)} of a pair in Python)"
+                    f"{floor.ratio:.2f} x the baseline; with these statements no ledger Python can make "
+                    f"the whole pair faster (the ledger spends {_share(led, sql_only)} of a pair in Python)"
                 )
             report.goals.append(
                 (

@@ -155,6 +155,7 @@ def test_a_long_read_does_not_stall_writers_through_the_checkpointer(
     # used to wait as long as the read lasted (every reservation with it).
     monkeypatch.setattr(SQLiteBackend, "checkpoint_pages", 8)  # checkpoint all the time
     monkeypatch.setattr(SQLiteBackend, "checkpoint_poll", 0.005)
+    monkeypatch.setattr(SQLiteBackend, "checkpoint_cap_pages", 10**9)  # (the cap: the attack tests)
     with open_ledger(sqlite_url) as ledger:
         for _ in range(20):
             ledger.commit(ledger.reserve(1, ["project:a"]), 1)

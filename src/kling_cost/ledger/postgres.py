@@ -234,6 +234,10 @@ class PostgresBackend(Backend):
         conn.execute(pg_sql.SQL("SET search_path TO {}").format(pg_sql.Identifier(self.schema)))
 
     def _create_schema(self) -> None:
+        with self.transaction(snapshot=True) as cur:  # almost always there: no write to open
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = ?", (self.schema,))
+            if cur.fetchone() is not None:
+                return
         with self.transaction() as cur:
             self.lock_schema(cur)
             cur.execute(

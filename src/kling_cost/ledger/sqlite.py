@@ -13,8 +13,8 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, suppress
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigurationError, LedgerClosed, StorageError
 from .backend import Backend, Clock, Conflict, Cursor
+from .sqlite_checkpoint import checkpoint_loop
 from .sqlite_queue import WriterQueue
 
 __all__ = ["SQLiteBackend"]
@@ -127,6 +128,11 @@ class SQLiteBackend(Backend):
     """How long a RESTART checkpoint may wait for readers on the old WAL. It holds the writer
     lock while it waits, so every reservation would wait with it (a report reading for a
     second would stall them all for that second); past this it gives up until the next tick."""
+    checkpoint_cap_pages = 16_000
+    """Past this many WAL pages (64 MB), readers that kept the WAL from restarting are waited
+    for (see :mod:`.sqlite_checkpoint`): the WAL stays bounded."""
+    checkpoint_cap_wait_ms = 2_000
+    """How long the checkpointer then waits for them (writers wait too; then a pause as long)."""
 
     schemes = ("sqlite",)
     dialect = "sqlite"
@@ -167,6 +173,8 @@ class SQLiteBackend(Backend):
                 raise ConfigurationError(f"{self.path}: WAL mode unavailable (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # a WAL that grew while readers kept it from restarting shrinks back when it does
+            conn.execute(f"PRAGMA journal_size_limit = {self.checkpoint_pages * 4 * 4096}")
             if self.checkpoint == "background":
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.DatabaseError as exc:
@@ -219,28 +227,7 @@ class SQLiteBackend(Backend):
             self._checkpointer.start()
 
     def _checkpoint_loop(self) -> None:
-        """Copy the WAL back into the database off the request path (PASSIVE: never blocks)."""
-        wal = self.path + "-wal"
-        limit = self.checkpoint_pages * 4096
-        conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {self.checkpoint_wait_ms}")
-            while not self._stop.wait(self.checkpoint_poll):
-                try:
-                    if os.path.getsize(wal) < limit:
-                        continue
-                    # PASSIVE copies frames without blocking anyone; when writers keep the WAL
-                    # from ever being fully copied (so it cannot restart and keeps growing), a
-                    # RESTART finishes the few frames left and lets the next writer rewind it.
-                    _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if log >= self.checkpoint_pages and log - done < self.checkpoint_pages // 4:
-                        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
-                except (OSError, sqlite3.Error):
-                    continue  # no WAL yet, or busy: try again at the next tick
-            with suppress(sqlite3.Error):
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        finally:
-            conn.close()
+        checkpoint_loop(self, self._stop)
 
     @property
     def connection_count(self) -> int:
@@ -254,7 +241,7 @@ class SQLiteBackend(Backend):
             return _Transaction(self, "BEGIN", self._begin, self._end, None)
         return _Transaction(self, "BEGIN IMMEDIATE", self._begin, self._end, self._writers)
 
-    def _begin(self, begin: str) -> tuple[sqlite3.Connection, _SQLiteCursor]:
+    def _begin(self, begin: str, deadline: float | None = None) -> tuple[sqlite3.Connection, _SQLiteCursor]:
         """Start a transaction on this thread's connection (the writer lock is already held
         for ``BEGIN IMMEDIATE``); the connection is busy until :meth:`_end`."""
         held = self._held()
@@ -265,7 +252,7 @@ class SQLiteBackend(Backend):
             self._busy.add(id(conn))
         try:
             if begin == "BEGIN IMMEDIATE":
-                self._begin_write(held)
+                self._begin_write(held, time.monotonic() + self.timeout if deadline is None else deadline)
             else:
                 if held.polling:  # a snapshot's first read may meet a recovery: let SQLite wait
                     conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
@@ -278,14 +265,15 @@ class SQLiteBackend(Backend):
             raise
         return conn, _SQLiteCursor(conn.cursor(), self.clock)
 
-    def _begin_write(self, held: _ThreadConnection) -> None:
+    def _begin_write(self, held: _ThreadConnection, deadline: float) -> None:
         """Wait in the writers' line (:mod:`.sqlite_queue`), then ``BEGIN IMMEDIATE``, asking
         again every 50 us to 1 ms while a writer outside the line holds SQLite's lock; all of
-        it within ``timeout`` seconds. The caller holds ``_writers``; on success this process
+        it before ``deadline`` (``timeout`` seconds after the transaction asked for the lock,
+        its wait for this process's other writers included). The caller holds ``_writers``; on
+        success this process
         stays at the head of the line until :meth:`_Transaction.__exit__` releases it. Once
         SQLite's write lock is held, no statement of the transaction waits on a writer (WAL)."""
-        deadline = time.monotonic() + self.timeout
-        if not self._queue.acquire(self.timeout):
+        if not self._queue.acquire(max(0.0, deadline - time.monotonic())):
             raise StorageError(
                 f"SQLite ledger {self.path}: no write lock within {self.timeout:g} s (another "
                 "process holds a long write transaction); raise ?timeout= in the ledger URL"
@@ -308,6 +296,25 @@ class SQLiteBackend(Backend):
         except BaseException:
             self._queue.release()
             raise
+
+    @contextmanager
+    def writers_held(self, seconds: float) -> Iterator[bool]:
+        """Hold up this ledger's writers, of this process and of every process in line, for
+        the block (True), or False when that took more than ``seconds`` (the checkpointer's cap:
+        no new WAL frames while it waits for readers)."""
+        if not self._writers.acquire(timeout=seconds):
+            yield False
+            return
+        try:
+            if not self._queue.acquire(seconds):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                self._queue.release()
+        finally:
+            self._writers.release()
 
     def leave_line(self) -> None:
         """A write transaction ended: the next writer in line (any process) may start."""
@@ -397,7 +404,7 @@ class _Transaction:
         self,
         backend: SQLiteBackend,
         sql: str,
-        begin: Callable[[str], tuple[sqlite3.Connection, _SQLiteCursor]],
+        begin: Callable[[str, float | None], tuple[sqlite3.Connection, _SQLiteCursor]],
         end: Callable[[sqlite3.Connection, bool], None],
         writers: threading.RLock | None,
     ) -> None:
@@ -411,16 +418,18 @@ class _Transaction:
     def __enter__(self) -> Cursor:
         writers = self._writers
         if writers is None:
-            self._conn, cur = self._begin(self._sql)
+            self._conn, cur = self._begin(self._sql, None)
             return cur
         backend = self._backend
+        deadline = time.monotonic() + backend.timeout
         if not writers.acquire(timeout=backend.timeout):
             raise StorageError(
                 f"SQLite ledger {backend.path}: no write lock within {backend.timeout:g} s (another "
-                "thread of this process holds a long transaction); raise ?timeout= in the ledger URL"
+                "thread of this process holds a long write transaction, or waits for one of another "
+                "process); raise ?timeout= in the ledger URL"
             )
         try:
-            self._conn, cur = self._begin(self._sql)
+            self._conn, cur = self._begin(self._sql, deadline)
         except BaseException:
             writers.release()
             raise

@@ -1,20 +1,26 @@
 """The line SQLite ledger writers of every process wait in: an exclusive ``flock`` of
-``<ledger>-writers``, next to the ledger file.
+``<ledger>-writers``, next to the ledger file (the real one, when the ledger's path is a
+symlink: SQLite names its ``-wal`` after it too).
 
 SQLite's own write lock has no line: a writer that finds it taken sleeps 1-100 ms between
 tries (its busy handler), while a process writing in a loop takes it again within
-microseconds of each commit. A second process could wait seconds for one reservation. The
-kernel wakes a process waiting on a ``flock`` the moment it is released, so the writers of
-all processes take turns.
+microseconds of each commit. A second process could wait seconds for one reservation. A
+process waiting on a ``flock`` is woken the moment it is released, before the process that
+released it comes back for it, so the writers of all processes take turns.
 
 The line only orders writers: SQLite's lock still keeps them apart (a writer of an earlier
-version, or the ``sqlite3`` shell, does not queue and stays safe). When the lock file cannot
-be opened (another user's, a platform without ``flock``) a writer goes straight to SQLite's
-lock. A process that dies in line or at its head leaves it: the kernel drops its lock.
+version, or the ``sqlite3`` shell, does not queue and stays safe, though it may wait long).
+When the lock file cannot be used (not a regular file, another user's, a platform without
+``flock``) a writer goes straight to SQLite's lock. The file gets read and write permission for
+exactly the users who may write the ledger file, and is opened for writing: a user who may only
+read the ledger cannot hold up its writers through it.
 
-The wait itself happens in a helper thread, one per ledger and process, so a writer can give
-up after the ledger's ``timeout`` (a process stopped inside a transaction must not hang the
-others for ever); the helper then leaves the line as soon as its turn comes.
+A process that dies in line or at its head leaves it: the kernel drops its lock. A forked
+child closes its copies of its parent's descriptors at once (a ``flock`` belongs to the open
+file: a copy kept by a child would keep a dead parent's place). The wait itself happens in a
+helper thread, one per ledger and process, so a writer can give up after the ledger's
+``timeout`` (a process stopped inside a transaction must not hang the others for ever) or be
+interrupted (Ctrl-C); either way it leaves the line, at once or when its turn comes.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from __future__ import annotations
 import _thread
 import os
 import queue
+import stat
 import threading
+import weakref
 from contextlib import suppress
 from types import ModuleType
 
@@ -57,7 +65,8 @@ class _Turn:
 
 
 def _wait_turns(fd: int, turns: queue.SimpleQueue[_Turn | None]) -> None:
-    """The helper thread: wait in line for each turn asked for, in order, until ``None``."""
+    """The helper thread: wait in line for each turn asked for, in order, until ``None``
+    (sent only when no turn it granted is still held); then close its descriptor."""
     assert fcntl is not None
     try:
         while (turn := turns.get()) is not None:
@@ -78,42 +87,63 @@ def _wait_turns(fd: int, turns: queue.SimpleQueue[_Turn | None]) -> None:
             os.close(fd)
 
 
+def _lock_mode(ledger_file: str) -> int:
+    """Read and write for each class of user (owner, group, others) that may write the ledger
+    file; only the owner's when it cannot be read."""
+    try:
+        writable = os.stat(ledger_file).st_mode & 0o222
+    except OSError:
+        writable = 0o200
+    return writable | writable << 1
+
+
 class WriterQueue:
     """The writers' line of one SQLite ledger file, for this process.
 
     :meth:`acquire` and :meth:`release` are called by one thread at a time (the backend's
-    writer lock is held around them).
+    writer lock is held around them); :meth:`close` may come from any thread.
     """
 
     def __init__(self, db_path: str) -> None:
-        self.path = db_path + "-writers"
+        self.ledger_file = os.path.realpath(db_path)
+        self.path = self.ledger_file + "-writers"
+        self._state = threading.Lock()
         self._pid = 0
         self._fd = -1  # this process's place in line, asked for without waiting
         self._turns: queue.SimpleQueue[_Turn | None] | None = None
         self._waiter_fd = -1  # the helper thread's place in line
         self._held = -1  # the descriptor whose lock this process holds now
+        self._waiting = False  # a writer is in acquire(): the helper may hand it a turn
         self._closed = False
+        self._stopped = False
+        _LIVE.add(self)
 
     def _open(self) -> bool:
-        """This process's descriptor of the lock file (opened again after a fork: a child must
-        not share its parent's lock). False when there is no usable lock file."""
+        """This process's descriptor of the lock file (opened again after a fork). False when
+        there is no usable lock file."""
         if fcntl is None or self._closed:
             return False
         if self._pid == os.getpid():
             return self._fd >= 0
-        self._pid, self._fd, self._turns, self._waiter_fd, self._held = os.getpid(), -1, None, -1, -1
+        self._forget_inherited(fork=False)
+        self._pid = os.getpid()
         self._fd = self._open_file()
         return self._fd >= 0
 
     def _open_file(self) -> int:
-        try:
-            mode = os.stat(self.path.removesuffix("-writers")).st_mode & 0o666
-        except OSError:
-            mode = 0o644
-        try:  # read-only is enough for flock, and lets every user who can read the ledger queue
-            return os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:  # O_NONBLOCK: a FIFO put in its place must not block the open
+            fd = os.open(self.path, flags, _lock_mode(self.ledger_file))
         except OSError:
             return -1
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
+            os.close(fd)
+            return -1
+        return fd
 
     def acquire(self, timeout: float) -> bool:
         """Wait for this process's turn: True at the head of the line (or with no usable line),
@@ -121,24 +151,40 @@ class WriterQueue:
         if not self._open():
             return True
         assert fcntl is not None
+        with self._state:
+            if self._closed:
+                return True
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._held = self._fd
+                return True
+            except BlockingIOError:
+                pass
+            except OSError:
+                return True
+            turns = self._helper()
+            if turns is None:
+                return True
+            self._waiting = True
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            self._held = self._fd
-            return True
-        except BlockingIOError:
-            pass
-        except OSError:
-            return True
-        turns = self._helper()
-        if turns is None:
-            return True
-        turn = _Turn()
-        turns.put(turn)
-        if turn.ready.acquire(timeout=timeout) or not turn.give_up():
-            if not turn.error:
-                self._held = self._waiter_fd
-            return True
-        return False
+            turn = _Turn()
+            turns.put(turn)
+            try:
+                came = turn.ready.acquire(timeout=timeout)
+            except BaseException:  # interrupted (Ctrl-C, a signal handler's exception)
+                if not turn.give_up() and not turn.error:  # it came meanwhile: leave at once
+                    fcntl.flock(self._waiter_fd, fcntl.LOCK_UN)
+                raise
+            if came or not turn.give_up():
+                if not turn.error:
+                    self._held = self._waiter_fd
+                return True
+            return False
+        finally:
+            with self._state:
+                self._waiting = False
+                if self._closed and self._held < 0:
+                    self._stop()
 
     def _helper(self) -> queue.SimpleQueue[_Turn | None] | None:
         if self._turns is None:
@@ -156,22 +202,60 @@ class WriterQueue:
 
     def release(self) -> None:
         """Leave the head of the line (a no-op when this process is not there)."""
-        fd, self._held = self._held, -1
-        if fd >= 0 and fcntl is not None and self._pid == os.getpid():
-            with suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
+        with self._state:
+            fd, self._held = self._held, -1
+            if fd >= 0 and fcntl is not None and self._pid == os.getpid():
+                with suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+            if self._closed and not self._waiting:
+                self._stop()
 
     def close(self) -> None:
-        """Stop the helper thread and close this process's descriptor."""
-        if self._closed:
+        """No more writers: stop the helper thread and close the descriptors, now or, when a
+        transaction of another thread is still at the head of the line, as it leaves."""
+        with self._state:
+            self._closed = True
+            if self._held < 0 and not self._waiting:
+                self._stop()
+
+    def _stop(self) -> None:
+        """(With ``_state`` held, nothing held or awaited.) The helper closes its own descriptor
+        after the turns before it; a child never opened any of these."""
+        if self._stopped or self._pid != os.getpid():
             return
-        self._closed = True
-        if self._pid != os.getpid():
-            return  # a child never opened its own
-        self.release()
+        self._stopped = True
         if self._turns is not None:
-            self._turns.put(None)  # the helper closes its own descriptor as it ends
+            self._turns.put(None)
+            self._turns = None
         if self._fd >= 0:
             with suppress(OSError):
                 os.close(self._fd)
-        self._fd = -1
+            self._fd = -1
+
+    def _forget_inherited(self, *, fork: bool) -> None:
+        """Close the descriptors a forked child copied from its parent (never the parent's
+        lock: the parent still holds its own copy) and start afresh."""
+        for fd in (self._fd, self._waiter_fd):
+            if fd >= 0:
+                with suppress(OSError):
+                    os.close(fd)
+        self._pid, self._fd, self._turns, self._waiter_fd, self._held = 0, -1, None, -1, -1
+        self._waiting = False
+        if fork:  # the copy of the state lock may have been held by a thread the child lacks
+            self._state = threading.Lock()
+
+
+_LIVE: weakref.WeakSet[WriterQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child closes the line's descriptors it inherited at once: if its parent died
+    at the head of the line, the child's copy would keep the lock (a ``flock`` belongs to the
+    open file) while it lives."""
+    for line in list(_LIVE):
+        if line._pid not in (0, os.getpid()):
+            line._forget_inherited(fork=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,82 @@
+"""The SQLite ledger's background WAL checkpointer: copies the WAL back into the database
+file off the request path, so no reservation waits for a checkpoint.
+
+Each tick (``checkpoint_poll`` seconds), once the WAL file has grown past ``checkpoint_pages``:
+
+* a PASSIVE checkpoint copies what it can, blocking no one;
+* when writers keep the WAL from ever being fully copied (so it can never restart and keeps
+  growing), a RESTART finishes the few frames left so that the next writer rewinds it. It
+  holds the write lock while it waits for readers of the old WAL, so it waits at most
+  ``checkpoint_wait_ms`` (1 ms), then gives up until the next tick: a report reading for a
+  second must not stall every reservation for that second;
+* readers whose snapshots overlap without a gap (an export loop, several dashboards) keep the
+  WAL from ever restarting. Past ``checkpoint_cap_pages`` (64 MB) the checkpointer holds up
+  the writers (this process's and every process's in line: no new frames) and RESTARTs until
+  the readers of the old WAL are done, for up to ``checkpoint_cap_wait_ms`` (2 s; writers
+  wait, none fails); if they are still reading, not again before half as long has passed. The WAL
+  stays bounded; the connections' ``journal_size_limit`` shrinks its file back once it
+  restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .sqlite import SQLiteBackend
+
+__all__ = ["checkpoint_loop"]
+
+_ATTEMPT_MS = 10
+"""Each RESTART of the cap waits this long for a reader: a reader that reads in a loop takes
+its read lock again within microseconds, so one long wait would never see it free; short ones
+see that it moved on to the copied WAL, or to the database file."""
+
+
+def checkpoint_loop(backend: SQLiteBackend, stop: threading.Event) -> None:
+    """Run until ``stop`` is set (the backend closes; it starts this thread per process)."""
+    wal = backend.path + "-wal"
+    limit = backend.checkpoint_pages * 4096
+    conn = sqlite3.connect(backend.path, timeout=backend.timeout, isolation_level=None)
+    forced_after = 0.0
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {backend.checkpoint_wait_ms}")
+        while not stop.wait(backend.checkpoint_poll):
+            try:
+                if os.path.getsize(wal) < limit:
+                    continue
+                _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                pages = backend.checkpoint_pages
+                if log >= backend.checkpoint_cap_pages and time.monotonic() >= forced_after:
+                    forced_after = _wait_for_readers(conn, backend)
+                elif log >= pages and log - done < pages // 4:
+                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            except (OSError, sqlite3.Error):
+                continue  # no WAL yet, or busy: try again at the next tick
+        with suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        conn.close()
+
+
+def _wait_for_readers(conn: sqlite3.Connection, backend: SQLiteBackend) -> float:
+    """RESTARTs, the writers held up meanwhile (no new frames), until one restarts the WAL or
+    ``checkpoint_cap_wait_ms`` has passed: each waits for the oldest reader still on the old
+    WAL, and a reader that starts once it is all copied reads the database file. Returns when
+    the next may be tried (at once when the WAL restarted)."""
+    wait = backend.checkpoint_cap_wait_ms / 1000
+    deadline = time.monotonic() + wait
+    busy = 1
+    with backend.writers_held(wait) as held:
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {_ATTEMPT_MS}")
+            while held and busy and time.monotonic() < deadline:
+                busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {backend.checkpoint_wait_ms}")
+    return time.monotonic() + wait / 2 if busy else 0.0
