@@ -24,23 +24,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..errors import ConfigurationError, LedgerClosed, StorageError
 from .backend import Backend, Clock, Conflict, Cursor
 from .sqlite_checkpoint import checkpoint_loop
-from .sqlite_queue import WriterQueue
+from .sqlite_queue import WriterQueue, begin_immediate
 
 __all__ = ["SQLiteBackend"]
 
 _SYNC = {"normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
-_BUSY = (5, 6)
-"""SQLITE_BUSY and SQLITE_LOCKED (the low byte of an extended result code)."""
-WRITE_POLL_FIRST = 0.00005
-WRITE_POLL_MAX = 0.001
-"""How often a writer asks again for the write lock another process holds (seconds, doubling
-from the first to the most). SQLite's own busy handler sleeps up to 100 ms between tries, so a
-process that lost the lock a few times starved for seconds while another wrote in a loop."""
-
-
-def _busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and code & 0xFF in _BUSY
 
 
 class _SQLiteCursor:
@@ -283,16 +271,7 @@ class SQLiteBackend(Backend):
             if not held.polling:
                 conn.execute("PRAGMA busy_timeout = 0")
                 held.polling = True
-            pause = WRITE_POLL_FIRST
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if not _busy(exc) or time.monotonic() >= deadline:
-                        raise
-                time.sleep(pause)
-                pause = min(pause * 2, WRITE_POLL_MAX)
+            begin_immediate(conn, deadline)
         except BaseException:
             self._queue.release()
             raise

@@ -28,8 +28,10 @@ from __future__ import annotations
 import _thread
 import os
 import queue
+import sqlite3
 import stat
 import threading
+import time
 import weakref
 from contextlib import suppress
 from types import ModuleType
@@ -40,7 +42,32 @@ try:
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None
 
-__all__ = ["WriterQueue"]
+__all__ = ["WriterQueue", "begin_immediate"]
+
+_BUSY = (5, 6)
+"""SQLITE_BUSY and SQLITE_LOCKED (the low byte of an extended result code)."""
+WRITE_POLL_FIRST = 0.00005
+WRITE_POLL_MAX = 0.001
+"""How often a writer asks again for the write lock a writer outside the line holds (seconds,
+doubling from the first to the most). SQLite's own busy handler sleeps up to 100 ms between
+tries, so a process that lost the lock a few times starved for seconds."""
+
+
+def begin_immediate(conn: sqlite3.Connection, deadline: float) -> None:
+    """``BEGIN IMMEDIATE`` on ``conn`` (whose busy timeout is 0), asked again every 50 us to
+    1 ms while a writer outside the line holds SQLite's lock, until ``time.monotonic()``
+    reaches ``deadline`` (then SQLite's busy error goes up)."""
+    pause = WRITE_POLL_FIRST
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if not (isinstance(code, int) and code & 0xFF in _BUSY) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, WRITE_POLL_MAX)
 
 
 class _Turn:
@@ -232,6 +259,13 @@ class WriterQueue:
                 os.close(self._fd)
             self._fd = -1
 
+    def after_fork_in_child(self) -> None:
+        """(Run in every forked child.) Close the line's descriptors inherited from the parent
+        at once: if the parent died at the head of the line, the child's copy would keep the
+        lock (a ``flock`` belongs to the open file) while the child lives."""
+        if self._pid not in (0, os.getpid()):
+            self._forget_inherited(fork=True)
+
     def _forget_inherited(self, *, fork: bool) -> None:
         """Close the descriptors a forked child copied from its parent (never the parent's
         lock: the parent still holds its own copy) and start afresh."""
@@ -249,12 +283,8 @@ _LIVE: weakref.WeakSet[WriterQueue] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    """A forked child closes the line's descriptors it inherited at once: if its parent died
-    at the head of the line, the child's copy would keep the lock (a ``flock`` belongs to the
-    open file) while it lives."""
     for line in list(_LIVE):
-        if line._pid not in (0, os.getpid()):
-            line._forget_inherited(fork=True)
+        line.after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
