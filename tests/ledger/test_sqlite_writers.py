@@ -70,8 +70,10 @@ def test_a_writer_of_another_process_gets_its_turn(sqlite_url: str, tmp_path: Pa
     assert len(commits) == 60
     assert commits[0] < started < commits[-1], "the other process's loop was not running: nothing measured"
     between = [t for t in commits if started <= t <= finished]
-    # reserve and commit: two turns, each behind at most one transaction of the other process
-    assert len(between) <= 4, f"waited for {len(between)} of the other process's transactions"
+    # reserve and commit: two turns. A flock is not strictly first come, first served (the
+    # process that released it may take it back before the waiter runs), but the waiter is
+    # woken at once: a few of the other's transactions at most, never the whole loop.
+    assert len(between) <= 12, f"waited for {len(between)} of the other process's transactions"
 
 
 @pytest.mark.sqlite
@@ -126,25 +128,55 @@ def test_without_a_usable_lock_file_writers_still_work(tmp_path: Path) -> None:
 
 
 @pytest.mark.sqlite
-def test_a_forked_child_takes_its_own_place_in_line(sqlite_url: str) -> None:
+def test_a_forked_child_is_refused_a_ledger_its_parent_had_open(sqlite_url: str, tmp_path: Path) -> None:
+    # SQLite's locks do not survive a fork (its per-process lock state is copied): a child's
+    # reservation could go to a WAL another process deletes. The child is told what to do
+    # instead; a ledger closed before the fork, or another file, it may open and use.
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")
-    with open_ledger(sqlite_url) as ledger:
-        ledger.commit(ledger.reserve(1, ["project:a"]), 1)  # the parent's line descriptor is open
-        pid = os.fork()
-        if pid == 0:  # the child: write while the parent writes; exit code 0 when all done
-            code = 1
-            try:
-                for _ in range(50):
-                    ledger.commit(ledger.reserve(1, ["project:a"]), 1)
-                code = 0
-            finally:
-                os._exit(code)
-        for _ in range(50):
-            ledger.commit(ledger.reserve(1, ["project:a"]), 1)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert ledger.usage("project:a").used == Decimal(101)
+    other_url = f"sqlite:///{tmp_path / 'other.db'}"
+    with open_ledger(other_url) as other:
+        other.set_budget("project:b", 10)
+    ledger = open_ledger(sqlite_url)
+    ledger.commit(ledger.reserve(1, ["project:a"]), 1)
+    report = tmp_path / "child"
+    pid = os.fork()
+    if pid == 0:  # the child: report what happened, exit at once
+        lines = []
+        try:
+            for attempt in (lambda: ledger.reserve(1, ["project:a"]), lambda: open_ledger(sqlite_url)):
+                try:
+                    attempt()
+                    lines.append("allowed")
+                except StorageError as exc:
+                    lines.append(str(exc))
+            with open_ledger(other_url) as fresh:  # a file the parent did not have open
+                fresh.commit(fresh.reserve(1, ["project:b"]), 1)
+                lines.append(f"other {fresh.usage('project:b').used == 1}")
+        finally:
+            report.write_text("\n".join(lines))
+            os._exit(0)
+    os.waitpid(pid, 0)
+    refused_reserve, refused_open, other_line = report.read_text().split("\n")
+    for refused in (refused_reserve, refused_open):
+        assert "was open when this process was forked" in refused
+        assert 'multiprocessing.get_context("spawn")' in refused
+    assert other_line == "other True"
+    assert ledger.usage("project:a").used == Decimal(1)  # the child changed nothing
+    ledger.close()
+    pid = os.fork()  # closed before this fork: the child may open it again
+    if pid == 0:
+        code = 1
+        try:
+            with open_ledger(sqlite_url) as fresh:
+                fresh.commit(fresh.reserve(1, ["project:a"]), 1)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with open_ledger(sqlite_url) as check:
+        assert check.usage("project:a").used == Decimal(2)
 
 
 @pytest.mark.sqlite

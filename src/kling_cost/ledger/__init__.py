@@ -14,7 +14,8 @@ How it is put together (one job per file; everything goes through one transactio
   transactions, the few SQL fragments that differ, driver errors translated. Nothing else.
   SQLite's writers of every process take turns in one line (``sqlite_queue.py``: a ``flock``
   the kernel hands on the moment it is released; SQLite's own lock has no line), and its WAL
-  is copied back by a background thread (``sqlite_checkpoint.py``).
+  is copied back by a background thread (``sqlite_checkpoint.py``). A forked child is refused a
+  SQLite file its parent had open (``sqlite_fork.py``: SQLite's locks do not survive a fork).
   On PostgreSQL the common reserve, commit, release, extend and cache hit are one statement
   each (``pg_fast.py``: server-side functions that ``schema_fast.py`` installs; anything
   unusual is declined and runs the general path above).

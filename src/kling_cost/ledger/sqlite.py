@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from ..errors import ConfigurationError, LedgerClosed, StorageError
 from .backend import Backend, Clock, Conflict, Cursor
 from .sqlite_checkpoint import checkpoint_loop
+from .sqlite_fork import check_not_inherited, track
 from .sqlite_queue import WriterQueue, begin_immediate
 
 __all__ = ["SQLiteBackend"]
@@ -120,7 +121,7 @@ class SQLiteBackend(Backend):
     """Past this many WAL pages (64 MB), readers that kept the WAL from restarting are waited
     for (see :mod:`.sqlite_checkpoint`): the WAL stays bounded."""
     checkpoint_cap_wait_ms = 2_000
-    """How long the checkpointer then waits for them (writers wait too; then a pause as long)."""
+    """How long the checkpointer then waits for them at most (the writers wait too)."""
 
     schemes = ("sqlite",)
     dialect = "sqlite"
@@ -140,6 +141,8 @@ class SQLiteBackend(Backend):
         """Held by this process's write transaction (see :class:`_Transaction`)."""
         self._queue = WriterQueue(self.path)
         """The line the writers of every process wait in (held with ``_writers``)."""
+        self._real_path = os.path.realpath(self.path)
+        track(self)
         self._connections: list[sqlite3.Connection] = []
         # connections inside a transaction right now: close() leaves them to their own thread,
         # which closes each as its transaction ends (closing a connection another thread is
@@ -150,7 +153,13 @@ class SQLiteBackend(Backend):
         self._checkpointer: threading.Thread | None = None
         self._checkpointer_pid = 0
 
+    def open_file(self) -> str | None:
+        """The real path of the ledger file while this process has a connection to it open."""
+        live = self._connections or (self._checkpointer_pid == os.getpid() and not self._closed)
+        return self._real_path if live else None
+
     def _connect(self) -> sqlite3.Connection:
+        check_not_inherited(self._real_path, self.path)
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
@@ -224,6 +233,7 @@ class SQLiteBackend(Backend):
             return len(self._connections)
 
     def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
+        check_not_inherited(self._real_path, self.path)  # before any lock a fork may have copied
         # A deferred BEGIN reads one WAL snapshot from its first read on, and blocks no writer.
         if snapshot:
             return _Transaction(self, "BEGIN", self._begin, self._end, None)
@@ -258,15 +268,14 @@ class SQLiteBackend(Backend):
         again every 50 us to 1 ms while a writer outside the line holds SQLite's lock; all of
         it before ``deadline`` (``timeout`` seconds after the transaction asked for the lock,
         its wait for this process's other writers included). The caller holds ``_writers``; on
-        success this process
-        stays at the head of the line until :meth:`_Transaction.__exit__` releases it. Once
+        success this process stays at the head of the line until :meth:`leave_line`. Once
         SQLite's write lock is held, no statement of the transaction waits on a writer (WAL)."""
-        if not self._queue.acquire(max(0.0, deadline - time.monotonic())):
-            raise StorageError(
-                f"SQLite ledger {self.path}: no write lock within {self.timeout:g} s (another "
-                "process holds a long write transaction); raise ?timeout= in the ledger URL"
-            )
         try:
+            if not self._queue.acquire(max(0.0, deadline - time.monotonic())):
+                raise StorageError(
+                    f"SQLite ledger {self.path}: no write lock within {self.timeout:g} s (another "
+                    "process holds a long write transaction); raise ?timeout= in the ledger URL"
+                )
             conn = held.conn
             if not held.polling:
                 conn.execute("PRAGMA busy_timeout = 0")

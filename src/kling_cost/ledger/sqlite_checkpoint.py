@@ -12,10 +12,11 @@ Each tick (``checkpoint_poll`` seconds), once the WAL file has grown past ``chec
 * readers whose snapshots overlap without a gap (an export loop, several dashboards) keep the
   WAL from ever restarting. Past ``checkpoint_cap_pages`` (64 MB) the checkpointer holds up
   the writers (this process's and every process's in line: no new frames) and RESTARTs until
-  the readers of the old WAL are done, for up to ``checkpoint_cap_wait_ms`` (2 s; writers
-  wait, none fails); if they are still reading, not again before half as long has passed. The WAL
-  stays bounded; the connections' ``journal_size_limit`` shrinks its file back once it
-  restarts.
+  the readers of the old WAL are done, for up to ``checkpoint_cap_wait_ms`` (2 s) and never
+  more than a quarter of the ledger's ``timeout`` (writers wait, none fails). A read longer
+  than that (one long export) is waited out: the next hold comes after twice the hold, then
+  four times, up to a minute. The WAL stays bounded by what the writers write meanwhile; the
+  connections' ``journal_size_limit`` shrinks its file back once it restarts.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["checkpoint_loop"]
 
+_MAX_PAUSE = 60.0
+"""The longest pause between holds of the writers while one long read goes on (seconds)."""
 _ATTEMPT_MS = 10
 """Each RESTART of the cap waits this long for a reader: a reader that reads in a loop takes
 its read lock again within microseconds, so one long wait would never see it free; short ones
@@ -43,7 +46,7 @@ def checkpoint_loop(backend: SQLiteBackend, stop: threading.Event) -> None:
     wal = backend.path + "-wal"
     limit = backend.checkpoint_pages * 4096
     conn = sqlite3.connect(backend.path, timeout=backend.timeout, isolation_level=None)
-    forced_after = 0.0
+    forced_after, misses = 0.0, 0
     try:
         conn.execute(f"PRAGMA busy_timeout = {backend.checkpoint_wait_ms}")
         while not stop.wait(backend.checkpoint_poll):
@@ -53,7 +56,12 @@ def checkpoint_loop(backend: SQLiteBackend, stop: threading.Event) -> None:
                 _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 pages = backend.checkpoint_pages
                 if log >= backend.checkpoint_cap_pages and time.monotonic() >= forced_after:
-                    forced_after = _wait_for_readers(conn, backend)
+                    hold = min(backend.checkpoint_cap_wait_ms / 1000, backend.timeout / 4)
+                    if _wait_for_readers(conn, backend, hold):
+                        misses = 0
+                    else:  # a read longer than the hold: wait it out before holding them again
+                        misses += 1
+                        forced_after = time.monotonic() + min(_MAX_PAUSE, hold * 2**misses)
                 elif log >= pages and log - done < pages // 4:
                     conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
             except (OSError, sqlite3.Error):
@@ -64,12 +72,10 @@ def checkpoint_loop(backend: SQLiteBackend, stop: threading.Event) -> None:
         conn.close()
 
 
-def _wait_for_readers(conn: sqlite3.Connection, backend: SQLiteBackend) -> float:
+def _wait_for_readers(conn: sqlite3.Connection, backend: SQLiteBackend, wait: float) -> bool:
     """RESTARTs, the writers held up meanwhile (no new frames), until one restarts the WAL or
-    ``checkpoint_cap_wait_ms`` has passed: each waits for the oldest reader still on the old
-    WAL, and a reader that starts once it is all copied reads the database file. Returns when
-    the next may be tried (at once when the WAL restarted)."""
-    wait = backend.checkpoint_cap_wait_ms / 1000
+    ``wait`` seconds have passed: each waits for the oldest reader still on the old WAL, and a
+    reader that starts once it is all copied reads the database file. True if it restarted."""
     deadline = time.monotonic() + wait
     busy = 1
     with backend.writers_held(wait) as held:
@@ -79,4 +85,4 @@ def _wait_for_readers(conn: sqlite3.Connection, backend: SQLiteBackend) -> float
                 busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
         finally:
             conn.execute(f"PRAGMA busy_timeout = {backend.checkpoint_wait_ms}")
-    return time.monotonic() + wait / 2 if busy else 0.0
+    return not busy

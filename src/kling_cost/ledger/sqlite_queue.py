@@ -10,10 +10,11 @@ released it comes back for it, so the writers of all processes take turns.
 
 The line only orders writers: SQLite's lock still keeps them apart (a writer of an earlier
 version, or the ``sqlite3`` shell, does not queue and stays safe, though it may wait long).
-When the lock file cannot be used (not a regular file, another user's, a platform without
-``flock``) a writer goes straight to SQLite's lock. The file gets read and write permission for
-exactly the users who may write the ledger file, and is opened for writing: a user who may only
-read the ledger cannot hold up its writers through it.
+When the lock file cannot be used (not a regular file, broader than the ledger's writers, made
+by a user who may not write the ledger, a platform without ``flock``) a writer goes straight to
+SQLite's lock. The file gets read and write permission for exactly the users who may write the
+ledger file, whatever the umask, and is opened for writing: a user who may only read the
+ledger cannot hold up its writers through it.
 
 A process that dies in line or at its head leaves it: the kernel drops its lock. A forked
 child closes its copies of its parent's descriptors at once (a ``flock`` belongs to the open
@@ -114,14 +115,25 @@ def _wait_turns(fd: int, turns: queue.SimpleQueue[_Turn | None]) -> None:
             os.close(fd)
 
 
-def _lock_mode(ledger_file: str) -> int:
+def _lock_mode(ledger: os.stat_result | None) -> int:
     """Read and write for each class of user (owner, group, others) that may write the ledger
     file; only the owner's when it cannot be read."""
-    try:
-        writable = os.stat(ledger_file).st_mode & 0o222
-    except OSError:
-        writable = 0o200
+    writable = 0o200 if ledger is None else ledger.st_mode & 0o222
     return writable | writable << 1
+
+
+def _trusted(lock: os.stat_result, ledger: os.stat_result | None) -> bool:
+    """A regular file no broader than the ledger's writers, made by this user, the ledger's
+    owner, or (a group-writable ledger) in the ledger's group: never one a user who may only
+    read the ledger planted to hold up its writers."""
+    if not stat.S_ISREG(lock.st_mode):
+        return False
+    allowed = _lock_mode(ledger)
+    if lock.st_mode & 0o777 & ~allowed:
+        return False
+    if lock.st_uid == os.geteuid() or (ledger is not None and lock.st_uid == ledger.st_uid):
+        return True
+    return ledger is not None and bool(ledger.st_mode & 0o020) and lock.st_gid == ledger.st_gid
 
 
 class WriterQueue:
@@ -146,85 +158,112 @@ class WriterQueue:
         _LIVE.add(self)
 
     def _open(self) -> bool:
-        """This process's descriptor of the lock file (opened again after a fork). False when
-        there is no usable lock file."""
+        """This process's descriptor of the lock file (opened again after a fork, and tried
+        again at each write while it could not be). False when there is no usable lock file."""
         if fcntl is None or self._closed:
             return False
-        if self._pid == os.getpid():
-            return self._fd >= 0
-        self._forget_inherited(fork=False)
-        self._pid = os.getpid()
-        self._fd = self._open_file()
+        if self._pid != os.getpid():
+            self._forget_inherited(fork=False)
+            self._pid = os.getpid()
+        if self._fd < 0:
+            self._fd = self._open_file()
         return self._fd >= 0
 
     def _open_file(self) -> int:
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-        try:  # O_NONBLOCK: a FIFO put in its place must not block the open
-            fd = os.open(self.path, flags, _lock_mode(self.ledger_file))
+        """A descriptor of the lock file, or -1 when it cannot be trusted (see :func:`_trusted`)."""
+        try:
+            ledger: os.stat_result | None = os.stat(self.ledger_file)
+        except OSError:
+            ledger = None
+        mode = _lock_mode(ledger)
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO must not block
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, mode)
+            with suppress(OSError):
+                os.fchmod(fd, mode)  # the mode the ledger's writers need, whatever the umask
+            return fd
+        except FileExistsError:
+            pass
         except OSError:
             return -1
         try:
-            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            fd = os.open(self.path, flags)
         except OSError:
-            regular = False
-        if not regular:
+            return -1
+        try:
+            trusted = _trusted(os.fstat(fd), ledger)
+        except OSError:
+            trusted = False
+        if not trusted:
             os.close(fd)
             return -1
         return fd
 
     def acquire(self, timeout: float) -> bool:
         """Wait for this process's turn: True at the head of the line (or with no usable line),
-        False after ``timeout`` seconds in it."""
+        False after ``timeout`` seconds in it. Interrupted, it leaves the line."""
         if not self._open():
             return True
         assert fcntl is not None
         with self._state:
             if self._closed:
                 return True
+            self._held = self._fd  # first: an interruption after the lock is taken releases it
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._held = self._fd
                 return True
             except BlockingIOError:
-                pass
+                self._held = -1
             except OSError:
+                self._held = -1
                 return True
             turns = self._helper()
             if turns is None:
                 return True
             self._waiting = True
         try:
-            turn = _Turn()
-            turns.put(turn)
-            try:
-                came = turn.ready.acquire(timeout=timeout)
-            except BaseException:  # interrupted (Ctrl-C, a signal handler's exception)
-                if not turn.give_up() and not turn.error:  # it came meanwhile: leave at once
-                    fcntl.flock(self._waiter_fd, fcntl.LOCK_UN)
-                raise
-            if came or not turn.give_up():
-                if not turn.error:
-                    self._held = self._waiter_fd
-                return True
-            return False
+            return self._wait(turns, timeout)
         finally:
             with self._state:
                 self._waiting = False
                 if self._closed and self._held < 0:
                     self._stop()
 
+    def _wait(self, turns: queue.SimpleQueue[_Turn | None], timeout: float) -> bool:
+        assert fcntl is not None
+        turn = _Turn()
+        got = False
+        try:
+            turns.put(turn)
+            got = turn.ready.acquire(timeout=timeout) or not turn.give_up()
+            if got and not turn.error:
+                self._held = self._waiter_fd
+            return got
+        except BaseException:  # interrupted (Ctrl-C, a signal handler's exception)
+            if self._held < 0:
+                if not got and not turn.give_up():
+                    got = True  # it came meanwhile
+                if got and not turn.error:
+                    fcntl.flock(self._waiter_fd, fcntl.LOCK_UN)
+            raise
+
     def _helper(self) -> queue.SimpleQueue[_Turn | None] | None:
         if self._turns is None:
             fd = self._open_file()
             if fd < 0:
                 return None
-            self._waiter_fd, self._turns = fd, queue.SimpleQueue()
-            threading.Thread(
-                target=_wait_turns,
-                args=(fd, self._turns),
-                name=f"kling-cost writers' line {self.path}",
-                daemon=True,
-            ).start()
+            turns: queue.SimpleQueue[_Turn | None] = queue.SimpleQueue()
+            try:
+                threading.Thread(
+                    target=_wait_turns,
+                    args=(fd, turns),
+                    name=f"kling-cost writers' line {self.path}",
+                    daemon=True,
+                ).start()
+            except RuntimeError:  # no thread to be had: no line for now, SQLite's lock alone
+                os.close(fd)
+                return None
+            self._waiter_fd, self._turns = fd, turns
         return self._turns
 
     def release(self) -> None:
@@ -247,13 +286,14 @@ class WriterQueue:
 
     def _stop(self) -> None:
         """(With ``_state`` held, nothing held or awaited.) The helper closes its own descriptor
-        after the turns before it; a child never opened any of these."""
+        after the turns before it (forgotten here: its number may be reused); a child never
+        opened any of these."""
         if self._stopped or self._pid != os.getpid():
             return
         self._stopped = True
         if self._turns is not None:
             self._turns.put(None)
-            self._turns = None
+            self._turns, self._waiter_fd = None, -1
         if self._fd >= 0:
             with suppress(OSError):
                 os.close(self._fd)
@@ -263,20 +303,20 @@ class WriterQueue:
         """(Run in every forked child.) Close the line's descriptors inherited from the parent
         at once: if the parent died at the head of the line, the child's copy would keep the
         lock (a ``flock`` belongs to the open file) while the child lives."""
+        self._state = threading.Lock()  # the copy may have been held by a thread the child lacks
         if self._pid not in (0, os.getpid()):
             self._forget_inherited(fork=True)
 
     def _forget_inherited(self, *, fork: bool) -> None:
         """Close the descriptors a forked child copied from its parent (never the parent's
         lock: the parent still holds its own copy) and start afresh."""
-        for fd in (self._fd, self._waiter_fd):
-            if fd >= 0:
-                with suppress(OSError):
-                    os.close(fd)
+        if fork:
+            for fd in (self._fd, self._waiter_fd):
+                if fd >= 0:
+                    with suppress(OSError):
+                        os.close(fd)
         self._pid, self._fd, self._turns, self._waiter_fd, self._held = 0, -1, None, -1, -1
         self._waiting = False
-        if fork:  # the copy of the state lock may have been held by a thread the child lacks
-            self._state = threading.Lock()
 
 
 _LIVE: weakref.WeakSet[WriterQueue] = weakref.WeakSet()
