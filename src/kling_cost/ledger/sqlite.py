@@ -117,9 +117,10 @@ class SQLiteBackend(Backend):
     """How long a RESTART checkpoint may wait for readers on the old WAL. It holds the writer
     lock while it waits, so every reservation would wait with it (a report reading for a
     second would stall them all for that second); past this it gives up until the next tick."""
-    checkpoint_cap_pages = 16_000
-    """Past this many WAL pages (64 MB), readers that kept the WAL from restarting are waited
-    for (see :mod:`.sqlite_checkpoint`): the WAL stays bounded."""
+    checkpoint_cap_pages = 262_144
+    """Past this many WAL pages (1 GiB), readers that kept the WAL from restarting are waited
+    for (see :mod:`.sqlite_checkpoint`): a safety valve for the disk, far above what a WAL
+    reaches between two reads in normal use."""
     checkpoint_cap_wait_ms = 2_000
     """How long the checkpointer then waits for them at most (the writers wait too)."""
 

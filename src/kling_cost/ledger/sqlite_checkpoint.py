@@ -10,7 +10,7 @@ Each tick (``checkpoint_poll`` seconds), once the WAL file has grown past ``chec
   ``checkpoint_wait_ms`` (1 ms), then gives up until the next tick: a report reading for a
   second must not stall every reservation for that second;
 * readers whose snapshots overlap without a gap (an export loop, several dashboards) keep the
-  WAL from ever restarting. Past ``checkpoint_cap_pages`` (64 MB) the checkpointer holds up
+  WAL from ever restarting. Past ``checkpoint_cap_pages`` (1 GiB) the checkpointer holds up
   the writers (this process's and every process's in line: no new frames) and RESTARTs until
   the readers of the old WAL are done, for up to ``checkpoint_cap_wait_ms`` (2 s) and never
   more than a quarter of the ledger's ``timeout`` (writers wait, none fails). A read longer
