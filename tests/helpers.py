@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+import kling_cost
+
 POSTGRES_URL = os.environ.get("KLING_COST_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+_IMPORTS = os.pathsep.join(
+    [str(Path(kling_cost.__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1])]
+)
+"""The package under test and the repository root (for ``tests.*``), for child interpreters."""
+
+
+def run_python(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) in a fresh interpreter importing this package; never raises for
+    its exit code (the caller reads ``stdout`` and ``stderr``)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": _IMPORTS},
+        timeout=timeout,
+    )
 
 
 def services_required() -> bool:

@@ -24,6 +24,7 @@ import kling_cost
 from kling_cost.errors import StorageError
 from kling_cost.ledger import open_ledger
 from kling_cost.ledger.sqlite import SQLiteBackend
+from tests.helpers import run_python
 
 pytestmark = pytest.mark.slow
 
@@ -32,21 +33,9 @@ SRC = Path(kling_cost.__file__).resolve().parents[1]
 """The package under test (child processes import the same one)."""
 
 
-def _python(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(ROOT)])}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
 def _another_process_writes(url: str) -> str:
     """One reserve+release by a fresh process; its stdout ("ok" or the error)."""
-    done = _python(
+    done = run_python(
         f"""
         from kling_cost.ledger import open_ledger
         try:

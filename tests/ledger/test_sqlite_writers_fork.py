@@ -7,8 +7,6 @@ import fcntl
 import os
 import stat
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 import types
@@ -18,25 +16,11 @@ from pathlib import Path
 
 import pytest
 
-import kling_cost
 from kling_cost.errors import StorageError
 from kling_cost.ledger import open_ledger, sqlite_queue
+from tests.helpers import run_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.sqlite]
-
-SRC = Path(kling_cost.__file__).resolve().parents[1]
-
-
-def _python(code: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture
@@ -99,7 +83,7 @@ def test_a_forked_childs_reservation_is_not_lost_when_its_parent_closes_the_ledg
         os.waitpid(pid, 0)
         print("wal", os.path.exists({path + "-wal"!r}))
     """
-    done = _python(script)
+    done = run_python(script)
     out = done.stdout + done.stderr[-2000:]
     assert "child: reserved 60" in out or "child refused" in out, out
     if "child: reserved 60" in out:  # then no one else may have 60 of the 100 as well
@@ -112,7 +96,7 @@ def test_a_child_forked_during_a_write_of_its_parent_is_not_locked_out_for_ever(
     # _writers lock held by a thread it does not have, and SQLite's per-process lock state
     # with the write lock taken: every write of the child then fails after ?timeout= for the
     # rest of its life. It should write once the parent committed, or refuse at once.
-    done = _python(
+    done = run_python(
         f"""
         import os, threading, time
         from kling_cost.ledger import open_ledger
@@ -151,7 +135,7 @@ def test_a_child_forked_while_the_checkpointer_caps_the_wal_is_not_locked_out_fo
 ) -> None:
     # The same through the capped checkpoint, which holds _writers and (in each RESTART)
     # SQLite's write lock for up to checkpoint_cap_wait_ms while readers overlap.
-    done = _python(
+    done = run_python(
         f"""
         import contextlib, os, threading, time
         from kling_cost.errors import StorageError
@@ -230,7 +214,7 @@ def test_a_closed_ledger_does_not_close_a_forked_childs_unrelated_descriptor(sql
     # at-fork hook then closes that number in every forked child: by then it is some other
     # descriptor (a log file, a multiprocessing pipe, another ledger's database file).
     path = sqlite_url.removeprefix("sqlite:///")
-    done = _python(
+    done = run_python(
         f"""
         import fcntl, os, threading
         from kling_cost.ledger import open_ledger
