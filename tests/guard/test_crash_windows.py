@@ -90,7 +90,8 @@ def test_orphan_expired_before_attach_is_found_and_committed(tmp_path: Path, wor
     clock = FakeClock()
     clock.set(world.ledger.clock())
     with open_ledger(world.ledger_url, clock=clock) as ledger:
-        ledger.set_budget("account", 100)
+        # lifetime: the clock is the real one moved on, and may cross midnight (a new day window)
+        ledger.set_budget("account", 100, "lifetime")
         ledger.reserve(
             1, idempotency_key="job-5", ttl=timedelta(minutes=1), metadata={"endpoint": "text2video"}
         )
@@ -111,7 +112,8 @@ def test_a_running_task_keeps_its_hold_past_the_reservation_lease(world: World) 
     clock = FakeClock()
     clock.set(world.ledger.clock())
     with open_ledger(world.ledger_url, clock=clock) as ledger:
-        ledger.set_budget("account", 1)
+        # lifetime: 31 minutes on from the real time may cross midnight (a new day window)
+        ledger.set_budget("account", 1, "lifetime")
         with world.guard(ledger=ledger, cache=False, scopes=(), ttl=timedelta(minutes=30)) as guard:
             task = guard.create("text2video", {**BODY, "external_task_id": "long-1"})
             clock.advance(minutes=31)  # longer than the reservation's lease: still rendering
