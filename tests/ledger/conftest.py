@@ -39,6 +39,15 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def sqlite_url(tmp_path: Path) -> Iterator[str]:
+    """A SQLite ledger file with a generous ``project:a`` day budget (the writers' line tests)."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with open_ledger(url) as setup:
+        setup.set_budget("project:a", 10**6)
+    yield url
+
+
+@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 

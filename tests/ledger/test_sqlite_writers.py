@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -34,14 +34,6 @@ def _wait_for(path: Path, what: str, seconds: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"the child process never wrote {what!r} to {path}")
         time.sleep(0.01)
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    with open_ledger(url) as setup:
-        setup.set_budget("project:a", 1000)
-    yield url
 
 
 @pytest.mark.sqlite

@@ -12,7 +12,6 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -47,14 +46,6 @@ def _another_process_writes(url: str) -> str:
         """
     )
     return done.stdout.strip() + done.stderr[-500:]
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    with open_ledger(url) as setup:
-        setup.set_budget("project:a", 10**6)
-    yield url
 
 
 def _wait_for(path: Path, seconds: float = 30) -> str:

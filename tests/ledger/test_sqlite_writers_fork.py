@@ -10,7 +10,6 @@ import subprocess
 import threading
 import time
 import types
-from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -21,14 +20,6 @@ from kling_cost.ledger import open_ledger, sqlite_queue
 from tests.helpers import run_python
 
 pytestmark = [pytest.mark.slow, pytest.mark.sqlite]
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    with open_ledger(url) as setup:
-        setup.set_budget("project:a", 10**6)
-    yield url
 
 
 def _is_lock_timeout(outcome: str) -> bool:
