@@ -218,8 +218,8 @@ def test_the_common_path_runs_no_sql(
     real = ledger.backend.transaction
 
     @contextmanager
-    def spied() -> Iterator[Any]:
-        with real() as inner:
+    def spied(**options: Any) -> Iterator[Any]:
+        with real(**options) as inner:
             yield _Spy(inner, executed)
 
     monkeypatch.setattr(ledger.backend, "transaction", spied)

@@ -134,6 +134,7 @@ def _dump(ledger: Ledger) -> dict[str, list[tuple[Any, ...]]]:
         "alerts": "SELECT budget_id, window_key, kind, threshold, used_milli, reserved_milli FROM alerts",
     }
     out: dict[str, list[tuple[Any, ...]]] = {}
+    ledger.rollup.fold()  # PostgreSQL's charges wait in rollup_pending until a read folds them
     with ledger.transaction() as cur:
         for name, sql in queries.items():
             cur.execute(sql)
@@ -439,10 +440,12 @@ def test_a_backend_killed_inside_a_function_changes_nothing_twice(led: Ledger, o
     assert len(led.charges()) == (1 if operation == "commit" else 0)
 
 
-def test_rollup_shards_of_many_connections_sum_to_the_charges(pg_url: str, clock: FakeClock) -> None:
-    """Each connection adds to its own shard of a rollup group (no queue on one shared row);
-    every report sums them: the rollup's answer is the charges'."""
-    ledgers = [open_ledger(pg_url, clock=clock) for _ in range(4)]
+def test_charges_of_many_connections_wait_for_a_fold_then_sum_to_the_charges(
+    pg_url: str, clock: FakeClock
+) -> None:
+    """A commit adds no rollup row (no queue on one shared row): it notes its charge, and the
+    first report folds every noted charge in once; the rollup's answer is the charges'."""
+    ledgers = [open_ledger(pg_url, clock=clock, fold_interval=None) for _ in range(4)]
     try:
         ledgers[0].set_budget("project:a", limit="1000", window="day")
         for i, ledger in enumerate(ledgers):
@@ -452,12 +455,20 @@ def test_rollup_shards_of_many_connections_sum_to_the_charges(pg_url: str, clock
                 ledger.commit(res, actual=f"1.{i}{j}")
                 clock.advance(minutes=20)
         with ledgers[0].transaction() as cur:
-            cur.execute("SELECT DISTINCT shard FROM report_rollup WHERE shard <> 0")
-            shards = {row[0] for row in cur.fetchall()}
-        assert shards, "no commit went through the sharded rows"
+            cur.execute("SELECT COUNT(*) FROM report_rollup")
+            assert cur.fetchone()[0] == 0
+            cur.execute("SELECT COUNT(*) FROM rollup_pending p JOIN charges c ON c.id = p.charge_id")
+            noted = cur.fetchone()[0]
+            cur.execute("SELECT COUNT(*) FROM charges")
+            assert noted == cur.fetchone()[0] >= 12
         for group in ("day,model", "model", "project"):
             fast = report(ledgers[1], group, tz="UTC", source="rollup")
             assert fast.rows == report(ledgers[1], group, tz="UTC", source="charges").rows
+        with ledgers[0].transaction() as cur:
+            cur.execute("SELECT COUNT(*) FROM rollup_pending")
+            assert cur.fetchone()[0] == 0
+            cur.execute("SELECT SUM(s_n) FROM report_rollup WHERE scope = 'account' AND grain = 0")
+            assert cur.fetchone()[0] == noted
     finally:
         for ledger in ledgers:
             ledger.close()

@@ -23,7 +23,8 @@ How it is put together (one job per file; everything goes through one transactio
   (``cache_store.py``: the dedup cache), ``ledger.outbox`` (``outbox_store.py``: alerts; its
   writer hook, ``outbox.py``, records threshold crossings), ``ledger.rollup``
   (``rollup_store.py``: report sums; its writer hook ``rollup.py``, its read planner
-  ``rollup_read.py``), ``ledger.queries`` (``queries.py``: read-only questions),
+  ``rollup_read.py``, and ``rollup_fold.py``, which folds PostgreSQL's noted charges in),
+  ``ledger.queries`` (``queries.py``: read-only questions),
   ``ledger.proxy`` (``proxy_store.py``: the proxy's virtual keys and task owners),
   ``ledger.relays`` (``relay_store.py``: the callbacks the proxy relays to clients) and
   ``ledger.runs`` (``runs_store.py``: the bill's reconciliation runs and differences). The
@@ -53,6 +54,7 @@ from .cache_store import CacheEntry
 from .copy import CopyResult, copy_ledger
 from .ledger import Ledger
 from .models import AlertRecord, Charge, Reservation
+from .rollup_fold import check_fold_interval
 from .sqlite import SQLiteBackend
 from .urls import redact_url
 
@@ -84,7 +86,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_LEDGER_OPTIONS = ("default_ttl", "sweep_interval")
+_LEDGER_OPTIONS = ("default_ttl", "sweep_interval", "fold_interval")
 """Options of :func:`open_ledger` that belong to the :class:`Ledger`; the others go to the backend."""
 
 
@@ -114,8 +116,9 @@ def open_ledger(url: str | None = None, *, create: bool = True, **options: Any) 
     by this package, only its tables.
 
     ``options``: ``clock`` (a function returning an aware UTC datetime), ``default_ttl``,
-    ``sweep_interval``, and backend-specific ones (PostgreSQL: ``pool``, ``min_size``,
-    ``max_size``, ``connect_timeout``).
+    ``sweep_interval``, ``fold_interval`` (seconds between background folds of the report
+    rollup on PostgreSQL; None: only reads fold, see :mod:`.rollup_fold`), and backend-specific
+    ones (PostgreSQL: ``pool``, ``min_size``, ``max_size``, ``connect_timeout``).
     """
     target = url or default_ledger_url()
     if not isinstance(target, str):
@@ -136,5 +139,6 @@ def open_ledger(url: str | None = None, *, create: bool = True, **options: Any) 
             "(e.g. sqlite:///credits.db)"
         )
     ledger_options = {name: options.pop(name) for name in _LEDGER_OPTIONS if name in options}
+    check_fold_interval(ledger_options.get("fold_interval"))  # before a backend opens
     backend = backend_class(target, create=create, **options)
     return Ledger(backend, **ledger_options)

@@ -137,6 +137,9 @@ class Backend(ABC):
     """The identity column of the schema's ``{id}``."""
     without_rowid: ClassVar[str] = ""
     """The schema's ``{without_rowid}``: SQLite's clustered-key table option."""
+    defers_rollup: ClassVar[bool] = False
+    """Whether a settle notes its charge for a later fold instead of adding it to the report
+    rollup rows itself (:mod:`.rollup_fold`)."""
     lock_reservation: ClassVar[str] = ""
     """A suffix for a ``SELECT`` of one reservation row that locks it until the transaction
     ends. SQLite needs none: ``BEGIN IMMEDIATE`` already serialises every writer."""
@@ -179,6 +182,10 @@ class Backend(ABC):
 
     def lock_schema(self, cur: Cursor) -> None:  # noqa: B027 - optional
         """Serialise concurrent migrations (SQLite's BEGIN IMMEDIATE already does)."""
+
+    def lock_named(self, cur: Cursor, name: str) -> None:  # noqa: B027 - optional
+        """Serialise the transactions that take the lock ``name``, until each ends (SQLite's
+        BEGIN IMMEDIATE already serialises every writer)."""
 
     def id_high_water(self, cur: Cursor, table: str, column: str) -> int:
         """The highest id ``table`` ever handed out, deleted rows included."""

@@ -32,6 +32,7 @@ from .proxy_store import ProxyStore
 from .queries import Queries
 from .records import ReservationRow, clean_metadata, reservation_id_of, text_or_none
 from .relay_store import RelayStore
+from .rollup_fold import FOLD_INTERVAL, check_fold_interval
 from .rollup_store import RollupStore
 from .runs_store import RunStore
 from .settle import Settlement
@@ -54,7 +55,9 @@ class Ledger(CacheCalls):
         *,
         default_ttl: timedelta = DEFAULT_TTL,
         sweep_interval: timedelta = timedelta(seconds=1),
+        fold_interval: float | None = FOLD_INTERVAL,
     ) -> None:
+        fold_interval = check_fold_interval(fold_interval)
         self.backend = backend
         self.url = backend.url
         self.clock = backend.clock
@@ -62,7 +65,7 @@ class Ledger(CacheCalls):
         self.default_ttl = default_ttl
         self._in_transaction = threading.local()
         self.outbox = OutboxStore(self)
-        self.rollup = RollupStore(self)
+        self.rollup = RollupStore(self, fold_interval)
         self.cache = RequestCache(self)
         self.queries = Queries(self)
         self.proxy = ProxyStore(self)
@@ -115,7 +118,10 @@ class Ledger(CacheCalls):
 
     def close(self) -> None:
         """Release connections. The ledger can not be used afterwards."""
-        self.backend.close()
+        try:
+            self.rollup.close()
+        finally:
+            self.backend.close()
 
     def __enter__(self) -> Self:
         return self

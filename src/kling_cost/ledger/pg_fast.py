@@ -207,6 +207,12 @@ class FastPath:
             and not getattr(self._in_transaction, "active", False)
         )
 
+    def _noted(self) -> None:
+        """A function may have noted a charge for the rollup's fold: the background fold runs."""
+        noted = getattr(self._rollup, "noted", None)
+        if noted is not None:
+            noted()
+
     def _now(self) -> int | None:
         """The time to decide by: None (the server's) unless a clock was injected."""
         return None if self.backend.server_time else to_ms(self.backend.clock())
@@ -356,6 +362,7 @@ class FastPath:
         except (Declined, Conflict):
             return None
         self._forget(res_id)
+        self._noted()
         return reservation_row(rows[0])
 
     def release(self, res_id: str, failed: bool | None) -> ReservationRow | None:
@@ -368,6 +375,7 @@ class FastPath:
         except (Declined, Conflict):
             return None
         self._forget(res_id)
+        self._noted()
         return reservation_row(rows[0])
 
     def extend(self, res_id: str, ttl: timedelta) -> ReservationRow | None:
@@ -400,4 +408,5 @@ class FastPath:
             (recorded, _server_now), *_ = self.backend.call(_CACHE_HIT, params)
         except (Declined, Conflict):
             return None
+        self._noted()
         return bool(recorded)

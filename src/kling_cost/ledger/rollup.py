@@ -29,6 +29,10 @@ a scope and a bucket range is one index range as before. :class:`RollupHook` ups
 of a charge in one statement, inside the ledger's own transaction; the store that reads them
 is :class:`~.rollup_store.RollupStore` (``ledger.rollup``).
 
+On PostgreSQL (migration 13) a settle notes its charge in ``rollup_pending`` instead, and a
+*fold* adds the noted charges to these rows before every read and in the background
+(:mod:`.rollup_fold`, which says why).
+
 Ledgers created before this table existed: migration 3 leaves a ``backfill_upto`` marker (the
 last charge id then); the first read rolls those charges up
 (:meth:`~.rollup_store.RollupStore.ensure_backfilled`).
@@ -38,7 +42,7 @@ the unit (rows written before it are ``units``, as were all charges then).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +66,7 @@ __all__ = [
     "rollup_rows",
     "rollup_values",
     "upsert",
+    "upsert_rows",
 ]
 
 BUCKET_MS = 3_600_000
@@ -127,7 +132,11 @@ def rollup_rows(scopes: Sequence[str], values: Values) -> list[tuple[Any, ...]]:
 
 def upsert(cur: Cursor, scopes: Sequence[str], values: Values) -> None:
     """Add one charge to the rollup rows of each of its scopes, both grains (one statement)."""
-    rows = rollup_rows(scopes, values)
+    upsert_rows(cur, rollup_rows(scopes, values))
+
+
+def upsert_rows(cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Add ``rows`` (as :func:`rollup_rows` makes them; no key twice) in one statement."""
     if not rows:
         return
     params: list[Any] = []
@@ -140,14 +149,20 @@ def upsert(cur: Cursor, scopes: Sequence[str], values: Values) -> None:
 
 
 _UPSERTS: dict[int, str] = {}
-"""Number of rows -> the upsert statement writing them (few distinct: two per scope)."""
+"""Number of rows -> the upsert statement writing them (few distinct: two per scope; a fold's
+chunks, up to 500)."""
 
 
 class RollupHook:
-    """Keeps ``report_rollup`` in step with ``charges``, in the same transaction."""
+    """Keeps ``report_rollup`` in step with ``charges``, in the same transaction: adds the
+    charge to its rows, or with ``noted`` (PostgreSQL), notes it in ``rollup_pending`` for a
+    fold (:mod:`.rollup_fold`) and calls ``noted()`` (nothing waits for the fold)."""
 
     watches_budgets = False
     """It needs the charge, not the budget windows' counters (saves a query per settle)."""
+
+    def __init__(self, noted: Callable[[], None] | None = None) -> None:
+        self.noted = noted
 
     def after_reserve(
         self, cur: Cursor, now: datetime, reservation: ReservationRow, states: Sequence[WindowState]
@@ -157,6 +172,12 @@ class RollupHook:
     def after_settle(
         self, cur: Cursor, now: datetime, charge: SettledCharge, states: Sequence[WindowState]
     ) -> None:
+        if self.noted is not None and charge.id is not None:
+            if charge.status not in _PREFIX or charge.unit not in UNITS:  # refused now, not by a fold
+                rollup_values(charge.status, 0, 0, 0, None, None, charge.unit)
+            cur.execute("INSERT INTO rollup_pending (charge_id) VALUES (?)", (charge.id,))
+            self.noted()
+            return
         values = rollup_values(
             charge.status,
             charge.created_at_ms,

@@ -1,20 +1,24 @@
 """The report rollup as a store of the ledger (``ledger.rollup``): the ``report_rollup`` table.
 
 Writing: its :attr:`RollupStore.writer` (:class:`~.rollup.RollupHook`) is one of the ledger's
-hooks and adds every settled charge to the rollup inside the ledger's own transaction.
+hooks and adds every settled charge to the rollup inside the ledger's own transaction (on
+PostgreSQL: notes it for a fold, :mod:`.rollup_fold`).
 Reading: :meth:`RollupStore.sums` answers a report's sums in one statement (planned by
-:mod:`.rollup_read`), after rolling up, once, the charges of a ledger older than the rollup.
+:mod:`.rollup_read`), after rolling up, once, the charges of a ledger older than the rollup,
+and folding the charges noted since the last fold.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError
 from . import rollup_read
 from .rollup import RollupHook, rollup_values, upsert
+from .rollup_fold import FOLD_INTERVAL, Folder, fold, pending
 from .rollup_read import Segment
 
 if TYPE_CHECKING:
@@ -22,15 +26,47 @@ if TYPE_CHECKING:
 
 __all__ = ["RollupStore"]
 
+_log = logging.getLogger(__name__)
+
 
 class RollupStore:
     """One ledger's report rollup: its writer hook and its reads."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, fold_interval: float | None = FOLD_INTERVAL) -> None:
         self.ledger = ledger
-        self.writer = RollupHook()
+        self._folder = Folder(ledger, fold_interval)
+        self.writer = RollupHook(self._folder.noted if ledger.backend.defers_rollup else None)
         """The hook that keeps the rollup in step (installed in ``ledger.hooks`` by the ledger)."""
         self._backfilled = False
+
+    def catch_up(self) -> None:
+        """Roll up what a read of the rollup would miss: the charges of a ledger older than
+        the rollup (once), and those noted for a fold since the last one."""
+        self.ensure_backfilled()
+        if pending(self.ledger):
+            fold(self.ledger)
+
+    def caught_up(self) -> bool:
+        """:meth:`catch_up`, False when it cannot write (a read-only role or server: reports
+        then read the raw charges)."""
+        try:
+            self.catch_up()
+        except StorageError as exc:
+            _log.info(
+                "the report rollup of %s cannot catch up (%s): reading the charges", self.ledger.url, exc
+            )
+            return False
+        return True
+
+    def fold(self) -> int:
+        """Add the charges noted for a fold to the rollup now (see :mod:`.rollup_fold`);
+        returns how many. Reads do it themselves: this is for tests and tools that read the
+        table directly."""
+        return fold(self.ledger)
+
+    def close(self) -> None:
+        """Stop the background fold (folding once more if it ran); the ledger is closing."""
+        self._folder.close()
 
     def ensure_backfilled(self) -> None:
         """Roll up the charges recorded before the rollup existed (once; a no-op afterwards)."""
@@ -89,7 +125,7 @@ class RollupStore:
         sql, params = rollup_read.sums_query(
             reads, scope, scope_group, list(dims), timed=segments is not None
         )
-        self.ensure_backfilled()
+        self.catch_up()
         with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StorageError
 from ..timestamps import to_ms
+from .rollup_fold import PENDING_MIGRATION
 from .schema_bill import BILL_KEYS, BILL_MIGRATION, BILL_TABLES
 from .schema_fast import SHARD_MIGRATION, install_fast_path
 from .schema_proxy import PROXY_KEYS, PROXY_MIGRATION, PROXY_TABLES
@@ -292,6 +293,7 @@ MIGRATIONS.append((9, list(PROXY_MIGRATION)))
 MIGRATIONS.append((10, list(BILL_MIGRATION)))
 MIGRATIONS.append((11, [install_fast_path]))
 MIGRATIONS.append((12, [*SHARD_MIGRATION, install_fast_path]))
+MIGRATIONS.append((13, [*PENDING_MIGRATION, install_fast_path]))
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -438,6 +440,7 @@ TABLES.append(
     )
 )
 TABLES.append(("report_rollup_meta", ("name", "value"), None))
+TABLES.append(("rollup_pending", ("charge_id",), None))
 TABLES.extend(PROXY_TABLES)
 TABLES.extend(BILL_TABLES)
 """Every data table, in an order that respects foreign keys: (name, columns, identity column)."""
@@ -451,6 +454,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "report_rollup": ("grain", "scope", "bucket", "model", "mode", "unit", "shard"),
     "request_cache": ("fingerprint",),
     "report_rollup_meta": ("name",),
+    "rollup_pending": ("charge_id",),
     **PROXY_KEYS,
     **BILL_KEYS,
 }

@@ -10,9 +10,10 @@ the two built-in hooks) does for the common case, and nothing else:
   priced against (ids and row versions: ``xmin``, which every change of a budget row renews),
   locks them (``FOR KEY SHARE``, id order), writes the reservation and holds the amount on each
   window with the same conditional upsert as ``Holds.hold``.
-* ``kling_commit`` / ``kling_release``: move a held reservation, its windows, its charge row
-  and the report rollup rows (``RollupHook``), in the windows' budget-id order.
-* ``kling_cache_hit``: the ``cached`` reservation, its charge of 0 and the rollup rows.
+* ``kling_commit`` / ``kling_release``: move a held reservation and its windows (in the
+  windows' budget-id order), write its charge row and note it for the report rollup's fold
+  (``rollup_pending``, as ``RollupHook`` does on PostgreSQL; see :mod:`.rollup_fold`).
+* ``kling_cache_hit``: the ``cached`` reservation, its charge of 0, noted for the fold.
 
 Anything unusual is *declined* (SQLSTATE ``KC001``, the statement rolls back whole and the
 caller takes the general path, which has every rule): a refusal, a threshold crossed (the
@@ -44,7 +45,8 @@ __all__ = [
 
 FAST_VERSION = 12
 """The schema version from which the functions exist (11 made them, 12 sharded the rollup
-rows they write: ``install_fast_path`` runs again)."""
+rows they wrote, 13 made them note their charges for the fold instead: ``install_fast_path``
+runs again each time)."""
 
 DECLINED = "KC001"
 """The SQLSTATE of a declined call: the caller takes the general path."""
@@ -64,9 +66,10 @@ _NOW = f"COALESCE(p_now, {SERVER_MS})"
 
 SHARDS = 8
 """How many rows of ``report_rollup`` one group (scope, grain, bucket, model, mode, unit) may
-have on PostgreSQL: each connection adds to the row of its shard (``pg_backend_pid() % 8``),
-so commits of many processes never queue on the lock of one shared row (every charge counts
-on ``account``) until each other's commit is on disk. Reads sum the shards."""
+have on PostgreSQL: from schema 12, each connection added to the row of its shard
+(``pg_backend_pid() % 8``), so that commits of many processes did not queue on the lock of
+one shared row. From 13 no commit writes a rollup row (the fold writes shard 0); the rows of
+the other shards stay, and reads sum the shards."""
 
 _SETTLE_WINDOWS = """
     FOR v_bid, v_key IN SELECT (e ->> 0)::bigint, e ->> 1 FROM json_array_elements(r.windows::json) e LOOP
@@ -83,29 +86,18 @@ _CHARGE_PARAMS = (
 )
 
 
-def _charge(status: str, estimate: str, actual: str, scopes: str, task: str) -> str:
-    """The charge row and its rollup rows (hour and day per scope), as ``settle.py`` and
-    ``rollup.py`` write them; ``v_now`` is the settlement time."""
-    prefix = {"succeeded": "s", "failed": "f", "cache_hit": "c"}[status]
-    sums = {f"{p}_{m}": "0" for p in "sfc" for m in ("n", "est", "act")}
-    sums.update({f"{prefix}_n": "1", f"{prefix}_est": estimate, f"{prefix}_act": actual})
-    names = ", ".join(sums)
-    values = ", ".join(sums.values())
-    add = ", ".join(f"{c} = report_rollup.{c} + excluded.{c}" for c in sums)
+def _charge(status: str, estimate: str, actual: str, task: str) -> str:
+    """The charge row, as ``settle.py`` writes it, noted for the report rollup's fold (see
+    :mod:`.rollup_fold`); ``v_now`` is the settlement time."""
     return f"""
     INSERT INTO charges (reservation_id, idempotency_key, status, created_at, settled_at,
         estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio,
         prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli)
     VALUES (r.id, COALESCE(r.idempotency_key, r.id), '{status}', r.created_at, v_now, {estimate},
         {actual}, r.scopes, {task}, p_kind, p_model, p_mode, p_duration, p_audio, p_prompt_hash,
-        p_prompt_preview, r.metadata, r.unit, r.catalog, r.catalog_date, 0);
-    v_hour := r.created_at - mod(mod(r.created_at, 3600000) + 3600000, 3600000);
-    INSERT INTO report_rollup (scope, grain, bucket, model, mode, unit, shard, {names})
-    SELECT s, g,
-        CASE WHEN g = 0 THEN v_hour ELSE v_hour - mod(mod(v_hour, 86400000) + 86400000, 86400000) END,
-        COALESCE(p_model, ''), COALESCE(p_mode, ''), r.unit, mod(pg_backend_pid(), {SHARDS}), {values}
-    FROM {scopes} AS s, (VALUES (0), (1)) AS grains(g)
-    ON CONFLICT (grain, scope, bucket, model, mode, unit, shard) DO UPDATE SET {add};
+        p_prompt_preview, r.metadata, r.unit, r.catalog, r.catalog_date, 0)
+    RETURNING id INTO v_charge;
+    INSERT INTO rollup_pending (charge_id) VALUES (v_charge);
 """
 
 
@@ -182,14 +174,13 @@ END
 $$
 """
 
-_SCOPES = "json_array_elements_text(r.scopes::json)"
 _DECLARE_SETTLE = """
 DECLARE
     v_now bigint := {now};
     v_spent bigint;
     v_bid bigint;
     v_key text;
-    v_hour bigint;
+    v_charge bigint;
     r reservations;
 """
 
@@ -209,7 +200,7 @@ BEGIN
     END IF;
     v_spent := r.actual_milli;
     {_SETTLE_WINDOWS}
-    {_charge("succeeded", "r.amount_milli", "v_spent", _SCOPES, "r.task_id")}
+    {_charge("succeeded", "r.amount_milli", "v_spent", "r.task_id")}
     RETURN NEXT r;
 END
 $$
@@ -233,7 +224,7 @@ BEGIN
         IF p_meta IS NULL OR r.metadata <> p_meta THEN
             {_declined("the metadata changed")}
         END IF;
-        {_charge("failed", "r.amount_milli", "0", _SCOPES, "r.task_id")}
+        {_charge("failed", "r.amount_milli", "0", "r.task_id")}
     END IF;
     RETURN NEXT r;
 END
@@ -259,7 +250,7 @@ BEGIN
         END IF;
         {_declined("the idempotency key was used before")}
     END IF;
-    {_charge("cache_hit", "p_milli", "0", "unnest(p_scopes)", "p_task")}
+    {_charge("cache_hit", "p_milli", "0", "p_task")}
     RETURN true;
 END
 $$

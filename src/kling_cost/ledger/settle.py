@@ -337,11 +337,41 @@ class Settlement:
         task_id = text_or_none(task_id)
         over = max((s.overage_milli for s in states), default=0)
         kind, model, mode, duration, audio, prompt_hash, prompt_preview = charge_fields(meta)
+        settled_at = to_ms(now)
+        cur.execute(
+            "INSERT INTO charges (reservation_id, idempotency_key, status, created_at, settled_at, "
+            "estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio, "
+            "prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                res.id,
+                res.idempotency_key or res.id,
+                status,
+                res.created_at_ms,
+                settled_at,
+                res.amount_milli,
+                spent,
+                res.scopes_text(),
+                task_id,
+                kind,
+                model,
+                mode,
+                duration,
+                audio,
+                prompt_hash,
+                prompt_preview,
+                res.metadata_text(),
+                res.unit,
+                res.catalog,
+                res.catalog_date,
+                over,
+            ),
+        )
         charge = SettledCharge(
-            id=None,
+            id=int(cur.fetchone()[0]),
             status=status,
             created_at_ms=res.created_at_ms,
-            settled_at_ms=to_ms(now),
+            settled_at_ms=settled_at,
             estimate_milli=res.amount_milli,
             actual_milli=spent,
             scopes=res.scopes,
@@ -354,35 +384,6 @@ class Settlement:
             metadata=meta,
             unit=res.unit,
             overage_milli=over,
-        )
-        cur.execute(
-            "INSERT INTO charges (reservation_id, idempotency_key, status, created_at, settled_at, "
-            "estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio, "
-            "prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                res.id,
-                res.idempotency_key or res.id,
-                status,
-                charge.created_at_ms,
-                charge.settled_at_ms,
-                charge.estimate_milli,
-                spent,
-                res.scopes_text(),
-                task_id,
-                charge.kind,
-                charge.model,
-                charge.mode,
-                charge.duration,
-                audio,
-                prompt_hash,
-                prompt_preview,
-                res.metadata_text(),
-                res.unit,
-                res.catalog,
-                res.catalog_date,
-                over,
-            ),
         )
         for hook in self.hooks:
             hook.after_settle(cur, now, charge, states)

@@ -257,6 +257,8 @@ def report(
     plan = None if source == "charges" else _rollup_plan(ledger, dims, lo, hi, scope, tz)
     if plan is None and source == "rollup":
         raise ValidationError(f"the rollup cannot answer this report exactly (by {dims}, tz {tz})")
+    if plan is not None and source == "auto" and not ledger.rollup.caught_up():
+        plan = None  # it cannot fold the charges noted since (read-only): the charges answer
     if plan is not None:
         rows, totals = _from_rollup(ledger, dims, plan, lo, hi, scope)
     else:

@@ -1,0 +1,269 @@
+"""The deferred report rollup (ledger/rollup_fold.py): PostgreSQL's settles note their charges,
+folds add them to the rollup exactly once, whoever folds, whenever, whatever crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kling_cost.errors import ConfigurationError, StorageError
+from kling_cost.ledger import Ledger, copy_ledger, open_ledger
+from kling_cost.reports import report
+from tests.helpers import FakeClock
+
+GROUPS = ("day,model", "model", "project", "status")
+
+
+def _count(led: Ledger, sql: str) -> int:
+    with led.transaction() as cur:
+        cur.execute(sql)
+        return int(cur.fetchone()[0] or 0)
+
+
+def _spend(led: Ledger, clock: FakeClock, n: int, *, scopes: tuple[str, ...] = ("project:a",)) -> None:
+    for i in range(n):
+        res = led.reserve("2", list(scopes), metadata={"model": f"m{i % 3}"})
+        if i % 5 == 4:
+            led.release(led.attach_task(res, f"t-{i}"))  # a failed task: a charge of 0
+        else:
+            led.commit(res, actual=f"1.{i % 10}")
+        clock.advance(minutes=37)
+
+
+def _agrees(led: Ledger) -> None:
+    """Every rollup report is the raw charges' report."""
+    for group in GROUPS:
+        fast = report(led, group, tz="UTC", source="rollup")
+        slow = report(led, group, tz="UTC", source="charges")
+        assert fast.rows == slow.rows and fast.totals == slow.totals, group
+
+
+def test_postgres_notes_each_charge_and_the_first_report_folds_them_once(
+    pg_url: str, clock: FakeClock
+) -> None:
+    with open_ledger(pg_url, clock=clock, fold_interval=None) as led:
+        led.set_budget("project:a", 1000)
+        _spend(led, clock, 12)
+        charges = _count(led, "SELECT COUNT(*) FROM charges")
+        assert charges == 12
+        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == charges
+        assert _count(led, "SELECT COUNT(*) FROM report_rollup") == 0
+        _agrees(led)
+        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 0
+        assert (
+            _count(led, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account' AND grain = 0")
+            == 12
+        )
+        assert led.rollup.fold() == 0  # nothing left: a second fold adds nothing
+        _agrees(led)
+
+
+def test_sqlite_adds_each_charge_at_once(ledger_url: str, clock: FakeClock) -> None:
+    with open_ledger(ledger_url, clock=clock, fold_interval=None) as led:
+        led.set_budget("project:a", 1000)
+        _spend(led, clock, 6)
+        deferred = led.backend.defers_rollup
+        assert deferred == ledger_url.startswith("postgresql")
+        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == (6 if deferred else 0)
+        _agrees(led)
+
+
+def test_the_background_fold_and_closing_fold_the_noted_charges(pg_url: str, clock: FakeClock) -> None:
+    with open_ledger(pg_url, clock=clock, fold_interval=0.05) as led:
+        led.set_budget("project:a", 1000)
+        _spend(led, clock, 3)
+        deadline = time.monotonic() + 10
+        while _count(led, "SELECT COUNT(*) FROM rollup_pending") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 0
+        assert _count(led, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account'") == 3 * 2
+    led = open_ledger(pg_url, clock=clock)  # the default interval (2 s): closing folds
+    _spend(led, clock, 4)
+    led.close()
+    with open_ledger(pg_url, clock=clock, fold_interval=None) as after:
+        assert _count(after, "SELECT COUNT(*) FROM rollup_pending") == 0
+        assert _count(after, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account'") == 7 * 2
+        _agrees(after)
+
+
+def test_folds_in_many_threads_beside_commits_count_every_charge_once(pg_url: str) -> None:
+    """Four ledgers (their own connections) commit while each folds in the background every
+    10 ms and a reader reports in a loop: no charge is lost or added twice."""
+    ledgers = [open_ledger(pg_url, fold_interval=0.01) for _ in range(4)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def spend(led: Ledger, n: int) -> None:
+        try:
+            for i in range(n):
+                res = led.reserve("1", ["project:a", f"key:k{i % 3}"], metadata={"model": f"m{i % 2}"})
+                led.commit(res, actual="0.5")
+        except BaseException as exc:
+            errors.append(exc)
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                report(ledgers[0], "project", source="rollup")
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        ledgers[0].set_budget("project:a", 10**6)
+        spenders = [threading.Thread(target=spend, args=(led, 40)) for led in ledgers]
+        reader = threading.Thread(target=read)
+        for thread in [*spenders, reader]:
+            thread.start()
+        for thread in spenders:
+            thread.join(120)
+        stop.set()
+        reader.join(60)
+        assert not errors, errors
+        rep = report(ledgers[1], "project", source="rollup")
+        assert [(r.key, r.charges, r.actual) for r in rep.rows] == [
+            ({"project": "project:a"}, 160, Decimal("80.000"))
+        ]
+        assert _count(ledgers[1], "SELECT COUNT(*) FROM rollup_pending") == 0
+        total = "SELECT SUM(s_n), SUM(s_act) FROM report_rollup WHERE scope = 'account' AND grain = 1"
+        with ledgers[1].transaction() as cur:
+            cur.execute(total)
+            assert tuple(int(v) for v in cur.fetchone()) == (160, 80_000)
+        _agrees(ledgers[2])
+    finally:
+        stop.set()
+        for led in ledgers:
+            led.close()
+
+
+_HANG_IN_A_FOLD = """
+import sys, time
+from kling_cost.ledger import open_ledger, rollup_fold
+real = rollup_fold.upsert_rows
+batches = []
+def upsert_then_hang(cur, rows):
+    real(cur, rows)
+    batches.append(rows)
+    if len(batches) == (2 if int(sys.argv[2]) == 3 else 1):  # 3 charges: one chunk a batch
+        print("folding", flush=True)
+        time.sleep(120)
+rollup_fold.upsert_rows = upsert_then_hang
+led = open_ledger(sys.argv[1], fold_interval=None)
+rollup_fold.fold(led, batch=int(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("batch", [3, 1000], ids=["second-batch", "first-batch"])
+def test_a_fold_killed_midway_leaves_its_charges_noted_for_the_next(
+    pg_url: str, clock: FakeClock, batch: int
+) -> None:
+    """SIGKILL after a fold wrote rollup rows, before it committed: nothing of it lands, and
+    the next fold adds every charge exactly once (a batch before it did land: it stays)."""
+    with open_ledger(pg_url, clock=clock, fold_interval=None) as led:
+        led.set_budget("project:a", 1000)
+        _spend(led, clock, 10)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _HANG_IN_A_FOLD, pg_url, str(batch)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+        )
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "folding"
+            if batch == 3:  # the first batch landed; the child hangs in the second
+                assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 10 - 3
+            else:
+                assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 10
+                assert _count(led, "SELECT COUNT(*) FROM report_rollup") == 0
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(30)
+            assert child.stdout is not None
+            child.stdout.close()
+        noted = _count(led, "SELECT COUNT(*) FROM rollup_pending")
+        assert noted == (7 if batch == 3 else 10)
+        assert led.rollup.fold() == noted
+        _agrees(led)
+        assert (
+            _count(led, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account' AND grain = 0")
+            == 10
+        )
+
+
+def test_a_sqlite_copy_of_a_postgres_ledger_folds_what_was_noted(
+    pg_url: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    with open_ledger(pg_url, clock=clock, fold_interval=None) as source:
+        source.set_budget("project:a", 1000)
+        _spend(source, clock, 4)
+        source.rollup.fold()
+        _spend(source, clock, 5)  # noted, not folded
+        target_url = f"sqlite:///{tmp_path / 'copy.db'}"
+        with open_ledger(target_url, clock=clock) as target:
+            copy_ledger(source, target)
+            assert _count(target, "SELECT COUNT(*) FROM rollup_pending") == 5
+            _agrees(target)
+            assert _count(target, "SELECT COUNT(*) FROM rollup_pending") == 0
+            assert (
+                _count(
+                    target, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account' AND grain = 1"
+                )
+                == 9
+            )
+
+
+def test_a_read_only_connection_reports_from_the_charges_when_it_cannot_fold(
+    pg_url: str, clock: FakeClock
+) -> None:
+    with open_ledger(pg_url, clock=clock, fold_interval=None) as led:
+        led.set_budget("project:a", 1000)
+        _spend(led, clock, 6)
+        expected = report(led, "model", tz="UTC", source="charges")
+        read_only = pg_url + "&options=-c%20default_transaction_read_only%3Don"
+        with open_ledger(read_only, clock=clock, fold_interval=None) as reader:
+            auto = report(reader, "model", tz="UTC")
+            assert auto.source == "charges" and auto.rows == expected.rows
+            with pytest.raises(StorageError, match="read-only"):
+                report(reader, "model", tz="UTC", source="rollup")
+        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 6  # nothing was folded
+        assert report(led, "model", tz="UTC").source == "rollup"
+
+
+@pytest.mark.parametrize("interval", [0, -1, "2", True, float("nan")])
+def test_a_bad_fold_interval_is_refused_before_anything_opens(tmp_path: Path, interval: Any) -> None:
+    path = tmp_path / "never.db"
+    with pytest.raises(ConfigurationError, match="fold_interval must be a positive number of seconds"):
+        open_ledger(f"sqlite:///{path}", fold_interval=interval)
+    assert not path.exists()
+
+
+def test_an_unknown_status_is_refused_at_the_settle_not_by_a_later_fold(
+    pg_url: str, clock: FakeClock
+) -> None:
+    """The hook checks what the fold would refuse while the settle can still fail cleanly."""
+    from kling_cost.ledger.hooks import SettledCharge
+    from kling_cost.ledger.rollup import RollupHook
+
+    noted: list[int] = []
+    hook = RollupHook(lambda: noted.append(1))
+    charge = SettledCharge(
+        id=1, status="refunded", created_at_ms=0, settled_at_ms=0, estimate_milli=1, actual_milli=1,
+        scopes=("account",), task_id=None, kind=None, model=None, mode=None, duration=None,
+        audio=False, metadata={},
+    )  # fmt: skip
+    with (
+        open_ledger(pg_url, clock=clock) as led,
+        pytest.raises(StorageError, match="status 'refunded'"),
+        led.transaction() as cur,
+    ):
+        hook.after_settle(cur, clock(), charge, ())
+    assert not noted
