@@ -64,6 +64,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from kling_cost.errors import BudgetExceeded
 from kling_cost.ledger import open_ledger
+from kling_cost.ledger.rollup_fold import FOLD_INTERVAL
 from kling_cost.money import to_storage
 
 AMOUNT = Decimal("1.5")
@@ -844,6 +845,27 @@ def _pg_ledger_overspent(ledger_url: str) -> list[str]:
         ]
 
 
+def _pg_rollup_note(admin: Any) -> str:
+    """The report rollup after the run: the measured processes noted every charge for a fold
+    and folded in the background and when they closed (inside the figures)."""
+    with admin.transaction(snapshot=True) as cur:
+        cur.execute("SELECT COUNT(*) FROM rollup_pending")
+        pending = int(cur.fetchone()[0])
+        cur.execute("SELECT COUNT(*), COALESCE(SUM(actual_milli), 0) FROM charges")
+        charges, actual = (int(v) for v in cur.fetchone())
+        cur.execute(
+            "SELECT COALESCE(SUM(s_n + f_n + c_n), 0), COALESCE(SUM(s_act), 0) FROM report_rollup "
+            "WHERE scope = 'account' AND grain = 1"
+        )
+        rolled, rolled_actual = (int(v) for v in cur.fetchone())
+    same = rolled + pending == charges and (pending > 0 or rolled_actual == actual)
+    return (
+        f"rollup: {charges:,} charges; {rolled:,} folded by the measured processes (in the background "
+        f"every {FOLD_INTERVAL:g} s and when they closed), {pending:,} still noted; "
+        + ("folded + noted = charges" if same else "MISMATCH: folded + noted != charges")
+    )
+
+
 def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
     report = Report("postgres")
     server = os.environ.get("KLING_COST_TEST_POSTGRES_URL") or DEFAULT_PG_URL
@@ -897,6 +919,7 @@ def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
         usage = admin.usage(CONTENDED_SCOPE, WINDOW)
         overspend = max(Decimal(0), usage.used + usage.reserved - usage.limit)
         bad = _pg_ledger_overspent(ledger_url)
+        report.notes.append(_pg_rollup_note(admin))
         base_bad = _pg_baseline_schema(conninfo, base_schema, 0, drop=True)
         base_created = False
     finally:

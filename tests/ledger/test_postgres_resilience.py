@@ -288,3 +288,12 @@ def test_an_injected_clock_still_decides_on_postgres(schema: str, clock: FakeClo
         assert (r.created_at, led.clock()) == (clock(), clock())
         clock.advance(minutes=6)
         assert led.sweep() == 1 and led.usage("account").reserved == 0
+
+
+def test_connection_options_with_spaces_reach_the_server(pg_url: str) -> None:
+    """``options=-c name=value`` (libpq's way to set a setting per connection) keeps its space:
+    the URL is re-encoded for libpq with %20, never ``+`` (which libpq reads as a plus sign)."""
+    url = pg_url + "&options=-c%20statement_timeout%3D4321"
+    with open_ledger(url) as led, led.transaction(snapshot=True) as cur:
+        cur.execute("SHOW statement_timeout")
+        assert cur.fetchone()[0] == "4321ms"
