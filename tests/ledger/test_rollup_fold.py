@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ def test_sqlite_adds_each_charge_at_once(ledger_url: str, clock: FakeClock) -> N
         _agrees(led)
 
 
-def test_the_background_fold_and_closing_fold_the_noted_charges(pg_url: str, clock: FakeClock) -> None:
+def test_the_background_fold_folds_the_noted_charges_and_closing_stops_it(pg_url: str, clock: FakeClock) -> None:
     with open_ledger(pg_url, clock=clock, fold_interval=0.05) as led:
         led.set_budget("project:a", 1000)
         _spend(led, clock, 3)
@@ -86,13 +87,16 @@ def test_the_background_fold_and_closing_fold_the_noted_charges(pg_url: str, clo
             time.sleep(0.02)
         assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 0
         assert _count(led, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account'") == 3 * 2
-    led = open_ledger(pg_url, clock=clock)  # the default interval (2 s): closing folds
+    led = open_ledger(pg_url, clock=clock, fold_interval=timedelta(hours=1))  # closed before it folds
     _spend(led, clock, 4)
+    started = time.monotonic()
     led.close()
+    assert time.monotonic() - started < 1.0  # closing stops the thread; it does not fold
     with open_ledger(pg_url, clock=clock, fold_interval=None) as after:
+        assert _count(after, "SELECT COUNT(*) FROM rollup_pending") == 4  # the next fold's
+        _agrees(after)
         assert _count(after, "SELECT COUNT(*) FROM rollup_pending") == 0
         assert _count(after, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account'") == 7 * 2
-        _agrees(after)
 
 
 def test_folds_in_many_threads_beside_commits_count_every_charge_once(pg_url: str) -> None:
@@ -238,10 +242,10 @@ def test_a_read_only_connection_reports_from_the_charges_when_it_cannot_fold(
         assert report(led, "model", tz="UTC").source == "rollup"
 
 
-@pytest.mark.parametrize("interval", [0, -1, "2", True, float("nan")])
+@pytest.mark.parametrize("interval", [0, -1, "2", True, float("nan"), float("inf"), 1e10, 0.001])
 def test_a_bad_fold_interval_is_refused_before_anything_opens(tmp_path: Path, interval: Any) -> None:
     path = tmp_path / "never.db"
-    with pytest.raises(ConfigurationError, match="fold_interval must be a positive number of seconds"):
+    with pytest.raises(ConfigurationError, match=r"fold_interval must be 0.01 to 86400 seconds \(or None"):
         open_ledger(f"sqlite:///{path}", fold_interval=interval)
     assert not path.exists()
 
@@ -267,3 +271,22 @@ def test_an_unknown_status_is_refused_at_the_settle_not_by_a_later_fold(
     ):
         hook.after_settle(cur, clock(), charge, ())
     assert not noted
+
+
+def test_a_charge_the_fold_cannot_add_stops_folds_but_not_reports(pg_url: str, clock: FakeClock) -> None:
+    """A noted charge in a unit this version does not know (written by hand, or by a newer
+    version) cannot be folded: the fold rolls back whole, auto reports read the charges, and
+    an explicit rollup report says why."""
+    with open_ledger(pg_url, clock=clock, fold_interval=None) as led:
+        led.set_budget("project:a", 1000)
+        _spend(led, clock, 3)
+        with led.transaction() as cur:
+            cur.execute("UPDATE charges SET unit = 'dollars' WHERE id = (SELECT MIN(id) FROM charges)")
+        with pytest.raises(StorageError, match="unit 'dollars' is unknown to the report rollup"):
+            report(led, "model", tz="UTC", source="rollup")
+        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 3  # nothing folded
+        assert report(led, "model", tz="UTC").source == "charges"
+        with led.transaction() as cur:
+            cur.execute("UPDATE charges SET unit = 'units' WHERE unit = 'dollars'")
+        assert report(led, "model", tz="UTC").source == "rollup"
+        _agrees(led)

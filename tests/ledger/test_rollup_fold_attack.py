@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from typing import Any
 
 import pytest
@@ -25,10 +26,12 @@ def test_a_plus_in_a_url_option_reaches_the_server_as_a_plus(pg_url: str) -> Non
     re-encoded with ``quote_plus``, which happened to give the ``+`` back; with ``quote`` the
     ``+`` that ``parse_qsl`` turned into a space goes to the server as a space: a password,
     ``sslpassword``, ``application_name`` or ``options`` value holding ``+`` is changed."""
-    with open_ledger(pg_url + "&application_name=kling+cost", fold_interval=None) as led:
-        with led.transaction() as cur:
-            cur.execute("SHOW application_name")
-            assert cur.fetchone()[0] == "kling+cost"  # psql gives 'kling+cost' for this URI
+    with (
+        open_ledger(pg_url + "&application_name=kling+cost", fold_interval=None) as led,
+        led.transaction() as cur,
+    ):
+        cur.execute("SHOW application_name")
+        assert cur.fetchone()[0] == "kling+cost"  # psql gives 'kling+cost' for this URI
 
 
 def test_a_read_only_auto_report_never_raises_when_a_charge_lands_meanwhile(
@@ -134,10 +137,8 @@ class _Proxy:
         except OSError:
             pass
         for sock in (a, b):
-            try:
+            with suppress(OSError):
                 sock.close()
-            except OSError:
-                pass
 
     def cut(self) -> None:
         self.up = False

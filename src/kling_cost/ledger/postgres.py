@@ -470,7 +470,7 @@ def _parse_url(url: str) -> tuple[str, str]:
             f"PostgreSQL ledger URL {redact_url(url)!r} is malformed; "
             "use postgresql://user@host:5432/database[?schema=name]"
         )
-    query = parse_qsl(parts.query, keep_blank_values=True)
+    query = parse_qsl(parts.query.replace("+", "%2B"), keep_blank_values=True)  # libpq: + is a +
     schema = "kling_cost"
     rest = []
     for key, value in query:

@@ -12,17 +12,19 @@ rollup row of the hour once.
 
 When the rollup catches up:
 
-* **before every read of it** (:meth:`~.rollup_store.RollupStore.sums`): a report includes
-  every charge settled before it began, as before;
+* **before every report** (:meth:`~.rollup_store.RollupStore.catch_up`): a report includes
+  every charge settled before it began, as before; a connection that cannot write (a
+  read-only role, a hot standby) reads the raw charges instead;
 * **in the background**: the first time a ledger notes a charge, it starts a thread that
   folds whatever is pending every :data:`FOLD_INTERVAL` seconds (a one-row probe when
-  nothing is), so the table stays small when nobody reads a report;
-* **when that ledger closes**.
+  nothing is), so the table stays small when nobody reads a report. Closing the ledger
+  stops it; what is still noted then, the next fold of any process takes.
 
 A fold is one transaction: it deletes the pending rows it takes (``DELETE ... RETURNING``)
 and adds their charges, so each charge is added exactly once, and a crash or an error rolls
 both back (the rows stay pending for the next fold). Folds of several processes take turns
-(an advisory lock); a settle never waits for one. The rows a fold adds to are written in
+(an advisory lock); a settle never waits on a fold's locks (a fold holds one of its
+process's pooled connections while it runs). The rows a fold adds to are written in
 key order.
 
 On SQLite a settle still adds to the rollup rows itself: one writer at a time, so no row is
@@ -35,6 +37,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import weakref
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, KlingCostError
@@ -46,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = [
     "FOLD_BATCH",
     "FOLD_INTERVAL",
+    "MAX_INTERVAL",
+    "MIN_INTERVAL",
     "PENDING_MIGRATION",
     "Folder",
     "check_fold_interval",
@@ -80,15 +86,26 @@ _CHARGES = (
 )
 
 
+MIN_INTERVAL, MAX_INTERVAL = 0.01, 86_400.0
+"""The shortest and longest ``fold_interval`` (seconds)."""
+
+
 def check_fold_interval(interval: object) -> float | None:
-    """``interval`` if it is a positive number of seconds or None; else ConfigurationError."""
+    """``interval`` (seconds, or a timedelta) as seconds, or None (no background fold); a value
+    outside [:data:`MIN_INTERVAL`, :data:`MAX_INTERVAL`] raises ConfigurationError."""
     if interval is None:
         return None
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval > 0:
+    seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not MIN_INTERVAL <= seconds <= MAX_INTERVAL
+    ):
         raise ConfigurationError(
-            f"fold_interval must be a positive number of seconds (or None: only reads fold), not {interval!r}"
+            f"fold_interval must be {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds (or None: only reads "
+            f"fold), not {interval!r}"
         )
-    return float(interval) if interval < float("inf") else None
+    return float(seconds)
 
 
 def pending(ledger: Ledger) -> bool:
@@ -131,14 +148,19 @@ def fold(ledger: Ledger, *, batch: int = FOLD_BATCH) -> int:
 
 class Folder:
     """One ledger's background fold (started by the first charge it notes), every
-    ``interval`` seconds; None: never (reads still fold)."""
+    ``interval`` seconds; None: never (reads still fold). The thread holds the ledger weakly:
+    a ledger dropped without ``close()`` is collected with its connections, and the thread
+    ends at its next tick."""
 
     def __init__(self, ledger: Ledger, interval: float | None = FOLD_INTERVAL) -> None:
-        self.ledger = ledger
+        self._ledger = weakref.ref(ledger)
+        self._url = ledger.url
         self.interval = interval
         self._stop = threading.Event()
+        weakref.finalize(ledger, self._stop.set)  # collected: the thread ends at once
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._failing = False
 
     def noted(self) -> None:
         """A charge was noted: make sure the background fold runs."""
@@ -147,29 +169,49 @@ class Folder:
         with self._lock:
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(
-                    target=self._run, name=f"kling-cost-rollup {self.ledger.url}", daemon=True
+                    target=self._run,
+                    args=(self.interval,),
+                    name=f"kling-cost-rollup {self._url}",
+                    daemon=True,
                 )
                 self._thread.start()
 
-    def _run(self) -> None:
-        assert self.interval is not None  # noted() starts no thread without one
-        while not self._stop.wait(self.interval):
-            self._fold_quietly()
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            ledger = self._ledger()
+            if ledger is None:
+                return  # dropped without close(): nothing left to fold for
+            self._fold_quietly(ledger)
+            del ledger
 
-    def _fold_quietly(self) -> None:
+    def _fold_quietly(self, ledger: Ledger) -> None:
+        """Fold; a failure is logged (a warning the first time after a success) and the
+        charges stay noted for the next fold."""
         try:
-            if pending(self.ledger):
-                fold(self.ledger)
-        except KlingCostError as exc:  # the server is away: the next fold takes them
-            _log.debug("rollup fold of %s failed: %s", self.ledger.url, exc)
-        except Exception:  # a fold is never worth a dead thread or a ledger that cannot close
-            _log.warning("rollup fold of %s failed; the charges stay noted", self.ledger.url, exc_info=True)
+            if pending(ledger):
+                fold(ledger)
+        except Exception as exc:  # a fold is never worth a dead thread
+            _log.log(
+                logging.DEBUG if self._failing else logging.WARNING,
+                "the report rollup of %s cannot fold its noted charges (they stay noted): %s",
+                self._url,
+                exc,
+                exc_info=not isinstance(exc, KlingCostError),
+            )
+            self._failing = True
+        else:
+            self._failing = False
 
     def close(self) -> None:
-        """Stop the thread, then fold once more if it ever ran (before the backend closes)."""
+        """Stop the thread (the ledger is closing; what is still noted, the next fold takes).
+        A fold under way is given a moment, never waited for: closing is prompt even when the
+        server has gone away."""
         with self._lock:
             self._stop.set()
             thread, self._thread = self._thread, None
         if thread is not None:
-            thread.join()
-            self._fold_quietly()
+            thread.join(_CLOSE_WAIT)
+
+
+_CLOSE_WAIT = 1.0
+"""Seconds :meth:`Folder.close` waits for a fold under way (then closing goes on: it rolls back)."""

@@ -103,6 +103,7 @@ class RollupStore:
         scope: str | None,
         scope_group: str | None,
         dims: Sequence[str],
+        catch_up: bool = True,
     ) -> list[tuple[Any, ...]]:
         """Rollup sums grouped by (local day number | None, scope | None, unit, *dims), then the 9
         sums. The unit is always a group: amounts of different units are never added.
@@ -112,6 +113,7 @@ class RollupStore:
         ``until`` (UTC hours) bound the period. ``scope_group``: ``"*"`` groups by every scope, a
         kind (``project``) by the scopes of that kind; otherwise the one ``scope`` (default
         ``account``: every charge) is read. ``dims``: ``model`` and/or ``mode``.
+        ``catch_up=False``: the caller already did (:meth:`caught_up`): no write here.
         """
         for dim in dims:
             if dim not in ("model", "mode"):
@@ -125,7 +127,8 @@ class RollupStore:
         sql, params = rollup_read.sums_query(
             reads, scope, scope_group, list(dims), timed=segments is not None
         )
-        self.catch_up()
+        if catch_up:
+            self.catch_up()
         with self.ledger.transaction(snapshot=True) as cur:
             cur.execute(sql, params)
             rows = cur.fetchall()

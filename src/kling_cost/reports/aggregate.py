@@ -257,8 +257,11 @@ def report(
     plan = None if source == "charges" else _rollup_plan(ledger, dims, lo, hi, scope, tz)
     if plan is None and source == "rollup":
         raise ValidationError(f"the rollup cannot answer this report exactly (by {dims}, tz {tz})")
-    if plan is not None and source == "auto" and not ledger.rollup.caught_up():
-        plan = None  # it cannot fold the charges noted since (read-only): the charges answer
+    if plan is not None:  # once per report: its reads of the rollup below write nothing
+        if source == "rollup":
+            ledger.rollup.catch_up()
+        elif not ledger.rollup.caught_up():
+            plan = None  # it cannot fold the charges noted since (read-only): the charges answer
     if plan is not None:
         rows, totals = _from_rollup(ledger, dims, plan, lo, hi, scope)
     else:
@@ -327,6 +330,7 @@ def _from_rollup(
         scope=scope,
         scope_group=group,
         dims=cols,
+        catch_up=False,  # report() did
     )
     groups: Groups = {}
     first_sum = 3 + len(cols)
@@ -366,7 +370,9 @@ def _from_rollup(
         for (_, unit), sums in groups.items():
             _add(totals, unit, sums)
     else:  # a charge may count in several scopes: read the totals on their own
-        for row in ledger.rollup.sums(None, since=lo, until=hi, scope=scope, scope_group=None, dims=[]):
+        for row in ledger.rollup.sums(
+            None, since=lo, until=hi, scope=scope, scope_group=None, dims=[], catch_up=False
+        ):
             _add(totals, str(row[2]), [int(x) for x in row[3:]])
     return _rows(dims, groups), _totals(totals)
 
