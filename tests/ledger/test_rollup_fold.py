@@ -78,7 +78,9 @@ def test_sqlite_adds_each_charge_at_once(ledger_url: str, clock: FakeClock) -> N
         _agrees(led)
 
 
-def test_the_background_fold_folds_the_noted_charges_and_closing_stops_it(pg_url: str, clock: FakeClock) -> None:
+def test_the_background_fold_folds_the_noted_charges_and_closing_stops_it(
+    pg_url: str, clock: FakeClock
+) -> None:
     with open_ledger(pg_url, clock=clock, fold_interval=0.05) as led:
         led.set_budget("project:a", 1000)
         _spend(led, clock, 3)
