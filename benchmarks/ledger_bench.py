@@ -847,7 +847,7 @@ def _pg_ledger_overspent(ledger_url: str) -> list[str]:
 
 def _pg_rollup_note(admin: Any) -> str:
     """The report rollup after the run: the measured processes noted every charge for a fold
-    and folded in the background and when they closed (inside the figures)."""
+    and folded in the background (inside the figures)."""
     with admin.transaction(snapshot=True) as cur:
         cur.execute("SELECT COUNT(*) FROM rollup_pending")
         pending = int(cur.fetchone()[0])
@@ -860,8 +860,8 @@ def _pg_rollup_note(admin: Any) -> str:
         rolled, rolled_actual = (int(v) for v in cur.fetchone())
     same = rolled + pending == charges and (pending > 0 or rolled_actual == actual)
     return (
-        f"rollup: {charges:,} charges; {rolled:,} folded by the measured processes (in the background "
-        f"every {FOLD_INTERVAL:g} s and when they closed), {pending:,} still noted; "
+        f"rollup: {charges:,} charges; {rolled:,} folded by the measured processes (in the background, "
+        f"every {FOLD_INTERVAL:g} s), {pending:,} still noted (the next report folds them); "
         + ("folded + noted = charges" if same else "MISMATCH: folded + noted != charges")
     )
 
