@@ -244,10 +244,14 @@ def test_a_read_only_connection_reports_from_the_charges_when_it_cannot_fold(
         assert report(led, "model", tz="UTC").source == "rollup"
 
 
-@pytest.mark.parametrize("interval", [0, -1, "2", True, float("nan"), float("inf"), 1e10, 0.001])
+@pytest.mark.parametrize(
+    "interval", [0, -1, "2", True, float("nan"), float("inf"), 1e10, 0.001, Decimal("NaN"), timedelta(0)]
+)
 def test_a_bad_fold_interval_is_refused_before_anything_opens(tmp_path: Path, interval: Any) -> None:
     path = tmp_path / "never.db"
-    with pytest.raises(ConfigurationError, match=r"fold_interval must be 0.01 to 86400 seconds \(or None"):
+    with pytest.raises(
+        ConfigurationError, match=r"fold_interval must be (0.01 to 86400 seconds|a number of seconds)"
+    ):
         open_ledger(f"sqlite:///{path}", fold_interval=interval)
     assert not path.exists()
 

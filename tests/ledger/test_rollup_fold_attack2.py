@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from kling_cost.errors import KlingCostError
 from kling_cost.ledger import open_ledger
 from kling_cost.ledger.postgres import _parse_url
+from kling_cost.ledger.urls import redact_url
 from kling_cost.reports import report
 from tests.helpers import POSTGRES_URL, FakeClock
 
@@ -101,24 +102,22 @@ def test_a_closed_ledger_keeps_no_thread_or_connection_and_never_folds_afterward
     assert still_noted == 1, "the closed ledger folded after close() returned"
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize("password", ["Zq9#Xw7Secret", "Zq9?Xw7Secret"])
-def test_a_password_with_hash_or_question_mark_never_shows_in_an_error(password: str) -> None:
-    """libpq (and psql) take ``#`` and ``?`` in a URI's password literally
-    (``conninfo_to_dict`` gives the password ``Zq9#Xw7Secret``). ``urlsplit`` cuts the URL
-    there instead, so ``redact_url`` finds no password to mask and ``open_ledger`` raises
-    ``StorageError: cannot reach the PostgreSQL ledger at
-    postgresql://postgres:Zq9#Xw7Secret@127.0.0.1:5432/...``: the whole password in the error
-    (logs, CLI stderr). It should connect as libpq does, or fail with the password masked."""
-    url = POSTGRES_URL.replace("postgres@", f"postgres:{password}@", 1)
-    assert "@" in url and conninfo_to_dict(url.split("?")[0])["password"] == password  # libpq's reading
-    try:
-        led = open_ledger(url + "?schema=atk_pw_never_created", connect_timeout=2, fold_interval=None)
-    except KlingCostError as exc:
-        assert "Xw7Secret" not in str(exc)
-    else:  # pragma: no cover - what libpq would do (trust auth ignores the password)
-        led.close()
-        pytest.fail("opened (fine), but a schema was created: drop atk_pw_never_created")
+@pytest.mark.parametrize("password", ["Zq9#Xw7Secret", "Zq9?Xw7Secret", "Zq9?x#y=z&Xw7Secret"])
+def test_a_password_with_hash_or_question_mark_is_read_as_libpq_reads_it_and_never_shown(
+    password: str,
+) -> None:
+    """libpq (and psql) take ``#`` and ``?`` in a URI's password literally. ``urlsplit`` cut
+    the URL there instead, so ``redact_url`` found no password to mask and ``open_ledger``
+    raised ``StorageError: cannot reach the PostgreSQL ledger at
+    postgresql://postgres:Zq9#Xw7Secret@...``: the whole password in the error (logs, CLI
+    stderr). Now the ledger reads the URL as libpq does, and errors mask the password."""
+    url = f"postgresql://postgres:{password}@127.0.0.1:1/test?schema=atk_pw"
+    conninfo, schema = _parse_url(url)
+    assert conninfo_to_dict(conninfo)["password"] == password and schema == "atk_pw"
+    assert "Xw7Secret" not in redact_url(url)
+    with pytest.raises(KlingCostError) as raised:  # port 1: nothing listens
+        open_ledger(url, connect_timeout=2, fold_interval=None)
+    assert "Xw7Secret" not in str(raised.value) and "postgres:***@127.0.0.1:1" in str(raised.value)
 
 
 def test_nothing_after_a_hash_in_the_url_query_is_dropped_silently() -> None:

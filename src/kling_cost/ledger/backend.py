@@ -183,9 +183,11 @@ class Backend(ABC):
     def lock_schema(self, cur: Cursor) -> None:  # noqa: B027 - optional
         """Serialise concurrent migrations (SQLite's BEGIN IMMEDIATE already does)."""
 
-    def lock_named(self, cur: Cursor, name: str) -> None:  # noqa: B027 - optional
+    def lock_named(self, cur: Cursor, name: str, *, wait: bool = True) -> bool:
         """Serialise the transactions that take the lock ``name``, until each ends (SQLite's
-        BEGIN IMMEDIATE already serialises every writer)."""
+        BEGIN IMMEDIATE already serialises every writer). ``wait=False``: False at once when
+        another transaction holds it."""
+        return True
 
     def id_high_water(self, cur: Cursor, table: str, column: str) -> int:
         """The highest id ``table`` ever handed out, deleted rows included."""

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from ..errors import ConfigurationError, LedgerClosed, StorageError
 from .backend import Backend, Clock, Conflict, Cursor, Declined
 from .schema_fast import DECLINED, STALE
-from .urls import redact_url
+from .urls import libpq_uri, redact_url
 
 try:
     import psycopg
@@ -250,8 +250,12 @@ class PostgresBackend(Backend):
     def lock_schema(self, cur: Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"kling_cost:{self.schema}",))
 
-    def lock_named(self, cur: Cursor, name: str) -> None:
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(?))", (f"kling_cost:{self.schema}:{name}",))
+    def lock_named(self, cur: Cursor, name: str, *, wait: bool = True) -> bool:
+        cur.execute(
+            f"SELECT pg_{'' if wait else 'try_'}advisory_xact_lock(hashtext(?))",
+            (f"kling_cost:{self.schema}:{name}",),
+        )
+        return wait or bool(cur.fetchone()[0])
 
     def id_high_water(self, cur: Cursor, table: str, column: str) -> int:
         cur.execute(
@@ -464,7 +468,7 @@ def _probe(conninfo: str, shown: str, timeout: float) -> None:
 
 
 def _parse_url(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
+    parts = urlsplit(libpq_uri(url))
     if parts.scheme not in ("postgresql", "postgres") or not parts.netloc:
         raise ConfigurationError(
             f"PostgreSQL ledger URL {redact_url(url)!r} is malformed; "

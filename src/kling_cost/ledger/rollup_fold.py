@@ -39,6 +39,8 @@ import logging
 import threading
 import weakref
 from datetime import timedelta
+from decimal import Decimal
+from numbers import Real
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, KlingCostError
@@ -96,16 +98,17 @@ def check_fold_interval(interval: object) -> float | None:
     if interval is None:
         return None
     seconds = interval.total_seconds() if isinstance(interval, timedelta) else interval
-    if (
-        isinstance(seconds, bool)
-        or not isinstance(seconds, int | float)
-        or not MIN_INTERVAL <= seconds <= MAX_INTERVAL
-    ):
+    if isinstance(seconds, bool) or not isinstance(seconds, Real | Decimal):
+        raise ConfigurationError(
+            f"fold_interval must be a number of seconds, a timedelta or None, not {interval!r}"
+        )
+    seconds = float(seconds)
+    if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
         raise ConfigurationError(
             f"fold_interval must be {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds (or None: only reads "
             f"fold), not {interval!r}"
         )
-    return float(seconds)
+    return seconds
 
 
 def pending(ledger: Ledger) -> bool:
@@ -115,13 +118,14 @@ def pending(ledger: Ledger) -> bool:
         return cur.fetchone() is not None
 
 
-def fold(ledger: Ledger, *, batch: int = FOLD_BATCH) -> int:
+def fold(ledger: Ledger, *, batch: int = FOLD_BATCH, wait: bool = True) -> int:
     """Add every pending charge to the rollup, ``batch`` charges per transaction; returns how
-    many were added."""
+    many were added. ``wait=False``: nothing when another fold is under way (it takes them)."""
     total = 0
     while True:
         with ledger.transaction() as cur:
-            ledger.backend.lock_named(cur, "rollup")
+            if not ledger.backend.lock_named(cur, "rollup", wait=wait):
+                return total
             cur.execute(_TAKE, (batch,))
             ids = [int(row[0]) for row in cur.fetchall()]
             sums: dict[tuple[Any, ...], list[int]] = {}
@@ -188,8 +192,8 @@ class Folder:
         """Fold; a failure is logged (a warning the first time after a success) and the
         charges stay noted for the next fold."""
         try:
-            if pending(ledger):
-                fold(ledger)
+            if pending(ledger) and not self._stop.is_set():
+                fold(ledger, wait=False)  # never queued behind another fold: closing stays prompt
         except Exception as exc:  # a fold is never worth a dead thread
             _log.log(
                 logging.DEBUG if self._failing else logging.WARNING,

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError
@@ -38,6 +40,18 @@ class RollupStore:
         self.writer = RollupHook(self._folder.noted if ledger.backend.defers_rollup else None)
         """The hook that keeps the rollup in step (installed in ``ledger.hooks`` by the ledger)."""
         self._backfilled = False
+        self._reading = threading.local()
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Every :meth:`sums` of this thread inside the block reads one snapshot (a report's
+        rows and its totals agree whatever commits or folds meanwhile)."""
+        with self.ledger.transaction(snapshot=True) as cur:
+            self._reading.cur = cur
+            try:
+                yield
+            finally:
+                self._reading.cur = None
 
     def catch_up(self) -> None:
         """Roll up what a read of the rollup would miss: the charges of a ledger older than
@@ -129,8 +143,13 @@ class RollupStore:
         )
         if catch_up:
             self.catch_up()
-        with self.ledger.transaction(snapshot=True) as cur:
+        cur = getattr(self._reading, "cur", None)
+        if cur is not None:
             cur.execute(sql, params)
             rows = cur.fetchall()
+        else:
+            with self.ledger.transaction(snapshot=True) as cur:
+                cur.execute(sql, params)
+                rows = cur.fetchall()
         s_n, f_n, c_n = 3 + len(dims), 6 + len(dims), 9 + len(dims)  # counts: never negative
         return [row for row in rows if row[s_n] is not None and (row[s_n] or row[f_n] or row[c_n])]

@@ -320,6 +320,18 @@ def _from_rollup(
     hi: int | None,
     scope: str | None,
 ) -> tuple[tuple[ReportRow, ...], tuple[ReportRow, ...]]:
+    with ledger.rollup.reading():  # the rows and the totals read one snapshot
+        return _read_rollup(ledger, dims, spans, lo, hi, scope)
+
+
+def _read_rollup(
+    ledger: Ledger,
+    dims: tuple[str, ...],
+    spans: list[_time.Segment],
+    lo: int | None,
+    hi: int | None,
+    scope: str | None,
+) -> tuple[tuple[ReportRow, ...], tuple[ReportRow, ...]]:
     time_dim = next((d for d in dims if d in TIME_DIMS), None)
     scope_dim, cols = _group_spec(dims)
     group = None if scope_dim is None else ("*" if scope_dim == "scope" else scope_dim)
