@@ -151,18 +151,31 @@ def test_folds_in_many_threads_beside_commits_count_every_charge_once(pg_url: st
 
 
 _HANG_IN_A_FOLD = """
-import sys, time
+import contextlib, sys, time
 from kling_cost.ledger import open_ledger, rollup_fold
-real = rollup_fold.upsert_rows
-batches = []
-def upsert_then_hang(cur, rows):
-    real(cur, rows)
-    batches.append(rows)
-    if len(batches) == (2 if int(sys.argv[2]) == 3 else 1):  # 3 charges: one chunk a batch
-        print("folding", flush=True)
-        time.sleep(120)
-rollup_fold.upsert_rows = upsert_then_hang
 led = open_ledger(sys.argv[1], fold_interval=None)
+real, batches = led.transaction, []
+
+class Hanging:
+    def __init__(self, cur):
+        self._cur = cur
+    def __getattr__(self, name):
+        return getattr(self._cur, name)
+    def execute(self, sql, params=()):
+        done = self._cur.execute(sql, params)
+        if "INSERT INTO report_rollup" in sql:  # the fold's batch, written, not committed
+            batches.append(sql)
+            if len(batches) == (2 if int(sys.argv[2]) == 3 else 1):
+                print("folding", flush=True)
+                time.sleep(120)
+        return done
+
+@contextlib.contextmanager
+def hanging(**options):
+    with real(**options) as cur:
+        yield Hanging(cur)
+
+led.transaction = hanging
 rollup_fold.fold(led, batch=int(sys.argv[2]))
 """
 
