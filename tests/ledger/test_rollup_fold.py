@@ -309,3 +309,14 @@ def test_a_charge_the_fold_cannot_add_stops_folds_but_not_reports(pg_url: str, c
             cur.execute("UPDATE charges SET unit = 'units' WHERE unit = 'dollars'")
         assert report(led, "model", tz="UTC").source == "rollup"
         _agrees(led)
+
+
+@pytest.mark.parametrize("batch", [0, -1, True, 2.5])
+def test_a_fold_batch_below_one_is_refused_not_looped_on(tmp_path: Path, batch: Any) -> None:
+    from kling_cost.ledger.rollup_fold import fold
+
+    with (
+        open_ledger(f"sqlite:///{tmp_path / 'l.db'}") as led,
+        pytest.raises(ConfigurationError, match="batch"),
+    ):
+        fold(led, batch=batch)

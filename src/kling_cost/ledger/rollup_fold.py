@@ -184,6 +184,10 @@ def fold(ledger: Ledger, *, batch: int = FOLD_BATCH, wait: bool = True) -> int:
     many were added. ``wait=False``: nothing when another fold is under way (it takes them).
     A charge in a status or unit the rollup does not know raises StorageError (nothing is
     folded: it would be summed wrong)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigurationError(
+            f"a fold's batch must be a whole number of charges of at least 1, not {batch!r}"
+        )
     total = 0
     while True:
         with ledger.transaction() as cur:

@@ -71,6 +71,12 @@ class Read:
     move: int = 0
 
 
+_EPOCH_SHIFT = 1_000_000
+"""Days added before SQL's integer division (which rounds toward zero) and taken off after:
+the local day of a time before 1970 is then floored like any other. Year 1 is 719,162 days
+before 1970."""
+
+
 def _ceil_day(ms: int) -> int:
     return -(-ms // DAY_MS) * DAY_MS
 
@@ -147,7 +153,7 @@ def sums_query(
         select: list[str] = []
         mine: list[Any] = []
         if timed:
-            select.append(f"(r.bucket + ?) / {DAY_MS} AS day")
+            select.append(f"(r.bucket + ? + {_EPOCH_SHIFT * DAY_MS}) / {DAY_MS} - {_EPOCH_SHIFT} AS day")
             mine.append(read.offset or 0)
         select.extend(f"r.{c} AS {c}" for c in cols)
         where = [f"r.grain = {read.grain}", scope_sql]
