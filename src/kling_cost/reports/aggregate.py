@@ -321,72 +321,61 @@ def _from_rollup(
     scope: str | None,
 ) -> tuple[tuple[ReportRow, ...], tuple[ReportRow, ...]]:
     with ledger.rollup.reading():  # the rows and the totals read one snapshot
-        return _read_rollup(ledger, dims, spans, lo, hi, scope)
-
-
-def _read_rollup(
-    ledger: Ledger,
-    dims: tuple[str, ...],
-    spans: list[_time.Segment],
-    lo: int | None,
-    hi: int | None,
-    scope: str | None,
-) -> tuple[tuple[ReportRow, ...], tuple[ReportRow, ...]]:
-    time_dim = next((d for d in dims if d in TIME_DIMS), None)
-    scope_dim, cols = _group_spec(dims)
-    group = None if scope_dim is None else ("*" if scope_dim == "scope" else scope_dim)
-    raw = ledger.rollup.sums(
-        spans if time_dim else None,
-        since=lo,
-        until=hi,
-        scope=scope,
-        scope_group=group,
-        dims=cols,
-        catch_up=False,  # report() did
-    )
-    groups: Groups = {}
-    first_sum = 3 + len(cols)
-    day_keys: dict[int, Key] = {}  # a few hundred days over thousands of rows
-    for row in raw:
-        values: dict[str, Key] = {}
-        if time_dim:
-            number = int(row[0])
-            day = day_keys.get(number)
-            if day is None:
-                day = day_keys[number] = _time.day_key(_time.day_from_number(number), time_dim)
-            values[time_dim] = day
-        if scope_dim:
-            values[scope_dim] = row[1]
-        unit = str(row[2])
-        for i, col in enumerate(cols):
-            values[col] = row[3 + i] or None
-        sums = [int(x) for x in row[first_sum:]]
-        parts: list[tuple[str | None, list[int]]] = [(None, sums)]
-        if "status" in dims:  # unfold: one group per status present
-            parts = [
-                (s, [x if i * 3 <= j < i * 3 + 3 else 0 for j, x in enumerate(sums)])
-                for i, s in enumerate(STATUSES)
-                if sums[i * 3]
-            ]
-        for status, part in parts:
-            if status is not None:
-                values["status"] = status
-            key = (tuple(values.get(d) for d in dims), unit)
-            acc = groups.get(key)
-            if acc is None:
-                groups[key] = part
-            else:
-                acc[:] = [a + b for a, b in zip(acc, part, strict=True)]
-    totals: dict[str, list[int]] = {}
-    if scope_dim is None:  # the groups partition the charges: their sums per unit are the totals
-        for (_, unit), sums in groups.items():
-            _add(totals, unit, sums)
-    else:  # a charge may count in several scopes: read the totals on their own
-        for row in ledger.rollup.sums(
-            None, since=lo, until=hi, scope=scope, scope_group=None, dims=[], catch_up=False
-        ):
-            _add(totals, str(row[2]), [int(x) for x in row[3:]])
-    return _rows(dims, groups), _totals(totals)
+        time_dim = next((d for d in dims if d in TIME_DIMS), None)
+        scope_dim, cols = _group_spec(dims)
+        group = None if scope_dim is None else ("*" if scope_dim == "scope" else scope_dim)
+        raw = ledger.rollup.sums(
+            spans if time_dim else None,
+            since=lo,
+            until=hi,
+            scope=scope,
+            scope_group=group,
+            dims=cols,
+            catch_up=False,  # report() did
+        )
+        groups: Groups = {}
+        first_sum = 3 + len(cols)
+        day_keys: dict[int, Key] = {}  # a few hundred days over thousands of rows
+        for row in raw:
+            values: dict[str, Key] = {}
+            if time_dim:
+                number = int(row[0])
+                day = day_keys.get(number)
+                if day is None:
+                    day = day_keys[number] = _time.day_key(_time.day_from_number(number), time_dim)
+                values[time_dim] = day
+            if scope_dim:
+                values[scope_dim] = row[1]
+            unit = str(row[2])
+            for i, col in enumerate(cols):
+                values[col] = row[3 + i] or None
+            sums = [int(x) for x in row[first_sum:]]
+            parts: list[tuple[str | None, list[int]]] = [(None, sums)]
+            if "status" in dims:  # unfold: one group per status present
+                parts = [
+                    (s, [x if i * 3 <= j < i * 3 + 3 else 0 for j, x in enumerate(sums)])
+                    for i, s in enumerate(STATUSES)
+                    if sums[i * 3]
+                ]
+            for status, part in parts:
+                if status is not None:
+                    values["status"] = status
+                key = (tuple(values.get(d) for d in dims), unit)
+                acc = groups.get(key)
+                if acc is None:
+                    groups[key] = part
+                else:
+                    acc[:] = [a + b for a, b in zip(acc, part, strict=True)]
+        totals: dict[str, list[int]] = {}
+        if scope_dim is None:  # the groups partition the charges: their sums per unit are the totals
+            for (_, unit), sums in groups.items():
+                _add(totals, unit, sums)
+        else:  # a charge may count in several scopes: read the totals on their own
+            for row in ledger.rollup.sums(
+                None, since=lo, until=hi, scope=scope, scope_group=None, dims=[], catch_up=False
+            ):
+                _add(totals, str(row[2]), [int(x) for x in row[3:]])
+        return _rows(dims, groups), _totals(totals)
 
 
 def _from_charges(
