@@ -228,6 +228,9 @@ def test_settle_exits_non_zero_when_something_failed_to_settle(
 ) -> None:
     monkeypatch.setenv("KLING_ACCESS_KEY", AK)
     monkeypatch.setenv("KLING_SECRET_KEY", SK)
+    # settle retries a refused connection with the default backoff (1 + 2 + 4 s): the same
+    # retries, without the waits
+    monkeypatch.setattr(RetryPolicy, "delay", lambda self, retry_number: 0.0)
     world.ledger.reserve(1, ["project:film"], idempotency_key="job-1", metadata={"endpoint": "text2video"})
     runner = CliRunner()
     failed = runner.invoke(app, ["settle", "--ledger", world.ledger_url, "--base-url", closed_url()])

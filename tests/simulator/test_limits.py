@@ -51,7 +51,7 @@ def token(**claims: Any) -> str:
         {"nbf": "soon"},
         {"nbf": None},
         {"nbf": [1]},
-        {"exp": str(int(time.time()) + 3600)},
+        {"exp": "4102444800"},  # 2100-01-01, as a string: a valid time of the wrong type
         {"exp": float("nan")},
         {"exp": True},
         {"iat": "1700000000"},

@@ -44,6 +44,12 @@ class _LazyConsole:
             self._console = Console(**self._options)
         return self._console
 
+    def forget(self) -> None:
+        """Make a new console on next use. Rich reads ``COLUMNS`` (and the terminal) when a
+        console is made, so a process that runs the CLI several times in-process (tests with
+        ``CliRunner``) calls this between runs for each run to see its own environment."""
+        self._console = None
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real(), name)
 
