@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from kling_cost.errors import KlingCostError
 from kling_cost.ledger import open_ledger
-from kling_cost.ledger.postgres import _parse_url
+from kling_cost.ledger.urls import pg_conninfo as _parse_url
 from kling_cost.ledger.urls import redact_url
 from kling_cost.reports import report
 from tests.helpers import POSTGRES_URL, FakeClock

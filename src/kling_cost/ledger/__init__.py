@@ -18,7 +18,9 @@ How it is put together (one job per file; everything goes through one transactio
   SQLite file its parent had open (``sqlite_fork.py``: SQLite's locks do not survive a fork).
   On PostgreSQL the common reserve, commit, release, extend and cache hit are one statement
   each (``pg_fast.py``: server-side functions that ``schema_fast.py`` installs; anything
-  unusual is declined and runs the general path above).
+  unusual is declined and runs the general path above); those calls keep one pooled
+  connection and its cursor between them (``pg_spare.py``: the pool's bookkeeping cost more
+  than the call's own Python).
 * It *has* seven stores, each its own object on the same seam: ``ledger.cache``
   (``cache_store.py``: the dedup cache), ``ledger.outbox`` (``outbox_store.py``: alerts; its
   writer hook, ``outbox.py``, records threshold crossings), ``ledger.rollup``

@@ -15,23 +15,24 @@ by it, so machines whose clocks disagree still agree on what has expired.
 from __future__ import annotations
 
 import logging
-import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, LedgerClosed, StorageError
 from .backend import Backend, Clock, Conflict, Cursor, Declined
 from .schema_fast import DECLINED, STALE
-from .urls import libpq_uri, redact_url
+from .urls import pg_conninfo, redact_url
 
 try:
     import psycopg
     from psycopg import errors as pg_errors
     from psycopg import sql as pg_sql
     from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+    from .pg_spare import SPARE_LIFETIME, Spare
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
         "the PostgreSQL ledger needs psycopg 3 and psycopg_pool: "
@@ -45,7 +46,6 @@ __all__ = ["PostgresBackend"]
 # still receives them (this handler only replaces Python's last-resort stderr output).
 logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _CONFLICTS = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 _BEGIN = "BEGIN"
 _SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -191,15 +191,17 @@ class PostgresBackend(Backend):
         create: bool = True,
     ) -> None:
         super().__init__(redact_url(url), clock=clock, create=create)
-        conninfo, self.schema = _parse_url(url)
+        conninfo, self.schema = pg_conninfo(url)
         self.connect_timeout = connect_timeout
         self._closed = False
         self._server_time = clock is None
         self._local_clock = self.clock
         self._offset = timedelta(0)
+        self._measure_at = 0.0
         if self._server_time:
             self.clock = self._server_clock
         self._own_pool = pool is None
+        self._spare = Spare(enabled=self._own_pool)
         if pool is None:
             _probe(conninfo, self.url, connect_timeout)
             pool = ConnectionPool(
@@ -339,7 +341,10 @@ class PostgresBackend(Backend):
         ) from last
 
     def _getconn(self) -> psycopg.Connection[Any]:
-        """A pooled connection, or StorageError (unreachable) / LedgerClosed."""
+        """The spare connection or a pooled one, or StorageError (unreachable) / LedgerClosed."""
+        kept = self._spare.take_or_wait()
+        if kept is not None:
+            return kept[0]
         try:
             return self._pool.getconn(timeout=self.connect_timeout)
         except PoolTimeout as exc:
@@ -349,6 +354,8 @@ class PostgresBackend(Backend):
             ) from exc
         except PoolClosed as exc:
             raise self._closed_error() from exc
+        finally:
+            self._spare.waited()
 
     def _closed_error(self) -> LedgerClosed:
         return LedgerClosed(
@@ -407,12 +414,21 @@ class PostgresBackend(Backend):
             raise self._closed_error()
         last: psycopg.Error | None = None
         for _ in range(self._pool.max_size + 2):
-            conn = self._getconn()
+            kept = self._spare.take()
+            if kept is None:
+                conn = self._getconn()
+                cur, until = conn.cursor(), time.monotonic() + SPARE_LIFETIME
+            else:
+                conn, cur, until = kept
             try:
-                before = self._local_clock()
-                rows = conn.execute(sql, params, prepare=True).fetchall()
-                if self._server_time and rows and isinstance(rows[0][-1], datetime):
+                # the server's time comes back with every call (its last column); the clock's
+                # offset is measured from it at most once a second (transactions measure too)
+                measure = self._server_time and time.monotonic() >= self._measure_at
+                before = self._local_clock() if measure else None
+                rows = cur.execute(sql, params, prepare=True).fetchall()
+                if before is not None and rows and isinstance(rows[0][-1], datetime):
                     self._offset = rows[0][-1] - (before + (self._local_clock() - before) / 2)
+                    self._measure_at = time.monotonic() + 1.0
                 return rows
             except psycopg.Error as exc:
                 if conn.broken:
@@ -433,7 +449,8 @@ class PostgresBackend(Backend):
                     raise Conflict(str(exc)) from exc
                 raise StorageError(f"PostgreSQL ledger: {_line(exc)}; nothing was changed") from exc
             finally:
-                self._pool.putconn(conn)
+                if not self._spare.keep(conn, cur, until):
+                    self._pool.putconn(conn)
         raise StorageError(
             f"PostgreSQL ledger at {self.url}: no working connection ({_line(last or '', hints=False)}); "
             "check that the server is running"
@@ -450,6 +467,8 @@ class PostgresBackend(Backend):
 
     def close(self) -> None:
         self._closed = True
+        for conn in self._spare.drain():
+            self._pool.putconn(conn)
         if self._own_pool:
             self._pool.close()
 
@@ -465,29 +484,6 @@ def _probe(conninfo: str, shown: str, timeout: float) -> None:
             f"cannot reach the PostgreSQL ledger at {shown} ({_line(exc, hints=False)}); start the "
             "server or fix the host, port, database or credentials in the URL"
         ) from exc
-
-
-def _parse_url(url: str) -> tuple[str, str]:
-    parts = urlsplit(libpq_uri(url))
-    if parts.scheme not in ("postgresql", "postgres") or not parts.netloc:
-        raise ConfigurationError(
-            f"PostgreSQL ledger URL {redact_url(url)!r} is malformed; "
-            "use postgresql://user@host:5432/database[?schema=name]"
-        )
-    query = parse_qsl(parts.query.replace("+", "%2B"), keep_blank_values=True)  # libpq: + is a +
-    schema = "kling_cost"
-    rest = []
-    for key, value in query:
-        if key == "schema":
-            schema = value
-        else:
-            rest.append((key, value))
-    if not _SCHEMA_NAME.match(schema):
-        raise ConfigurationError(
-            f"schema {schema!r} in the ledger URL must be a lowercase SQL name (letters, digits, _)"
-        )
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest, quote_via=quote), ""))
-    return conninfo, schema
 
 
 def __getattr__(name: str) -> Any:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+import re
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["libpq_uri", "redact_url"]
+from ..errors import ConfigurationError
+
+__all__ = ["libpq_uri", "pg_conninfo", "redact_url"]
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
 MASK = "***"
@@ -43,3 +48,28 @@ def redact_url(url: str) -> str:
     if netloc == parts.netloc and query == parts.query:
         return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def pg_conninfo(url: str) -> tuple[str, str]:
+    """A PostgreSQL ledger URL as (libpq connection URI without ``schema``, schema name);
+    ConfigurationError when it is malformed or the schema is not a lowercase SQL name."""
+    parts = urlsplit(libpq_uri(url))
+    if parts.scheme not in ("postgresql", "postgres") or not parts.netloc:
+        raise ConfigurationError(
+            f"PostgreSQL ledger URL {redact_url(url)!r} is malformed; "
+            "use postgresql://user@host:5432/database[?schema=name]"
+        )
+    query = parse_qsl(parts.query.replace("+", "%2B"), keep_blank_values=True)  # libpq: + is a +
+    schema = "kling_cost"
+    rest = []
+    for key, value in query:
+        if key == "schema":
+            schema = value
+        else:
+            rest.append((key, value))
+    if not _SCHEMA_NAME.match(schema):
+        raise ConfigurationError(
+            f"schema {schema!r} in the ledger URL must be a lowercase SQL name (letters, digits, _)"
+        )
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest, quote_via=quote), ""))
+    return conninfo, schema
