@@ -472,8 +472,8 @@ def _percentile(ordered: Sequence[int], q: float) -> float:
     return ordered[index] / NS_PER_MS
 
 
-def run_jobs(ctx: SpawnContext, jobs: Sequence[Job], readers: Sequence[Job] = ()) -> Figures:
-    """Run ``jobs`` (pairs) and ``readers`` (reads, counted apart) at once, one process each."""
+def _outcomes(ctx: SpawnContext, jobs: Sequence[Job], readers: Sequence[Job] = ()) -> list[Outcome]:
+    """Run ``jobs`` (pairs) and ``readers`` (reads) at once, one process each."""
     every = [*jobs, *readers]
     outcomes: list[Outcome] = _spawn_all(
         ctx, measure_worker, [(job,) for job in every], STARTUP_TIMEOUT_S + max(j.seconds for j in every)
@@ -481,21 +481,51 @@ def run_jobs(ctx: SpawnContext, jobs: Sequence[Job], readers: Sequence[Job] = ()
     errors = [o.error for o in outcomes if o.error]
     if errors:
         raise RuntimeError("; ".join(errors))
-    reads = sum(o.pairs for o in outcomes if o.reader)
-    outcomes = [o for o in outcomes if not o.reader]
-    latencies = sorted(lat for o in outcomes for lat in o.latencies_ns)
-    pairs = sum(o.pairs for o in outcomes)
-    elapsed = max(o.elapsed_ns for o in outcomes)
+    return outcomes
+
+
+def _figures(processes: int, runs: Sequence[list[Outcome]]) -> Figures:
+    """The figures of one or more runs of the same jobs: pairs over the time of all runs (each
+    run's time is its slowest process's), latencies of all; per process, summed over the runs
+    (fewest first in each run)."""
+    reads = sum(o.pairs for run in runs for o in run if o.reader)
+    runs = [[o for o in run if not o.reader] for run in runs]
+    latencies = sorted(lat for run in runs for o in run for lat in o.latencies_ns)
+    pairs = sum(o.pairs for run in runs for o in run)
+    elapsed = sum(max(o.elapsed_ns for o in run) for run in runs)
+    each = [sorted(o.pairs for o in run) for run in runs]
     return Figures(
-        processes=len(jobs),
+        processes=processes,
         pairs=pairs,
         pairs_per_s=round(pairs * NS_PER_S / elapsed, 1) if elapsed else 0.0,
         p50_ms=round(_percentile(latencies, 0.50), 3),
         p99_ms=round(_percentile(latencies, 0.99), 3),
         max_ms=round(latencies[-1] / NS_PER_MS, 3) if latencies else 0.0,
         reads=reads,
-        per_process=tuple(sorted(o.pairs for o in outcomes)),
+        per_process=tuple(sum(column) for column in zip(*each, strict=True)),
     )
+
+
+def run_jobs(ctx: SpawnContext, jobs: Sequence[Job], readers: Sequence[Job] = ()) -> Figures:
+    """Run ``jobs`` (pairs) and ``readers`` (reads, counted apart) at once, one process each."""
+    return _figures(len(jobs), [_outcomes(ctx, jobs, readers)])
+
+
+def run_alternating(
+    ctx: SpawnContext, ledger: Sequence[Job], baseline: Sequence[Job], rounds: int
+) -> tuple[Figures, Figures, list[float]]:
+    """The ledger's jobs and the baseline's, one after the other, ``rounds`` times: on a
+    machine whose speed drifts (a shared VM), both see the same drift. Returns both figures
+    (over all rounds) and the ratio of each round."""
+    led_runs: list[list[Outcome]] = []
+    base_runs: list[list[Outcome]] = []
+    ratios: list[float] = []
+    for _ in range(rounds):
+        led_runs.append(_outcomes(ctx, ledger))
+        base_runs.append(_outcomes(ctx, baseline))
+        led, base = _figures(len(ledger), led_runs[-1:]), _figures(len(baseline), base_runs[-1:])
+        ratios.append(led.pairs_per_s / base.pairs_per_s if base.pairs_per_s else 0.0)
+    return _figures(len(ledger), led_runs), _figures(len(baseline), base_runs), ratios
 
 
 def progress(message: str) -> None:
@@ -866,7 +896,7 @@ def _pg_rollup_note(admin: Any) -> str:
     )
 
 
-def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
+def bench_postgres(ctx: SpawnContext, seconds: float, rounds: int = 1) -> Report:
     report = Report("postgres")
     server = os.environ.get("KLING_COST_TEST_POSTGRES_URL") or DEFAULT_PG_URL
     suffix = secrets.token_hex(4)
@@ -897,19 +927,24 @@ def bench_postgres(ctx: SpawnContext, seconds: float) -> Report:
                 what = "shared budget" if shared else "independent budgets"
                 scopes = [SHARED_SCOPE if shared else f"project:p{i}" for i in range(procs)]
                 rows = [0 if shared else i + 1 for i in range(procs)]
-                progress(f"postgres: ledger, {procs} process(es), {what}, {seconds:g} s")
-                led = run_jobs(
-                    ctx, [Job("ledger", "postgres", ledger_url, scope=s, seconds=seconds) for s in scopes]
-                )
-                progress(f"postgres: baseline, {procs} process(es), {what}, {seconds:g} s")
-                base = run_jobs(
+                times = f"{rounds} x " if rounds > 1 else ""
+                progress(f"postgres: ledger and baseline, {procs} process(es), {what}, {times}{seconds:g} s")
+                led, base, ratios = run_alternating(
                     ctx,
+                    [Job("ledger", "postgres", ledger_url, scope=s, seconds=seconds) for s in scopes],
                     [
                         Job("baseline", "postgres", conninfo, row=r, schema=base_schema, seconds=seconds)
                         for r in rows
                     ],
+                    rounds,
                 )
                 report.rows.append(Row(f"{procs} proc, {what}", led, base))
+                if rounds > 1:
+                    report.notes.append(
+                        f"{procs} proc, {what}: ratio of each round "
+                        + ", ".join(f"{r:.2f}" for r in ratios)
+                        + f" (the row: all {rounds} rounds)"
+                    )
         progress(f"postgres: contention, {most} processes on a limit of {CONTENTION_LIMIT}")
         granted_each = _spawn_all(ctx, contention_worker, [(ledger_url,)] * most, STARTUP_TIMEOUT_S + 60)
         errors = [g for g in granted_each if isinstance(g, str)]
@@ -995,6 +1030,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default 3)")
     parser.add_argument("--backend", choices=("sqlite", "postgres", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="1 s per measurement")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="PostgreSQL: measure the ledger and the baseline one after the other this many times "
+        "per configuration (default 1); the ratio of each round is printed",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--profile", action="store_true", help="also cProfile the 1-process SQLite ledger")
     args = parser.parse_args(argv)
@@ -1002,6 +1044,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.seconds = 1.0
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
 
 
@@ -1012,7 +1056,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.backend in ("sqlite", "all"):
         reports.append(bench_sqlite(ctx, args.seconds))
     if args.backend in ("postgres", "all"):
-        reports.append(bench_postgres(ctx, args.seconds))
+        reports.append(bench_postgres(ctx, args.seconds, args.rounds))
     profile = profile_sqlite(args.seconds) if args.profile else ""
     if args.json:
         payload: dict[str, Any] = {"seconds": args.seconds, "amount": str(AMOUNT)}
