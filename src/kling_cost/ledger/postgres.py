@@ -15,6 +15,7 @@ by it, so machines whose clocks disagree still agree on what has expired.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -194,6 +195,7 @@ class PostgresBackend(Backend):
         conninfo, self.schema = pg_conninfo(url)
         self.connect_timeout = connect_timeout
         self._closed = False
+        self._pid = os.getpid()
         self._server_time = clock is None
         self._local_clock = self.clock
         self._offset = timedelta(0)
@@ -318,8 +320,7 @@ class PostgresBackend(Backend):
         most ``max_size`` idle connections, so after that many failures every one it hands
         out is new: the bound is only reached when the server is really down.
         """
-        if self._closed:
-            raise self._closed_error()
+        self._check_usable()
         last: psycopg.Error | None = None
         for _ in range(self._pool.max_size + 2):
             conn = self._getconn()
@@ -356,6 +357,20 @@ class PostgresBackend(Backend):
             raise self._closed_error() from exc
         finally:
             self._spare.waited()
+
+    def _check_usable(self) -> None:
+        """LedgerClosed after :meth:`close`; StorageError in a process forked from the one that
+        opened the ledger: its pooled connections (and the kept one) are the parent's sockets,
+        and two processes talking on one mix their replies up or wait for ever."""
+        if self._closed:
+            raise self._closed_error()
+        if self._pid != os.getpid():
+            raise StorageError(
+                f"the PostgreSQL ledger at {self.url} was opened before this process was forked "
+                "from its parent: its connections belong to the parent. Open the ledger only "
+                "after forking (or close it before), or start worker processes with spawn: "
+                'multiprocessing.get_context("spawn")'
+            )
 
     def _closed_error(self) -> LedgerClosed:
         return LedgerClosed(
@@ -410,8 +425,7 @@ class PostgresBackend(Backend):
         (at most as many times as :meth:`_begin` tries): the callers' statements are safe to
         repeat (a reservation's id is chosen before the first attempt; a settled one declines).
         """
-        if self._closed:
-            raise self._closed_error()
+        self._check_usable()
         last: psycopg.Error | None = None
         for _ in range(self._pool.max_size + 2):
             kept = self._spare.take()
@@ -467,6 +481,8 @@ class PostgresBackend(Backend):
 
     def close(self) -> None:
         self._closed = True
+        if self._pid != os.getpid():
+            return  # a forked child: closing the parent's connections would end its sessions
         for conn in self._spare.drain():
             self._pool.putconn(conn)
         if self._own_pool:
