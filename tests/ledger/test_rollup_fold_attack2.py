@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -71,7 +72,10 @@ def test_a_closed_ledger_keeps_no_thread_or_connection_and_never_folds_afterward
     black-holed server, tried by hand, stays forever.) The background fold could take the
     lock with ``pg_try_advisory_xact_lock`` (another fold is under way: nothing to do) or the
     close cancel the statement in flight."""
-    led = open_ledger(pg_url, fold_interval=0.05)
+    # only this ledger's connections are counted: other tests (other xdist workers) on the
+    # same server may wait on an advisory lock of their own at that moment
+    name = f"fold-close-{uuid.uuid4().hex[:8]}"
+    led = open_ledger(f"{pg_url}&application_name={name}", fold_interval=0.05)
     schema = led.backend.schema  # type: ignore[attr-defined]
     led.set_budget("project:a", 100)
     led.commit(led.reserve("1", ["project:a"]), actual="1")
@@ -87,8 +91,9 @@ def test_a_closed_ledger_keeps_no_thread_or_connection_and_never_folds_afterward
         ]
         with psycopg.connect(POSTGRES_URL.split("?")[0]) as probe:
             waiting = probe.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-                ("%pg_advisory_xact_lock%",),
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE %s AND application_name = %s",
+                ("%pg_advisory_xact_lock%", name),
             ).fetchone()[0]
     finally:
         locker.rollback()
