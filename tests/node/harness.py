@@ -168,7 +168,10 @@ def install(directory: Path) -> tuple[KlingApiNode | None, str | None]:
 
 def _install(directory: Path, node: str, npm: str) -> tuple[KlingApiNode | None, str | None]:
     for name in SOURCES:
-        shutil.copyfile(CLIENT_DIR / name, directory / name)
+        # replaced whole (a copy then a rename): another xdist worker may be running run.mjs
+        temporary = directory / f".{name}.{os.getpid()}"
+        shutil.copyfile(CLIENT_DIR / name, temporary)
+        os.replace(temporary, directory / name)
     digest = _digest(CLIENT_DIR)
     marker = directory / "node_modules" / MARKER
     installed = directory / "node_modules" / "kling-api" / "package.json"

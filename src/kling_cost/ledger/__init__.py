@@ -12,6 +12,8 @@ How it is put together (one job per file; everything goes through one transactio
   request). They work on the rows of ``records.py``, in thousandths, never ``Decimal``.
 * It *has* a backend (``backend.py``, the contract; ``sqlite.py``, ``postgres.py``): connections,
   transactions, the few SQL fragments that differ, driver errors translated. Nothing else.
+  PostgreSQL's transaction cursor, which sends queued statements in one pipeline, and its
+  translation of driver errors are ``pg_cursor.py``.
   SQLite's writers of every process take turns in one line (``sqlite_queue.py``: a ``flock``
   the kernel hands on the moment it is released; SQLite's own lock has no line), and its WAL
   is copied back by a background thread (``sqlite_checkpoint.py``). A forked child is refused a

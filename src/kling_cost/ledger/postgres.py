@@ -5,7 +5,7 @@ Same SQL as every backend (its ``?`` placeholders become ``%s`` here, prepared);
 creation runs under an advisory lock.
 
 Round trips: a statement waits for the server only when its result is read; the writes in
-between (and the last ones, with the ``COMMIT``) go in one pipeline (see ``_PgCursor``).
+between (and the last ones, with the ``COMMIT``) go in one pipeline (see :mod:`.pg_cursor`).
 
 One clock per ledger: unless a clock is injected, every transaction reads the server's time
 with its ``BEGIN`` (no extra round trip) and decides lease expiry, sweeps and budget windows
@@ -33,6 +33,7 @@ try:
     from psycopg import sql as pg_sql
     from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+    from .pg_cursor import CONFLICTS, PgCursor, one_line
     from .pg_spare import SPARE_LIFETIME, Spare
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigurationError(
@@ -47,116 +48,9 @@ __all__ = ["PostgresBackend"]
 # still receives them (this handler only replaces Python's last-resort stderr output).
 logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
-_CONFLICTS = (pg_errors.UniqueViolation, pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
 _BEGIN = "BEGIN"
 _SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 """A transaction that reads one snapshot of every table for its whole life (copies)."""
-
-
-def _translate(sql: str) -> str:
-    return sql.replace("?", "%s")
-
-
-def _line(exc: BaseException | str, *, hints: bool = True) -> str:
-    """A driver error as one line (libpq's messages span several; its hints are the lines
-    indented with a tab, dropped with ``hints=False`` where our message says what to do)."""
-    lines = str(exc).splitlines()
-    if not hints:
-        lines = [line for line in lines if not line.startswith("\t")] or lines
-    return " ".join(" ".join(lines).split())
-
-
-class _PgCursor:
-    """qmark SQL on a psycopg cursor, with errors translated at the boundary; ``now`` is the
-    server's time at the transaction's ``BEGIN``, or the injected clock's (read once).
-
-    Fewer round trips: a statement is queued, not sent, until a result is read
-    (``fetchone``, ``fetchall``, ``rowcount``) or the transaction commits; then every queued
-    statement goes in one pipeline (one round trip), in order, the ``COMMIT`` with the last
-    ones. Writes nobody reads (a charge, rollup rows, outbox rows) cost no round trip of their
-    own. A queued statement's error surfaces at that flush, translated the same way
-    (:class:`Conflict` or :class:`StorageError`), and the transaction rolls back whole; a
-    transaction whose body raised never sends what it still had queued.
-    """
-
-    __slots__ = ("_clock", "_conn", "_cur", "_now", "_queued")
-
-    def __init__(
-        self,
-        conn: psycopg.Connection[Any],
-        cur: psycopg.Cursor[Any],
-        started: datetime | None,
-        clock: Clock,
-    ) -> None:
-        self._conn = conn
-        self._cur = cur
-        self._now = started
-        self._clock = clock
-        self._queued: list[tuple[str, tuple[Any, ...]]] = []
-
-    @property
-    def rowcount(self) -> int:
-        self._flush()
-        return self._cur.rowcount
-
-    @property
-    def now(self) -> datetime:
-        if self._now is None:
-            self._now = self._clock()
-        return self._now
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> _PgCursor:
-        self._queued.append((_translate(sql), tuple(params)))
-        return self
-
-    def fetchone(self) -> Any:
-        self._flush()
-        with _translated():
-            return self._cur.fetchone()
-
-    def fetchall(self) -> list[Any]:
-        self._flush()
-        with _translated():
-            return self._cur.fetchall()
-
-    def _flush(self) -> None:
-        if self._queued:
-            with _translated():
-                self._send(self._take())
-
-    def _take(self) -> list[tuple[str, tuple[Any, ...]]]:
-        queued, self._queued = self._queued, []
-        return queued
-
-    def _send(self, queued: list[tuple[str, tuple[Any, ...]]], *, commit: bool = False) -> None:
-        """``queued`` (and ``COMMIT``) in one round trip; the cursor keeps the last result."""
-        if len(queued) == 1 and not commit:
-            self._cur.execute(*queued[0], prepare=True)
-            return
-        with self._conn.pipeline():
-            for sql, params in queued:
-                self._cur.execute(sql, params, prepare=True)
-            if commit:
-                self._conn.execute("COMMIT", prepare=False)
-
-    def commit(self) -> None:
-        """Send what is queued with ``COMMIT``: one round trip (driver errors untranslated)."""
-        queued = self._take()
-        if queued:
-            self._send(queued, commit=True)
-        else:
-            self._conn.execute("COMMIT", prepare=False)
-
-
-@contextmanager
-def _translated() -> Iterator[None]:
-    """Driver errors as the ledger's: a lost race is a :class:`Conflict`, the rest StorageError."""
-    try:
-        yield
-    except _CONFLICTS as exc:
-        raise Conflict(str(exc)) from exc
-    except psycopg.Error as exc:
-        raise StorageError(f"PostgreSQL ledger: {_line(exc)}".strip()) from exc
 
 
 class PostgresBackend(Backend):
@@ -334,10 +228,10 @@ class PostgresBackend(Backend):
                     conn.execute("ROLLBACK", prepare=False)
                 self._pool.putconn(conn)
                 if isinstance(exc, psycopg.Error):
-                    raise StorageError(f"PostgreSQL ledger at {self.url}: {_line(exc)}") from exc
+                    raise StorageError(f"PostgreSQL ledger at {self.url}: {one_line(exc)}") from exc
                 raise
         raise StorageError(
-            f"PostgreSQL ledger at {self.url}: no working connection ({_line(last or '', hints=False)}); "
+            f"PostgreSQL ledger at {self.url}: no working connection ({one_line(last or '', hints=False)}); "
             "nothing was changed; check that the server is running"
         ) from last
 
@@ -385,7 +279,7 @@ class PostgresBackend(Backend):
         conn, started = self._begin(begin)
         try:
             with conn.cursor() as cur:
-                pg = _PgCursor(conn, cur, started, self.clock)
+                pg = PgCursor(conn, cur, started, self.clock)
                 try:
                     yield pg
                 except BaseException:
@@ -397,14 +291,14 @@ class PostgresBackend(Backend):
                 except psycopg.Error as exc:
                     with suppress(psycopg.Error):  # a queued statement failed: COMMIT never ran
                         conn.execute("ROLLBACK", prepare=False)
-                    if isinstance(exc, _CONFLICTS):
+                    if isinstance(exc, CONFLICTS):
                         raise Conflict(str(exc)) from exc
                     raise StorageError(
-                        f"PostgreSQL ledger: commit failed ({_line(exc)}); the transaction is "
+                        f"PostgreSQL ledger: commit failed ({one_line(exc)}); the transaction is "
                         "atomic: it either happened whole or not at all"
                     ) from exc
         except psycopg.Error as exc:  # raised inside the body, outside a translated execute
-            raise StorageError(f"PostgreSQL ledger: {_line(exc)}; nothing was changed") from exc
+            raise StorageError(f"PostgreSQL ledger: {one_line(exc)}; nothing was changed") from exc
         finally:
             self._pool.putconn(conn)
 
@@ -458,15 +352,15 @@ class PostgresBackend(Backend):
                     continue
                 state = getattr(exc, "sqlstate", None)
                 if state in (DECLINED, STALE):
-                    raise Declined(_line(exc), stale=state == STALE) from None
-                if isinstance(exc, _CONFLICTS):
+                    raise Declined(one_line(exc), stale=state == STALE) from None
+                if isinstance(exc, CONFLICTS):
                     raise Conflict(str(exc)) from exc
-                raise StorageError(f"PostgreSQL ledger: {_line(exc)}; nothing was changed") from exc
+                raise StorageError(f"PostgreSQL ledger: {one_line(exc)}; nothing was changed") from exc
             finally:
                 if not self._spare.keep(conn, cur, until):
                     self._pool.putconn(conn)
         raise StorageError(
-            f"PostgreSQL ledger at {self.url}: no working connection ({_line(last or '', hints=False)}); "
+            f"PostgreSQL ledger at {self.url}: no working connection ({one_line(last or '', hints=False)}); "
             "check that the server is running"
         ) from last
 
@@ -497,7 +391,7 @@ def _probe(conninfo: str, shown: str, timeout: float) -> None:
             pass
     except psycopg.Error as exc:
         raise StorageError(
-            f"cannot reach the PostgreSQL ledger at {shown} ({_line(exc, hints=False)}); start the "
+            f"cannot reach the PostgreSQL ledger at {shown} ({one_line(exc, hints=False)}); start the "
             "server or fix the host, port, database or credentials in the URL"
         ) from exc
 
