@@ -50,6 +50,15 @@ def proxy_command(
             "without a valid signature are refused.",
         ),
     ] = None,
+    metrics_token_env: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-token-env",
+            metavar="VAR",
+            help="Name of the environment variable holding a token that /metrics then asks for "
+            "(Authorization: Bearer <token>). Without it /metrics is open to whoever reaches the proxy.",
+        ),
+    ] = None,
     allow_unpriced: Annotated[
         bool,
         typer.Option(
@@ -106,6 +115,7 @@ def proxy_command(
         ledger=ledger_url or default_ledger_url(),
         public_url=public_url,
         callback_secret_env=callback_secret_env,
+        metrics_token_env=metrics_token_env,
         allow_unpriced=allow_unpriced,
         allow_callback_hosts=tuple(allow_callback_host or ()),
         max_body_bytes=max_body_mb * 1024 * 1024,
@@ -115,6 +125,8 @@ def proxy_command(
     )
     if callback_secret_env and not os.environ.get(callback_secret_env):
         fail(f"--callback-secret-env {callback_secret_env}: that environment variable is not set")
+    if metrics_token_env and not os.environ.get(metrics_token_env, "").strip():
+        fail(f"--metrics-token-env {metrics_token_env}: that environment variable is not set")
     with boundary():
         # a missing or unreadable master key is one line now, not per request; never a new one
         # (the keys were made with another: their JWTs and webhook secrets would all fail)

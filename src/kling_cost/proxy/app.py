@@ -9,6 +9,7 @@ proxy runs with ``--allow-unpriced`` (then it is passed through with no budget a
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -414,6 +415,15 @@ class ProxyApp:
     async def metrics_page(self, request: Request) -> Response:
         if self.metrics is None:
             return error(1202, "metrics are off", 404)
+        token = self.service.settings.metrics_token
+        if token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+            ):
+                refused = error(1000, "/metrics needs its bearer token (Authorization: Bearer <token>)", 401)
+                refused.headers["www-authenticate"] = 'Bearer realm="kling-cost metrics"'
+                return refused
         content, content_type = await self.metrics(request.headers.get("accept"))
         return Response(content, media_type=content_type)
 

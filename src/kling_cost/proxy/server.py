@@ -22,6 +22,7 @@ import anyio
 import httpx
 from starlette.applications import Starlette
 
+from ..errors import ConfigurationError
 from ..guard import AsyncCostAwareClient
 from ..kling.async_client import AsyncKlingClient
 from ..ledger import Ledger, open_ledger
@@ -49,6 +50,8 @@ class ProxyConfig:
     public_url: str | None = None
     callback_secret_env: str | None = None
     """The name of the environment variable holding Kling's webhook secret (not the secret)."""
+    metrics_token_env: str | None = None
+    """The name of the environment variable holding the token ``/metrics`` asks for."""
     allow_unpriced: bool = False
     allow_callback_hosts: tuple[str, ...] = ()
     max_body_bytes: int = MAX_BODY_BYTES
@@ -71,11 +74,23 @@ class ProxyConfig:
         return cls(**raw)
 
 
+def _metrics_token(variable: str | None) -> str | None:
+    """The token ``/metrics`` asks for, from the environment variable named ``variable``; a
+    named variable that is unset or blank is an error (never an open ``/metrics`` instead)."""
+    if variable is None:
+        return None
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        raise ConfigurationError(f"--metrics-token-env {variable}: that environment variable is not set")
+    return token
+
+
 def build_app(
     config: ProxyConfig, *, ledger: Ledger | None = None, master: MasterKey | None = None
 ) -> Starlette:
     """The proxy's ASGI app. ``ledger`` and ``master`` default to ``config.ledger`` and
     :meth:`MasterKey.load`; the Kling credentials come from the environment."""
+    metrics_token = _metrics_token(config.metrics_token_env)  # first: a bad one opens nothing
     own_ledger = ledger is None
     led = ledger if ledger is not None else open_ledger(config.ledger)
     master_key = master if master is not None else MasterKey.load(create=False)
@@ -89,6 +104,7 @@ def build_app(
         settle_interval=config.settle_interval,
         relay_interval=config.relay_interval,
         client_timeout=config.client_timeout,
+        metrics_token=metrics_token,
     )
     timeout = httpx.Timeout(config.upstream_timeout, connect=10.0)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)

@@ -72,6 +72,8 @@ class ProxySettings:
     relay_interval: float = 2.0
     client_timeout: float = 60.0
     """Seconds a client has to send its whole request body (408/1200 after)."""
+    metrics_token: str | None = None
+    """The bearer token ``/metrics`` asks for (``Authorization: Bearer <token>``); None: open."""
 
 
 def dump_task(task: AnyTask) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""``kling-cost proxy --metrics-token-env VAR``: ``/metrics`` (every budget's scope, limit and
+spend) answers only a scraper with ``Authorization: Bearer <token>``; without the option it
+stays open. A named variable that is unset is an error, never an open ``/metrics``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from kling_cost.cli import app as cli
+from kling_cost.errors import ConfigurationError
+from kling_cost.proxy.server import ProxyConfig, build_app
+from tests.proxy.conftest import Proxied, make_proxied
+
+TOKEN = "scrape-Zq9x7"
+
+
+@pytest.fixture
+def guarded(ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Proxied]:
+    monkeypatch.setenv("KC_METRICS_TOKEN", f"  {TOKEN}\n")  # read from a file: whitespace around it
+    with make_proxied(ledger_url, monkeypatch, metrics_token_env="KC_METRICS_TOKEN") as world:
+        world.ledger.set_budget("project:secret-film", 100)
+        yield world
+
+
+def test_metrics_answer_only_the_bearer_of_the_token(guarded: Proxied) -> None:
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": "Bearer"},
+    ):
+        page = guarded.http("GET", "/metrics", headers=headers)
+        assert page.status_code == 401, headers
+        assert page.headers["www-authenticate"].startswith("Bearer")
+        assert "secret-film" not in page.text and TOKEN not in page.text
+    page = guarded.http("GET", "/metrics", headers={"Authorization": f"bearer {TOKEN}"})
+    assert page.status_code == 200
+    assert 'scope="project:secret-film"' in page.text
+    # a virtual key is not the scraper's token
+    key = guarded.key("alice")
+    assert guarded.http("GET", "/metrics", key).status_code == 401
+    assert guarded.http("GET", "/healthz").status_code == 200  # the probes stay open
+
+
+def test_without_the_option_metrics_stay_open(proxied: Proxied) -> None:
+    proxied.ledger.set_budget("project:film", 100)
+    page = proxied.http("GET", "/metrics")
+    assert page.status_code == 200 and 'scope="project:film"' in page.text
+
+
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_a_named_variable_that_is_unset_is_an_error_not_an_open_page(
+    ledger_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    value: str | None,
+) -> None:
+    if value is None:
+        monkeypatch.delenv("KC_METRICS_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("KC_METRICS_TOKEN", value)
+    config = ProxyConfig(
+        upstream="http://127.0.0.1:9", ledger=ledger_url, metrics_token_env="KC_METRICS_TOKEN"
+    )
+    with pytest.raises(ConfigurationError, match="KC_METRICS_TOKEN"):
+        build_app(config)
+    result = CliRunner().invoke(
+        cli, ["proxy", "--ledger", ledger_url, "--metrics-token-env", "KC_METRICS_TOKEN"]
+    )
+    assert result.exit_code != 0
+    assert "--metrics-token-env KC_METRICS_TOKEN: that environment variable is not set" in result.output
+    assert "Traceback" not in result.output
