@@ -5,6 +5,7 @@ stays open. A named variable that is unset is an error, never an open ``/metrics
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -73,3 +74,53 @@ def test_a_named_variable_that_is_unset_is_an_error_not_an_open_page(
     assert result.exit_code != 0
     assert "--metrics-token-env KC_METRICS_TOKEN: that environment variable is not set" in result.output
     assert "Traceback" not in result.output
+
+
+def test_an_empty_variable_name_is_one_line_before_listening(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # `--metrics-token-env "$NAME"` with NAME unset in the shell: the name is ""; it was let
+    # through the CLI's check, and every worker then failed in build_app (with --workers N a
+    # traceback per worker, respawned forever, the port listening)
+    monkeypatch.delenv("KLING_COST_MASTER_KEY", raising=False)
+    monkeypatch.setenv("KLING_COST_MASTER_KEY_FILE", str(tmp_path / "no-key"))
+    result = CliRunner().invoke(
+        cli, ["proxy", "--ledger", f"sqlite:///{tmp_path / 'l.db'}", "--metrics-token-env", ""]
+    )
+    assert result.exit_code != 0
+    assert "--metrics-token-env" in result.output and "not set" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("token", ["tök-én", "s3cret\u00a0tail"])
+def test_a_non_ascii_token_is_matched_byte_for_byte(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    # a scraper sends the token's UTF-8 bytes (curl, Prometheus' credentials_file); Starlette
+    # decodes header bytes as latin-1, so comparing its UTF-8 re-encoding never matched
+    monkeypatch.setenv("KC_METRICS_TOKEN", token)
+    with make_proxied(ledger_url, monkeypatch, metrics_token_env="KC_METRICS_TOKEN") as world:
+        sent = b"Bearer " + token.encode()
+        assert world.http("GET", "/metrics", headers={"Authorization": sent}).status_code == 200
+        wrong = b"Bearer " + token.encode()[:-1]
+        assert world.http("GET", "/metrics", headers={"Authorization": wrong}).status_code == 401
+        latin = b"Bearer " + token.encode("latin-1")
+        assert world.http("GET", "/metrics", headers={"Authorization": latin}).status_code == 401
+
+
+@pytest.mark.parametrize("value", ["line-one\nline-two", "tok\ren", "tok\x7fen"])
+def test_a_token_no_header_can_carry_is_an_error(
+    ledger_url: str, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # a file of two lines read into the variable: no scraper could ever send it
+    monkeypatch.setenv("KC_METRICS_TOKEN", value)
+    config = ProxyConfig(
+        upstream="http://127.0.0.1:9", ledger=ledger_url, metrics_token_env="KC_METRICS_TOKEN"
+    )
+    with pytest.raises(ConfigurationError, match="KC_METRICS_TOKEN"):
+        build_app(config)
+    result = CliRunner().invoke(
+        cli, ["proxy", "--ledger", ledger_url, "--metrics-token-env", "KC_METRICS_TOKEN"]
+    )
+    assert result.exit_code != 0 and "KC_METRICS_TOKEN" in result.output
+    assert "Traceback" not in result.output and value not in result.output

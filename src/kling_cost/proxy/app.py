@@ -418,8 +418,9 @@ class ProxyApp:
         token = self.service.settings.metrics_token
         if token is not None:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            # the bytes the scraper sent (Starlette decoded them as latin-1) against the token's
             if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+                given.encode("latin-1").strip(), token.encode("utf-8", "surrogateescape")
             ):
                 refused = error(1000, "/metrics needs its bearer token (Authorization: Bearer <token>)", 401)
                 refused.headers["www-authenticate"] = 'Bearer realm="kling-cost metrics"'

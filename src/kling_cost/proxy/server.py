@@ -82,6 +82,11 @@ def _metrics_token(variable: str | None) -> str | None:
     token = os.environ.get(variable, "").strip()
     if not token:
         raise ConfigurationError(f"--metrics-token-env {variable}: that environment variable is not set")
+    if any((c < " " and c != "\t") or c == "\x7f" for c in token):
+        raise ConfigurationError(
+            f"--metrics-token-env {variable}: the token holds a line break or another control "
+            "character, which no Authorization header can carry"
+        )
     return token
 
 
