@@ -124,3 +124,10 @@ def test_a_token_no_header_can_carry_is_an_error(
     )
     assert result.exit_code != 0 and "KC_METRICS_TOKEN" in result.output
     assert "Traceback" not in result.output and value not in result.output
+
+
+def test_the_settings_never_show_their_secrets() -> None:
+    from kling_cost.proxy.service import ProxySettings
+
+    shown = repr(ProxySettings(callback_secret="whsec-Qx81", metrics_token=TOKEN))
+    assert "whsec-Qx81" not in shown and TOKEN not in shown

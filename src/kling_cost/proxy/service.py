@@ -63,7 +63,7 @@ class ProxySettings:
     public_url: str | None = None
     """The proxy's URL as Kling reaches it: creates carry ``<public_url>/_kling_cost/callback``
     as their ``callback_url``. None: no callback is asked of Kling; the settler polls."""
-    callback_secret: str | None = None
+    callback_secret: str | None = field(default=None, repr=False)
     """Kling's webhook secret: callbacks without a valid signature are refused."""
     allow_unpriced: bool = False
     allow_callback_hosts: tuple[str, ...] = ()
@@ -72,7 +72,7 @@ class ProxySettings:
     relay_interval: float = 2.0
     client_timeout: float = 60.0
     """Seconds a client has to send its whole request body (408/1200 after)."""
-    metrics_token: str | None = None
+    metrics_token: str | None = field(default=None, repr=False)
     """The bearer token ``/metrics`` asks for (``Authorization: Bearer <token>``); None: open."""
 
 
