@@ -88,7 +88,7 @@ def test_an_empty_variable_name_is_one_line_before_listening(
         cli, ["proxy", "--ledger", f"sqlite:///{tmp_path / 'l.db'}", "--metrics-token-env", ""]
     )
     assert result.exit_code != 0
-    assert "--metrics-token-env" in result.output and "not set" in result.output
+    assert "--metrics-token-env needs the name of an environment variable" in result.output
     assert "Traceback" not in result.output
 
 

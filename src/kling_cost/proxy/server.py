@@ -79,6 +79,10 @@ def _metrics_token(variable: str | None) -> str | None:
     named variable that is unset or blank is an error (never an open ``/metrics`` instead)."""
     if variable is None:
         return None
+    if not variable.strip():
+        raise ConfigurationError(
+            "--metrics-token-env needs the name of an environment variable (e.g. KLING_COST_METRICS_TOKEN)"
+        )
     token = os.environ.get(variable, "").strip()
     if not token:
         raise ConfigurationError(f"--metrics-token-env {variable}: that environment variable is not set")
