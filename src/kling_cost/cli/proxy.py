@@ -108,7 +108,7 @@ def proxy_command(
     from ..kling.endpoints import BASE_URLS
     from ..ledger import default_ledger_url
     from ..proxy.keys import MasterKey
-    from ..proxy.server import ENV_CONFIG, ProxyConfig, _metrics_token
+    from ..proxy.server import ENV_CONFIG, ProxyConfig, metrics_token_from_env
 
     config = ProxyConfig(
         upstream=(upstream or BASE_URLS["global"]).rstrip("/"),
@@ -127,7 +127,7 @@ def proxy_command(
         fail(f"--callback-secret-env {callback_secret_env}: that environment variable is not set")
     if metrics_token_env is not None:  # "" too: a shell variable meant to hold the name was unset
         with boundary():
-            _metrics_token(metrics_token_env)
+            metrics_token_from_env(metrics_token_env)
     with boundary():
         # a missing or unreadable master key is one line now, not per request; never a new one
         # (the keys were made with another: their JWTs and webhook secrets would all fail)

@@ -35,7 +35,7 @@ from .settler import ProxySettler
 from .timing import TimedTransport
 from .upstream import Upstream
 
-__all__ = ["ENV_CONFIG", "ProxyConfig", "app_from_env", "build_app"]
+__all__ = ["ENV_CONFIG", "ProxyConfig", "app_from_env", "build_app", "metrics_token_from_env"]
 
 ENV_CONFIG = "KLING_COST_PROXY_CONFIG"
 log = logging.getLogger("kling_cost.proxy")
@@ -74,7 +74,7 @@ class ProxyConfig:
         return cls(**raw)
 
 
-def _metrics_token(variable: str | None) -> str | None:
+def metrics_token_from_env(variable: str | None) -> str | None:
     """The token ``/metrics`` asks for, from the environment variable named ``variable``; a
     named variable that is unset or blank is an error (never an open ``/metrics`` instead)."""
     if variable is None:
@@ -99,7 +99,7 @@ def build_app(
 ) -> Starlette:
     """The proxy's ASGI app. ``ledger`` and ``master`` default to ``config.ledger`` and
     :meth:`MasterKey.load`; the Kling credentials come from the environment."""
-    metrics_token = _metrics_token(config.metrics_token_env)  # first: a bad one opens nothing
+    metrics_token = metrics_token_from_env(config.metrics_token_env)  # first: a bad one opens nothing
     own_ledger = ledger is None
     led = ledger if ledger is not None else open_ledger(config.ledger)
     master_key = master if master is not None else MasterKey.load(create=False)
