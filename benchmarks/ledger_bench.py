@@ -32,7 +32,9 @@ single conditional update per reservation as the baseline).
 Every worker is a separate process (``spawn``) with its own ledger object or connection; it
 warms up with a few pairs, waits on a barrier, then runs pairs for ``--seconds`` and times
 each with ``time.perf_counter_ns``. Throughput is all pairs over the longest worker's time.
-``--profile`` also prints a cProfile of the single-process SQLite ledger loop.
+``--profile`` also prints a cProfile of the single-process SQLite ledger loop, on the general
+path only (as before the lean path, ``ledger/sqlite_fast.py``) and as it runs now, with the
+Python part of a pair in each.
 Each backend's report ends with the statements and round trips of one reserve and one commit,
 counted in this process over a few pairs (see ``_count_statements``).
 """
@@ -91,7 +93,7 @@ STARTUP_TIMEOUT_S = 120.0
 NS_PER_S = 1_000_000_000
 NS_PER_MS = 1_000_000
 
-Impl = Literal["ledger", "baseline", "sql", "reader"]
+Impl = Literal["ledger", "general", "baseline", "sql", "reader"]
 Backend = Literal["sqlite", "postgres"]
 
 # A pair is two transactions in the ledger (the reservation must be durable before Kling is
@@ -193,6 +195,8 @@ Closer = Callable[[], None]
 
 def _ledger_pair(job: Job) -> tuple[Pair, Closer]:
     ledger = open_ledger(job.target)
+    if job.impl == "general":
+        ledger._fast = None  # what every pair did before SQLite's lean path (ledger/sqlite_fast.py)
     scopes = [job.scope]
 
     def pair() -> None:
@@ -369,7 +373,7 @@ def _pg_baseline_pair(job: Job) -> tuple[Pair, Closer]:
 
 
 def _make_pair(job: Job) -> tuple[Pair, Closer]:
-    if job.impl == "ledger":
+    if job.impl in ("ledger", "general"):
         return _ledger_pair(job)
     if job.impl == "sql":
         return _sqlite_replay_pair(job)
@@ -609,10 +613,14 @@ def bench_sqlite(ctx: SpawnContext, seconds: float) -> Report:
                 sql_only = run_jobs(ctx, [Job("sql", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)])
                 floor = Row("1 proc, ledger's SQL alone", sql_only, base)
                 report.rows.append(floor)
+                progress(f"sqlite: the ledger without its lean path, 1 process, {seconds:g} s")
+                general = run_jobs(ctx, [Job("general", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)])
+                report.rows.append(Row("1 proc, general path only", general, base))
                 report.notes.append(
                     f"the ledger's SQL alone (one pair's statements replayed, no ledger Python): "
                     f"{floor.ratio:.2f} x the baseline; with these statements no ledger Python can make "
-                    f"the whole pair faster (the ledger spends {_share(led, sql_only)} of a pair in Python)"
+                    f"the whole pair faster (the ledger spends {_share(led, sql_only)} of a pair in Python; "
+                    f"on the general path only, as before the lean path, {_share(general, sql_only)})"
                 )
             report.goals.append(
                 (
@@ -693,26 +701,60 @@ def _share(ledger: Figures, sql_only: Figures) -> str:
     return f"{python:.0f} us of {whole:.0f} us ({python / whole:.0%})"
 
 
+PROFILE_PAIRS = 3000
+
+_SQLITE_C = ("sqlite3.", "fcntl.flock", "time.sleep")
+"""cProfile entries of time spent outside the ledger's Python: sqlite3's methods (SQLite's
+own work), the writers' line and waits."""
+
+
+def _profiled(url: str, general: bool) -> tuple[pstats.Stats, float, float]:
+    """cProfile of :data:`PROFILE_PAIRS` pairs: the stats, and microseconds per pair in all
+    and in the ledger's Python (everything but :data:`_SQLITE_C`), both slowed by profiling."""
+    pair, close = _ledger_pair(Job("general" if general else "ledger", "sqlite", url, scope=SQLITE_SCOPE))
+    try:
+        for _ in range(WARMUP_PAIRS):
+            pair()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(PROFILE_PAIRS):
+            pair()
+        profiler.disable()
+    finally:
+        close()
+    stats = pstats.Stats(profiler)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = stats.total_tt  # type: ignore[attr-defined]
+    outside = sum(
+        entry[2] for (_file, _line, name), entry in raw.items() if any(mark in name for mark in _SQLITE_C)
+    )
+    return stats, total / PROFILE_PAIRS * 1e6, (total - outside) / PROFILE_PAIRS * 1e6
+
+
 def profile_sqlite(seconds: float) -> str:
-    """cProfile of the single-process SQLite ledger loop, top functions by internal time."""
+    """cProfile of the single-process SQLite ledger loop, on the general path only (as before
+    the lean path) and as it runs now: the Python part of a pair in each, and the top
+    functions by internal time of the lean one."""
+    del seconds  # a fixed number of pairs: the two profiles compare
     with tempfile.TemporaryDirectory(prefix="kling-ledger-prof-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'ledger.db'}"
         with open_ledger(url) as admin:
             admin.set_budget(SQLITE_SCOPE, limit=GENEROUS_LIMIT, window=WINDOW)
-        pair, close = _ledger_pair(Job("ledger", "sqlite", url, scope=SQLITE_SCOPE))
-        try:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            outcome = _timed_loop(pair, seconds)
-            profiler.disable()
-        finally:
-            close()
-    text = io.StringIO()
-    stats = pstats.Stats(profiler, stream=text)
-    stats.sort_stats("tottime").print_stats(20)
-    return (
-        f"cProfile, SQLite ledger, 1 process, {outcome.pairs} pairs (slowed by profiling):\n{text.getvalue()}"
+        before, before_all, before_py = _profiled(url, general=True)
+        after, after_all, after_py = _profiled(url, general=False)
+    out = []
+    for title, stats in (("general path only (before)", before), ("with the lean path (now)", after)):
+        text = io.StringIO()
+        stats.stream = text  # type: ignore[attr-defined]
+        stats.sort_stats("tottime").print_stats(12)
+        out.append(f"cProfile, SQLite ledger, 1 process, {PROFILE_PAIRS} pairs, {title}:\n{text.getvalue()}")
+    out.append(
+        f"cProfile summary ({PROFILE_PAIRS} pairs each, slowed by profiling): a pair took "
+        f"{before_all:.0f} us on the general path only, {after_all:.0f} us with the lean path; "
+        f"its Python part (all but sqlite3's methods, the writers' line and sleeps) "
+        f"{before_py:.0f} us -> {after_py:.0f} us ({after_py / before_py:.2f} x)"
     )
+    return "\n".join(out)
 
 
 # -- statements and round trips per pair (what the figures rest on) ------------------------------
@@ -1038,7 +1080,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "per configuration (default 1); the ratio of each round is printed",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-    parser.add_argument("--profile", action="store_true", help="also cProfile the 1-process SQLite ledger")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also cProfile the 1-process SQLite ledger, before and with its lean path",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = 1.0

@@ -27,6 +27,7 @@ from kling_cost.ledger.schema_fast import SERVER_MS
 from kling_cost.reports import report
 from kling_cost.timestamps import to_ms
 from tests.helpers import POSTGRES_URL, FakeClock, fresh_postgres_url, need_postgres
+from tests.ledger.fast_scenario import dump, scenario, warm
 
 pytestmark = pytest.mark.postgres
 
@@ -76,76 +77,6 @@ def _fast(ledger: Ledger) -> FastPath:
     return fast
 
 
-def _warm(ledger: Ledger, scopes: list[str]) -> None:
-    """Reservations on the general path (the first one sweeps), then the fast one: this
-    process has seen the windows and read the budgets."""
-    for _ in range(2):
-        ledger.release(ledger.reserve("0.001", scopes))
-
-
-# -- the same rows as the general path and as SQLite ------------------------------------------
-
-
-def _scenario(ledger: Ledger, clock: FakeClock) -> dict[str, list[tuple[Any, ...]]]:
-    ledger.set_budget("project:a", limit="100", window="day", thresholds=["0.9"])
-    ledger.set_budget("account", limit="1000", window="month", tz="Europe/Paris")
-    _warm(ledger, ["project:a"])
-    meta = {"model": "kling-v2-1", "mode": "pro", "duration": "10", "audio": True, "prompt": "a cat"}
-    r1 = ledger.reserve("1.5", ["project:a"], metadata=meta, catalog="kling-api", catalog_date="2026-01-01")
-    clock.advance(seconds=1)
-    r2 = ledger.reserve(
-        "2", ["project:a"], idempotency_key="k-2", metadata={"endpoint": "text2video", "sound": "on"}
-    )
-    assert ledger.reserve("2", ["project:a"], idempotency_key="k-2").id == r2.id  # the same request again
-    clock.advance(milliseconds=5)
-    assert ledger.commit(r1, actual="1.2", task_id="t-1").actual == Decimal("1.2")
-    ledger.attach_task(r2, "t-2", {"model_name": "kling-v1"})
-    ledger.commit(r2)
-    r3 = ledger.reserve("3", ["project:a"])
-    ledger.attach_task(r3, "t-3")
-    assert ledger.release(r3).status == "released"  # a failed task: a charge of 0
-    r4 = ledger.reserve("1", "project:a")
-    ledger.release(r4)  # never sent: no charge
-    r5 = ledger.reserve("1", ["project:a"], metadata={"duration": 5, "audio": "on"})
-    clock.advance(minutes=1)
-    assert ledger.extend(r5, timedelta(hours=2)).expires_at == clock() + timedelta(hours=2)
-    ledger.commit(r5, task_id="t-5")
-    assert ledger.record_cache_hit("4", ["project:a"], idempotency_key="hit-1", task_id="t-9", metadata=meta)
-    assert not ledger.record_cache_hit(
-        "4", ["project:a"], idempotency_key="hit-1", task_id="t-9", metadata=meta
-    )
-    return _dump(ledger)
-
-
-def _dump(ledger: Ledger) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row the scenario wrote, without the random reservation ids."""
-    queries = {
-        "reservations": "SELECT CASE WHEN idempotency_key = id THEN 'ID' ELSE idempotency_key END, amount_milli, "
-        "actual_milli, status, scopes, created_at, expires_at, settled_at, task_id, windows, metadata, unit, "
-        "catalog, catalog_date FROM reservations",
-        "charges": "SELECT CASE WHEN idempotency_key = reservation_id THEN 'ID' ELSE idempotency_key END, "
-        "status, created_at, settled_at, estimate_milli, actual_milli, scopes, task_id, kind, model, mode, "
-        "duration, audio, prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli "
-        "FROM charges",
-        "windows": "SELECT budget_id, window_key, used_milli, reserved_milli FROM budget_windows",
-        "rollup": "SELECT scope, grain, bucket, model, mode, unit, SUM(s_n), SUM(s_est), SUM(s_act), SUM(f_n), "
-        "SUM(f_est), SUM(f_act), SUM(c_n), SUM(c_est), SUM(c_act) FROM report_rollup "
-        "GROUP BY scope, grain, bucket, model, mode, unit",
-        "alerts": "SELECT budget_id, window_key, kind, threshold, used_milli, reserved_milli FROM alerts",
-    }
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    ledger.rollup.fold()  # PostgreSQL's charges wait in rollup_pending until a read folds them
-    with ledger.transaction() as cur:
-        for name, sql in queries.items():
-            cur.execute(sql)
-            out[name] = sorted((tuple(_plain(v) for v in row) for row in cur.fetchall()), key=repr)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    return int(value) if isinstance(value, int) else value
-
-
 def test_the_fast_path_writes_what_the_general_path_and_sqlite_write(tmp_path: Path) -> None:
     need_postgres()
     dumps = []
@@ -157,7 +88,7 @@ def test_the_fast_path_writes_what_the_general_path_and_sqlite_write(tmp_path: P
             if kind == "general":
                 ledger._fast = None
             calls = Calls(ledger) if kind == "fast" else None
-            dumps.append(_scenario(ledger, clock))
+            dumps.append(scenario(ledger, clock))
             if calls is not None:  # every kind of operation went the one-statement way
                 assert {"kling_reserve", "kling_commit", "kling_release", "kling_cache_hit", "extend"} <= set(
                     calls.calls
@@ -173,7 +104,7 @@ def test_the_fast_path_writes_what_the_general_path_and_sqlite_write(tmp_path: P
 
 def test_a_warm_pair_is_one_statement_each_and_no_general_transaction(led: Ledger) -> None:
     led.set_budget("project:a", limit="100", window="day")
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     calls = Calls(led)
     res = led.reserve("1.5", ["project:a"])
     led.commit(res)
@@ -187,7 +118,7 @@ def test_a_warm_pair_is_one_statement_each_and_no_general_transaction(led: Ledge
 
 def test_a_crossed_threshold_writes_its_alert(led: Ledger) -> None:
     led.set_budget("project:a", limit="10", window="day", thresholds=["0.5"])
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     led.reserve("4", ["project:a"])
     assert not led.alerts()
     calls = Calls(led)
@@ -198,7 +129,7 @@ def test_a_crossed_threshold_writes_its_alert(led: Ledger) -> None:
 
 def test_a_refusal_is_the_general_paths_with_its_fields_and_alert(led: Ledger) -> None:
     led.set_budget("project:a", limit="10", window="day")
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     led.reserve("8", ["project:a"])
     with pytest.raises(BudgetExceeded) as caught:
         led.reserve("3", ["project:a"])
@@ -213,7 +144,7 @@ def test_a_refusal_is_the_general_paths_with_its_fields_and_alert(led: Ledger) -
 
 def test_an_overage_commit_records_it(led: Ledger) -> None:
     led.set_budget("project:a", limit="10", window="day", thresholds=["1"])
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     res = led.reserve("9", ["project:a"])
     led.commit(res, actual="12")
     (charge,) = led.charges()
@@ -223,7 +154,7 @@ def test_an_overage_commit_records_it(led: Ledger) -> None:
 
 def test_a_lapsed_lease_is_refused_or_forced_as_before(led: Ledger, clock: FakeClock) -> None:
     led.set_budget("project:a", limit="10", window="day")
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     res = led.reserve("2", ["project:a"], ttl=timedelta(seconds=5))
     clock.advance(seconds=6)
     with pytest.raises(ReservationError, match="expired"):
@@ -239,7 +170,7 @@ def test_a_budget_changed_by_another_process_is_read_again(
     mine, other = open_ledger(pg_url, clock=clock), open_ledger(pg_url, clock=clock)
     try:
         mine.set_budget("project:a", limit="10", window="day")
-        _warm(mine, ["project:a"])
+        warm(mine, ["project:a"])
         if change != "unit switch":
             mine.commit(mine.reserve("5", ["project:a"]))
         if change == "lower limit":
@@ -267,7 +198,7 @@ def test_a_budget_changed_by_another_process_is_read_again(
 def test_metadata_changed_by_another_process_reaches_the_charge(pg_url: str, clock: FakeClock) -> None:
     mine, other = open_ledger(pg_url, clock=clock), open_ledger(pg_url, clock=clock)
     try:
-        _warm(mine, ["project:a"])
+        warm(mine, ["project:a"])
         res = mine.reserve("2", ["project:a"], metadata={"mode": "std"})
         other.attach_task(res, "t-1", {"model": "kling-v2-master"})
         mine.commit(res)
@@ -281,7 +212,7 @@ def test_metadata_changed_by_another_process_reaches_the_charge(pg_url: str, clo
 def test_a_new_window_is_used_at_once(led: Ledger, clock: FakeClock) -> None:
     clock.set(datetime(2026, 6, 15, 23, 59, 59, tzinfo=UTC))
     led.set_budget("project:a", limit="10", window="day")
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     assert led.reserve("1", ["project:a"]).windows == ((1, "2026-06-15"),)
     clock.advance(seconds=2)
     assert led.reserve("1", ["project:a"]).windows == ((1, "2026-06-16"),)
@@ -306,7 +237,7 @@ def test_a_hook_of_yours_or_an_open_transaction_takes_the_general_path(led: Ledg
         def after_refusal(self, *args: Any) -> None:
             return None
 
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     led.hooks.append(Hook())
     led.commit(led.reserve("1", ["project:a"]))
     assert seen == ["reserve", "settle"]
@@ -319,7 +250,7 @@ def test_a_hook_of_yours_or_an_open_transaction_takes_the_general_path(led: Ledg
 
 def test_a_reservation_sent_twice_holds_once(led: Ledger) -> None:
     led.set_budget("project:a", limit="10", window="day")
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     fast = _fast(led)
     req = request("2", ["project:a"], None, None, "units", None, None)
     clock_ms = to_ms(led.clock())
@@ -334,7 +265,7 @@ def test_a_reservation_sent_twice_holds_once(led: Ledger) -> None:
 
 def test_connections_the_server_dropped_are_replaced(led: Ledger) -> None:
     led.set_budget("project:a", limit="10", window="day")
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     pids = set()
     for _ in range(3):
         with led.transaction() as cur:
@@ -354,7 +285,7 @@ def test_a_lost_race_in_a_function_falls_back_to_the_general_path(led: Ledger) -
     """A deadlock or serialization failure inside a function (a real server produces them
     only by chance) is a Conflict: the general path runs, and retries as it always did."""
     led.set_budget("project:a", limit="10", window="day")
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     backend: Any = led.backend
     real = backend.call
     lost: list[str] = []
@@ -394,7 +325,7 @@ def test_a_backend_killed_inside_a_function_changes_nothing_twice(led: Ledger, o
     """The server kills the connection while the function waits for a row lock: nothing of
     that statement stays, the ledger sends it again on a new connection, it happens once."""
     led.set_budget("project:a", limit="10", window="day")
-    _warm(led, ["project:a"])
+    warm(led, ["project:a"])
     held = led.reserve("2", ["project:a"])
     schema = led.backend.schema  # type: ignore[attr-defined]
     calls = Calls(led)
@@ -449,7 +380,7 @@ def test_charges_of_many_connections_wait_for_a_fold_then_sum_to_the_charges(
     try:
         ledgers[0].set_budget("project:a", limit="1000", window="day")
         for i, ledger in enumerate(ledgers):
-            _warm(ledger, ["project:a"])
+            warm(ledger, ["project:a"])
             for j in range(3):
                 res = ledger.reserve("2", ["project:a"], metadata={"model": f"m{j % 2}"})
                 ledger.commit(res, actual=f"1.{i}{j}")

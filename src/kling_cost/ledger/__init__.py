@@ -22,7 +22,9 @@ How it is put together (one job per file; everything goes through one transactio
   each (``pg_fast.py``: server-side functions that ``schema_fast.py`` installs; anything
   unusual is declined and runs the general path above); those calls keep one pooled
   connection and its cursor between them (``pg_spare.py``: the pool's bookkeeping cost more
-  than the call's own Python).
+  than the call's own Python). On SQLite the common reserve and commit run in one plain
+  write transaction each, with the general path's statements and less Python
+  (``sqlite_fast.py``: anything unusual rolls back and runs the general path).
 * It *has* seven stores, each its own object on the same seam: ``ledger.cache``
   (``cache_store.py``: the dedup cache), ``ledger.outbox`` (``outbox_store.py``: alerts; its
   writer hook, ``outbox.py``, records threshold crossings), ``ledger.rollup``

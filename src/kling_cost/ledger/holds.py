@@ -40,16 +40,44 @@ from .records import (
     clean_metadata,
     new_id,
     reservation_by,
+    windows_json,
 )
 
-__all__ = ["MAX_TTL", "NO_LIMIT", "Holds", "Refused", "Request", "check_ttl", "exceeded", "request"]
+__all__ = [
+    "HOLD_WINDOW",
+    "INSERT_RESERVATION",
+    "MAX_TTL",
+    "NO_LIMIT",
+    "Holds",
+    "Refused",
+    "Request",
+    "check_ttl",
+    "exceeded",
+    "request",
+]
 
 NO_LIMIT = 1 << 62
 """The limit of a hold that no budget may refuse (a charge that already happened)."""
 
 
-_REFS: dict[tuple[tuple[int, str], ...], str] = {}
-"""A reservation's windows -> the ``windows`` column's text (reservations of a period share it)."""
+INSERT_RESERVATION = (
+    "INSERT INTO reservations (id, idempotency_key, amount_milli, status, scopes, "
+    "created_at, expires_at, windows, metadata, unit, catalog, catalog_date) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+)
+"""A new reservation row (nothing when its idempotency key names one already)."""
+
+HOLD_WINDOW = (
+    "INSERT INTO budget_windows (budget_id, window_key, used_milli, reserved_milli) "
+    "VALUES (?, ?, 0, ?) ON CONFLICT (budget_id, window_key) DO UPDATE "
+    "SET reserved_milli = budget_windows.reserved_milli + excluded.reserved_milli "
+    "WHERE budget_windows.used_milli + budget_windows.reserved_milli "
+    "+ excluded.reserved_milli <= ? "
+    "RETURNING used_milli, reserved_milli"
+)
+"""The conditional update that makes the ceiling hold (budget id, window key, amount, limit):
+the window's counters, or no row when it lacks room."""
 
 
 class Refused(Exception):
@@ -107,12 +135,7 @@ class Holds:
                 raise unit_mismatch(b, unit)
         windows = [(b, self.window(b, now)) for b in budgets]
         refs = tuple((b.id, w.key) for b, w in windows)
-        refs_json = _REFS.get(refs)
-        if refs_json is None:
-            refs_json = json.dumps(refs)
-            if len(_REFS) >= 1024:
-                _REFS.clear()
-            _REFS[refs] = refs_json
+        refs_json = windows_json(refs)
         at = to_ms(now)
         asked = ReservationRow(
             new_id(now, at),
@@ -147,13 +170,7 @@ class Holds:
             req.catalog,
             req.catalog_date,
         )
-        cur.execute(
-            "INSERT INTO reservations (id, idempotency_key, amount_milli, status, scopes, "
-            "created_at, expires_at, windows, metadata, unit, catalog, catalog_date) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-            (asked.id, key, *values),
-        )
+        cur.execute(INSERT_RESERVATION, (asked.id, key, *values))
         # Without a key the row is inserted or the statement fails (an id collision is a
         # unique violation: Conflict, wherever the backend reports it), so there is no count
         # to wait for and PostgreSQL sends this INSERT with the window's update.
@@ -197,15 +214,7 @@ class Holds:
         """The conditional update that makes the ceiling hold: ``used + reserved <= limit``."""
         row = None
         if milli <= limit:
-            cur.execute(
-                "INSERT INTO budget_windows (budget_id, window_key, used_milli, reserved_milli) "
-                "VALUES (?, ?, 0, ?) ON CONFLICT (budget_id, window_key) DO UPDATE "
-                "SET reserved_milli = budget_windows.reserved_milli + excluded.reserved_milli "
-                "WHERE budget_windows.used_milli + budget_windows.reserved_milli "
-                "+ excluded.reserved_milli <= ? "
-                "RETURNING used_milli, reserved_milli",
-                (b.id, w.key, milli, limit),
-            )
+            cur.execute(HOLD_WINDOW, (b.id, w.key, milli, limit))
             row = cur.fetchone()
         if row is not None:
             return WindowState(b, w.key, int(row[0]), int(row[1]))

@@ -27,7 +27,7 @@ from .hooks import LedgerHook
 from .limits import Limits, budget_request
 from .models import RESERVED, AlertRecord, Charge, PromptCost, Reservation
 from .outbox_store import OutboxStore
-from .pg_fast import fast_path
+from .pg_fast import FastPath, fast_path
 from .proxy_store import ProxyStore
 from .queries import Queries
 from .records import ReservationRow, clean_metadata, reservation_id_of, text_or_none
@@ -36,6 +36,7 @@ from .rollup_fold import FOLD_INTERVAL, check_fold_interval
 from .rollup_store import RollupStore
 from .runs_store import RunStore
 from .settle import Settlement
+from .sqlite_fast import SQLiteFastPath, sqlite_fast_path
 
 __all__ = ["DEFAULT_TTL", "Ledger"]
 
@@ -80,7 +81,9 @@ class Ledger(CacheCalls):
         except BaseException:
             backend.close()  # no connections or pool threads left behind by a ledger that never opened
             raise
-        self._fast = fast_path(self, version, self._settle, self._in_transaction)
+        self._fast: FastPath | SQLiteFastPath | None = fast_path(
+            self, version, self._settle, self._in_transaction
+        ) or sqlite_fast_path(self, self._holds, self._settle, self._in_transaction)
 
     @property
     def hooks(self) -> list[LedgerHook]:

@@ -171,6 +171,21 @@ def windows_of(text: str) -> tuple[tuple[int, str], ...]:
     return found
 
 
+def windows_json(refs: tuple[tuple[int, str], ...]) -> str:
+    """The windows column's text for a reservation's (budget id, window key) pairs, encoded
+    once per distinct set (reservations of one period share it)."""
+    found = _WINDOWS_JSON.get(refs)
+    if found is None:
+        found = json.dumps(refs)
+        if len(_WINDOWS_JSON) > 1024:
+            _WINDOWS_JSON.clear()
+        _WINDOWS_JSON[refs] = found
+    return found
+
+
+_WINDOWS_JSON: dict[tuple[tuple[int, str], ...], str] = {}
+
+
 def thresholds_of(text: str) -> tuple[Decimal, ...]:
     """The thresholds column (a JSON list of decimal strings) as Decimals, decoded once per
     distinct text: every reservation reads its budgets, and their thresholds rarely change."""

@@ -34,13 +34,42 @@ from .records import (
     text_or_none,
 )
 
-__all__ = ["CACHE_HIT", "FAILED", "SUCCEEDED", "ChargeFields", "Settlement", "charge_fields", "overage"]
+__all__ = [
+    "CACHE_HIT",
+    "FAILED",
+    "INSERT_CHARGE",
+    "SETTLE_WINDOW",
+    "SUCCEEDED",
+    "ChargeFields",
+    "Settlement",
+    "charge_fields",
+    "overage",
+]
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CACHE_HIT = "cache_hit"
 """The statuses of a charge row."""
 
+
+SETTLE_WINDOW = (
+    "UPDATE budget_windows SET reserved_milli = reserved_milli - ?, used_milli = used_milli "
+    "+ CASE WHEN (SELECT unit FROM budgets WHERE id = ?) = ? THEN ? ELSE 0 END "
+    "WHERE budget_id = ? AND window_key = ? "
+    "RETURNING used_milli, reserved_milli, (SELECT unit FROM budgets WHERE id = ?)"
+)
+"""Move a settled amount out of a window's reserved and what was spent into its used (held,
+budget id, unit, spent, budget id, window key, budget id). ``spent`` counts only where the
+budget still counts the reservation's unit: a budget may have switched unit once this hold
+was gone (a lapsed lease settled late); its counters never take another unit."""
+
+INSERT_CHARGE = (
+    "INSERT INTO charges (reservation_id, idempotency_key, status, created_at, settled_at, "
+    "estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio, "
+    "prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+)
+"""A charge row (its id returned)."""
 
 ChargeFields = tuple[str | None, str | None, str | None, int | None, int, str | None, str | None]
 """kind, model, mode, duration, audio (0/1), prompt hash and prompt preview of a charge row."""
@@ -271,13 +300,7 @@ class Settlement:
             # ``spent`` counts only where the budget still counts the reservation's unit: a
             # budget may have switched unit once this hold was gone (a lapsed lease settled
             # late); its counters never take another unit.
-            cur.execute(
-                "UPDATE budget_windows SET reserved_milli = reserved_milli - ?, used_milli = used_milli "
-                "+ CASE WHEN (SELECT unit FROM budgets WHERE id = ?) = ? THEN ? ELSE 0 END "
-                "WHERE budget_id = ? AND window_key = ? "
-                "RETURNING used_milli, reserved_milli, (SELECT unit FROM budgets WHERE id = ?)",
-                (held, budget_id, res.unit, spent, budget_id, window_key, budget_id),
-            )
+            cur.execute(SETTLE_WINDOW, (held, budget_id, res.unit, spent, budget_id, window_key, budget_id))
             row = cur.fetchone()
             # None: the budget was deleted since; nothing to keep counting
             if row is not None and row[2] == res.unit:
@@ -339,10 +362,7 @@ class Settlement:
         kind, model, mode, duration, audio, prompt_hash, prompt_preview = charge_fields(meta)
         settled_at = to_ms(now)
         cur.execute(
-            "INSERT INTO charges (reservation_id, idempotency_key, status, created_at, settled_at, "
-            "estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio, "
-            "prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            INSERT_CHARGE,
             (
                 res.id,
                 res.idempotency_key or res.id,

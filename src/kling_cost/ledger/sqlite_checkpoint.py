@@ -8,7 +8,9 @@ Each tick (``checkpoint_poll`` seconds), once the WAL file has grown past ``chec
   growing), a RESTART finishes the few frames left so that the next writer rewinds it. It
   holds the write lock while it waits for readers of the old WAL, so it waits at most
   ``checkpoint_wait_ms`` (1 ms), then gives up until the next tick: a report reading for a
-  second must not stall every reservation for that second;
+  second must not stall every reservation for that second. It runs in the writers' line
+  (held up to ``_LINE_WAIT`` for its turn), so writers wait for it there and are woken as it
+  ends, instead of meeting SQLite's lock and asking again after a sleep;
 * readers whose snapshots overlap without a gap (an export loop, several dashboards) keep the
   WAL from ever restarting. Past ``checkpoint_cap_pages`` (1 GiB) the checkpointer holds up
   the writers (this process's and every process's in line: no new frames) and RESTARTs until
@@ -35,6 +37,8 @@ __all__ = ["checkpoint_loop"]
 
 _MAX_PAUSE = 60.0
 """The longest pause between holds of the writers while one long read goes on (seconds)."""
+_LINE_WAIT = 0.05
+"""How long a RESTART waits for its turn in the writers' line (seconds); past it, the next tick."""
 _ATTEMPT_MS = 10
 """Each RESTART of the cap waits this long for a reader: a reader that reads in a loop takes
 its read lock again within microseconds, so one long wait would never see it free; short ones
@@ -63,7 +67,11 @@ def checkpoint_loop(backend: SQLiteBackend, stop: threading.Event) -> None:
                         misses += 1
                         forced_after = time.monotonic() + min(_MAX_PAUSE, hold * 2**misses)
                 elif log >= pages and log - done < pages // 4:
-                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+                    # in the writers' line: they wait for it there, woken as it ends, instead of
+                    # meeting SQLite's lock and asking again after a sleep
+                    with backend.writers_held(_LINE_WAIT) as held:
+                        if held:
+                            conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
             except (OSError, sqlite3.Error):
                 continue  # no WAL yet, or busy: try again at the next tick
         with suppress(sqlite3.Error):

@@ -1,0 +1,379 @@
+"""SQLite's lean path: the common reserve and commit with the general path's statements and
+less Python, everything else on the general path.
+
+On SQLite a statement costs no round trip, but every layer of Python around it costs about
+what a statement does. Here the common case runs in one plain write transaction of the
+backend (no hooks called, no row objects read back and rebuilt):
+
+* a reservation reads its budgets (one statement, as the general path does: another process
+  may have changed them) and reuses what it decoded from the same rows last time (budgets,
+  threshold levels, window); then it inserts the reservation and holds the amount on every
+  window, with the general path's statements;
+* a settlement moves the reservation row and reads back only the columns that decide the
+  charge, compares them with what this process wrote when it reserved (a reservation made,
+  extended or given a task elsewhere still settles here; one revived with other values
+  does not), then writes the windows, the charge and the report rollup as the general path
+  does.
+
+Whenever the general path would do more (a refusal, a threshold crossed, a window this
+process has not seen, a sweep due, an idempotency key used before, another unit, a lapsed
+lease, a settlement that raises a window's level, metadata to merge, a hook other than the
+two built-in ones, an open transaction of the ledger in this thread, a reservation this
+process did not make), the lean transaction rolls back before anything is written to disk
+and the general path runs instead: the same rules, the same rows (tests compare them).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..timestamps import to_ms
+from .backend import Conflict
+from .holds import HOLD_WINDOW, INSERT_RESERVATION, Request
+from .models import COMMITTED, RESERVED
+from .records import BUDGET_SELECT, BudgetRow, ReservationRow, budget_row, new_id, windows_json
+from .rollup import rollup_values, upsert
+from .settle import INSERT_CHARGE, SETTLE_WINDOW, SUCCEEDED, ChargeFields, charge_fields
+
+if TYPE_CHECKING:
+    from .holds import Holds
+    from .ledger import Ledger
+    from .outbox import AlertOutbox
+    from .rollup import RollupHook
+    from .settle import Settlement
+    from .sqlite import SQLiteBackend
+
+__all__ = ["SQLiteFastPath", "sqlite_fast_path"]
+
+_KEEP = 10_000
+"""How many held reservations this process remembers for their settlement (those settled
+here are forgotten at once; beyond this, the oldest go: they settle the general way)."""
+
+_MS = timedelta(milliseconds=1)
+
+_SETTLE = (
+    "UPDATE reservations SET status = ?, actual_milli = COALESCE(?, amount_milli), settled_at = ?, "
+    "task_id = COALESCE(?, task_id) WHERE id = ? AND status = ? AND expires_at > ? "
+    "RETURNING amount_milli, scopes, created_at, windows, metadata, unit, catalog, catalog_date, "
+    "idempotency_key, expires_at, task_id"
+)
+"""Move a held reservation on a live lease to committed; the first nine columns returned must
+be what this process wrote (:attr:`_Held.stored`)."""
+
+
+class _Decline(Exception):
+    """The lean transaction left the common case: roll it back, take the general path."""
+
+
+class _Budgets:
+    """The budgets of one scope set as read (rows as stored), decoded, with their threshold
+    levels and, per set of windows, the reservation's ``windows`` column."""
+
+    __slots__ = ("items", "refs")
+
+    def __init__(self, items: tuple[tuple[BudgetRow, tuple[int, ...]], ...]) -> None:
+        self.items = items
+        self.refs: dict[tuple[str, ...], tuple[tuple[tuple[int, str], ...], str]] = {}
+
+    def windows(self, keys: tuple[str, ...]) -> tuple[tuple[tuple[int, str], ...], str]:
+        """(budget id, window key) per budget, and as the ``windows`` column stores it."""
+        found = self.refs.get(keys)
+        if found is None:
+            refs = tuple((b.id, key) for (b, _), key in zip(self.items, keys, strict=True))
+            found = (refs, windows_json(refs))
+            if len(self.refs) > 16:
+                self.refs.clear()
+            self.refs[keys] = found
+        return found
+
+
+class _Held:
+    """A reservation this process made, as it wrote it: what its settlement needs."""
+
+    __slots__ = ("fields", "row", "stored")
+
+    def __init__(self, row: ReservationRow, stored: tuple[Any, ...], fields: ChargeFields) -> None:
+        self.row = row
+        self.stored = stored
+        self.fields = fields
+
+
+def sqlite_fast_path(
+    ledger: Ledger, holds: Holds, settlement: Settlement, in_transaction: threading.local
+) -> SQLiteFastPath | None:
+    """The lean path of ``ledger`` when its backend is SQLite, else None."""
+    from .sqlite import SQLiteBackend
+
+    backend = ledger.backend
+    if not isinstance(backend, SQLiteBackend):
+        return None
+    return SQLiteFastPath(ledger, backend, holds, settlement, in_transaction)
+
+
+class SQLiteFastPath:
+    """The lean reserve and commit of one SQLite ledger (see the module's text).
+
+    Each method returns None when the general path must run instead (nothing was changed)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        backend: SQLiteBackend,
+        holds: Holds,
+        settlement: Settlement,
+        in_transaction: threading.local,
+    ) -> None:
+        self.backend = backend
+        self._hooks = ledger.hooks
+        self._outbox: AlertOutbox = ledger.outbox.writer
+        self._rollup: RollupHook = ledger.rollup.writer
+        self._holds = holds
+        self._settlement = settlement
+        self._in_transaction = in_transaction
+        self._selects: dict[int, str] = {}
+        self._budgets: dict[tuple[Any, ...], _Budgets] = {}
+        self._held: dict[str, _Held] = {}
+        self._lock = threading.Lock()
+
+    def _usable(self) -> bool:
+        """Only the two built-in hooks (the rollup adding to its rows in the settlement), and no
+        transaction of this ledger open in this thread (the general path then refuses to nest)."""
+        hooks = self._hooks
+        return (
+            len(hooks) == 2
+            and hooks[0] is self._outbox
+            and hooks[1] is self._rollup
+            and self._rollup.noted is None
+            and not getattr(self._in_transaction, "active", False)
+        )
+
+    # -- what this process remembers -------------------------------------------------------------
+
+    def remember(self, row: ReservationRow) -> None:
+        """Keep a held reservation as written, for its settlement."""
+        stored = (
+            row.amount_milli,
+            row.scopes_text(),
+            row.created_at_ms,
+            windows_json(row.windows),
+            row.metadata_text(),
+            row.unit,
+            row.catalog,
+            row.catalog_date,
+            row.idempotency_key,
+        )
+        held = _Held(row, stored, charge_fields(row.metadata))
+        with self._lock:
+            if len(self._held) >= _KEEP:
+                self._held.pop(next(iter(self._held)))
+            self._held[row.id] = held
+
+    def _forget(self, res_id: str) -> _Held | None:
+        with self._lock:
+            return self._held.pop(res_id, None)
+
+    def _decoded(self, rows: Sequence[tuple[Any, ...]]) -> _Budgets:
+        key = tuple(rows)
+        found = self._budgets.get(key)
+        if found is None:
+            marks = self._outbox.marks
+            found = _Budgets(tuple((b, tuple(level for _, level in marks(b))) for b in map(budget_row, rows)))
+            with self._lock:
+                if len(self._budgets) > 1024:
+                    self._budgets.clear()
+                self._budgets[key] = found
+        return found
+
+    # -- the operations ----------------------------------------------------------------------
+
+    def reserve(self, req: Request, ttl: timedelta) -> ReservationRow | None:
+        if not self._usable():
+            return None
+        try:
+            with self.backend.transaction() as cur:
+                now = cur.now
+                at = to_ms(now)
+                if self._settlement.sweep_pending(at):
+                    raise _Decline  # the general path sweeps lapsed leases first
+                row = self._reserve(cur, now, at, req, ttl)
+        except (_Decline, Conflict):
+            return None
+        self.remember(row)
+        return row
+
+    def _reserve(self, cur: Any, now: datetime, at: int, req: Request, ttl: timedelta) -> ReservationRow:
+        scopes, milli, unit = req.scopes, req.milli, req.unit
+        select = self._selects.get(len(scopes))
+        if select is None:
+            select = BUDGET_SELECT + f" WHERE scope IN ({','.join('?' * len(scopes))}) ORDER BY id"
+            self._selects[len(scopes)] = select
+        cur.execute(select, scopes)
+        budgets = self._decoded(cur.fetchall())
+        window = self._holds.window
+        known = self._outbox.window_known
+        keys = []
+        for b, _ in budgets.items:
+            if b.unit != unit or milli > b.limit_milli:
+                raise _Decline  # a unit mismatch or a refusal: the general path's errors
+            mpr = b.max_per_request_milli
+            if mpr is not None and milli > mpr:
+                raise _Decline
+            key = window(b, now).key
+            if not known(b.id, key):
+                raise _Decline  # the outbox clears the alerts of the windows before it
+            keys.append(key)
+        refs, refs_json = budgets.windows(tuple(keys))
+        res_id = new_id(now, at)
+        expires = to_ms(now + ttl)
+        cur.execute(
+            INSERT_RESERVATION,
+            (
+                res_id,
+                req.key,
+                milli,
+                RESERVED,
+                req.scopes_json,
+                at,
+                expires,
+                refs_json,
+                req.meta_json,
+                unit,
+                req.catalog,
+                req.catalog_date,
+            ),
+        )
+        if req.key is not None and cur.rowcount != 1:
+            raise _Decline  # the key was used before: the general path decides what it names
+        for (b, levels), (_, wkey) in zip(budgets.items, refs, strict=True):
+            cur.execute(HOLD_WINDOW, (b.id, wkey, milli, b.limit_milli))
+            counters = cur.fetchone()
+            if counters is None:
+                raise _Decline  # refused: the general path records the refusal and says why
+            after = int(counters[0]) + int(counters[1])
+            before = after - milli
+            for level in levels:
+                if before < level <= after:
+                    raise _Decline  # a threshold crossed: the general path writes its alert
+        return ReservationRow(
+            res_id,
+            req.key,
+            milli,
+            RESERVED,
+            scopes,
+            at,
+            expires,
+            None,
+            None,
+            None,
+            req.meta,
+            refs,
+            unit,
+            req.catalog,
+            req.catalog_date,
+            False,
+            True,  # fresh
+            req.meta_json,
+            req.scopes_json,
+        )
+
+    def commit(
+        self, res_id: str, actual_milli: int | None, task_id: str | None, extra: dict[str, Any]
+    ) -> ReservationRow | None:
+        if extra or not self._usable():
+            return None
+        with self._lock:
+            held = self._held.get(res_id)
+        if held is None or (actual_milli is not None and actual_milli > held.row.amount_milli):
+            return None  # not made here, or a rise: the general path checks overage and thresholds
+        try:
+            with self.backend.transaction() as cur:
+                settled = self._commit(cur, cur.now, held, actual_milli, task_id)
+        except (_Decline, Conflict):
+            return None
+        self._forget(res_id)
+        return settled
+
+    def _commit(
+        self, cur: Any, now: datetime, held: _Held, actual_milli: int | None, task_id: str | None
+    ) -> ReservationRow:
+        res = held.row
+        at = to_ms(now)
+        cur.execute(_SETTLE, (COMMITTED, actual_milli, at, task_id or None, res.id, RESERVED, at))
+        row = cur.fetchone()
+        if row is None or row[:9] != held.stored:
+            raise _Decline  # settled, lapsed, revived or changed elsewhere: the general path
+        amount = res.amount_milli
+        spent = amount if actual_milli is None else actual_milli
+        unit = res.unit
+        for budget_id, window_key in res.windows:
+            cur.execute(SETTLE_WINDOW, (amount, budget_id, unit, spent, budget_id, window_key, budget_id))
+            cur.fetchone()
+        final_task = row[10]
+        meta_text = row[4]
+        kind, model, mode, duration, audio, prompt_hash, prompt_preview = held.fields
+        cur.execute(
+            INSERT_CHARGE,
+            (
+                res.id,
+                res.idempotency_key or res.id,
+                SUCCEEDED,
+                res.created_at_ms,
+                at,
+                amount,
+                spent,
+                row[1],
+                final_task,
+                kind,
+                model,
+                mode,
+                duration,
+                audio,
+                prompt_hash,
+                prompt_preview,
+                meta_text,
+                unit,
+                res.catalog,
+                res.catalog_date,
+                0,
+            ),
+        )
+        cur.fetchone()
+        upsert(cur, res.scopes, rollup_values(SUCCEEDED, res.created_at_ms, amount, spent, model, mode, unit))
+        return ReservationRow(
+            res.id,
+            res.idempotency_key,
+            amount,
+            COMMITTED,
+            res.scopes,
+            res.created_at_ms,
+            int(row[9]),
+            spent,
+            at,
+            final_task,
+            {} if meta_text == "{}" else json.loads(meta_text),  # the caller's own copy, as stored
+            res.windows,
+            unit,
+            res.catalog,
+            res.catalog_date,
+            False,
+            False,
+            meta_text,
+            row[1],
+        )
+
+    def release(self, res_id: str, failed: bool | None) -> ReservationRow | None:
+        """Releases take the general path (they are rare next to commits)."""
+        self._forget(res_id)
+        return None
+
+    def extend(self, res_id: str, ttl: timedelta) -> ReservationRow | None:
+        """Extensions take the general path; the settlement reads the new expiry back."""
+        return None
+
+    def cache_hit(self, req: Request, task_id: str | None) -> bool | None:
+        """Cache hits take the general path."""
+        return None
