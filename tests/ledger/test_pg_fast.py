@@ -27,7 +27,7 @@ from kling_cost.ledger.schema_fast import SERVER_MS
 from kling_cost.reports import report
 from kling_cost.timestamps import to_ms
 from tests.helpers import POSTGRES_URL, FakeClock, fresh_postgres_url, need_postgres
-from tests.ledger.fast_scenario import dump, scenario, warm
+from tests.ledger.fast_scenario import scenario, warm
 
 pytestmark = pytest.mark.postgres
 

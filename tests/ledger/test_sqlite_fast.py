@@ -22,7 +22,7 @@ from kling_cost.errors import BudgetExceeded, ReservationError, StorageError, Un
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.ledger.sqlite_fast import SQLiteFastPath
 from tests.helpers import FakeClock
-from tests.ledger.fast_scenario import dump, scenario, warm
+from tests.ledger.fast_scenario import scenario, warm
 
 
 @pytest.fixture
@@ -92,7 +92,12 @@ def test_a_warm_pair_takes_no_general_transaction(led: Ledger) -> None:
     assert (res.fresh, res.revived, res.status) == (True, False, "reserved")
     done = led.commit(res, actual="1.25", task_id="t-1")
     assert paths.taken == ["lean reserve", "lean commit"]
-    assert (done.status, done.actual, done.task_id, done.fresh) == ("committed", Decimal("1.25"), "t-1", False)
+    assert (done.status, done.actual, done.task_id, done.fresh) == (
+        "committed",
+        Decimal("1.25"),
+        "t-1",
+        False,
+    )
     assert done.metadata == {"model": "kling-v2-1", "mode": "pro"}
     usage = led.usage("project:a", "day")
     assert (usage.used, usage.reserved) == (Decimal("1.25"), Decimal("0"))
@@ -270,7 +275,11 @@ def test_a_reservation_revived_elsewhere_settles_what_it_holds_now(url: str, clo
         assert paths.taken == ["declined", "general"]
         assert (done.amount, done.scopes) == (Decimal("7"), ("account", "project:b"))
         (charge,) = mine.charges()
-        assert (charge.estimate, charge.mode, charge.scopes) == (Decimal("7"), "pro", ("account", "project:b"))
+        assert (charge.estimate, charge.mode, charge.scopes) == (
+            Decimal("7"),
+            "pro",
+            ("account", "project:b"),
+        )
         assert mine.usage("project:a", "day").reserved == Decimal("0")
         assert mine.usage("project:b", "day").used == Decimal("7")
     finally:
