@@ -206,44 +206,56 @@ def _ledger_pair(job: Job) -> tuple[Pair, Closer]:
     return pair, ledger.close
 
 
-class _CountingCursor:
-    """A ledger cursor that counts the statements it executes (the benchmark's only probe)."""
+Statement = tuple[str, tuple[Any, ...]]
 
-    def __init__(self, cur: Any, counts: list[int]) -> None:
-        self._cur, self._counts = cur, counts
+
+class _Recorder:
+    """A SQLite ledger's connection that records the statements run on it and on its cursors
+    (the general path's), one list per transaction; BEGIN, COMMIT and pragmas are the
+    backend's own and are not recorded."""
+
+    def __init__(self, conn: sqlite3.Connection, transactions: list[list[Statement]]) -> None:
+        self._conn, self._transactions = conn, transactions
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        self._counts[0] += 1
+        if not sql.startswith(("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA")):
+            self._transactions[-1].append((sql, tuple(params)))
+        return self._conn.execute(sql, params)
+
+    def cursor(self) -> Any:
+        return _RecordingCursor(self._conn.cursor(), self._transactions)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class _RecordingCursor:
+    def __init__(self, cur: sqlite3.Cursor, transactions: list[list[Statement]]) -> None:
+        self._cur, self._transactions = cur, transactions
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self._transactions[-1].append((sql, tuple(params)))
         return self._cur.execute(sql, params)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cur, name)
 
 
-Statement = tuple[str, tuple[Any, ...]]
-
-
 def _capture_pair(ledger: Any, scope: str) -> tuple[str, list[list[Statement]]]:
-    """The reservation id and the statements (SQL, parameters) of one reserve and one commit,
-    one list per transaction, as the ledger's cursor executed them (BEGIN and COMMIT are the
-    backend's own and are not included)."""
-    with ledger.transaction() as cur:
-        cursor_class = type(cur)
-    execute = cursor_class.execute
+    """The reservation id and the statements (SQL, parameters) of one reserve and one commit
+    of a SQLite ledger, one list per transaction, as they ran on this thread's connection."""
+    with ledger.transaction():
+        held = ledger.backend._local.held  # this thread's connection (made by the transaction)
+    real = held.conn
     transactions: list[list[Statement]] = []
-
-    def recording(self: Any, sql: str, params: Sequence[Any] = ()) -> Any:
-        transactions[-1].append((sql, tuple(params)))
-        return execute(self, sql, params)
-
-    cursor_class.execute = recording
+    held.conn = _Recorder(real, transactions)
     try:
         transactions.append([])
         reservation = ledger.reserve(AMOUNT, [scope])
         transactions.append([])
         ledger.commit(reservation, actual=AMOUNT)
     finally:
-        cursor_class.execute = execute
+        held.conn = real
     return reservation.id, transactions
 
 

@@ -9,6 +9,7 @@ process) handed to the general path with its rules intact.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -395,3 +396,61 @@ def test_the_windows_column_is_what_the_general_path_writes(led: Ledger) -> None
         (text,) = cur.fetchone()
     assert [tuple(w) for w in json.loads(text)] == [tuple(w) for w in res.windows]
     assert len(res.windows) == 2
+
+
+# -- the budgets' change counter (migration 14) --------------------------------------------------
+
+
+def test_a_budget_changed_outside_any_ledger_counts_at_once(url: str, clock: FakeClock) -> None:
+    """The counter is kept by triggers: a change by the sqlite3 shell, or by a process of an
+    earlier version, moves it too, and the lean path reads the budgets again."""
+    led = open_ledger(url, clock=clock)
+    try:
+        led.set_budget("project:a", limit="10", window="day")
+        warm(led, ["project:a"])
+        led.commit(led.reserve("5", ["project:a"]))
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as shell:
+            shell.execute("UPDATE budgets SET limit_milli = 6000 WHERE scope = 'project:a'")
+        paths = Paths(led)
+        with pytest.raises(BudgetExceeded) as caught:
+            led.reserve("2", ["project:a"])
+        assert caught.value.limit == Decimal("6")
+        assert paths.taken[0] == "declined"
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as shell:
+            shell.execute("DELETE FROM budgets WHERE scope = 'project:a'")
+        assert led.reserve("20", ["project:a"]).windows == ()
+    finally:
+        led.close()
+
+
+def test_after_a_change_the_budgets_are_read_once_and_the_lean_path_resumes(
+    url: str, clock: FakeClock
+) -> None:
+    mine, other = open_ledger(url, clock=clock), open_ledger(url, clock=clock)
+    try:
+        mine.set_budget("project:a", limit="100", window="day")
+        warm(mine, ["project:a"])
+        other.set_budget("project:a", limit="50", window="day")
+        paths = Paths(mine)
+        for _ in range(3):
+            mine.reserve("1", ["project:a"])
+        assert paths.taken == ["declined", "general", "lean reserve", "lean reserve"]
+        assert mine.usage("project:a", "day").reserved == Decimal("3")
+    finally:
+        mine.close()
+        other.close()
+
+
+def test_every_change_to_the_budgets_table_moves_the_counter(led: Ledger) -> None:
+    def epoch() -> int:
+        with led.transaction() as cur:
+            cur.execute("SELECT epoch FROM budget_epoch")
+            return int(cur.fetchone()[0])
+
+    start = epoch()
+    led.set_budget("project:a", limit="10", window="day")
+    after_insert = epoch()
+    led.set_budget("project:a", limit="20", window="day")
+    after_update = epoch()
+    led.delete_budget("project:a", "day")
+    assert start < after_insert < after_update < epoch()

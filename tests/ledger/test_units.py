@@ -136,6 +136,7 @@ def test_existing_ledgers_migrate_to_units(tmp_path: pytest.TempPathFactory) -> 
     conn.execute("DROP TABLE report_rollup")
     conn.execute("DROP TABLE report_rollup_meta")
     conn.execute("DROP TABLE rollup_pending")  # migration 13's
+    conn.execute("DROP TABLE budget_epoch")  # migration 14's
     conn.execute("DROP TABLE request_cache")
     for table in ("proxy_relays", "proxy_tasks", "proxy_keys"):  # migration 9's
         conn.execute(f"DROP TABLE {table}")

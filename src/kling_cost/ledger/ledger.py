@@ -83,7 +83,7 @@ class Ledger(CacheCalls):
             raise
         self._fast: FastPath | SQLiteFastPath | None = fast_path(
             self, version, self._settle, self._in_transaction
-        ) or sqlite_fast_path(self, self._holds, self._settle, self._in_transaction)
+        ) or sqlite_fast_path(self, version, self._holds, self._settle, self._in_transaction)
 
     @property
     def hooks(self) -> list[LedgerHook]:

@@ -63,10 +63,12 @@ __all__ = [
     "STATUSES",
     "SUM_COLUMNS",
     "RollupHook",
+    "bucket_of",
     "rollup_rows",
     "rollup_values",
     "upsert",
     "upsert_rows",
+    "upsert_statement",
 ]
 
 BUCKET_MS = 3_600_000
@@ -137,15 +139,19 @@ def upsert(cur: Cursor, scopes: Sequence[str], values: Values) -> None:
 
 def upsert_rows(cur: Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
     """Add ``rows`` (as :func:`rollup_rows` makes them; no key twice) in one statement."""
-    if not rows:
-        return
+    if rows:
+        cur.execute(*upsert_statement(rows))
+
+
+def upsert_statement(rows: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """The statement adding ``rows`` (at least one) and its parameters."""
     params: list[Any] = []
     for row in rows:
         params.extend(row)
     sql = _UPSERTS.get(len(rows))
     if sql is None:
         sql = _UPSERTS[len(rows)] = _UPSERT_HEAD + ", ".join([_ROW_MARKS] * len(rows)) + _UPSERT_TAIL
-    cur.execute(sql, params)
+    return sql, params
 
 
 _UPSERTS: dict[int, str] = {}

@@ -12,7 +12,7 @@ from .rollup_fold import PENDING_MIGRATION
 from .schema_bill import BILL_KEYS, BILL_MIGRATION, BILL_TABLES
 from .schema_fast import SHARD_MIGRATION, install_fast_path
 from .schema_proxy import PROXY_KEYS, PROXY_MIGRATION, PROXY_TABLES
-from .schema_steps import never_reuse_budget_ids
+from .schema_steps import count_budget_changes, never_reuse_budget_ids
 
 if TYPE_CHECKING:
     from .backend import Backend, Cursor
@@ -294,6 +294,7 @@ MIGRATIONS.append((10, list(BILL_MIGRATION)))
 MIGRATIONS.append((11, [install_fast_path]))
 MIGRATIONS.append((12, [*SHARD_MIGRATION, install_fast_path]))
 MIGRATIONS.append((13, [*PENDING_MIGRATION, install_fast_path]))
+MIGRATIONS.append((14, [count_budget_changes]))
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

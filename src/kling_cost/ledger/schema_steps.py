@@ -14,7 +14,7 @@ from ..errors import StorageError
 if TYPE_CHECKING:
     from .backend import Cursor
 
-__all__ = ["never_reuse_budget_ids"]
+__all__ = ["BUDGET_EPOCH", "count_budget_changes", "never_reuse_budget_ids"]
 
 _ID = re.compile(r"\bid\s+INTEGER\s+PRIMARY\s+KEY\b(?!\s+AUTOINCREMENT)", re.IGNORECASE)
 _REFERENCES = re.compile(r"\bREFERENCES\s+\"?budgets\"?\s*\(", re.IGNORECASE)
@@ -79,3 +79,26 @@ def never_reuse_budget_ids(cur: Cursor, dialect: str) -> None:
         "FROM reservations r, json_each(r.windows) w WHERE r.status IN ('reserved', 'expired'))) "
         "WHERE name = 'budgets'"
     )
+
+
+BUDGET_EPOCH = "SELECT epoch FROM budget_epoch"
+"""How many times the budgets table has changed (SQLite, from migration 14)."""
+
+
+def count_budget_changes(cur: Cursor, dialect: str) -> None:
+    """SQLite: a counter of every change to the budgets table, kept by triggers, so a process
+    may reuse the budgets it read until the counter moves (:mod:`.sqlite_fast` checks it in
+    the statement that inserts a reservation). Triggers fire for every writer of the file:
+    processes of earlier versions, the ``sqlite3`` shell, a copy. A migration that rebuilds
+    the budgets table must keep them (as :func:`never_reuse_budget_ids` keeps its triggers).
+
+    PostgreSQL's one-statement functions check each budget's row version instead."""
+    if dialect != "sqlite":
+        return
+    cur.execute("CREATE TABLE budget_epoch (id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL)")
+    cur.execute("INSERT INTO budget_epoch (id, epoch) VALUES (1, 0)")
+    for event in ("INSERT", "UPDATE", "DELETE"):
+        cur.execute(
+            f"CREATE TRIGGER budgets_epoch_{event.lower()} AFTER {event} ON budgets "
+            "BEGIN UPDATE budget_epoch SET epoch = epoch + 1 WHERE id = 1; END"
+        )

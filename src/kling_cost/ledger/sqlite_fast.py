@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
 from datetime import datetime, timedelta
+from sqlite3 import Connection
 from typing import TYPE_CHECKING, Any
 
 from ..timestamps import to_ms
@@ -36,8 +36,9 @@ from .backend import Conflict
 from .holds import HOLD_WINDOW, INSERT_RESERVATION, Request
 from .models import COMMITTED, RESERVED
 from .records import BUDGET_SELECT, BudgetRow, ReservationRow, budget_row, new_id, windows_json
-from .rollup import rollup_values, upsert
-from .settle import INSERT_CHARGE, SETTLE_WINDOW, SUCCEEDED, ChargeFields, charge_fields
+from .rollup import bucket_of, rollup_rows, rollup_values, upsert_statement
+from .schema_steps import BUDGET_EPOCH
+from .settle import INSERT_CHARGE, SUCCEEDED, ChargeFields, charge_fields
 
 if TYPE_CHECKING:
     from .holds import Holds
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from .settle import Settlement
     from .sqlite import SQLiteBackend
 
-__all__ = ["SQLiteFastPath", "sqlite_fast_path"]
+__all__ = ["LEAN_VERSION", "SQLiteFastPath", "sqlite_fast_path"]
 
 _KEEP = 10_000
 """How many held reservations this process remembers for their settlement (those settled
@@ -65,17 +66,38 @@ _SETTLE = (
 be what this process wrote (:attr:`_Held.stored`)."""
 
 
+_SETTLE_WINDOW = (
+    "UPDATE budget_windows SET reserved_milli = reserved_milli - ?, used_milli = used_milli + ? "
+    "WHERE budget_id = ? AND window_key = ?"
+)
+"""The general path's :data:`~.settle.SETTLE_WINDOW` without its unit check: a budget whose
+window holds anything cannot switch unit, and this reservation's hold is in it (the row was
+still held on a live lease, under the write lock)."""
+
+_INSERT_CHARGE = INSERT_CHARGE.removesuffix(" RETURNING id")
+"""The charge row (its id is not needed here: the rollup is added to in the same transaction)."""
+
+
+_INSERT_IF_UNCHANGED = INSERT_RESERVATION.replace(" VALUES (", " SELECT ", 1).replace(
+    ") ON CONFLICT", f" WHERE ({BUDGET_EPOCH}) = ? ON CONFLICT", 1
+)
+"""The general path's :data:`~.holds.INSERT_RESERVATION`, only while the budgets' change
+counter is what it was when this process read the budgets it reserves on: under the write
+lock, in the statement itself, so no budget can change between the check and the holds."""
+
+
 class _Decline(Exception):
     """The lean transaction left the common case: roll it back, take the general path."""
 
 
 class _Budgets:
-    """The budgets of one scope set as read (rows as stored), decoded, with their threshold
-    levels and, per set of windows, the reservation's ``windows`` column."""
+    """The budgets of one scope set as read, with their threshold levels, the budgets' change
+    counter then, and per set of windows the reservation's ``windows`` column."""
 
-    __slots__ = ("items", "refs")
+    __slots__ = ("epoch", "items", "refs")
 
-    def __init__(self, items: tuple[tuple[BudgetRow, tuple[int, ...]], ...]) -> None:
+    def __init__(self, epoch: int, items: tuple[tuple[BudgetRow, tuple[int, ...]], ...]) -> None:
+        self.epoch = epoch
         self.items = items
         self.refs: dict[tuple[str, ...], tuple[tuple[tuple[int, str], ...], str]] = {}
 
@@ -102,14 +124,19 @@ class _Held:
         self.fields = fields
 
 
+LEAN_VERSION = 14
+"""The schema version from which SQLite ledgers count budget changes (:mod:`.schema_steps`)."""
+
+
 def sqlite_fast_path(
-    ledger: Ledger, holds: Holds, settlement: Settlement, in_transaction: threading.local
+    ledger: Ledger, version: int, holds: Holds, settlement: Settlement, in_transaction: threading.local
 ) -> SQLiteFastPath | None:
-    """The lean path of ``ledger`` when its backend is SQLite, else None."""
+    """The lean path of ``ledger`` when its backend is SQLite at :data:`LEAN_VERSION` or
+    later, else None."""
     from .sqlite import SQLiteBackend
 
     backend = ledger.backend
-    if not isinstance(backend, SQLiteBackend):
+    if not isinstance(backend, SQLiteBackend) or version < LEAN_VERSION:
         return None
     return SQLiteFastPath(ledger, backend, holds, settlement, in_transaction)
 
@@ -135,8 +162,10 @@ class SQLiteFastPath:
         self._settlement = settlement
         self._in_transaction = in_transaction
         self._selects: dict[int, str] = {}
-        self._budgets: dict[tuple[Any, ...], _Budgets] = {}
+        self._budgets: dict[tuple[str, ...], _Budgets] = {}
+        """Scopes -> their budgets as read when the budgets' change counter was at ``epoch``."""
         self._held: dict[str, _Held] = {}
+        self._upserts: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
         self._lock = threading.Lock()
 
     def _usable(self) -> bool:
@@ -152,6 +181,29 @@ class SQLiteFastPath:
         )
 
     # -- what this process remembers -------------------------------------------------------------
+
+    def _rollup_upsert(
+        self,
+        scopes: tuple[str, ...],
+        created_at_ms: int,
+        estimate: int,
+        actual: int,
+        model: str | None,
+        mode: str | None,
+        unit: str,
+    ) -> tuple[str, list[Any]]:
+        """The report rollup's upsert for one succeeded charge (:func:`~.rollup.upsert`'s
+        statement and parameters), made once per hour, scopes, amounts, model, mode and unit."""
+        key = (scopes, bucket_of(created_at_ms), estimate, actual, model, mode, unit)
+        found = self._upserts.get(key)
+        if found is None:
+            values = rollup_values(SUCCEEDED, created_at_ms, estimate, actual, model, mode, unit)
+            found = upsert_statement(rollup_rows(scopes, values))
+            with self._lock:
+                if len(self._upserts) > 256:
+                    self._upserts.clear()
+                self._upserts[key] = found
+        return found
 
     def remember(self, row: ReservationRow) -> None:
         """Keep a held reservation as written, for its settlement."""
@@ -176,16 +228,25 @@ class SQLiteFastPath:
         with self._lock:
             return self._held.pop(res_id, None)
 
-    def _decoded(self, rows: Sequence[tuple[Any, ...]]) -> _Budgets:
-        key = tuple(rows)
-        found = self._budgets.get(key)
-        if found is None:
-            marks = self._outbox.marks
-            found = _Budgets(tuple((b, tuple(level for _, level in marks(b))) for b in map(budget_row, rows)))
-            with self._lock:
-                if len(self._budgets) > 1024:
-                    self._budgets.clear()
-                self._budgets[key] = found
+    def _load(self, conn: Connection, scopes: tuple[str, ...]) -> _Budgets:
+        """The budgets of ``scopes`` as stored now, decoded, with the budgets' change counter."""
+        epoch = conn.execute(BUDGET_EPOCH).fetchone()[0]
+        select = self._selects.get(len(scopes))
+        if select is None:
+            select = BUDGET_SELECT + f" WHERE scope IN ({','.join('?' * len(scopes))}) ORDER BY id"
+            self._selects[len(scopes)] = select
+        marks = self._outbox.marks
+        found = _Budgets(
+            epoch,
+            tuple(
+                (b, tuple(level for _, level in marks(b)))
+                for b in map(budget_row, conn.execute(select, scopes).fetchall())
+            ),
+        )
+        with self._lock:
+            if len(self._budgets) > 1024:
+                self._budgets.clear()
+            self._budgets[scopes] = found
         return found
 
     # -- the operations ----------------------------------------------------------------------
@@ -194,25 +255,20 @@ class SQLiteFastPath:
         if not self._usable():
             return None
         try:
-            with self.backend.transaction() as cur:
-                now = cur.now
-                at = to_ms(now)
-                if self._settlement.sweep_pending(at):
-                    raise _Decline  # the general path sweeps lapsed leases first
-                row = self._reserve(cur, now, at, req, ttl)
+            row = self.backend.run_write(self._reserve, req, ttl)
         except (_Decline, Conflict):
             return None
         self.remember(row)
         return row
 
-    def _reserve(self, cur: Any, now: datetime, at: int, req: Request, ttl: timedelta) -> ReservationRow:
+    def _reserve(self, conn: Connection, now: datetime, req: Request, ttl: timedelta) -> ReservationRow:
+        at = to_ms(now)
+        if self._settlement.sweep_pending(at):
+            raise _Decline  # the general path sweeps lapsed leases first
         scopes, milli, unit = req.scopes, req.milli, req.unit
-        select = self._selects.get(len(scopes))
-        if select is None:
-            select = BUDGET_SELECT + f" WHERE scope IN ({','.join('?' * len(scopes))}) ORDER BY id"
-            self._selects[len(scopes)] = select
-        cur.execute(select, scopes)
-        budgets = self._decoded(cur.fetchall())
+        budgets = self._budgets.get(scopes)
+        if budgets is None:
+            budgets = self._load(conn, scopes)
         window = self._holds.window
         known = self._outbox.window_known
         keys = []
@@ -229,8 +285,8 @@ class SQLiteFastPath:
         refs, refs_json = budgets.windows(tuple(keys))
         res_id = new_id(now, at)
         expires = to_ms(now + ttl)
-        cur.execute(
-            INSERT_RESERVATION,
+        inserted = conn.execute(
+            _INSERT_IF_UNCHANGED,
             (
                 res_id,
                 req.key,
@@ -244,16 +300,19 @@ class SQLiteFastPath:
                 unit,
                 req.catalog,
                 req.catalog_date,
+                budgets.epoch,
             ),
         )
-        if req.key is not None and cur.rowcount != 1:
-            raise _Decline  # the key was used before: the general path decides what it names
+        if inserted.rowcount != 1:
+            if conn.execute(BUDGET_EPOCH).fetchone()[0] != budgets.epoch:
+                with self._lock:
+                    self._budgets.pop(scopes, None)  # read them again next time
+            raise _Decline  # budgets changed, or the key was used before: the general path
         for (b, levels), (_, wkey) in zip(budgets.items, refs, strict=True):
-            cur.execute(HOLD_WINDOW, (b.id, wkey, milli, b.limit_milli))
-            counters = cur.fetchone()
+            counters = conn.execute(HOLD_WINDOW, (b.id, wkey, milli, b.limit_milli)).fetchone()
             if counters is None:
                 raise _Decline  # refused: the general path records the refusal and says why
-            after = int(counters[0]) + int(counters[1])
+            after = counters[0] + counters[1]
             before = after - milli
             for level in levels:
                 if before < level <= after:
@@ -290,33 +349,32 @@ class SQLiteFastPath:
         if held is None or (actual_milli is not None and actual_milli > held.row.amount_milli):
             return None  # not made here, or a rise: the general path checks overage and thresholds
         try:
-            with self.backend.transaction() as cur:
-                settled = self._commit(cur, cur.now, held, actual_milli, task_id)
+            settled = self.backend.run_write(self._commit, held, actual_milli, task_id)
         except (_Decline, Conflict):
             return None
         self._forget(res_id)
         return settled
 
     def _commit(
-        self, cur: Any, now: datetime, held: _Held, actual_milli: int | None, task_id: str | None
+        self, conn: Connection, now: datetime, held: _Held, actual_milli: int | None, task_id: str | None
     ) -> ReservationRow:
         res = held.row
         at = to_ms(now)
-        cur.execute(_SETTLE, (COMMITTED, actual_milli, at, task_id or None, res.id, RESERVED, at))
-        row = cur.fetchone()
+        row = conn.execute(
+            _SETTLE, (COMMITTED, actual_milli, at, task_id or None, res.id, RESERVED, at)
+        ).fetchone()
         if row is None or row[:9] != held.stored:
             raise _Decline  # settled, lapsed, revived or changed elsewhere: the general path
         amount = res.amount_milli
         spent = amount if actual_milli is None else actual_milli
         unit = res.unit
         for budget_id, window_key in res.windows:
-            cur.execute(SETTLE_WINDOW, (amount, budget_id, unit, spent, budget_id, window_key, budget_id))
-            cur.fetchone()
+            conn.execute(_SETTLE_WINDOW, (amount, spent, budget_id, window_key))
         final_task = row[10]
         meta_text = row[4]
         kind, model, mode, duration, audio, prompt_hash, prompt_preview = held.fields
-        cur.execute(
-            INSERT_CHARGE,
+        conn.execute(
+            _INSERT_CHARGE,
             (
                 res.id,
                 res.idempotency_key or res.id,
@@ -341,8 +399,7 @@ class SQLiteFastPath:
                 0,
             ),
         )
-        cur.fetchone()
-        upsert(cur, res.scopes, rollup_values(SUCCEEDED, res.created_at_ms, amount, spent, model, mode, unit))
+        conn.execute(*self._rollup_upsert(res.scopes, res.created_at_ms, amount, spent, model, mode, unit))
         return ReservationRow(
             res.id,
             res.idempotency_key,

@@ -1,13 +1,17 @@
-"""Ledger URLs as they may be shown: passwords never leave the process in text."""
+"""Ledger URLs: as they may be shown (passwords never leave the process in text), and as each
+backend reads them (PostgreSQL's conninfo and schema, SQLite's file and options)."""
 
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from pathlib import Path
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
 
-__all__ = ["libpq_uri", "pg_conninfo", "redact_url"]
+__all__ = ["MAX_TIMEOUT", "libpq_uri", "pg_conninfo", "redact_url", "sqlite_options"]
+
+_SYNC = {"normal": "NORMAL", "full": "FULL", "extra": "EXTRA"}
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -73,3 +77,50 @@ def pg_conninfo(url: str) -> tuple[str, str]:
         )
     conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest, quote_via=quote), ""))
     return conninfo, schema
+
+
+MAX_TIMEOUT = 86_400.0
+"""Longest lock wait a ``?timeout=`` may ask for (a day), in seconds."""
+
+
+def sqlite_options(url: str) -> tuple[str, str, float, str]:
+    """A SQLite ledger URL as (file path, ``synchronous`` pragma, lock timeout in seconds,
+    checkpoint mode); ConfigurationError when it is malformed or names no usable file."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+        raise ConfigurationError(
+            f"SQLite ledger URL {url!r} is malformed; use sqlite:///relative.db or "
+            "sqlite:////absolute/path.db"
+        )
+    raw = unquote(parts.path[1:])
+    if not raw or raw == ":memory:":
+        raise ConfigurationError(
+            f"SQLite ledger URL {url!r} names no file; the ledger must be a file shared by "
+            "every process (sqlite:///path/to/ledger.db)"
+        )
+    path = Path(raw).expanduser()
+    if path.is_dir():
+        raise ConfigurationError(f"SQLite ledger path {path} is a directory; name a file")
+    if not path.parent.is_dir():
+        raise ConfigurationError(
+            f"SQLite ledger directory {path.parent} does not exist; create it or choose another path"
+        )
+    query = parse_qs(parts.query)
+    sync = query.pop("synchronous", ["normal"])[-1].lower()
+    if sync not in _SYNC:
+        raise ConfigurationError(f"synchronous={sync!r} in {url!r}; allowed: normal, full, extra")
+    try:
+        timeout = float(query.pop("timeout", ["30"])[-1])
+    except ValueError:
+        raise ConfigurationError(f"timeout in {url!r} must be a number of seconds") from None
+    if not 0 < timeout <= MAX_TIMEOUT:  # also NaN and infinity
+        raise ConfigurationError(f"timeout in {url!r} must be between 0 and {MAX_TIMEOUT} seconds")
+    checkpoint = query.pop("checkpoint", ["background"])[-1].lower()
+    if checkpoint not in ("background", "auto"):
+        raise ConfigurationError(f"checkpoint={checkpoint!r} in {url!r}; allowed: background, auto")
+    if query:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(sorted(query))} in {url!r}; "
+            "allowed: synchronous, timeout, checkpoint"
+        )
+    return str(path), _SYNC[sync], timeout, checkpoint
