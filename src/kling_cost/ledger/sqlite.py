@@ -121,8 +121,11 @@ class SQLiteBackend(Backend):
     ``create=False`` refuses a file that does not exist (:class:`StorageError`).
     """
 
-    checkpoint_pages = 1000
-    """Checkpoint when the WAL has grown past this many pages (SQLite's default threshold)."""
+    checkpoint_pages = 4000
+    """Checkpoint when the WAL has grown past this many pages (16 MiB; SQLite's default is 1000).
+    Under a steady stream of writers the WAL restarts only after a RESTART checkpoint, which
+    holds every writer for one sync of the database file (5-10 ms measured here): at 1000 pages
+    that was a tenth of the time of a busy writer, at 4000 a quarter of that."""
     checkpoint_poll = 0.05
     checkpoint_wait_ms = 1
     """How long a RESTART checkpoint may wait for readers on the old WAL. It holds the writer
