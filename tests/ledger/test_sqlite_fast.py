@@ -454,3 +454,18 @@ def test_every_change_to_the_budgets_table_moves_the_counter(led: Ledger) -> Non
     after_update = epoch()
     led.delete_budget("project:a", "day")
     assert start < after_insert < after_update < epoch()
+
+
+def test_a_reservation_handed_out_is_what_its_constructor_makes(led: Ledger) -> None:
+    """to_reservation fills the frozen dataclass's fields directly: every field, nothing else."""
+    from dataclasses import fields, replace
+
+    warm(led, ["project:a"])
+    for res in (
+        led.reserve("1.5", ["project:a"], idempotency_key="k", metadata={"mode": "pro"}, catalog="c"),
+        led.commit(led.reserve("2", ["project:a"]), actual="1", task_id="t"),
+    ):
+        assert set(vars(res)) == {f.name for f in fields(res)}
+        assert replace(res) == res
+        with pytest.raises(AttributeError):
+            res.status = "x"  # type: ignore[misc]

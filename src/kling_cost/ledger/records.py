@@ -294,26 +294,35 @@ class ReservationRow:
 
     def to_reservation(self) -> Reservation:
         actual, settled_at = self.actual_milli, self.settled_at_ms
-        # positional, in Reservation's field order (a hot path: built once per call)
-        return Reservation(
-            self.id,
-            self.idempotency_key or self.id,
-            from_storage(self.amount_milli),
-            self.status,
-            self.scopes,
-            EPOCH + self.created_at_ms * _ONE_MS,  # from_ms, inline
-            EPOCH + self.expires_at_ms * _ONE_MS,
-            None if actual is None else from_storage(actual),
-            None if settled_at is None else EPOCH + settled_at * _ONE_MS,
-            self.task_id,
-            self.metadata,
-            self.windows,
-            self.revived,
-            self.fresh,
-            self.unit,
-            self.catalog,
-            self.catalog_date,
+        # A hot path (once per call): the frozen dataclass's __init__ sets each of its 17
+        # fields through object.__setattr__; its instance dict is filled in one go instead
+        # (every field given, none derived: what __init__ would store).
+        out: Reservation = _new(Reservation)
+        out.__dict__.update(
+            {
+                "id": self.id,
+                "idempotency_key": self.idempotency_key or self.id,
+                "amount": from_storage(self.amount_milli),
+                "status": self.status,
+                "scopes": self.scopes,
+                "created_at": EPOCH + self.created_at_ms * _ONE_MS,  # from_ms, inline
+                "expires_at": EPOCH + self.expires_at_ms * _ONE_MS,
+                "actual": None if actual is None else from_storage(actual),
+                "settled_at": None if settled_at is None else EPOCH + settled_at * _ONE_MS,
+                "task_id": self.task_id,
+                "metadata": self.metadata,
+                "windows": self.windows,
+                "revived": self.revived,
+                "fresh": self.fresh,
+                "unit": self.unit,
+                "catalog": self.catalog,
+                "catalog_date": self.catalog_date,
+            }
         )
+        return out
+
+
+_new = object.__new__
 
 
 def reservation_row(row: Sequence[Any]) -> ReservationRow:
