@@ -76,3 +76,22 @@ def dump(ledger: Ledger) -> dict[str, list[tuple[Any, ...]]]:
 
 def _plain(value: Any) -> Any:
     return int(value) if isinstance(value, int) else value
+
+
+class SeenHook:
+    """A hook of the caller's: it notes what it saw (the fast paths then step aside)."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def after_reserve(self, *args: Any) -> None:
+        self.seen.append("reserve")
+
+    def after_settle(self, *args: Any) -> None:
+        self.seen.append("settle")
+
+    def after_budget_set(self, *args: Any) -> None:
+        return None
+
+    def after_refusal(self, *args: Any) -> None:
+        return None

@@ -27,7 +27,7 @@ from kling_cost.ledger.schema_fast import SERVER_MS
 from kling_cost.reports import report
 from kling_cost.timestamps import to_ms
 from tests.helpers import POSTGRES_URL, FakeClock, fresh_postgres_url, need_postgres
-from tests.ledger.fast_scenario import scenario, warm
+from tests.ledger.fast_scenario import SeenHook, scenario, warm
 
 pytestmark = pytest.mark.postgres
 
@@ -223,22 +223,8 @@ def test_a_new_window_is_used_at_once(led: Ledger, clock: FakeClock) -> None:
 
 def test_a_hook_of_yours_or_an_open_transaction_takes_the_general_path(led: Ledger) -> None:
     seen: list[str] = []
-
-    class Hook:
-        def after_reserve(self, *args: Any) -> None:
-            seen.append("reserve")
-
-        def after_settle(self, *args: Any) -> None:
-            seen.append("settle")
-
-        def after_budget_set(self, *args: Any) -> None:
-            return None
-
-        def after_refusal(self, *args: Any) -> None:
-            return None
-
     warm(led, ["project:a"])
-    led.hooks.append(Hook())
+    led.hooks.append(SeenHook(seen))
     led.commit(led.reserve("1", ["project:a"]))
     assert seen == ["reserve", "settle"]
     with led.transaction(), pytest.raises(StorageError, match="do not nest"):

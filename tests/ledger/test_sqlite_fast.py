@@ -23,7 +23,7 @@ from kling_cost.errors import BudgetExceeded, ReservationError, StorageError, Un
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.ledger.sqlite_fast import SQLiteFastPath
 from tests.helpers import FakeClock
-from tests.ledger.fast_scenario import scenario, warm
+from tests.ledger.fast_scenario import SeenHook, scenario, warm
 
 
 @pytest.fixture
@@ -307,22 +307,8 @@ def test_a_reservation_settled_elsewhere_is_not_settled_twice(url: str, clock: F
 
 def test_a_hook_of_yours_or_an_open_transaction_takes_the_general_path(led: Ledger) -> None:
     seen: list[str] = []
-
-    class Hook:
-        def after_reserve(self, *args: Any) -> None:
-            seen.append("reserve")
-
-        def after_settle(self, *args: Any) -> None:
-            seen.append("settle")
-
-        def after_budget_set(self, *args: Any) -> None:
-            return None
-
-        def after_refusal(self, *args: Any) -> None:
-            return None
-
     warm(led, ["project:a"])
-    led.hooks.append(Hook())
+    led.hooks.append(SeenHook(seen))
     led.commit(led.reserve("1", ["project:a"]))
     assert seen == ["reserve", "settle"]
     led.hooks.pop()
