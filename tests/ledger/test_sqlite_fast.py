@@ -12,6 +12,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +24,7 @@ from kling_cost.errors import BudgetExceeded, ReservationError, StorageError, Un
 from kling_cost.ledger import Ledger, open_ledger
 from kling_cost.ledger.sqlite_fast import SQLiteFastPath
 from tests.helpers import FakeClock
-from tests.ledger.fast_scenario import SeenHook, scenario, warm
+from tests.ledger.fast_scenario import SeenHook, dump, scenario, warm
 
 
 @pytest.fixture
@@ -455,3 +456,34 @@ def test_a_reservation_handed_out_is_what_its_constructor_makes(led: Ledger) -> 
         assert replace(res) == res
         with pytest.raises(AttributeError):
             res.status = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("change", ["unit switch", "delete"])
+def test_a_budget_changed_by_the_shell_under_a_hold_settles_as_the_general_path(
+    tmp_path: Path, change: str
+) -> None:
+    """The shell bypasses the ledger's rule that a budget holding anything keeps its unit (and,
+    its foreign keys off, leaves a deleted budget's windows behind): the general path then
+    counts nothing into used there (its counters never take another unit), and so must the
+    lean commit of a hold made before the change."""
+    dumps = []
+    for kind in ("general", "lean"):
+        path = tmp_path / f"{kind}.db"
+        ledger = open_ledger(f"sqlite:///{path}", clock=FakeClock())
+        try:
+            if kind == "general":
+                ledger._fast = None
+            ledger.set_budget("project:a", limit="10", window="day")
+            warm(ledger, ["project:a"])
+            res = ledger.reserve("2", ["project:a"])
+            with closing(sqlite3.connect(path)) as shell, shell:
+                if change == "unit switch":
+                    shell.execute("UPDATE budgets SET unit = 'credits' WHERE scope = 'project:a'")
+                else:
+                    shell.execute("DELETE FROM budgets WHERE scope = 'project:a'")
+            assert ledger.commit(res, actual="1").status == "committed"
+            dumps.append(dump(ledger))
+        finally:
+            ledger.close()
+    assert dumps[1] == dumps[0]
+    assert [w[2:] for w in dumps[1]["windows"]] == [(0, 0)]  # held 2 given back, 1 counted nowhere

@@ -38,7 +38,7 @@ from .models import COMMITTED, RESERVED
 from .records import BUDGET_SELECT, BudgetRow, ReservationRow, budget_row, new_id, windows_json
 from .rollup import bucket_of, rollup_rows, rollup_values, upsert_statement
 from .schema_steps import BUDGET_EPOCH
-from .settle import INSERT_CHARGE, SUCCEEDED, ChargeFields, charge_fields
+from .settle import INSERT_CHARGE, SETTLE_WINDOW, SUCCEEDED, ChargeFields, charge_fields
 
 if TYPE_CHECKING:
     from .holds import Holds
@@ -60,19 +60,21 @@ _SETTLE = (
     "UPDATE reservations SET status = ?, actual_milli = COALESCE(?, amount_milli), settled_at = ?, "
     "task_id = COALESCE(?, task_id) WHERE id = ? AND status = ? AND expires_at > ? "
     "RETURNING amount_milli, scopes, created_at, windows, metadata, unit, catalog, catalog_date, "
-    "idempotency_key, expires_at, task_id"
+    f"idempotency_key, expires_at, task_id, ({BUDGET_EPOCH})"
 )
 """Move a held reservation on a live lease to committed; the first nine columns returned must
-be what this process wrote (:attr:`_Held.stored`)."""
+be what this process wrote (:attr:`_Held.stored`); the last is the budgets' change counter."""
 
 
 _SETTLE_WINDOW = (
     "UPDATE budget_windows SET reserved_milli = reserved_milli - ?, used_milli = used_milli + ? "
     "WHERE budget_id = ? AND window_key = ?"
 )
-"""The general path's :data:`~.settle.SETTLE_WINDOW` without its unit check: a budget whose
-window holds anything cannot switch unit, and this reservation's hold is in it (the row was
-still held on a live lease, under the write lock)."""
+"""The general path's :data:`~.settle.SETTLE_WINDOW` without its unit check, while no budget
+changed since this path made the hold (:attr:`_Held.epoch`): a budget whose window holds
+anything cannot switch unit through the ledger, but the ``sqlite3`` shell can switch it, or
+delete the budget and leave its windows behind (foreign keys off); after a change the
+settlement takes the general path's statement."""
 
 _INSERT_CHARGE = INSERT_CHARGE.removesuffix(" RETURNING id")
 """The charge row (its id is not needed here: the rollup is added to in the same transaction)."""
@@ -116,12 +118,16 @@ class _Budgets:
 class _Held:
     """A reservation this process made, as it wrote it: what its settlement needs."""
 
-    __slots__ = ("fields", "row", "stored")
+    __slots__ = ("epoch", "fields", "row", "stored")
 
-    def __init__(self, row: ReservationRow, stored: tuple[Any, ...], fields: ChargeFields) -> None:
+    def __init__(
+        self, row: ReservationRow, stored: tuple[Any, ...], fields: ChargeFields, epoch: int | None
+    ) -> None:
         self.row = row
         self.stored = stored
         self.fields = fields
+        self.epoch = epoch
+        """The budgets' change counter when this path made the hold (None: made elsewhere)."""
 
 
 LEAN_VERSION = 14
@@ -205,8 +211,9 @@ class SQLiteFastPath:
                 self._upserts[key] = found
         return found
 
-    def remember(self, row: ReservationRow) -> None:
-        """Keep a held reservation as written, for its settlement."""
+    def remember(self, row: ReservationRow, epoch: int | None = None) -> None:
+        """Keep a held reservation as written, for its settlement; ``epoch``: the budgets'
+        change counter its holds were made at (known only to this path's reservations)."""
         stored = (
             row.amount_milli,
             row.scopes_text(),
@@ -218,7 +225,7 @@ class SQLiteFastPath:
             row.catalog_date,
             row.idempotency_key,
         )
-        held = _Held(row, stored, charge_fields(row.metadata))
+        held = _Held(row, stored, charge_fields(row.metadata), epoch)
         with self._lock:
             if len(self._held) >= _KEEP:
                 self._held.pop(next(iter(self._held)))
@@ -255,13 +262,15 @@ class SQLiteFastPath:
         if not self._usable():
             return None
         try:
-            row = self.backend.run_write(self._reserve, req, ttl)
+            row, epoch = self.backend.run_write(self._reserve, req, ttl)
         except (_Decline, Conflict):
             return None
-        self.remember(row)
+        self.remember(row, epoch)
         return row
 
-    def _reserve(self, conn: Connection, now: datetime, req: Request, ttl: timedelta) -> ReservationRow:
+    def _reserve(
+        self, conn: Connection, now: datetime, req: Request, ttl: timedelta
+    ) -> tuple[ReservationRow, int]:
         at = to_ms(now)
         if self._settlement.sweep_pending(at):
             raise _Decline  # the general path sweeps lapsed leases first
@@ -317,7 +326,7 @@ class SQLiteFastPath:
             for level in levels:
                 if before < level <= after:
                     raise _Decline  # a threshold crossed: the general path writes its alert
-        return ReservationRow(
+        row = ReservationRow(
             res_id,
             req.key,
             milli,
@@ -338,6 +347,7 @@ class SQLiteFastPath:
             req.meta_json,
             req.scopes_json,
         )
+        return row, budgets.epoch
 
     def commit(
         self, res_id: str, actual_milli: int | None, task_id: str | None, extra: dict[str, Any]
@@ -368,8 +378,14 @@ class SQLiteFastPath:
         amount = res.amount_milli
         spent = amount if actual_milli is None else actual_milli
         unit = res.unit
-        for budget_id, window_key in res.windows:
-            conn.execute(_SETTLE_WINDOW, (amount, spent, budget_id, window_key))
+        if row[11] == held.epoch:
+            for budget_id, window_key in res.windows:
+                conn.execute(_SETTLE_WINDOW, (amount, spent, budget_id, window_key))
+        else:  # a budget changed since the hold (or it was made elsewhere): the unit checked
+            for budget_id, window_key in res.windows:
+                conn.execute(
+                    SETTLE_WINDOW, (amount, budget_id, unit, spent, budget_id, window_key, budget_id)
+                ).fetchone()
         final_task = row[10]
         meta_text = row[4]
         kind, model, mode, duration, audio, prompt_hash, prompt_preview = held.fields
