@@ -5,15 +5,15 @@ On SQLite a statement costs no round trip, but every layer of Python around it c
 what a statement does. Here the common case runs in one plain write transaction of the
 backend (no hooks called, no row objects read back and rebuilt):
 
-* a reservation reads its budgets (one statement, as the general path does: another process
-  may have changed them) and reuses what it decoded from the same rows last time (budgets,
-  threshold levels, window); then it inserts the reservation and holds the amount on every
-  window, with the general path's statements;
+* a reservation reuses the budgets it read and decoded last time (budgets, threshold levels,
+  window) while the budgets' change counter (``budget_epoch``, kept by triggers: any writer's
+  change moves it) is what it was then, checked by the statement that inserts the
+  reservation; then it holds the amount on every window, with the general path's statements;
 * a settlement moves the reservation row and reads back only the columns that decide the
-  charge, compares them with what this process wrote when it reserved (a reservation made,
+  charge, compares them with what this process wrote when it reserved (a reservation
   extended or given a task elsewhere still settles here; one revived with other values
-  does not), then writes the windows, the charge and the report rollup as the general path
-  does.
+  does not), then writes the windows (with the general path's unit check when a budget
+  changed since the hold), the charge and the report rollup as the general path does.
 
 Whenever the general path would do more (a refusal, a threshold crossed, a window this
 process has not seen, a sweep due, an idempotency key used before, another unit, a lapsed
