@@ -487,3 +487,27 @@ def test_a_budget_changed_by_the_shell_under_a_hold_settles_as_the_general_path(
             ledger.close()
     assert dumps[1] == dumps[0]
     assert [w[2:] for w in dumps[1]["windows"]] == [(0, 0)]  # held 2 given back, 1 counted nowhere
+
+
+def test_a_ledger_whose_change_counter_row_was_deleted_still_reserves_and_settles(
+    url: str, clock: FakeClock
+) -> None:
+    """A ledger wiped table by table in the shell loses the counter's row too: the lean path
+    cannot tell whether the budgets changed, so the general path serves every call."""
+    led = open_ledger(url, clock=clock)
+    try:
+        led.set_budget("project:a", limit="10", window="day")
+        warm(led, ["project:a"])
+        held = led.reserve("2", ["project:a"])
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as shell, shell:
+            shell.execute("DELETE FROM budget_epoch")
+            shell.execute("UPDATE budgets SET unit = 'credits' WHERE scope = 'project:a'")
+        paths = Paths(led)
+        with pytest.raises(UnitMismatch):
+            led.reserve("1", ["project:a"])
+        assert led.commit(held, actual="1").status == "committed"
+        assert paths.taken == ["declined", "general", "lean commit"]
+        usage = led.usage("project:a", "day")
+        assert (usage.used, usage.reserved) == (Decimal("0"), Decimal("0"))  # 1 unit counts nowhere
+    finally:
+        led.close()

@@ -88,6 +88,12 @@ counter is what it was when this process read the budgets it reserves on: under 
 lock, in the statement itself, so no budget can change between the check and the holds."""
 
 
+def _epoch(conn: Connection) -> int | None:
+    """The budgets' change counter; None when its row is gone (a ledger wiped in the shell)."""
+    row = conn.execute(BUDGET_EPOCH).fetchone()
+    return None if row is None else int(row[0])
+
+
 class _Decline(Exception):
     """The lean transaction left the common case: roll it back, take the general path."""
 
@@ -237,7 +243,9 @@ class SQLiteFastPath:
 
     def _load(self, conn: Connection, scopes: tuple[str, ...]) -> _Budgets:
         """The budgets of ``scopes`` as stored now, decoded, with the budgets' change counter."""
-        epoch = conn.execute(BUDGET_EPOCH).fetchone()[0]
+        epoch = _epoch(conn)
+        if epoch is None:
+            raise _Decline  # no counter: no telling whether they change, the general path reads them
         select = self._selects.get(len(scopes))
         if select is None:
             select = BUDGET_SELECT + f" WHERE scope IN ({','.join('?' * len(scopes))}) ORDER BY id"
@@ -313,7 +321,7 @@ class SQLiteFastPath:
             ),
         )
         if inserted.rowcount != 1:
-            if conn.execute(BUDGET_EPOCH).fetchone()[0] != budgets.epoch:
+            if _epoch(conn) != budgets.epoch:
                 with self._lock:
                     self._budgets.pop(scopes, None)  # read them again next time
             raise _Decline  # budgets changed, or the key was used before: the general path
@@ -378,7 +386,7 @@ class SQLiteFastPath:
         amount = res.amount_milli
         spent = amount if actual_milli is None else actual_milli
         unit = res.unit
-        if row[11] == held.epoch:
+        if held.epoch is not None and row[11] == held.epoch:
             for budget_id, window_key in res.windows:
                 conn.execute(_SETTLE_WINDOW, (amount, spent, budget_id, window_key))
         else:  # a budget changed since the hold (or it was made elsewhere): the unit checked
