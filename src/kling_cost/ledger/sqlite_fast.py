@@ -54,7 +54,6 @@ _KEEP = 10_000
 """How many held reservations this process remembers for their settlement (those settled
 here are forgotten at once; beyond this, the oldest go: they settle the general way)."""
 
-_MS = timedelta(milliseconds=1)
 
 _SETTLE = (
     "UPDATE reservations SET status = ?, actual_milli = COALESCE(?, amount_milli), settled_at = ?, "
