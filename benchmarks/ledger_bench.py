@@ -544,6 +544,25 @@ def run_alternating(
     return _figures(len(ledger), led_runs), _figures(len(baseline), base_runs), ratios
 
 
+def run_rounds(
+    ctx: SpawnContext, groups: dict[str, list[Job]], rounds: int, what: str
+) -> tuple[dict[str, Figures], dict[str, list[float]]]:
+    """Each group's jobs (one measurement each, ``baseline`` among them) one after the other,
+    ``rounds`` times (see :func:`run_alternating`). Returns each group's figures over all
+    rounds, and every other group's ratio to the baseline in each round."""
+    runs: dict[str, list[list[Outcome]]] = {name: [] for name in groups}
+    ratios: dict[str, list[float]] = {name: [] for name in groups if name != "baseline"}
+    for n in range(rounds):
+        for name, jobs in groups.items():
+            progress(f"{what}: {name}" + (f", round {n + 1} of {rounds}" if rounds > 1 else ""))
+            runs[name].append(_outcomes(ctx, jobs))
+        base = _figures(len(groups["baseline"]), runs["baseline"][-1:])
+        for name, per_round in ratios.items():
+            one = _figures(len(groups[name]), runs[name][-1:])
+            per_round.append(one.pairs_per_s / base.pairs_per_s if base.pairs_per_s else 0.0)
+    return {name: _figures(len(jobs), runs[name]) for name, jobs in groups.items()}, ratios
+
+
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -602,7 +621,7 @@ _LEDGER_WINDOWS_SQL = (
 )
 
 
-def bench_sqlite(ctx: SpawnContext, seconds: float) -> Report:
+def bench_sqlite(ctx: SpawnContext, seconds: float, rounds: int = 1) -> Report:
     report = Report("sqlite")
     with tempfile.TemporaryDirectory(prefix="kling-ledger-bench-") as tmp:
         for procs in SQLITE_PROCS:
@@ -614,19 +633,32 @@ def bench_sqlite(ctx: SpawnContext, seconds: float) -> Report:
             _sqlite_baseline_create(baseline_path, 1)
             if procs == 1:
                 report.notes.append(_count_statements(url, SQLITE_SCOPE, "sqlite"))
-            progress(f"sqlite: ledger, {procs} process(es), {seconds:g} s")
-            led = run_jobs(ctx, [Job("ledger", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)] * procs)
-            progress(f"sqlite: baseline, {procs} process(es), {seconds:g} s")
-            base = run_jobs(ctx, [Job("baseline", "sqlite", str(baseline_path), seconds=seconds)] * procs)
+            groups: dict[str, list[Job]] = {
+                "ledger": [Job("ledger", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)] * procs,
+                "baseline": [Job("baseline", "sqlite", str(baseline_path), seconds=seconds)] * procs,
+            }
+            if procs == 1:
+                groups["the ledger's SQL alone"] = [
+                    Job("sql", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)
+                ]
+                groups["the general path only"] = [
+                    Job("general", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)
+                ]
+            figures, ratios = run_rounds(ctx, groups, rounds, f"sqlite, {procs} process(es), {seconds:g} s")
+            led, base = figures["ledger"], figures["baseline"]
             row = Row(f"{procs} proc, shared budget", led, base)
             report.rows.append(row)
+            if rounds > 1:
+                report.notes.append(
+                    f"{procs} proc: ratio per round "
+                    + "; ".join(f"{name} {', '.join(f'{r:.2f}' for r in rs)}" for name, rs in ratios.items())
+                    + f" (the rows: all {rounds} rounds)"
+                )
             if procs == 1:
-                progress(f"sqlite: the ledger's SQL alone, 1 process, {seconds:g} s")
-                sql_only = run_jobs(ctx, [Job("sql", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)])
+                sql_only = figures["the ledger's SQL alone"]
                 floor = Row("1 proc, ledger's SQL alone", sql_only, base)
                 report.rows.append(floor)
-                progress(f"sqlite: the ledger without its lean path, 1 process, {seconds:g} s")
-                general = run_jobs(ctx, [Job("general", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)])
+                general = figures["the general path only"]
                 report.rows.append(Row("1 proc, general path only", general, base))
                 report.notes.append(
                     f"the ledger's SQL alone (one pair's statements replayed, no ledger Python): "
@@ -1088,8 +1120,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=1,
-        help="PostgreSQL: measure the ledger and the baseline one after the other this many times "
-        "per configuration (default 1); the ratio of each round is printed",
+        help="measure the ledger and the baseline (SQLite: and its other 1-process rows) one after "
+        "the other this many times per configuration (default 1); the ratio of each round is printed",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument(
@@ -1112,7 +1144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = get_context("spawn")
     reports: list[Report] = []
     if args.backend in ("sqlite", "all"):
-        reports.append(bench_sqlite(ctx, args.seconds))
+        reports.append(bench_sqlite(ctx, args.seconds, args.rounds))
     if args.backend in ("postgres", "all"):
         reports.append(bench_postgres(ctx, args.seconds, args.rounds))
     profile = profile_sqlite(args.seconds) if args.profile else ""
