@@ -282,3 +282,40 @@ def test_reads_never_wait_for_a_writer(ledger_url: str) -> None:
             assert ledger.totals()["units"]["charged"] == Decimal(20)
     finally:
         undo()
+
+
+def test_a_turn_another_writer_waited_for_steps_aside_as_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a turn that had to wait in line (others wait too), the writer yields its CPU as it
+    leaves, so the next writer's line thread, woken onto that CPU, runs at once instead of at
+    the next scheduler tick; a turn nobody contended makes no such call."""
+    from kling_cost.ledger.sqlite_queue import WriterQueue
+
+    yields: list[int] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(threading.get_ident()))
+    db = tmp_path / "l.db"
+    db.touch()
+    first, second = WriterQueue(str(db)), WriterQueue(str(db))  # two processes' lines, as flock sees them
+    try:
+        assert first.acquire(5)
+        first.release()
+        assert yields == []  # uncontended
+        assert first.acquire(5)
+        got: list[bool] = []
+        waiter = threading.Thread(target=lambda: got.append(second.acquire(5)))
+        waiter.start()
+        time.sleep(0.2)
+        assert got == []  # in line behind the first
+        first.release()
+        waiter.join(5)
+        assert got == [True]
+        assert yields == []  # the first never waited
+        second.release()
+        assert yields == [threading.get_ident()]  # the second did
+        assert first.acquire(5)
+        first.release()
+        assert len(yields) == 1
+    finally:
+        first.close()
+        second.close()

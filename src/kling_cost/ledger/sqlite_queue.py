@@ -155,6 +155,7 @@ class WriterQueue:
         self._waiting = False  # a writer is in acquire(): the helper may hand it a turn
         self._closed = False
         self._stopped = False
+        self._contended = False  # this turn had to wait in line: others are waiting too
         _LIVE.add(self)
 
     def _open(self) -> bool:
@@ -214,6 +215,7 @@ class WriterQueue:
                 return True
             except BlockingIOError:
                 self._held = -1
+                self._contended = True
             except OSError:
                 self._held = -1
                 return True
@@ -275,6 +277,13 @@ class WriterQueue:
                     fcntl.flock(fd, fcntl.LOCK_UN)
             if self._closed and not self._waiting:
                 self._stop()
+            contended, self._contended = self._contended, False
+        if contended and fd >= 0:
+            # Another process waited for this turn (this one waited for it too): the kernel
+            # has just woken its line thread, often onto this busy CPU, where it would wait for
+            # the next scheduler tick (4 ms) unless this thread steps aside. Uncontended, the
+            # call is not made.
+            os.sched_yield()
 
     def close(self) -> None:
         """No more writers: stop the helper thread and close the descriptors, now or, when a
