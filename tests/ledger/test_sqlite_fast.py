@@ -39,6 +39,15 @@ def led(url: str, clock: FakeClock) -> Iterator[Ledger]:
     ledger.close()
 
 
+@pytest.fixture
+def two(url: str, clock: FakeClock) -> Iterator[tuple[Ledger, Ledger]]:
+    """Two ledgers on one file, as two processes have them (one clock)."""
+    mine, other = open_ledger(url, clock=clock), open_ledger(url, clock=clock)
+    yield mine, other
+    mine.close()
+    other.close()
+
+
 class Paths:
     """Which path each reserve and commit took: ``lean`` (the lean transaction did it) or
     ``general`` (a transaction of the ledger's own)."""
@@ -193,117 +202,97 @@ def test_a_sweep_due_is_the_general_paths(led: Ledger, clock: FakeClock) -> None
 
 
 @pytest.mark.parametrize("change", ["lower limit", "unit switch", "delete", "new budget", "new scope budget"])
-def test_a_budget_changed_by_another_process_counts_at_once(url: str, clock: FakeClock, change: str) -> None:
-    mine, other = open_ledger(url, clock=clock), open_ledger(url, clock=clock)
-    try:
-        mine.set_budget("project:a", limit="10", window="day")
-        warm(mine, ["project:a", "key:k"])
-        if change != "unit switch":
-            mine.commit(mine.reserve("5", ["project:a", "key:k"]))
-        if change == "lower limit":
-            other.set_budget("project:a", limit="6", window="day")
-            with pytest.raises(BudgetExceeded):
-                mine.reserve("2", ["project:a", "key:k"])
-        elif change == "unit switch":
-            other.set_budget("project:a", limit="10", window="day", unit="credits")
-            with pytest.raises(UnitMismatch):
-                mine.reserve("2", ["project:a", "key:k"])
-        elif change == "delete":
-            other.delete_budget("project:a", "day")
-            res = mine.reserve("20", ["project:a", "key:k"])
-            assert res.windows == ()
-        elif change == "new budget":
-            other.set_budget("project:a", limit="3", window="week")
-            with pytest.raises(BudgetExceeded) as caught:
-                mine.reserve("4", ["project:a", "key:k"])
-            assert caught.value.window == "week"
-        else:
-            other.set_budget("key:k", limit="1", window="month")
-            with pytest.raises(BudgetExceeded) as caught:
-                mine.reserve("2", ["project:a", "key:k"])
-            assert caught.value.scope == "key:k"
-    finally:
-        mine.close()
-        other.close()
+def test_a_budget_changed_by_another_process_counts_at_once(two: tuple[Ledger, Ledger], change: str) -> None:
+    mine, other = two
+    mine.set_budget("project:a", limit="10", window="day")
+    warm(mine, ["project:a", "key:k"])
+    if change != "unit switch":
+        mine.commit(mine.reserve("5", ["project:a", "key:k"]))
+    if change == "lower limit":
+        other.set_budget("project:a", limit="6", window="day")
+        with pytest.raises(BudgetExceeded):
+            mine.reserve("2", ["project:a", "key:k"])
+    elif change == "unit switch":
+        other.set_budget("project:a", limit="10", window="day", unit="credits")
+        with pytest.raises(UnitMismatch):
+            mine.reserve("2", ["project:a", "key:k"])
+    elif change == "delete":
+        other.delete_budget("project:a", "day")
+        res = mine.reserve("20", ["project:a", "key:k"])
+        assert res.windows == ()
+    elif change == "new budget":
+        other.set_budget("project:a", limit="3", window="week")
+        with pytest.raises(BudgetExceeded) as caught:
+            mine.reserve("4", ["project:a", "key:k"])
+        assert caught.value.window == "week"
+    else:
+        other.set_budget("key:k", limit="1", window="month")
+        with pytest.raises(BudgetExceeded) as caught:
+            mine.reserve("2", ["project:a", "key:k"])
+        assert caught.value.scope == "key:k"
 
 
-def test_metadata_and_a_task_set_by_another_process_reach_the_charge(url: str, clock: FakeClock) -> None:
-    mine, other = open_ledger(url, clock=clock), open_ledger(url, clock=clock)
-    try:
-        warm(mine, ["project:a"])
-        res = mine.reserve("2", ["project:a"], metadata={"mode": "std"})
-        other.attach_task(res, "t-1", {"model": "kling-v2-master"})
-        done = mine.commit(res)
-        (charge,) = mine.charges()
-        assert (charge.model, charge.mode, charge.task_id) == ("kling-v2-master", "std", "t-1")
-        assert done.metadata == {"mode": "std", "model": "kling-v2-master"}
-    finally:
-        mine.close()
-        other.close()
+def test_metadata_and_a_task_set_by_another_process_reach_the_charge(two: tuple[Ledger, Ledger]) -> None:
+    mine, other = two
+    warm(mine, ["project:a"])
+    res = mine.reserve("2", ["project:a"], metadata={"mode": "std"})
+    other.attach_task(res, "t-1", {"model": "kling-v2-master"})
+    done = mine.commit(res)
+    (charge,) = mine.charges()
+    assert (charge.model, charge.mode, charge.task_id) == ("kling-v2-master", "std", "t-1")
+    assert done.metadata == {"mode": "std", "model": "kling-v2-master"}
 
 
 def test_a_task_and_a_longer_lease_from_another_process_stay_on_the_lean_path(
-    url: str, clock: FakeClock
+    two: tuple[Ledger, Ledger], clock: FakeClock
 ) -> None:
-    mine, other = open_ledger(url, clock=clock), open_ledger(url, clock=clock)
-    try:
-        warm(mine, ["project:a"])
-        res = mine.reserve("2", ["project:a"], ttl=timedelta(seconds=30))
-        other.attach_task(res, "t-7")
-        longer = other.extend(res, timedelta(hours=1))
-        clock.advance(minutes=5)  # past the first lease, within the extended one
-        paths = Paths(mine)
-        done = mine.commit(res)
-        assert paths.taken == ["lean commit"]
-        assert (done.task_id, done.expires_at) == ("t-7", longer.expires_at)
-        assert mine.charges()[0].task_id == "t-7"
-    finally:
-        mine.close()
-        other.close()
+    mine, other = two
+    warm(mine, ["project:a"])
+    res = mine.reserve("2", ["project:a"], ttl=timedelta(seconds=30))
+    other.attach_task(res, "t-7")
+    longer = other.extend(res, timedelta(hours=1))
+    clock.advance(minutes=5)  # past the first lease, within the extended one
+    paths = Paths(mine)
+    done = mine.commit(res)
+    assert paths.taken == ["lean commit"]
+    assert (done.task_id, done.expires_at) == ("t-7", longer.expires_at)
+    assert mine.charges()[0].task_id == "t-7"
 
 
-def test_a_reservation_revived_elsewhere_settles_what_it_holds_now(url: str, clock: FakeClock) -> None:
-    mine, other = open_ledger(url, clock=clock), open_ledger(url, clock=clock)
-    try:
-        mine.set_budget("project:a", limit="100", window="day")
-        mine.set_budget("project:b", limit="100", window="day")
-        warm(mine, ["project:a"])
-        first = mine.reserve("2", ["project:a"], idempotency_key="job-1", metadata={"mode": "std"})
-        other.release(first)  # never sent: the key may be reserved again, with another request
-        again = other.reserve("7", ["project:b"], idempotency_key="job-1", metadata={"mode": "pro"})
-        assert again.id == first.id and again.revived
-        paths = Paths(mine)
-        done = mine.commit(first)  # this process remembers the first request, not this one
-        assert paths.taken == ["declined", "general"]
-        assert (done.amount, done.scopes) == (Decimal("7"), ("account", "project:b"))
-        (charge,) = mine.charges()
-        assert (charge.estimate, charge.mode, charge.scopes) == (
-            Decimal("7"),
-            "pro",
-            ("account", "project:b"),
-        )
-        assert mine.usage("project:a", "day").reserved == Decimal("0")
-        assert mine.usage("project:b", "day").used == Decimal("7")
-    finally:
-        mine.close()
-        other.close()
+def test_a_reservation_revived_elsewhere_settles_what_it_holds_now(two: tuple[Ledger, Ledger]) -> None:
+    mine, other = two
+    mine.set_budget("project:a", limit="100", window="day")
+    mine.set_budget("project:b", limit="100", window="day")
+    warm(mine, ["project:a"])
+    first = mine.reserve("2", ["project:a"], idempotency_key="job-1", metadata={"mode": "std"})
+    other.release(first)  # never sent: the key may be reserved again, with another request
+    again = other.reserve("7", ["project:b"], idempotency_key="job-1", metadata={"mode": "pro"})
+    assert again.id == first.id and again.revived
+    paths = Paths(mine)
+    done = mine.commit(first)  # this process remembers the first request, not this one
+    assert paths.taken == ["declined", "general"]
+    assert (done.amount, done.scopes) == (Decimal("7"), ("account", "project:b"))
+    (charge,) = mine.charges()
+    assert (charge.estimate, charge.mode, charge.scopes) == (
+        Decimal("7"),
+        "pro",
+        ("account", "project:b"),
+    )
+    assert mine.usage("project:a", "day").reserved == Decimal("0")
+    assert mine.usage("project:b", "day").used == Decimal("7")
 
 
-def test_a_reservation_settled_elsewhere_is_not_settled_twice(url: str, clock: FakeClock) -> None:
-    mine, other = open_ledger(url, clock=clock), open_ledger(url, clock=clock)
-    try:
-        mine.set_budget("project:a", limit="100", window="day")
-        warm(mine, ["project:a"])
-        res = mine.reserve("2", ["project:a"])
-        other.commit(res, actual="1")
-        assert mine.commit(res, actual="2").actual == Decimal("1")  # the first settlement stands
-        with pytest.raises(ReservationError):
-            mine.release(res)
-        assert len(mine.charges()) == 1
-        assert mine.usage("project:a", "day").used == Decimal("1")
-    finally:
-        mine.close()
-        other.close()
+def test_a_reservation_settled_elsewhere_is_not_settled_twice(two: tuple[Ledger, Ledger]) -> None:
+    mine, other = two
+    mine.set_budget("project:a", limit="100", window="day")
+    warm(mine, ["project:a"])
+    res = mine.reserve("2", ["project:a"])
+    other.commit(res, actual="1")
+    assert mine.commit(res, actual="2").actual == Decimal("1")  # the first settlement stands
+    with pytest.raises(ReservationError):
+        mine.release(res)
+    assert len(mine.charges()) == 1
+    assert mine.usage("project:a", "day").used == Decimal("1")
 
 
 def test_a_hook_of_yours_or_an_open_transaction_takes_the_general_path(led: Ledger) -> None:
@@ -411,21 +400,17 @@ def test_a_budget_changed_outside_any_ledger_counts_at_once(url: str, clock: Fak
 
 
 def test_after_a_change_the_budgets_are_read_once_and_the_lean_path_resumes(
-    url: str, clock: FakeClock
+    two: tuple[Ledger, Ledger],
 ) -> None:
-    mine, other = open_ledger(url, clock=clock), open_ledger(url, clock=clock)
-    try:
-        mine.set_budget("project:a", limit="100", window="day")
-        warm(mine, ["project:a"])
-        other.set_budget("project:a", limit="50", window="day")
-        paths = Paths(mine)
-        for _ in range(3):
-            mine.reserve("1", ["project:a"])
-        assert paths.taken == ["declined", "general", "lean reserve", "lean reserve"]
-        assert mine.usage("project:a", "day").reserved == Decimal("3")
-    finally:
-        mine.close()
-        other.close()
+    mine, other = two
+    mine.set_budget("project:a", limit="100", window="day")
+    warm(mine, ["project:a"])
+    other.set_budget("project:a", limit="50", window="day")
+    paths = Paths(mine)
+    for _ in range(3):
+        mine.reserve("1", ["project:a"])
+    assert paths.taken == ["declined", "general", "lean reserve", "lean reserve"]
+    assert mine.usage("project:a", "day").reserved == Decimal("3")
 
 
 def test_every_change_to_the_budgets_table_moves_the_counter(led: Ledger) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "Request",
     "check_ttl",
     "exceeded",
+    "held_row",
     "request",
 ]
 
@@ -99,6 +100,16 @@ class Holds:
         self._windows: dict[tuple[str, str], Window] = {}
         """(window kind, time zone) -> the window computed last: reused while it contains now."""
 
+    def budgets_select(self, count: int) -> str:
+        """The statement reading the budgets of ``count`` scopes, in id order, locked (shared)
+        until the transaction ends where the backend locks rows."""
+        select = self._selects.get(count)
+        if select is None:
+            marks = ",".join("?" * count)
+            select = BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id" + self.backend.lock_budgets()
+            self._selects[count] = select
+        return select
+
     def window(self, b: BudgetRow, now: datetime) -> Window:
         """The window of budget ``b`` containing ``now`` (:func:`window_at`), computed once per
         window and time zone (windows partition time: one containing ``now`` is its window)."""
@@ -120,15 +131,10 @@ class Holds:
         """Hold ``req.milli`` on every budget of its scopes, all or nothing (:class:`Refused`);
         ``enforce=False`` holds beyond any limit. Returns the new (or revived) reservation, or
         the one its idempotency key already names for the same request."""
-        milli, scopes, key, meta, unit = req.milli, req.scopes, req.key, req.meta, req.unit
+        milli, scopes, key, unit = req.milli, req.scopes, req.key, req.unit
         # Locked (shared) until this transaction ends: the unit checked below stays the unit
         # of every budget held on (a unit switch waits), and no budget vanishes under a hold.
-        select = self._selects.get(len(scopes))
-        if select is None:
-            marks = ",".join("?" * len(scopes))
-            select = BUDGET_SELECT + f" WHERE scope IN ({marks}) ORDER BY id" + self.backend.lock_budgets()
-            self._selects[len(scopes)] = select
-        cur.execute(select, scopes)
+        cur.execute(self.budgets_select(len(scopes)), scopes)
         budgets = [budget_row(row) for row in cur.fetchall()]
         for b in budgets:
             if b.unit != unit:
@@ -137,27 +143,7 @@ class Holds:
         refs = tuple((b.id, w.key) for b, w in windows)
         refs_json = windows_json(refs)
         at = to_ms(now)
-        asked = ReservationRow(
-            new_id(now, at),
-            key,
-            milli,
-            RESERVED,
-            scopes,
-            at,
-            to_ms(now + ttl),
-            None,
-            None,
-            None,
-            meta,
-            refs,
-            unit,
-            req.catalog,
-            req.catalog_date,
-            False,
-            True,  # fresh
-            req.meta_json,
-            req.scopes_json,
-        )
+        asked = held_row(new_id(now, at), req, at, to_ms(now + ttl), refs)
         values = (
             milli,
             RESERVED,
@@ -225,6 +211,34 @@ class Holds:
         used, reserved = cur.fetchone() or (0, 0)
         level = int(used) + int(reserved)
         raise Refused(Refusal(b, w.key, "limit", milli, max(0, limit - level), level))
+
+
+def held_row(
+    res_id: str, req: Request, at: int, expires: int, refs: tuple[tuple[int, str], ...]
+) -> ReservationRow:
+    """The row of a new reservation of ``req`` made at ``at``, held on the windows ``refs``
+    until ``expires`` (milliseconds), as written: fresh (the caller owns the hold)."""
+    return ReservationRow(
+        res_id,
+        req.key,
+        req.milli,
+        RESERVED,
+        req.scopes,
+        at,
+        expires,
+        None,
+        None,
+        None,
+        req.meta,
+        refs,
+        req.unit,
+        req.catalog,
+        req.catalog_date,
+        False,
+        True,  # fresh
+        req.meta_json,
+        req.scopes_json,
+    )
 
 
 def exceeded(refusal: Refusal) -> BudgetExceeded:

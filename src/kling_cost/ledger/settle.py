@@ -43,6 +43,7 @@ __all__ = [
     "ChargeFields",
     "Settlement",
     "charge_fields",
+    "charge_params",
     "overage",
 ]
 
@@ -86,6 +87,36 @@ def charge_fields(meta: dict[str, Any]) -> ChargeFields:
         1 if meta.get("audio") in (True, "on", "true") or meta.get("sound") == "on" else 0,
         text_or_none(meta.get("prompt_hash")),
         text_or_none(meta.get("prompt_preview")),
+    )
+
+
+def charge_params(
+    res: ReservationRow,
+    status: str,
+    settled_at: int,
+    spent: int,
+    task_id: str | None,
+    fields: ChargeFields,
+    overage_milli: int,
+) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_CHARGE` for the charge of ``res`` (its stored columns,
+    the columns ``fields`` derived from its metadata, and how the settlement ended)."""
+    return (
+        res.id,
+        res.idempotency_key or res.id,
+        status,
+        res.created_at_ms,
+        settled_at,
+        res.amount_milli,
+        spent,
+        res.scopes_text(),
+        task_id,
+        *fields,
+        res.metadata_text(),
+        res.unit,
+        res.catalog,
+        res.catalog_date,
+        overage_milli,
     )
 
 
@@ -359,34 +390,10 @@ class Settlement:
         meta = res.metadata
         task_id = text_or_none(task_id)
         over = max((s.overage_milli for s in states), default=0)
-        kind, model, mode, duration, audio, prompt_hash, prompt_preview = charge_fields(meta)
+        fields = charge_fields(meta)
+        kind, model, mode, duration, audio, _prompt_hash, _prompt_preview = fields
         settled_at = to_ms(now)
-        cur.execute(
-            INSERT_CHARGE,
-            (
-                res.id,
-                res.idempotency_key or res.id,
-                status,
-                res.created_at_ms,
-                settled_at,
-                res.amount_milli,
-                spent,
-                res.scopes_text(),
-                task_id,
-                kind,
-                model,
-                mode,
-                duration,
-                audio,
-                prompt_hash,
-                prompt_preview,
-                res.metadata_text(),
-                res.unit,
-                res.catalog,
-                res.catalog_date,
-                over,
-            ),
-        )
+        cur.execute(INSERT_CHARGE, charge_params(res, status, settled_at, spent, task_id, fields, over))
         charge = SettledCharge(
             id=int(cur.fetchone()[0]),
             status=status,

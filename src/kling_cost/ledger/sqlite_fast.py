@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..timestamps import to_ms
 from .backend import Conflict
-from .holds import HOLD_WINDOW, INSERT_RESERVATION, Request
+from .holds import HOLD_WINDOW, INSERT_RESERVATION, Request, held_row
 from .models import COMMITTED, RESERVED
-from .records import BUDGET_SELECT, BudgetRow, ReservationRow, budget_row, new_id, windows_json
+from .records import BudgetRow, ReservationRow, budget_row, new_id, windows_json
 from .rollup import bucket_of, rollup_rows, rollup_values, upsert_statement
 from .schema_steps import BUDGET_EPOCH
-from .settle import INSERT_CHARGE, SETTLE_WINDOW, SUCCEEDED, ChargeFields, charge_fields
+from .settle import INSERT_CHARGE, SETTLE_WINDOW, SUCCEEDED, ChargeFields, charge_fields, charge_params
 
 if TYPE_CHECKING:
     from .holds import Holds
@@ -172,7 +172,6 @@ class SQLiteFastPath:
         self._holds = holds
         self._settlement = settlement
         self._in_transaction = in_transaction
-        self._selects: dict[int, str] = {}
         self._budgets: dict[tuple[str, ...], _Budgets] = {}
         """Scopes -> their budgets as read when the budgets' change counter was at ``epoch``."""
         self._held: dict[str, _Held] = {}
@@ -245,10 +244,7 @@ class SQLiteFastPath:
         epoch = _epoch(conn)
         if epoch is None:
             raise _Decline  # no counter: no telling whether they change, the general path reads them
-        select = self._selects.get(len(scopes))
-        if select is None:
-            select = BUDGET_SELECT + f" WHERE scope IN ({','.join('?' * len(scopes))}) ORDER BY id"
-            self._selects[len(scopes)] = select
+        select = self._holds.budgets_select(len(scopes))
         marks = self._outbox.marks
         found = _Budgets(
             epoch,
@@ -333,27 +329,7 @@ class SQLiteFastPath:
             for level in levels:
                 if before < level <= after:
                     raise _Decline  # a threshold crossed: the general path writes its alert
-        row = ReservationRow(
-            res_id,
-            req.key,
-            milli,
-            RESERVED,
-            scopes,
-            at,
-            expires,
-            None,
-            None,
-            None,
-            req.meta,
-            refs,
-            unit,
-            req.catalog,
-            req.catalog_date,
-            False,
-            True,  # fresh
-            req.meta_json,
-            req.scopes_json,
-        )
+        row = held_row(res_id, req, at, expires, refs)
         return row, budgets.epoch
 
     def commit(
@@ -394,34 +370,10 @@ class SQLiteFastPath:
                     SETTLE_WINDOW, (amount, budget_id, unit, spent, budget_id, window_key, budget_id)
                 ).fetchone()
         final_task = row[10]
-        meta_text = row[4]
-        kind, model, mode, duration, audio, prompt_hash, prompt_preview = held.fields
-        conn.execute(
-            _INSERT_CHARGE,
-            (
-                res.id,
-                res.idempotency_key or res.id,
-                SUCCEEDED,
-                res.created_at_ms,
-                at,
-                amount,
-                spent,
-                row[1],
-                final_task,
-                kind,
-                model,
-                mode,
-                duration,
-                audio,
-                prompt_hash,
-                prompt_preview,
-                meta_text,
-                unit,
-                res.catalog,
-                res.catalog_date,
-                0,
-            ),
-        )
+        meta_text = row[4]  # the remembered row's own (compared above), as are its scopes
+        fields = held.fields
+        conn.execute(_INSERT_CHARGE, charge_params(res, SUCCEEDED, at, spent, final_task, fields, 0))
+        model, mode = fields[1], fields[2]
         conn.execute(*self._rollup_upsert(res.scopes, res.created_at_ms, amount, spent, model, mode, unit))
         return ReservationRow(
             res.id,
