@@ -1111,6 +1111,85 @@ def render(report: Report, seconds: float) -> str:
     return "\n".join(lines)
 
 
+STATEMENT_PAIRS = 20_000
+"""Pairs replayed by ``--statements`` (ledger and baseline alternating, pair by pair)."""
+
+
+def statement_times(pairs: int = STATEMENT_PAIRS) -> str:
+    """Time per statement of one SQLite pair: the lean ledger's own SQL (captured from a real
+    reserve and commit, replayed with no ledger Python) and the raw baseline's, alternating
+    pair by pair in this process so both see the same moment of the machine. The COMMITs are
+    where a transaction's changed pages are written to the WAL: they show what separates the
+    two more than any statement does."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/ledger.db"
+        admin = open_ledger(url)
+        admin.set_budget(SQLITE_SCOPE, limit=GENEROUS_LIMIT, window=WINDOW)
+        admin.close()
+        ledger = open_ledger(url)
+        try:
+            for _ in range(WARMUP_PAIRS * 10):
+                ledger.commit(ledger.reserve(AMOUNT, [SQLITE_SCOPE]), actual=AMOUNT)
+            captured_id, transactions = _capture_pair(ledger, SQLITE_SCOPE)
+            conn = _sqlite_connect(url.removeprefix("sqlite:///"))
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the ledger's checkpointer runs
+            base_path = Path(tmp) / "baseline.db"
+            _sqlite_baseline_create(base_path, 1)
+            base = _sqlite_connect(str(base_path))
+            milli, limit = to_storage(AMOUNT), to_storage(GENEROUS_LIMIT)
+            ours: list[tuple[str, int]] = []
+            for statements in transactions:
+                ours += [("BEGIN IMMEDIATE", 0)] + [(sql, 0) for sql, _ in statements] + [("COMMIT", 0)]
+            theirs = [("BEGIN IMMEDIATE", 0), (BASE_UPDATE, 0), (BASE_INSERT, 0), ("COMMIT", 0)]
+            theirs += [("BEGIN IMMEDIATE", 0), (BASE_SETTLE, 0), (BASE_CHARGE, 0), ("COMMIT", 0)]
+            spent_ours, spent_theirs = [0] * len(ours), [0] * len(theirs)
+            clock = time.perf_counter_ns
+            for _ in range(pairs):
+                fresh = f"{time.time_ns() // NS_PER_MS:012x}{os.urandom(10).hex()}"
+                i = 0
+                for statements in transactions:
+                    for sql, params in [("BEGIN IMMEDIATE", ()), *statements, ("COMMIT", ())]:
+                        bound = tuple(fresh if p == captured_id else p for p in params)
+                        start = clock()
+                        conn.execute(sql, bound).fetchall()
+                        spent_ours[i] += clock() - start
+                        i += 1
+                now = time.time_ns() // NS_PER_MS
+                hold = 0
+                for i, (sql, params) in enumerate(
+                    [
+                        ("BEGIN IMMEDIATE", ()),
+                        (BASE_UPDATE, (milli, 0, milli, limit)),
+                        (BASE_INSERT, (0, milli, now)),
+                        ("COMMIT", ()),
+                        ("BEGIN IMMEDIATE", ()),
+                        (BASE_SETTLE, (milli, milli, 0)),
+                        (BASE_CHARGE, (hold, milli, now)),
+                        ("COMMIT", ()),
+                    ]
+                ):
+                    start = clock()
+                    cur = base.execute(sql, params)
+                    spent_theirs[i] += clock() - start
+                    if sql is BASE_INSERT:
+                        hold = cur.lastrowid or 0
+            conn.close()
+            base.close()
+        finally:
+            ledger.close()
+    lines = [f"== SQLite: time per statement, {pairs:,} pairs replayed (no ledger Python) =="]
+    for label, table, spent in (("ledger", ours, spent_ours), ("baseline", theirs, spent_theirs)):
+        lines.append(f"{label}:")
+        for (sql, _), ns in zip(table, spent, strict=True):
+            lines.append(f"  {ns / pairs / 1000:7.1f} us  {sql[:90]}")
+        commits = sum(ns for (sql, _), ns in zip(table, spent, strict=True) if sql == "COMMIT")
+        lines.append(
+            f"  {sum(spent) / pairs / 1000:7.1f} us per pair, of which COMMIT {commits / pairs / 1000:.1f} us"
+        )
+    lines.append(f"ratio (baseline time / ledger time per pair): {sum(spent_theirs) / sum(spent_ours):.2f}")
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement (default 3)")
@@ -1128,6 +1207,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="also cProfile the 1-process SQLite ledger, before and with its lean path",
+    )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="also time each statement of a SQLite pair, the ledger's (replayed) and the baseline's",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -1148,6 +1232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.backend in ("postgres", "all"):
         reports.append(bench_postgres(ctx, args.seconds, args.rounds))
     profile = profile_sqlite(args.seconds) if args.profile else ""
+    if args.statements:
+        profile = "\n\n".join(filter(None, [profile, statement_times()]))
     if args.json:
         payload: dict[str, Any] = {"seconds": args.seconds, "amount": str(AMOUNT)}
         payload["reports"] = [r.to_dict() for r in reports]
