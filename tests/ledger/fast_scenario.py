@@ -57,7 +57,8 @@ def dump(ledger: Ledger) -> dict[str, list[tuple[Any, ...]]]:
         "catalog, catalog_date FROM reservations",
         "charges": "SELECT CASE WHEN idempotency_key = reservation_id THEN 'ID' ELSE idempotency_key END, "
         "status, created_at, settled_at, estimate_milli, actual_milli, scopes, task_id, kind, model, mode, "
-        "duration, audio, prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli "
+        "duration, audio, prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli, "
+        "rollup_deferred "
         "FROM charges",
         "windows": "SELECT budget_id, window_key, used_milli, reserved_milli FROM budget_windows",
         "rollup": "SELECT scope, grain, bucket, model, mode, unit, SUM(s_n), SUM(s_est), SUM(s_act), SUM(f_n), "

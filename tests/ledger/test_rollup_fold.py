@@ -1,5 +1,6 @@
-"""The deferred report rollup (ledger/rollup_fold.py): PostgreSQL's settles note their charges,
-folds add them to the rollup exactly once, whoever folds, whenever, whatever crashes."""
+"""The deferred report rollup (ledger/rollup_fold.py, ledger/rollup_mark.py): PostgreSQL's
+settles note their charges, SQLite's mark them for a fold above a watermark; folds add them to
+the rollup exactly once, whoever folds, whenever, whatever crashes, on both backends."""
 
 from __future__ import annotations
 
@@ -25,9 +26,21 @@ GROUPS = ("day,model", "model", "project", "status")
 
 
 def _count(led: Ledger, sql: str) -> int:
-    with led.transaction() as cur:
+    with led.transaction(snapshot=True) as cur:  # a read: never waits for a fold's write lock
         cur.execute(sql)
         return int(cur.fetchone()[0] or 0)
+
+
+_WAITING = {
+    "postgresql": "SELECT COUNT(*) FROM rollup_pending",
+    "sqlite": "SELECT COUNT(*) FROM charges WHERE rollup_deferred = 1 AND id > COALESCE("
+    "(SELECT value FROM report_rollup_meta WHERE name = 'folded_upto'), 0)",
+}
+
+
+def _waiting(led: Ledger) -> int:
+    """How many charges wait for a fold (PostgreSQL: noted; SQLite: marked, above the watermark)."""
+    return _count(led, _WAITING[led.backend.dialect])
 
 
 def _spend(led: Ledger, clock: FakeClock, n: int, *, scopes: tuple[str, ...] = ("project:a",)) -> None:
@@ -48,18 +61,18 @@ def _agrees(led: Ledger) -> None:
         assert fast.rows == slow.rows and fast.totals == slow.totals, group
 
 
-def test_postgres_notes_each_charge_and_the_first_report_folds_them_once(
-    pg_url: str, clock: FakeClock
+def test_each_charge_waits_for_a_fold_and_the_first_report_folds_them_once(
+    ledger_url: str, clock: FakeClock
 ) -> None:
-    with open_ledger(pg_url, clock=clock, fold_interval=None) as led:
+    with open_ledger(ledger_url, clock=clock, fold_interval=None) as led:
         led.set_budget("project:a", 1000)
         _spend(led, clock, 12)
         charges = _count(led, "SELECT COUNT(*) FROM charges")
         assert charges == 12
-        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == charges
+        assert _waiting(led) == charges
         assert _count(led, "SELECT COUNT(*) FROM report_rollup") == 0
         _agrees(led)
-        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 0
+        assert _waiting(led) == 0
         assert (
             _count(led, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account' AND grain = 0")
             == 12
@@ -68,43 +81,49 @@ def test_postgres_notes_each_charge_and_the_first_report_folds_them_once(
         _agrees(led)
 
 
-def test_sqlite_adds_each_charge_at_once(ledger_url: str, clock: FakeClock) -> None:
+def test_postgres_notes_each_charge_and_sqlite_marks_it_above_the_watermark(
+    ledger_url: str, clock: FakeClock
+) -> None:
     with open_ledger(ledger_url, clock=clock, fold_interval=None) as led:
         led.set_budget("project:a", 1000)
         _spend(led, clock, 6)
-        deferred = led.backend.defers_rollup
-        assert deferred == ledger_url.startswith("postgresql")
-        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == (6 if deferred else 0)
+        postgres = ledger_url.startswith("postgresql")
+        assert led.backend.defers_rollup == postgres
+        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == (6 if postgres else 0)
+        assert _count(led, "SELECT COUNT(*) FROM charges WHERE rollup_deferred = 1") == (0 if postgres else 6)
         _agrees(led)
+        if not postgres:
+            mark = "SELECT value FROM report_rollup_meta WHERE name = 'folded_upto'"
+            assert _count(led, mark) == _count(led, "SELECT MAX(id) FROM charges")
 
 
 def test_the_background_fold_folds_the_noted_charges_and_closing_stops_it(
-    pg_url: str, clock: FakeClock
+    ledger_url: str, clock: FakeClock
 ) -> None:
-    with open_ledger(pg_url, clock=clock, fold_interval=0.05) as led:
+    with open_ledger(ledger_url, clock=clock, fold_interval=0.05) as led:
         led.set_budget("project:a", 1000)
         _spend(led, clock, 3)
         deadline = time.monotonic() + 10
-        while _count(led, "SELECT COUNT(*) FROM rollup_pending") and time.monotonic() < deadline:
+        while _waiting(led) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 0
+        assert _waiting(led) == 0
         assert _count(led, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account'") == 3 * 2
-    led = open_ledger(pg_url, clock=clock, fold_interval=timedelta(hours=1))  # closed before it folds
+    led = open_ledger(ledger_url, clock=clock, fold_interval=timedelta(hours=1))  # closed before it folds
     _spend(led, clock, 4)
     started = time.monotonic()
     led.close()
     assert time.monotonic() - started < 1.0  # closing stops the thread; it does not fold
-    with open_ledger(pg_url, clock=clock, fold_interval=None) as after:
-        assert _count(after, "SELECT COUNT(*) FROM rollup_pending") == 4  # the next fold's
+    with open_ledger(ledger_url, clock=clock, fold_interval=None) as after:
+        assert _waiting(after) == 4  # the next fold's
         _agrees(after)
-        assert _count(after, "SELECT COUNT(*) FROM rollup_pending") == 0
+        assert _waiting(after) == 0
         assert _count(after, "SELECT SUM(s_n + f_n) FROM report_rollup WHERE scope = 'account'") == 7 * 2
 
 
-def test_folds_in_many_threads_beside_commits_count_every_charge_once(pg_url: str) -> None:
+def test_folds_in_many_threads_beside_commits_count_every_charge_once(ledger_url: str) -> None:
     """Four ledgers (their own connections) commit while each folds in the background every
     10 ms and a reader reports in a loop: no charge is lost or added twice."""
-    ledgers = [open_ledger(pg_url, fold_interval=0.01) for _ in range(4)]
+    ledgers = [open_ledger(ledger_url, fold_interval=0.01) for _ in range(4)]
     stop = threading.Event()
     errors: list[BaseException] = []
 
@@ -138,7 +157,7 @@ def test_folds_in_many_threads_beside_commits_count_every_charge_once(pg_url: st
         assert [(r.key, r.charges, r.actual) for r in rep.rows] == [
             ({"project": "project:a"}, 160, Decimal("80.000"))
         ]
-        assert _count(ledgers[1], "SELECT COUNT(*) FROM rollup_pending") == 0
+        assert _waiting(ledgers[1]) == 0
         total = "SELECT SUM(s_n), SUM(s_act) FROM report_rollup WHERE scope = 'account' AND grain = 1"
         with ledgers[1].transaction() as cur:
             cur.execute(total)
@@ -163,7 +182,7 @@ class Hanging:
         return getattr(self._cur, name)
     def execute(self, sql, params=()):
         done = self._cur.execute(sql, params)
-        if "INSERT INTO report_rollup" in sql:  # the fold's batch, written, not committed
+        if "INSERT INTO report_rollup (" in sql:  # the fold's batch, written, not committed
             batches.append(sql)
             if len(batches) == (2 if int(sys.argv[2]) == 3 else 1):
                 print("folding", flush=True)
@@ -182,15 +201,15 @@ rollup_fold.fold(led, batch=int(sys.argv[2]))
 
 @pytest.mark.parametrize("batch", [3, 1000], ids=["second-batch", "first-batch"])
 def test_a_fold_killed_midway_leaves_its_charges_noted_for_the_next(
-    pg_url: str, clock: FakeClock, batch: int
+    ledger_url: str, clock: FakeClock, batch: int
 ) -> None:
     """SIGKILL after a fold wrote rollup rows, before it committed: nothing of it lands, and
     the next fold adds every charge exactly once (a batch before it did land: it stays)."""
-    with open_ledger(pg_url, clock=clock, fold_interval=None) as led:
+    with open_ledger(ledger_url, clock=clock, fold_interval=None) as led:
         led.set_budget("project:a", 1000)
         _spend(led, clock, 10)
         child = subprocess.Popen(
-            [sys.executable, "-c", _HANG_IN_A_FOLD, pg_url, str(batch)],
+            [sys.executable, "-c", _HANG_IN_A_FOLD, ledger_url, str(batch)],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
@@ -199,16 +218,16 @@ def test_a_fold_killed_midway_leaves_its_charges_noted_for_the_next(
             assert child.stdout is not None
             assert child.stdout.readline().strip() == "folding"
             if batch == 3:  # the first batch landed; the child hangs in the second
-                assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 10 - 3
+                assert _waiting(led) == 10 - 3
             else:
-                assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 10
+                assert _waiting(led) == 10
                 assert _count(led, "SELECT COUNT(*) FROM report_rollup") == 0
         finally:
             os.kill(child.pid, signal.SIGKILL)
             child.wait(30)
             assert child.stdout is not None
             child.stdout.close()
-        noted = _count(led, "SELECT COUNT(*) FROM rollup_pending")
+        noted = _waiting(led)
         assert noted == (7 if batch == 3 else 10)
         assert led.rollup.fold() == noted
         _agrees(led)
@@ -292,18 +311,18 @@ def test_an_unknown_status_is_refused_at_the_settle_not_by_a_later_fold(
     assert not noted
 
 
-def test_a_charge_the_fold_cannot_add_stops_folds_but_not_reports(pg_url: str, clock: FakeClock) -> None:
+def test_a_charge_the_fold_cannot_add_stops_folds_but_not_reports(ledger_url: str, clock: FakeClock) -> None:
     """A noted charge in a unit this version does not know (written by hand, or by a newer
     version) cannot be folded: the fold rolls back whole, auto reports read the charges, and
     an explicit rollup report says why."""
-    with open_ledger(pg_url, clock=clock, fold_interval=None) as led:
+    with open_ledger(ledger_url, clock=clock, fold_interval=None) as led:
         led.set_budget("project:a", 1000)
         _spend(led, clock, 3)
         with led.transaction() as cur:
             cur.execute("UPDATE charges SET unit = 'dollars' WHERE id = (SELECT MIN(id) FROM charges)")
         with pytest.raises(StorageError, match="unit 'dollars' is unknown to the report rollup"):
             report(led, "model", tz="UTC", source="rollup")
-        assert _count(led, "SELECT COUNT(*) FROM rollup_pending") == 3  # nothing folded
+        assert _waiting(led) == 3  # nothing folded
         assert report(led, "model", tz="UTC").source == "charges"
         with led.transaction() as cur:
             cur.execute("UPDATE charges SET unit = 'units' WHERE unit = 'dollars'")

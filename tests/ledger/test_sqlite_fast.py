@@ -345,6 +345,7 @@ def test_threads_on_one_budget_never_overspend_and_every_pair_is_recorded(led: L
     assert usage.used + usage.reserved <= Decimal("50")
     assert (usage.used, usage.reserved) == (Decimal("0.5") * (160 - len(refused)), Decimal("0"))
     assert len(led.charges(limit=1000)) == 160 - len(refused)
+    assert led.rollup.fold() == 160 - len(refused)  # every charge waited for the fold, each once
     with led.transaction() as cur:
         cur.execute("SELECT SUM(s_n), SUM(s_act) FROM report_rollup WHERE scope = 'project:a' AND grain = 0")
         n, act = cur.fetchone()

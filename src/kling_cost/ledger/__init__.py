@@ -29,7 +29,8 @@ How it is put together (one job per file; everything goes through one transactio
   (``cache_store.py``: the dedup cache), ``ledger.outbox`` (``outbox_store.py``: alerts; its
   writer hook, ``outbox.py``, records threshold crossings), ``ledger.rollup``
   (``rollup_store.py``: report sums; its writer hook ``rollup.py``, its read planner
-  ``rollup_read.py``, and ``rollup_fold.py``, which folds PostgreSQL's noted charges in),
+  ``rollup_read.py``, ``rollup_fold.py``, which folds PostgreSQL's noted charges in, and
+  ``rollup_mark.py``, which folds SQLite's charges above a watermark),
   ``ledger.queries`` (``queries.py``: read-only questions),
   ``ledger.proxy`` (``proxy_store.py``: the proxy's virtual keys and task owners),
   ``ledger.relays`` (``relay_store.py``: the callbacks the proxy relays to clients) and

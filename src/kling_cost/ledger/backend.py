@@ -155,13 +155,18 @@ class Backend(ABC):
         self.clock: Clock = clock or utc_now
 
     @abstractmethod
-    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
+    def transaction(
+        self, *, snapshot: bool = False, wait: float | None = None
+    ) -> AbstractContextManager[Cursor]:
         """A cursor inside one write transaction: committed on success, rolled back on error.
 
         Driver errors become :class:`StorageError`; a unique violation, a deadlock or a
         serialization failure becomes :class:`Conflict` so the caller can retry.
         ``snapshot=True``: a read-only transaction that sees one consistent state of every
         table for its whole life, whatever commits meanwhile, and blocks no writer.
+        ``wait``: at most this many seconds (never more than the ledger's timeout) for a
+        write transaction's lock on the whole ledger (SQLite's; PostgreSQL takes none, and
+        starts at once), then StorageError.
         """
 
     @abstractmethod

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ..errors import ConfigurationError
 from .backend import Cursor
 from .ledger import Ledger
+from .rollup_mark import hand_over
 from .schema import KEYS, TABLES
 
 __all__ = ["BATCH", "CopyResult", "copy_ledger"]
@@ -56,6 +57,7 @@ def copy_ledger(source: Ledger, target: Ledger, *, batch: int = BATCH) -> CopyRe
             if identity is not None:  # ids of deleted rows (a budget's) are never handed out again
                 high_water = source.backend.id_high_water(src, table, identity)
                 target.backend.after_bulk_insert(dst, table, identity, high_water)
+        hand_over(dst)  # SQLite's charges still waiting for a fold: folded by any target
     return CopyResult(counts)
 
 

@@ -81,6 +81,7 @@ class Ledger(CacheCalls):
         except BaseException:
             backend.close()  # no connections or pool threads left behind by a ledger that never opened
             raise
+        self._settle.rollup_deferred = int(self.rollup.defer(version))
         self._fast: FastPath | SQLiteFastPath | None = fast_path(
             self, version, self._settle, self._in_transaction
         ) or sqlite_fast_path(self, version, self._holds, self._settle, self._in_transaction)
@@ -93,7 +94,9 @@ class Ledger(CacheCalls):
 
     # -- the seam ------------------------------------------------------------------------------
 
-    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
+    def transaction(
+        self, *, snapshot: bool = False, wait: float | None = None
+    ) -> AbstractContextManager[Cursor]:
         """A cursor inside one transaction, committed when the block ends, rolled back when it
         raises: the one way into the ledger's tables, for its parts and stores alike.
         ``?`` placeholders on every backend; ``cur.now`` is the time the transaction decides
@@ -101,8 +104,9 @@ class Ledger(CacheCalls):
         :class:`~.backend.Conflict` (:func:`~.backend.retrying` runs the block again). After
         the commit the outbox wakes its listeners if the transaction wrote an alert. They do
         not nest: a ledger method called in the block (or by a hook) raises StorageError.
-        ``snapshot=True``: read only, one consistent state for the whole block (a copy)."""
-        inner = self.backend.transaction(snapshot=True) if snapshot else self.backend.transaction()
+        ``snapshot=True``: read only, one consistent state for the whole block (a copy).
+        ``wait``: see :meth:`.Backend.transaction`."""
+        inner = self.backend.transaction(snapshot=snapshot, wait=wait)
         return AfterCommit(inner, self.outbox.after_commit, self._in_transaction)
 
     def migrate(self) -> int:

@@ -271,8 +271,10 @@ class PostgresBackend(Backend):
             f"the PostgreSQL ledger at {self.url} is closed; open it again with open_ledger()"
         )
 
-    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
-        return self._transaction(_SNAPSHOT if snapshot else _BEGIN)
+    def transaction(
+        self, *, snapshot: bool = False, wait: float | None = None
+    ) -> AbstractContextManager[Cursor]:
+        return self._transaction(_SNAPSHOT if snapshot else _BEGIN)  # no ledger-wide lock to wait for
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[Cursor]:

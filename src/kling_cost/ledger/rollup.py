@@ -31,7 +31,9 @@ is :class:`~.rollup_store.RollupStore` (``ledger.rollup``).
 
 On PostgreSQL (migration 13) a settle notes its charge in ``rollup_pending`` instead, and a
 *fold* adds the noted charges to these rows before every read and in the background
-(:mod:`.rollup_fold`, which says why).
+(:mod:`.rollup_fold`, which says why). On SQLite (migration 15) a settle writes only its
+charge, marked to wait for a fold, which adds every charge above a watermark
+(:mod:`.rollup_mark`, which says why).
 
 Ledgers created before this table existed: migration 3 leaves a ``backfill_upto`` marker (the
 last charge id then); the first read rolls those charges up
@@ -169,6 +171,9 @@ class RollupHook:
 
     def __init__(self, noted: Callable[[], None] | None = None) -> None:
         self.noted = noted
+        self.deferred = False
+        """SQLite at migration 15: the settle's charge is left to a fold (:mod:`.rollup_mark`),
+        ``noted`` is called (set by :meth:`~.rollup_store.RollupStore.defer`)."""
 
     def after_reserve(
         self, cur: Cursor, now: datetime, reservation: ReservationRow, states: Sequence[WindowState]
@@ -178,6 +183,12 @@ class RollupHook:
     def after_settle(
         self, cur: Cursor, now: datetime, charge: SettledCharge, states: Sequence[WindowState]
     ) -> None:
+        if self.deferred:
+            if charge.status not in _PREFIX or charge.unit not in UNITS:  # refused now, not by a fold
+                rollup_values(charge.status, 0, 0, 0, None, None, charge.unit)
+            if self.noted is not None:
+                self.noted()
+            return
         if self.noted is not None and charge.id is not None:
             if charge.status not in _PREFIX or charge.unit not in UNITS:  # refused now, not by a fold
                 rollup_values(charge.status, 0, 0, 0, None, None, charge.unit)

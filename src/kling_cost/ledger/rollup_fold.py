@@ -58,6 +58,7 @@ from .rollup import (
     rollup_values,
     upsert_rows,
 )
+from .rollup_mark import MARK_BATCH, fold_marked, marked_pending
 
 if TYPE_CHECKING:
     from .backend import Cursor
@@ -129,7 +130,9 @@ def pending(ledger: Ledger) -> bool:
     """Whether any charge waits to be folded (a read: takes no lock)."""
     with ledger.transaction(snapshot=True) as cur:
         cur.execute("SELECT 1 FROM rollup_pending LIMIT 1")
-        return cur.fetchone() is not None
+        if cur.fetchone() is not None:
+            return True
+        return ledger.rollup.writer.deferred and marked_pending(cur)
 
 
 def _sums_sql() -> str:
@@ -179,9 +182,12 @@ unit of a charge the rollup cannot count, if any (the caller then raises: all ro
 No charge crosses the network."""
 
 
-def fold(ledger: Ledger, *, batch: int = FOLD_BATCH, wait: bool = True) -> int:
-    """Add every pending charge to the rollup, ``batch`` charges per transaction; returns how
-    many were added. ``wait=False``: nothing when another fold is under way (it takes them).
+def fold(ledger: Ledger, *, batch: int = FOLD_BATCH, wait: bool = True, patience: float | None = None) -> int:
+    """Add every pending charge to the rollup, ``batch`` charges per transaction (SQLite's
+    deferred charges: at most :data:`~.rollup_mark.MARK_BATCH`); returns how many were added
+    (SQLite: and passed by its watermark). ``wait=False``: nothing when another fold is under
+    way (it takes them). ``patience``: on SQLite, fold only if its write lock comes within
+    this many seconds (else StorageError; see :meth:`.Backend.transaction`).
     A charge in a status or unit the rollup does not know raises StorageError (nothing is
     folded: it would be summed wrong)."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -189,8 +195,9 @@ def fold(ledger: Ledger, *, batch: int = FOLD_BATCH, wait: bool = True) -> int:
             f"a fold's batch must be a whole number of charges of at least 1, not {batch!r}"
         )
     total = 0
-    while True:
-        with ledger.transaction() as cur:
+    noted = ledger.backend.dialect == "postgresql" or _noted(ledger)  # SQLite: from a copy only
+    while noted:
+        with ledger.transaction(wait=patience) as cur:
             if not ledger.backend.lock_named(cur, "rollup", wait=wait):
                 return total
             if ledger.backend.dialect == "postgresql":
@@ -206,7 +213,23 @@ def fold(ledger: Ledger, *, batch: int = FOLD_BATCH, wait: bool = True) -> int:
                 taken = _fold_rows(cur, batch)
         total += taken
         if taken < batch:
-            return total
+            break
+    if ledger.rollup.writer.deferred:  # SQLite's charges above the watermark (.rollup_mark)
+        batch = min(batch, MARK_BATCH)
+        while True:
+            with ledger.transaction(wait=patience) as cur:
+                taken = fold_marked(cur, batch)
+            total += taken
+            if taken < batch:
+                break
+    return total
+
+
+def _noted(ledger: Ledger) -> bool:
+    """Whether any charge is noted in ``rollup_pending`` (a read)."""
+    with ledger.transaction(snapshot=True) as cur:
+        cur.execute("SELECT 1 FROM rollup_pending LIMIT 1")
+        return cur.fetchone() is not None
 
 
 def _fold_rows(cur: Cursor, batch: int) -> int:

@@ -2,7 +2,8 @@
 
 Writing: its :attr:`RollupStore.writer` (:class:`~.rollup.RollupHook`) is one of the ledger's
 hooks and adds every settled charge to the rollup inside the ledger's own transaction (on
-PostgreSQL: notes it for a fold, :mod:`.rollup_fold`).
+PostgreSQL: notes it for a fold, :mod:`.rollup_fold`; on SQLite: leaves it to a fold of the
+charges above a watermark, :mod:`.rollup_mark`).
 Reading: :meth:`RollupStore.sums` answers a report's sums in one statement (planned by
 :mod:`.rollup_read`), after rolling up, once, the charges of a ledger older than the rollup,
 and folding the charges noted since the last fold.
@@ -21,6 +22,7 @@ from ..errors import StorageError
 from . import rollup_read
 from .rollup import RollupHook, rollup_values, upsert
 from .rollup_fold import FOLD_INTERVAL, Folder, fold, pending
+from .rollup_mark import DEFERRED_VERSION
 from .rollup_read import Segment
 
 if TYPE_CHECKING:
@@ -29,6 +31,10 @@ if TYPE_CHECKING:
 __all__ = ["RollupStore"]
 
 _log = logging.getLogger(__name__)
+
+CATCH_UP_WAIT = 0.05
+"""Seconds a report waits for SQLite's write lock to fold the charges settled since the last
+fold (they take milliseconds); then it reads the raw charges instead."""
 
 
 class RollupStore:
@@ -42,6 +48,15 @@ class RollupStore:
         self._backfilled = False
         self._reading = threading.local()
 
+    def defer(self, version: int) -> bool:
+        """From migration 15 on SQLite, leave every settled charge to a fold (:mod:`.rollup_mark`):
+        True then (the settle marks its charges). Called once the schema version is known."""
+        deferred = self.ledger.backend.dialect == "sqlite" and version >= DEFERRED_VERSION
+        if deferred:
+            self.writer.noted = self._folder.noted
+        self.writer.deferred = deferred
+        return deferred
+
     @contextmanager
     def reading(self) -> Iterator[None]:
         """Every :meth:`sums` of this thread inside the block reads one snapshot (a report's
@@ -53,18 +68,20 @@ class RollupStore:
             finally:
                 self._reading.cur = None
 
-    def catch_up(self) -> None:
+    def catch_up(self, patience: float | None = None) -> None:
         """Roll up what a read of the rollup would miss: the charges of a ledger older than
-        the rollup (once), and those noted for a fold since the last one."""
+        the rollup (once), and those noted for a fold since the last one. ``patience``: see
+        :func:`~.rollup_fold.fold`."""
         self.ensure_backfilled()
         if pending(self.ledger):
-            fold(self.ledger)
+            fold(self.ledger, patience=patience)
 
     def caught_up(self) -> bool:
         """:meth:`catch_up`, False when it cannot write (a read-only role or server: reports
-        then read the raw charges)."""
+        then read the raw charges), or on SQLite when its write lock does not come within
+        :data:`CATCH_UP_WAIT` (a long write transaction elsewhere: a read never waits on one)."""
         try:
-            self.catch_up()
+            self.catch_up(CATCH_UP_WAIT)
         except StorageError as exc:
             _log.info(
                 "the report rollup of %s cannot catch up (%s): reading the charges", self.ledger.url, exc

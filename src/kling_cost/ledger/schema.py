@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..errors import StorageError
 from ..timestamps import to_ms
 from .rollup_fold import PENDING_MIGRATION
+from .rollup_mark import DEFERRED_MIGRATION, DEFERRED_VERSION
 from .schema_bill import BILL_KEYS, BILL_MIGRATION, BILL_TABLES
 from .schema_fast import SHARD_MIGRATION, install_fast_path
 from .schema_proxy import PROXY_KEYS, PROXY_MIGRATION, PROXY_TABLES
@@ -295,6 +296,7 @@ MIGRATIONS.append((11, [install_fast_path]))
 MIGRATIONS.append((12, [*SHARD_MIGRATION, install_fast_path]))
 MIGRATIONS.append((13, [*PENDING_MIGRATION, install_fast_path]))
 MIGRATIONS.append((14, [count_budget_changes]))
+MIGRATIONS.append((DEFERRED_VERSION, list(DEFERRED_MIGRATION)))
 MIGRATIONS.sort(key=lambda m: m[0])
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -363,6 +365,7 @@ TABLES: list[tuple[str, tuple[str, ...], str | None]] = [
             "catalog",
             "catalog_date",
             "overage_milli",
+            "rollup_deferred",
         ),
         "id",
     ),

@@ -67,8 +67,8 @@ was gone (a lapsed lease settled late); its counters never take another unit."""
 INSERT_CHARGE = (
     "INSERT INTO charges (reservation_id, idempotency_key, status, created_at, settled_at, "
     "estimate_milli, actual_milli, scopes, task_id, kind, model, mode, duration, audio, "
-    "prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+    "prompt_hash, prompt_preview, metadata, unit, catalog, catalog_date, overage_milli, "
+    "rollup_deferred) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
 )
 """A charge row (its id returned)."""
 
@@ -98,9 +98,11 @@ def charge_params(
     task_id: str | None,
     fields: ChargeFields,
     overage_milli: int,
+    deferred: int,
 ) -> tuple[Any, ...]:
     """The parameters of :data:`INSERT_CHARGE` for the charge of ``res`` (its stored columns,
-    the columns ``fields`` derived from its metadata, and how the settlement ended)."""
+    the columns ``fields`` derived from its metadata, how the settlement ended, and 1 when a
+    fold adds it to the report rollup: :mod:`.rollup_mark`)."""
     return (
         res.id,
         res.idempotency_key or res.id,
@@ -117,6 +119,7 @@ def charge_params(
         res.catalog,
         res.catalog_date,
         overage_milli,
+        deferred,
     )
 
 
@@ -153,6 +156,8 @@ class Settlement:
         self.sweep_interval = sweep_interval
         """How often a reservation also sweeps lapsed leases (:meth:`sweep_due`)."""
         self._next_sweep_ms = 0
+        self.rollup_deferred = 0
+        """1 when the charges written here wait for a fold of the rollup (SQLite, migration 15)."""
 
     def locked(self, cur: Cursor, res_id: str) -> ReservationRow:
         """The reservation ``res_id``, its row locked until the transaction ends."""
@@ -393,7 +398,8 @@ class Settlement:
         fields = charge_fields(meta)
         kind, model, mode, duration, audio, _prompt_hash, _prompt_preview = fields
         settled_at = to_ms(now)
-        cur.execute(INSERT_CHARGE, charge_params(res, status, settled_at, spent, task_id, fields, over))
+        params = charge_params(res, status, settled_at, spent, task_id, fields, over, self.rollup_deferred)
+        cur.execute(INSERT_CHARGE, params)
         charge = SettledCharge(
             id=int(cur.fetchone()[0]),
             status=status,

@@ -247,12 +247,15 @@ class SQLiteBackend(Backend):
         with self._lock:
             return len(self._connections)
 
-    def transaction(self, *, snapshot: bool = False) -> AbstractContextManager[Cursor]:
+    def transaction(
+        self, *, snapshot: bool = False, wait: float | None = None
+    ) -> AbstractContextManager[Cursor]:
         check_not_inherited(self._real_path, self.path)  # before any lock a fork may have copied
         # A deferred BEGIN reads one WAL snapshot from its first read on, and blocks no writer.
         if snapshot:
-            return _Transaction(self, "BEGIN", self._begin, self._end, None)
-        return _Transaction(self, "BEGIN IMMEDIATE", self._begin, self._end, self._writers)
+            return _Transaction(self, "BEGIN", self._begin, self._end, None, None)
+        limit = self.timeout if wait is None else max(0.0, min(wait, self.timeout))
+        return _Transaction(self, "BEGIN IMMEDIATE", self._begin, self._end, self._writers, limit)
 
     def run_write(self, body: Callable[..., T], *args: Any) -> T:
         """``body(connection, now, *args)`` in one write transaction, committed when it returns and
@@ -432,7 +435,7 @@ class _Transaction:
     blocks no writer.
     """
 
-    __slots__ = ("_backend", "_begin", "_conn", "_end", "_sql", "_writers")
+    __slots__ = ("_backend", "_begin", "_conn", "_end", "_sql", "_wait", "_writers")
 
     def __init__(
         self,
@@ -441,8 +444,11 @@ class _Transaction:
         begin: Callable[[str, float | None], tuple[sqlite3.Connection, _SQLiteCursor]],
         end: Callable[[sqlite3.Connection, bool], None],
         writers: threading.RLock | None,
+        wait: float | None,
     ) -> None:
         self._backend = backend
+        self._wait = wait
+        """Seconds a write transaction waits for the write lock (None: a snapshot)."""
         self._sql = sql
         self._begin = begin
         self._end = end
@@ -455,9 +461,10 @@ class _Transaction:
             self._conn, cur = self._begin(self._sql, None)
             return cur
         backend = self._backend
-        deadline = time.monotonic() + backend.timeout
-        if not writers.acquire(timeout=backend.timeout):
-            raise _no_write_lock(backend.path, backend.timeout)
+        wait = backend.timeout if self._wait is None else self._wait
+        deadline = time.monotonic() + wait
+        if not writers.acquire(timeout=wait):
+            raise _no_write_lock(backend.path, wait)
         try:
             self._conn, cur = self._begin(self._sql, deadline)
         except BaseException:

@@ -13,7 +13,8 @@ backend (no hooks called, no row objects read back and rebuilt):
   charge, compares them with what this process wrote when it reserved (a reservation
   extended or given a task elsewhere still settles here; one revived with other values
   does not), then writes the windows (with the general path's unit check when a budget
-  changed since the hold), the charge and the report rollup as the general path does.
+  changed since the hold) and the charge as the general path does, the charge left to a
+  fold of the report rollup (:mod:`.rollup_mark`) as there.
 
 Whenever the general path would do more (a refusal, a threshold crossed, a window this
 process has not seen, a sweep due, an idempotency key used before, another unit, a lapsed
@@ -36,7 +37,7 @@ from .backend import Conflict
 from .holds import HOLD_WINDOW, INSERT_RESERVATION, Request, held_row
 from .models import COMMITTED, RESERVED
 from .records import BudgetRow, ReservationRow, budget_row, new_id, windows_json
-from .rollup import bucket_of, rollup_rows, rollup_values, upsert_statement
+from .rollup_mark import DEFERRED_VERSION
 from .schema_steps import BUDGET_EPOCH
 from .settle import INSERT_CHARGE, SETTLE_WINDOW, SUCCEEDED, ChargeFields, charge_fields, charge_params
 
@@ -76,7 +77,7 @@ delete the budget and leave its windows behind (foreign keys off); after a chang
 settlement takes the general path's statement."""
 
 _INSERT_CHARGE = INSERT_CHARGE.removesuffix(" RETURNING id")
-"""The charge row (its id is not needed here: the rollup is added to in the same transaction)."""
+"""The charge row (its id is not needed here: a fold finds it above its watermark)."""
 
 
 _INSERT_IF_UNCHANGED = INSERT_RESERVATION.replace(" VALUES (", " SELECT ", 1).replace(
@@ -135,8 +136,9 @@ class _Held:
         """The budgets' change counter when this path made the hold (None: made elsewhere)."""
 
 
-LEAN_VERSION = 14
-"""The schema version from which SQLite ledgers count budget changes (:mod:`.schema_steps`)."""
+LEAN_VERSION = DEFERRED_VERSION
+"""The schema version from which SQLite ledgers count budget changes (:mod:`.schema_steps`, 14)
+and leave their charges to a fold of the rollup (:mod:`.rollup_mark`, 15)."""
 
 
 def sqlite_fast_path(
@@ -175,45 +177,21 @@ class SQLiteFastPath:
         self._budgets: dict[tuple[str, ...], _Budgets] = {}
         """Scopes -> their budgets as read when the budgets' change counter was at ``epoch``."""
         self._held: dict[str, _Held] = {}
-        self._upserts: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
         self._lock = threading.Lock()
 
     def _usable(self) -> bool:
-        """Only the two built-in hooks (the rollup adding to its rows in the settlement), and no
+        """Only the two built-in hooks (the rollup leaving the charges to a fold), and no
         transaction of this ledger open in this thread (the general path then refuses to nest)."""
         hooks = self._hooks
         return (
             len(hooks) == 2
             and hooks[0] is self._outbox
             and hooks[1] is self._rollup
-            and self._rollup.noted is None
+            and self._rollup.deferred
             and not getattr(self._in_transaction, "active", False)
         )
 
     # -- what this process remembers -------------------------------------------------------------
-
-    def _rollup_upsert(
-        self,
-        scopes: tuple[str, ...],
-        created_at_ms: int,
-        estimate: int,
-        actual: int,
-        model: str | None,
-        mode: str | None,
-        unit: str,
-    ) -> tuple[str, list[Any]]:
-        """The report rollup's upsert for one succeeded charge (:func:`~.rollup.upsert`'s
-        statement and parameters), made once per hour, scopes, amounts, model, mode and unit."""
-        key = (scopes, bucket_of(created_at_ms), estimate, actual, model, mode, unit)
-        found = self._upserts.get(key)
-        if found is None:
-            values = rollup_values(SUCCEEDED, created_at_ms, estimate, actual, model, mode, unit)
-            found = upsert_statement(rollup_rows(scopes, values))
-            with self._lock:
-                if len(self._upserts) > 256:
-                    self._upserts.clear()
-                self._upserts[key] = found
-        return found
 
     def remember(self, row: ReservationRow, epoch: int | None = None) -> None:
         """Keep a held reservation as written, for its settlement; ``epoch``: the budgets'
@@ -346,6 +324,9 @@ class SQLiteFastPath:
         except (_Decline, Conflict):
             return None
         self._forget(res_id)
+        noted = self._rollup.noted
+        if noted is not None:
+            noted()  # the background fold runs (the general path's hook calls it too)
         return settled
 
     def _commit(
@@ -372,9 +353,7 @@ class SQLiteFastPath:
         final_task = row[10]
         meta_text = row[4]  # the remembered row's own (compared above), as are its scopes
         fields = held.fields
-        conn.execute(_INSERT_CHARGE, charge_params(res, SUCCEEDED, at, spent, final_task, fields, 0))
-        model, mode = fields[1], fields[2]
-        conn.execute(*self._rollup_upsert(res.scopes, res.created_at_ms, amount, spent, model, mode, unit))
+        conn.execute(_INSERT_CHARGE, charge_params(res, SUCCEEDED, at, spent, final_task, fields, 0, 1))
         return ReservationRow(
             res.id,
             res.idempotency_key,
