@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kling_cost.errors import StorageError
-from kling_cost.ledger import Ledger, open_ledger
+from kling_cost.ledger import Ledger, copy_ledger, open_ledger
 from kling_cost.reports import report
 from tests.helpers import FakeClock
 
@@ -124,7 +124,7 @@ def test_a_ledger_migrated_to_15_keeps_what_its_rollup_had(url: str, clock: Fake
         _spend(led, clock, 7)
         assert _rolled(led)[0] == 7
     conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-    conn.execute("DROP TRIGGER charges_deleted_below_watermark")
+    conn.execute("DROP TRIGGER charges_deleted")
     conn.execute("ALTER TABLE charges DROP COLUMN rollup_deferred")  # the table at schema 14
     conn.execute("DELETE FROM report_rollup_meta WHERE name = 'folded_upto'")
     conn.execute("DELETE FROM schema_version WHERE version = 15")
@@ -224,3 +224,32 @@ def test_an_unknown_status_is_refused_at_the_settle_not_by_a_later_fold(url: str
             hook.after_settle(cur, clock(), dataclasses.replace(charge, status="failed"), ())
         assert noted == [1]  # the background fold is asked to run; nothing written here
         assert _count(led, "SELECT COUNT(*) FROM report_rollup") == 0
+
+
+def test_a_copy_with_charges_waiting_then_its_last_charges_deleted_counts_new_ones_once(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The copy noted the waiting charges in rollup_pending; deleting the last of them by hand
+    drops their notes with them, so the new charges that get their ids are folded once."""
+    with (
+        open_ledger(f"sqlite:///{tmp_path / 'a.db'}", clock=clock, fold_interval=None) as a,
+        open_ledger(f"sqlite:///{tmp_path / 'b.db'}", clock=clock, fold_interval=None) as b,
+    ):
+        a.set_budget("project:a", 1000)
+        for _ in range(4):
+            a.commit(a.reserve("2", ["project:a"]), actual="1")
+        a.rollup.fold()
+        for _ in range(3):
+            a.commit(a.reserve("2", ["project:a"]), actual="1")
+        copy_ledger(a, b)
+        assert _count(b, "SELECT COUNT(*) FROM rollup_pending") == 3 and _mark(b) == 7
+    conn = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+    conn.execute("DELETE FROM charges WHERE id >= 6")
+    conn.close()
+    with open_ledger(f"sqlite:///{tmp_path / 'b.db'}", clock=clock, fold_interval=None) as b:
+        assert _count(b, "SELECT COUNT(*) FROM rollup_pending") == 1 and _mark(b) == 5
+        for _ in range(2):
+            b.commit(b.reserve("2", ["project:a"]), actual="1")  # ids 6 and 7 again
+        b.rollup.fold()
+        assert _rolled(b) == (7, 7000)
+        _agrees(b)

@@ -17,6 +17,11 @@ settle did before this migration and as a process still running an older kling-c
 (its statement leaves the column at its default). A fold skips those, and moves the
 watermark past them too, so nothing is counted twice however versions are mixed on one file.
 
+A process of an older version still running after the migration adds its own charges, but
+never folds: until it is restarted, its reports miss the charges of newer processes settled
+since the last fold (stop the processes of the earlier version before upgrading, as the
+README says).
+
 When the rollup catches up is what :mod:`.rollup_fold` says (before every report, and in
 the background every ``fold_interval`` seconds once a ledger has settled a charge). A copy
 hands the charges still waiting on to the target as ``rollup_pending`` rows, which both
@@ -64,11 +69,14 @@ _WATERMARK = "COALESCE((SELECT value FROM report_rollup_meta WHERE name = 'folde
 
 def _watch_deletes(cur: Cursor, dialect: str) -> None:
     """SQLite gives a new row ``MAX(id) + 1``: once the last charges are deleted (by hand: the
-    ledger never deletes one), their ids come back, and the watermark must come down with them
-    or the new charges would never be folded. (PostgreSQL never hands an id out twice.)"""
+    ledger never deletes one), their ids come back, so the watermark must come down with them
+    (or the new charges would never be folded) and a deleted charge's ``rollup_pending`` row
+    must go (or the new charge with its id would be folded twice). (PostgreSQL never hands an
+    id out twice.)"""
     if dialect == "sqlite":
         cur.execute(
-            "CREATE TRIGGER charges_deleted_below_watermark AFTER DELETE ON charges BEGIN "
+            "CREATE TRIGGER charges_deleted AFTER DELETE ON charges BEGIN "
+            "DELETE FROM rollup_pending WHERE charge_id = old.id; "
             "UPDATE report_rollup_meta SET value = (SELECT COALESCE(MAX(id), 0) FROM charges) "
             "WHERE name = 'folded_upto' AND value > (SELECT COALESCE(MAX(id), 0) FROM charges); END"
         )
