@@ -68,6 +68,7 @@ __all__ = [
     "bucket_of",
     "rollup_rows",
     "rollup_values",
+    "sums_sql",
     "upsert",
     "upsert_rows",
     "upsert_statement",
@@ -94,6 +95,17 @@ _UPSERT_TAIL = " ON CONFLICT (grain, scope, bucket, model, mode, unit, shard) DO
 )
 Values = tuple[int, str, str, str, list[int]]
 """One charge as the rollup sees it: (hour bucket, model, mode, unit, sums)."""
+
+
+def sums_sql() -> str:
+    """The nine sums of charge rows ``c`` in SQL (count, estimate, actual per status), named
+    as :data:`SUM_COLUMNS`: what a fold adds, on either backend."""
+    parts = []
+    for status in STATUSES:
+        when = f"CASE WHEN c.status = '{status}' THEN"
+        parts += [f"{when} 1 ELSE 0 END", f"{when} c.estimate_milli ELSE 0 END"]
+        parts.append(f"{when} c.actual_milli ELSE 0 END")
+    return ", ".join(f"SUM({expr}) AS {col}" for expr, col in zip(parts, SUM_COLUMNS, strict=True))
 
 
 def bucket_of(ms: int) -> int:

@@ -56,6 +56,7 @@ from .rollup import (
     SUM_COLUMNS,
     rollup_rows,
     rollup_values,
+    sums_sql,
     upsert_rows,
 )
 from .rollup_mark import MARK_BATCH, fold_marked, marked_pending
@@ -135,16 +136,6 @@ def pending(ledger: Ledger) -> bool:
         return ledger.rollup.writer.deferred and marked_pending(cur)
 
 
-def _sums_sql() -> str:
-    """The nine sums of charge rows ``c`` (count, estimate, actual per status)."""
-    parts = []
-    for status in STATUSES:
-        when = f"CASE WHEN c.status = '{status}' THEN"
-        parts += [f"{when} 1 ELSE 0 END", f"{when} c.estimate_milli ELSE 0 END"]
-        parts.append(f"{when} c.actual_milli ELSE 0 END")
-    return ", ".join(f"SUM({expr}) AS {col}" for expr, col in zip(parts, SUM_COLUMNS, strict=True))
-
-
 _HOUR = f"(c.created_at - mod(mod(c.created_at, {BUCKET_MS}) + {BUCKET_MS}, {BUCKET_MS}))"
 _DAY = f"(p.hour - mod(mod(p.hour, {DAY_MS}) + {DAY_MS}, {DAY_MS}))"
 _FOLD_PG = f"""
@@ -153,7 +144,7 @@ WITH taken AS (
     RETURNING charge_id
 ), per AS (
     SELECT c.scopes, {_HOUR} AS hour, COALESCE(c.model, '') AS model, COALESCE(c.mode, '') AS mode,
-        c.unit, {_sums_sql()}
+        c.unit, {sums_sql()}
     FROM taken t JOIN charges c ON c.id = t.charge_id
     GROUP BY 1, 2, 3, 4, 5
 ), added AS (

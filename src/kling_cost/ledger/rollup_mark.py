@@ -43,6 +43,7 @@ from .rollup import (
     STATUSES,
     SUM_COLUMNS,
     rollup_values,
+    sums_sql,
 )
 
 if TYPE_CHECKING:
@@ -104,16 +105,6 @@ _BAD = (
 )
 
 
-def _sums() -> str:
-    """The nine sums of charge rows ``c`` (count, estimate, actual per status)."""
-    parts = []
-    for status in STATUSES:
-        when = f"CASE WHEN c.status = '{status}' THEN"
-        parts += [f"{when} 1 ELSE 0 END", f"{when} c.estimate_milli ELSE 0 END"]
-        parts.append(f"{when} c.actual_milli ELSE 0 END")
-    return ", ".join(f"SUM({expr}) AS {col}" for expr, col in zip(parts, SUM_COLUMNS, strict=True))
-
-
 _HOUR = f"(c.created_at - ((c.created_at % {BUCKET_MS}) + {BUCKET_MS}) % {BUCKET_MS})"
 _DAY = f"(p.hour - ((p.hour % {DAY_MS}) + {DAY_MS}) % {DAY_MS})"
 _FOLD = f"""
@@ -122,7 +113,7 @@ SELECT s.value, g.grain, CASE WHEN g.grain = {GRAIN_HOUR} THEN p.hour ELSE {_DAY
     p.model, p.mode, p.unit, 0, {", ".join(f"SUM(p.{c})" for c in SUM_COLUMNS)}
 FROM (
     SELECT c.scopes, {_HOUR} AS hour, COALESCE(c.model, '') AS model, COALESCE(c.mode, '') AS mode,
-        c.unit, {_sums()}
+        c.unit, {sums_sql()}
     FROM charges c WHERE {_RANGE}
     GROUP BY 1, 2, 3, 4, 5
 ) AS p, json_each(p.scopes) AS s, (SELECT {GRAIN_HOUR} AS grain UNION ALL SELECT {GRAIN_DAY}) AS g
