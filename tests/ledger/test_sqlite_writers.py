@@ -377,3 +377,43 @@ def test_a_turn_that_waited_stays_for_a_burst_then_goes_to_whoever_waits(
     finally:
         first.close()
         second.close()
+
+
+def test_a_writer_coming_after_its_burst_hands_the_line_on_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that finds its process's burst over (before the line thread ended it) leaves
+    the line, steps aside for the process waiting (sched_yield) and queues behind it."""
+    from kling_cost.ledger import sqlite_queue
+    from kling_cost.ledger.sqlite_queue import WriterQueue
+
+    monkeypatch.setattr(sqlite_queue, "TURN_BURST", 0.2)
+    yields: list[int] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(threading.get_ident()))
+    db = tmp_path / "l.db"
+    db.touch()
+    first, second = WriterQueue(str(db)), WriterQueue(str(db))
+    monkeypatch.setattr(second, "end_burst", lambda fd: None)  # its line thread running late
+    try:
+        _second_in_line(first, second)
+        second.release()  # kept: within its burst
+        order: list[str] = []
+        waiter = threading.Thread(target=lambda: order.append(f"first {first.acquire(5)}"))
+        waiter.start()
+        time.sleep(0.3)  # the burst is over; nobody ended it
+        assert order == []
+        got: list[bool] = []
+        again = threading.Thread(target=lambda: got.append(second.acquire(5)))
+        again.start()
+        waiter.join(5)
+        assert order == ["first True"]  # the first, waiting already, got in first
+        assert len(yields) == 1 and yields[0] == again.ident
+        time.sleep(0.1)
+        assert got == []  # the second waits behind it
+        first.release()
+        again.join(5)
+        assert got == [True]
+        second.release()
+    finally:
+        first.close()
+        second.close()
