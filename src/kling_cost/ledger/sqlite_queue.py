@@ -236,8 +236,7 @@ class WriterQueue:
             if kept >= 0 and time.monotonic() < self._burst_until:
                 self._held = kept  # the burst goes on
                 return True
-            handed_on = kept >= 0
-            if handed_on:  # the burst is over: to the back of the line, behind whoever waits
+            if kept >= 0:  # the burst is over: to the back of the line, behind whoever waits
                 with suppress(OSError):  # (asking at once without waiting would jump it)
                     fcntl.flock(kept, fcntl.LOCK_UN)
                 self._contended = True
@@ -257,8 +256,6 @@ class WriterQueue:
                 return True
             self._waiting = True
         try:
-            if handed_on:
-                os.sched_yield()  # as release() does: the next process's line thread runs at once
             return self._wait(turns, timeout)
         finally:
             with self._state:
