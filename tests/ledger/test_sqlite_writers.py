@@ -13,7 +13,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -285,27 +284,13 @@ def test_reads_never_wait_for_a_writer(ledger_url: str) -> None:
         undo()
 
 
-def _second_in_line(first: Any, second: Any) -> None:
-    """``first`` at the head of the line, ``second`` (another process's line, as flock sees
-    it) waits behind it, then gets its turn as ``first`` leaves."""
-    assert first.acquire(5)
-    got: list[bool] = []
-    waiter = threading.Thread(target=lambda: got.append(second.acquire(5)))
-    waiter.start()
-    time.sleep(0.2)
-    assert got == []  # in line behind the first
-    first.release()
-    waiter.join(5)
-    assert got == [True]
-
-
 def test_a_turn_another_writer_waited_for_steps_aside_as_it_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a turn that had to wait in line (others wait too), the writer yields its CPU as it
     leaves, so the next writer's line thread, woken onto that CPU, runs at once instead of at
     the next scheduler tick; a turn nobody contended makes no such call."""
-    from kling_cost.ledger.sqlite_queue import TURN_BURST, WriterQueue
+    from kling_cost.ledger.sqlite_queue import WriterQueue
 
     yields: list[int] = []
     monkeypatch.setattr(os, "sched_yield", lambda: yields.append(threading.get_ident()))
@@ -316,64 +301,21 @@ def test_a_turn_another_writer_waited_for_steps_aside_as_it_ends(
         assert first.acquire(5)
         first.release()
         assert yields == []  # uncontended
-        _second_in_line(first, second)
-        assert yields == []  # the first never waited
-        time.sleep(TURN_BURST * 5)  # a transaction longer than its turn's burst
-        second.release()
-        assert yields == [threading.get_ident()]  # the second waited: it steps aside
         assert first.acquire(5)
-        first.release()
-        assert len(yields) == 1
-    finally:
-        first.close()
-        second.close()
-
-
-def test_a_turn_that_waited_stays_for_a_burst_then_goes_to_whoever_waits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The next writer of the process within the burst goes on without leaving the line (no
-    hand-over per transaction); a process gone quiet leaves it when the burst is over (its line
-    thread ends the turn); a writer after the burst queues behind the others; closing leaves."""
-    from kling_cost.ledger import sqlite_queue
-    from kling_cost.ledger.sqlite_queue import WriterQueue
-
-    monkeypatch.setattr(sqlite_queue, "TURN_BURST", 0.3)
-    db = tmp_path / "l.db"
-    db.touch()
-    first, second = WriterQueue(str(db)), WriterQueue(str(db))
-    try:
-        _second_in_line(first, second)
-        second.release()
-        started = time.monotonic()
-        assert second.acquire(0)  # the burst goes on: no wait at all
-        second.release()
-        assert not first.acquire(0.05)  # still the second's turn
-        assert first.acquire(5)  # the second went quiet: its line thread ends the turn
-        assert 0.2 < time.monotonic() - started < 2
-        # A writer that comes after its burst is over queues behind one already waiting.
         got: list[bool] = []
         waiter = threading.Thread(target=lambda: got.append(second.acquire(5)))
         waiter.start()
-        time.sleep(0.1)
+        time.sleep(0.2)
+        assert got == []  # in line behind the first
         first.release()
         waiter.join(5)
-        assert got == [True]  # the second's turn: a burst again
-        time.sleep(0.4)  # held past its burst (a long transaction)
-        order: list[str] = []
-        waiter = threading.Thread(target=lambda: order.append(f"first {first.acquire(5)}"))
-        waiter.start()
-        time.sleep(0.1)
-        second.release()  # over: it leaves at once
-        waiter.join(5)
-        assert order == ["first True"]
-        first.release()
-        # Closing during a burst leaves the line at once.
-        _second_in_line(first, second)
+        assert got == [True]
+        assert yields == []  # the first never waited
         second.release()
-        second.close()
-        assert first.acquire(0.1)
+        assert yields == [threading.get_ident()]  # the second did
+        assert first.acquire(5)
         first.release()
+        assert len(yields) == 1
     finally:
         first.close()
         second.close()

@@ -22,14 +22,6 @@ file: a copy kept by a child would keep a dead parent's place). The wait itself 
 helper thread, one per ledger and process, so a writer can give up after the ledger's
 ``timeout`` (a process stopped inside a transaction must not hang the others for ever) or be
 interrupted (Ctrl-C); either way it leaves the line, at once or when its turn comes.
-
-A turn that had to wait lasts :data:`TURN_BURST` seconds: the writers of this process that
-come within it (the next transaction of a loop, typically) go on without leaving the line, and
-the first to end after it leaves. Taking turns one transaction at a time, each hand-over woke
-two threads of the other process (its line thread, then its writer), and two processes in a
-loop spent more time handing the line over than writing; in bursts they hand it over a few
-times less often, and nobody waits much longer than a burst for it. The helper thread that
-granted the turn ends it if this process has gone quiet (it then leaves the line at once).
 """
 
 from __future__ import annotations
@@ -55,8 +47,6 @@ __all__ = ["WriterQueue", "begin_immediate"]
 
 _BUSY = (5, 6)
 """SQLITE_BUSY and SQLITE_LOCKED (the low byte of an extended result code)."""
-TURN_BURST = 0.001
-"""Seconds a turn that had to wait stays with this process's writers (see the module's text)."""
 WRITE_POLL_FIRST = 0.00005
 WRITE_POLL_MAX = 0.001
 """How often a writer asks again for the write lock a writer outside the line holds (seconds,
@@ -102,10 +92,9 @@ class _Turn:
             return True
 
 
-def _wait_turns(fd: int, turns: queue.SimpleQueue[_Turn | None], owner: weakref.ref[WriterQueue]) -> None:
+def _wait_turns(fd: int, turns: queue.SimpleQueue[_Turn | None]) -> None:
     """The helper thread: wait in line for each turn asked for, in order, until ``None``
-    (sent only when no turn it granted is still held), and end each turn it granted when its
-    burst is over (:meth:`WriterQueue.end_burst`); then close its descriptor."""
+    (sent only when no turn it granted is still held); then close its descriptor."""
     assert fcntl is not None
     try:
         while (turn := turns.get()) is not None:
@@ -120,17 +109,7 @@ def _wait_turns(fd: int, turns: queue.SimpleQueue[_Turn | None], owner: weakref.
                         fcntl.flock(fd, fcntl.LOCK_UN)
                     continue
                 turn.error = failed
-                line = owner()
-                until = 0.0 if line is None or failed else line.start_burst()
-                del line
                 turn.ready.release()
-            pause = until - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-                line = owner()
-                if line is not None:
-                    line.end_burst(fd)
-                del line
     finally:
         with suppress(OSError):
             os.close(fd)
@@ -177,8 +156,6 @@ class WriterQueue:
         self._closed = False
         self._stopped = False
         self._contended = False  # this turn had to wait in line: others are waiting too
-        self._kept = -1  # the descriptor of a turn kept between transactions of its burst
-        self._burst_until = 0.0  # when the turn the helper granted last ends (monotonic)
         _LIVE.add(self)
 
     def _open(self) -> bool:
@@ -232,25 +209,16 @@ class WriterQueue:
         with self._state:
             if self._closed:
                 return True
-            kept, self._kept = self._kept, -1
-            if kept >= 0 and time.monotonic() < self._burst_until:
-                self._held = kept  # the burst goes on
+            self._held = self._fd  # first: an interruption after the lock is taken releases it
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return True
-            if kept >= 0:  # the burst is over: to the back of the line, behind whoever waits
-                with suppress(OSError):  # (asking at once without waiting would jump it)
-                    fcntl.flock(kept, fcntl.LOCK_UN)
+            except BlockingIOError:
+                self._held = -1
                 self._contended = True
-            else:
-                self._held = self._fd  # first: an interruption after the lock is taken releases it
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return True
-                except BlockingIOError:
-                    self._held = -1
-                    self._contended = True
-                except OSError:
-                    self._held = -1
-                    return True
+            except OSError:
+                self._held = -1
+                return True
             turns = self._helper()
             if turns is None:
                 return True
@@ -290,7 +258,7 @@ class WriterQueue:
             try:
                 threading.Thread(
                     target=_wait_turns,
-                    args=(fd, turns, weakref.ref(self)),
+                    args=(fd, turns),
                     name=f"kling-cost writers' line {self.path}",
                     daemon=True,
                 ).start()
@@ -300,35 +268,10 @@ class WriterQueue:
             self._waiter_fd, self._turns = fd, turns
         return self._turns
 
-    def start_burst(self) -> float:
-        """(The helper thread, granting a turn.) The turn lasts until the time returned."""
-        with self._state:
-            self._burst_until = time.monotonic() + TURN_BURST
-            return self._burst_until
-
-    def end_burst(self, fd: int) -> None:
-        """(The helper thread, once the burst of a turn it granted is over.) Leave the line
-        now if no transaction holds the turn (one that does leaves as it ends)."""
-        with self._state:
-            if self._kept == fd and fd >= 0:
-                self._kept = -1
-                with suppress(OSError):
-                    fcntl.flock(fd, fcntl.LOCK_UN)  # type: ignore[union-attr]
-                self._contended = False
-
     def release(self) -> None:
-        """Leave the head of the line (a no-op when this process is not there), or keep the
-        turn for this process's next writer while its burst lasts."""
+        """Leave the head of the line (a no-op when this process is not there)."""
         with self._state:
             fd, self._held = self._held, -1
-            if (
-                fd >= 0
-                and fd == self._waiter_fd
-                and not self._closed
-                and time.monotonic() < self._burst_until
-            ):
-                self._kept = fd
-                return
             if fd >= 0 and fcntl is not None and self._pid == os.getpid():
                 with suppress(OSError):
                     fcntl.flock(fd, fcntl.LOCK_UN)
@@ -357,10 +300,6 @@ class WriterQueue:
         if self._stopped or self._pid != os.getpid():
             return
         self._stopped = True
-        kept, self._kept = self._kept, -1
-        if kept >= 0 and fcntl is not None:  # a burst's turn: leave now, not when the helper ends it
-            with suppress(OSError):
-                fcntl.flock(kept, fcntl.LOCK_UN)
         if self._turns is not None:
             self._turns.put(None)
             self._turns, self._waiter_fd = None, -1
@@ -386,7 +325,6 @@ class WriterQueue:
                     with suppress(OSError):
                         os.close(fd)
         self._pid, self._fd, self._turns, self._waiter_fd, self._held = 0, -1, None, -1, -1
-        self._kept = -1
         self._waiting = False
 
 
