@@ -319,3 +319,77 @@ def test_a_turn_another_writer_waited_for_steps_aside_as_it_ends(
     finally:
         first.close()
         second.close()
+
+
+_LINE_CHILD = """
+import sys, time
+from kling_cost.ledger.sqlite_queue import WriterQueue
+line = WriterQueue(sys.argv[1])
+assert line.acquire(5)
+print("held", flush=True)
+sys.stdin.readline()  # the parent waits behind this turn now
+line.release()
+started = time.monotonic()
+got = line.acquire(5)
+print(got, round(time.monotonic() - started, 3), flush=True)
+line.release()
+line.close()
+"""
+
+
+def test_a_turn_ends_with_its_transaction_whatever_the_process_does_next(tmp_path: Path) -> None:
+    """A writer that had to wait leaves the line as its transaction ends, on its own thread: a
+    process busy afterwards in C code that holds the GIL (a big sort, a JSON dump) or stopped
+    never keeps the other processes' writers out. (Keeping a turn between transactions, for a
+    burst of them, made another process wait out that work and fail after its timeout.)"""
+    import random
+    import subprocess
+    import sys
+
+    from kling_cost.ledger.sqlite_queue import WriterQueue
+
+    db = tmp_path / "l.db"
+    db.touch()
+    data = [random.random() for _ in range(3_000_000)]
+    line = WriterQueue(str(db))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _LINE_CHILD, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")},
+    )
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        assert child.stdout.readline().strip() == "held"
+        got: list[bool] = []
+        busy: list[float] = []
+
+        def write_then_work() -> None:
+            got.append(line.acquire(5))  # a turn that had to wait; the child asks again at once
+            line.release()  # the transaction ends
+            started = time.monotonic()
+            sorted(data)  # holds the GIL throughout: no other thread of this process runs
+            busy.append(time.monotonic() - started)
+
+        waiter = threading.Thread(target=write_then_work)
+        waiter.start()
+        time.sleep(0.2)
+        assert got == []  # in line behind the child
+        child.stdin.write("\n")
+        child.stdin.flush()
+        waiter.join(30)
+        assert got == [True] and len(busy) == 1
+        ok, waited = child.stdout.readline().split()
+        assert ok == "True"
+        assert busy[0] > 0.3  # long enough for the check below to mean something
+        assert float(waited) < 0.1 + busy[0] / 2, (waited, busy)
+        assert child.wait(10) == 0
+    finally:
+        line.close()
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None:
+                pipe.close()
