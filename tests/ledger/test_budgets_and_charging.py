@@ -158,3 +158,32 @@ def test_durable_across_reopen(ledger_url: str, clock: FakeClock) -> None:
         assert second.usage("project:film").reserved == 20
         second.commit("k" and r.id, 18)
         assert second.usage("project:film").used == 18
+
+
+def test_the_sweep_reads_only_the_open_holds(ledger: Ledger, clock: FakeClock) -> None:
+    """A reservation sweeps lapsed leases once a second inside its write transaction: it must
+    read them through the partial index of open holds, never every reservation ever made (an
+    ``ORDER BY id`` made SQLite scan the table; the reserve slowed as the ledger grew)."""
+    from kling_cost.ledger.settle import SWEEP_SELECT
+
+    ledger.set_budget("account", 1000)
+    for _ in range(5):
+        ledger.commit(ledger.reserve(1), 1)
+    lapsing = [ledger.reserve(2, ttl=timedelta(seconds=30)) for _ in range(3)]
+    kept = ledger.reserve(3, ttl=timedelta(minutes=10))
+    with ledger.transaction() as cur:
+        if ledger.backend.dialect == "sqlite":
+            cur.execute("EXPLAIN QUERY PLAN " + SWEEP_SELECT, (0,))
+            plan = " ".join(str(row[-1]) for row in cur.fetchall())
+            assert "USING INDEX reservations_open" in plan and "SCAN" not in plan, plan
+        else:
+            cur.execute("SET LOCAL enable_seqscan = off")  # as on a large table
+            cur.execute("EXPLAIN " + SWEEP_SELECT.replace("?", "0"))
+            plan = " ".join(str(row[0]) for row in cur.fetchall())
+            assert "reservations_open" in plan, plan
+    clock.advance(seconds=31)
+    assert ledger.sweep() == 3
+    assert [ledger.get_reservation(r.id).status for r in lapsing] == ["expired"] * 3  # type: ignore[union-attr]
+    assert ledger.get_reservation(kept.id).status == "reserved"  # type: ignore[union-attr]
+    usage = ledger.usage("account")
+    assert (usage.used, usage.reserved) == (5, 3)
