@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from kling_cost.cli import app
 from kling_cost.cli._common import console
 from kling_cost.cli.report import _bar_chart, _table
+from kling_cost.errors import StorageError
 from kling_cost.ledger import open_ledger
 from kling_cost.reports import daily_usage, report
 from tests.helpers import FakeClock
@@ -156,3 +157,19 @@ def test_report_and_export_of_two_units_on_both_backends(ledger_url: str) -> Non
         ("film-14", "70", "credits"),
         ("api-14", "3", "units"),
     ]
+
+
+def test_a_charge_with_an_unknown_status_is_named_not_a_traceback(url: str) -> None:
+    """A charge row edited by hand (or written by a newer version) into a status this version
+    does not know: reports from the charges say which, in one line, and exit non-zero."""
+    with open_ledger(url) as led:
+        with led.transaction() as cur:
+            cur.execute("UPDATE charges SET status = 'refunded' WHERE id = (SELECT MIN(id) FROM charges)")
+        with pytest.raises(StorageError, match="status 'refunded' is unknown"):
+            report(led, "model", source="charges")
+    code, out, err = run(
+        "report", "--by", "duration", "--since", "2026-06-01", "--ledger", url
+    )  # the charges
+    assert code != 0 and "Traceback" not in out + err
+    [line] = [x for x in (out + err).splitlines() if x.strip()]
+    assert "status 'refunded' is unknown" in line

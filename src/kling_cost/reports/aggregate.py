@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..budgets import UNITS, validate_scope
-from ..errors import ValidationError
+from ..errors import StorageError, ValidationError
 from ..ledger import Charge, Ledger
 from ..ledger.rollup import BUCKET_MS, DAY_MS, STATUSES
 from ..money import from_storage, money_context, to_storage
@@ -70,6 +70,11 @@ class _Sums:
             self.v[i] += int(x)
 
     def add_one(self, status: str, est: int, act: int) -> None:
+        if status not in STATUSES:
+            raise StorageError(
+                f"a charge's status {status!r} is unknown to this version of kling-cost (written by "
+                "hand or by a newer version): correct the row, or upgrade kling-cost"
+            )
         base = STATUSES.index(status) * 3
         self.v[base] += 1
         self.v[base + 1] += est
