@@ -633,6 +633,7 @@ def bench_sqlite(ctx: SpawnContext, seconds: float, rounds: int = 1) -> Report:
             _sqlite_baseline_create(baseline_path, 1)
             if procs == 1:
                 report.notes.append(_count_statements(url, SQLITE_SCOPE, "sqlite"))
+                report.notes.append(_count_pages(Path(tmp)))
             groups: dict[str, list[Job]] = {
                 "ledger": [Job("ledger", "sqlite", url, scope=SQLITE_SCOPE, seconds=seconds)] * procs,
                 "baseline": [Job("baseline", "sqlite", str(baseline_path), seconds=seconds)] * procs,
@@ -804,6 +805,69 @@ def profile_sqlite(seconds: float) -> str:
 # -- statements and round trips per pair (what the figures rest on) ------------------------------
 
 COUNT_PAIRS = 50
+
+
+PAGE_PAIRS = 100
+"""Pairs whose WAL frames are counted (fewer frames than SQLite's 1,000-frame autocheckpoint)."""
+
+
+def _wal_frames(path: Path, page_size: int) -> int:
+    """Frames in the WAL of ``path`` (a 32-byte header, then a 24-byte header and a page each)."""
+    wal = Path(f"{path}-wal")
+    size = wal.stat().st_size if wal.exists() else 0
+    return max(0, (size - 32) // (page_size + 24))
+
+
+def _restart_wal(path: Path) -> int:
+    """Checkpoint ``path`` and empty its WAL; returns its page size."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise RuntimeError(f"{path}: the WAL could not be emptied")
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _count_pages(tmp: Path) -> str:
+    """Pages a pair changes, counted as the frames its commits append to the WAL (one per page
+    changed by a transaction): the ledger's reserve and commit, and the baseline's pair, over
+    :data:`PAGE_PAIRS` pairs each on fresh files (no background fold: its pages come later, a
+    few per thousand charges). What a SQLite transaction costs is mostly these pages."""
+    ledger_path, base_path = tmp / "pages_ledger.db", tmp / "pages_baseline.db"
+    url = f"sqlite:///{ledger_path}?checkpoint=auto"
+    _sqlite_baseline_create(base_path, 1)
+    base_pair, base_close = _sqlite_baseline_pair(Job("baseline", "sqlite", str(base_path)))
+    try:
+        with open_ledger(url, fold_interval=None) as ledger:
+            ledger.set_budget(SQLITE_SCOPE, limit=GENEROUS_LIMIT, window=WINDOW)
+            for _ in range(PAGE_PAIRS):  # tables a few pages deep, as in the measured runs
+                ledger.commit(ledger.reserve(AMOUNT, [SQLITE_SCOPE]), actual=AMOUNT)
+                base_pair()
+            page_size = _restart_wal(ledger_path)
+            reserve = commit = 0
+            for _ in range(PAGE_PAIRS):
+                before = _wal_frames(ledger_path, page_size)
+                held = ledger.reserve(AMOUNT, [SQLITE_SCOPE])
+                middle = _wal_frames(ledger_path, page_size)
+                ledger.commit(held, actual=AMOUNT)
+                reserve += middle - before
+                commit += _wal_frames(ledger_path, page_size) - middle
+        base_size = _restart_wal(base_path)
+        base = 0
+        for _ in range(PAGE_PAIRS):
+            before = _wal_frames(base_path, base_size)
+            base_pair()
+            base += _wal_frames(base_path, base_size) - before
+    finally:
+        base_close()
+    n = PAGE_PAIRS
+    return (
+        f"pages changed per pair (WAL frames, {page_size:,}-byte pages, {n} pairs): ledger reserve "
+        f"{reserve / n:.2f} + commit {commit / n:.2f} = {(reserve + commit) / n:.2f}; baseline "
+        f"{base / n:.2f} (what the ledger's SQL alone rests on: each page costs about the same)"
+    )
 
 
 def _count_statements(url: str, scope: str, backend: Backend) -> str:
