@@ -195,17 +195,14 @@ class RollupHook:
     def after_settle(
         self, cur: Cursor, now: datetime, charge: SettledCharge, states: Sequence[WindowState]
     ) -> None:
-        if self.deferred:
+        noted = self.noted
+        if self.deferred or (noted is not None and charge.id is not None):  # a fold adds it
             if charge.status not in _PREFIX or charge.unit not in UNITS:  # refused now, not by a fold
                 rollup_values(charge.status, 0, 0, 0, None, None, charge.unit)
-            if self.noted is not None:
-                self.noted()
-            return
-        if self.noted is not None and charge.id is not None:
-            if charge.status not in _PREFIX or charge.unit not in UNITS:  # refused now, not by a fold
-                rollup_values(charge.status, 0, 0, 0, None, None, charge.unit)
-            cur.execute("INSERT INTO rollup_pending (charge_id) VALUES (?)", (charge.id,))
-            self.noted()
+            if not self.deferred:  # PostgreSQL notes it; SQLite's fold finds it above its watermark
+                cur.execute("INSERT INTO rollup_pending (charge_id) VALUES (?)", (charge.id,))
+            if noted is not None:
+                noted()
             return
         values = rollup_values(
             charge.status,

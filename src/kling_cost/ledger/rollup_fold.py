@@ -130,10 +130,7 @@ def check_fold_interval(interval: object) -> float | None:
 def pending(ledger: Ledger) -> bool:
     """Whether any charge waits to be folded (a read: takes no lock)."""
     with ledger.transaction(snapshot=True) as cur:
-        cur.execute("SELECT 1 FROM rollup_pending LIMIT 1")
-        if cur.fetchone() is not None:
-            return True
-        return ledger.rollup.writer.deferred and marked_pending(cur)
+        return _noted_in(cur) or (ledger.rollup.writer.deferred and marked_pending(cur))
 
 
 _HOUR = f"(c.created_at - mod(mod(c.created_at, {BUCKET_MS}) + {BUCKET_MS}, {BUCKET_MS}))"
@@ -186,7 +183,11 @@ def fold(ledger: Ledger, *, batch: int = FOLD_BATCH, wait: bool = True, patience
             f"a fold's batch must be a whole number of charges of at least 1, not {batch!r}"
         )
     total = 0
-    noted = ledger.backend.dialect == "postgresql" or _noted(ledger)  # SQLite: from a copy only
+    if ledger.backend.dialect == "postgresql":
+        noted = True
+    else:  # SQLite notes none itself: only a copy brings noted charges
+        with ledger.transaction(snapshot=True) as cur:
+            noted = _noted_in(cur)
     while noted:
         with ledger.transaction(wait=patience) as cur:
             if not ledger.backend.lock_named(cur, "rollup", wait=wait):
@@ -216,11 +217,10 @@ def fold(ledger: Ledger, *, batch: int = FOLD_BATCH, wait: bool = True, patience
     return total
 
 
-def _noted(ledger: Ledger) -> bool:
-    """Whether any charge is noted in ``rollup_pending`` (a read)."""
-    with ledger.transaction(snapshot=True) as cur:
-        cur.execute("SELECT 1 FROM rollup_pending LIMIT 1")
-        return cur.fetchone() is not None
+def _noted_in(cur: Cursor) -> bool:
+    """Whether any charge is noted in ``rollup_pending``."""
+    cur.execute("SELECT 1 FROM rollup_pending LIMIT 1")
+    return cur.fetchone() is not None
 
 
 def _fold_rows(cur: Cursor, batch: int) -> int:
