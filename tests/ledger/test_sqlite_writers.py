@@ -393,3 +393,106 @@ def test_a_turn_ends_with_its_transaction_whatever_the_process_does_next(tmp_pat
         for pipe in (child.stdin, child.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+@pytest.mark.sqlite
+def test_a_writer_leaves_the_line_as_its_transaction_begins_and_sqlite_keeps_the_next_out(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The next writer in line wakes while a transaction runs (the line is passed on once
+    SQLite's write lock is held), yet cannot write until it commits: it asks for SQLite's lock
+    again and again, gets it as soon as the holder commits, and gives up after its timeout
+    with the same message as in line."""
+    from kling_cost.ledger.sqlite_queue import WriterQueue
+
+    ready = tmp_path / "ready"
+    holder = SPAWN.Process(target=hold_one_write, args=(sqlite_url, 1.5, str(ready)))
+    holder.start()
+    line = WriterQueue(sqlite_url.removeprefix("sqlite:///"))
+    try:
+        _wait_for(ready, "held")
+        started = time.monotonic()
+        assert line.acquire(0.5)  # the head of the line is free while the transaction runs
+        assert time.monotonic() - started < 0.2
+        line.release()
+        with (
+            open_ledger(sqlite_url + "?timeout=0.3") as ledger,
+            pytest.raises(StorageError, match=r"no write lock within 0\.3 s.*\?timeout="),
+        ):
+            ledger.reserve(5, ["project:a"])  # SQLite's lock still keeps it out
+        with open_ledger(sqlite_url + "?timeout=10") as ledger:
+            ledger.commit(ledger.reserve(5, ["project:a"]), 5)  # waits at the head, then writes
+            elapsed = time.monotonic() - started
+            assert 1.0 < elapsed < 5.0, elapsed
+            assert ledger.usage("project:a").used == Decimal(5)
+            assert len(ledger.reservations()) == 1  # the refused one changed nothing
+        holder.join(60)
+        assert holder.exitcode == 0
+    finally:
+        line.close()
+        if holder.is_alive():
+            holder.kill()
+
+
+def test_a_turn_passed_on_still_steps_aside_when_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pass_on`` frees the head of the line at once (another process's waiter gets it while
+    the turn goes on); the turn's end still yields the CPU after a contended wait, once."""
+    from kling_cost.ledger.sqlite_queue import WriterQueue
+
+    yields: list[int] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1))
+    db = tmp_path / "l.db"
+    db.touch()
+    first, second = WriterQueue(str(db)), WriterQueue(str(db))
+    try:
+        assert second.acquire(5)
+        got: list[bool] = []
+        waiter = threading.Thread(target=lambda: got.append(first.acquire(5)))
+        waiter.start()
+        time.sleep(0.1)
+        assert got == []
+        second.pass_on()
+        waiter.join(5)
+        assert got == [True]  # the waiter is at the head while the second's turn goes on
+        first.pass_on()
+        assert second.acquire(0.5)  # free again
+        second.release()
+        assert yields == []  # the second never waited
+        first.release()
+        assert yields == [1]  # the first did, and yields as its turn ends
+        first.release()
+        assert yields == [1]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_begin_immediate_asks_at_once_then_sleeps_and_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    """Against a writer outside the line that keeps SQLite's lock: tries again at once for a
+    moment, then with sleeps, and raises SQLite's busy error at the deadline, not before."""
+    from kling_cost.ledger.sqlite_queue import WRITE_SPIN, begin_immediate, is_busy
+
+    db = str(tmp_path / "l.db")
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA journal_mode = WAL")
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(db, isolation_level=None, timeout=0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            begin_immediate(waiter, started + 0.2)
+        waited = time.monotonic() - started
+        assert is_busy(caught.value)
+        assert 0.2 <= waited < 0.5, waited
+        assert WRITE_SPIN < 0.2
+        threading.Timer(0.05, holder.execute, args=("COMMIT",)).start()
+        started = time.monotonic()
+        begin_immediate(waiter, started + 5)  # gets it once the holder commits
+        assert time.monotonic() - started < 1.0
+        waiter.execute("ROLLBACK")
+    finally:
+        waiter.close()
+        holder.close()

@@ -15,7 +15,8 @@ How it is put together (one job per file; everything goes through one transactio
   PostgreSQL's transaction cursor, which sends queued statements in one pipeline, and its
   translation of driver errors are ``pg_cursor.py``.
   SQLite's writers of every process take turns in one line (``sqlite_queue.py``: a ``flock``
-  the kernel hands on the moment it is released; SQLite's own lock has no line), and its WAL
+  the kernel hands on the moment it is released, left as SQLite's lock is taken so the next
+  writer wakes during the transaction; SQLite's own lock has no line), and its WAL
   is copied back by a background thread (``sqlite_checkpoint.py``). A forked child is refused a
   SQLite file its parent had open (``sqlite_fork.py``: SQLite's locks do not survive a fork).
   On PostgreSQL the common reserve, commit, release, extend and cache hit are one statement

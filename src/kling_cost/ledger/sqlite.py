@@ -24,7 +24,7 @@ from ..errors import ConfigurationError, LedgerClosed, StorageError
 from .backend import Backend, Clock, Conflict, Cursor
 from .sqlite_checkpoint import checkpoint_loop
 from .sqlite_fork import check_not_inherited, track
-from .sqlite_queue import WriterQueue, begin_immediate
+from .sqlite_queue import WriterQueue, begin_immediate, is_busy
 from .urls import sqlite_options
 
 __all__ = ["SQLiteBackend"]
@@ -314,25 +314,36 @@ class SQLiteBackend(Backend):
 
     def _begin_write(self, held: _ThreadConnection, deadline: float) -> None:
         """Wait in the writers' line (:mod:`.sqlite_queue`), then ``BEGIN IMMEDIATE``, asking
-        again every 50 us to 1 ms while a writer outside the line holds SQLite's lock; all of
-        it before ``deadline`` (``timeout`` seconds after the transaction asked for the lock,
-        its wait for this process's other writers included). The caller holds ``_writers``; on
-        success this process stays at the head of the line until :meth:`leave_line`. Once
-        SQLite's write lock is held, no statement of the transaction waits on a writer (WAL)."""
+        again at once, then every 50 us to 1 ms, while the writer before it (of any process)
+        or one outside the line holds SQLite's lock; all of it before ``deadline`` (``timeout``
+        seconds after the transaction asked for the lock, its wait for this process's other
+        writers included). The caller holds ``_writers``. Once SQLite's write lock is held,
+        this process leaves the head of the line (the next writer wakes while this transaction
+        runs) and no statement of the transaction waits on a writer (WAL); :meth:`leave_line`
+        ends the turn."""
         try:
             if not self._queue.acquire(max(0.0, deadline - time.monotonic())):
-                raise StorageError(
-                    f"SQLite ledger {self.path}: no write lock within {self.timeout:g} s (another "
-                    "process holds a long write transaction); raise ?timeout= in the ledger URL"
-                )
+                raise self._lock_held_elsewhere()
             conn = held.conn
             if not held.polling:
                 conn.execute("PRAGMA busy_timeout = 0")
                 held.polling = True
-            begin_immediate(conn, deadline)
+            try:
+                begin_immediate(conn, deadline)
+            except sqlite3.OperationalError as exc:
+                if is_busy(exc):
+                    raise self._lock_held_elsewhere() from exc
+                raise
+            self._queue.pass_on()  # SQLite's lock keeps the others out now: the next may wake
         except BaseException:
             self._queue.release()
             raise
+
+    def _lock_held_elsewhere(self) -> StorageError:
+        return StorageError(
+            f"SQLite ledger {self.path}: no write lock within {self.timeout:g} s (another "
+            "process holds a long write transaction); raise ?timeout= in the ledger URL"
+        )
 
     @contextmanager
     def writers_held(self, seconds: float) -> Iterator[bool]:
