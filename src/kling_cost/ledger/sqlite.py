@@ -73,11 +73,13 @@ def translated(exc: sqlite3.Error) -> Exception:
     return StorageError(f"SQLite ledger: {exc}")
 
 
-def _no_write_lock(path: str, timeout: float) -> StorageError:
+_HERE = "another thread of this process holds a long write transaction, or waits for one of another process"
+_ELSEWHERE = "another process holds a long write transaction"
+
+
+def _no_write_lock(path: str, timeout: float, why: str = _HERE) -> StorageError:
     return StorageError(
-        f"SQLite ledger {path}: no write lock within {timeout:g} s (another thread of this "
-        "process holds a long write transaction, or waits for one of another process); raise "
-        "?timeout= in the ledger URL"
+        f"SQLite ledger {path}: no write lock within {timeout:g} s ({why}); raise ?timeout= in the ledger URL"
     )
 
 
@@ -313,17 +315,15 @@ class SQLiteBackend(Backend):
         return conn
 
     def _begin_write(self, held: _ThreadConnection, deadline: float) -> None:
-        """Wait in the writers' line (:mod:`.sqlite_queue`), then ``BEGIN IMMEDIATE``, asking
-        again at once, then every 50 us to 1 ms, while the writer before it (of any process)
-        or one outside the line holds SQLite's lock; all of it before ``deadline`` (``timeout``
+        """Wait in the writers' line (:mod:`.sqlite_queue`), then ``BEGIN IMMEDIATE`` (asked
+        again while another writer holds SQLite's lock), all before ``deadline`` (``timeout``
         seconds after the transaction asked for the lock, its wait for this process's other
-        writers included). The caller holds ``_writers``. Once SQLite's write lock is held,
-        this process leaves the head of the line (the next writer wakes while this transaction
-        runs) and no statement of the transaction waits on a writer (WAL); :meth:`leave_line`
-        ends the turn."""
+        writers included). The caller holds ``_writers``. With SQLite's lock held, the line
+        is passed on (the next writer wakes during this transaction) and no statement waits
+        on a writer (WAL); :meth:`leave_line` ends the turn."""
         try:
             if not self._queue.acquire(max(0.0, deadline - time.monotonic())):
-                raise self._lock_held_elsewhere()
+                raise _no_write_lock(self.path, self.timeout, _ELSEWHERE)
             conn = held.conn
             if not held.polling:
                 conn.execute("PRAGMA busy_timeout = 0")
@@ -331,19 +331,13 @@ class SQLiteBackend(Backend):
             try:
                 begin_immediate(conn, deadline)
             except sqlite3.OperationalError as exc:
-                if is_busy(exc):
-                    raise self._lock_held_elsewhere() from exc
-                raise
+                if not is_busy(exc):
+                    raise
+                raise _no_write_lock(self.path, self.timeout, _ELSEWHERE) from exc
             self._queue.pass_on()  # SQLite's lock keeps the others out now: the next may wake
         except BaseException:
             self._queue.release()
             raise
-
-    def _lock_held_elsewhere(self) -> StorageError:
-        return StorageError(
-            f"SQLite ledger {self.path}: no write lock within {self.timeout:g} s (another "
-            "process holds a long write transaction); raise ?timeout= in the ledger URL"
-        )
 
     @contextmanager
     def writers_held(self, seconds: float) -> Iterator[bool]:
