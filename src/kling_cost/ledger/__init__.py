@@ -13,7 +13,7 @@ How it is put together (one job per file; everything goes through one transactio
 * It *has* a backend (``backend.py``, the contract; ``sqlite.py``, ``postgres.py``): connections,
   transactions, the few SQL fragments that differ, driver errors translated. Nothing else.
   PostgreSQL's transaction cursor, which sends queued statements in one pipeline, and its
-  translation of driver errors are ``pg_cursor.py``.
+  translation of driver errors are ``pg_cursor.py``; SQLite's are ``sqlite_cursor.py``.
   SQLite's writers of every process take turns in one line (``sqlite_queue.py``: a ``flock``
   the kernel hands on the moment it is released, left as SQLite's lock is taken so the next
   writer wakes during the transaction; SQLite's own lock has no line), and its WAL

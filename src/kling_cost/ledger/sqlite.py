@@ -13,16 +13,16 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, LedgerClosed, StorageError
-from .backend import Backend, Clock, Conflict, Cursor
+from .backend import Backend, Clock, Cursor
 from .sqlite_checkpoint import checkpoint_loop
+from .sqlite_cursor import SQLiteCursor, translated
 from .sqlite_fork import check_not_inherited, track
 from .sqlite_queue import WriterQueue, begin_immediate, is_busy
 from .urls import sqlite_options
@@ -30,47 +30,6 @@ from .urls import sqlite_options
 __all__ = ["SQLiteBackend"]
 
 T = TypeVar("T")
-
-
-class _SQLiteCursor:
-    """Translates sqlite3 errors at the boundary (unique violations -> Conflict); ``now`` is
-    read from the clock the first time the transaction asks for it."""
-
-    __slots__ = ("_clock", "_cur", "_now")
-
-    def __init__(self, cur: sqlite3.Cursor, clock: Clock) -> None:
-        self._cur = cur
-        self._clock = clock
-        self._now: datetime | None = None
-
-    @property
-    def rowcount(self) -> int:
-        return self._cur.rowcount
-
-    @property
-    def now(self) -> datetime:
-        if self._now is None:
-            self._now = self._clock()
-        return self._now
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        try:
-            return self._cur.execute(sql, params)
-        except sqlite3.Error as exc:
-            raise translated(exc) from exc
-
-    def fetchone(self) -> Any:
-        return self._cur.fetchone()
-
-    def fetchall(self) -> list[Any]:
-        return self._cur.fetchall()
-
-
-def translated(exc: sqlite3.Error) -> Exception:
-    """The ledger's error for a statement's: a unique violation is a lost race (Conflict)."""
-    if isinstance(exc, sqlite3.IntegrityError) and ("UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc)):
-        return Conflict(str(exc))
-    return StorageError(f"SQLite ledger: {exc}")
 
 
 _HERE = "another thread of this process holds a long write transaction, or waits for one of another process"
@@ -140,6 +99,13 @@ class SQLiteBackend(Backend):
     checkpoint_cap_wait_ms = 2_000
     """How long the checkpointer then waits for them at most (the writers wait too)."""
 
+    page_size = 2048
+    """The page size of a new ledger file (SQLite's default is 4096; a file that exists keeps
+    its own). A commit writes each page it changed to the WAL, and a reserve or commit changes
+    four or five small rows' pages: at 2048 bytes a pair took 10-12% less time here, with or
+    without a prompt in its metadata, for the same file size and whole-table reads as fast
+    (1024 was faster still without metadata, slower with it, and doubled the file)."""
+
     schemes = ("sqlite",)
     dialect = "sqlite"
     without_rowid = " WITHOUT ROWID"
@@ -182,13 +148,15 @@ class SQLiteBackend(Backend):
                 self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
             )
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            conn.execute(f"PRAGMA page_size = {self.page_size}")  # a new file's, before WAL
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise ConfigurationError(f"{self.path}: WAL mode unavailable (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
             # a WAL that grew while readers kept it from restarting shrinks back when it does
-            conn.execute(f"PRAGMA journal_size_limit = {self.checkpoint_pages * 4 * 4096}")
+            size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA journal_size_limit = {self.checkpoint_pages * 4 * size}")
             if self.checkpoint == "background":
                 conn.execute("PRAGMA wal_autocheckpoint = 0")
         except sqlite3.DatabaseError as exc:
@@ -285,11 +253,11 @@ class SQLiteBackend(Backend):
             self._queue.release()
             writers.release()
 
-    def _begin(self, begin: str, deadline: float | None = None) -> tuple[sqlite3.Connection, _SQLiteCursor]:
+    def _begin(self, begin: str, deadline: float | None = None) -> tuple[sqlite3.Connection, SQLiteCursor]:
         """Start a transaction on this thread's connection (the writer lock is already held
         for ``BEGIN IMMEDIATE``); the connection is busy until :meth:`_end`."""
         conn = self._start(begin, deadline)
-        return conn, _SQLiteCursor(conn.cursor(), self.clock)
+        return conn, SQLiteCursor(conn.cursor(), self.clock)
 
     def _start(self, begin: str, deadline: float | None) -> sqlite3.Connection:
         """:meth:`_begin` without the cursor."""
@@ -446,7 +414,7 @@ class _Transaction:
         self,
         backend: SQLiteBackend,
         sql: str,
-        begin: Callable[[str, float | None], tuple[sqlite3.Connection, _SQLiteCursor]],
+        begin: Callable[[str, float | None], tuple[sqlite3.Connection, SQLiteCursor]],
         end: Callable[[sqlite3.Connection, bool], None],
         writers: threading.RLock | None,
         wait: float | None,

@@ -48,14 +48,14 @@ see that it moved on to the copied WAL, or to the database file."""
 def checkpoint_loop(backend: SQLiteBackend, stop: threading.Event) -> None:
     """Run until ``stop`` is set (the backend closes; it starts this thread per process)."""
     wal = backend.path + "-wal"
-    limit = backend.checkpoint_pages * 4096
     conn = sqlite3.connect(backend.path, timeout=backend.timeout, isolation_level=None)
     forced_after, misses = 0.0, 0
     try:
         conn.execute(f"PRAGMA busy_timeout = {backend.checkpoint_wait_ms}")
         while not stop.wait(backend.checkpoint_poll):
             try:
-                if os.path.getsize(wal) < limit:
+                frame = conn.execute("PRAGMA page_size").fetchone()[0] + 24  # set once the file is made
+                if os.path.getsize(wal) < backend.checkpoint_pages * frame:
                     continue
                 _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 pages = backend.checkpoint_pages
