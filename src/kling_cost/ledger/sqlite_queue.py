@@ -73,27 +73,23 @@ def begin_immediate(conn: sqlite3.Connection, deadline: float) -> None:
     """``BEGIN IMMEDIATE`` on ``conn`` (whose busy timeout is 0), asked again at once (for
     :data:`WRITE_SPIN`), then every 50 us to 1 ms while another writer holds SQLite's lock,
     until ``time.monotonic()`` reaches ``deadline`` (then SQLite's busy error goes up)."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        return
-    except sqlite3.OperationalError as exc:
-        if not is_busy(exc) or time.monotonic() >= deadline:
-            raise
-    spin_until = min(deadline, time.monotonic() + WRITE_SPIN)
+    spin_until = 0.0
     pause = WRITE_POLL_FIRST
     while True:
-        now = time.monotonic()
-        if now < spin_until:
-            os.sched_yield()  # the writer holding the lock may be waiting for this CPU
-        else:
-            time.sleep(pause)
-            pause = min(pause * 2, WRITE_POLL_MAX)
         try:
             conn.execute("BEGIN IMMEDIATE")
             return
         except sqlite3.OperationalError as exc:
             if not is_busy(exc) or time.monotonic() >= deadline:
                 raise
+        now = time.monotonic()
+        if not spin_until:
+            spin_until = now + WRITE_SPIN
+        if now < spin_until:
+            os.sched_yield()  # the writer holding the lock may be waiting for this CPU
+        else:
+            time.sleep(pause)
+            pause = min(pause * 2, WRITE_POLL_MAX)
 
 
 def is_busy(exc: sqlite3.Error) -> bool:
