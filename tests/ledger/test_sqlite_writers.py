@@ -21,7 +21,7 @@ from kling_cost.errors import StorageError
 from kling_cost.ledger import open_ledger
 from kling_cost.ledger.sqlite import SQLiteBackend
 from kling_cost.reports import glance, overview, report
-from tests.ledger.workers import hold_one_write, write_in_a_loop
+from tests.ledger.workers import hold_one_write, long_writes, write_in_a_loop
 
 pytestmark = pytest.mark.slow
 
@@ -496,3 +496,83 @@ def test_begin_immediate_asks_at_once_then_sleeps_and_gives_up_at_its_deadline(t
     finally:
         waiter.close()
         holder.close()
+
+
+def _wal_state(path: Path) -> tuple[int, bytes]:
+    """(frames of the current WAL, its salts): a restarted WAL is written over from its start
+    with new salts, its file not shortened."""
+    try:
+        data = Path(f"{path}-wal").read_bytes()
+    except OSError:
+        return 0, b""
+    if len(data) < 32:
+        return 0, b""
+    page_size = int.from_bytes(data[8:12], "big")
+    salts, frames, at = data[16:24], 0, 32
+    while at + 24 <= len(data) and data[at + 8 : at + 16] == salts:
+        frames, at = frames + 1, at + 24 + page_size
+    return frames, salts
+
+
+@pytest.mark.sqlite
+def test_the_wal_still_restarts_behind_long_transactions_of_other_processes(tmp_path: Path) -> None:
+    """A writer leaves the line as its transaction begins, so the checkpointer can get the line
+    while that transaction still runs: it waits for it to end before its RESTART (which would
+    otherwise wait 1 ms and give up). Two processes writing 5 ms transactions in a loop: the
+    WAL keeps restarting near its mark (it grew to 14 times the mark without that wait)."""
+    path = tmp_path / "l.db"
+    url = f"sqlite:///{path}"
+    with open_ledger(url) as ledger, ledger.transaction() as cur:
+        cur.execute("CREATE TABLE junk (b BLOB)")
+    procs = [SPAWN.Process(target=long_writes, args=(url, 4.0, 300, 0.005)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    most, salts = 0, set()
+    try:
+        while any(proc.is_alive() for proc in procs):
+            frames, salt = _wal_state(path)
+            most = max(most, frames)
+            salts.add(salt)
+            time.sleep(0.01)
+    finally:
+        for proc in procs:
+            proc.join(60)
+    assert all(proc.exitcode == 0 for proc in procs)
+    assert len(salts) >= 4, salts  # it restarted again and again
+    assert most < 900, most  # near the mark of 300 (each 2 KB row takes 2 pages)
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("where", ["lean", "general"])
+def test_an_interruption_just_after_begin_leaves_no_write_lock_behind(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Ctrl-C (or a signal handler's exception) landing between ``BEGIN IMMEDIATE`` and the
+    transaction's body rolls the transaction back: other writers are not locked out until this
+    process exits, and this thread writes again at once."""
+    from kling_cost.ledger.sqlite_queue import WriterQueue
+
+    original = WriterQueue.pass_on
+    with open_ledger(sqlite_url + "?timeout=1") as ledger:
+        ledger.set_budget("project:a", limit=100)
+
+        def interrupted(self: WriterQueue) -> None:
+            monkeypatch.setattr(WriterQueue, "pass_on", original)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(WriterQueue, "pass_on", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            if where == "lean":
+                ledger.reserve(1, ["project:a"])
+            else:
+                ledger.set_budget("project:a", limit=200)
+        other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0.5, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # not locked out
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        ledger.commit(ledger.reserve(5, ["project:a"]), 5)
+        assert ledger.usage("project:a").used == Decimal(5)
+        assert ledger.usage("project:a").limit == Decimal(100)  # the interrupted change is not there
+        assert len(ledger.reservations()) == 1

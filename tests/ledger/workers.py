@@ -86,3 +86,21 @@ def hold_one_write(url: str, seconds: float, ready: str) -> None:
             fh.write("held\n")
         time.sleep(seconds)
     ledger.close()
+
+
+def long_writes(url: str, seconds: float, pages: int, hold: float) -> None:
+    """Write transactions that each hold the write lock ``hold`` seconds (a 2 KB row each),
+    in a loop, with a checkpointer that restarts the WAL past ``pages`` pages."""
+    import os
+
+    from kling_cost.ledger.sqlite import SQLiteBackend
+
+    SQLiteBackend.checkpoint_pages = pages
+    ledger = open_ledger(url)
+    blob = os.urandom(2000)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with ledger.transaction() as cur:
+            cur.execute("INSERT INTO junk VALUES (?)", (blob,))
+            time.sleep(hold)
+    ledger.close()

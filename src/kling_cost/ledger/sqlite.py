@@ -83,19 +83,20 @@ class SQLiteBackend(Backend):
     """
 
     checkpoint_pages = 4000
-    """Checkpoint when the WAL has grown past this many pages (16 MiB; SQLite's default is 1000).
-    Under a steady stream of writers the WAL restarts only after a RESTART checkpoint, which
-    holds every writer for one sync of the database file (5-10 ms measured here): at 1000 pages
-    that was a tenth of the time of a busy writer, at 4000 a quarter of that."""
+    """Checkpoint when the WAL has grown past this many pages (8 MiB at a new ledger's 2 KiB
+    pages, 16 MiB at 4 KiB; SQLite's default is 1000). Under a steady stream of writers the WAL
+    restarts only after a RESTART checkpoint, which holds every writer for one sync of the
+    database file (5-10 ms measured here): at 1000 pages that was a tenth of the time of a busy
+    writer, at 4000 a quarter of that."""
     checkpoint_poll = 0.05
     checkpoint_wait_ms = 1
     """How long a RESTART checkpoint may wait for readers on the old WAL. It holds the writer
     lock while it waits, so every reservation would wait with it (a report reading for a
     second would stall them all for that second); past this it gives up until the next tick."""
     checkpoint_cap_pages = 262_144
-    """Past this many WAL pages (1 GiB), readers that kept the WAL from restarting are waited
-    for (see :mod:`.sqlite_checkpoint`): a safety valve for the disk, far above what a WAL
-    reaches between two reads in normal use."""
+    """Past this many WAL pages (512 MiB at 2 KiB pages, 1 GiB at 4 KiB), readers that kept the
+    WAL from restarting are waited for (see :mod:`.sqlite_checkpoint`): a safety valve for the
+    disk, far above what a WAL reaches between two reads in normal use."""
     checkpoint_cap_wait_ms = 2_000
     """How long the checkpointer then waits for them at most (the writers wait too)."""
 
@@ -275,7 +276,10 @@ class SQLiteBackend(Backend):
                     conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
                     held.polling = False
                 conn.execute(begin)
-        except BaseException as exc:
+        except BaseException as exc:  # an interruption may land after BEGIN: never keep the lock
+            with suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             self._release(conn)
             if isinstance(exc, sqlite3.Error):
                 raise StorageError(f"SQLite ledger {self.path}: cannot start a transaction: {exc}") from exc

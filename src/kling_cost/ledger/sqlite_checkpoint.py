@@ -10,9 +10,10 @@ Each tick (``checkpoint_poll`` seconds), once the WAL file has grown past ``chec
   ``checkpoint_wait_ms`` (1 ms), then gives up until the next tick: a report reading for a
   second must not stall every reservation for that second. It runs in the writers' line
   (held up to ``_LINE_WAIT`` for its turn), so writers wait for it there and are woken as it
-  ends, instead of meeting SQLite's lock and asking again after a sleep;
+  ends, instead of meeting SQLite's lock and asking again after a sleep; first it waits for
+  the transaction of the writer before it, which left the line as it began;
 * readers whose snapshots overlap without a gap (an export loop, several dashboards) keep the
-  WAL from ever restarting. Past ``checkpoint_cap_pages`` (1 GiB) the checkpointer holds up
+  WAL from ever restarting. Past ``checkpoint_cap_pages`` (512 MiB at 2 KiB pages) the checkpointer holds up
   the writers (this process's and every process's in line: no new frames) and RESTARTs until
   the readers of the old WAL are done, for up to ``checkpoint_cap_wait_ms`` (2 s) and never
   more than a quarter of the ledger's ``timeout`` (writers wait, none fails). A read longer
@@ -29,6 +30,8 @@ import threading
 import time
 from contextlib import suppress
 from typing import TYPE_CHECKING
+
+from .sqlite_queue import begin_immediate
 
 if TYPE_CHECKING:
     from .sqlite import SQLiteBackend
@@ -70,7 +73,7 @@ def checkpoint_loop(backend: SQLiteBackend, stop: threading.Event) -> None:
                     # in the writers' line: they wait for it there, woken as it ends, instead of
                     # meeting SQLite's lock and asking again after a sleep
                     with backend.writers_held(_LINE_WAIT) as held:
-                        if held:
+                        if held and _writer_done(conn, time.monotonic() + _LINE_WAIT):
                             conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
             except (OSError, sqlite3.Error):
                 continue  # no WAL yet, or busy: try again at the next tick
@@ -78,6 +81,19 @@ def checkpoint_loop(backend: SQLiteBackend, stop: threading.Event) -> None:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     finally:
         conn.close()
+
+
+def _writer_done(conn: sqlite3.Connection, deadline: float) -> bool:
+    """(The writers' line held.) Wait for the transaction of the one writer that may have left
+    the line before this turn (a writer leaves it as its transaction begins) to end: a RESTART
+    that met it would wait 1 ms and give up, and behind long transactions the WAL would never
+    restart. False if it has not ended by ``deadline``."""
+    try:
+        begin_immediate(conn, deadline)
+    except sqlite3.OperationalError:
+        return False
+    conn.execute("ROLLBACK")
+    return True
 
 
 def _wait_for_readers(conn: sqlite3.Connection, backend: SQLiteBackend, wait: float) -> bool:
@@ -89,7 +105,8 @@ def _wait_for_readers(conn: sqlite3.Connection, backend: SQLiteBackend, wait: fl
     with backend.writers_held(wait) as held:
         try:
             conn.execute(f"PRAGMA busy_timeout = {_ATTEMPT_MS}")
-            while held and busy and time.monotonic() < deadline:
+            ready = held and _writer_done(conn, deadline)
+            while ready and busy and time.monotonic() < deadline:
                 busy = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
         finally:
             conn.execute(f"PRAGMA busy_timeout = {backend.checkpoint_wait_ms}")
