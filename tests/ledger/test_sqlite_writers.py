@@ -576,3 +576,32 @@ def test_an_interruption_just_after_begin_leaves_no_write_lock_behind(
         assert ledger.usage("project:a").used == Decimal(5)
         assert ledger.usage("project:a").limit == Decimal(100)  # the interrupted change is not there
         assert len(ledger.reservations()) == 1
+
+
+@pytest.mark.sqlite
+def test_an_interruption_while_the_cursor_is_made_leaves_no_write_lock_behind(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for an interruption after ``BEGIN IMMEDIATE``, as the transaction's cursor is
+    made (the general path's ``ledger.transaction()``)."""
+    from kling_cost.ledger import sqlite as sqlite_backend
+
+    original = sqlite_backend.SQLiteCursor
+    with open_ledger(sqlite_url + "?timeout=1") as ledger:
+        ledger.set_budget("project:a", limit=100)
+
+        def interrupted(*args: object) -> object:
+            monkeypatch.setattr(sqlite_backend, "SQLiteCursor", original)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(sqlite_backend, "SQLiteCursor", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            ledger.set_budget("project:a", limit=200)
+        other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0.5, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # not locked out
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        ledger.set_budget("project:a", limit=300)
+        assert ledger.usage("project:a").limit == Decimal(300)

@@ -258,7 +258,11 @@ class SQLiteBackend(Backend):
         """Start a transaction on this thread's connection (the writer lock is already held
         for ``BEGIN IMMEDIATE``); the connection is busy until :meth:`_end`."""
         conn = self._start(begin, deadline)
-        return conn, SQLiteCursor(conn.cursor(), self.clock)
+        try:
+            return conn, SQLiteCursor(conn.cursor(), self.clock)
+        except BaseException:  # interrupted: the transaction must not stay open
+            self._end(conn, False)
+            raise
 
     def _start(self, begin: str, deadline: float | None) -> sqlite3.Connection:
         """:meth:`_begin` without the cursor."""
