@@ -67,3 +67,29 @@ def test_results_into_the_batch_file_itself_is_refused_before_anything(tmp_path:
         assert result.exit_code == 2, result.output
         assert "is the batch file itself" in result.stderr
     assert file.read_text() == "a fox\n" and not ledger.exists()
+
+
+def test_a_results_file_that_cannot_be_written_is_refused_before_anything_is_sent(
+    ledger_url: str,  # noqa: F811
+    kling: tuple[str, Any],
+    tmp_path: Path,
+) -> None:
+    """(Found by review: the task was sent and charged, then the run crashed writing its line
+    and hung.) One line, exit 2, nothing reserved or sent."""
+    base, sim = kling
+    file = tmp_path / "p.txt"
+    file.write_text("a quiet owl\n")
+    with open_ledger(ledger_url) as led:
+        led.set_budget("project:c", limit=100)
+    for results in (tmp_path / "missing" / "x.jsonl", tmp_path):  # no such folder; a folder
+        result = runner.invoke(
+            app,
+            ["batch", "run", str(file), "--scope", "project:c", "--yes", "--results", str(results)]
+            + ["--poll", "0.05", "--base-url", base, "--ledger", ledger_url],
+        )
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--results" in lines[0] and "cannot be written" in lines[0], lines
+    assert len(sim.state.tasks) == 0
+    with open_ledger(ledger_url) as led:
+        assert led.charges() == [] and led.reservations() == []

@@ -260,6 +260,11 @@ def run_command(
         if json_out:
             print_json({"plan": plan.to_dict(), "dry_run": True})
         return
+    try:  # a results file that cannot be written: one line, before anything is reserved or sent
+        with open(results, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        fail(f"--results {results} cannot be written ({exc.strerror or exc}); give a writable file")
     if plan.total > threshold and not yes:
         if not sys.stdin.isatty():
             fail(f"{plan.fit_text}: pass --yes to run the batch (or raise --approve-above)")
