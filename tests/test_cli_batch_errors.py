@@ -82,11 +82,8 @@ def test_a_results_file_that_cannot_be_written_is_refused_before_anything_is_sen
     with open_ledger(ledger_url) as led:
         led.set_budget("project:c", limit=100)
     for results in (tmp_path / "missing" / "x.jsonl", tmp_path):  # no such folder; a folder
-        result = runner.invoke(
-            app,
-            ["batch", "run", str(file), "--scope", "project:c", "--yes", "--results", str(results)]
-            + ["--poll", "0.05", "--base-url", base, "--ledger", ledger_url],
-        )
+        args = ["batch", "run", str(file), "--scope", "project:c", "--yes", "--results", str(results)]
+        result = runner.invoke(app, [*args, "--poll", "0.05", "--base-url", base, "--ledger", ledger_url])
         assert result.exit_code == 2, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "--results" in lines[0] and "cannot be written" in lines[0], lines

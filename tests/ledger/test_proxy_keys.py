@@ -553,3 +553,17 @@ def test_concurrent_claims_never_pass_the_limit(ledger: Ledger, keys: Keys) -> N
     assert len(admitted) == 3 and len(limited) == 5
     assert ledger.proxy.open_count(key) == 3
     assert ledger.proxy.owned_by(key, [], admitted) == set(admitted)
+
+
+def test_a_master_key_file_named_but_missing_is_an_error_not_a_new_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """(Found by review.) A mistyped KLING_COST_MASTER_KEY_FILE made a new master key (and its
+    folders): keys made with it would not verify on a proxy using the intended file."""
+    monkeypatch.delenv("KLING_COST_MASTER_KEY", raising=False)
+    missing = tmp_path / "nodir" / "master.key"
+    monkeypatch.setenv(ENV_MASTER_KEY_FILE, str(missing))
+    for create in (True, False):
+        with pytest.raises(ConfigurationError, match=r"KLING_COST_MASTER_KEY_FILE names .* does not exist"):
+            MasterKey.load(create=create)
+    assert not missing.parent.exists()

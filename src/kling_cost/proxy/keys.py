@@ -105,14 +105,20 @@ class MasterKey:
 
     @classmethod
     def load(cls, *, create: bool = True) -> MasterKey:
-        """From ``KLING_COST_MASTER_KEY``, else the key file (created 0600 when missing and
-        ``create``)."""
+        """From ``KLING_COST_MASTER_KEY``, else the file ``KLING_COST_MASTER_KEY_FILE`` names
+        (it must exist), else the default key file (created 0600 when missing and ``create``)."""
         value = os.environ.get(ENV_MASTER_KEY, "").strip()  # a trailing newline is not part of it
         if value:
             return cls(value.encode(), ENV_MASTER_KEY)
         named = os.environ.get(ENV_MASTER_KEY_FILE)
-        path = Path(named) if named else _default_key_file()
-        return cls.from_file(path, create=create)
+        if named:  # a named file is never made up: a typo would sign with a new master key
+            if not Path(named).exists():
+                raise ConfigurationError(
+                    f"{ENV_MASTER_KEY_FILE} names {named}, which does not exist; fix the path, or "
+                    f"unset {ENV_MASTER_KEY_FILE} to use (and on first use create) {_default_key_file()}"
+                )
+            return cls.from_file(Path(named), create=False)
+        return cls.from_file(_default_key_file(), create=create)
 
     @classmethod
     def from_file(cls, path: Path, *, create: bool = True) -> MasterKey:
