@@ -227,3 +227,15 @@ def test_parse_catalog_from_text() -> None:
         'effective_from=2026-01-01\nsource="s"\n'
     )
     assert estimate(kind="tryon", catalog=cat).amount == Decimal("2.5")
+
+
+def test_catalogs_that_extend_each_other_in_a_cycle_are_refused(tmp_path: Path) -> None:
+    """(Found by review: a RecursionError, "internal error" at the CLI.)"""
+    (tmp_path / "a.toml").write_text('name = "a"\nextends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('name = "b"\nextends = "c.toml"\n')
+    (tmp_path / "c.toml").write_text('name = "c"\nextends = "a.toml"\n')
+    with pytest.raises(ConfigurationError, match=r"cycle \(a\.toml -> b\.toml -> c\.toml -> a\.toml\)"):
+        load_catalog(str(tmp_path / "a.toml"))
+    # a chain without a cycle, through the same files, still loads
+    (tmp_path / "c.toml").write_text('name = "c"\nextends = "kling-api"\n')
+    assert load_catalog(str(tmp_path / "a.toml")).name == "a"

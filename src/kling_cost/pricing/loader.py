@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from contextvars import ContextVar
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -94,12 +95,24 @@ def load_catalog(name_or_path: str | os.PathLike[str] | None = None) -> Catalog:
         ) from None
     key = (str(path.resolve()), mtime)
     if key not in _cache:
+        chain = _LOADING.get()
+        if key[0] in chain:  # a.toml extends b.toml extends a.toml: no catalog comes out of it
+            cycle = " -> ".join(Path(p).name for p in (*chain[chain.index(key[0]) :], key[0]))
+            raise ConfigurationError(f"{path}: its extends form a cycle ({cycle}); break it")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigurationError(f"{path}: cannot read catalog: {exc}") from None
-        _cache[key] = parse_catalog(text, origin=str(path), base_dir=path.parent)
+        token = _LOADING.set((*chain, key[0]))
+        try:
+            _cache[key] = parse_catalog(text, origin=str(path), base_dir=path.parent)
+        finally:
+            _LOADING.reset(token)
     return _cache[key]
+
+
+_LOADING: ContextVar[tuple[str, ...]] = ContextVar("kling_cost_catalogs_loading", default=())
+"""The catalog files being loaded, outermost first (each extending the next)."""
 
 
 def _shipped_text(name: str) -> str:
