@@ -39,3 +39,12 @@ def test_a_jsonl_multi_shot_of_another_type_is_refused(tmp_path: Path) -> None:
                     '{"prompt": "b", "model_name": "kling-3.0", "duration": 10, "multi_shot": [true]}\n')  # fmt: skip
     with pytest.raises(ConfigurationError, match=r"p\.jsonl:2: multi_shot \[True\] is not offered"):
         read_batch(path)
+
+
+@pytest.mark.parametrize("model", ['["kling-v2-6"]', '{"a": 1}', "5"])
+def test_a_jsonl_model_that_is_not_text_is_refused_naming_its_line(tmp_path: Path, model: str) -> None:
+    """(Found by review: a list was an internal TypeError, unhashable type.)"""
+    path = tmp_path / "p.jsonl"
+    path.write_text(f'{{"prompt": "a", "model": {model}}}\n')
+    with pytest.raises(ConfigurationError, match=r"p\.jsonl:1: model must be a model name \(text\)"):
+        read_batch(path)

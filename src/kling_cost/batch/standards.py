@@ -48,6 +48,8 @@ def choose_standard(where: str, kind: str, path_model: str | None, raw: dict[str
         raise ConfigurationError(f"{where}: standard {given!r} is not offered; allowed: legacy, new")
     standard = None if given is None else str(given).strip().lower()
     model = raw.get("model_name")
+    if model is not None and not isinstance(model, str):
+        raise ConfigurationError(f"{where}: model must be a model name (text), not {model!r}")
     if path_model is not None:
         if model not in (None, path_model, LEGACY_IDS.get(path_model)):
             raise ConfigurationError(f"{where}: model {model} and the path's model {path_model} disagree")
