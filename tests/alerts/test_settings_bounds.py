@@ -148,3 +148,11 @@ def test_an_apprise_failure_is_a_reason_not_a_log_line() -> None:
     assert text.startswith("apprise:json: ") and "SECRETTOKEN" not in text
     reason = text.removeprefix("apprise:json: ")
     assert not reason[:4].isdigit() and " - WARNING - " not in reason, reason
+
+
+def test_a_configuration_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """(Found by review: a UnicodeDecodeError, "internal error" at the CLI.)"""
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xff\xfe[alerts]\n")
+    with pytest.raises(ConfigurationError, match=r"c\.toml: not valid TOML: it is not UTF-8 text"):
+        load_config(path)

@@ -141,6 +141,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AlertsConfig:
         raise ConfigurationError(
             f"cannot read the configuration file {file}: {exc.strerror or exc}"
         ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{file}: not valid TOML: it is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{file}: not valid TOML: {exc}") from None
     section = data.get("alerts", {})
