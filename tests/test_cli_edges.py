@@ -203,3 +203,43 @@ def test_serve_on_an_address_this_machine_lacks_is_one_line(tmp_path: Path) -> N
     done = cli("serve", "--host", "192.0.2.1", "--token", "t", "--port", "0", "--ledger", url)
     assert done.returncode == 2, done
     assert one_line(done.stderr) and "not an address of this machine" in done.stderr
+
+
+@pytest.mark.postgres
+def test_commands_that_only_read_never_create_a_postgresql_ledger() -> None:
+    """(Found by review: `report` on a mistyped ?schema= made the schema and its 16 tables and
+    reported nothing spent.) One line, exit 4, no schema; a schema with another's tables but no
+    ledger is refused the same way; an existing ledger still opens."""
+    import psycopg
+
+    from tests.helpers import POSTGRES_URL, fresh_postgres_url, need_postgres
+
+    need_postgres()
+    url = fresh_postgres_url()
+    schema = url.rsplit("schema=", 1)[1]
+
+    def exists() -> bool:
+        with psycopg.connect(POSTGRES_URL) as conn:
+            return (
+                conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+                is not None
+            )
+
+    for args in (("report",), ("usage",), ("budget", "list"), ("alerts", "list")):
+        code, _, err = run(*args, "--ledger", url)
+        assert code == 4 and one_line(err) and f"no ledger in schema '{schema}'" in err, (args, err)
+    with pytest.raises(StorageError, match="check \\?schema= in the URL"):
+        open_ledger(url, create=False)
+    assert not exists()
+    try:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+            conn.execute(f'CREATE TABLE "{schema}".other (x int)')
+        code, _, err = run("report", "--ledger", url)
+        assert code == 4 and "no ledger in schema" in err
+        assert run("budget", "set", "account", "10", "--ledger", url)[0] == 0  # a write creates it
+        code, out, _ = run("budget", "list", "--ledger", url)
+        assert code == 0 and "account" in out
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

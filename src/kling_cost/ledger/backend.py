@@ -123,8 +123,8 @@ class Backend(ABC):
 
     ``clock``: the time source when injected (tests move it); otherwise this machine's clock,
     or the server's where machines share the database (:attr:`clock` is what the ledger uses).
-    ``create=False``: open only a database that already holds a ledger, where the backend can
-    tell (SQLite: the file must exist).
+    ``create=False``: open only a database that already holds a ledger (SQLite: the file must
+    exist; PostgreSQL: the schema must hold the ledger's tables).
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()

@@ -59,8 +59,9 @@ class PostgresBackend(Backend):
     Options: ``pool`` (a ready ``psycopg_pool.ConnectionPool``), ``min_size``/``max_size``
     of the pool, ``connect_timeout`` (seconds). When the server is unreachable every
     operation fails with :class:`StorageError`: the ledger fails closed, nothing is reserved.
-    ``create`` is accepted for every backend's sake: a database is never created here, only
-    the ledger's schema and tables.
+    A database is never created here, only the ledger's schema and tables; with
+    ``create=False`` the schema must already hold a ledger (:class:`StorageError` otherwise: a
+    mistyped ``?schema=`` must not read as an empty ledger).
     Connections the server dropped (a restart, ``pg_terminate_backend``) are replaced as soon
     as they are found, so every operation after the server is back succeeds.
 
@@ -88,6 +89,7 @@ class PostgresBackend(Backend):
         super().__init__(redact_url(url), clock=clock, create=create)
         conninfo, self.schema = pg_conninfo(url)
         self.connect_timeout = connect_timeout
+        self._create = create
         self._closed = False
         self._pid = os.getpid()
         self._server_time = clock is None
@@ -134,9 +136,19 @@ class PostgresBackend(Backend):
 
     def _create_schema(self) -> None:
         with self.transaction(snapshot=True) as cur:  # almost always there: no write to open
-            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = ?", (self.schema,))
-            if cur.fetchone() is not None:
-                return
+            cur.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ?), EXISTS (SELECT 1 FROM "
+                "pg_tables WHERE schemaname = ? AND tablename = 'schema_version')",
+                (self.schema, self.schema),
+            )
+            schema, ledger = cur.fetchone()
+        if not self._create and not ledger:
+            raise StorageError(
+                f"no ledger in schema {self.schema!r} of {self.url}; check ?schema= in the URL, or "
+                "create it with `kling-cost ledger migrate` (or by setting a budget: `kling-cost budget set`)"
+            )
+        if schema:
+            return
         with self.transaction() as cur:
             self.lock_schema(cur)
             cur.execute(
