@@ -243,3 +243,15 @@ def test_commands_that_only_read_never_create_a_postgresql_ledger() -> None:
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_settings_checked_only_sometimes_are_checked_always(tmp_path: Path) -> None:
+    """(Found by review.) `keys create --tz Nope` without --budget made the key; `serve
+    --refresh 0` named the library's parameter. One line each, exit 2, nothing created."""
+    ledger = tmp_path / "l.db"
+    code, _, err = run("keys", "create", "k1", "--tz", "Nope", "--ledger", f"sqlite:///{ledger}")
+    assert code == 2 and one_line(err) and "time zone 'Nope' is unknown" in err
+    assert not ledger.exists()
+    run("ledger", "migrate", "--ledger", f"sqlite:///{ledger}")
+    code, _, err = run("serve", "--refresh", "0", "--ledger", f"sqlite:///{ledger}")
+    assert code == 2 and one_line(err) and "--refresh 0" in err and "refresh_seconds" not in err

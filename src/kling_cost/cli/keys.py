@@ -191,9 +191,11 @@ def create_command(
     json_out: JsonOption = False,
 ) -> None:
     """Create a virtual key; prints its access key, secret key, API key and webhook secret once."""
+    from ..budgets import validate_tz
     from ..proxy.keys import Keys, key_spec, parse_budget, parse_expiry
 
     with boundary():  # every setting is checked before anything is opened or written
+        validate_tz(tz)  # also without --budget: a zone given is a zone meant
         spec = key_spec(
             name,
             scopes=scope or [],

@@ -295,6 +295,8 @@ def serve_command(
             fail(f"binding {host} (not loopback) needs --token or KLING_COST_DASHBOARD_TOKEN")
         require_server("the dashboard")
 
+    if refresh < 1:
+        fail(f"--refresh {refresh}: give the auto-refresh period in seconds, at least 1")
     with opened(ledger_url, create=False) as ledger, boundary():
         app = create_dashboard_app(
             ledger,
