@@ -90,3 +90,23 @@ def test_a_results_file_that_cannot_be_written_is_refused_before_anything_is_sen
     assert len(sim.state.tasks) == 0
     with open_ledger(ledger_url) as led:
         assert led.charges() == [] and led.reservations() == []
+
+
+@pytest.mark.parametrize("base_url", ["not a url", "ftp://x", "http://", "127.0.0.1:8790"])
+def test_a_base_url_that_is_no_http_url_is_refused_before_anything_is_held(
+    ledger_url: str,  # noqa: F811
+    kling: tuple[str, Any],
+    tmp_path: Path,
+    base_url: str,
+) -> None:
+    """(Found by review: each row was reserved, then failed with UnsupportedProtocol.)"""
+    file = tmp_path / "p.txt"
+    file.write_text("a quiet owl\n")
+    result = runner.invoke(
+        app, ["batch", "run", str(file), "--yes", "--base-url", base_url, "--ledger", ledger_url]
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not an http:// or https:// URL with a host" in lines[0], lines
+    with open_ledger(ledger_url) as led:
+        assert led.reservations() == [] and led.charges() == []

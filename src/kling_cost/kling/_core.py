@@ -245,7 +245,7 @@ class ClientCore:
     ) -> None:
         if region not in BASE_URLS:
             raise ConfigurationError(f"region {region!r} is not a Kling region; allowed: global, china")
-        self.base_url = (base_url or os.environ.get(ENV_BASE_URL) or BASE_URLS[region]).rstrip("/")
+        self.base_url = _checked_base_url(base_url or os.environ.get(ENV_BASE_URL) or BASE_URLS[region])
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.validate = validate
@@ -457,3 +457,18 @@ def _bearer_key(auth: Auth, api_key: str | None) -> Auth | None:
 
 def transport_error(exc: httpx.HTTPError, call: PreparedCall) -> ServerError:
     return ServerError(f"could not reach Kling for {call.method} {call.path}: {type(exc).__name__}: {exc}")
+
+
+def _checked_base_url(value: str) -> str:
+    """The Kling API's base URL without its trailing slash: an http(s) URL with a host, else a
+    :class:`ConfigurationError` before anything is reserved or sent."""
+    try:
+        url: httpx.URL | None = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(
+            f"Kling base URL {value!r} is not an http:// or https:// URL with a host; check "
+            f"--base-url or {ENV_BASE_URL} (e.g. {BASE_URLS['global']})"
+        )
+    return value.rstrip("/")
