@@ -542,6 +542,16 @@ def test_the_wal_still_restarts_behind_long_transactions_of_other_processes(tmp_
     assert most < 900, most  # near the mark of 300 (each 2 KB row takes 2 pages)
 
 
+def _not_locked_out(sqlite_url: str) -> None:
+    """Another connection gets SQLite's write lock within half a second."""
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0.5, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
 @pytest.mark.sqlite
 @pytest.mark.parametrize("where", ["lean", "general"])
 def test_an_interruption_just_after_begin_leaves_no_write_lock_behind(
@@ -566,12 +576,7 @@ def test_an_interruption_just_after_begin_leaves_no_write_lock_behind(
                 ledger.reserve(1, ["project:a"])
             else:
                 ledger.set_budget("project:a", limit=200)
-        other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0.5, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # not locked out
-            other.execute("ROLLBACK")
-        finally:
-            other.close()
+        _not_locked_out(sqlite_url)
         ledger.commit(ledger.reserve(5, ["project:a"]), 5)
         assert ledger.usage("project:a").used == Decimal(5)
         assert ledger.usage("project:a").limit == Decimal(100)  # the interrupted change is not there
@@ -597,11 +602,6 @@ def test_an_interruption_while_the_cursor_is_made_leaves_no_write_lock_behind(
         monkeypatch.setattr(sqlite_backend, "SQLiteCursor", interrupted)
         with pytest.raises(KeyboardInterrupt):
             ledger.set_budget("project:a", limit=200)
-        other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0.5, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # not locked out
-            other.execute("ROLLBACK")
-        finally:
-            other.close()
+        _not_locked_out(sqlite_url)
         ledger.set_budget("project:a", limit=300)
         assert ledger.usage("project:a").limit == Decimal(300)
