@@ -255,3 +255,9 @@ def test_settings_checked_only_sometimes_are_checked_always(tmp_path: Path) -> N
     run("ledger", "migrate", "--ledger", f"sqlite:///{ledger}")
     code, _, err = run("serve", "--refresh", "0", "--ledger", f"sqlite:///{ledger}")
     assert code == 2 and one_line(err) and "--refresh 0" in err and "refresh_seconds" not in err
+
+
+def test_usage_charges_below_zero_is_one_line(tmp_path: Path) -> None:
+    """(Found by review: accepted and ignored.)"""
+    code, _, err = run("usage", "--charges", "-1", "--ledger", f"sqlite:///{tmp_path / 'l.db'}")
+    assert code == 2 and one_line(err) and "--charges -1" in err

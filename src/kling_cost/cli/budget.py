@@ -303,6 +303,8 @@ def usage_command(
     json_out: JsonOption = False,
 ) -> None:
     """Where every budget stands now (or --at a past moment), and the latest charges."""
+    if charges < 0:
+        fail(f"--charges {charges}: give how many of the latest charges to list, 0 or more")
     moment = _parse_at(at)
     with opened(ledger_url, create=False) as ledger:
         usages = ledger.usages(scope, at=moment)
