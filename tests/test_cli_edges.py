@@ -261,3 +261,12 @@ def test_usage_charges_below_zero_is_one_line(tmp_path: Path) -> None:
     """(Found by review: accepted and ignored.)"""
     code, _, err = run("usage", "--charges", "-1", "--ledger", f"sqlite:///{tmp_path / 'l.db'}")
     assert code == 2 and one_line(err) and "--charges -1" in err
+
+
+def test_an_error_quoting_a_huge_input_keeps_its_start_and_its_advice() -> None:
+    """(Found by review: `estimate --model <100,000 characters>` printed all of them.)"""
+    code, _, err = run("estimate", "--model", "x" * 100_000)
+    assert code == 2 and one_line(err)
+    assert len(err) < 2100
+    assert err.startswith("error: model 'xxx") and "characters left out" in err
+    assert "kling-v2-6" in err  # the end of the line, with the models offered, is kept

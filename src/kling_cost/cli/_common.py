@@ -107,8 +107,16 @@ def exit_code_for(exc: KlingCostError) -> int:
     return EXIT_ERROR
 
 
+_LONGEST_ERROR = 2000
+"""Characters of an error line shown whole; a longer one (it quotes a huge input) keeps its
+start and its end, where the advice is."""
+
+
 def say_error(line: str) -> None:
     """``line`` on stderr as it is: no markup, no wrapping (and no rich to import)."""
+    if len(line) > _LONGEST_ERROR:
+        cut = len(line) - _LONGEST_ERROR + 40
+        line = f"{line[:1200]}... ({cut:,} characters left out) ...{line[1200 + cut :]}"
     typer.echo(line, err=True)
 
 
