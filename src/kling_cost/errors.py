@@ -248,3 +248,7 @@ class ConcurrencyLimited(KlingAPIError):
 
 class ServerError(KlingAPIError):
     """5000-5002 (internal error, maintenance, timeout) and transport failures."""
+
+    unsent = False
+    """True when no attempt of the call reached Kling (every one failed to connect): it surely
+    did nothing there."""

@@ -58,12 +58,17 @@ def guard_at(world: World, url: str, **cache: Any) -> CostAwareClient:
     return world.guard(url=url, cache=CachePolicy(wait_poll=0.01, **cache))
 
 
-def test_a_holder_that_never_reached_kling_is_not_waited_for(any_world: World) -> None:
+def test_a_request_that_never_reached_kling_frees_its_hold_and_is_not_waited_for(any_world: World) -> None:
+    """Every attempt was refused a connection: Kling surely did nothing, so the hold is freed
+    at once (it was kept, and a run tried again waited out the 2-minute single-flight bound
+    behind it; found by review)."""
     any_world.ledger.set_budget("project:film", 100)
     unreachable = closed_url()
-    with guard_at(any_world, unreachable) as first, pytest.raises(ServerError):
-        first.create("text2video", BODY)  # never reached Kling; its hold is kept (cannot ask Kling)
-    [held] = any_world.ledger.reservations(status="reserved")
+    with guard_at(any_world, unreachable) as first, pytest.raises(ServerError) as refused:
+        first.create("text2video", BODY)
+    assert refused.value.unsent
+    assert any_world.ledger.reservations(status="reserved") == []
+    assert any_world.ledger.usage("project:film").reserved == 0
     with (
         guard_at(any_world, unreachable) as second,
         pytest.raises(ServerError, match="could not reach Kling"),
@@ -74,8 +79,8 @@ def test_a_holder_that_never_reached_kling_is_not_waited_for(any_world: World) -
         any_world.finish()
         done = third.wait(task, poll=0.01)
     assert done.succeeded and len(any_world.tasks) == 1
-    assert task.external_task_id != held.idempotency_key  # the lost first request was never sent
     assert any_world.ledger.usage("project:film").used == 1
+    assert any_world.ledger.usage("project:film").reserved == 0
 
 
 def _claim_without_sending(world: World, guard: CostAwareClient, key: str) -> Any:

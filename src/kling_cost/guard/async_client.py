@@ -26,6 +26,7 @@ from ..errors import (
     KlingAPIError,
     KlingCostError,
     PricingError,
+    ServerError,
     TaskTimeout,
     ValidationError,
 )
@@ -241,17 +242,25 @@ class AsyncCostAwareClient:
         except (PricingError, ValidationError, ClientClosed, ConfigurationError):
             await self._ledger.release(reservation)  # refused here: nothing was sent
             raise
+        except ServerError as exc:
+            if not exc.unsent:
+                return await self._unknown(req, reservation, exc)
+            await self._ledger.release(reservation)  # no attempt reached Kling: nothing to pay for
+            raise
         except Exception as exc:
-            # Kling refused it, or an earlier attempt's answer was lost: ask before freeing
-            try:
-                known = await self.flight.find(req.endpoint, req.key, strict=True)
-            except KlingAPIError:
-                raise exc from None  # cannot tell: keep the hold (its lease or settle decides)
-            if known is None:
-                await self._ledger.release(reservation)
-                raise
-            task = known
+            return await self._unknown(req, reservation, exc)
         return await self._accepted(reservation, task, req)
+
+    async def _unknown(self, req: GuardedRequest, reservation: Reservation, exc: Exception) -> AnyTask:
+        """Kling refused the request, or an earlier attempt's answer was lost: ask before freeing."""
+        try:
+            known = await self.flight.find(req.endpoint, req.key, strict=True)
+        except KlingAPIError:
+            raise exc from None  # cannot tell: keep the hold (its lease or settle decides)
+        if known is None:
+            await self._ledger.release(reservation)
+            raise exc
+        return await self._accepted(reservation, known, req)
 
     async def _accepted(self, reservation: Reservation, task: AnyTask, req: GuardedRequest) -> AnyTask:
         reservation = await self._ledger.attach_task(reservation, task.task_id, ttl=self.core.task_ttl)

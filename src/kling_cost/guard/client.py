@@ -26,6 +26,7 @@ from ..errors import (
     KlingAPIError,
     KlingCostError,
     PricingError,
+    ServerError,
     TaskTimeout,
     ValidationError,
 )
@@ -241,17 +242,25 @@ class CostAwareClient:
         except (PricingError, ValidationError, ClientClosed, ConfigurationError):
             self._ledger.release(reservation)  # refused here: nothing was sent
             raise
+        except ServerError as exc:
+            if not exc.unsent:
+                return self._unknown(req, reservation, exc)
+            self._ledger.release(reservation)  # no attempt reached Kling: nothing to pay for
+            raise
         except Exception as exc:
-            # Kling refused it, or an earlier attempt's answer was lost: ask before freeing
-            try:
-                known = self.flight.find(req.endpoint, req.key, strict=True)
-            except KlingAPIError:
-                raise exc from None  # cannot tell: keep the hold (its lease or settle decides)
-            if known is None:
-                self._ledger.release(reservation)
-                raise
-            task = known
+            return self._unknown(req, reservation, exc)
         return self._accepted(reservation, task, req)
+
+    def _unknown(self, req: GuardedRequest, reservation: Reservation, exc: Exception) -> AnyTask:
+        """Kling refused the request, or an earlier attempt's answer was lost: ask before freeing."""
+        try:
+            known = self.flight.find(req.endpoint, req.key, strict=True)
+        except KlingAPIError:
+            raise exc from None  # cannot tell: keep the hold (its lease or settle decides)
+        if known is None:
+            self._ledger.release(reservation)
+            raise exc
+        return self._accepted(reservation, known, req)
 
     def _accepted(self, reservation: Reservation, task: AnyTask, req: GuardedRequest) -> AnyTask:
         reservation = self._ledger.attach_task(reservation, task.task_id, ttl=self.core.task_ttl)

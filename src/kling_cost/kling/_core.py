@@ -456,7 +456,9 @@ def _bearer_key(auth: Auth, api_key: str | None) -> Auth | None:
 
 
 def transport_error(exc: httpx.HTTPError, call: PreparedCall) -> ServerError:
-    return ServerError(f"could not reach Kling for {call.method} {call.path}: {type(exc).__name__}: {exc}")
+    error = ServerError(f"could not reach Kling for {call.method} {call.path}: {type(exc).__name__}: {exc}")
+    error.unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))  # no connection: nothing sent
+    return error
 
 
 def _checked_base_url(value: str) -> str:

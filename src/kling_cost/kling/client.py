@@ -138,6 +138,7 @@ class KlingClient(ClientCore):
 
     def _execute(self, call: PreparedCall) -> Any:
         attempt = 0
+        reached = False  # an attempt got a connection: it may have been sent
         while True:
             attempt += 1
             try:
@@ -146,7 +147,10 @@ class KlingClient(ClientCore):
                 if attempt > 1 and call.external_task_id and is_duplicate_external_id(exc):
                     # an earlier attempt was accepted but its answer was lost: that task is ours
                     return self.get_task(str(call.endpoint), external_task_id=call.external_task_id)
+                reached = reached or not (isinstance(exc, ServerError) and exc.unsent)
                 if not self.should_retry(call, exc, attempt):
+                    if isinstance(exc, ServerError):
+                        exc.unsent = not reached
                     raise
                 time.sleep(self.retry.delay(attempt))
 
